@@ -1,0 +1,1 @@
+"""Scoring, write-back and the SQL endpoint (not built yet)."""

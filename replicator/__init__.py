@@ -1,0 +1,1 @@
+"""Talking to the source: publication and slot, initial copy, the pgoutput stream."""

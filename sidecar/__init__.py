@@ -1,0 +1,1 @@
+"""The sidecar core: the DuckDB mirror, configuration, the CLI and shared types."""

@@ -1,0 +1,1 @@
+"""Training models on snapshots of the mirror (not built yet)."""
