@@ -1,0 +1,201 @@
+"""The source database as the replicator sees it: checks, tables, publication, slot, types."""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass
+
+import psycopg
+from psycopg import sql
+from psycopg.conninfo import conninfo_to_dict, make_conninfo
+
+from sidecar.changes import Column, Lsn, Relation, parse_lsn
+from sidecar.column_types import SourceType
+from sidecar.errors import SourceError, SourceSetupError
+
+SESSION_OPTIONS = (
+    "-c DateStyle=ISO -c IntervalStyle=postgres -c TimeZone=UTC"
+    " -c extra_float_digits=3 -c bytea_output=hex"
+)
+"""Settings that make every value's text form one the mirror's casts read back exactly."""
+
+_BUILTIN_OID_LIMIT = 10000
+
+
+def source_conninfo(dsn: str, **extra: str) -> str:
+    """The DSN with the sidecar's session options appended to any the user gave."""
+    options = conninfo_to_dict(dsn).get("options") or ""
+    return make_conninfo(
+        dsn, options=f"{options} {SESSION_OPTIONS}".strip(), application_name="pgml-sidecar", **extra
+    )
+
+
+def connect(dsn: str) -> psycopg.Connection:
+    """A regular autocommit connection to the source, with a clear error if it fails."""
+    try:
+        return psycopg.connect(source_conninfo(dsn), autocommit=True)
+    except psycopg.OperationalError as exc:
+        raise SourceError(f"cannot connect to the source database: {_first_line(exc)}") from None
+
+
+def _first_line(exc: BaseException) -> str:
+    return (str(exc).strip().splitlines() or [type(exc).__name__])[0]
+
+
+@dataclass(frozen=True, slots=True)
+class SlotInfo:
+    name: str
+    plugin: str
+    database: str
+    active_pid: int | None
+    confirmed_flush: Lsn | None
+
+
+def check_wal_level(conn: psycopg.Connection) -> None:
+    row = conn.execute("show wal_level").fetchone()
+    level = row[0] if row else "unknown"
+    if level != "logical":
+        raise SourceSetupError(
+            f"the source has wal_level = {level}; logical replication needs wal_level = logical"
+            " (on RDS and Aurora set rds.logical_replication = 1, on Cloud SQL"
+            " cloudsql.logical_decoding = on) and a server restart"
+        )
+
+
+def split_table_name(name: str) -> tuple[str, str]:
+    """``schema.table`` or ``table`` (schema public); quotes are not needed nor allowed."""
+    schema, dot, table = name.strip().rpartition(".")
+    return (schema if dot else "public"), table
+
+
+def publication_tables(conn: psycopg.Connection, publication: str) -> list[tuple[str, str]]:
+    rows = conn.execute(
+        "select schemaname, tablename from pg_publication_tables where pubname = %s"
+        " order by 1, 2",
+        [publication],
+    ).fetchall()
+    return [(r[0], r[1]) for r in rows]
+
+
+def resolve_tables(
+    conn: psycopg.Connection, names: Iterable[str]
+) -> list[tuple[str, str]]:
+    """Check that every named table exists; return them as (schema, table)."""
+    tables = []
+    for name in names:
+        schema, table = split_table_name(name)
+        row = conn.execute(
+            "select c.relkind from pg_class c join pg_namespace n on n.oid = c.relnamespace"
+            " where n.nspname = %s and c.relname = %s",
+            [schema, table],
+        ).fetchone()
+        if row is None:
+            raise SourceSetupError(
+                f"table {schema}.{table} does not exist in the source database;"
+                " check the names given to --tables"
+            )
+        if row[0] not in ("r", "p"):
+            raise SourceSetupError(f"{schema}.{table} is not a table; only tables can be mirrored")
+        tables.append((schema, table))
+    return tables
+
+
+def ensure_publication(
+    conn: psycopg.Connection, publication: str, tables: Sequence[tuple[str, str]]
+) -> None:
+    """Create the publication for exactly these tables, or add the ones it lacks."""
+    identifiers = [sql.Identifier(s, t) for s, t in tables]
+    row = conn.execute(
+        "select puballtables from pg_publication where pubname = %s", [publication]
+    ).fetchone()
+    try:
+        if row is None:
+            conn.execute(
+                sql.SQL("create publication {} for table {}").format(
+                    sql.Identifier(publication), sql.SQL(", ").join(identifiers)
+                )
+            )
+            return
+        if row[0]:
+            return
+        present = set(publication_tables(conn, publication))
+        missing = [sql.Identifier(s, t) for s, t in tables if (s, t) not in present]
+        if missing:
+            conn.execute(
+                sql.SQL("alter publication {} add table {}").format(
+                    sql.Identifier(publication), sql.SQL(", ").join(missing)
+                )
+            )
+    except psycopg.errors.InsufficientPrivilege as exc:
+        raise SourceSetupError(
+            f"cannot create or change publication {publication}: {_first_line(exc)};"
+            " run as the tables' owner, or have an owner run"
+            f" CREATE PUBLICATION {publication} FOR TABLE ..."
+        ) from None
+
+
+def slot_info(conn: psycopg.Connection, slot: str) -> SlotInfo | None:
+    row = conn.execute(
+        "select slot_name, plugin, database, active_pid, confirmed_flush_lsn::text"
+        " from pg_replication_slots where slot_name = %s",
+        [slot],
+    ).fetchone()
+    if row is None:
+        return None
+    return SlotInfo(row[0], row[1] or "", row[2] or "", row[3], parse_lsn(row[4]) if row[4] else None)
+
+
+def drop_slot(conn: psycopg.Connection, slot: str) -> None:
+    conn.execute("select pg_drop_replication_slot(%s)", [slot])
+
+
+def current_wal_lsn(conn: psycopg.Connection) -> Lsn:
+    row = conn.execute("select pg_current_wal_lsn()::text").fetchone()
+    assert row is not None
+    return parse_lsn(row[0])
+
+
+def describe_table(conn: psycopg.Connection, schema: str, table: str) -> Relation:
+    """The table's Relation as pgoutput will describe it (published columns, replica identity)."""
+    row = conn.execute(
+        "select c.oid, c.relreplident from pg_class c join pg_namespace n on n.oid = c.relnamespace"
+        " where n.nspname = %s and c.relname = %s",
+        [schema, table],
+    ).fetchone()
+    if row is None:
+        raise SourceSetupError(f"table {schema}.{table} does not exist in the source database")
+    oid, identity = int(row[0]), str(row[1])
+    rows = conn.execute(
+        "select a.attname, a.atttypid, a.atttypmod,"
+        " coalesce(a.attnum = any(i.indkey), false) as is_key"
+        " from pg_attribute a"
+        " left join pg_index i on i.indrelid = a.attrelid"
+        "   and ((%s = 'd' and i.indisprimary) or (%s = 'i' and i.indisreplident))"
+        " where a.attrelid = %s and a.attnum > 0 and not a.attisdropped and a.attgenerated = ''"
+        " order by a.attnum",
+        [identity, identity, oid],
+    ).fetchall()
+    columns = tuple(
+        Column(name, int(type_oid), int(modifier), bool(is_key) or identity == "f")
+        for name, type_oid, modifier, is_key in rows
+    )
+    return Relation(oid, schema, table, identity, columns)
+
+
+def source_types(conn: psycopg.Connection, oids: Iterable[int]) -> dict[int, SourceType]:
+    """Look up non-built-in types (enums, domains, arrays of them) in the source catalog."""
+    wanted = sorted({o for o in oids if o >= _BUILTIN_OID_LIMIT})
+    found: dict[int, SourceType] = {}
+    while wanted:
+        rows = conn.execute(
+            "select oid, typtype, typelem, typbasetype, typtypmod from pg_type"
+            " where oid = any(%s)",
+            [wanted],
+        ).fetchall()
+        wanted = []
+        for oid, kind, element, base, modifier in rows:
+            found[int(oid)] = SourceType(int(oid), str(kind), int(element), int(base), int(modifier))
+            for nested in (int(element), int(base)):
+                if nested >= _BUILTIN_OID_LIMIT and nested not in found:
+                    wanted.append(nested)
+    return found

@@ -1,0 +1,155 @@
+"""The replication connection: slot commands, START_REPLICATION and COPY BOTH framing.
+
+Only socket work lives here; what the frames mean is the decoder's and the replicator's.
+"""
+
+from __future__ import annotations
+
+import select
+import struct
+import time
+from dataclasses import dataclass
+
+import psycopg
+from psycopg import pq
+
+from replicator.source import source_conninfo
+from sidecar.changes import Lsn, format_lsn, parse_lsn
+from sidecar.errors import SlotBusyError, SourceConnectionLost, SourceError, SourceSetupError
+
+_EPOCH_OFFSET_US = 946_684_800_000_000  # 2000-01-01 in Unix microseconds
+XLOG_DATA = ord("w")
+KEEPALIVE = ord("k")
+XLOG_HEADER = 25
+
+
+@dataclass(frozen=True, slots=True)
+class Keepalive:
+    wal_end: Lsn
+    reply_requested: bool
+
+
+def parse_keepalive(frame: bytes | memoryview) -> Keepalive:
+    wal_end, _time, reply = struct.unpack_from(">QqB", frame, 1)
+    return Keepalive(wal_end, bool(reply))
+
+
+def standby_status(written: Lsn, flushed: Lsn, *, reply: bool = False) -> bytes:
+    """A Standby Status Update ('r') reporting positions to the server."""
+    now = int(time.time() * 1_000_000) - _EPOCH_OFFSET_US
+    return b"r" + struct.pack(">QQQqB", written, flushed, flushed, now, 1 if reply else 0)
+
+
+def _message(exc: BaseException) -> str:
+    return (str(exc).strip().splitlines() or [type(exc).__name__])[0]
+
+
+class ReplicationConnection:
+    """A ``replication=database`` connection driven through libpq's COPY BOTH mode."""
+
+    def __init__(self, dsn: str) -> None:
+        try:
+            self.conn = psycopg.connect(
+                source_conninfo(dsn), replication="database", autocommit=True
+            )
+        except psycopg.OperationalError as exc:
+            text = _message(exc)
+            if "replication" in text and ("permission" in text or "must be" in text):
+                raise SourceSetupError(
+                    f"the source refused a replication connection: {text}; grant it with"
+                    " ALTER ROLE <user> WITH REPLICATION (on RDS: GRANT rds_replication TO <user>)"
+                ) from None
+            if "pg_hba.conf" in text:
+                raise SourceSetupError(
+                    f"the source refused a replication connection: {text}; allow it in pg_hba.conf"
+                ) from None
+            raise SourceConnectionLost(f"cannot connect for replication: {text}") from None
+        self.pgconn = self.conn.pgconn
+
+    def _command(self, command: str) -> pq.abc.PGresult:
+        result = self.pgconn.exec_(command.encode())
+        if result.status not in (pq.ExecStatus.TUPLES_OK, pq.ExecStatus.COMMAND_OK):
+            error = (result.error_message or b"").decode(errors="replace").strip()
+            if "must be superuser or replication role" in error or "permission denied" in error:
+                raise SourceSetupError(
+                    f"{error}; grant it with ALTER ROLE <user> WITH REPLICATION"
+                    " (on RDS: GRANT rds_replication TO <user>)"
+                )
+            raise SourceError(f"{command.split()[0]} failed: {error}")
+        return result
+
+    def create_slot(self, slot: str) -> tuple[Lsn, str]:
+        """Create a pgoutput slot, exporting its snapshot; return (consistent point, snapshot).
+
+        The snapshot stays usable until the next command on this connection.
+        """
+        result = self._command(
+            f'CREATE_REPLICATION_SLOT "{slot}" LOGICAL pgoutput EXPORT_SNAPSHOT'
+        )
+        lsn = parse_lsn((result.get_value(0, 1) or b"").decode())
+        snapshot = (result.get_value(0, 2) or b"").decode()
+        return lsn, snapshot
+
+    def start(self, slot: str, lsn: Lsn, publication: str, *, streaming: bool) -> None:
+        """Enter COPY BOTH: the server streams pgoutput messages from ``lsn`` on."""
+        options = f"proto_version '{2 if streaming else 1}', publication_names '{publication}'"
+        if streaming:
+            options += ", streaming 'on'"
+        command = f'START_REPLICATION SLOT "{slot}" LOGICAL {format_lsn(lsn)} ({options})'
+        self.pgconn.send_query(command.encode())
+        result = self.pgconn.get_result()
+        if result is None or result.status != pq.ExecStatus.COPY_BOTH:
+            error = "" if result is None else (result.error_message or b"").decode().strip()
+            if "is active for PID" in error:
+                raise SlotBusyError(
+                    f"{error}: another pgml-sidecar (or another consumer) is streaming from slot"
+                    f" {slot}; stop it, or give this one its own --slot"
+                )
+            if "does not exist" in error and "publication" in error:
+                raise SourceSetupError(f"{error}; run without --publication to create it")
+            raise SourceConnectionLost(f"START_REPLICATION failed: {error}")
+        self.pgconn.nonblocking = 1
+
+    def server_version(self) -> int:
+        return int(self.pgconn.server_version)
+
+    def read(self) -> memoryview | bytes | None:
+        """The next frame if one is buffered; None when the socket has nothing more now."""
+        try:
+            size, data = self.pgconn.get_copy_data(1)
+        except psycopg.OperationalError as exc:
+            raise SourceConnectionLost(f"replication connection lost: {_message(exc)}") from None
+        if size > 0:
+            return data
+        if size == 0:
+            return None
+        raise self._lost()
+
+    def wait(self, timeout: float) -> None:
+        """Block until the socket is readable or ``timeout`` seconds pass, then take input."""
+        try:
+            readable, _, _ = select.select([self.pgconn.socket], [], [], timeout)
+            if readable:
+                self.pgconn.consume_input()
+        except (OSError, psycopg.OperationalError) as exc:
+            raise SourceConnectionLost(f"replication connection lost: {_message(exc)}") from None
+
+    def send(self, frame: bytes) -> None:
+        try:
+            self.pgconn.put_copy_data(frame)
+            while self.pgconn.flush() == 1:
+                select.select([], [self.pgconn.socket], [], 1.0)
+        except (OSError, psycopg.OperationalError) as exc:
+            raise SourceConnectionLost(f"replication connection lost: {_message(exc)}") from None
+
+    def _lost(self) -> SourceConnectionLost:
+        result = self.pgconn.get_result()
+        error = "" if result is None else (result.error_message or b"").decode().strip()
+        error = error or (self.pgconn.error_message or b"").decode().strip() or "stream ended"
+        return SourceConnectionLost(f"replication stream ended: {error.splitlines()[0]}")
+
+    def close(self) -> None:
+        try:
+            self.conn.close()
+        except Exception:  # closing a broken connection may fail; nothing to do then
+            pass

@@ -1,0 +1,115 @@
+"""Typed changes: what the replicator hands the mirror, whatever the source.
+
+Row values travel as Arrow tables of text (Postgres' text output of each value), one column per
+source column; the mirror casts them to their DuckDB types in bulk. A column whose value was an
+unchanged TOAST datum in an update is NULL in ``values`` and True in ``unchanged[name]``.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+import numpy as np
+import pyarrow as pa
+
+Lsn = int
+"""A position in the source's WAL, as an unsigned 64-bit integer."""
+
+
+def format_lsn(lsn: Lsn) -> str:
+    """Format an LSN as Postgres does (``16/B374D848``)."""
+    return f"{lsn >> 32:X}/{lsn & 0xFFFFFFFF:X}"
+
+
+def parse_lsn(text: str) -> Lsn:
+    """Parse Postgres' ``X/Y`` LSN notation."""
+    high, _, low = text.partition("/")
+    return (int(high, 16) << 32) | int(low, 16)
+
+
+@dataclass(frozen=True, slots=True)
+class Column:
+    """A source column as the replication stream describes it."""
+
+    name: str
+    type_oid: int
+    type_modifier: int
+    is_key: bool
+
+
+@dataclass(frozen=True, slots=True)
+class Relation:
+    """A source table: its identity, replica identity setting and columns in order."""
+
+    oid: int
+    schema: str
+    name: str
+    replica_identity: str
+    columns: tuple[Column, ...]
+
+    @property
+    def qualified_name(self) -> str:
+        return f"{self.schema}.{self.name}"
+
+    @property
+    def key_columns(self) -> tuple[Column, ...]:
+        return tuple(c for c in self.columns if c.is_key)
+
+    @property
+    def column_names(self) -> list[str]:
+        return [c.name for c in self.columns]
+
+
+@dataclass(slots=True)
+class Tuples:
+    """Row images of one relation: text values plus unchanged-TOAST markers."""
+
+    values: pa.Table
+    unchanged: dict[str, np.ndarray] = field(default_factory=dict)
+
+    @property
+    def num_rows(self) -> int:
+        return self.values.num_rows
+
+
+@dataclass(slots=True)
+class SchemaChange:
+    """The relation's current shape; sent before its first change and after every DDL."""
+
+    relation: Relation
+
+
+@dataclass(slots=True)
+class Inserts:
+    """New rows, in order."""
+
+    relation: Relation
+    rows: Tuples
+
+
+@dataclass(slots=True)
+class Updates:
+    """New row images, in order; ``old`` holds the old key or old row where the source sent one."""
+
+    relation: Relation
+    rows: Tuples
+    old: Tuples | None
+
+
+@dataclass(slots=True)
+class Deletes:
+    """Removed rows, identified by their key (or the whole old row for REPLICA IDENTITY FULL)."""
+
+    relation: Relation
+    old: Tuples
+
+
+@dataclass(slots=True)
+class Truncate:
+    """Tables emptied by TRUNCATE."""
+
+    relations: tuple[Relation, ...]
+
+
+Change = SchemaChange | Inserts | Updates | Deletes | Truncate
+"""One step of a change batch; applied in order."""

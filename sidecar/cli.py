@@ -1,0 +1,156 @@
+"""The ``pgml-sidecar`` command line."""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import os
+import signal
+import sys
+from collections.abc import Sequence
+from pathlib import Path
+
+from sidecar.errors import ConfigError, SidecarError
+
+log = logging.getLogger("pgml_sidecar")
+
+DESCRIPTION = """\
+PostgresML-style machine learning beside a PostgreSQL database that cannot load extensions.
+pgml-sidecar mirrors production tables into a local DuckDB file through logical replication.
+"""
+
+
+def _replicate_parser(commands: argparse._SubParsersAction) -> None:
+    p = commands.add_parser(
+        "replicate",
+        help="mirror source tables into a DuckDB file and keep it fresh",
+        description=(
+            "Create a publication and a logical replication slot on the source (if missing),"
+            " copy the tables under the slot's snapshot, then stream every change into the"
+            " DuckDB mirror. Each batch of changes is committed with the source position it"
+            " ends at, so a restart (or kill -9) resumes exactly where it stopped. The source"
+            " needs wal_level = logical and a user with the REPLICATION attribute."
+        ),
+    )
+    p.add_argument(
+        "--source",
+        default=os.environ.get("PGML_SIDECAR_SOURCE"),
+        help="libpq connection string of the source database (env PGML_SIDECAR_SOURCE);"
+        " put the password in PGPASSWORD or ~/.pgpass, not here",
+    )
+    p.add_argument(
+        "--mirror",
+        default=os.environ.get("PGML_SIDECAR_MIRROR"),
+        help="path of the DuckDB mirror file, created if missing (env PGML_SIDECAR_MIRROR)",
+    )
+    p.add_argument(
+        "--tables",
+        default=os.environ.get("PGML_SIDECAR_TABLES", ""),
+        help="comma-separated tables to mirror, as schema.table (default schema public);"
+        " defaults to the tables already in the publication",
+    )
+    p.add_argument("--publication", default="pgml_sidecar", help="publication name (default %(default)s)")
+    p.add_argument("--slot", default="pgml_sidecar", help="replication slot name (default %(default)s)")
+    p.add_argument(
+        "--catch-up",
+        action="store_true",
+        help="exit 0 once everything committed on the source before the start is in the mirror",
+    )
+    p.set_defaults(run=_replicate)
+
+
+def _replicate(args: argparse.Namespace) -> int:
+    from replicator.replicate import ReplicationSettings, Replicator
+
+    if not args.source:
+        raise ConfigError("no source database: pass --source DSN or set PGML_SIDECAR_SOURCE")
+    if not args.mirror:
+        raise ConfigError("no mirror file: pass --mirror PATH or set PGML_SIDECAR_MIRROR")
+    settings = ReplicationSettings(
+        source_dsn=args.source,
+        mirror_path=Path(args.mirror),
+        tables=[t.strip() for t in args.tables.split(",") if t.strip()],
+        publication=args.publication,
+        slot=args.slot,
+        catch_up=args.catch_up,
+    )
+    replicator = Replicator(settings)
+    _stop_on_signals(replicator.stopping.set)
+    try:
+        stats = replicator.run()
+    finally:
+        replicator.mirror.close()
+    log.info(
+        "stopped: %d rows in %d transactions applied, %d reconnects",
+        stats.rows_applied,
+        stats.transactions,
+        stats.reconnects,
+    )
+    return 0
+
+
+def _demo_parser(commands: argparse._SubParsersAction) -> None:
+    p = commands.add_parser(
+        "demo",
+        help="run the whole flow on a throwaway local PostgreSQL, no configuration",
+        description=(
+            "Start a throwaway PostgreSQL, create and fill a sample table, replicate it into a"
+            " DuckDB mirror, change some rows, catch up again and print what the mirror holds."
+        ),
+    )
+    p.add_argument(
+        "--workdir",
+        type=Path,
+        default=None,
+        help="where to keep the throwaway database and the mirror (default: a temporary directory)",
+    )
+    p.add_argument("--rows", type=int, default=10_000, help="rows in the sample table")
+    p.set_defaults(run=_demo)
+
+
+def _demo(args: argparse.Namespace) -> int:
+    from sidecar.demo import run_demo
+
+    return run_demo(workdir=args.workdir, rows=args.rows)
+
+
+def _stop_on_signals(stop: object) -> None:
+    def handler(signum: int, frame: object) -> None:
+        log.info("received %s: committing and stopping", signal.Signals(signum).name)
+        stop()  # type: ignore[operator]
+
+    signal.signal(signal.SIGINT, handler)
+    signal.signal(signal.SIGTERM, handler)
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="pgml-sidecar", description=DESCRIPTION)
+    parser.add_argument("-v", "--verbose", action="store_true", help="log debugging detail")
+    commands = parser.add_subparsers(title="commands", metavar="COMMAND")
+    _replicate_parser(commands)
+    _demo_parser(commands)
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    logging.basicConfig(
+        level=logging.DEBUG if args.verbose else logging.INFO,
+        format="%(asctime)s %(levelname)s %(message)s",
+        stream=sys.stderr,
+    )
+    if not hasattr(args, "run"):
+        parser.print_help()
+        return 2
+    try:
+        return int(args.run(args))
+    except SidecarError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return exc.exit_code
+    except KeyboardInterrupt:
+        return 130
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,186 @@
+"""How a Postgres column type is stored in the mirror, and how its text form is cast there."""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass
+
+import pyarrow as pa
+
+
+@dataclass(frozen=True, slots=True)
+class SourceType:
+    """What the source catalog says of a type the mirror does not know by OID."""
+
+    oid: int
+    kind: str
+    """pg_type.typtype: b base, d domain, e enum, c composite, r range, m multirange, p pseudo."""
+    element_oid: int = 0
+    base_oid: int = 0
+    base_modifier: int = -1
+
+
+@dataclass(frozen=True, slots=True)
+class MirrorType:
+    """A DuckDB column type and the SQL that turns the Postgres text form into it."""
+
+    sql: str
+    cast: str
+    """A SQL template with ``{}`` standing for the text value."""
+    prepare: Callable[[pa.Array], pa.Array] | None = None
+    """A Python step run on the text column before the cast (array literals only)."""
+
+    def cast_sql(self, value_sql: str) -> str:
+        return self.cast.format(value_sql)
+
+
+TEXT = MirrorType("VARCHAR", "{}")
+
+_SCALARS: dict[int, str] = {
+    16: "BOOLEAN",
+    20: "BIGINT",
+    21: "SMALLINT",
+    23: "INTEGER",
+    26: "BIGINT",  # oid
+    700: "REAL",
+    701: "DOUBLE",
+    1082: "DATE",
+    1083: "TIME",
+    1266: "TIMETZ",
+    1114: "TIMESTAMP",
+    1184: "TIMESTAMPTZ",
+    1186: "INTERVAL",
+    2950: "UUID",
+    114: "JSON",
+    3802: "JSON",
+}
+_TEXTS = {25, 1043, 1042, 19, 18}  # text, varchar, bpchar, name, "char"
+_BYTEA = 17
+_NUMERIC = 1700
+_NUMERIC_ELEMENTS = {16, 20, 21, 23, 26, 700, 701, _NUMERIC}
+_ARRAYS: dict[int, int] = {
+    1000: 16,
+    1005: 21,
+    1007: 23,
+    1016: 20,
+    1028: 26,
+    1021: 700,
+    1022: 701,
+    1231: _NUMERIC,
+    1009: 25,
+    1015: 1043,
+    1014: 1042,
+    1003: 19,
+    1002: 18,
+    2951: 2950,
+    1182: 1082,
+    1183: 1083,
+    1270: 1266,
+    1115: 1114,
+    1185: 1184,
+    1187: 1186,
+    199: 114,
+    3807: 3802,
+    1001: _BYTEA,
+}
+
+
+def numeric_type(modifier: int) -> str:
+    """DECIMAL(p,s) when the declared precision fits DuckDB, DOUBLE otherwise."""
+    if modifier < 4:
+        return "DOUBLE"
+    precision = ((modifier - 4) >> 16) & 0xFFFF
+    scale = (modifier - 4) & 0xFFFF
+    if precision > 38 or scale > precision:
+        return "DOUBLE"
+    return f"DECIMAL({precision},{scale})"
+
+
+def mirror_type(
+    type_oid: int, modifier: int, catalog: Mapping[int, SourceType] | None = None
+) -> MirrorType:
+    """Map a source column type to its mirror type; unknown types become text."""
+    if type_oid in _SCALARS:
+        sql = _SCALARS[type_oid]
+        return MirrorType(sql, f"CAST({{}} AS {sql})")
+    if type_oid in _TEXTS:
+        return TEXT
+    if type_oid == _NUMERIC:
+        sql = numeric_type(modifier)
+        return MirrorType(sql, f"CAST({{}} AS {sql})")
+    if type_oid == _BYTEA:
+        return MirrorType("BLOB", "unhex(substr({}, 3))")
+    element = _ARRAYS.get(type_oid)
+    source = (catalog or {}).get(type_oid)
+    if element is None and source is not None:
+        if source.kind == "d" and source.base_oid:
+            return mirror_type(source.base_oid, source.base_modifier, catalog)
+        element = source.element_oid or None
+    if element is not None:
+        return _array_type(element, catalog)
+    return TEXT
+
+
+def _array_type(element_oid: int, catalog: Mapping[int, SourceType] | None) -> MirrorType:
+    element = mirror_type(element_oid, -1, catalog)
+    if element.sql == "BLOB":
+        element = TEXT
+    sql = f"{element.sql}[]"
+    if element_oid in _NUMERIC_ELEMENTS:
+        return MirrorType(sql, f"TRY_CAST(translate({{}}, '{{{{}}}}', '[]') AS {sql})")
+    return MirrorType(sql, f"TRY_CAST(CAST({{}} AS JSON) AS {sql})", prepare=array_literals_to_json)
+
+
+def array_literals_to_json(column: pa.Array) -> pa.Array:
+    """Rewrite Postgres array literals (``{a,"b c",NULL}``) as JSON arrays, keeping NULLs."""
+    return pa.array(
+        [None if v is None else json.dumps(parse_array_literal(v)) for v in column.to_pylist()],
+        type=pa.string(),
+    )
+
+
+def parse_array_literal(text: str) -> list[object]:
+    """Parse a Postgres array literal into nested lists of strings and None.
+
+    >>> parse_array_literal('{1,NULL,"a,b","x\\\\"y"}')
+    ['1', None, 'a,b', 'x"y']
+    >>> parse_array_literal('{{1,2},{3,4}}')
+    [['1', '2'], ['3', '4']]
+    """
+    if text.startswith("["):  # explicit bounds: [0:1]={...}
+        text = text[text.index("=") + 1 :]
+    value, end = _parse_array(text, 0)
+    return value
+
+
+def _parse_array(text: str, pos: int) -> tuple[list[object], int]:
+    assert text[pos] == "{"
+    pos += 1
+    items: list[object] = []
+    if text[pos] == "}":
+        return items, pos + 1
+    while True:
+        char = text[pos]
+        if char == "{":
+            nested, pos = _parse_array(text, pos)
+            items.append(nested)
+        elif char == '"':
+            pos += 1
+            chars: list[str] = []
+            while text[pos] != '"':
+                if text[pos] == "\\":
+                    pos += 1
+                chars.append(text[pos])
+                pos += 1
+            items.append("".join(chars))
+            pos += 1
+        else:
+            start = pos
+            while text[pos] not in ",}":
+                pos += 1
+            token = text[start:pos].strip()
+            items.append(None if token.upper() == "NULL" else token)
+        if text[pos] == "}":
+            return items, pos + 1
+        pos += 1  # the comma

@@ -1,0 +1,66 @@
+"""Errors a user sees: one line that says what went wrong and what to change.
+
+::
+
+    SidecarError                 base; ``str(e)`` is the message, ``e.sqlstate`` its code
+    ├── ConfigError              bad flags or config values (exit code 2)
+    ├── SourceError              the source database refuses or lacks something
+    │   ├── SourceSetupError     wal_level, privileges, unknown table: needs a change on the source
+    │   └── SlotBusyError        another process holds the replication slot
+    ├── SourceConnectionLost     the connection dropped; the replicator reconnects and resumes
+    └── MirrorError              the DuckDB mirror cannot be opened or does not match
+
+Code above raises these with a message a user understands; the CLI prints ``error: <message>``
+and exits non-zero, never a traceback.
+"""
+
+from __future__ import annotations
+
+
+class SidecarError(Exception):
+    """An error with a message for the user and a SQLSTATE for the wire."""
+
+    sqlstate = "XX000"
+    exit_code = 1
+
+    def __init__(self, message: str, *, sqlstate: str | None = None) -> None:
+        super().__init__(message)
+        if sqlstate is not None:
+            self.sqlstate = sqlstate
+
+
+class ConfigError(SidecarError):
+    """A flag or config value is missing or invalid."""
+
+    sqlstate = "22023"
+    exit_code = 2
+
+
+class SourceError(SidecarError):
+    """The source database refused an operation."""
+
+    sqlstate = "58000"
+
+
+class SourceSetupError(SourceError):
+    """The source needs a change (setting, privilege, table) before the sidecar can work."""
+
+    sqlstate = "55000"
+
+
+class SlotBusyError(SourceError):
+    """Another process is streaming from the replication slot."""
+
+    sqlstate = "55006"
+
+
+class SourceConnectionLost(SourceError):
+    """The connection to the source dropped; the caller may reconnect and resume."""
+
+    sqlstate = "08006"
+
+
+class MirrorError(SidecarError):
+    """The DuckDB mirror cannot be opened, or holds something the sidecar did not write."""
+
+    sqlstate = "58030"

@@ -1,0 +1,515 @@
+"""The mirror: a DuckDB file holding the source tables, and the position it is consistent with.
+
+Only the replicator writes here. Every batch of changes and the source position it ends at are
+committed in one DuckDB transaction (``commit(position)``), and a stored position never moves
+backwards, so a restart resumes exactly where the last commit left off.
+
+Bookkeeping lives in schema ``_pgml_sidecar``:
+
+- ``positions``: one row per replication source (a slot name): the end LSN of the last applied
+  source transaction.
+- ``tables``: one row per mirrored table: its columns as mirrored, and its sync state.
+
+Table sync states (persisted in ``tables.state``):
+
+- ``copying``: created, initial copy not committed yet; streamed changes are held in memory and
+  a restart copies the table again.
+- ``catchup``: copied under a snapshot taken while streaming; changes that may already be in the
+  copy are applied idempotently until the stream passes ``catchup_until``.
+- ``ready``: every change is applied as it comes.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Iterable, Iterator, Mapping
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import Any
+
+import duckdb
+import pyarrow as pa
+
+from sidecar.changes import (
+    Change,
+    Deletes,
+    Inserts,
+    Lsn,
+    Relation,
+    SchemaChange,
+    Truncate,
+    Tuples,
+    Updates,
+)
+from sidecar.column_types import MirrorType, SourceType, array_literals_to_json, mirror_type
+from sidecar.errors import MirrorError
+
+META = "_pgml_sidecar"
+_BATCH = "_pgml_sidecar_batch"
+
+
+def quote(identifier: str) -> str:
+    """Quote an identifier for DuckDB."""
+    return '"' + identifier.replace('"', '""') + '"'
+
+
+@dataclass(frozen=True, slots=True)
+class MirrorColumn:
+    """A mirrored column: its source description and how text becomes its DuckDB type."""
+
+    name: str
+    type_oid: int
+    type_modifier: int
+    is_key: bool
+    sql: str
+    cast: str
+    json_array: bool
+
+    @property
+    def mirror_type(self) -> MirrorType:
+        prepare = array_literals_to_json if self.json_array else None
+        return MirrorType(self.sql, self.cast, prepare)
+
+
+@dataclass(slots=True)
+class MirroredTable:
+    """A source table's place in the mirror."""
+
+    schema: str
+    name: str
+    columns: list[MirrorColumn]
+    identity: str
+    state: str
+    catchup_until: Lsn
+
+    @property
+    def qualified(self) -> str:
+        return f"{quote(self.schema)}.{quote(self.name)}"
+
+    @property
+    def keys(self) -> list[MirrorColumn]:
+        return [c for c in self.columns if c.is_key]
+
+    @property
+    def has_primary_key(self) -> bool:
+        return self.identity != "f" and bool(self.keys)
+
+
+def mirror_columns(
+    relation: Relation, catalog: Mapping[int, SourceType] | None = None
+) -> list[MirrorColumn]:
+    columns = []
+    for column in relation.columns:
+        kind = mirror_type(column.type_oid, column.type_modifier, catalog)
+        columns.append(
+            MirrorColumn(
+                column.name,
+                column.type_oid,
+                column.type_modifier,
+                column.is_key,
+                kind.sql,
+                kind.cast,
+                kind.prepare is not None,
+            )
+        )
+    return columns
+
+
+class Mirror:
+    """A DuckDB mirror file, opened for the replicator."""
+
+    def __init__(self, path: str | Path, *, read_only: bool = False) -> None:
+        self.path = Path(path)
+        try:
+            self.con = duckdb.connect(str(self.path), read_only=read_only)
+        except duckdb.Error as exc:
+            raise MirrorError(f"cannot open mirror {self.path}: {exc}") from None
+        self.source_types: dict[int, SourceType] = {}
+        self.tables: dict[tuple[str, str], MirroredTable] = {}
+        self._held: dict[tuple[str, str], list[Change]] = {}
+        self._in_transaction = False
+        if not read_only:
+            self._create_meta()
+        self._load_tables()
+
+    # -- bookkeeping ---------------------------------------------------------------------------
+
+    def _create_meta(self) -> None:
+        self.con.execute(f"create schema if not exists {META}")
+        self.con.execute(
+            f"create table if not exists {META}.positions ("
+            " source varchar primary key, lsn ubigint not null, updated_at timestamptz)"
+        )
+        self.con.execute(
+            f"create table if not exists {META}.tables ("
+            " schema_name varchar, table_name varchar, columns json, identity varchar, state varchar,"
+            " catchup_until ubigint default 0, primary key (schema_name, table_name))"
+        )
+
+    def _load_tables(self) -> None:
+        try:
+            rows = self.con.execute(
+                f"select schema_name, table_name, columns, identity, state, catchup_until"
+                f" from {META}.tables"
+            ).fetchall()
+        except duckdb.CatalogException:
+            rows = []
+        for schema, name, columns, identity, state, until in rows:
+            cols = [MirrorColumn(**c) for c in json.loads(columns)]
+            self.tables[(schema, name)] = MirroredTable(
+                schema, name, cols, identity, state, until or 0
+            )
+
+    def position(self, source: str) -> Lsn | None:
+        """The end LSN of the last source transaction applied, or None for a new mirror."""
+        row = self.con.execute(
+            f"select lsn from {META}.positions where source = ?", [source]
+        ).fetchone()
+        return None if row is None else int(row[0])
+
+    def _save_table(self, table: MirroredTable) -> None:
+        columns = json.dumps([asdict(c) for c in table.columns])
+        self.con.execute(
+            f"insert or replace into {META}.tables values (?, ?, ?, ?, ?, ?)",
+            [table.schema, table.name, columns, table.identity, table.state, table.catchup_until],
+        )
+
+    # -- transactions --------------------------------------------------------------------------
+
+    def begin(self) -> None:
+        if not self._in_transaction:
+            self.con.execute("begin")
+            self._in_transaction = True
+
+    def commit(self, source: str, lsn: Lsn) -> None:
+        """Store ``lsn`` as the source position and commit everything applied since begin()."""
+        self.begin()
+        self.con.execute(
+            f"insert into {META}.positions values (?, ?, now()) on conflict (source) do update"
+            " set lsn = greatest(positions.lsn, excluded.lsn), updated_at = excluded.updated_at",
+            [source, lsn],
+        )
+        for table in self.tables.values():
+            if table.state == "catchup" and lsn >= table.catchup_until:
+                table.state = "ready"
+                self._save_table(table)
+        self.con.execute("commit")
+        self._in_transaction = False
+
+    def rollback(self) -> None:
+        if self._in_transaction:
+            self.con.execute("rollback")
+            self._in_transaction = False
+            self.tables.clear()
+            self._load_tables()
+
+    def close(self) -> None:
+        self.rollback()
+        self.con.close()
+
+    # -- schema --------------------------------------------------------------------------------
+
+    def table_for(self, relation: Relation) -> MirroredTable | None:
+        return self.tables.get((relation.schema, relation.name))
+
+    def create_table(self, relation: Relation, *, state: str) -> MirroredTable:
+        """Create (or re-create, emptied) the mirror table for ``relation``."""
+        columns = mirror_columns(relation, self.source_types)
+        table = MirroredTable(
+            relation.schema, relation.name, columns, relation.replica_identity, state, 0
+        )
+        definitions = [f"{quote(c.name)} {c.sql}" for c in table.columns]
+        if table.has_primary_key:
+            definitions.append(f"primary key ({', '.join(quote(c.name) for c in table.keys)})")
+        self.con.execute(f"create schema if not exists {quote(relation.schema)}")
+        self.con.execute(f"drop table if exists {table.qualified}")
+        self.con.execute(f"create table {table.qualified} ({', '.join(definitions)})")
+        self.tables[(relation.schema, relation.name)] = table
+        self._save_table(table)
+        return table
+
+    def set_state(self, table: MirroredTable, state: str, catchup_until: Lsn = 0) -> None:
+        table.state = state
+        table.catchup_until = catchup_until
+        self._save_table(table)
+
+    def follow_schema(self, relation: Relation) -> None:
+        """Alter the mirror table so it has the relation's columns, keeping its rows."""
+        table = self.table_for(relation)
+        if table is None:
+            return
+        wanted = mirror_columns(relation, self.source_types)
+        if [(c.name, c.sql, c.is_key) for c in wanted] == [
+            (c.name, c.sql, c.is_key) for c in table.columns
+        ]:
+            return
+        for statement in schema_steps(table, wanted):
+            self.con.execute(statement)
+        table.columns = wanted
+        table.identity = relation.replica_identity
+        self._save_table(table)
+
+    # -- applying changes ----------------------------------------------------------------------
+
+    def apply(self, changes: Iterable[Change]) -> int:
+        """Apply changes in order inside the open transaction; return the rows touched."""
+        self.begin()
+        touched = 0
+        for change in changes:
+            touched += self._apply_one(change)
+        return touched
+
+    def _apply_one(self, change: Change) -> int:
+        if isinstance(change, SchemaChange):
+            self.follow_schema(change.relation)
+            return 0
+        if isinstance(change, Truncate):
+            for relation in change.relations:
+                table = self.table_for(relation)
+                if table is not None and not self._hold(table, change):
+                    self.con.execute(f"delete from {table.qualified}")
+            return 0
+        table = self.table_for(change.relation)
+        if table is None or self._hold(table, change):
+            return 0
+        if isinstance(change, Inserts):
+            self._insert(table, change.rows)
+            return change.rows.num_rows
+        if isinstance(change, Updates):
+            self._update(table, change)
+            return change.rows.num_rows
+        self._delete(table, change.old)
+        return change.old.num_rows
+
+    def _hold(self, table: MirroredTable, change: Change) -> bool:
+        """Keep changes of a table whose copy is running; they are applied when it finishes."""
+        if table.state != "copying":
+            return False
+        self._held.setdefault((table.schema, table.name), []).append(change)
+        return True
+
+    def release_held(self, table: MirroredTable) -> int:
+        """Apply the changes held while ``table`` was copying (it is in catch-up now)."""
+        held = self._held.pop((table.schema, table.name), [])
+        return self.apply(held)
+
+    def _register(self, table: MirroredTable, rows: pa.Table, extra: dict[str, pa.Array]) -> None:
+        arrays = []
+        names = []
+        by_name = {c.name: c for c in table.columns}
+        for name in rows.column_names:
+            column = rows.column(name)
+            prepare = by_name[name].mirror_type.prepare if name in by_name else None
+            arrays.append(prepare(column.combine_chunks()) if prepare else column)
+            names.append(name)
+        for name, array in extra.items():
+            arrays.append(array)
+            names.append(name)
+        self.con.register(_BATCH, pa.Table.from_arrays(arrays, names=names))
+
+    def _casts(self, table: MirroredTable, rows: pa.Table, alias: str = "") -> list[str]:
+        present = set(rows.column_names)
+        prefix = f"{alias}." if alias else ""
+        return [
+            c.mirror_type.cast_sql(prefix + quote(c.name)) if c.name in present else "null"
+            for c in table.columns
+        ]
+
+    def _insert(self, table: MirroredTable, rows: Tuples) -> None:
+        self._register(table, rows.values, {})
+        verb = "insert or replace" if table.state == "catchup" and table.has_primary_key else "insert"
+        columns = ", ".join(quote(c.name) for c in table.columns)
+        casts = ", ".join(self._casts(table, rows.values))
+        self.con.execute(f"{verb} into {table.qualified} ({columns}) select {casts} from {_BATCH}")
+        self.con.unregister(_BATCH)
+
+    def _delete(self, table: MirroredTable, old: Tuples) -> None:
+        if not table.has_primary_key:
+            for row in _rows(old.values):
+                self._delete_one_row(table, row)
+            return
+        self._register(table, old.values, {})
+        match = " and ".join(
+            f"{table.qualified}.{quote(c.name)} = {c.mirror_type.cast_sql('b.' + quote(c.name))}"
+            for c in table.keys
+        )
+        self.con.execute(f"delete from {table.qualified} using {_BATCH} b where {match}")
+        self.con.unregister(_BATCH)
+
+    def _update(self, table: MirroredTable, change: Updates) -> None:
+        if not table.has_primary_key:
+            for index, row in enumerate(_rows(change.rows.values)):
+                old = None if change.old is None else _row_at(change.old.values, index)
+                self._update_one_row(table, old or row, row, change.rows.unchanged, index)
+            return
+        for chunk in _unique_key_chunks(table, change):
+            self._update_chunk(table, chunk)
+
+    def _update_chunk(self, table: MirroredTable, change: Updates) -> None:
+        rows, old = change.rows, change.old
+        extra: dict[str, pa.Array] = {}
+        for column in table.keys:
+            source = old.values if old is not None else rows.values
+            extra[f"_old_{column.name}"] = source.column(column.name).combine_chunks()
+        for name, mask in rows.unchanged.items():
+            extra[f"_unchanged_{name}"] = pa.array(mask)
+        if table.state == "catchup" and old is None and not rows.unchanged:
+            self._insert(table, rows)  # idempotent: the row may not be in the copy yet
+            return
+        self._register(table, rows.values, extra)
+        sets = []
+        for column, cast in zip(table.columns, self._casts(table, rows.values, "b"), strict=True):
+            if column.name in rows.unchanged:
+                flag = "b." + quote(f"_unchanged_{column.name}")
+                cast = f"case when {flag} then {table.qualified}.{quote(column.name)} else {cast} end"
+            sets.append(f"{quote(column.name)} = {cast}")
+        match = " and ".join(
+            f"{table.qualified}.{quote(c.name)} = "
+            f"{c.mirror_type.cast_sql('b.' + quote('_old_' + c.name))}"
+            for c in table.keys
+        )
+        self.con.execute(
+            f"update {table.qualified} set {', '.join(sets)} from {_BATCH} b where {match}"
+        )
+        self.con.unregister(_BATCH)
+
+    # -- tables without a primary key (REPLICA IDENTITY FULL): one row at a time ---------------
+
+    def _match_row(self, table: MirroredTable, row: dict[str, str | None]) -> tuple[str, list[Any]]:
+        conditions = []
+        params: list[Any] = []
+        for column in table.columns:
+            if column.name not in row:
+                continue
+            conditions.append(
+                f"{quote(column.name)} is not distinct from {column.mirror_type.cast_sql('?')}"
+            )
+            params.append(_prepared(column, row[column.name]))
+        where = " and ".join(conditions) or "true"
+        return f"rowid = (select rowid from {table.qualified} where {where} limit 1)", params
+
+    def _delete_one_row(self, table: MirroredTable, row: dict[str, str | None]) -> None:
+        where, params = self._match_row(table, row)
+        self.con.execute(f"delete from {table.qualified} where {where}", params)
+
+    def _update_one_row(
+        self,
+        table: MirroredTable,
+        old: dict[str, str | None],
+        new: dict[str, str | None],
+        unchanged: Mapping[str, Any],
+        index: int,
+    ) -> None:
+        where, params = self._match_row(table, old)
+        sets = []
+        values: list[Any] = []
+        for column in table.columns:
+            if column.name not in new or (column.name in unchanged and unchanged[column.name][index]):
+                continue
+            sets.append(f"{quote(column.name)} = {column.mirror_type.cast_sql('?')}")
+            values.append(_prepared(column, new[column.name]))
+        if sets:
+            self.con.execute(
+                f"update {table.qualified} set {', '.join(sets)} where {where}", values + params
+            )
+
+    # -- initial copy --------------------------------------------------------------------------
+
+    def load(self, table: MirroredTable, batches: Iterator[pa.RecordBatch]) -> int:
+        """Insert an initial copy's batches (text columns) into ``table``; return the row count."""
+        count = 0
+        for batch in batches:
+            self._insert(table, Tuples(pa.Table.from_batches([batch])))
+            count += batch.num_rows
+        return count
+
+
+def schema_steps(table: MirroredTable, wanted: list[MirrorColumn]) -> list[str]:
+    """ALTER TABLE statements turning ``table``'s columns into ``wanted``.
+
+    A column that disappears and one that appears at the same position with the same type are
+    a rename; other disappearances are drops, other arrivals are additions.
+    """
+    old_names = [c.name for c in table.columns]
+    new_names = [c.name for c in wanted]
+    gone = [c for c in table.columns if c.name not in new_names]
+    added = [c for c in wanted if c.name not in old_names]
+    steps = []
+    renamed: set[str] = set()
+    for old in gone:
+        position = old_names.index(old.name)
+        match = next(
+            (
+                n
+                for n in added
+                if n.name not in renamed and new_names.index(n.name) == position and n.sql == old.sql
+            ),
+            None,
+        )
+        if match is not None:
+            steps.append(
+                f"alter table {table.qualified} rename column {quote(old.name)} to {quote(match.name)}"
+            )
+            renamed.add(match.name)
+        else:
+            steps.append(f"alter table {table.qualified} drop column {quote(old.name)}")
+    for new in added:
+        if new.name not in renamed:
+            steps.append(f"alter table {table.qualified} add column {quote(new.name)} {new.sql}")
+    current = {c.name: c for c in table.columns}
+    for new in wanted:
+        before = current.get(new.name)
+        if before is not None and before.sql != new.sql:
+            using = new.mirror_type.cast_sql(f"cast({quote(new.name)} as varchar)")
+            steps.append(
+                f"alter table {table.qualified} alter column {quote(new.name)}"
+                f" set data type {new.sql} using {using}"
+            )
+    return steps
+
+
+def _prepared(column: MirrorColumn, value: str | None) -> str | None:
+    prepare = column.mirror_type.prepare
+    if prepare is None or value is None:
+        return value
+    return str(prepare(pa.array([value], type=pa.string()))[0].as_py())
+
+
+def _rows(values: pa.Table) -> list[dict[str, str | None]]:
+    return values.to_pylist()
+
+
+def _row_at(values: pa.Table, index: int) -> dict[str, str | None]:
+    return values.slice(index, 1).to_pylist()[0]
+
+
+def _unique_key_chunks(table: MirroredTable, change: Updates) -> Iterator[Updates]:
+    """Split an update run so that no key appears twice in a chunk (UPDATE ... FROM needs that)."""
+    names = [c.name for c in table.keys]
+    new_keys = list(zip(*(change.rows.values.column(n).to_pylist() for n in names), strict=True))
+    old_keys = (
+        new_keys
+        if change.old is None
+        else list(zip(*(change.old.values.column(n).to_pylist() for n in names), strict=True))
+    )
+    seen: set[tuple[Any, ...]] = set()
+    start = 0
+    for index, (old, new) in enumerate(zip(old_keys, new_keys, strict=True)):
+        if old in seen or new in seen:
+            yield _slice_updates(change, start, index)
+            seen.clear()
+            start = index
+        seen.add(old)
+        seen.add(new)
+    yield _slice_updates(change, start, len(new_keys))
+
+
+def _slice_updates(change: Updates, start: int, stop: int) -> Updates:
+    def cut(tuples: Tuples) -> Tuples:
+        return Tuples(
+            tuples.values.slice(start, stop - start),
+            {k: v[start:stop] for k, v in tuples.unchanged.items() if v[start:stop].any()},
+        )
+
+    return Updates(change.relation, cut(change.rows), None if change.old is None else cut(change.old))
+
