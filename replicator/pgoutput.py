@@ -85,34 +85,42 @@ class StreamAbort:
     subxid: int
 
 
-def parse_begin(payload: bytes) -> Begin:
+def parse_begin(payload: bytes | memoryview) -> Begin:
     final_lsn, commit_time, xid = struct.unpack_from(">QqI", payload, 1)
     return Begin(final_lsn, commit_time, xid)
 
 
-def parse_commit(payload: bytes) -> Commit:
+def parse_commit(payload: bytes | memoryview) -> Commit:
     _flags, commit_lsn, end_lsn, commit_time = struct.unpack_from(">BQQq", payload, 1)
     return Commit(commit_lsn, end_lsn, commit_time)
 
 
-def parse_stream_start(payload: bytes) -> StreamStart:
+def parse_stream_start(payload: bytes | memoryview) -> StreamStart:
     xid, first = struct.unpack_from(">IB", payload, 1)
     return StreamStart(xid, bool(first))
 
 
-def parse_stream_commit(payload: bytes) -> StreamCommit:
+def parse_stream_commit(payload: bytes | memoryview) -> StreamCommit:
     xid, _flags, commit_lsn, end_lsn, commit_time = struct.unpack_from(">IBQQq", payload, 1)
     return StreamCommit(xid, commit_lsn, end_lsn, commit_time)
 
 
-def parse_stream_abort(payload: bytes) -> StreamAbort:
+def parse_stream_abort(payload: bytes | memoryview) -> StreamAbort:
     xid, subxid = struct.unpack_from(">II", payload, 1)
     return StreamAbort(xid, subxid)
 
 
-def streamed_xid(payload: bytes) -> int:
+def streamed_xid(payload: bytes | memoryview) -> int:
     """The (sub)transaction id a message inside a stream block carries after its type byte."""
     return int(struct.unpack_from(">I", payload, 1)[0])
+
+
+def streamed_xids(payloads: Sequence[bytes | memoryview]) -> list[int]:
+    """The transaction id of each message of a stream block."""
+    if not payloads:
+        return []
+    heads = np.frombuffer(b"".join(bytes(p[1:5]) for p in payloads), dtype=">u4")
+    return [int(x) for x in heads]
 
 
 def strip_streamed_xid(payload: bytes) -> bytes:
@@ -137,29 +145,44 @@ class Decoder:
         self.relations: dict[int, Relation] = {}
         self.types: dict[int, tuple[str, str]] = {}
 
-    def decode(self, payloads: Sequence[bytes]) -> list[Change]:
-        """Decode protocol-1 messages in order (no Begin/Commit, no stream control)."""
+    def decode(
+        self, payloads: Sequence[bytes | memoryview], *, streamed: bool = False
+    ) -> list[Change]:
+        """Decode data and schema messages in order (no Begin/Commit, no stream control).
+
+        ``streamed`` messages come from a protocol 2 stream block and carry a transaction id
+        after their type byte.
+        """
+        count = len(payloads)
+        if count == 0:
+            return []
+        shift = 4 if streamed else 0
+        buf = np.frombuffer(b"".join(payloads), dtype=np.uint8)
+        lengths = np.fromiter(map(len, payloads), dtype=np.int64, count=count)
+        starts = np.zeros(count, dtype=np.int64)
+        np.cumsum(lengths[:-1], out=starts[1:])
+        last = len(buf) - 1
+        kinds = buf[starts].astype(np.int64)
+        relids = _be32(buf, starts + 1 + shift, last)
+        markers = np.where(kinds == UPDATE, buf[np.minimum(starts + 5 + shift, last)], 0)
+        is_data = (kinds == INSERT) | (kinds == UPDATE) | (kinds == DELETE)
+        keys = (kinds << 40) | (relids << 8) | markers
+        keys[~is_data] = -1 - np.flatnonzero(~is_data)  # every other message is a run of its own
+        bounds = np.concatenate(([0], np.flatnonzero(keys[1:] != keys[:-1]) + 1, [count]))
         changes: list[Change] = []
-        run: list[bytes] = []
-        run_key: tuple[int, int, int] | None = None
-        for payload in payloads:
-            kind = payload[0]
-            if kind in _DATA:
-                key = (kind, _relid(payload), payload[5] if kind == UPDATE else 0)
-                if key != run_key and run:
-                    changes.append(self._decode_run(run_key, run))  # type: ignore[arg-type]
-                    run = []
-                run_key = key
-                run.append(payload)
+        for first, stop in zip(bounds[:-1].tolist(), bounds[1:].tolist(), strict=True):
+            if is_data[first]:
+                run_starts = starts[first:stop] + shift
+                changes.append(
+                    self._decode_run(int(kinds[first]), int(relids[first]), buf, run_starts)
+                )
                 continue
-            if run:
-                changes.append(self._decode_run(run_key, run))  # type: ignore[arg-type]
-                run, run_key = [], None
+            payload = bytes(payloads[first])
+            if streamed:
+                payload = strip_streamed_xid(payload)
             change = self._decode_other(payload)
             if change is not None:
                 changes.append(change)
-        if run:
-            changes.append(self._decode_run(run_key, run))  # type: ignore[arg-type]
         return changes
 
     def _decode_other(self, payload: bytes) -> Change | None:
@@ -188,14 +211,11 @@ class Decoder:
         except KeyError:
             raise DecodeError(f"change for relation {oid} before its Relation message") from None
 
-    def _decode_run(self, key: tuple[int, int, int], run: list[bytes]) -> Change:
-        kind, relid, marker = key
+    def _decode_run(self, kind: int, relid: int, buf: np.ndarray, starts: np.ndarray) -> Change:
+        """Decode a run of one kind of message for one relation; ``starts`` index type bytes."""
         relation = self._relation(relid)
-        buf = np.frombuffer(b"".join(run), dtype=np.uint8)
-        lengths = np.fromiter((len(p) for p in run), dtype=np.int64, count=len(run))
-        starts = np.zeros(len(run), dtype=np.int64)
-        np.cumsum(lengths[:-1], out=starts[1:])
-        pos = starts + 6  # type byte, relid, 'N'/'K'/'O'
+        marker = int(buf[starts[0] + 5])
+        pos = starts + 6  # type byte, relid, tuple marker
         if kind == INSERT:
             _expect(buf, starts + 5, ord("N"))
             rows, _ = decode_tuples(buf, pos, relation)
@@ -214,8 +234,10 @@ class Decoder:
         return Updates(relation, rows, old_rows)
 
 
-def _relid(payload: bytes) -> int:
-    return int.from_bytes(payload[1:5], "big")
+def _be32(buf: np.ndarray, pos: np.ndarray, last: int) -> np.ndarray:
+    """Big-endian uint32 at each position (positions past the end read the last byte)."""
+    b = [buf[np.minimum(pos + k, last)].astype(np.int64) for k in range(4)]
+    return (b[0] << 24) | (b[1] << 16) | (b[2] << 8) | b[3]
 
 
 def _expect(buf: np.ndarray, pos: np.ndarray, byte: int) -> None:
@@ -259,9 +281,7 @@ def decode_tuples(
     for index in range(width):
         kind = buf[pos]
         has_value = (kind == _TEXT) | (kind == _BINARY)
-        header = [buf[np.minimum(pos + k, last)].astype(np.int64) for k in range(1, 5)]
-        length = (header[0] << 24) | (header[1] << 16) | (header[2] << 8) | header[3]
-        length = np.where(has_value, length, 0)
+        length = np.where(has_value, _be32(buf, pos + 1, last), 0)
         value_start = pos + 5
         arrays.append(_string_array(buf, value_start, length, has_value))
         pos = np.where(has_value, value_start + length, pos + 1)
@@ -274,6 +294,21 @@ def decode_tuples(
     return Tuples(pa.Table.from_arrays(arrays, names=names), unchanged), pos
 
 
+def _ragged_index(
+    starts: np.ndarray, lengths: np.ndarray, offsets: np.ndarray, total: int, size: int
+) -> np.ndarray:
+    """The buffer index of every byte of every value, in order (a cumsum of jumps and ones)."""
+    dtype = np.int32 if size < 2**31 else np.int64
+    present = lengths > 0
+    firsts = offsets[:-1][present]
+    value_starts = starts[present]
+    ends = value_starts + lengths[present] - 1
+    steps = np.ones(total, dtype=dtype)
+    steps[firsts[0]] = value_starts[0]
+    steps[firsts[1:]] = value_starts[1:] - ends[:-1]
+    return np.cumsum(steps, dtype=dtype)
+
+
 def _string_array(
     buf: np.ndarray, starts: np.ndarray, lengths: np.ndarray, valid: np.ndarray
 ) -> pa.Array:
@@ -281,11 +316,7 @@ def _string_array(
     offsets = np.zeros(count + 1, dtype=np.int64)
     np.cumsum(lengths, out=offsets[1:])
     total = int(offsets[-1])
-    if total:
-        gather = np.repeat(starts - offsets[:-1], lengths) + np.arange(total, dtype=np.int64)
-        values = buf[gather]
-    else:
-        values = np.zeros(0, dtype=np.uint8)
+    values = buf[_ragged_index(starts, lengths, offsets, total, len(buf))] if total else buf[:0]
     null_count = count - int(np.count_nonzero(valid))
     validity = None if null_count == 0 else pa.py_buffer(np.packbits(valid, bitorder="little"))
     return pa.Array.from_buffers(
@@ -294,4 +325,3 @@ def _string_array(
         [validity, pa.py_buffer(offsets), pa.py_buffer(values)],
         null_count=null_count,
     )
-

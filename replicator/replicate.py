@@ -20,8 +20,14 @@ from psycopg import sql
 from replicator import pgoutput as po
 from replicator import source
 from replicator.initial_copy import Progress, copy_rows
-from replicator.stream import KEEPALIVE, XLOG_DATA, XLOG_HEADER, ReplicationConnection
-from replicator.stream import parse_keepalive, standby_status
+from replicator.stream import (
+    KEEPALIVE,
+    XLOG_DATA,
+    XLOG_HEADER,
+    ReplicationConnection,
+    parse_keepalive,
+    standby_status,
+)
 from sidecar.changes import Change, Lsn, Relation, SchemaChange, format_lsn
 from sidecar.errors import SlotBusyError, SourceConnectionLost, SourceSetupError
 from sidecar.mirror import Mirror
@@ -29,6 +35,7 @@ from sidecar.mirror import Mirror
 log = logging.getLogger("pgml_sidecar.replicator")
 
 _SCHEMA_MESSAGES = (po.RELATION, po.TYPE)
+_ROW_MESSAGES = frozenset((po.INSERT, po.UPDATE, po.DELETE))
 
 
 @dataclass
@@ -113,7 +120,9 @@ class Replicator:
             self.mirror.commit(s.slot, lsn)
             return repl, lsn
         late = [
-            t for t in tables if t not in self.mirror.tables or self.mirror.tables[t].state == "copying"
+            t
+            for t in tables
+            if t not in self.mirror.tables or self.mirror.tables[t].state == "copying"
         ]
         if late:
             self.mirror.begin()
@@ -230,8 +239,9 @@ class _StreamSession:
         self.partially_applied = False
         self.in_transaction = False
         self.skip = False
-        self.streams: dict[int, list[tuple[int, bytes]]] = {}
+        self.streams: dict[int, _StreamedTransaction] = {}
         self.stream_xid: int | None = None
+        self.stream: _StreamedTransaction | None = None
         self.flushed = start
         self.server_sent = 0
         self.last_status = time.monotonic()
@@ -241,12 +251,23 @@ class _StreamSession:
         repl = self.repl
         settings = self.r.settings
         stopping = self.r.stopping
+        pending = self.pending
+        batch_messages = settings.batch_messages
         while True:
             frame = repl.read()
             if frame is not None:
                 kind = frame[0]
                 if kind == XLOG_DATA:
-                    self.on_message(frame[XLOG_HEADER:])
+                    payload = frame[XLOG_HEADER:]
+                    if payload[0] in _ROW_MESSAGES:  # the hot path: one row change
+                        stream = self.stream
+                        if stream is not None:
+                            stream.raw.append(payload)
+                            continue
+                        if not self.skip and pending and len(pending) < batch_messages:
+                            pending.append(payload)
+                            continue
+                    self.on_message(payload)
                 elif kind == KEEPALIVE:
                     keepalive = parse_keepalive(frame)
                     if keepalive.wal_end > self.server_sent:
@@ -295,45 +316,45 @@ class _StreamSession:
                 self.add_pending(bytes(payload))
         elif kind == po.STREAM_START:
             self.stream_xid = po.parse_stream_start(payload).xid
-            self.streams.setdefault(self.stream_xid, [])
+            self.stream = self.streams.setdefault(
+                self.stream_xid, _StreamedTransaction(self.stream_xid)
+            )
         elif kind == po.STREAM_STOP:
-            self.stream_xid = None
+            if self.stream is not None:
+                self.stream.block_done(self.decoder)
+            self.stream_xid = self.stream = None
         elif kind == po.STREAM_COMMIT:
             done = po.parse_stream_commit(payload)
-            messages = self.streams.pop(done.xid, [])
+            streamed = self.streams.pop(done.xid, None)
+            changes = [] if streamed is None else streamed.changes(self.decoder)
             applies = done.commit_lsn >= self.resume_lsn
-            for _, message in messages:
-                if applies or message[0] in _SCHEMA_MESSAGES:
-                    self.add_pending(message)
+            if not applies:
+                changes = [c for c in changes if isinstance(c, SchemaChange)]
+            self.apply_pending()
+            self.r.stats.rows_applied += self.apply(changes)
             if applies:
+                self.partially_applied = True
                 self.transaction_done(done.end_lsn)
         elif kind == po.STREAM_ABORT:
             abort = po.parse_stream_abort(payload)
-            messages = self.streams.get(abort.xid, [])
-            kept = [
-                (xid, m)
-                for xid, m in messages
-                if m[0] in _SCHEMA_MESSAGES or (abort.subxid != abort.xid and xid != abort.subxid)
-            ]
-            self.streams[abort.xid] = kept
-            if abort.subxid == abort.xid:
-                for _, message in self.streams.pop(abort.xid):
-                    self.add_pending(message)
+            streamed = self.streams.get(abort.xid)
+            if streamed is not None and abort.subxid != abort.xid:
+                streamed.drop_subtransaction(abort.subxid)
+            elif streamed is not None:
+                del self.streams[abort.xid]
         # Origin and logical decoding messages carry nothing for the mirror.
 
     def stream_message(self, payload: memoryview | bytes) -> None:
-        data = bytes(payload)
-        assert self.stream_xid is not None
-        self.streams[self.stream_xid].append((po.streamed_xid(data), po.strip_streamed_xid(data)))
+        assert self.stream is not None
+        self.stream.raw.append(payload)
 
     def add_pending(self, payload: memoryview | bytes) -> None:
         if not self.pending:
             self.pending_since = time.monotonic()
         self.pending.append(payload)
-        if len(self.pending) >= self.r.settings.batch_messages:
-            if self.in_transaction:
-                self.apply_pending()  # bound memory inside a large transaction
-                self.partially_applied = True
+        if len(self.pending) >= self.r.settings.batch_messages and self.in_transaction:
+            self.apply_pending()  # bound memory inside a large transaction
+            self.partially_applied = True
 
     def transaction_done(self, end_lsn: Lsn) -> None:
         self.pending_end = end_lsn
@@ -349,7 +370,7 @@ class _StreamSession:
         if not self.pending:
             return
         changes = self.decoder.decode(self.pending)
-        self.pending = []
+        self.pending.clear()
         self.r.stats.rows_applied += self.apply(changes)
 
     def apply(self, changes: list[Change]) -> int:
@@ -389,3 +410,37 @@ class _StreamSession:
             position = max(position, self.server_sent)
         self.repl.send(standby_status(position, position, reply=reply))
         self.last_status = time.monotonic()
+
+
+class _StreamedTransaction:
+    """A large transaction the server streams before it commits (protocol 2).
+
+    Each stream block is decoded when it ends, so decoding overlaps with receiving; once a
+    subtransaction shows up, messages stay raw so that its abort can drop them.
+    """
+
+    def __init__(self, xid: int) -> None:
+        self.xid = xid
+        self.raw: list[bytes | memoryview] = []
+        self.decoded: list[Change] = []
+        self.has_subtransactions = False
+
+    def block_done(self, decoder: po.Decoder) -> None:
+        if self.has_subtransactions or not self.raw:
+            return
+        if any(xid != self.xid for xid in po.streamed_xids(self.raw)):
+            self.has_subtransactions = True
+            return
+        self.decoded.extend(decoder.decode(self.raw, streamed=True))
+        self.raw = []
+
+    def drop_subtransaction(self, subxid: int) -> None:
+        xids = po.streamed_xids(self.raw)
+        self.raw = [
+            m
+            for m, xid in zip(self.raw, xids, strict=True)
+            if xid != subxid or m[0] in _SCHEMA_MESSAGES
+        ]
+
+    def changes(self, decoder: po.Decoder) -> list[Change]:
+        return self.decoded + decoder.decode(self.raw, streamed=True)

@@ -26,7 +26,10 @@ def source_conninfo(dsn: str, **extra: str) -> str:
     """The DSN with the sidecar's session options appended to any the user gave."""
     options = conninfo_to_dict(dsn).get("options") or ""
     return make_conninfo(
-        dsn, options=f"{options} {SESSION_OPTIONS}".strip(), application_name="pgml-sidecar", **extra
+        dsn,
+        options=f"{options} {SESSION_OPTIONS}".strip(),
+        application_name="pgml-sidecar",
+        **extra,
     )
 
 
@@ -70,16 +73,13 @@ def split_table_name(name: str) -> tuple[str, str]:
 
 def publication_tables(conn: psycopg.Connection, publication: str) -> list[tuple[str, str]]:
     rows = conn.execute(
-        "select schemaname, tablename from pg_publication_tables where pubname = %s"
-        " order by 1, 2",
+        "select schemaname, tablename from pg_publication_tables where pubname = %s order by 1, 2",
         [publication],
     ).fetchall()
     return [(r[0], r[1]) for r in rows]
 
 
-def resolve_tables(
-    conn: psycopg.Connection, names: Iterable[str]
-) -> list[tuple[str, str]]:
+def resolve_tables(conn: psycopg.Connection, names: Iterable[str]) -> list[tuple[str, str]]:
     """Check that every named table exists; return them as (schema, table)."""
     tables = []
     for name in names:
@@ -142,7 +142,9 @@ def slot_info(conn: psycopg.Connection, slot: str) -> SlotInfo | None:
     ).fetchone()
     if row is None:
         return None
-    return SlotInfo(row[0], row[1] or "", row[2] or "", row[3], parse_lsn(row[4]) if row[4] else None)
+    return SlotInfo(
+        row[0], row[1] or "", row[2] or "", row[3], parse_lsn(row[4]) if row[4] else None
+    )
 
 
 def drop_slot(conn: psycopg.Connection, slot: str) -> None:
@@ -188,13 +190,14 @@ def source_types(conn: psycopg.Connection, oids: Iterable[int]) -> dict[int, Sou
     found: dict[int, SourceType] = {}
     while wanted:
         rows = conn.execute(
-            "select oid, typtype, typelem, typbasetype, typtypmod from pg_type"
-            " where oid = any(%s)",
+            "select oid, typtype, typelem, typbasetype, typtypmod from pg_type where oid = any(%s)",
             [wanted],
         ).fetchall()
         wanted = []
         for oid, kind, element, base, modifier in rows:
-            found[int(oid)] = SourceType(int(oid), str(kind), int(element), int(base), int(modifier))
+            found[int(oid)] = SourceType(
+                int(oid), str(kind), int(element), int(base), int(modifier)
+            )
             for nested in (int(element), int(base)):
                 if nested >= _BUILTIN_OID_LIMIT and nested not in found:
                     wanted.append(nested)

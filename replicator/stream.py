@@ -5,6 +5,7 @@ Only socket work lives here; what the frames mean is the decoder's and the repli
 
 from __future__ import annotations
 
+import contextlib
 import select
 import struct
 import time
@@ -83,9 +84,7 @@ class ReplicationConnection:
 
         The snapshot stays usable until the next command on this connection.
         """
-        result = self._command(
-            f'CREATE_REPLICATION_SLOT "{slot}" LOGICAL pgoutput EXPORT_SNAPSHOT'
-        )
+        result = self._command(f'CREATE_REPLICATION_SLOT "{slot}" LOGICAL pgoutput EXPORT_SNAPSHOT')
         lsn = parse_lsn((result.get_value(0, 1) or b"").decode())
         snapshot = (result.get_value(0, 2) or b"").decode()
         return lsn, snapshot
@@ -149,7 +148,5 @@ class ReplicationConnection:
         return SourceConnectionLost(f"replication stream ended: {error.splitlines()[0]}")
 
     def close(self) -> None:
-        try:
+        with contextlib.suppress(Exception):  # closing a broken connection may fail
             self.conn.close()
-        except Exception:  # closing a broken connection may fail; nothing to do then
-            pass

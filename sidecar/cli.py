@@ -49,8 +49,12 @@ def _replicate_parser(commands: argparse._SubParsersAction) -> None:
         help="comma-separated tables to mirror, as schema.table (default schema public);"
         " defaults to the tables already in the publication",
     )
-    p.add_argument("--publication", default="pgml_sidecar", help="publication name (default %(default)s)")
-    p.add_argument("--slot", default="pgml_sidecar", help="replication slot name (default %(default)s)")
+    p.add_argument(
+        "--publication", default="pgml_sidecar", help="publication name (default %(default)s)"
+    )
+    p.add_argument(
+        "--slot", default="pgml_sidecar", help="replication slot name (default %(default)s)"
+    )
     p.add_argument(
         "--catch-up",
         action="store_true",

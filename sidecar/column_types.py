@@ -150,7 +150,7 @@ def parse_array_literal(text: str) -> list[object]:
     """
     if text.startswith("["):  # explicit bounds: [0:1]={...}
         text = text[text.index("=") + 1 :]
-    value, end = _parse_array(text, 0)
+    value, _ = _parse_array(text, 0)
     return value
 
 

@@ -32,7 +32,6 @@ import pyarrow as pa
 
 from sidecar.changes import (
     Change,
-    Deletes,
     Inserts,
     Lsn,
     Relation,
@@ -142,7 +141,8 @@ class Mirror:
         )
         self.con.execute(
             f"create table if not exists {META}.tables ("
-            " schema_name varchar, table_name varchar, columns json, identity varchar, state varchar,"
+            " schema_name varchar, table_name varchar, columns json, identity varchar,"
+            " state varchar,"
             " catchup_until ubigint default 0, primary key (schema_name, table_name))"
         )
 
@@ -317,7 +317,9 @@ class Mirror:
 
     def _insert(self, table: MirroredTable, rows: Tuples) -> None:
         self._register(table, rows.values, {})
-        verb = "insert or replace" if table.state == "catchup" and table.has_primary_key else "insert"
+        verb = (
+            "insert or replace" if table.state == "catchup" and table.has_primary_key else "insert"
+        )
         columns = ", ".join(quote(c.name) for c in table.columns)
         casts = ", ".join(self._casts(table, rows.values))
         self.con.execute(f"{verb} into {table.qualified} ({columns}) select {casts} from {_BATCH}")
@@ -361,7 +363,9 @@ class Mirror:
         for column, cast in zip(table.columns, self._casts(table, rows.values, "b"), strict=True):
             if column.name in rows.unchanged:
                 flag = "b." + quote(f"_unchanged_{column.name}")
-                cast = f"case when {flag} then {table.qualified}.{quote(column.name)} else {cast} end"
+                cast = (
+                    f"case when {flag} then {table.qualified}.{quote(column.name)} else {cast} end"
+                )
             sets.append(f"{quote(column.name)} = {cast}")
         match = " and ".join(
             f"{table.qualified}.{quote(c.name)} = "
@@ -404,7 +408,9 @@ class Mirror:
         sets = []
         values: list[Any] = []
         for column in table.columns:
-            if column.name not in new or (column.name in unchanged and unchanged[column.name][index]):
+            if column.name not in new or (
+                column.name in unchanged and unchanged[column.name][index]
+            ):
                 continue
             sets.append(f"{quote(column.name)} = {column.mirror_type.cast_sql('?')}")
             values.append(_prepared(column, new[column.name]))
@@ -442,13 +448,16 @@ def schema_steps(table: MirroredTable, wanted: list[MirrorColumn]) -> list[str]:
             (
                 n
                 for n in added
-                if n.name not in renamed and new_names.index(n.name) == position and n.sql == old.sql
+                if n.name not in renamed
+                and new_names.index(n.name) == position
+                and n.sql == old.sql
             ),
             None,
         )
         if match is not None:
             steps.append(
-                f"alter table {table.qualified} rename column {quote(old.name)} to {quote(match.name)}"
+                f"alter table {table.qualified} rename column {quote(old.name)}"
+                f" to {quote(match.name)}"
             )
             renamed.add(match.name)
         else:
@@ -511,5 +520,6 @@ def _slice_updates(change: Updates, start: int, stop: int) -> Updates:
             {k: v[start:stop] for k, v in tuples.unchanged.items() if v[start:stop].any()},
         )
 
-    return Updates(change.relation, cut(change.rows), None if change.old is None else cut(change.old))
-
+    return Updates(
+        change.relation, cut(change.rows), None if change.old is None else cut(change.old)
+    )
