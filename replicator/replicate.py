@@ -24,6 +24,7 @@ from replicator.stream import (
     KEEPALIVE,
     XLOG_DATA,
     XLOG_HEADER,
+    Keepalive,
     ReplicationConnection,
     parse_keepalive,
     standby_status,
@@ -218,7 +219,7 @@ class Replicator:
             repl.start(s.slot, start, s.publication, streaming=repl.server_version() >= 140000)
         except SlotBusyError as exc:
             raise SourceConnectionLost(str(exc)) from None  # an old walsender is still exiting
-        target = source.current_wal_lsn(self._catalog_conn()) if s.catch_up else None
+        target = source.catch_up_target(self._catalog_conn()) if s.catch_up else None
         log.info("streaming from %s", format_lsn(start))
         session = _StreamSession(self, repl, start)
         session.loop(target)
@@ -245,9 +246,8 @@ class _StreamSession:
         self.flushed = start
         self.server_sent = 0
         self.last_status = time.monotonic()
-        self.last_prompt = 0.0
 
-    def loop(self, target: Lsn | None) -> None:
+    def loop(self, target: source.CatchUpTarget | None) -> None:
         repl = self.repl
         settings = self.r.settings
         stopping = self.r.stopping
@@ -269,11 +269,7 @@ class _StreamSession:
                             continue
                     self.on_message(payload)
                 elif kind == KEEPALIVE:
-                    keepalive = parse_keepalive(frame)
-                    if keepalive.wal_end > self.server_sent:
-                        self.server_sent = keepalive.wal_end
-                    if keepalive.reply_requested:
-                        self.send_status()
+                    self.on_keepalive(parse_keepalive(frame))
                 continue
             # Nothing buffered: a natural point to commit, report and check for the end.
             if self.pending_end is not None:
@@ -282,15 +278,30 @@ class _StreamSession:
             if stopping.is_set():
                 return
             idle = not self.in_transaction and not self.pending and not self.partially_applied
-            if target is not None and idle and max(self.flushed, self.server_sent) >= target:
+            if target is not None and idle and target.reached(max(self.flushed, self.server_sent)):
                 self.send_status()
+                log.info(
+                    "caught up: mirror at %s, server sent up to %s, target %s",
+                    format_lsn(self.flushed),
+                    format_lsn(self.server_sent),
+                    format_lsn(target.lsn),
+                )
                 return
             if now - self.last_status >= settings.status_interval:
                 self.send_status()
-            elif target is not None and idle and now - self.last_prompt >= 0.05:
-                self.last_prompt = now
-                self.send_status(reply=True)
-            repl.wait(0.05 if target is not None else 0.5)
+            repl.wait(0.5)
+
+    def on_keepalive(self, keepalive: Keepalive) -> None:
+        """Learn how far the server has sent, and answer.
+
+        A keepalive sent while the server waits for new WAL (no reply requested) follows all
+        output for the WAL before ``wal_end``. One that asks for a reply can be sent in the
+        middle of a transaction's output, before its Begin, so its ``wal_end`` proves nothing.
+        """
+        log.debug("keepalive %s reply=%s", format_lsn(keepalive.wal_end), keepalive.reply_requested)
+        if not keepalive.reply_requested and keepalive.wal_end > self.server_sent:
+            self.server_sent = keepalive.wal_end
+        self.send_status()
 
     def on_message(self, payload: memoryview | bytes) -> None:
         kind = payload[0]
@@ -404,11 +415,11 @@ class _StreamSession:
         self.partially_applied = False
         self.send_status()
 
-    def send_status(self, *, reply: bool = False) -> None:
+    def send_status(self) -> None:
         position = self.flushed
         if not self.in_transaction and not self.pending and not self.partially_applied:
             position = max(position, self.server_sent)
-        self.repl.send(standby_status(position, position, reply=reply))
+        self.repl.send(standby_status(position, position))
         self.last_status = time.monotonic()
 
 

@@ -157,6 +157,33 @@ def current_wal_lsn(conn: psycopg.Connection) -> Lsn:
     return parse_lsn(row[0])
 
 
+@dataclass(frozen=True, slots=True)
+class CatchUpTarget:
+    """The end of the WAL inserted so far: every transaction committed before lies below it."""
+
+    lsn: Lsn
+    wal_block_size: int
+
+    def reached(self, sent: Lsn) -> bool:
+        """Whether the server has decoded and sent everything up to the target.
+
+        The insert position just past a page header is reached once the page starts: the
+        header holds no record.
+        """
+        if sent >= self.lsn:
+            return True
+        page_start = self.lsn - self.lsn % self.wal_block_size
+        return self.lsn - page_start in (24, 40) and sent >= page_start
+
+
+def catch_up_target(conn: psycopg.Connection) -> CatchUpTarget:
+    row = conn.execute(
+        "select pg_current_wal_insert_lsn()::text, current_setting('wal_block_size')::int"
+    ).fetchone()
+    assert row is not None
+    return CatchUpTarget(parse_lsn(row[0]), int(row[1]))
+
+
 def describe_table(conn: psycopg.Connection, schema: str, table: str) -> Relation:
     """The table's Relation as pgoutput will describe it (published columns, replica identity)."""
     row = conn.execute(
