@@ -8,6 +8,7 @@ the mirror has committed it. A restart therefore resumes exactly after the last 
 from __future__ import annotations
 
 import logging
+import os
 import threading
 import time
 from collections.abc import Sequence
@@ -73,10 +74,26 @@ class Replicator:
 
     def __init__(self, settings: ReplicationSettings, mirror: Mirror | None = None) -> None:
         self.settings = settings
-        self.mirror = mirror or Mirror(settings.mirror_path)
+        self._mirror = mirror
         self.stats = ReplicationStats()
         self.stopping = threading.Event()
         self._catalog: psycopg.Connection | None = None
+
+    @property
+    def mirror(self) -> Mirror:
+        """The mirror, opened on first use: after the source checks, so a refused start
+        leaves no file behind."""
+        if self._mirror is None:
+            self._mirror = Mirror(self.settings.mirror_path)
+        return self._mirror
+
+    def close(self) -> None:
+        if self._mirror is not None:
+            self._mirror.close()
+            self._mirror = None
+        if self._catalog is not None:
+            self._catalog.close()
+            self._catalog = None
 
     # -- set-up --------------------------------------------------------------------------------
 
@@ -120,14 +137,10 @@ class Replicator:
             self._copy(tables, snapshot=snapshot, state="ready")
             self.mirror.commit(s.slot, lsn)
             return repl, lsn
-        late = [
-            t
-            for t in tables
-            if t not in self.mirror.tables or self.mirror.tables[t].state == "copying"
-        ]
+        late = [t for t in tables if t not in self.mirror.tables]
         if late:
             self.mirror.begin()
-            self._copy(late, snapshot=None, state="catchup")
+            self._copy_while_streaming(late)
             self.mirror.commit(s.slot, position)
         return ReplicationConnection(s.source_dsn), position
 
@@ -136,18 +149,13 @@ class Replicator:
             self._catalog = source.connect(self.settings.source_dsn)
         return self._catalog
 
-    def _copy(self, tables: Sequence[tuple[str, str]], *, snapshot: str | None, state: str) -> None:
-        """Copy tables into the open mirror transaction under one snapshot.
-
-        ``ready`` copies use the slot's exported snapshot; ``catchup`` copies take their own
-        and note the WAL position it was taken at, up to which streamed changes are applied
-        idempotently.
-        """
+    def _copy(
+        self, tables: Sequence[tuple[str, str]], *, snapshot: str, state: str, until: Lsn = 0
+    ) -> None:
+        """Copy tables into the open mirror transaction under an exported snapshot."""
         with source.connect(self.settings.source_dsn) as conn:
             conn.execute("begin isolation level repeatable read")
-            if snapshot:
-                conn.execute(sql.SQL("set transaction snapshot {}").format(sql.Literal(snapshot)))
-            until = source.current_wal_lsn(conn)
+            conn.execute(sql.SQL("set transaction snapshot {}").format(sql.Literal(snapshot)))
             for schema, name in tables:
                 relation = source.describe_table(conn, schema, name)
                 self._learn_types([relation])
@@ -158,10 +166,56 @@ class Replicator:
                 progress = Progress(relation.qualified_name, estimate[0] if estimate else None)
                 rows = self.mirror.load(table, copy_rows(conn, relation, progress=progress))
                 progress.finish()
-                self.mirror.set_state(table, state, until if state == "catchup" else 0)
+                self.mirror.set_state(table, state, until)
                 self.stats.copied_rows[relation.qualified_name] = rows
                 log.info("copied %s: %d rows", relation.qualified_name, rows)
             conn.execute("commit")
+
+    def _copy_while_streaming(self, tables: Sequence[tuple[str, str]]) -> None:
+        """Copy tables under the snapshot of a temporary slot, exact to one WAL position.
+
+        Streamed changes of transactions committed before that position are in the copy; the
+        mirror skips them (state ``catchup``) until the stream passes it.
+        """
+        repl = ReplicationConnection(self.settings.source_dsn)
+        try:
+            name = f"{self.settings.slot}_copy_{os.getpid()}"
+            lsn, snapshot = repl.create_slot(name, temporary=True)
+            self._copy(tables, snapshot=snapshot, state="catchup", until=lsn)
+        finally:
+            repl.close()
+
+    def follow(self, relation: Relation, commit_lsn: Lsn | None) -> None:
+        """Bring the mirror table in line with a Relation message from the stream."""
+        table = self.mirror.table_for(relation)
+        if table is None:
+            log.info("%s joined the publication: copying it", relation.qualified_name)
+            self._copy_while_streaming([(relation.schema, relation.name)])
+            return
+        if table.state == "catchup" and commit_lsn is not None and commit_lsn < table.catchup_until:
+            return  # an older shape than the copy's
+        plan = self.mirror.schema_plan(relation)
+        fill: dict[str, str | None] | None = {}
+        if plan is not None and plan.adds:
+            names = [c.name for c in plan.adds]
+            fill = source.fast_defaults(self._catalog_conn(), relation.oid, names)
+        if fill is None:
+            log.info(
+                "%s gained a column whose existing values never reach the WAL: copying it again",
+                relation.qualified_name,
+            )
+            self._copy_while_streaming([(relation.schema, relation.name)])
+            return
+        self.mirror.follow_schema(relation, fill)
+
+    def may_copy(self, changes: Sequence[Change]) -> bool:
+        """Whether following these changes' schema messages could start a copy."""
+        for change in changes:
+            if isinstance(change, SchemaChange):
+                plan = self.mirror.schema_plan(change.relation)
+                if plan is None or plan.adds:
+                    return True
+        return False
 
     def _learn_types(self, relations: Sequence[Relation]) -> None:
         unknown = {
@@ -177,40 +231,40 @@ class Replicator:
 
     def run(self) -> ReplicationStats:
         """Prepare, then stream until stopped (or caught up); reconnect when the source drops."""
+        repl: ReplicationConnection | None
         repl, start = self.prepare()
         delay = 0.5
-        try:
-            while True:
-                try:
-                    self.stream(repl, start)
-                    return self.stats
-                except SourceConnectionLost as exc:
-                    self.mirror.rollback()
-                    repl.close()
-                    if self.stopping.is_set():
-                        return self.stats
-                    self.stats.reconnects += 1
-                    log.warning("%s; reconnecting in %.1fs", exc, delay)
-                repl, start, delay = self._reconnect(delay)
-        finally:
-            repl.close()
+        while repl is not None:
+            try:
+                self.stream(repl, start)
+                break
+            except (SourceConnectionLost, psycopg.OperationalError) as exc:
+                self.mirror.rollback()
+                if self.stopping.is_set():
+                    break
+                self.stats.reconnects += 1
+                log.warning("%s; reconnecting in %.1fs", _first_line(exc), delay)
+            finally:
+                repl.close()
+            repl, start = self._reconnect(delay)
+        return self.stats
+
+    def _reconnect(self, delay: float) -> tuple[ReplicationConnection | None, Lsn]:
+        """Connect again with growing pauses; (None, 0) once asked to stop."""
+        while not self.stopping.wait(delay):
+            delay = min(delay * 2, 30.0)
             if self._catalog is not None:
                 self._catalog.close()
-
-    def _reconnect(self, delay: float) -> tuple[ReplicationConnection, Lsn, float]:
-        while True:
-            if self.stopping.wait(delay):
-                raise SystemExit(0)
-            delay = min(delay * 2, 30.0)
-            try:
                 self._catalog = None
+            try:
                 repl = ReplicationConnection(self.settings.source_dsn)
             except (SourceConnectionLost, psycopg.OperationalError) as exc:
-                log.warning("%s; retrying in %.1fs", exc, delay)
+                log.warning("%s; retrying in %.1fs", _first_line(exc), delay)
                 continue
             position = self.mirror.position(self.settings.slot)
             assert position is not None
-            return repl, position, 0.5
+            return repl, position
+        return None, 0
 
     def stream(self, repl: ReplicationConnection, start: Lsn) -> None:
         """Stream from ``start`` until stopped; raise SourceConnectionLost if the link drops."""
@@ -225,6 +279,10 @@ class Replicator:
         session.loop(target)
 
 
+def _first_line(exc: BaseException) -> str:
+    return (str(exc).strip().splitlines() or [type(exc).__name__])[0]
+
+
 class _StreamSession:
     """The state of one START_REPLICATION: pending messages, open transactions, positions."""
 
@@ -234,6 +292,9 @@ class _StreamSession:
         self.resume_lsn = start
         self.decoder = po.Decoder()
         self.pending: list[bytes | memoryview] = []
+        self.txn_starts: list[tuple[int, Lsn | None]] = []
+        """Where each transaction's messages begin in ``pending``, with its commit LSN."""
+        self.txn_lsn: Lsn | None = None
         self.pending_end: Lsn | None = None
         self.pending_since = 0.0
         self.pending_transactions = 0
@@ -313,6 +374,8 @@ class _StreamSession:
         elif kind == po.BEGIN:
             begin = po.parse_begin(payload)
             self.in_transaction = True
+            self.txn_lsn = begin.final_lsn
+            self.txn_starts.append((len(self.pending), begin.final_lsn))
             self.skip = begin.final_lsn < self.resume_lsn
         elif kind == po.COMMIT:
             commit = po.parse_commit(payload)
@@ -342,7 +405,7 @@ class _StreamSession:
             if not applies:
                 changes = [c for c in changes if isinstance(c, SchemaChange)]
             self.apply_pending()
-            self.r.stats.rows_applied += self.apply(changes)
+            self.r.stats.rows_applied += self.apply(changes, done.commit_lsn)
             if applies:
                 self.partially_applied = True
                 self.transaction_done(done.end_lsn)
@@ -378,27 +441,48 @@ class _StreamSession:
             self.flush()
 
     def apply_pending(self) -> None:
-        if not self.pending:
+        """Decode and apply the pending messages into the open mirror transaction."""
+        pending = self.pending
+        if not pending:
             return
-        changes = self.decoder.decode(self.pending)
-        self.pending.clear()
-        self.r.stats.rows_applied += self.apply(changes)
+        changes = self.decoder.decode(pending)
+        if self.r.mirror.catching_up or self.r.may_copy(changes):
+            # Some table skips transactions older than its copy: go one transaction at a time.
+            starts = (
+                self.txn_starts
+                if self.txn_starts and self.txn_starts[0][0] == 0
+                else [
+                    (0, None),
+                    *self.txn_starts,
+                ]
+            )
+            ends = [start for start, _ in starts[1:]] + [len(pending)]
+            touched = 0
+            for (start, lsn), end in zip(starts, ends, strict=True):
+                if start < end:
+                    touched += self.apply(self.decoder.decode(pending[start:end]), lsn)
+        else:
+            touched = self.apply(changes, None)
+        pending.clear()
+        self.txn_starts = [(0, self.txn_lsn)] if self.in_transaction else []
+        self.r.stats.rows_applied += touched
 
-    def apply(self, changes: list[Change]) -> int:
+    def apply(self, changes: list[Change], commit_lsn: Lsn | None) -> int:
+        """Apply changes to the open mirror transaction; schema changes go through the
+        replicator, which may need the source catalog or a fresh copy to follow them."""
         mirror = self.r.mirror
-        schema_changes = [c.relation for c in changes if isinstance(c, SchemaChange)]
-        if schema_changes:
-            self.r._learn_types(schema_changes)
+        relations = [c.relation for c in changes if isinstance(c, SchemaChange)]
+        if not relations:
+            return mirror.apply(changes, commit_lsn)
+        self.r._learn_types(relations)
         touched = 0
         start = 0
         for index, change in enumerate(changes):
-            if isinstance(change, SchemaChange) and mirror.table_for(change.relation) is None:
-                touched += mirror.apply(changes[start:index])
+            if isinstance(change, SchemaChange):
+                touched += mirror.apply(changes[start:index], commit_lsn)
                 start = index + 1
-                relation = change.relation
-                log.info("%s joined the publication: copying it", relation.qualified_name)
-                self.r._copy([(relation.schema, relation.name)], snapshot=None, state="catchup")
-        return touched + mirror.apply(changes[start:])
+                self.r.follow(change.relation, commit_lsn)
+        return touched + mirror.apply(changes[start:], commit_lsn)
 
     def flush(self) -> None:
         """Apply what is pending and commit it with the end LSN of its last transaction."""

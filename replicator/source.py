@@ -10,7 +10,7 @@ from psycopg import sql
 from psycopg.conninfo import conninfo_to_dict, make_conninfo
 
 from sidecar.changes import Column, Lsn, Relation, parse_lsn
-from sidecar.column_types import SourceType
+from sidecar.column_types import SourceType, parse_array_literal
 from sidecar.errors import SourceError, SourceSetupError
 
 SESSION_OPTIONS = (
@@ -209,6 +209,39 @@ def describe_table(conn: psycopg.Connection, schema: str, table: str) -> Relatio
         for name, type_oid, modifier, is_key in rows
     )
     return Relation(oid, schema, table, identity, columns)
+
+
+def fast_defaults(
+    conn: psycopg.Connection, table_oid: int, columns: Sequence[str]
+) -> dict[str, str | None] | None:
+    """The value rows that existed before ADD COLUMN have in each new column (text form).
+
+    A non-volatile default is stored once in the catalog ("missing value") and never written
+    to the WAL; a column without a default is NULL there. A volatile default rewrote the table,
+    again without WAL for logical decoding: then None, and the table must be copied again.
+    """
+    rows = conn.execute(
+        "select a.attname, a.atthasmissing, a.attmissingval::text, d.adbin is not null"
+        " from pg_attribute a"
+        " left join pg_attrdef d on d.adrelid = a.attrelid and d.adnum = a.attnum"
+        " where a.attrelid = %s and a.attname = any(%s) and not a.attisdropped",
+        [table_oid, list(columns)],
+    ).fetchall()
+    values: dict[str, str | None] = {}
+    for name, has_missing, missing, has_default in rows:
+        if has_missing and missing is not None:
+            values[name] = _first_array_element(missing)
+        elif has_default:
+            return None
+        else:
+            values[name] = None
+    return values
+
+
+def _first_array_element(literal: str) -> str | None:
+    parsed = parse_array_literal(literal)
+    first = parsed[0] if parsed else None
+    return first if isinstance(first, str) or first is None else str(first)
 
 
 def source_types(conn: psycopg.Connection, oids: Iterable[int]) -> dict[int, SourceType]:

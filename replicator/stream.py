@@ -79,12 +79,14 @@ class ReplicationConnection:
             raise SourceError(f"{command.split()[0]} failed: {error}")
         return result
 
-    def create_slot(self, slot: str) -> tuple[Lsn, str]:
+    def create_slot(self, slot: str, *, temporary: bool = False) -> tuple[Lsn, str]:
         """Create a pgoutput slot, exporting its snapshot; return (consistent point, snapshot).
 
-        The snapshot stays usable until the next command on this connection.
+        The snapshot stays usable until the next command on this connection; a temporary slot
+        goes when the connection closes.
         """
-        result = self._command(f'CREATE_REPLICATION_SLOT "{slot}" LOGICAL pgoutput EXPORT_SNAPSHOT')
+        kind = "TEMPORARY LOGICAL" if temporary else "LOGICAL"
+        result = self._command(f'CREATE_REPLICATION_SLOT "{slot}" {kind} pgoutput EXPORT_SNAPSHOT')
         lsn = parse_lsn((result.get_value(0, 1) or b"").decode())
         snapshot = (result.get_value(0, 2) or b"").decode()
         return lsn, snapshot

@@ -83,7 +83,7 @@ def _replicate(args: argparse.Namespace) -> int:
     try:
         stats = replicator.run()
     finally:
-        replicator.mirror.close()
+        replicator.close()
     log.info(
         "stopped: %d rows in %d transactions applied, %d reconnects",
         stats.rows_applied,

@@ -59,7 +59,7 @@ def _catch_up(dsn: str, mirror_path: Path) -> Replicator:
     try:
         replicator.run()
     finally:
-        replicator.mirror.close()
+        replicator.close()
     return replicator
 
 

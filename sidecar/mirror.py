@@ -12,11 +12,13 @@ Bookkeeping lives in schema ``_pgml_sidecar``:
 
 Table sync states (persisted in ``tables.state``):
 
-- ``copying``: created, initial copy not committed yet; streamed changes are held in memory and
-  a restart copies the table again.
-- ``catchup``: copied under a snapshot taken while streaming; changes that may already be in the
-  copy are applied idempotently until the stream passes ``catchup_until``.
+- ``catchup``: copied while streaming, under a snapshot consistent with WAL position
+  ``catchup_until``; changes of transactions that committed before it are in the copy already
+  and are skipped, until the stream passes it.
 - ``ready``: every change is applied as it comes.
+
+A copy is committed in the same DuckDB transaction as the table's creation and state, so a
+crash during a copy leaves no trace and the copy starts again.
 """
 
 from __future__ import annotations
@@ -45,6 +47,7 @@ from sidecar.errors import MirrorError
 
 META = "_pgml_sidecar"
 _BATCH = "_pgml_sidecar_batch"
+_ALIAS = "_pgml_sidecar_change"
 
 
 def quote(identifier: str) -> str:
@@ -125,7 +128,6 @@ class Mirror:
             raise MirrorError(f"cannot open mirror {self.path}: {exc}") from None
         self.source_types: dict[int, SourceType] = {}
         self.tables: dict[tuple[str, str], MirroredTable] = {}
-        self._held: dict[tuple[str, str], list[Change]] = {}
         self._in_transaction = False
         if not read_only:
             self._create_meta()
@@ -233,17 +235,25 @@ class Mirror:
         table.catchup_until = catchup_until
         self._save_table(table)
 
-    def follow_schema(self, relation: Relation) -> None:
+    def schema_plan(self, relation: Relation) -> SchemaPlan | None:
+        """What following ``relation`` would change, or None if the table is not mirrored."""
+        table = self.table_for(relation)
+        if table is None:
+            return None
+        return plan_schema(table, mirror_columns(relation, self.source_types))
+
+    def follow_schema(
+        self, relation: Relation, fill: Mapping[str, str | None] | None = None
+    ) -> None:
         """Alter the mirror table so it has the relation's columns, keeping its rows."""
         table = self.table_for(relation)
         if table is None:
             return
         wanted = mirror_columns(relation, self.source_types)
-        if [(c.name, c.sql, c.is_key) for c in wanted] == [
-            (c.name, c.sql, c.is_key) for c in table.columns
-        ]:
+        plan = plan_schema(table, wanted)
+        if plan.empty and [c.is_key for c in wanted] == [c.is_key for c in table.columns]:
             return
-        for statement in schema_steps(table, wanted):
+        for statement in schema_steps(table, plan, fill or {}):
             self.con.execute(statement)
         table.columns = wanted
         table.identity = relation.replica_identity
@@ -251,26 +261,35 @@ class Mirror:
 
     # -- applying changes ----------------------------------------------------------------------
 
-    def apply(self, changes: Iterable[Change]) -> int:
-        """Apply changes in order inside the open transaction; return the rows touched."""
+    @property
+    def catching_up(self) -> bool:
+        """Whether some table skips changes already in its copy."""
+        return any(t.state == "catchup" for t in self.tables.values())
+
+    def apply(self, changes: Iterable[Change], commit_lsn: Lsn | None = None) -> int:
+        """Apply changes in order inside the open transaction; return the rows touched.
+
+        ``commit_lsn`` is the commit position of the source transaction the changes belong to;
+        tables copied after it skip them.
+        """
         self.begin()
         touched = 0
         for change in changes:
-            touched += self._apply_one(change)
+            touched += self._apply_one(change, commit_lsn)
         return touched
 
-    def _apply_one(self, change: Change) -> int:
+    def _apply_one(self, change: Change, commit_lsn: Lsn | None) -> int:
         if isinstance(change, SchemaChange):
-            self.follow_schema(change.relation)
+            self.follow_schema(change.relation)  # the replicator calls it with fill values
             return 0
         if isinstance(change, Truncate):
             for relation in change.relations:
                 table = self.table_for(relation)
-                if table is not None and not self._hold(table, change):
+                if table is not None and not _in_copy(table, commit_lsn):
                     self.con.execute(f"delete from {table.qualified}")
             return 0
         table = self.table_for(change.relation)
-        if table is None or self._hold(table, change):
+        if table is None or _in_copy(table, commit_lsn):
             return 0
         if isinstance(change, Inserts):
             self._insert(table, change.rows)
@@ -280,18 +299,6 @@ class Mirror:
             return change.rows.num_rows
         self._delete(table, change.old)
         return change.old.num_rows
-
-    def _hold(self, table: MirroredTable, change: Change) -> bool:
-        """Keep changes of a table whose copy is running; they are applied when it finishes."""
-        if table.state != "copying":
-            return False
-        self._held.setdefault((table.schema, table.name), []).append(change)
-        return True
-
-    def release_held(self, table: MirroredTable) -> int:
-        """Apply the changes held while ``table`` was copying (it is in catch-up now)."""
-        held = self._held.pop((table.schema, table.name), [])
-        return self.apply(held)
 
     def _register(self, table: MirroredTable, rows: pa.Table, extra: dict[str, pa.Array]) -> None:
         arrays = []
@@ -317,12 +324,9 @@ class Mirror:
 
     def _insert(self, table: MirroredTable, rows: Tuples) -> None:
         self._register(table, rows.values, {})
-        verb = (
-            "insert or replace" if table.state == "catchup" and table.has_primary_key else "insert"
-        )
         columns = ", ".join(quote(c.name) for c in table.columns)
         casts = ", ".join(self._casts(table, rows.values))
-        self.con.execute(f"{verb} into {table.qualified} ({columns}) select {casts} from {_BATCH}")
+        self.con.execute(f"insert into {table.qualified} ({columns}) select {casts} from {_BATCH}")
         self.con.unregister(_BATCH)
 
     def _delete(self, table: MirroredTable, old: Tuples) -> None:
@@ -331,11 +335,8 @@ class Mirror:
                 self._delete_one_row(table, row)
             return
         self._register(table, old.values, {})
-        match = " and ".join(
-            f"{table.qualified}.{quote(c.name)} = {c.mirror_type.cast_sql('b.' + quote(c.name))}"
-            for c in table.keys
-        )
-        self.con.execute(f"delete from {table.qualified} using {_BATCH} b where {match}")
+        match = _key_match(table, "")
+        self.con.execute(f"delete from {table.qualified} using {_BATCH} {_ALIAS} where {match}")
         self.con.unregister(_BATCH)
 
     def _update(self, table: MirroredTable, change: Updates) -> None:
@@ -355,25 +356,20 @@ class Mirror:
             extra[f"_old_{column.name}"] = source.column(column.name).combine_chunks()
         for name, mask in rows.unchanged.items():
             extra[f"_unchanged_{name}"] = pa.array(mask)
-        if table.state == "catchup" and old is None and not rows.unchanged:
-            self._insert(table, rows)  # idempotent: the row may not be in the copy yet
-            return
         self._register(table, rows.values, extra)
         sets = []
-        for column, cast in zip(table.columns, self._casts(table, rows.values, "b"), strict=True):
+        for column, cast in zip(
+            table.columns, self._casts(table, rows.values, _ALIAS), strict=True
+        ):
             if column.name in rows.unchanged:
-                flag = "b." + quote(f"_unchanged_{column.name}")
+                flag = f"{_ALIAS}." + quote(f"_unchanged_{column.name}")
                 cast = (
                     f"case when {flag} then {table.qualified}.{quote(column.name)} else {cast} end"
                 )
             sets.append(f"{quote(column.name)} = {cast}")
-        match = " and ".join(
-            f"{table.qualified}.{quote(c.name)} = "
-            f"{c.mirror_type.cast_sql('b.' + quote('_old_' + c.name))}"
-            for c in table.keys
-        )
+        match = _key_match(table, "_old_")
         self.con.execute(
-            f"update {table.qualified} set {', '.join(sets)} from {_BATCH} b where {match}"
+            f"update {table.qualified} set {', '.join(sets)} from {_BATCH} {_ALIAS} where {match}"
         )
         self.con.unregister(_BATCH)
 
@@ -430,51 +426,88 @@ class Mirror:
         return count
 
 
-def schema_steps(table: MirroredTable, wanted: list[MirrorColumn]) -> list[str]:
-    """ALTER TABLE statements turning ``table``'s columns into ``wanted``.
+@dataclass(frozen=True, slots=True)
+class SchemaPlan:
+    """How a mirror table's columns become a relation's new columns."""
 
-    A column that disappears and one that appears at the same position with the same type are
-    a rename; other disappearances are drops, other arrivals are additions.
-    """
+    renames: list[tuple[str, str]]
+    drops: list[str]
+    adds: list[MirrorColumn]
+    retypes: list[MirrorColumn]
+
+    @property
+    def empty(self) -> bool:
+        return not (self.renames or self.drops or self.adds or self.retypes)
+
+
+def plan_schema(table: MirroredTable, wanted: list[MirrorColumn]) -> SchemaPlan:
+    """Compare columns: a column that disappears and one that appears at the same position with
+    the same type are a rename; other disappearances are drops, other arrivals are additions."""
     old_names = [c.name for c in table.columns]
     new_names = [c.name for c in wanted]
-    gone = [c for c in table.columns if c.name not in new_names]
     added = [c for c in wanted if c.name not in old_names]
-    steps = []
-    renamed: set[str] = set()
-    for old in gone:
+    renames: list[tuple[str, str]] = []
+    drops: list[str] = []
+    for old in (c for c in table.columns if c.name not in new_names):
         position = old_names.index(old.name)
         match = next(
-            (
-                n
-                for n in added
-                if n.name not in renamed
-                and new_names.index(n.name) == position
-                and n.sql == old.sql
-            ),
+            (n for n in added if new_names.index(n.name) == position and n.sql == old.sql),
             None,
         )
-        if match is not None:
-            steps.append(
-                f"alter table {table.qualified} rename column {quote(old.name)}"
-                f" to {quote(match.name)}"
-            )
-            renamed.add(match.name)
+        if match is None:
+            drops.append(old.name)
         else:
-            steps.append(f"alter table {table.qualified} drop column {quote(old.name)}")
-    for new in added:
-        if new.name not in renamed:
-            steps.append(f"alter table {table.qualified} add column {quote(new.name)} {new.sql}")
+            renames.append((old.name, match.name))
+            added.remove(match)
     current = {c.name: c for c in table.columns}
-    for new in wanted:
-        before = current.get(new.name)
-        if before is not None and before.sql != new.sql:
-            using = new.mirror_type.cast_sql(f"cast({quote(new.name)} as varchar)")
-            steps.append(
-                f"alter table {table.qualified} alter column {quote(new.name)}"
-                f" set data type {new.sql} using {using}"
-            )
+    retypes = [c for c in wanted if c.name in current and current[c.name].sql != c.sql]
+    return SchemaPlan(renames, drops, added, retypes)
+
+
+def schema_steps(
+    table: MirroredTable, plan: SchemaPlan, fill: Mapping[str, str | None]
+) -> list[str]:
+    """ALTER TABLE statements carrying out ``plan``; ``fill`` gives added columns' values for
+    the rows already there (Postgres' text form), as the source's fast defaults do."""
+    target = table.qualified
+    steps = [
+        f"alter table {target} rename column {quote(a)} to {quote(b)}" for a, b in plan.renames
+    ]
+    steps += [f"alter table {target} drop column {quote(name)}" for name in plan.drops]
+    for column in plan.adds:
+        value = fill.get(column.name)
+        if value is None:
+            steps.append(f"alter table {target} add column {quote(column.name)} {column.sql}")
+            continue
+        default = column.mirror_type.cast_sql(_sql_literal(_prepared(column, value)))
+        steps.append(
+            f"alter table {target} add column {quote(column.name)} {column.sql} default {default}"
+        )
+        steps.append(f"alter table {target} alter column {quote(column.name)} drop default")
+    for column in plan.retypes:
+        steps.append(
+            f"alter table {target} alter column {quote(column.name)} set data type {column.sql}"
+            f" using cast({quote(column.name)} as {column.sql})"
+        )
     return steps
+
+
+def _sql_literal(value: str | None) -> str:
+    return "null" if value is None else "'" + value.replace("'", "''") + "'"
+
+
+def _key_match(table: MirroredTable, prefix: str) -> str:
+    """SQL matching the table's key to the batch's (``prefix``-named) key columns."""
+    return " and ".join(
+        f"{table.qualified}.{quote(c.name)} = "
+        + c.mirror_type.cast_sql(f"{_ALIAS}.{quote(prefix + c.name)}")
+        for c in table.keys
+    )
+
+
+def _in_copy(table: MirroredTable, commit_lsn: Lsn | None) -> bool:
+    """Whether a change committed at ``commit_lsn`` is already in the table's copy."""
+    return table.state == "catchup" and commit_lsn is not None and commit_lsn < table.catchup_until
 
 
 def _prepared(column: MirrorColumn, value: str | None) -> str | None:
