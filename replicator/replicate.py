@@ -55,6 +55,8 @@ class ReplicationSettings:
     max_delay: float = 0.05
     """Commit at the first transaction end once changes have waited this many seconds."""
     status_interval: float = 5.0
+    slot_wait: float = 5.0
+    """Seconds to wait at start for a slot still held by a previous run's walsender."""
 
 
 @dataclass
@@ -111,18 +113,22 @@ class Replicator:
                     f"publication {s.publication} has no tables; name the tables to mirror"
                     " with --tables schema.table,..."
                 )
+        repl = ReplicationConnection(s.source_dsn)  # proves the REPLICATION privilege
+        try:
+            return repl, self._prepare_slot_and_mirror(conn, repl, tables)
+        except BaseException:
+            repl.close()
+            raise
+
+    def _prepare_slot_and_mirror(
+        self,
+        conn: psycopg.Connection,
+        repl: ReplicationConnection,
+        tables: Sequence[tuple[str, str]],
+    ) -> Lsn:
+        s = self.settings
+        slot = self._idle_slot(conn)
         source.ensure_publication(conn, s.publication, tables)
-        slot = source.slot_info(conn, s.slot)
-        if slot is not None and slot.active_pid:
-            raise SlotBusyError(
-                f"replication slot {s.slot} is in use by process {slot.active_pid}; stop the"
-                " other consumer, or give this sidecar its own --slot"
-            )
-        if slot is not None and slot.plugin != "pgoutput":
-            raise SourceSetupError(
-                f"replication slot {s.slot} uses plugin {slot.plugin}, not pgoutput;"
-                " choose another --slot"
-            )
         position = self.mirror.position(s.slot)
         if slot is None or position is None:
             if slot is not None:
@@ -130,19 +136,38 @@ class Replicator:
                 source.drop_slot(conn, s.slot)
             elif position is not None:
                 log.warning("slot %s is gone: copying every table again", s.slot)
-            repl = ReplicationConnection(s.source_dsn)
             lsn, snapshot = repl.create_slot(s.slot)
             log.info("created slot %s at %s", s.slot, format_lsn(lsn))
             self.mirror.begin()
             self._copy(tables, snapshot=snapshot, state="ready")
             self.mirror.commit(s.slot, lsn)
-            return repl, lsn
+            return lsn
         late = [t for t in tables if t not in self.mirror.tables]
         if late:
             self.mirror.begin()
             self._copy_while_streaming(late)
             self.mirror.commit(s.slot, position)
-        return ReplicationConnection(s.source_dsn), position
+        return position
+
+    def _idle_slot(self, conn: psycopg.Connection) -> source.SlotInfo | None:
+        """The slot if it exists; wait a little for a walsender of a previous run to exit."""
+        s = self.settings
+        deadline = time.monotonic() + s.slot_wait
+        while True:
+            slot = source.slot_info(conn, s.slot)
+            if slot is None or not slot.active_pid:
+                break
+            if time.monotonic() >= deadline or self.stopping.wait(0.1):
+                raise SlotBusyError(
+                    f"replication slot {s.slot} is in use by process {slot.active_pid}; stop"
+                    " the other consumer, or give this sidecar its own --slot"
+                )
+        if slot is not None and slot.plugin != "pgoutput":
+            raise SourceSetupError(
+                f"replication slot {s.slot} uses plugin {slot.plugin}, not pgoutput;"
+                " choose another --slot"
+            )
+        return slot
 
     def _catalog_conn(self) -> psycopg.Connection:
         if self._catalog is None or self._catalog.closed or self._catalog.broken:
@@ -296,6 +321,8 @@ class _StreamSession:
         """Where each transaction's messages begin in ``pending``, with its commit LSN."""
         self.txn_lsn: Lsn | None = None
         self.pending_end: Lsn | None = None
+        self.pending_complete = 0
+        """How many pending messages belong to transactions whose commit has arrived."""
         self.pending_since = 0.0
         self.pending_transactions = 0
         self.partially_applied = False
@@ -333,7 +360,9 @@ class _StreamSession:
                     self.on_keepalive(parse_keepalive(frame))
                 continue
             # Nothing buffered: a natural point to commit, report and check for the end.
-            if self.pending_end is not None:
+            if self.pending_end is not None and not (
+                self.partially_applied and self.in_transaction
+            ):
                 self.flush()
             now = time.monotonic()
             if stopping.is_set():
@@ -432,6 +461,7 @@ class _StreamSession:
 
     def transaction_done(self, end_lsn: Lsn) -> None:
         self.pending_end = end_lsn
+        self.pending_complete = len(self.pending)
         self.pending_transactions += 1
         settings = self.r.settings
         if (
@@ -440,9 +470,10 @@ class _StreamSession:
         ):
             self.flush()
 
-    def apply_pending(self) -> None:
-        """Decode and apply the pending messages into the open mirror transaction."""
-        pending = self.pending
+    def apply_pending(self, upto: int | None = None) -> None:
+        """Decode and apply pending messages (the first ``upto`` of them) into the open mirror
+        transaction, and drop them from ``pending``."""
+        pending = self.pending if upto is None else self.pending[:upto]
         if not pending:
             return
         changes = self.decoder.decode(pending)
@@ -463,8 +494,12 @@ class _StreamSession:
                     touched += self.apply(self.decoder.decode(pending[start:end]), lsn)
         else:
             touched = self.apply(changes, None)
-        pending.clear()
-        self.txn_starts = [(0, self.txn_lsn)] if self.in_transaction else []
+        done = len(pending)
+        del self.pending[:done]
+        self.pending_complete = max(0, self.pending_complete - done)
+        self.txn_starts = [(i - done, lsn) for i, lsn in self.txn_starts if i >= done]
+        if self.pending and (not self.txn_starts or self.txn_starts[0][0] > 0):
+            self.txn_starts.insert(0, (0, self.txn_lsn))
         self.r.stats.rows_applied += touched
 
     def apply(self, changes: list[Change], commit_lsn: Lsn | None) -> int:
@@ -485,10 +520,11 @@ class _StreamSession:
         return touched + mirror.apply(changes[start:], commit_lsn)
 
     def flush(self) -> None:
-        """Apply what is pending and commit it with the end LSN of its last transaction."""
+        """Apply the complete transactions pending and commit them with the end LSN of the
+        last; messages of a transaction still arriving stay pending."""
         end = self.pending_end
         assert end is not None
-        self.apply_pending()
+        self.apply_pending(self.pending_complete)
         self.r.mirror.commit(self.r.settings.slot, end)
         self.r.stats.transactions += self.pending_transactions
         self.r.stats.batches += 1
