@@ -22,10 +22,12 @@ from sidecar.changes import (
     Inserts,
     Lsn,
     Relation,
+    RowChange,
     SchemaChange,
     Truncate,
     Tuples,
     Updates,
+    slice_change,
 )
 
 BEGIN = ord("B")
@@ -169,20 +171,32 @@ class Decoder:
         keys = (kinds << 40) | (relids << 8) | markers
         keys[~is_data] = -1 - np.flatnonzero(~is_data)  # every other message is a run of its own
         bounds = np.concatenate(([0], np.flatnonzero(keys[1:] != keys[:-1]) + 1, [count]))
+        groups = _Groups(keys, is_data)
         changes: list[Change] = []
+        decoded: dict[int, tuple[RowChange, np.ndarray]] = {}
         for first, stop in zip(bounds[:-1].tolist(), bounds[1:].tolist(), strict=True):
-            if is_data[first]:
-                run_starts = starts[first:stop] + shift
-                changes.append(
-                    self._decode_run(int(kinds[first]), int(relids[first]), buf, run_starts)
-                )
+            if not is_data[first]:
+                payload = bytes(payloads[first])
+                if streamed:
+                    payload = strip_streamed_xid(payload)
+                change = self._decode_other(payload)
+                if change is not None:
+                    changes.append(change)
                 continue
-            payload = bytes(payloads[first])
-            if streamed:
-                payload = strip_streamed_xid(payload)
-            change = self._decode_other(payload)
-            if change is not None:
-                changes.append(change)
+            group = int(groups.ids[first])
+            if group not in decoded:
+                # Every run of this kind and relation up to the next schema message, at once.
+                members = groups.members(group)
+                whole = self._decode_run(
+                    int(kinds[first]), int(relids[first]), buf, starts[members] + shift
+                )
+                decoded[group] = (whole, members)
+            whole, members = decoded[group]
+            if len(members) == stop - first:
+                changes.append(whole)
+            else:
+                offset = int(np.searchsorted(members, first))
+                changes.append(slice_change(whole, offset, offset + stop - first))
         return changes
 
     def _decode_other(self, payload: bytes) -> Change | None:
@@ -211,7 +225,7 @@ class Decoder:
         except KeyError:
             raise DecodeError(f"change for relation {oid} before its Relation message") from None
 
-    def _decode_run(self, kind: int, relid: int, buf: np.ndarray, starts: np.ndarray) -> Change:
+    def _decode_run(self, kind: int, relid: int, buf: np.ndarray, starts: np.ndarray) -> RowChange:
         """Decode a run of one kind of message for one relation; ``starts`` index type bytes."""
         relation = self._relation(relid)
         marker = int(buf[starts[0] + 5])
@@ -232,6 +246,24 @@ class Decoder:
             raise DecodeError(f"update message with tuple marker {chr(marker)!r}")
         rows, _ = decode_tuples(buf, pos, relation)
         return Updates(relation, rows, old_rows)
+
+
+class _Groups:
+    """Data messages grouped by kind, relation and tuple marker, between schema messages."""
+
+    def __init__(self, keys: np.ndarray, is_data: np.ndarray) -> None:
+        epochs = np.cumsum(~is_data)
+        if epochs[-1] < 1 << 14:
+            combined = (epochs << 49) | np.where(is_data, keys, 0)
+        else:  # too many schema messages to pack: one group per message run
+            combined = np.arange(len(keys))
+        _, self.ids = np.unique(combined, return_inverse=True)
+        self._order = np.argsort(self.ids, kind="stable")
+        self._bounds = np.searchsorted(self.ids[self._order], np.arange(self.ids.max() + 2))
+
+    def members(self, group: int) -> np.ndarray:
+        """Indices of the group's messages, ascending."""
+        return self._order[self._bounds[group] : self._bounds[group + 1]]
 
 
 def _be32(buf: np.ndarray, pos: np.ndarray, last: int) -> np.ndarray:

@@ -7,6 +7,7 @@ the mirror has committed it. A restart therefore resumes exactly after the last 
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import os
 import threading
@@ -30,7 +31,7 @@ from replicator.stream import (
     parse_keepalive,
     standby_status,
 )
-from sidecar.changes import Change, Lsn, Relation, SchemaChange, format_lsn
+from sidecar.changes import Change, Lsn, Relation, SchemaChange, Truncate, format_lsn
 from sidecar.errors import SlotBusyError, SourceConnectionLost, SourceSetupError
 from sidecar.mirror import Mirror
 
@@ -54,6 +55,9 @@ class ReplicationSettings:
     """Apply once this many messages are waiting (mid-transaction too, without committing)."""
     max_delay: float = 0.05
     """Commit at the first transaction end once changes have waited this many seconds."""
+    min_delay: float = 0.02
+    """When the server pauses, commit only changes that have waited this long, so that under
+    a steady stream each commit carries several transactions."""
     status_interval: float = 5.0
     slot_wait: float = 5.0
     """Seconds to wait at start for a slot still held by a previous run's walsender."""
@@ -234,11 +238,11 @@ class Replicator:
         self.mirror.follow_schema(relation, fill)
 
     def may_copy(self, changes: Sequence[Change]) -> bool:
-        """Whether following these changes' schema messages could start a copy."""
+        """Whether applying these changes could start a copy (a new table, a new column)."""
         for change in changes:
-            if isinstance(change, SchemaChange):
-                plan = self.mirror.schema_plan(change.relation)
-                if plan is None or plan.adds:
+            for relation in _relations(change):
+                plan = self.mirror.schema_plan(relation)
+                if plan is None or (isinstance(change, SchemaChange) and plan.adds):
                     return True
         return False
 
@@ -304,6 +308,14 @@ class Replicator:
         session.loop(target)
 
 
+def _relations(change: Change) -> tuple[Relation, ...]:
+    return change.relations if isinstance(change, Truncate) else (change.relation,)
+
+
+class _Stopped(Exception):
+    """Raised inside the stream loop once a stop was asked for at a transaction end."""
+
+
 def _first_line(exc: BaseException) -> str:
     return (str(exc).strip().splitlines() or [type(exc).__name__])[0]
 
@@ -336,6 +348,13 @@ class _StreamSession:
         self.last_status = time.monotonic()
 
     def loop(self, target: source.CatchUpTarget | None) -> None:
+        """Receive, apply and report until stopped or caught up; on a stop, commit first."""
+        with contextlib.suppress(_Stopped):
+            self._loop(target)
+        if self.pending_end is not None and not (self.partially_applied and self.in_transaction):
+            self.flush()
+
+    def _loop(self, target: source.CatchUpTarget | None) -> None:
         repl = self.repl
         settings = self.r.settings
         stopping = self.r.stopping
@@ -360,11 +379,18 @@ class _StreamSession:
                     self.on_keepalive(parse_keepalive(frame))
                 continue
             # Nothing buffered: a natural point to commit, report and check for the end.
+            now = time.monotonic()
+            wait = 0.5
             if self.pending_end is not None and not (
                 self.partially_applied and self.in_transaction
             ):
-                self.flush()
-            now = time.monotonic()
+                age = now - self.pending_since
+                if age >= settings.min_delay or stopping.is_set():
+                    self.flush()
+                else:
+                    wait = settings.min_delay - age  # let a few more transactions join
+                    repl.wait(wait)
+                    continue
             if stopping.is_set():
                 return
             idle = not self.in_transaction and not self.pending and not self.partially_applied
@@ -379,7 +405,7 @@ class _StreamSession:
                 return
             if now - self.last_status >= settings.status_interval:
                 self.send_status()
-            repl.wait(0.5)
+            repl.wait(wait)
 
     def on_keepalive(self, keepalive: Keepalive) -> None:
         """Learn how far the server has sent, and answer.
@@ -412,9 +438,13 @@ class _StreamSession:
             if not self.skip:
                 self.transaction_done(commit.end_lsn)
             self.skip = False
+            if self.r.stopping.is_set():
+                raise _Stopped
         elif kind in _SCHEMA_MESSAGES:
             if self.stream_xid is not None:
                 self.stream_message(payload)
+            elif self.skip:
+                self.decoder.decode([bytes(payload)])  # learn the shape; the mirror has it
             else:
                 self.add_pending(bytes(payload))
         elif kind == po.STREAM_START:
@@ -507,7 +537,7 @@ class _StreamSession:
         replicator, which may need the source catalog or a fresh copy to follow them."""
         mirror = self.r.mirror
         relations = [c.relation for c in changes if isinstance(c, SchemaChange)]
-        if not relations:
+        if not relations and not self.r.may_copy(changes):
             return mirror.apply(changes, commit_lsn)
         self.r._learn_types(relations)
         touched = 0
@@ -517,6 +547,12 @@ class _StreamSession:
                 touched += mirror.apply(changes[start:index], commit_lsn)
                 start = index + 1
                 self.r.follow(change.relation, commit_lsn)
+            else:
+                for relation in _relations(change):
+                    if mirror.table_for(relation) is None:  # shape learnt in a skipped txn
+                        touched += mirror.apply(changes[start:index], commit_lsn)
+                        start = index
+                        self.r.follow(relation, commit_lsn)
         return touched + mirror.apply(changes[start:], commit_lsn)
 
     def flush(self) -> None:

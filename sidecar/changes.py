@@ -71,6 +71,11 @@ class Tuples:
     def num_rows(self) -> int:
         return self.values.num_rows
 
+    def slice(self, start: int, stop: int) -> Tuples:
+        """Rows ``start`` to ``stop`` (exclusive)."""
+        unchanged = {k: v[start:stop] for k, v in self.unchanged.items() if v[start:stop].any()}
+        return Tuples(self.values.slice(start, stop - start), unchanged)
+
 
 @dataclass(slots=True)
 class SchemaChange:
@@ -111,5 +116,18 @@ class Truncate:
     relations: tuple[Relation, ...]
 
 
-Change = SchemaChange | Inserts | Updates | Deletes | Truncate
+RowChange = Inserts | Updates | Deletes
+"""A change to rows of one relation."""
+
+Change = SchemaChange | RowChange | Truncate
 """One step of a change batch; applied in order."""
+
+
+def slice_change(change: RowChange, start: int, stop: int) -> RowChange:
+    """The same kind of change for rows ``start`` to ``stop`` (exclusive) only."""
+    if isinstance(change, Inserts):
+        return Inserts(change.relation, change.rows.slice(start, stop))
+    if isinstance(change, Deletes):
+        return Deletes(change.relation, change.old.slice(start, stop))
+    old = None if change.old is None else change.old.slice(start, stop)
+    return Updates(change.relation, change.rows.slice(start, stop), old)

@@ -30,17 +30,21 @@ from pathlib import Path
 from typing import Any
 
 import duckdb
+import numpy as np
 import pyarrow as pa
 
 from sidecar.changes import (
     Change,
+    Deletes,
     Inserts,
     Lsn,
     Relation,
+    RowChange,
     SchemaChange,
     Truncate,
     Tuples,
     Updates,
+    slice_change,
 )
 from sidecar.column_types import MirrorType, SourceType, array_literals_to_json, mirror_type
 from sidecar.errors import MirrorError
@@ -274,9 +278,64 @@ class Mirror:
         """
         self.begin()
         touched = 0
+        rows: list[RowChange] = []
         for change in changes:
-            touched += self._apply_one(change, commit_lsn)
+            if isinstance(change, SchemaChange | Truncate):
+                touched += self._apply_rows(rows, commit_lsn)
+                rows = []
+                touched += self._apply_one(change, commit_lsn)
+            else:
+                rows.append(change)
+        return touched + self._apply_rows(rows, commit_lsn)
+
+    def _apply_rows(self, changes: list[RowChange], commit_lsn: Lsn | None) -> int:
+        """Apply row changes, table by table (tables are independent, so order within each
+        table is all that matters); interleaved changes to a keyed table collapse to their net
+        effect, two statements however many transactions the batch holds."""
+        if len(changes) <= 1:
+            return sum(self._apply_one(change, commit_lsn) for change in changes)
+        by_table: dict[tuple[str, str], list[RowChange]] = {}
+        for change in changes:
+            by_table.setdefault((change.relation.schema, change.relation.name), []).append(change)
+        touched = 0
+        for key, group in by_table.items():
+            table = self.tables.get(key)
+            if table is None or _in_copy(table, commit_lsn):
+                continue
+            if len(group) > 1 and table.has_primary_key and not _has_unchanged(group):
+                touched += self._apply_net(table, group)
+            else:
+                touched += sum(self._apply_one(change, commit_lsn) for change in group)
         return touched
+
+    def _apply_net(self, table: MirroredTable, changes: list[RowChange]) -> int:
+        """Delete every key the changes touch, then insert each key's last row image."""
+        names = [c.name for c in table.columns]
+        pieces: list[pa.Table] = []
+        seq = 0
+        for change in changes:
+            old = None if isinstance(change, Inserts) else change.old
+            if old is not None:
+                pieces.append(_events(old.values, names, seq, upsert=False))
+            if not isinstance(change, Deletes):
+                pieces.append(_events(change.rows.values, names, seq, upsert=True))
+            seq += 2 * _change_rows(change)
+        events = pa.concat_tables(pieces)
+        self._register(table, events, {})
+        keys = ", ".join(quote(c.name) for c in table.keys)
+        self.con.execute(
+            f"delete from {table.qualified} using (select distinct {keys} from {_BATCH})"
+            f" {_ALIAS} where {_key_match(table, '')}"
+        )
+        columns = ", ".join(quote(c.name) for c in table.columns)
+        casts = ", ".join(self._casts(table, events))
+        self.con.execute(
+            f"insert into {table.qualified} ({columns}) select {casts} from (select * from {_BATCH}"
+            f" qualify row_number() over (partition by {keys} order by _seq desc) = 1) {_BATCH}"
+            " where _upsert"
+        )
+        self.con.unregister(_BATCH)
+        return sum(_change_rows(c) for c in changes)
 
     def _apply_one(self, change: Change, commit_lsn: Lsn | None) -> int:
         if isinstance(change, SchemaChange):
@@ -346,6 +405,7 @@ class Mirror:
                 self._update_one_row(table, old or row, row, change.rows.unchanged, index)
             return
         for chunk in _unique_key_chunks(table, change):
+            assert isinstance(chunk, Updates)
             self._update_chunk(table, chunk)
 
     def _update_chunk(self, table: MirroredTable, change: Updates) -> None:
@@ -496,6 +556,29 @@ def _sql_literal(value: str | None) -> str:
     return "null" if value is None else "'" + value.replace("'", "''") + "'"
 
 
+def _events(values: pa.Table, names: list[str], first_seq: int, *, upsert: bool) -> pa.Table:
+    """Row images as key events: text columns in table order, a sequence number and a kind.
+
+    An update's delete of its old key sorts before its new image (even sequence numbers for
+    deletes, odd for upserts)."""
+    count = values.num_rows
+    present = set(values.column_names)
+    columns = [
+        values.column(n) if n in present else pa.nulls(count, pa.large_string()) for n in names
+    ]
+    seq = pa.array(np.arange(first_seq + (1 if upsert else 0), first_seq + 2 * count, 2))
+    flag = pa.array(np.full(count, upsert))
+    return pa.Table.from_arrays([*columns, seq, flag], names=[*names, "_seq", "_upsert"])
+
+
+def _has_unchanged(changes: list[RowChange]) -> bool:
+    return any(isinstance(c, Updates) and c.rows.unchanged for c in changes)
+
+
+def _change_rows(change: RowChange) -> int:
+    return change.old.num_rows if isinstance(change, Deletes) else change.rows.num_rows
+
+
 def _key_match(table: MirroredTable, prefix: str) -> str:
     """SQL matching the table's key to the batch's (``prefix``-named) key columns."""
     return " and ".join(
@@ -525,7 +608,7 @@ def _row_at(values: pa.Table, index: int) -> dict[str, str | None]:
     return values.slice(index, 1).to_pylist()[0]
 
 
-def _unique_key_chunks(table: MirroredTable, change: Updates) -> Iterator[Updates]:
+def _unique_key_chunks(table: MirroredTable, change: Updates) -> Iterator[RowChange]:
     """Split an update run so that no key appears twice in a chunk (UPDATE ... FROM needs that)."""
     names = [c.name for c in table.keys]
     new_keys = list(zip(*(change.rows.values.column(n).to_pylist() for n in names), strict=True))
@@ -538,21 +621,9 @@ def _unique_key_chunks(table: MirroredTable, change: Updates) -> Iterator[Update
     start = 0
     for index, (old, new) in enumerate(zip(old_keys, new_keys, strict=True)):
         if old in seen or new in seen:
-            yield _slice_updates(change, start, index)
+            yield slice_change(change, start, index)
             seen.clear()
             start = index
         seen.add(old)
         seen.add(new)
-    yield _slice_updates(change, start, len(new_keys))
-
-
-def _slice_updates(change: Updates, start: int, stop: int) -> Updates:
-    def cut(tuples: Tuples) -> Tuples:
-        return Tuples(
-            tuples.values.slice(start, stop - start),
-            {k: v[start:stop] for k, v in tuples.unchanged.items() if v[start:stop].any()},
-        )
-
-    return Updates(
-        change.relation, cut(change.rows), None if change.old is None else cut(change.old)
-    )
+    yield slice_change(change, start, len(new_keys))
