@@ -15,6 +15,7 @@ from dataclasses import dataclass
 import numpy as np
 import pyarrow as pa
 
+from replicator.columnar import be_uint32, variable_width
 from sidecar.changes import (
     Change,
     Column,
@@ -165,7 +166,7 @@ class Decoder:
         np.cumsum(lengths[:-1], out=starts[1:])
         last = len(buf) - 1
         kinds = buf[starts].astype(np.int64)
-        relids = _be32(buf, starts + 1 + shift, last)
+        relids = be_uint32(buf, starts + 1 + shift)
         markers = np.where(kinds == UPDATE, buf[np.minimum(starts + 5 + shift, last)], 0)
         is_data = (kinds == INSERT) | (kinds == UPDATE) | (kinds == DELETE)
         keys = (kinds << 40) | (relids << 8) | markers
@@ -266,12 +267,6 @@ class _Groups:
         return self._order[self._bounds[group] : self._bounds[group + 1]]
 
 
-def _be32(buf: np.ndarray, pos: np.ndarray, last: int) -> np.ndarray:
-    """Big-endian uint32 at each position (positions past the end read the last byte)."""
-    b = [buf[np.minimum(pos + k, last)].astype(np.int64) for k in range(4)]
-    return (b[0] << 24) | (b[1] << 16) | (b[2] << 8) | b[3]
-
-
 def _expect(buf: np.ndarray, pos: np.ndarray, byte: int) -> None:
     if not np.all(buf[pos] == byte):
         raise DecodeError(f"expected tuple marker {chr(byte)!r}")
@@ -307,15 +302,14 @@ def decode_tuples(
     if width > len(relation.columns):
         raise DecodeError(f"tuple has {width} columns, {relation.qualified_name} has fewer")
     pos = pos + 2
-    last = len(buf) - 1
     arrays: list[pa.Array] = []
     unchanged: dict[str, np.ndarray] = {}
     for index in range(width):
         kind = buf[pos]
         has_value = (kind == _TEXT) | (kind == _BINARY)
-        length = np.where(has_value, _be32(buf, pos + 1, last), 0)
+        length = np.where(has_value, be_uint32(buf, pos + 1), 0)
         value_start = pos + 5
-        arrays.append(_string_array(buf, value_start, length, has_value))
+        arrays.append(variable_width(buf, value_start, length, has_value))
         pos = np.where(has_value, value_start + length, pos + 1)
         is_unchanged = kind == _UNCHANGED
         if is_unchanged.any():
@@ -324,36 +318,3 @@ def decode_tuples(
             raise DecodeError(f"bad tuple data in {relation.qualified_name}")
     names = [c.name for c in relation.columns[:width]]
     return Tuples(pa.Table.from_arrays(arrays, names=names), unchanged), pos
-
-
-def _ragged_index(
-    starts: np.ndarray, lengths: np.ndarray, offsets: np.ndarray, total: int, size: int
-) -> np.ndarray:
-    """The buffer index of every byte of every value, in order (a cumsum of jumps and ones)."""
-    dtype = np.int32 if size < 2**31 else np.int64
-    present = lengths > 0
-    firsts = offsets[:-1][present]
-    value_starts = starts[present]
-    ends = value_starts + lengths[present] - 1
-    steps = np.ones(total, dtype=dtype)
-    steps[firsts[0]] = value_starts[0]
-    steps[firsts[1:]] = value_starts[1:] - ends[:-1]
-    return np.cumsum(steps, dtype=dtype)
-
-
-def _string_array(
-    buf: np.ndarray, starts: np.ndarray, lengths: np.ndarray, valid: np.ndarray
-) -> pa.Array:
-    count = len(starts)
-    offsets = np.zeros(count + 1, dtype=np.int64)
-    np.cumsum(lengths, out=offsets[1:])
-    total = int(offsets[-1])
-    values = buf[_ragged_index(starts, lengths, offsets, total, len(buf))] if total else buf[:0]
-    null_count = count - int(np.count_nonzero(valid))
-    validity = None if null_count == 0 else pa.py_buffer(np.packbits(valid, bitorder="little"))
-    return pa.Array.from_buffers(
-        pa.large_string(),
-        count,
-        [validity, pa.py_buffer(offsets), pa.py_buffer(values)],
-        null_count=null_count,
-    )

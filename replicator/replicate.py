@@ -12,16 +12,17 @@ import logging
 import os
 import threading
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
 import psycopg
+import pyarrow as pa
 from psycopg import sql
 
 from replicator import pgoutput as po
 from replicator import source
-from replicator.initial_copy import Progress, copy_rows
+from replicator.initial_copy import Progress, copy_table
 from replicator.stream import (
     KEEPALIVE,
     XLOG_DATA,
@@ -33,7 +34,7 @@ from replicator.stream import (
 )
 from sidecar.changes import Change, Lsn, Relation, SchemaChange, Truncate, format_lsn
 from sidecar.errors import SlotBusyError, SourceConnectionLost, SourceSetupError
-from sidecar.mirror import Mirror
+from sidecar.mirror import Mirror, MirroredTable
 
 log = logging.getLogger("pgml_sidecar.replicator")
 
@@ -188,17 +189,24 @@ class Replicator:
             for schema, name in tables:
                 relation = source.describe_table(conn, schema, name)
                 self._learn_types([relation])
-                table = self.mirror.create_table(relation, state=state)
+                table = self.mirror.create_table(relation, state=state, key=False)
                 estimate = conn.execute(
                     "select reltuples::bigint from pg_class where oid = %s", [relation.oid]
                 ).fetchone()
                 progress = Progress(relation.qualified_name, estimate[0] if estimate else None)
-                rows = self.mirror.load(table, copy_rows(conn, relation, progress=progress))
+                rows = copy_table(conn, relation, self._loader(table), progress=progress)
+                self.mirror.add_primary_key(table)
                 progress.finish()
                 self.mirror.set_state(table, state, until)
                 self.stats.copied_rows[relation.qualified_name] = rows
                 log.info("copied %s: %d rows", relation.qualified_name, rows)
             conn.execute("commit")
+
+    def _loader(self, table: MirroredTable) -> Callable[[pa.Table], None]:
+        def load(rows: pa.Table) -> None:
+            self.mirror.insert_rows(table, rows)
+
+        return load
 
     def _copy_while_streaming(self, tables: Sequence[tuple[str, str]]) -> None:
         """Copy tables under the snapshot of a temporary slot, exact to one WAL position.

@@ -218,14 +218,17 @@ class Mirror:
     def table_for(self, relation: Relation) -> MirroredTable | None:
         return self.tables.get((relation.schema, relation.name))
 
-    def create_table(self, relation: Relation, *, state: str) -> MirroredTable:
-        """Create (or re-create, emptied) the mirror table for ``relation``."""
+    def create_table(self, relation: Relation, *, state: str, key: bool = True) -> MirroredTable:
+        """Create (or re-create, emptied) the mirror table for ``relation``.
+
+        With ``key=False`` the primary key comes later, from ``add_primary_key`` once the
+        initial copy is in: building the index at once is faster than row by row."""
         columns = mirror_columns(relation, self.source_types)
         table = MirroredTable(
             relation.schema, relation.name, columns, relation.replica_identity, state, 0
         )
         definitions = [f"{quote(c.name)} {c.sql}" for c in table.columns]
-        if table.has_primary_key:
+        if key and table.has_primary_key:
             definitions.append(f"primary key ({', '.join(quote(c.name) for c in table.keys)})")
         self.con.execute(f"create schema if not exists {quote(relation.schema)}")
         self.con.execute(f"drop table if exists {table.qualified}")
@@ -233,6 +236,15 @@ class Mirror:
         self.tables[(relation.schema, relation.name)] = table
         self._save_table(table)
         return table
+
+    def add_primary_key(self, table: MirroredTable) -> None:
+        if table.has_primary_key:
+            keys = ", ".join(quote(c.name) for c in table.keys)
+            self.con.execute(f"alter table {table.qualified} add primary key ({keys})")
+
+    def insert_rows(self, table: MirroredTable, rows: pa.Table) -> None:
+        """Insert rows of an initial copy: typed columns as they are, text columns cast."""
+        self._insert(table, Tuples(rows))
 
     def set_state(self, table: MirroredTable, state: str, catchup_until: Lsn = 0) -> None:
         table.state = state
@@ -374,12 +386,19 @@ class Mirror:
         self.con.register(_BATCH, pa.Table.from_arrays(arrays, names=names))
 
     def _casts(self, table: MirroredTable, rows: pa.Table, alias: str = "") -> list[str]:
-        present = set(rows.column_names)
+        """Select expressions for the table's columns: text is cast, typed values pass."""
         prefix = f"{alias}." if alias else ""
-        return [
-            c.mirror_type.cast_sql(prefix + quote(c.name)) if c.name in present else "null"
-            for c in table.columns
-        ]
+        casts = []
+        for column in table.columns:
+            index = rows.schema.get_field_index(column.name)
+            if index < 0:
+                casts.append("null")
+                continue
+            value = prefix + quote(column.name)
+            kind = rows.schema.field(index).type
+            is_text = pa.types.is_large_string(kind) or pa.types.is_string(kind)
+            casts.append(column.mirror_type.cast_sql(value) if is_text else value)
+        return casts
 
     def _insert(self, table: MirroredTable, rows: Tuples) -> None:
         self._register(table, rows.values, {})
@@ -476,14 +495,6 @@ class Mirror:
             )
 
     # -- initial copy --------------------------------------------------------------------------
-
-    def load(self, table: MirroredTable, batches: Iterator[pa.RecordBatch]) -> int:
-        """Insert an initial copy's batches (text columns) into ``table``; return the row count."""
-        count = 0
-        for batch in batches:
-            self._insert(table, Tuples(pa.Table.from_batches([batch])))
-            count += batch.num_rows
-        return count
 
 
 @dataclass(frozen=True, slots=True)

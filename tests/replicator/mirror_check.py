@@ -84,6 +84,24 @@ def slot_confirmed(dsn: str, slot: str = "pgml_sidecar") -> int:
     return int(row[0]) if row and row[0] is not None else 0
 
 
+def slot_active(dsn: str, slot: str = "pgml_sidecar") -> bool:
+    with psycopg.connect(dsn) as conn:
+        row = conn.execute(
+            "select active from pg_replication_slots where slot_name = %s", [slot]
+        ).fetchone()
+    return bool(row and row[0])
+
+
+def terminate_walsender(dsn: str, slot: str = "pgml_sidecar") -> bool:
+    with psycopg.connect(dsn) as conn:
+        row = conn.execute(
+            "select pg_terminate_backend(active_pid) from pg_replication_slots"
+            " where slot_name = %s and active_pid is not null",
+            [slot],
+        ).fetchone()
+    return bool(row and row[0])
+
+
 def current_lsn(dsn: str) -> int:
     with psycopg.connect(dsn) as conn:
         row = conn.execute("select pg_current_wal_insert_lsn() - '0/0'").fetchone()

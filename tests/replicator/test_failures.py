@@ -2,13 +2,14 @@
 
 from __future__ import annotations
 
+import contextlib
 import os
 import random
 import signal
 import subprocess
 import sys
 import threading
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import psycopg
@@ -19,6 +20,7 @@ from tests.fix_pg import make_workdir
 from tests.replicator.mirror_check import (
     assert_same_rows,
     current_lsn,
+    slot_active,
     slot_confirmed,
     wait_for,
 )
@@ -102,12 +104,9 @@ def test_kill_9_at_random_moments_loses_and_duplicates_nothing(
     for round_ in range(5):
         process = replicate(source_dsn, mirror_path, "--tables", "k")
         if round_ > 0:  # let it stream a little before the kill
-            reached = slot_confirmed(source_dsn)
-            wait_for(lambda: slot_confirmed(source_dsn) > reached, what="the slot to advance")
-        try:
+            wait_for(advanced_from(source_dsn, slot_confirmed(source_dsn)), what="the slot to move")
+        with contextlib.suppress(subprocess.TimeoutExpired):
             process.wait(timeout=chaos.uniform(0.05, 1.5))
-        except subprocess.TimeoutExpired:
-            pass
         assert process.poll() is None, process.communicate()[1]
         process.send_signal(signal.SIGKILL)
         process.communicate(timeout=30)
@@ -133,6 +132,10 @@ def test_sigterm_commits_what_it_has_and_exits_cleanly(source_dsn: str, mirror_p
     assert process.returncode == 0, stderr
     assert "Traceback" not in stderr
     assert assert_same_rows(source_dsn, mirror_path, "public.k", "id") == 5000
+
+
+def advanced_from(dsn: str, position: int) -> Callable[[], bool]:
+    return lambda: slot_confirmed(dsn) > position
 
 
 def assert_clear_error(result: subprocess.CompletedProcess[str], *words: str) -> None:
@@ -184,21 +187,13 @@ def test_slot_held_by_another_process_is_a_clear_error(
          "-o", "proto_version=1", "-o", "publication_names=pgml_sidecar", "-f", "/dev/null"],
     )  # fmt: skip
     try:
-        wait_for(lambda: _slot_active(source_dsn), what="pg_recvlogical to hold the slot")
+        wait_for(lambda: slot_active(source_dsn), what="pg_recvlogical to hold the slot")
         result = replicate_once(source_dsn, mirror_path, "--tables", "t")
     finally:
         other.terminate()
         other.wait(timeout=30)
     assert_clear_error(result, "in use", "--slot")
     assert not mirror_path.exists()
-
-
-def _slot_active(dsn: str) -> bool:
-    with psycopg.connect(dsn) as conn:
-        row = conn.execute(
-            "select active from pg_replication_slots where slot_name = 'pgml_sidecar'"
-        ).fetchone()
-    return bool(row and row[0])
 
 
 def test_wal_level_below_logical_is_a_clear_error(mirror_path: Path):

@@ -14,7 +14,9 @@ from tests.replicator.mirror_check import (
     current_lsn,
     mirror_columns,
     mirror_rows,
+    slot_active,
     slot_confirmed,
+    terminate_walsender,
     wait_for,
 )
 
@@ -267,20 +269,19 @@ def test_idle_replicator_keeps_the_slot_advancing(source_dsn: str, mirror_path: 
 def test_terminated_walsender_reconnects_and_loses_nothing(source_dsn: str, mirror_path: Path):
     execute(source_dsn, "create table r (id int primary key, v int)")
     with Running(source_dsn, mirror_path, ["r"]) as running:
-        wait_for(lambda: slot_confirmed(source_dsn) > 0, what="the slot to exist")
         for round_ in range(3):
+            wait_for(lambda: slot_active(source_dsn), what="the replicator to stream")
             execute(
                 source_dsn,
                 f"insert into r select g, {round_} from generate_series({round_ * 100 + 1},"
                 f" {round_ * 100 + 100}) g",
-                "select pg_terminate_backend(active_pid) from pg_replication_slots"
-                " where slot_name = 'pgml_sidecar' and active_pid is not null",
-                f"update r set v = v + 1 where id % 7 = {round_}",
             )
+            assert terminate_walsender(source_dsn)
+            execute(source_dsn, f"update r set v = v + 1 where id % 7 = {round_}")
         target = current_lsn(source_dsn)
         wait_for(lambda: slot_confirmed(source_dsn) >= target, timeout=60, what="catch-up")
         stats = running.stop()
-    assert stats.reconnects >= 1
+    assert stats.reconnects >= 3
     assert assert_same_rows(source_dsn, mirror_path, "public.r", "id") == 300
 
 
