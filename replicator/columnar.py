@@ -5,26 +5,37 @@ from __future__ import annotations
 import numpy as np
 import pyarrow as pa
 
-
-def be_uint32(buf: np.ndarray, pos: np.ndarray) -> np.ndarray:
-    """Big-endian uint32 at each position, as int64 (positions past the end read the last byte)."""
-    last = len(buf) - 1
-    b = [buf[np.minimum(pos + k, last)].astype(np.int64) for k in range(4)]
-    return (b[0] << 24) | (b[1] << 16) | (b[2] << 8) | b[3]
+PADDING = 16
+"""Zero bytes a buffer needs past its end, so that every fixed-size read stays inside it."""
 
 
-def be_int32(buf: np.ndarray, pos: np.ndarray) -> np.ndarray:
-    """Big-endian signed int32 at each position, as int64."""
-    value = be_uint32(buf, pos)
-    return np.where(value >= 1 << 31, value - (1 << 32), value)
+def padded(data: bytes | bytearray | memoryview) -> np.ndarray:
+    """The bytes as a uint8 array with ``PADDING`` zero bytes after them."""
+    out = np.zeros(len(data) + PADDING, dtype=np.uint8)
+    out[: len(data)] = np.frombuffer(data, dtype=np.uint8)
+    return out
+
+
+def _windows(buf: np.ndarray, width: int, starts: np.ndarray) -> np.ndarray:
+    """``width`` bytes from each start, as rows of a new contiguous array."""
+    view = np.lib.stride_tricks.as_strided(buf, shape=(len(buf) - width + 1, width), strides=(1, 1))
+    return view[np.minimum(starts, len(buf) - width)]
 
 
 def fixed_width(buf: np.ndarray, starts: np.ndarray, dtype: str) -> np.ndarray:
     """The big-endian values of ``dtype`` starting at each position, in native byte order."""
     kind = np.dtype(dtype)
-    index = np.minimum(starts[:, None] + np.arange(kind.itemsize), len(buf) - 1)
-    raw = np.ascontiguousarray(buf[index])
-    return raw.view(kind).ravel().astype(kind.newbyteorder("="))
+    return _windows(buf, kind.itemsize, starts).view(kind).ravel().astype(kind.newbyteorder("="))
+
+
+def be_uint32(buf: np.ndarray, pos: np.ndarray) -> np.ndarray:
+    """Big-endian uint32 at each position, as int64."""
+    return fixed_width(buf, pos, ">u4").astype(np.int64)
+
+
+def be_int32(buf: np.ndarray, pos: np.ndarray) -> np.ndarray:
+    """Big-endian signed int32 at each position, as int64."""
+    return fixed_width(buf, pos, ">i4").astype(np.int64)
 
 
 def ragged_index(starts: np.ndarray, lengths: np.ndarray, offsets: np.ndarray) -> np.ndarray:
@@ -39,6 +50,38 @@ def ragged_index(starts: np.ndarray, lengths: np.ndarray, offsets: np.ndarray) -
     steps[firsts[0]] = value_starts[0]
     steps[firsts[1:]] = value_starts[1:] - ends[:-1]
     return np.cumsum(steps, dtype=dtype)
+
+
+def views(
+    buf: np.ndarray,
+    starts: np.ndarray,
+    lengths: np.ndarray,
+    valid: np.ndarray,
+    kind: pa.DataType | None = None,
+) -> pa.Array:
+    """A string (or binary) view array over ``buf`` (a ``padded`` array): no value bytes are
+    copied. Each 16-byte view holds the length and either the value itself (12 bytes at most)
+    or its first 4 bytes and its offset in the buffer.
+    """
+    count = len(starts)
+    if len(buf) >= 2**31:
+        return variable_width(buf, starts, lengths, valid, pa.large_binary() if kind else None)
+    lengths = np.where(valid, lengths, 0).astype(np.int32)
+    head = _windows(buf, 12, starts)
+    head = np.where(np.arange(12) < lengths[:, None], head, 0).astype(np.uint8)
+    out = np.zeros((count, 16), dtype=np.uint8)
+    out[:, 4:] = head
+    words = out.view(np.int32)
+    words[:, 0] = lengths
+    long = lengths > 12
+    words[long, 2] = 0
+    words[long, 3] = starts[long]
+    return pa.Array.from_buffers(
+        kind or pa.string_view(),
+        count,
+        [validity(valid), pa.py_buffer(out), pa.py_buffer(buf)],
+        null_count=count - int(np.count_nonzero(valid)),
+    )
 
 
 def variable_width(

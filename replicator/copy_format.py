@@ -13,7 +13,7 @@ from dataclasses import dataclass
 import numpy as np
 import pyarrow as pa
 
-from replicator.columnar import be_int32, fixed_width, validity, variable_width
+from replicator.columnar import be_int32, fixed_width, validity, views
 from sidecar.changes import Relation
 
 SIGNATURE = b"PGCOPY\n\xff\r\n\x00"
@@ -67,11 +67,11 @@ def _bool(buf: np.ndarray, starts: np.ndarray, lengths: np.ndarray, valid: np.nd
 
 
 def _text(buf: np.ndarray, starts: np.ndarray, lengths: np.ndarray, valid: np.ndarray) -> pa.Array:
-    return variable_width(buf, starts, lengths, valid)
+    return views(buf, starts, lengths, valid)
 
 
 def _bytes(buf: np.ndarray, starts: np.ndarray, lengths: np.ndarray, valid: np.ndarray) -> pa.Array:
-    return variable_width(buf, starts, lengths, valid, pa.large_binary())
+    return views(buf, starts, lengths, valid, pa.binary_view())
 
 
 READERS: dict[int, Reader] = {
@@ -114,7 +114,7 @@ def copy_columns(relation: Relation) -> CopyColumns:
     return CopyColumns(relation.column_names, readers, as_text)
 
 
-def header_length(first: bytes | memoryview) -> int:
+def header_length(first: bytes | bytearray | memoryview) -> int:
     """Length of the file header at the start of the first COPY message."""
     if bytes(first[: len(SIGNATURE)]) != SIGNATURE:
         raise CopyFormatError("binary COPY data does not start with the PGCOPY signature")
@@ -123,13 +123,14 @@ def header_length(first: bytes | memoryview) -> int:
 
 
 def decode_rows(buf: np.ndarray, starts: np.ndarray, columns: CopyColumns) -> pa.Table:
-    """Decode the rows beginning at ``starts`` (each at its field count) into a table."""
-    count = len(starts)
+    """Decode the rows beginning at ``starts`` (each at its field count) into a table.
+
+    ``buf`` must be ``columnar.padded``; text columns are views into it."""
     width = len(columns.names)
-    if count:
-        fields = (buf[starts].astype(np.int64) << 8) | buf[starts + 1]
-        if not np.all(fields == width):
-            raise CopyFormatError(f"rows with other than {width} fields in binary COPY data")
+    fields = (buf[starts].astype(np.int64) << 8) | buf[starts + 1]
+    starts = starts[fields != 0xFFFF]  # the trailer, and a header that came without a row
+    if not np.all(fields[fields != 0xFFFF] == width):
+        raise CopyFormatError(f"rows with other than {width} fields in binary COPY data")
     pos = starts + 2
     arrays = []
     for reader in columns.readers:

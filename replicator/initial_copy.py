@@ -19,14 +19,16 @@ import psycopg
 import pyarrow as pa
 from psycopg import pq, sql
 
+from replicator.columnar import PADDING
 from replicator.copy_format import CopyColumns, copy_columns, decode_rows, header_length, row_starts
 from sidecar.changes import Relation
 from sidecar.errors import SourceError
 
-CHUNK_ROWS = 131_072
+CHUNK_ROWS = 1 << 20
 CHUNK_BYTES = 32 << 20
-IN_FLIGHT = 2
-_TRAILER = b"\xff\xff"
+"""A chunk is decoded and inserted at once: large enough for DuckDB to compress its row groups
+in parallel, small enough to bound memory."""
+IN_FLIGHT = 1
 
 
 def copy_statement(relation: Relation, columns: CopyColumns) -> sql.Composed:
@@ -43,8 +45,9 @@ def copy_statement(relation: Relation, columns: CopyColumns) -> sql.Composed:
 
 def read_chunks(
     conn: psycopg.Connection, statement: sql.Composed
-) -> Iterator[tuple[bytes, np.ndarray]]:
-    """Run the COPY in the connection's open transaction; yield (rows, row start offsets)."""
+) -> Iterator[tuple[bytearray, np.ndarray]]:
+    """Run the COPY in the connection's open transaction; yield chunks of rows (followed by
+    ``PADDING`` zero bytes, ready for the decoder) with the offset where each row starts."""
     pg = conn.pgconn
     pg.send_query(statement.as_bytes(conn))
     result = pg.get_result()
@@ -54,27 +57,23 @@ def read_chunks(
     get, sock = pg.get_copy_data, pg.socket
     buf = bytearray()
     ends: list[int] = []
-    first = -1
+    append = ends.append
+    first = -1  # where the first row starts in buf: after the file header
+    rows = 0
     while True:
         size, data = get(1)
         if size > 0:
-            if first < 0:
-                first = header_length(data)
-                if size - first > len(_TRAILER):  # the header came with the first row
-                    buf += data
-                    ends.append(len(buf))
-                else:
-                    first = 0
-                continue
-            if size == 2 and bytes(data) == _TRAILER:
-                continue
             buf += data
-            ends.append(len(buf))
-            if len(ends) >= CHUNK_ROWS or len(buf) >= CHUNK_BYTES:
-                yield bytes(buf), row_starts(ends, first)
-                buf.clear()
+            append(len(buf))
+            rows += 1
+            if rows >= CHUNK_ROWS or len(buf) >= CHUNK_BYTES:
+                if first < 0:
+                    first = _skip_header(buf, ends)
+                buf += bytes(PADDING)
+                yield buf, row_starts(ends, first)
+                buf = bytearray()
                 ends.clear()
-                first = 0
+                first, rows = 0, 0
         elif size == 0:
             select.select([sock], [], [])
             pg.consume_input()
@@ -84,7 +83,18 @@ def read_chunks(
         if result.status == pq.ExecStatus.FATAL_ERROR:
             raise SourceError(f"COPY failed: {(result.error_message or b'').decode().strip()}")
     if ends:
-        yield bytes(buf), row_starts(ends, first)
+        if first < 0:
+            first = _skip_header(buf, ends)
+        buf += bytes(PADDING)
+        yield buf, row_starts(ends, first)
+
+
+def _skip_header(buf: bytearray, ends: list[int]) -> int:
+    """Where the first row starts; forget the header's message if it came alone."""
+    first = header_length(buf)
+    if ends and ends[0] == first:
+        ends.pop(0)
+    return first
 
 
 def copy_table(
@@ -97,23 +107,28 @@ def copy_table(
     """Copy the table into ``sink`` chunk by chunk; return the number of rows."""
     columns = copy_columns(relation)
     statement = copy_statement(relation, columns)
-    waiting: deque[Future[None]] = deque()
+    waiting: deque[Future[int]] = deque()
     rows = 0
 
-    def load(data: bytes, starts: np.ndarray) -> None:
-        sink(decode_rows(np.frombuffer(data, dtype=np.uint8), starts, columns))
+    def load(data: bytearray, starts: np.ndarray) -> int:
+        rows = decode_rows(np.frombuffer(data, dtype=np.uint8), starts, columns)
+        sink(rows)
+        return rows.num_rows
 
     with ThreadPoolExecutor(max_workers=1, thread_name_prefix="pgml-sidecar-copy") as pool:
         try:
             for data, starts in read_chunks(conn, statement):
                 waiting.append(pool.submit(load, data, starts))
-                rows += len(starts)
-                if progress is not None:
-                    progress.advance(len(starts))
                 while len(waiting) > IN_FLIGHT:
-                    waiting.popleft().result()
+                    done = waiting.popleft().result()
+                    rows += done
+                    if progress is not None:
+                        progress.advance(done)
             while waiting:
-                waiting.popleft().result()
+                done = waiting.popleft().result()
+                rows += done
+                if progress is not None:
+                    progress.advance(done)
         finally:
             for future in waiting:
                 future.cancel()

@@ -15,7 +15,7 @@ from dataclasses import dataclass
 import numpy as np
 import pyarrow as pa
 
-from replicator.columnar import be_uint32, variable_width
+from replicator.columnar import be_uint32, padded, views
 from sidecar.changes import (
     Change,
     Column,
@@ -160,14 +160,13 @@ class Decoder:
         if count == 0:
             return []
         shift = 4 if streamed else 0
-        buf = np.frombuffer(b"".join(payloads), dtype=np.uint8)
+        buf = padded(b"".join(payloads))
         lengths = np.fromiter(map(len, payloads), dtype=np.int64, count=count)
         starts = np.zeros(count, dtype=np.int64)
         np.cumsum(lengths[:-1], out=starts[1:])
-        last = len(buf) - 1
         kinds = buf[starts].astype(np.int64)
         relids = be_uint32(buf, starts + 1 + shift)
-        markers = np.where(kinds == UPDATE, buf[np.minimum(starts + 5 + shift, last)], 0)
+        markers = np.where(kinds == UPDATE, buf[starts + 5 + shift], 0)
         is_data = (kinds == INSERT) | (kinds == UPDATE) | (kinds == DELETE)
         keys = (kinds << 40) | (relids << 8) | markers
         keys[~is_data] = -1 - np.flatnonzero(~is_data)  # every other message is a run of its own
@@ -309,7 +308,7 @@ def decode_tuples(
         has_value = (kind == _TEXT) | (kind == _BINARY)
         length = np.where(has_value, be_uint32(buf, pos + 1), 0)
         value_start = pos + 5
-        arrays.append(variable_width(buf, value_start, length, has_value))
+        arrays.append(views(buf, value_start, length, has_value))
         pos = np.where(has_value, value_start + length, pos + 1)
         is_unchanged = kind == _UNCHANGED
         if is_unchanged.any():

@@ -60,6 +60,8 @@ class ReplicationSettings:
     """When the server pauses, commit only changes that have waited this long, so that under
     a steady stream each commit carries several transactions."""
     status_interval: float = 5.0
+    memory_limit: str = "256MB"
+    """DuckDB's memory for the mirror in this process; raise it for very large tables."""
     slot_wait: float = 5.0
     """Seconds to wait at start for a slot still held by a previous run's walsender."""
 
@@ -91,7 +93,9 @@ class Replicator:
         """The mirror, opened on first use: after the source checks, so a refused start
         leaves no file behind."""
         if self._mirror is None:
-            self._mirror = Mirror(self.settings.mirror_path)
+            self._mirror = Mirror(
+                self.settings.mirror_path, memory_limit=self.settings.memory_limit
+            )
         return self._mirror
 
     def close(self) -> None:
@@ -144,13 +148,17 @@ class Replicator:
             lsn, snapshot = repl.create_slot(s.slot)
             log.info("created slot %s at %s", s.slot, format_lsn(lsn))
             self.mirror.begin()
-            self._copy(tables, snapshot=snapshot, state="ready")
+            self._copy(tables, snapshot=snapshot, state="ready", in_steps=True)
             self.mirror.commit(s.slot, lsn)
             return lsn
-        late = [t for t in tables if t not in self.mirror.tables]
+        late = [
+            t
+            for t in tables
+            if t not in self.mirror.tables or self.mirror.tables[t].state == "copying"
+        ]
         if late:
             self.mirror.begin()
-            self._copy_while_streaming(late)
+            self._copy_while_streaming(late, in_steps=True)
             self.mirror.commit(s.slot, position)
         return position
 
@@ -180,35 +188,62 @@ class Replicator:
         return self._catalog
 
     def _copy(
-        self, tables: Sequence[tuple[str, str]], *, snapshot: str, state: str, until: Lsn = 0
+        self,
+        tables: Sequence[tuple[str, str]],
+        *,
+        snapshot: str,
+        state: str,
+        until: Lsn = 0,
+        in_steps: bool = False,
     ) -> None:
-        """Copy tables into the open mirror transaction under an exported snapshot."""
+        """Copy tables into the mirror under an exported snapshot.
+
+        Without ``in_steps`` everything goes into the open mirror transaction. With it (only
+        when no stream transaction is open) each chunk is committed as it lands, which keeps
+        DuckDB's memory flat; the table stays ``copying`` until its last chunk, and a table
+        found ``copying`` at start is copied again.
+        """
         with source.connect(self.settings.source_dsn) as conn:
             conn.execute("begin isolation level repeatable read")
             conn.execute(sql.SQL("set transaction snapshot {}").format(sql.Literal(snapshot)))
             for schema, name in tables:
                 relation = source.describe_table(conn, schema, name)
                 self._learn_types([relation])
-                table = self.mirror.create_table(relation, state=state, key=False)
+                mirror = self.mirror
+                table = mirror.create_table(
+                    relation, state="copying" if in_steps else state, key=False
+                )
                 estimate = conn.execute(
                     "select reltuples::bigint from pg_class where oid = %s", [relation.oid]
                 ).fetchone()
                 progress = Progress(relation.qualified_name, estimate[0] if estimate else None)
-                rows = copy_table(conn, relation, self._loader(table), progress=progress)
-                self.mirror.add_primary_key(table)
+                if in_steps:
+                    mirror.commit_step()
+
+                load = self._loader(table, commit_each=in_steps)
+                rows = copy_table(conn, relation, load, progress=progress)
+                mirror.add_primary_key(table)
+                mirror.set_state(table, state, until)
+                if in_steps:
+                    mirror.commit_step()
                 progress.finish()
-                self.mirror.set_state(table, state, until)
                 self.stats.copied_rows[relation.qualified_name] = rows
                 log.info("copied %s: %d rows", relation.qualified_name, rows)
             conn.execute("commit")
 
-    def _loader(self, table: MirroredTable) -> Callable[[pa.Table], None]:
+    def _loader(self, table: MirroredTable, *, commit_each: bool) -> Callable[[pa.Table], None]:
+        mirror = self.mirror
+
         def load(rows: pa.Table) -> None:
-            self.mirror.insert_rows(table, rows)
+            mirror.insert_rows(table, rows)
+            if commit_each:
+                mirror.commit_step()
 
         return load
 
-    def _copy_while_streaming(self, tables: Sequence[tuple[str, str]]) -> None:
+    def _copy_while_streaming(
+        self, tables: Sequence[tuple[str, str]], *, in_steps: bool = False
+    ) -> None:
         """Copy tables under the snapshot of a temporary slot, exact to one WAL position.
 
         Streamed changes of transactions committed before that position are in the copy; the
@@ -218,7 +253,7 @@ class Replicator:
         try:
             name = f"{self.settings.slot}_copy_{os.getpid()}"
             lsn, snapshot = repl.create_slot(name, temporary=True)
-            self._copy(tables, snapshot=snapshot, state="catchup", until=lsn)
+            self._copy(tables, snapshot=snapshot, state="catchup", until=lsn, in_steps=in_steps)
         finally:
             repl.close()
 

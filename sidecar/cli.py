@@ -10,6 +10,8 @@ import sys
 from collections.abc import Sequence
 from pathlib import Path
 
+import duckdb
+
 from sidecar.errors import ConfigError, SidecarError
 
 log = logging.getLogger("pgml_sidecar")
@@ -56,6 +58,12 @@ def _replicate_parser(commands: argparse._SubParsersAction) -> None:
         "--slot", default="pgml_sidecar", help="replication slot name (default %(default)s)"
     )
     p.add_argument(
+        "--memory-limit",
+        default=os.environ.get("PGML_SIDECAR_MEMORY_LIMIT", "256MB"),
+        help="memory DuckDB may use for the mirror in this process (default %(default)s; env"
+        " PGML_SIDECAR_MEMORY_LIMIT); raise it if DuckDB reports it is out of memory",
+    )
+    p.add_argument(
         "--catch-up",
         action="store_true",
         help="exit 0 once everything committed on the source before the start is in the mirror",
@@ -77,6 +85,7 @@ def _replicate(args: argparse.Namespace) -> int:
         publication=args.publication,
         slot=args.slot,
         catch_up=args.catch_up,
+        memory_limit=args.memory_limit,
     )
     replicator = Replicator(settings)
     _stop_on_signals(replicator.stopping.set)
@@ -152,6 +161,13 @@ def main(argv: Sequence[str] | None = None) -> int:
     except SidecarError as exc:
         print(f"error: {exc}", file=sys.stderr)
         return exc.exit_code
+    except duckdb.OutOfMemoryException as exc:
+        print(
+            f"error: the mirror ran out of memory ({str(exc).splitlines()[0]}); raise"
+            " --memory-limit (or PGML_SIDECAR_MEMORY_LIMIT) and run again",
+            file=sys.stderr,
+        )
+        return 1
     except KeyboardInterrupt:
         return 130
 

@@ -12,13 +12,15 @@ Bookkeeping lives in schema ``_pgml_sidecar``:
 
 Table sync states (persisted in ``tables.state``):
 
+- ``copying``: an initial copy committed chunk by chunk is under way; found at start, the table
+  is copied again.
 - ``catchup``: copied while streaming, under a snapshot consistent with WAL position
   ``catchup_until``; changes of transactions that committed before it are in the copy already
   and are skipped, until the stream passes it.
 - ``ready``: every change is applied as it comes.
 
-A copy is committed in the same DuckDB transaction as the table's creation and state, so a
-crash during a copy leaves no trace and the copy starts again.
+A table copied while the stream runs is committed with the stream's batch; a crash during
+either copy leaves a table that is copied again on the next start.
 """
 
 from __future__ import annotations
@@ -124,10 +126,13 @@ def mirror_columns(
 class Mirror:
     """A DuckDB mirror file, opened for the replicator."""
 
-    def __init__(self, path: str | Path, *, read_only: bool = False) -> None:
+    def __init__(
+        self, path: str | Path, *, read_only: bool = False, memory_limit: str | None = None
+    ) -> None:
         self.path = Path(path)
+        config: dict[str, Any] = {"memory_limit": memory_limit} if memory_limit else {}
         try:
-            self.con = duckdb.connect(str(self.path), read_only=read_only)
+            self.con = duckdb.connect(str(self.path), read_only=read_only, config=config)
         except duckdb.Error as exc:
             raise MirrorError(f"cannot open mirror {self.path}: {exc}") from None
         self.source_types: dict[int, SourceType] = {}
@@ -201,6 +206,13 @@ class Mirror:
                 self._save_table(table)
         self.con.execute("commit")
         self._in_transaction = False
+
+    def commit_step(self) -> None:
+        """Commit a step of an initial copy: no source position moves."""
+        if self._in_transaction:
+            self.con.execute("commit")
+            self._in_transaction = False
+        self.begin()
 
     def rollback(self) -> None:
         if self._in_transaction:
@@ -396,7 +408,11 @@ class Mirror:
                 continue
             value = prefix + quote(column.name)
             kind = rows.schema.field(index).type
-            is_text = pa.types.is_large_string(kind) or pa.types.is_string(kind)
+            is_text = (
+                pa.types.is_large_string(kind)
+                or pa.types.is_string(kind)
+                or pa.types.is_string_view(kind)
+            )
             casts.append(column.mirror_type.cast_sql(value) if is_text else value)
         return casts
 
