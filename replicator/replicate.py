@@ -54,7 +54,7 @@ class ReplicationSettings:
     catch_up: bool = False
     batch_messages: int = 100_000
     """Apply once this many messages are waiting (mid-transaction too, without committing)."""
-    max_delay: float = 0.05
+    max_delay: float = 0.2
     """Commit at the first transaction end once changes have waited this many seconds."""
     min_delay: float = 0.02
     """When the server pauses, commit only changes that have waited this long, so that under
@@ -398,14 +398,21 @@ class _StreamSession:
             self.flush()
 
     def _loop(self, target: source.CatchUpTarget | None) -> None:
+        try:
+            self._receive(target)
+        except psycopg.OperationalError as exc:
+            raise SourceConnectionLost(f"replication connection lost: {_first_line(exc)}") from None
+
+    def _receive(self, target: source.CatchUpTarget | None) -> None:
         repl = self.repl
+        read = repl.pgconn.get_copy_data
         settings = self.r.settings
         stopping = self.r.stopping
         pending = self.pending
         batch_messages = settings.batch_messages
         while True:
-            frame = repl.read()
-            if frame is not None:
+            size, frame = read(1)
+            if size > 0:
                 kind = frame[0]
                 if kind == XLOG_DATA:
                     payload = frame[XLOG_HEADER:]
@@ -421,6 +428,8 @@ class _StreamSession:
                 elif kind == KEEPALIVE:
                     self.on_keepalive(parse_keepalive(frame))
                 continue
+            if size < 0:
+                raise repl.lost()
             # Nothing buffered: a natural point to commit, report and check for the end.
             now = time.monotonic()
             wait = 0.5

@@ -124,7 +124,7 @@ class ReplicationConnection:
             return data
         if size == 0:
             return None
-        raise self._lost()
+        raise self.lost()
 
     def wait(self, timeout: float) -> None:
         """Block until the socket is readable or ``timeout`` seconds pass, then take input."""
@@ -143,7 +143,8 @@ class ReplicationConnection:
         except (OSError, psycopg.OperationalError) as exc:
             raise SourceConnectionLost(f"replication connection lost: {_message(exc)}") from None
 
-    def _lost(self) -> SourceConnectionLost:
+    def lost(self) -> SourceConnectionLost:
+        """The error for a stream the server ended, with its message."""
         result = self.pgconn.get_result()
         error = "" if result is None else (result.error_message or b"").decode().strip()
         error = error or (self.pgconn.error_message or b"").decode().strip() or "stream ended"

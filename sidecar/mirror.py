@@ -316,8 +316,6 @@ class Mirror:
         """Apply row changes, table by table (tables are independent, so order within each
         table is all that matters); interleaved changes to a keyed table collapse to their net
         effect, two statements however many transactions the batch holds."""
-        if len(changes) <= 1:
-            return sum(self._apply_one(change, commit_lsn) for change in changes)
         by_table: dict[tuple[str, str], list[RowChange]] = {}
         for change in changes:
             by_table.setdefault((change.relation.schema, change.relation.name), []).append(change)
@@ -326,11 +324,24 @@ class Mirror:
             table = self.tables.get(key)
             if table is None or _in_copy(table, commit_lsn):
                 continue
-            if len(group) > 1 and table.has_primary_key and not _has_unchanged(group):
+            if all(isinstance(c, Inserts) for c in group):
+                touched += self._insert_all(table, group)
+            elif table.has_primary_key and not _has_unchanged(group):
                 touched += self._apply_net(table, group)
             else:
                 touched += sum(self._apply_one(change, commit_lsn) for change in group)
         return touched
+
+    def _insert_all(self, table: MirroredTable, changes: list[RowChange]) -> int:
+        """Insert runs of new rows in one statement (a key is new until something deletes it)."""
+        tables = [c.rows.values for c in changes if isinstance(c, Inserts)]
+        rows = (
+            tables[0]
+            if len(tables) == 1
+            else pa.concat_tables(tables, promote_options="permissive")
+        )
+        self._insert(table, Tuples(rows))
+        return rows.num_rows
 
     def _apply_net(self, table: MirroredTable, changes: list[RowChange]) -> int:
         """Delete every key the changes touch, then insert each key's last row image."""
