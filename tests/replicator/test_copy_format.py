@@ -59,7 +59,7 @@ def test_typed_columns_decode_to_arrow_types_with_nulls():
     us_2000 = 946_684_800_000_000
     first = row(
         struct.pack(">q", 7),
-        "a name longer than twelve bytes".encode(),
+        b"a name longer than twelve bytes",
         struct.pack(">d", 1.5),
         struct.pack(">i", 31),  # 2000-02-01
         struct.pack(">q", 86_400_000_000),  # 2000-01-02 00:00 UTC
