@@ -39,6 +39,7 @@ from sidecar.mirror import Mirror, MirroredTable
 log = logging.getLogger("pgml_sidecar.replicator")
 
 _SCHEMA_MESSAGES = (po.RELATION, po.TYPE)
+_POSTGRES_EPOCH = 946_684_800  # 2000-01-01 in Unix seconds
 _ROW_MESSAGES = frozenset((po.INSERT, po.UPDATE, po.DELETE))
 
 
@@ -56,6 +57,11 @@ class ReplicationSettings:
     """Apply once this many messages are waiting (mid-transaction too, without committing)."""
     max_delay: float = 0.2
     """Commit at the first transaction end once changes have waited this many seconds."""
+    behind_after: float = 0.5
+    """A transaction that committed on the source this many seconds ago means catching up."""
+    catch_up_messages: int = 250_000
+    catch_up_delay: float = 1.0
+    """Batch limits while catching up: throughput over latency."""
     min_delay: float = 0.02
     """When the server pauses, commit only changes that have waited this long, so that under
     a steady stream each commit carries several transactions."""
@@ -378,7 +384,12 @@ class _StreamSession:
         self.pending_end: Lsn | None = None
         self.pending_complete = 0
         """How many pending messages belong to transactions whose commit has arrived."""
-        self.pending_since = 0.0
+        self.batch_started = 0.0
+        """When the first change of the uncommitted batch arrived."""
+        self.applied_uncommitted = 0
+        """Messages applied to the open mirror transaction, not committed yet."""
+        self.behind = False
+        """Whether the last transaction committed on the source long ago (catching up)."""
         self.pending_transactions = 0
         self.partially_applied = False
         self.in_transaction = False
@@ -436,11 +447,12 @@ class _StreamSession:
             if self.pending_end is not None and not (
                 self.partially_applied and self.in_transaction
             ):
-                age = now - self.pending_since
-                if age >= settings.min_delay or stopping.is_set():
+                age = now - self.batch_started
+                delay = settings.max_delay if self.behind else settings.min_delay
+                if age >= delay or stopping.is_set():
                     self.flush()
                 else:
-                    wait = settings.min_delay - age  # let a few more transactions join
+                    wait = delay - age  # let a few more transactions join
                     repl.wait(wait)
                     continue
             if stopping.is_set():
@@ -488,7 +500,7 @@ class _StreamSession:
             commit = po.parse_commit(payload)
             self.in_transaction = False
             if not self.skip:
-                self.transaction_done(commit.end_lsn)
+                self.transaction_done(commit.end_lsn, commit.commit_time)
             self.skip = False
             if self.r.stopping.is_set():
                 raise _Stopped
@@ -516,10 +528,14 @@ class _StreamSession:
             if not applies:
                 changes = [c for c in changes if isinstance(c, SchemaChange)]
             self.apply_pending()
-            self.r.stats.rows_applied += self.apply(changes, done.commit_lsn)
+            if not self.applied_uncommitted:
+                self.batch_started = time.monotonic()
+            applied = self.apply(changes, done.commit_lsn)
+            self.applied_uncommitted += applied
+            self.r.stats.rows_applied += applied
             if applies:
                 self.partially_applied = True
-                self.transaction_done(done.end_lsn)
+                self.transaction_done(done.end_lsn, done.commit_time)
         elif kind == po.STREAM_ABORT:
             abort = po.parse_stream_abort(payload)
             streamed = self.streams.get(abort.xid)
@@ -534,22 +550,30 @@ class _StreamSession:
         self.stream.raw.append(payload)
 
     def add_pending(self, payload: memoryview | bytes) -> None:
-        if not self.pending:
-            self.pending_since = time.monotonic()
+        if not self.pending and not self.applied_uncommitted:
+            self.batch_started = time.monotonic()
         self.pending.append(payload)
         if len(self.pending) >= self.r.settings.batch_messages and self.in_transaction:
             self.apply_pending()  # bound memory inside a large transaction
             self.partially_applied = True
 
-    def transaction_done(self, end_lsn: Lsn) -> None:
+    def transaction_done(self, end_lsn: Lsn, commit_time: int) -> None:
+        """A source transaction is complete; commit the batch if it is big or old enough.
+
+        Close to the present, batches stay small for latency. Behind it (catching up), they
+        grow to a DuckDB row group or more: bulk inserts skip DuckDB's WAL and cost a third.
+        """
         self.pending_end = end_lsn
         self.pending_complete = len(self.pending)
         self.pending_transactions += 1
         settings = self.r.settings
-        if (
-            len(self.pending) >= settings.batch_messages // 2
-            or time.monotonic() - self.pending_since >= settings.max_delay
-        ):
+        self.behind = time.time() - (commit_time / 1e6 + _POSTGRES_EPOCH) > settings.behind_after
+        size = len(self.pending) + self.applied_uncommitted
+        if self.behind:
+            big, old = settings.catch_up_messages, settings.catch_up_delay
+        else:
+            big, old = settings.batch_messages // 2, settings.max_delay
+        if size >= big or time.monotonic() - self.batch_started >= old:
             self.flush()
 
     def apply_pending(self, upto: int | None = None) -> None:
@@ -577,6 +601,7 @@ class _StreamSession:
         else:
             touched = self.apply(changes, None)
         done = len(pending)
+        self.applied_uncommitted += done
         del self.pending[:done]
         self.pending_complete = max(0, self.pending_complete - done)
         self.txn_starts = [(i - done, lsn) for i, lsn in self.txn_starts if i >= done]
@@ -621,6 +646,8 @@ class _StreamSession:
         self.pending_end = None
         self.pending_transactions = 0
         self.partially_applied = False
+        self.applied_uncommitted = 0
+        self.batch_started = time.monotonic()  # for what is left of a transaction under way
         self.send_status()
 
     def send_status(self) -> None:
