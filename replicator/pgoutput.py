@@ -118,11 +118,13 @@ def streamed_xid(payload: bytes | memoryview) -> int:
     return int(struct.unpack_from(">I", payload, 1)[0])
 
 
-def streamed_xids(payloads: Sequence[bytes | memoryview]) -> list[int]:
-    """The transaction id of each message of a stream block."""
+def streamed_xids(payloads: Sequence[bytes | memoryview], *, offset: int = 0) -> list[int]:
+    """The transaction id of each message of a stream block (messages start at ``offset``)."""
     if not payloads:
         return []
-    heads = np.frombuffer(b"".join(bytes(p[1:5]) for p in payloads), dtype=">u4")
+    heads = np.frombuffer(
+        b"".join(bytes(p[offset + 1 : offset + 5]) for p in payloads), dtype=">u4"
+    )
     return [int(x) for x in heads]
 
 
@@ -149,22 +151,23 @@ class Decoder:
         self.types: dict[int, tuple[str, str]] = {}
 
     def decode(
-        self, payloads: Sequence[bytes | memoryview], *, streamed: bool = False
+        self, payloads: Sequence[bytes | memoryview], *, offset: int = 0, streamed: bool = False
     ) -> list[Change]:
         """Decode data and schema messages in order (no Begin/Commit, no stream control).
 
-        ``streamed`` messages come from a protocol 2 stream block and carry a transaction id
-        after their type byte.
+        Each message starts ``offset`` bytes into its payload (the XLogData header before it is
+        skipped, not sliced off). ``streamed`` messages come from a protocol 2 stream block and
+        carry a transaction id after their type byte.
         """
         count = len(payloads)
         if count == 0:
             return []
-        shift = 4 if streamed else 0
+        shift = offset + (4 if streamed else 0)
         buf = padded(b"".join(payloads))
         lengths = np.fromiter(map(len, payloads), dtype=np.int64, count=count)
         starts = np.zeros(count, dtype=np.int64)
         np.cumsum(lengths[:-1], out=starts[1:])
-        kinds = buf[starts].astype(np.int64)
+        kinds = buf[starts + offset].astype(np.int64)
         relids = be_uint32(buf, starts + 1 + shift)
         markers = np.where(kinds == UPDATE, buf[starts + 5 + shift], 0)
         is_data = (kinds == INSERT) | (kinds == UPDATE) | (kinds == DELETE)
@@ -176,7 +179,7 @@ class Decoder:
         decoded: dict[int, tuple[RowChange, np.ndarray]] = {}
         for first, stop in zip(bounds[:-1].tolist(), bounds[1:].tolist(), strict=True):
             if not is_data[first]:
-                payload = bytes(payloads[first])
+                payload = bytes(payloads[first][offset:])
                 if streamed:
                     payload = strip_streamed_xid(payload)
                 change = self._decode_other(payload)

@@ -426,16 +426,15 @@ class _StreamSession:
             if size > 0:
                 kind = frame[0]
                 if kind == XLOG_DATA:
-                    payload = frame[XLOG_HEADER:]
-                    if payload[0] in _ROW_MESSAGES:  # the hot path: one row change
+                    if frame[XLOG_HEADER] in _ROW_MESSAGES:  # the hot path: one row change
                         stream = self.stream
                         if stream is not None:
-                            stream.raw.append(payload)
+                            stream.raw.append(frame)
                             continue
                         if not self.skip and pending and len(pending) < batch_messages:
-                            pending.append(payload)
+                            pending.append(frame)  # whole frames: a slice costs more here
                             continue
-                    self.on_message(payload)
+                    self.on_message(frame)
                 elif kind == KEEPALIVE:
                     self.on_keepalive(parse_keepalive(frame))
                 continue
@@ -483,13 +482,15 @@ class _StreamSession:
             self.server_sent = keepalive.wal_end
         self.send_status()
 
-    def on_message(self, payload: memoryview | bytes) -> None:
+    def on_message(self, frame: memoryview | bytes) -> None:
+        """Handle one XLogData frame (its pgoutput message starts at ``XLOG_HEADER``)."""
+        payload = frame[XLOG_HEADER:]
         kind = payload[0]
         if kind in (po.INSERT, po.UPDATE, po.DELETE, po.TRUNCATE):
             if self.stream_xid is not None:
-                self.stream_message(payload)
+                self.stream_message(frame)
             elif not self.skip:
-                self.add_pending(payload)
+                self.add_pending(frame)
         elif kind == po.BEGIN:
             begin = po.parse_begin(payload)
             self.in_transaction = True
@@ -506,11 +507,11 @@ class _StreamSession:
                 raise _Stopped
         elif kind in _SCHEMA_MESSAGES:
             if self.stream_xid is not None:
-                self.stream_message(payload)
+                self.stream_message(frame)
             elif self.skip:
-                self.decoder.decode([bytes(payload)])  # learn the shape; the mirror has it
+                self.decoder.decode([frame], offset=XLOG_HEADER)  # learn the shape only
             else:
-                self.add_pending(bytes(payload))
+                self.add_pending(frame)
         elif kind == po.STREAM_START:
             self.stream_xid = po.parse_stream_start(payload).xid
             self.stream = self.streams.setdefault(
@@ -545,14 +546,14 @@ class _StreamSession:
                 del self.streams[abort.xid]
         # Origin and logical decoding messages carry nothing for the mirror.
 
-    def stream_message(self, payload: memoryview | bytes) -> None:
+    def stream_message(self, frame: memoryview | bytes) -> None:
         assert self.stream is not None
-        self.stream.raw.append(payload)
+        self.stream.raw.append(frame)
 
-    def add_pending(self, payload: memoryview | bytes) -> None:
+    def add_pending(self, frame: memoryview | bytes) -> None:
         if not self.pending and not self.applied_uncommitted:
             self.batch_started = time.monotonic()
-        self.pending.append(payload)
+        self.pending.append(frame)
         if len(self.pending) >= self.r.settings.batch_messages and self.in_transaction:
             self.apply_pending()  # bound memory inside a large transaction
             self.partially_applied = True
@@ -582,7 +583,7 @@ class _StreamSession:
         pending = self.pending if upto is None else self.pending[:upto]
         if not pending:
             return
-        changes = self.decoder.decode(pending)
+        changes = self.decoder.decode(pending, offset=XLOG_HEADER)
         if self.r.mirror.catching_up or self.r.may_copy(changes):
             # Some table skips transactions older than its copy: go one transaction at a time.
             starts = (
@@ -597,7 +598,8 @@ class _StreamSession:
             touched = 0
             for (start, lsn), end in zip(starts, ends, strict=True):
                 if start < end:
-                    touched += self.apply(self.decoder.decode(pending[start:end]), lsn)
+                    changes = self.decoder.decode(pending[start:end], offset=XLOG_HEADER)
+                    touched += self.apply(changes, lsn)
         else:
             touched = self.apply(changes, None)
         done = len(pending)
@@ -674,19 +676,19 @@ class _StreamedTransaction:
     def block_done(self, decoder: po.Decoder) -> None:
         if self.has_subtransactions or not self.raw:
             return
-        if any(xid != self.xid for xid in po.streamed_xids(self.raw)):
+        if any(xid != self.xid for xid in po.streamed_xids(self.raw, offset=XLOG_HEADER)):
             self.has_subtransactions = True
             return
-        self.decoded.extend(decoder.decode(self.raw, streamed=True))
+        self.decoded.extend(decoder.decode(self.raw, offset=XLOG_HEADER, streamed=True))
         self.raw = []
 
     def drop_subtransaction(self, subxid: int) -> None:
-        xids = po.streamed_xids(self.raw)
+        xids = po.streamed_xids(self.raw, offset=XLOG_HEADER)
         self.raw = [
             m
             for m, xid in zip(self.raw, xids, strict=True)
-            if xid != subxid or m[0] in _SCHEMA_MESSAGES
+            if xid != subxid or m[XLOG_HEADER] in _SCHEMA_MESSAGES
         ]
 
     def changes(self, decoder: po.Decoder) -> list[Change]:
-        return self.decoded + decoder.decode(self.raw, streamed=True)
+        return self.decoded + decoder.decode(self.raw, offset=XLOG_HEADER, streamed=True)
