@@ -66,6 +66,9 @@ class ReplicationSettings:
     """When the server pauses, commit only changes that have waited this long, so that under
     a steady stream each commit carries several transactions."""
     status_interval: float = 5.0
+    stream_large_transactions: bool = True
+    """Ask for protocol 2 streaming of in-progress transactions (PostgreSQL 14+); protocol 1
+    otherwise, where the server spills them to disk until they commit."""
     memory_limit: str = "256MB"
     """DuckDB's memory for the mirror in this process; raise it for very large tables."""
     slot_wait: float = 5.0
@@ -348,7 +351,8 @@ class Replicator:
         """Stream from ``start`` until stopped; raise SourceConnectionLost if the link drops."""
         s = self.settings
         try:
-            repl.start(s.slot, start, s.publication, streaming=repl.server_version() >= 140000)
+            streaming = s.stream_large_transactions and repl.server_version() >= 140000
+            repl.start(s.slot, start, s.publication, streaming=streaming)
         except SlotBusyError as exc:
             raise SourceConnectionLost(str(exc)) from None  # an old walsender is still exiting
         target = source.catch_up_target(self._catalog_conn()) if s.catch_up else None

@@ -83,7 +83,10 @@ def test_every_type_round_trips_through_copy_and_stream(source_dsn: str, mirror_
     assert types["p"] == "VARCHAR"
 
 
-def test_inserts_updates_deletes_and_key_changes_stream(source_dsn: str, mirror_path: Path):
+@pytest.mark.parametrize("protocol_2", [True, False], ids=["protocol-2", "protocol-1"])
+def test_inserts_updates_deletes_and_key_changes_stream(
+    source_dsn: str, mirror_path: Path, protocol_2: bool
+):
     execute(
         source_dsn,
         "create table items (id int primary key, name text, qty int)",
@@ -101,7 +104,7 @@ def test_inserts_updates_deletes_and_key_changes_stream(source_dsn: str, mirror_
         " update items set id = 3000 where id = 4; insert into items values (4, 'four', 4);"
         " commit",
     )
-    catch_up(source_dsn, mirror_path)
+    catch_up(source_dsn, mirror_path, stream_large_transactions=protocol_2)
     assert assert_same_rows(source_dsn, mirror_path, "public.items", "id") == 641
 
 
