@@ -52,13 +52,15 @@ def _fixed(
 
 
 def _shift_timestamp(values: np.ndarray) -> np.ndarray:
-    finite = (values != _INFINITY) & (values != _MINUS_INFINITY)
-    return np.where(finite, values + _POSTGRES_EPOCH_US, values)
+    """Postgres' epoch to Unix'; its infinities (INT64 max and min) to DuckDB's (+-INT64 max)."""
+    shifted = np.where(values == _INFINITY, _INFINITY, values + _POSTGRES_EPOCH_US)
+    return np.where(values == _MINUS_INFINITY, -_INFINITY, shifted)
 
 
 def _shift_date(values: np.ndarray) -> np.ndarray:
-    finite = (values != np.iinfo(np.int32).max) & (values != np.iinfo(np.int32).min)
-    return np.where(finite, values + _POSTGRES_EPOCH_DAYS, values).astype(np.int32)
+    top = np.iinfo(np.int32).max
+    shifted = np.where(values == top, top, values.astype(np.int64) + _POSTGRES_EPOCH_DAYS)
+    return np.where(values == np.iinfo(np.int32).min, -top, shifted).astype(np.int32)
 
 
 def _bool(buf: np.ndarray, starts: np.ndarray, lengths: np.ndarray, valid: np.ndarray) -> pa.Array:

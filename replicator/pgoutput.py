@@ -150,6 +150,24 @@ class Decoder:
         self.relations: dict[int, Relation] = {}
         self.types: dict[int, tuple[str, str]] = {}
 
+    def state(self) -> tuple[dict[int, Relation], dict[int, tuple[str, str]]]:
+        """The shapes known now, to ``restore`` before decoding the same messages again."""
+        return dict(self.relations), dict(self.types)
+
+    def restore(self, state: tuple[dict[int, Relation], dict[int, tuple[str, str]]]) -> None:
+        self.relations, self.types = dict(state[0]), dict(state[1])
+
+    def fork(self) -> Decoder:
+        """A decoder that starts from the shapes known now and learns on its own."""
+        other = Decoder()
+        other.restore(self.state())
+        return other
+
+    def adopt(self, other: Decoder) -> None:
+        """Take on the shapes another decoder learnt."""
+        self.relations.update(other.relations)
+        self.types.update(other.types)
+
     def decode(
         self, payloads: Sequence[bytes | memoryview], *, offset: int = 0, streamed: bool = False
     ) -> list[Change]:
@@ -198,8 +216,8 @@ class Decoder:
             if len(members) == stop - first:
                 changes.append(whole)
             else:
-                offset = int(np.searchsorted(members, first))
-                changes.append(slice_change(whole, offset, offset + stop - first))
+                at = int(np.searchsorted(members, first))
+                changes.append(slice_change(whole, at, at + stop - first))
         return changes
 
     def _decode_other(self, payload: bytes) -> Change | None:

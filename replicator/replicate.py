@@ -504,6 +504,8 @@ class _StreamSession:
         elif kind == po.COMMIT:
             commit = po.parse_commit(payload)
             self.in_transaction = False
+            if self.txn_starts and self.txn_starts[-1][0] == len(self.pending):
+                self.txn_starts.pop()  # nothing of it is pending
             if not self.skip:
                 self.transaction_done(commit.end_lsn, commit.commit_time)
             self.skip = False
@@ -518,21 +520,24 @@ class _StreamSession:
                 self.add_pending(frame)
         elif kind == po.STREAM_START:
             self.stream_xid = po.parse_stream_start(payload).xid
-            self.stream = self.streams.setdefault(
-                self.stream_xid, _StreamedTransaction(self.stream_xid)
-            )
+            self.stream = self.streams.get(self.stream_xid)
+            if self.stream is None:
+                self.stream = _StreamedTransaction(self.stream_xid, self.decoder.fork())
+                self.streams[self.stream_xid] = self.stream
         elif kind == po.STREAM_STOP:
             if self.stream is not None:
-                self.stream.block_done(self.decoder)
+                self.stream.block_done()
             self.stream_xid = self.stream = None
         elif kind == po.STREAM_COMMIT:
             done = po.parse_stream_commit(payload)
             streamed = self.streams.pop(done.xid, None)
-            changes = [] if streamed is None else streamed.changes(self.decoder)
+            changes = [] if streamed is None else streamed.changes()
             applies = done.commit_lsn >= self.resume_lsn
             if not applies:
                 changes = [c for c in changes if isinstance(c, SchemaChange)]
             self.apply_pending()
+            if streamed is not None:
+                self.decoder.adopt(streamed.decoder)  # the server takes these shapes as sent
             if not self.applied_uncommitted:
                 self.batch_started = time.monotonic()
             applied = self.apply(changes, done.commit_lsn)
@@ -587,9 +592,12 @@ class _StreamSession:
         pending = self.pending if upto is None else self.pending[:upto]
         if not pending:
             return
+        shapes = self.decoder.state()
         changes = self.decoder.decode(pending, offset=XLOG_HEADER)
         if self.r.mirror.catching_up or self.r.may_copy(changes):
-            # Some table skips transactions older than its copy: go one transaction at a time.
+            # Some table skips transactions older than its copy, or a copy may start: go one
+            # transaction at a time, decoding again from the shapes known before this batch.
+            self.decoder.restore(shapes)
             starts = (
                 self.txn_starts
                 if self.txn_starts and self.txn_starts[0][0] == 0
@@ -610,9 +618,10 @@ class _StreamSession:
         self.applied_uncommitted += done
         del self.pending[:done]
         self.pending_complete = max(0, self.pending_complete - done)
-        self.txn_starts = [(i - done, lsn) for i, lsn in self.txn_starts if i >= done]
-        if self.pending and (not self.txn_starts or self.txn_starts[0][0] > 0):
-            self.txn_starts.insert(0, (0, self.txn_lsn))
+        kept = [(i - done, lsn) for i, lsn in self.txn_starts if i >= done]
+        if self.in_transaction and (not kept or kept[0][0] > 0):
+            kept.insert(0, (0, self.txn_lsn))  # the rest of the transaction under way
+        self.txn_starts = kept
         self.r.stats.rows_applied += touched
 
     def apply(self, changes: list[Change], commit_lsn: Lsn | None) -> int:
@@ -667,23 +676,25 @@ class _StreamSession:
 class _StreamedTransaction:
     """A large transaction the server streams before it commits (protocol 2).
 
-    Each stream block is decoded when it ends, so decoding overlaps with receiving; once a
+    Each stream block is decoded when it ends, so decoding overlaps with receiving, with a
+    decoder of its own (the shapes it learns become everyone's only at its commit); once a
     subtransaction shows up, messages stay raw so that its abort can drop them.
     """
 
-    def __init__(self, xid: int) -> None:
+    def __init__(self, xid: int, decoder: po.Decoder) -> None:
         self.xid = xid
+        self.decoder = decoder
         self.raw: list[bytes | memoryview] = []
         self.decoded: list[Change] = []
         self.has_subtransactions = False
 
-    def block_done(self, decoder: po.Decoder) -> None:
+    def block_done(self) -> None:
         if self.has_subtransactions or not self.raw:
             return
         if any(xid != self.xid for xid in po.streamed_xids(self.raw, offset=XLOG_HEADER)):
             self.has_subtransactions = True
             return
-        self.decoded.extend(decoder.decode(self.raw, offset=XLOG_HEADER, streamed=True))
+        self.decoded.extend(self.decoder.decode(self.raw, offset=XLOG_HEADER, streamed=True))
         self.raw = []
 
     def drop_subtransaction(self, subxid: int) -> None:
@@ -694,5 +705,5 @@ class _StreamedTransaction:
             if xid != subxid or m[XLOG_HEADER] in _SCHEMA_MESSAGES
         ]
 
-    def changes(self, decoder: po.Decoder) -> list[Change]:
-        return self.decoded + decoder.decode(self.raw, offset=XLOG_HEADER, streamed=True)
+    def changes(self) -> list[Change]:
+        return self.decoded + self.decoder.decode(self.raw, offset=XLOG_HEADER, streamed=True)
