@@ -276,15 +276,16 @@ class Replicator:
         if table.state == "catchup" and commit_lsn is not None and commit_lsn < table.catchup_until:
             return  # an older shape than the copy's
         plan = self.mirror.schema_plan(relation)
+        assert plan is not None
+        reason = plan.copy_reason
         fill: dict[str, str | None] | None = {}
-        if plan is not None and plan.adds:
+        if reason is None and plan.adds:
             names = [c.name for c in plan.adds]
             fill = source.fast_defaults(self._catalog_conn(), relation.oid, names)
-        if fill is None:
-            log.info(
-                "%s gained a column whose existing values never reach the WAL: copying it again",
-                relation.qualified_name,
-            )
+            if fill is None:
+                reason = "gained a column whose values in existing rows never reach the WAL"
+        if reason is not None:
+            log.info("%s %s: copying it again", relation.qualified_name, reason)
             self._copy_while_streaming([(relation.schema, relation.name)])
             return
         self.mirror.follow_schema(relation, fill)
@@ -294,7 +295,9 @@ class Replicator:
         for change in changes:
             for relation in _relations(change):
                 plan = self.mirror.schema_plan(relation)
-                if plan is None or (isinstance(change, SchemaChange) and plan.adds):
+                if plan is None or (
+                    isinstance(change, SchemaChange) and (plan.adds or plan.copy_reason)
+                ):
                     return True
         return False
 

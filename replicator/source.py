@@ -227,6 +227,8 @@ def fast_defaults(
         " where a.attrelid = %s and a.attname = any(%s) and not a.attisdropped",
         [table_oid, list(columns)],
     ).fetchall()
+    if len(rows) != len(columns):
+        return None  # renamed or dropped since: what the catalog says now does not apply
     values: dict[str, str | None] = {}
     for name, has_missing, missing, has_default in rows:
         if has_missing and missing is not None:

@@ -27,15 +27,16 @@ class MirrorType:
 
     sql: str
     cast: str
-    """A SQL template with ``{}`` standing for the text value."""
+    """A SQL template with ``{value}`` standing for the text value."""
     prepare: Callable[[pa.Array], pa.Array] | None = None
     """A Python step run on the text column before the cast (array literals only)."""
 
     def cast_sql(self, value_sql: str) -> str:
-        return self.cast.format(value_sql)
+        return self.cast.replace(VALUE, value_sql)
 
 
-TEXT = MirrorType("VARCHAR", "{}")
+VALUE = "{value}"
+TEXT = MirrorType("VARCHAR", VALUE)
 
 _SCALARS: dict[int, str] = {
     16: "BOOLEAN",
@@ -59,6 +60,7 @@ _TEXTS = {25, 1043, 1042, 19, 18}  # text, varchar, bpchar, name, "char"
 _BYTEA = 17
 _NUMERIC = 1700
 _NUMERIC_ELEMENTS = {16, 20, 21, 23, 26, 700, 701, _NUMERIC}
+_INTS = ("SMALLINT", "INTEGER", "BIGINT")
 _ARRAYS: dict[int, int] = {
     1000: 16,
     1005: 21,
@@ -97,20 +99,50 @@ def numeric_type(modifier: int) -> str:
     return f"DECIMAL({precision},{scale})"
 
 
+_BC_YEAR = "split_part({value}, '-', 1)"
+_DATE_TIMES = {1082, 1114, 1184}
+_INTERVAL = 1186
+
+
+def _bc_aware(sql: str) -> str:
+    """Postgres writes year 44 BC as ``0044-... BC``; DuckDB reads it as year ``-0043``."""
+    return (
+        f"CASE WHEN {VALUE} LIKE '% BC' THEN CAST(printf('-%04d', CAST({_BC_YEAR} AS INTEGER) - 1)"
+        f" || substr({VALUE}, length({_BC_YEAR}) + 1, length({VALUE}) - length({_BC_YEAR}) - 3)"
+        f" AS {sql}) ELSE CAST({VALUE} AS {sql}) END"
+    )
+
+
 def mirror_type(
     type_oid: int, modifier: int, catalog: Mapping[int, SourceType] | None = None
 ) -> MirrorType:
-    """Map a source column type to its mirror type; unknown types become text."""
+    """Map a source column type to its mirror type; unknown types become text.
+
+    The casts read Postgres' text output (DateStyle ISO, IntervalStyle postgres): BC dates
+    and timestamps, and intervals with mixed signs, are rewritten first; a numeric NaN or
+    infinity has no DECIMAL form and becomes NULL.
+    """
+    if type_oid in _DATE_TIMES:
+        sql = _SCALARS[type_oid]
+        return MirrorType(sql, _bc_aware(sql))
+    if type_oid == _INTERVAL:
+        return MirrorType("INTERVAL", f"CAST(replace({VALUE}, '+', '') AS INTERVAL)")
     if type_oid in _SCALARS:
         sql = _SCALARS[type_oid]
-        return MirrorType(sql, f"CAST({{}} AS {sql})")
+        return MirrorType(sql, f"CAST({VALUE} AS {sql})")
     if type_oid in _TEXTS:
         return TEXT
     if type_oid == _NUMERIC:
         sql = numeric_type(modifier)
-        return MirrorType(sql, f"CAST({{}} AS {sql})")
+        if sql == "DOUBLE":
+            return MirrorType(sql, f"CAST({VALUE} AS DOUBLE)")
+        return MirrorType(
+            sql,
+            f"CASE WHEN {VALUE} IN ('NaN', 'Infinity', '-Infinity') THEN NULL"
+            f" ELSE CAST({VALUE} AS {sql}) END",
+        )
     if type_oid == _BYTEA:
-        return MirrorType("BLOB", "unhex(substr({}, 3))")
+        return MirrorType("BLOB", f"unhex(substr({VALUE}, 3))")
     element = _ARRAYS.get(type_oid)
     source = (catalog or {}).get(type_oid)
     if element is None and source is not None:
@@ -127,9 +159,11 @@ def _array_type(element_oid: int, catalog: Mapping[int, SourceType] | None) -> M
     if element.sql == "BLOB":
         element = TEXT
     sql = f"{element.sql}[]"
-    if element_oid in _NUMERIC_ELEMENTS:
-        return MirrorType(sql, f"TRY_CAST(translate({{}}, '{{{{}}}}', '[]') AS {sql})")
-    return MirrorType(sql, f"TRY_CAST(CAST({{}} AS JSON) AS {sql})", prepare=array_literals_to_json)
+    if element_oid in _NUMERIC_ELEMENTS and element.sql in ("DOUBLE", "REAL", "BOOLEAN", *_INTS):
+        # Explicit bounds ("[0:1]={1,2}") go; a multi-dimensional array fails the cast loudly.
+        bounds_gone = f"regexp_replace({VALUE}, '^\\[[^=]*=', '')"
+        return MirrorType(sql, f"CAST(translate({bounds_gone}, '{{}}', '[]') AS {sql})")
+    return MirrorType(sql, f"CAST(CAST({VALUE} AS JSON) AS {sql})", prepare=array_literals_to_json)
 
 
 def array_literals_to_json(column: pa.Array) -> pa.Array:

@@ -89,6 +89,8 @@ class MirroredTable:
     identity: str
     state: str
     catchup_until: Lsn
+    relid: int = 0
+    """The source table's OID: another OID under the same name is another table."""
 
     @property
     def qualified(self) -> str:
@@ -154,21 +156,22 @@ class Mirror:
             f"create table if not exists {META}.tables ("
             " schema_name varchar, table_name varchar, columns json, identity varchar,"
             " state varchar,"
-            " catchup_until ubigint default 0, primary key (schema_name, table_name))"
+            " catchup_until ubigint default 0, relid bigint default 0,"
+            " primary key (schema_name, table_name))"
         )
 
     def _load_tables(self) -> None:
         try:
             rows = self.con.execute(
-                f"select schema_name, table_name, columns, identity, state, catchup_until"
+                f"select schema_name, table_name, columns, identity, state, catchup_until, relid"
                 f" from {META}.tables"
             ).fetchall()
         except duckdb.CatalogException:
             rows = []
-        for schema, name, columns, identity, state, until in rows:
+        for schema, name, columns, identity, state, until, relid in rows:
             cols = [MirrorColumn(**c) for c in json.loads(columns)]
             self.tables[(schema, name)] = MirroredTable(
-                schema, name, cols, identity, state, until or 0
+                schema, name, cols, identity, state, until or 0, relid or 0
             )
 
     def position(self, source: str) -> Lsn | None:
@@ -181,8 +184,16 @@ class Mirror:
     def _save_table(self, table: MirroredTable) -> None:
         columns = json.dumps([asdict(c) for c in table.columns])
         self.con.execute(
-            f"insert or replace into {META}.tables values (?, ?, ?, ?, ?, ?)",
-            [table.schema, table.name, columns, table.identity, table.state, table.catchup_until],
+            f"insert or replace into {META}.tables values (?, ?, ?, ?, ?, ?, ?)",
+            [
+                table.schema,
+                table.name,
+                columns,
+                table.identity,
+                table.state,
+                table.catchup_until,
+                table.relid,
+            ],
         )
 
     # -- transactions --------------------------------------------------------------------------
@@ -237,7 +248,13 @@ class Mirror:
         initial copy is in: building the index at once is faster than row by row."""
         columns = mirror_columns(relation, self.source_types)
         table = MirroredTable(
-            relation.schema, relation.name, columns, relation.replica_identity, state, 0
+            relation.schema,
+            relation.name,
+            columns,
+            relation.replica_identity,
+            state,
+            0,
+            relation.oid,
         )
         definitions = [f"{quote(c.name)} {c.sql}" for c in table.columns]
         if key and table.has_primary_key:
@@ -268,7 +285,7 @@ class Mirror:
         table = self.table_for(relation)
         if table is None:
             return None
-        return plan_schema(table, mirror_columns(relation, self.source_types))
+        return plan_schema(table, relation, mirror_columns(relation, self.source_types))
 
     def follow_schema(
         self, relation: Relation, fill: Mapping[str, str | None] | None = None
@@ -278,13 +295,14 @@ class Mirror:
         if table is None:
             return
         wanted = mirror_columns(relation, self.source_types)
-        plan = plan_schema(table, wanted)
-        if plan.empty and [c.is_key for c in wanted] == [c.is_key for c in table.columns]:
+        plan = plan_schema(table, relation, wanted)
+        if plan.empty:
             return
+        if plan.copy_reason is not None:
+            raise MirrorError(f"{relation.qualified_name} {plan.copy_reason}: copy it again")
         for statement in schema_steps(table, plan, fill or {}):
             self.con.execute(statement)
         table.columns = wanted
-        table.identity = relation.replica_identity
         self._save_table(table)
 
     # -- applying changes ----------------------------------------------------------------------
@@ -526,40 +544,42 @@ class Mirror:
 
 @dataclass(frozen=True, slots=True)
 class SchemaPlan:
-    """How a mirror table's columns become a relation's new columns."""
+    """How a mirror table's columns become a relation's new columns, and whether they can.
 
-    renames: list[tuple[str, str]]
+    A Relation message names columns but not their identity, so a rename cannot be told from a
+    drop and an add, nor a type change ``USING`` an expression from a cast; neither reaches the
+    WAL. Only drops of non-key columns and additions are followed in place; for anything else
+    ``copy_reason`` says why the table must be copied again.
+    """
+
     drops: list[str]
     adds: list[MirrorColumn]
-    retypes: list[MirrorColumn]
+    copy_reason: str | None
 
     @property
     def empty(self) -> bool:
-        return not (self.renames or self.drops or self.adds or self.retypes)
+        return not (self.drops or self.adds or self.copy_reason)
 
 
-def plan_schema(table: MirroredTable, wanted: list[MirrorColumn]) -> SchemaPlan:
-    """Compare columns: a column that disappears and one that appears at the same position with
-    the same type are a rename; other disappearances are drops, other arrivals are additions."""
-    old_names = [c.name for c in table.columns]
-    new_names = [c.name for c in wanted]
-    added = [c for c in wanted if c.name not in old_names]
-    renames: list[tuple[str, str]] = []
-    drops: list[str] = []
-    for old in (c for c in table.columns if c.name not in new_names):
-        position = old_names.index(old.name)
-        match = next(
-            (n for n in added if new_names.index(n.name) == position and n.sql == old.sql),
-            None,
-        )
-        if match is None:
-            drops.append(old.name)
-        else:
-            renames.append((old.name, match.name))
-            added.remove(match)
-    current = {c.name: c for c in table.columns}
-    retypes = [c for c in wanted if c.name in current and current[c.name].sql != c.sql]
-    return SchemaPlan(renames, drops, added, retypes)
+def plan_schema(table: MirroredTable, relation: Relation, wanted: list[MirrorColumn]) -> SchemaPlan:
+    old = {c.name: c for c in table.columns}
+    new_names = {c.name for c in wanted}
+    drops = [c.name for c in table.columns if c.name not in new_names]
+    adds = [c for c in wanted if c.name not in old]
+    reason = None
+    if table.relid and table.relid != relation.oid:
+        reason = "was dropped and created again"
+    elif relation.replica_identity != table.identity or [c.name for c in wanted if c.is_key] != [
+        c.name for c in table.columns if c.is_key
+    ]:
+        reason = "changed its key or replica identity"
+    elif any(c.name in old and old[c.name].sql != c.sql for c in wanted):
+        reason = "changed a column's type"
+    elif drops and adds:
+        reason = "renamed or replaced columns"
+    elif any(old[name].is_key for name in drops):
+        reason = "dropped a key column"
+    return SchemaPlan(drops, adds, reason)
 
 
 def schema_steps(
@@ -567,11 +587,9 @@ def schema_steps(
 ) -> list[str]:
     """ALTER TABLE statements carrying out ``plan``; ``fill`` gives added columns' values for
     the rows already there (Postgres' text form), as the source's fast defaults do."""
+    assert plan.copy_reason is None
     target = table.qualified
-    steps = [
-        f"alter table {target} rename column {quote(a)} to {quote(b)}" for a, b in plan.renames
-    ]
-    steps += [f"alter table {target} drop column {quote(name)}" for name in plan.drops]
+    steps = [f"alter table {target} drop column {quote(name)}" for name in plan.drops]
     for column in plan.adds:
         value = fill.get(column.name)
         if value is None:
@@ -582,11 +600,6 @@ def schema_steps(
             f"alter table {target} add column {quote(column.name)} {column.sql} default {default}"
         )
         steps.append(f"alter table {target} alter column {quote(column.name)} drop default")
-    for column in plan.retypes:
-        steps.append(
-            f"alter table {target} alter column {quote(column.name)} set data type {column.sql}"
-            f" using cast({quote(column.name)} as {column.sql})"
-        )
     return steps
 
 
