@@ -33,7 +33,7 @@ from replicator.stream import (
     standby_status,
 )
 from sidecar.changes import Change, Lsn, Relation, SchemaChange, Truncate, format_lsn
-from sidecar.errors import SlotBusyError, SourceConnectionLost, SourceSetupError
+from sidecar.errors import SlotBusyError, SourceConnectionLost, SourceError, SourceSetupError
 from sidecar.mirror import Mirror, MirroredTable
 
 log = logging.getLogger("pgml_sidecar.replicator")
@@ -322,7 +322,9 @@ class Replicator:
             try:
                 self.stream(repl, start)
                 break
-            except (SourceConnectionLost, psycopg.OperationalError) as exc:
+            except (SourceError, psycopg.OperationalError) as exc:
+                if isinstance(exc, SourceSetupError | SlotBusyError):
+                    raise
                 self.mirror.rollback()
                 if self.stopping.is_set():
                     break

@@ -273,7 +273,10 @@ class Mirror:
 
     def insert_rows(self, table: MirroredTable, rows: pa.Table) -> None:
         """Insert rows of an initial copy: typed columns as they are, text columns cast."""
-        self._insert(table, Tuples(rows))
+        try:
+            self._insert(table, Tuples(rows))
+        except duckdb.ConversionException as exc:
+            raise _unstorable(table, exc) from None
 
     def set_state(self, table: MirroredTable, state: str, catchup_until: Lsn = 0) -> None:
         table.state = state
@@ -342,13 +345,20 @@ class Mirror:
             table = self.tables.get(key)
             if table is None or _in_copy(table, commit_lsn):
                 continue
-            if all(isinstance(c, Inserts) for c in group):
-                touched += self._insert_all(table, group)
-            elif table.has_primary_key and not _has_unchanged(group):
-                touched += self._apply_net(table, group)
-            else:
-                touched += sum(self._apply_one(change, commit_lsn) for change in group)
+            try:
+                touched += self._apply_group(table, group, commit_lsn)
+            except duckdb.ConversionException as exc:
+                raise _unstorable(table, exc) from None
         return touched
+
+    def _apply_group(
+        self, table: MirroredTable, group: list[RowChange], commit_lsn: Lsn | None
+    ) -> int:
+        if all(isinstance(c, Inserts) for c in group):
+            return self._insert_all(table, group)
+        if table.has_primary_key and not _has_unchanged(group):
+            return self._apply_net(table, group)
+        return sum(self._apply_one(change, commit_lsn) for change in group)
 
     def _insert_all(self, table: MirroredTable, changes: list[RowChange]) -> int:
         """Insert runs of new rows in one statement (a key is new until something deletes it)."""
@@ -636,6 +646,14 @@ def _key_match(table: MirroredTable, prefix: str) -> str:
         f"{table.qualified}.{quote(c.name)} = "
         + c.mirror_type.cast_sql(f"{_ALIAS}.{quote(prefix + c.name)}")
         for c in table.keys
+    )
+
+
+def _unstorable(table: MirroredTable, exc: duckdb.Error) -> MirrorError:
+    detail = str(exc).strip().splitlines()[0]
+    return MirrorError(
+        f"{table.schema}.{table.name} holds a value the mirror cannot store ({detail}); leave the"
+        " table out of --tables (or change the value on the source) and start again"
     )
 
 

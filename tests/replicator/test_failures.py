@@ -224,3 +224,13 @@ def test_help_explains_the_command():
     )
     for flag in ("--source", "--mirror", "--tables", "--publication", "--slot", "--catch-up"):
         assert flag in result.stdout
+
+
+def test_a_value_duckdb_cannot_store_is_a_clear_error(source_dsn: str, mirror_path: Path):
+    with psycopg.connect(source_dsn, autocommit=True) as conn:
+        conn.execute("create table grid (id int primary key, cells int[])")
+    assert replicate_once(source_dsn, mirror_path, "--tables", "grid").returncode == 0
+    with psycopg.connect(source_dsn, autocommit=True) as conn:
+        conn.execute("insert into grid values (1, '{{1,2},{3,4}}')")  # two dimensions
+    result = replicate_once(source_dsn, mirror_path, "--tables", "grid")
+    assert_clear_error(result, "public.grid", "cannot store", "--tables")
