@@ -10,11 +10,14 @@ from __future__ import annotations
 import contextlib
 import logging
 import os
+import pickle
+import tempfile
 import threading
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import IO
 
 import psycopg
 import pyarrow as pa
@@ -412,8 +415,12 @@ class _StreamSession:
 
     def loop(self, target: source.CatchUpTarget | None) -> None:
         """Receive, apply and report until stopped or caught up; on a stop, commit first."""
-        with contextlib.suppress(_Stopped):
-            self._loop(target)
+        try:
+            with contextlib.suppress(_Stopped):
+                self._loop(target)
+        finally:
+            for streamed in self.streams.values():
+                streamed.discard()
         if self.pending_end is not None and not (self.partially_applied and self.in_transaction):
             self.flush()
 
@@ -527,7 +534,8 @@ class _StreamSession:
             self.stream_xid = po.parse_stream_start(payload).xid
             self.stream = self.streams.get(self.stream_xid)
             if self.stream is None:
-                self.stream = _StreamedTransaction(self.stream_xid, self.decoder.fork())
+                spool_dir = self.r.settings.mirror_path.parent
+                self.stream = _StreamedTransaction(self.stream_xid, self.decoder.fork(), spool_dir)
                 self.streams[self.stream_xid] = self.stream
         elif kind == po.STREAM_STOP:
             if self.stream is not None:
@@ -536,18 +544,18 @@ class _StreamSession:
         elif kind == po.STREAM_COMMIT:
             done = po.parse_stream_commit(payload)
             streamed = self.streams.pop(done.xid, None)
-            changes = [] if streamed is None else streamed.changes()
             applies = done.commit_lsn >= self.resume_lsn
-            if not applies:
-                changes = [c for c in changes if isinstance(c, SchemaChange)]
             self.apply_pending()
-            if streamed is not None:
-                self.decoder.adopt(streamed.decoder)  # the server takes these shapes as sent
             if not self.applied_uncommitted:
                 self.batch_started = time.monotonic()
-            applied = self.apply(changes, done.commit_lsn)
-            self.applied_uncommitted += applied
-            self.r.stats.rows_applied += applied
+            if streamed is not None:
+                for changes in streamed.blocks():
+                    if not applies:
+                        changes = [c for c in changes if isinstance(c, SchemaChange)]
+                    applied = self.apply(changes, done.commit_lsn)
+                    self.applied_uncommitted += applied
+                    self.r.stats.rows_applied += applied
+                self.decoder.adopt(streamed.decoder)  # the server takes these shapes as sent
             if applies:
                 self.partially_applied = True
                 self.transaction_done(done.end_lsn, done.commit_time)
@@ -558,6 +566,7 @@ class _StreamSession:
                 streamed.drop_subtransaction(abort.subxid)
             elif streamed is not None:
                 del self.streams[abort.xid]
+                streamed.discard()
         # Origin and logical decoding messages carry nothing for the mirror.
 
     def stream_message(self, frame: memoryview | bytes) -> None:
@@ -681,17 +690,19 @@ class _StreamSession:
 class _StreamedTransaction:
     """A large transaction the server streams before it commits (protocol 2).
 
-    Each stream block is decoded when it ends, so decoding overlaps with receiving, with a
-    decoder of its own (the shapes it learns become everyone's only at its commit); once a
-    subtransaction shows up, messages stay raw so that its abort can drop them.
+    Each stream block is decoded when it ends, with a decoder of its own (the shapes it learns
+    become everyone's only at its commit), and spooled to a file beside the mirror, so memory
+    holds one block however large the transaction. Once a subtransaction shows up, messages
+    stay raw so that its abort can drop them.
     """
 
-    def __init__(self, xid: int, decoder: po.Decoder) -> None:
+    def __init__(self, xid: int, decoder: po.Decoder, spool_dir: Path) -> None:
         self.xid = xid
         self.decoder = decoder
         self.raw: list[bytes | memoryview] = []
-        self.decoded: list[Change] = []
         self.has_subtransactions = False
+        self._spool_dir = spool_dir
+        self._spool: IO[bytes] | None = None
 
     def block_done(self) -> None:
         if self.has_subtransactions or not self.raw:
@@ -699,8 +710,14 @@ class _StreamedTransaction:
         if any(xid != self.xid for xid in po.streamed_xids(self.raw, offset=XLOG_HEADER)):
             self.has_subtransactions = True
             return
-        self.decoded.extend(self.decoder.decode(self.raw, offset=XLOG_HEADER, streamed=True))
+        changes = self.decoder.decode(self.raw, offset=XLOG_HEADER, streamed=True)
         self.raw = []
+        if self._spool is None:
+            # Lives across stream blocks until blocks() or discard() closes it.
+            self._spool = tempfile.TemporaryFile(  # noqa: SIM115
+                prefix="pgml-sidecar-stream-", dir=self._spool_dir
+            )
+        pickle.dump(changes, self._spool, protocol=pickle.HIGHEST_PROTOCOL)
 
     def drop_subtransaction(self, subxid: int) -> None:
         xids = po.streamed_xids(self.raw, offset=XLOG_HEADER)
@@ -710,5 +727,20 @@ class _StreamedTransaction:
             if xid != subxid or m[XLOG_HEADER] in _SCHEMA_MESSAGES
         ]
 
-    def changes(self) -> list[Change]:
-        return self.decoded + self.decoder.decode(self.raw, offset=XLOG_HEADER, streamed=True)
+    def blocks(self) -> Iterator[list[Change]]:
+        """The transaction's changes block by block, in order; the spool goes afterwards."""
+        if self._spool is not None:
+            self._spool.seek(0)
+            while True:
+                try:
+                    yield pickle.load(self._spool)
+                except EOFError:
+                    break
+        yield self.decoder.decode(self.raw, offset=XLOG_HEADER, streamed=True)
+        self.discard()
+
+    def discard(self) -> None:
+        if self._spool is not None:
+            self._spool.close()
+            self._spool = None
+        self.raw = []

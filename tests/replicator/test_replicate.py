@@ -203,6 +203,7 @@ def test_large_transactions_stream_before_commit(source_dsn: str, mirror_path: P
         " update big set v = 'kept' where id % 2 = 0; commit",
         "begin; insert into big select g, 'aborted' from generate_series(30001, 40000) g; rollback",
         "insert into big values (50000, 'after')",
+        "update big set v = 'streamed without subtransactions' where id % 3 = 0",
     )
     catch_up(source_dsn, mirror_path)
     assert assert_same_rows(source_dsn, mirror_path, "public.big", "id") == 20001
