@@ -35,7 +35,15 @@ from replicator.stream import (
     parse_keepalive,
     standby_status,
 )
-from sidecar.changes import Change, Lsn, Relation, SchemaChange, Truncate, format_lsn
+from sidecar.changes import (
+    Change,
+    Lsn,
+    Relation,
+    SchemaChange,
+    Truncate,
+    compact,
+    format_lsn,
+)
 from sidecar.errors import SlotBusyError, SourceConnectionLost, SourceError, SourceSetupError
 from sidecar.mirror import Mirror, MirroredTable
 
@@ -691,14 +699,19 @@ class _StreamedTransaction:
     """A large transaction the server streams before it commits (protocol 2).
 
     Each stream block is decoded when it ends, with a decoder of its own (the shapes it learns
-    become everyone's only at its commit), and spooled to a file beside the mirror, so memory
-    holds one block however large the transaction. Once a subtransaction shows up, messages
-    stay raw so that its abort can drop them.
+    become everyone's only at its commit). Past ``memory_budget``, decoded blocks go to a spool
+    file beside the mirror, so memory stays bounded however large the transaction. Once a
+    subtransaction shows up, messages stay raw so that its abort can drop them.
     """
+
+    memory_budget = 64 << 20
+    """Message bytes held decoded in memory before blocks go to the spool file."""
 
     def __init__(self, xid: int, decoder: po.Decoder, spool_dir: Path) -> None:
         self.xid = xid
         self.decoder = decoder
+        self.held: list[Change] = []
+        self.held_bytes = 0
         self.raw: list[bytes | memoryview] = []
         self.has_subtransactions = False
         self._spool_dir = spool_dir
@@ -710,14 +723,18 @@ class _StreamedTransaction:
         if any(xid != self.xid for xid in po.streamed_xids(self.raw, offset=XLOG_HEADER)):
             self.has_subtransactions = True
             return
+        self.held_bytes += sum(len(m) for m in self.raw)
         changes = self.decoder.decode(self.raw, offset=XLOG_HEADER, streamed=True)
         self.raw = []
+        if self.held_bytes <= self.memory_budget:
+            self.held.extend(changes)
+            return
         if self._spool is None:
             # Lives across stream blocks until blocks() or discard() closes it.
             self._spool = tempfile.TemporaryFile(  # noqa: SIM115
                 prefix="pgml-sidecar-stream-", dir=self._spool_dir
             )
-        pickle.dump(changes, self._spool, protocol=pickle.HIGHEST_PROTOCOL)
+        pickle.dump([compact(c) for c in changes], self._spool, protocol=pickle.HIGHEST_PROTOCOL)
 
     def drop_subtransaction(self, subxid: int) -> None:
         xids = po.streamed_xids(self.raw, offset=XLOG_HEADER)
@@ -729,6 +746,7 @@ class _StreamedTransaction:
 
     def blocks(self) -> Iterator[list[Change]]:
         """The transaction's changes block by block, in order; the spool goes afterwards."""
+        yield self.held
         if self._spool is not None:
             self._spool.seek(0)
             while True:
@@ -744,3 +762,4 @@ class _StreamedTransaction:
             self._spool.close()
             self._spool = None
         self.raw = []
+        self.held = []

@@ -71,6 +71,15 @@ class Tuples:
     def num_rows(self) -> int:
         return self.values.num_rows
 
+    def compact(self) -> Tuples:
+        columns = [
+            c.cast(pa.large_binary() if pa.types.is_binary_view(c.type) else pa.large_string())
+            if pa.types.is_string_view(c.type) or pa.types.is_binary_view(c.type)
+            else c
+            for c in self.values.columns
+        ]
+        return Tuples(pa.Table.from_arrays(columns, names=self.values.column_names), self.unchanged)
+
     def slice(self, start: int, stop: int) -> Tuples:
         """Rows ``start`` to ``stop`` (exclusive)."""
         unchanged = {k: v[start:stop] for k, v in self.unchanged.items() if v[start:stop].any()}
@@ -131,3 +140,16 @@ def slice_change(change: RowChange, start: int, stop: int) -> RowChange:
         return Deletes(change.relation, change.old.slice(start, stop))
     old = None if change.old is None else change.old.slice(start, stop)
     return Updates(change.relation, change.rows.slice(start, stop), old)
+
+
+def compact(change: Change) -> Change:
+    """The change with its values in buffers of their own (view arrays point into a whole
+    decoded block; this copies out just the values, for keeping or pickling)."""
+    if isinstance(change, Inserts):
+        return Inserts(change.relation, change.rows.compact())
+    if isinstance(change, Deletes):
+        return Deletes(change.relation, change.old.compact())
+    if isinstance(change, Updates):
+        old = None if change.old is None else change.old.compact()
+        return Updates(change.relation, change.rows.compact(), old)
+    return change

@@ -7,6 +7,7 @@ from pathlib import Path
 import psycopg
 import pytest
 
+from replicator import replicate
 from tests.replicator.mirror_check import (
     Running,
     assert_same_rows,
@@ -187,7 +188,12 @@ def test_table_without_primary_key_uses_replica_identity_full(source_dsn: str, m
     assert assert_same_rows(source_dsn, mirror_path, "public.log", "k, v") == 3
 
 
-def test_large_transactions_stream_before_commit(source_dsn: str, mirror_path: Path):
+@pytest.mark.parametrize("spool", [False, True], ids=["in-memory", "spooled"])
+def test_large_transactions_stream_before_commit(
+    source_dsn: str, mirror_path: Path, spool: bool, monkeypatch: pytest.MonkeyPatch
+):
+    if spool:
+        monkeypatch.setattr(replicate._StreamedTransaction, "memory_budget", 0)
     dbname = psycopg.conninfo.conninfo_to_dict(source_dsn)["dbname"]
     execute(
         source_dsn,
