@@ -18,6 +18,22 @@ import psycopg
 from replicator.replicate import ReplicationSettings, ReplicationStats, Replicator
 
 
+def execute(dsn: str, *statements: str) -> None:
+    """Run statements on the source, each in its own transaction (autocommit)."""
+    with psycopg.connect(dsn, autocommit=True) as conn:
+        for statement in statements:
+            conn.execute(statement.encode())
+
+
+def query(mirror: Path, sql: str) -> list[tuple[Any, ...]]:
+    """Rows of a query on the mirror, read-only."""
+    con = duckdb.connect(str(mirror), read_only=True)
+    try:
+        return con.execute(sql).fetchall()
+    finally:
+        con.close()
+
+
 def catch_up(
     dsn: str, mirror: Path, tables: Sequence[str] = (), **options: Any
 ) -> ReplicationStats:

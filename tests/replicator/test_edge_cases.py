@@ -4,8 +4,6 @@ from __future__ import annotations
 
 from pathlib import Path
 
-import duckdb
-import psycopg
 import pytest
 
 from tests.replicator.mirror_check import (
@@ -13,24 +11,12 @@ from tests.replicator.mirror_check import (
     assert_same_rows,
     catch_up,
     current_lsn,
+    execute,
     mirror_rows,
+    query,
     slot_confirmed,
     wait_for,
 )
-
-
-def execute(dsn: str, *statements: str) -> None:
-    with psycopg.connect(dsn, autocommit=True) as conn:
-        for statement in statements:
-            conn.execute(statement.encode())
-
-
-def query(mirror: Path, sql: str) -> list[tuple]:
-    con = duckdb.connect(str(mirror), read_only=True)
-    try:
-        return con.execute(sql).fetchall()
-    finally:
-        con.close()
 
 
 def test_interleaved_runs_then_truncate(source_dsn: str, mirror_path: Path):

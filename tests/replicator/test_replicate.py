@@ -13,6 +13,7 @@ from tests.replicator.mirror_check import (
     assert_same_rows,
     catch_up,
     current_lsn,
+    execute,
     mirror_columns,
     mirror_rows,
     slot_active,
@@ -20,13 +21,6 @@ from tests.replicator.mirror_check import (
     terminate_walsender,
     wait_for,
 )
-
-
-def execute(dsn: str, *statements: str) -> None:
-    with psycopg.connect(dsn, autocommit=True) as conn:
-        for statement in statements:
-            conn.execute(statement.encode())
-
 
 ALL_TYPES = """
 create type mood as enum ('sad', 'ok', 'happy');
