@@ -103,8 +103,11 @@ def copy_table(
     sink: Callable[[pa.Table], None],
     *,
     progress: Progress | None = None,
+    tick: Callable[[], None] | None = None,
 ) -> int:
-    """Copy the table into ``sink`` chunk by chunk; return the number of rows."""
+    """Copy the table into ``sink`` chunk by chunk; return the number of rows.
+
+    ``tick`` is called between chunks (the replicator answers the stream's server with it)."""
     columns = copy_columns(relation)
     statement = copy_statement(relation, columns)
     waiting: deque[Future[int]] = deque()
@@ -118,6 +121,8 @@ def copy_table(
     with ThreadPoolExecutor(max_workers=1, thread_name_prefix="pgml-sidecar-copy") as pool:
         try:
             for data, starts in read_chunks(conn, statement):
+                if tick is not None:
+                    tick()
                 waiting.append(pool.submit(load, data, starts))
                 while len(waiting) > IN_FLIGHT:
                     done = waiting.popleft().result()

@@ -107,6 +107,7 @@ class Replicator:
         self.stats = ReplicationStats()
         self.stopping = threading.Event()
         self._catalog: psycopg.Connection | None = None
+        self._session: _StreamSession | None = None
 
     @property
     def mirror(self) -> Mirror:
@@ -241,7 +242,7 @@ class Replicator:
                     mirror.commit_step()
 
                 load = self._loader(table, commit_each=in_steps)
-                rows = copy_table(conn, relation, load, progress=progress)
+                rows = copy_table(conn, relation, load, progress=progress, tick=self._answer_stream)
                 mirror.add_primary_key(table)
                 mirror.set_state(table, state, until)
                 if in_steps:
@@ -373,8 +374,17 @@ class Replicator:
             raise SourceConnectionLost(str(exc)) from None  # an old walsender is still exiting
         target = source.catch_up_target(self._catalog_conn()) if s.catch_up else None
         log.info("streaming from %s", format_lsn(start))
-        session = _StreamSession(self, repl, start)
-        session.loop(target)
+        self._session = _StreamSession(self, repl, start)
+        try:
+            self._session.loop(target)
+        finally:
+            self._session = None
+
+    def _answer_stream(self) -> None:
+        """While a copy holds up the stream, keep its server from timing the connection out."""
+        session = self._session
+        if session is not None and time.monotonic() - session.last_status >= 1.0:
+            session.send_status()
 
 
 def _relations(change: Change) -> tuple[Relation, ...]:

@@ -16,6 +16,7 @@ from tests.replicator.mirror_check import (
     execute,
     mirror_columns,
     mirror_rows,
+    query,
     slot_active,
     slot_confirmed,
     terminate_walsender,
@@ -303,3 +304,30 @@ def test_batch_size_does_not_change_the_result(
     )
     catch_up(source_dsn, mirror_path, batch_messages=batch_messages)
     assert assert_same_rows(source_dsn, mirror_path, "public.m", "id") == 91
+
+
+def test_a_long_copy_while_streaming_keeps_the_connection(source_dsn: str, mirror_path: Path):
+    dbname = psycopg.conninfo.conninfo_to_dict(source_dsn)["dbname"]
+    execute(
+        source_dsn,
+        f"alter database \"{dbname}\" set wal_sender_timeout = '2s'",
+        "create table wide (id int primary key, v text)",
+        "insert into wide select g, md5(g::text) from generate_series(1, 3000000) g",
+    )
+    catch_up(source_dsn, mirror_path, ["wide"])
+    with Running(source_dsn, mirror_path, ["wide"]) as running:
+        wait_for(lambda: slot_active(source_dsn), what="the replicator to stream")
+        execute(
+            source_dsn,
+            # A volatile default rewrites the table without WAL: the mirror copies it again.
+            "alter table wide add column r float default random()",
+            "insert into wide values (0, 'after', 0.5)",
+        )
+        target = current_lsn(source_dsn)
+        wait_for(lambda: slot_confirmed(source_dsn) >= target, timeout=120, what="the copy")
+        stats = running.stop()
+    assert stats.copied_rows["public.wide"] == 3_000_001
+    assert stats.reconnects == 0
+    assert query(mirror_path, "select count(*), count(r) from public.wide") == [
+        (3_000_001, 3_000_001)
+    ]
