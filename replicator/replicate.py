@@ -714,8 +714,9 @@ class _StreamedTransaction:
     subtransaction shows up, messages stay raw so that its abort can drop them.
     """
 
-    memory_budget = 64 << 20
-    """Message bytes held decoded in memory before blocks go to the spool file."""
+    memory_budget = 256 << 20
+    """Message bytes held decoded in memory before blocks go to the spool file: below it the
+    spool only costs time, as DuckDB's own storage for the transaction dominates memory."""
 
     def __init__(self, xid: int, decoder: po.Decoder, spool_dir: Path) -> None:
         self.xid = xid
