@@ -151,12 +151,6 @@ def drop_slot(conn: psycopg.Connection, slot: str) -> None:
     conn.execute("select pg_drop_replication_slot(%s)", [slot])
 
 
-def current_wal_lsn(conn: psycopg.Connection) -> Lsn:
-    row = conn.execute("select pg_current_wal_lsn()::text").fetchone()
-    assert row is not None
-    return parse_lsn(row[0])
-
-
 @dataclass(frozen=True, slots=True)
 class CatchUpTarget:
     """The end of the WAL inserted so far: every transaction committed before lies below it."""

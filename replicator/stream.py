@@ -114,18 +114,6 @@ class ReplicationConnection:
     def server_version(self) -> int:
         return int(self.pgconn.server_version)
 
-    def read(self) -> memoryview | bytes | None:
-        """The next frame if one is buffered; None when the socket has nothing more now."""
-        try:
-            size, data = self.pgconn.get_copy_data(1)
-        except psycopg.OperationalError as exc:
-            raise SourceConnectionLost(f"replication connection lost: {_message(exc)}") from None
-        if size > 0:
-            return data
-        if size == 0:
-            return None
-        raise self.lost()
-
     def wait(self, timeout: float) -> None:
         """Block until the socket is readable or ``timeout`` seconds pass, then take input."""
         try:
