@@ -108,6 +108,16 @@ def slot_active(dsn: str, slot: str = "pgml_sidecar") -> bool:
     return bool(row and row[0])
 
 
+def streaming(dsn: str) -> bool:
+    """Whether a walsender is past START_REPLICATION (a slot is also active while created)."""
+    with psycopg.connect(dsn) as conn:
+        row = conn.execute(
+            "select count(*) from pg_stat_replication"
+            " where application_name = 'pgml-sidecar' and state in ('streaming', 'catchup')"
+        ).fetchone()
+    return bool(row and row[0])
+
+
 def terminate_walsender(dsn: str, slot: str = "pgml_sidecar") -> bool:
     with psycopg.connect(dsn) as conn:
         row = conn.execute(

@@ -15,6 +15,7 @@ from tests.replicator.mirror_check import (
     mirror_rows,
     query,
     slot_confirmed,
+    streaming,
     wait_for,
 )
 
@@ -67,7 +68,7 @@ def test_large_transaction_on_a_table_in_catch_up_is_applied_once(
 ):
     execute(source_dsn, "create table a (id int primary key)", "create table c (id int, v int)")
     with Running(source_dsn, mirror_path, ["a"], batch_messages=3) as running:
-        wait_for(lambda: slot_confirmed(source_dsn) > 0, what="slot")
+        wait_for(lambda: streaming(source_dsn), what="the replicator to stream")
         execute(
             source_dsn,
             "alter publication pgml_sidecar add table c",

@@ -22,6 +22,7 @@ from tests.replicator.mirror_check import (
     current_lsn,
     slot_active,
     slot_confirmed,
+    streaming,
     wait_for,
 )
 
@@ -122,7 +123,7 @@ def test_sigterm_commits_what_it_has_and_exits_cleanly(source_dsn: str, mirror_p
     with psycopg.connect(source_dsn, autocommit=True) as conn:
         conn.execute("create table k (id int primary key, v int, t text)")
     process = replicate(source_dsn, mirror_path, "--tables", "k")
-    wait_for(lambda: slot_confirmed(source_dsn) > 0, what="the slot to exist")
+    wait_for(lambda: streaming(source_dsn), what="the replicator to stream")
     with psycopg.connect(source_dsn, autocommit=True) as conn:
         conn.execute("insert into k select g, g, 'x' from generate_series(1, 5000) g")
     target = current_lsn(source_dsn)

@@ -17,8 +17,8 @@ from tests.replicator.mirror_check import (
     mirror_columns,
     mirror_rows,
     query,
-    slot_active,
     slot_confirmed,
+    streaming,
     terminate_walsender,
     wait_for,
 )
@@ -242,7 +242,7 @@ def test_table_added_to_the_publication_while_streaming_is_copied(
         "insert into c select g, g from generate_series(1, 1000) g",
     )
     with Running(source_dsn, mirror_path, ["a"]) as running:
-        wait_for(lambda: slot_confirmed(source_dsn) > 0, what="the slot to exist")
+        wait_for(lambda: streaming(source_dsn), what="the replicator to stream")
         execute(
             source_dsn,
             "alter publication pgml_sidecar add table c",
@@ -260,7 +260,7 @@ def test_table_added_to_the_publication_while_streaming_is_copied(
 def test_idle_replicator_keeps_the_slot_advancing(source_dsn: str, mirror_path: Path):
     execute(source_dsn, "create table quiet (id int primary key)", "create table noisy (x int)")
     with Running(source_dsn, mirror_path, ["quiet"], status_interval=0.2):
-        wait_for(lambda: slot_confirmed(source_dsn) > 0, what="the slot to exist")
+        wait_for(lambda: streaming(source_dsn), what="the replicator to stream")
         before = slot_confirmed(source_dsn)
         execute(source_dsn, "insert into noisy select generate_series(1, 1000)")
         target = current_lsn(source_dsn)
@@ -275,7 +275,7 @@ def test_terminated_walsender_reconnects_and_loses_nothing(source_dsn: str, mirr
     execute(source_dsn, "create table r (id int primary key, v int)")
     with Running(source_dsn, mirror_path, ["r"]) as running:
         for round_ in range(3):
-            wait_for(lambda: slot_active(source_dsn), what="the replicator to stream")
+            wait_for(lambda: streaming(source_dsn), what="the replicator to stream")
             execute(
                 source_dsn,
                 f"insert into r select g, {round_} from generate_series({round_ * 100 + 1},"
@@ -316,7 +316,7 @@ def test_a_long_copy_while_streaming_keeps_the_connection(source_dsn: str, mirro
     )
     catch_up(source_dsn, mirror_path, ["wide"])
     with Running(source_dsn, mirror_path, ["wide"]) as running:
-        wait_for(lambda: slot_active(source_dsn), what="the replicator to stream")
+        wait_for(lambda: streaming(source_dsn), what="the replicator to stream")
         execute(
             source_dsn,
             # A volatile default rewrites the table without WAL: the mirror copies it again.
