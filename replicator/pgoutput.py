@@ -149,6 +149,8 @@ class Decoder:
     def __init__(self) -> None:
         self.relations: dict[int, Relation] = {}
         self.types: dict[int, tuple[str, str]] = {}
+        self.learnt: set[int] = set()
+        """Relation OIDs this decoder was sent a shape for (what ``adopt`` takes over)."""
 
     def state(self) -> tuple[dict[int, Relation], dict[int, tuple[str, str]]]:
         """The shapes known now, to ``restore`` before decoding the same messages again."""
@@ -164,8 +166,9 @@ class Decoder:
         return other
 
     def adopt(self, other: Decoder) -> None:
-        """Take on the shapes another decoder learnt."""
-        self.relations.update(other.relations)
+        """Take on the shapes another decoder was sent (not those it started from)."""
+        for oid in other.learnt:
+            self.relations[oid] = other.relations[oid]
         self.types.update(other.types)
 
     def decode(
@@ -225,6 +228,7 @@ class Decoder:
         if kind == RELATION:
             relation = decode_relation(payload)
             self.relations[relation.oid] = relation
+            self.learnt.add(relation.oid)
             return SchemaChange(relation)
         if kind == TYPE:
             oid = struct.unpack_from(">I", payload, 1)[0]

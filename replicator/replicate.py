@@ -490,7 +490,7 @@ class _StreamSession:
                     continue
             if stopping.is_set():
                 return
-            idle = not self.in_transaction and not self.pending and not self.partially_applied
+            idle = self.idle
             if target is not None and idle and target.reached(max(self.flushed, self.server_sent)):
                 self.send_status()
                 log.info(
@@ -567,12 +567,16 @@ class _StreamSession:
             if not self.applied_uncommitted:
                 self.batch_started = time.monotonic()
             if streamed is not None:
-                for changes in streamed.blocks():
-                    if not applies:
-                        changes = [c for c in changes if isinstance(c, SchemaChange)]
-                    applied = self.apply(changes, done.commit_lsn)
-                    self.applied_uncommitted += applied
-                    self.r.stats.rows_applied += applied
+                self.partially_applied = True  # from here on the mirror transaction holds it
+                try:
+                    for changes in streamed.blocks():
+                        if not applies:
+                            changes = [c for c in changes if isinstance(c, SchemaChange)]
+                        applied = self.apply(changes, done.commit_lsn)
+                        self.applied_uncommitted += applied
+                        self.r.stats.rows_applied += applied
+                finally:
+                    streamed.discard()
                 self.decoder.adopt(streamed.decoder)  # the server takes these shapes as sent
             if applies:
                 self.partially_applied = True
@@ -697,9 +701,20 @@ class _StreamSession:
         self.batch_started = time.monotonic()  # for what is left of a transaction under way
         self.send_status()
 
+    @property
+    def idle(self) -> bool:
+        """Nothing received is waiting or applied but uncommitted."""
+        return not (
+            self.in_transaction
+            or self.pending
+            or self.partially_applied
+            or self.applied_uncommitted
+        )
+
     def send_status(self) -> None:
+        """Report the mirror's position; when idle, the server's (nothing of it is ours)."""
         position = self.flushed
-        if not self.in_transaction and not self.pending and not self.partially_applied:
+        if self.idle:
             position = max(position, self.server_sent)
         self.repl.send(standby_status(position, position))
         self.last_status = time.monotonic()

@@ -30,6 +30,8 @@ class MirrorType:
     """A SQL template with ``{value}`` standing for the text value."""
     prepare: Callable[[pa.Array], pa.Array] | None = None
     """A Python step run on the text column before the cast (array literals only)."""
+    rewrite: str = ""
+    """Which rewrite ``prepare`` applies to array elements (kept in the mirror's bookkeeping)."""
 
     def cast_sql(self, value_sql: str) -> str:
         return self.cast.replace(VALUE, value_sql)
@@ -163,15 +165,57 @@ def _array_type(element_oid: int, catalog: Mapping[int, SourceType] | None) -> M
         # Explicit bounds ("[0:1]={1,2}") go; a multi-dimensional array fails the cast loudly.
         bounds_gone = f"regexp_replace({VALUE}, '^\\[[^=]*=', '')"
         return MirrorType(sql, f"CAST(translate({bounds_gone}, '{{}}', '[]') AS {sql})")
-    return MirrorType(sql, f"CAST(CAST({VALUE} AS JSON) AS {sql})", prepare=array_literals_to_json)
-
-
-def array_literals_to_json(column: pa.Array) -> pa.Array:
-    """Rewrite Postgres array literals (``{a,"b c",NULL}``) as JSON arrays, keeping NULLs."""
-    return pa.array(
-        [None if v is None else json.dumps(parse_array_literal(v)) for v in column.to_pylist()],
-        type=pa.string(),
+    rewrite = _ELEMENT_REWRITES.get(element_oid, "")
+    return MirrorType(
+        sql, f"CAST(CAST({VALUE} AS JSON) AS {sql})", prepare=json_arrays(rewrite), rewrite=rewrite
     )
+
+
+def _bc_element(text: str) -> str:
+    """``0044-03-15 BC`` as DuckDB reads it: ``-0043-03-15``."""
+    if not text.endswith(" BC"):
+        return text
+    year, _, rest = text[:-3].partition("-")
+    return f"-{int(year) - 1:04d}-{rest}"
+
+
+_REWRITERS: dict[str, Callable[[str], str]] = {
+    "interval": lambda text: text.replace("+", ""),
+    "bc": _bc_element,
+}
+_ELEMENT_REWRITES = {1186: "interval", 1082: "bc", 1114: "bc", 1184: "bc"}
+
+
+def json_arrays(rewrite: str = "") -> Callable[[pa.Array], pa.Array]:
+    """A ``prepare`` step writing Postgres array literals as JSON, elements rewritten."""
+    element = _REWRITERS.get(rewrite)
+
+    def prepare(column: pa.Array) -> pa.Array:
+        return array_literals_to_json(column, element)
+
+    return prepare
+
+
+def _rewrite(value: object, element: Callable[[str], str]) -> object:
+    if isinstance(value, list):
+        return [_rewrite(v, element) for v in value]
+    return element(value) if isinstance(value, str) else value
+
+
+def array_literals_to_json(
+    column: pa.Array, element: Callable[[str], str] | None = None
+) -> pa.Array:
+    """Rewrite Postgres array literals (``{a,"b c",NULL}``) as JSON arrays, keeping NULLs."""
+    out: list[str | None] = []
+    for literal in column.to_pylist():
+        if literal is None:
+            out.append(None)
+            continue
+        value: object = parse_array_literal(literal)
+        if element is not None:
+            value = _rewrite(value, element)
+        out.append(json.dumps(value))
+    return pa.array(out, type=pa.string())
 
 
 def parse_array_literal(text: str) -> list[object]:

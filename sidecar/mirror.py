@@ -48,7 +48,7 @@ from sidecar.changes import (
     Updates,
     slice_change,
 )
-from sidecar.column_types import MirrorType, SourceType, array_literals_to_json, mirror_type
+from sidecar.column_types import MirrorType, SourceType, json_arrays, mirror_type
 from sidecar.errors import MirrorError
 
 META = "_pgml_sidecar"
@@ -72,11 +72,12 @@ class MirrorColumn:
     sql: str
     cast: str
     json_array: bool
+    rewrite: str = ""
 
     @property
     def mirror_type(self) -> MirrorType:
-        prepare = array_literals_to_json if self.json_array else None
-        return MirrorType(self.sql, self.cast, prepare)
+        prepare = json_arrays(self.rewrite) if self.json_array else None
+        return MirrorType(self.sql, self.cast, prepare, self.rewrite)
 
 
 @dataclass(slots=True)
@@ -120,6 +121,7 @@ def mirror_columns(
                 kind.sql,
                 kind.cast,
                 kind.prepare is not None,
+                kind.rewrite,
             )
         )
     return columns
@@ -515,9 +517,7 @@ class Mirror:
         for column in table.columns:
             if column.name not in row:
                 continue
-            conditions.append(
-                f"{quote(column.name)} is not distinct from {column.mirror_type.cast_sql('?')}"
-            )
+            conditions.append(f"{quote(column.name)} is not distinct from {_parameter(column)}")
             params.append(_prepared(column, row[column.name]))
         where = " and ".join(conditions) or "true"
         return f"rowid = (select rowid from {table.qualified} where {where} limit 1)", params
@@ -542,7 +542,7 @@ class Mirror:
                 column.name in unchanged and unchanged[column.name][index]
             ):
                 continue
-            sets.append(f"{quote(column.name)} = {column.mirror_type.cast_sql('?')}")
+            sets.append(f"{quote(column.name)} = {_parameter(column)}")
             values.append(_prepared(column, new[column.name]))
         if sets:
             self.con.execute(
@@ -647,6 +647,11 @@ def _key_match(table: MirroredTable, prefix: str) -> str:
         + c.mirror_type.cast_sql(f"{_ALIAS}.{quote(prefix + c.name)}")
         for c in table.keys
     )
+
+
+def _parameter(column: MirrorColumn) -> str:
+    """One ``?`` parameter cast to the column's type (the cast may name its value often)."""
+    return f"(select {column.mirror_type.cast_sql('_pgml_value')} from (select ? as _pgml_value))"
 
 
 def _unstorable(table: MirroredTable, exc: duckdb.Error) -> MirrorError:

@@ -182,3 +182,36 @@ def test_dropped_and_recreated_table(source_dsn: str, mirror_path: Path):
     )
     catch_up(source_dsn, mirror_path)
     assert assert_same_rows(source_dsn, mirror_path, "public.rt", "id") == 1
+
+
+def test_full_identity_rows_with_casts_that_name_their_value_twice(
+    source_dsn: str, mirror_path: Path
+):
+    execute(
+        source_dsn,
+        "create table ledger (day date, amount numeric(10,2), note text)",
+        "alter table ledger replica identity full",
+        "insert into ledger values ('2024-01-01', 1.50, 'a'), ('2024-01-02', 2.50, 'b')",
+    )
+    catch_up(source_dsn, mirror_path, ["ledger"])
+    execute(
+        source_dsn,
+        "update ledger set note = 'changed' where day = '2024-01-01'",
+        "delete from ledger where amount = 2.50",
+    )
+    catch_up(source_dsn, mirror_path)
+    assert assert_same_rows(source_dsn, mirror_path, "public.ledger", "day") == 1
+
+
+def test_array_elements_are_rewritten_like_single_values(source_dsn: str, mirror_path: Path):
+    execute(source_dsn, "create table spans (id int primary key, gaps interval[], days date[])")
+    catch_up(source_dsn, mirror_path, ["spans"])
+    execute(
+        source_dsn,
+        "insert into spans values (1, array['-1 day +2 hours'::interval],"
+        " array['0044-03-15 BC'::date, '2024-01-01'])",
+    )
+    catch_up(source_dsn, mirror_path)
+    assert query(mirror_path, "select gaps::varchar, days::varchar from public.spans") == [
+        ("['-1 day 02:00:00']", "['0044-03-15 (BC)', 2024-01-01]")
+    ]
