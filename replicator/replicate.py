@@ -305,12 +305,12 @@ class Replicator:
     def may_copy(self, changes: Sequence[Change]) -> bool:
         """Whether applying these changes could start a copy (a new table, a new column)."""
         for change in changes:
-            for relation in _relations(change):
-                plan = self.mirror.schema_plan(relation)
-                if plan is None or (
-                    isinstance(change, SchemaChange) and (plan.adds or plan.copy_reason)
-                ):
+            if isinstance(change, SchemaChange):
+                plan = self.mirror.schema_plan(change.relation)
+                if plan is None or plan.adds or plan.copy_reason:
                     return True
+            elif any(self.mirror.table_for(r) is None for r in _relations(change)):
+                return True  # only a table lookup per run: this is on the hot path
         return False
 
     def _learn_types(self, relations: Sequence[Relation]) -> None:
