@@ -8,7 +8,8 @@
     │   ├── SourceSetupError     wal_level, privileges, unknown table: needs a change on the source
     │   └── SlotBusyError        another process holds the replication slot
     ├── SourceConnectionLost     the connection dropped; the replicator reconnects and resumes
-    └── MirrorError              the DuckDB mirror cannot be opened or does not match
+    ├── MirrorError              the DuckDB mirror cannot be opened or does not match
+    └── TrainingError            a training or deployment request cannot be carried out
 
 Code above raises these with a message a user understands; the CLI prints ``error: <message>``
 and exits non-zero, never a traceback.
@@ -64,3 +65,14 @@ class MirrorError(SidecarError):
     """The DuckDB mirror cannot be opened, or holds something the sidecar did not write."""
 
     sqlstate = "58030"
+
+
+class TrainingError(SidecarError):
+    """A training, deployment or prediction request is invalid or cannot be carried out.
+
+    The SQLSTATE says which: 42704 unknown project or model, 42P01 unknown relation, 42703
+    unknown column, 22023 an invalid argument (algorithm, task, hyperparameter, JSON), 22000
+    data that cannot be trained on (empty, one class only, fewer rows than folds).
+    """
+
+    sqlstate = "22023"
