@@ -1,0 +1,402 @@
+"""PostgresML algorithm names mapped to scikit-learn-API estimators, by task."""
+
+from __future__ import annotations
+
+import difflib
+import functools
+import importlib
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from typing import Any
+
+from sidecar.errors import TrainingError
+
+TASKS: tuple[str, ...] = ("regression", "classification", "clustering", "decomposition")
+
+
+@dataclass(frozen=True)
+class _Estimator:
+    """Where an estimator class lives and how the sidecar configures it."""
+
+    path: str
+    defaults: Mapping[str, Any] = field(default_factory=dict)
+    native_names: frozenset[str] = frozenset()
+    # Other names users may give a parameter the sidecar sets by default: given any of them,
+    # the sidecar leaves that parameter to the estimator.
+    aliases: Mapping[str, frozenset[str]] = field(default_factory=dict)
+    takes_thread_count: bool = True
+
+
+# XGBoost's own booster parameter names (https://xgboost.readthedocs.io/en/stable/parameter.html)
+# that users copy from native code; the scikit-learn wrapper passes them through to the booster.
+_XGBOOST_NATIVE_NAMES = frozenset(
+    {
+        "alpha",
+        "base_score",
+        "booster",
+        "colsample_bylevel",
+        "colsample_bynode",
+        "colsample_bytree",
+        "device",
+        "disable_default_eval_metric",
+        "eta",
+        "eval_metric",
+        "feature_selector",
+        "gamma",
+        "grow_policy",
+        "huber_slope",
+        "interaction_constraints",
+        "lambda",
+        "max_bin",
+        "max_cached_hist_node",
+        "max_delta_step",
+        "max_depth",
+        "max_leaves",
+        "min_child_weight",
+        "min_split_loss",
+        "monotone_constraints",
+        "multi_strategy",
+        "normalize_type",
+        "nthread",
+        "num_class",
+        "num_parallel_tree",
+        "objective",
+        "one_drop",
+        "process_type",
+        "quantile_alpha",
+        "rate_drop",
+        "refresh_leaf",
+        "sample_type",
+        "sampling_method",
+        "scale_pos_weight",
+        "seed",
+        "seed_per_iteration",
+        "skip_drop",
+        "subsample",
+        "top_k",
+        "tree_method",
+        "tweedie_variance_power",
+        "updater",
+        "validate_parameters",
+        "verbosity",
+    }
+)
+
+# LightGBM's documented parameters and aliases (https://lightgbm.readthedocs.io/en/stable/
+# Parameters.html) most often passed to it; the full list comes from LightGBM itself when it
+# can report it (see _lightgbm_native_names).
+_LIGHTGBM_COMMON_NAMES = frozenset(
+    {
+        "bagging_fraction",
+        "bagging_freq",
+        "bagging_seed",
+        "boosting",
+        "cat_l2",
+        "cat_smooth",
+        "early_stopping_round",
+        "extra_trees",
+        "feature_fraction",
+        "feature_fraction_bynode",
+        "lambda_l1",
+        "lambda_l2",
+        "learning_rate",
+        "max_bin",
+        "max_depth",
+        "metric",
+        "min_data_in_leaf",
+        "min_gain_to_split",
+        "min_sum_hessian_in_leaf",
+        "num_iterations",
+        "num_leaves",
+        "num_threads",
+        "objective",
+        "seed",
+        "verbose",
+        "verbosity",
+    }
+)
+
+
+def _xgboost(path: str) -> _Estimator:
+    return _Estimator(
+        path,
+        native_names=_XGBOOST_NATIVE_NAMES,
+        aliases={"n_jobs": frozenset({"nthread"}), "random_state": frozenset({"seed"})},
+    )
+
+
+def _lightgbm(path: str) -> _Estimator:
+    # LightGBM logs warnings to stdout unless told otherwise.
+    return _Estimator(
+        path,
+        defaults={"verbose": -1},
+        native_names=_LIGHTGBM_COMMON_NAMES,
+        aliases={
+            "n_jobs": frozenset({"num_threads", "num_thread", "nthread", "nthreads"}),
+            "random_state": frozenset({"seed", "random_seed"}),
+            "verbose": frozenset({"verbosity"}),
+        },
+    )
+
+
+# scikit-learn 1.8 deprecated PassiveAggressiveClassifier/Regressor (removed in 1.10). Its
+# deprecation note gives the replacement: SGD with penalty=None, learning_rate="pa1" (PA-I) or
+# "pa2" (PA-II) and eta0 in the role of C. _passive_aggressive() also accepts the old C and
+# squared-loss (PA-II) spellings.
+_PASSIVE_AGGRESSIVE_DEFAULTS = {"penalty": None, "learning_rate": "pa1", "eta0": 1.0}
+
+_ALGORITHMS: dict[str, dict[str, _Estimator]] = {
+    "linear": {
+        "regression": _Estimator("sklearn.linear_model.LinearRegression"),
+        # LogisticRegression's n_jobs has had no effect since scikit-learn 1.8 and warns if set.
+        "classification": _Estimator(
+            "sklearn.linear_model.LogisticRegression", takes_thread_count=False
+        ),
+    },
+    "ridge": {
+        "regression": _Estimator("sklearn.linear_model.Ridge"),
+        "classification": _Estimator("sklearn.linear_model.RidgeClassifier"),
+    },
+    "lasso": {"regression": _Estimator("sklearn.linear_model.Lasso")},
+    "elastic_net": {"regression": _Estimator("sklearn.linear_model.ElasticNet")},
+    "least_angle": {"regression": _Estimator("sklearn.linear_model.Lars")},
+    "lasso_least_angle": {"regression": _Estimator("sklearn.linear_model.LassoLars")},
+    "orthogonal_matching_pursuit": {
+        "regression": _Estimator("sklearn.linear_model.OrthogonalMatchingPursuit")
+    },
+    "bayesian_ridge": {"regression": _Estimator("sklearn.linear_model.BayesianRidge")},
+    "automatic_relevance_determination": {
+        "regression": _Estimator("sklearn.linear_model.ARDRegression")
+    },
+    "stochastic_gradient_descent": {
+        "regression": _Estimator("sklearn.linear_model.SGDRegressor"),
+        "classification": _Estimator("sklearn.linear_model.SGDClassifier"),
+    },
+    "perceptron": {"classification": _Estimator("sklearn.linear_model.Perceptron")},
+    "passive_aggressive": {
+        "regression": _Estimator(
+            "sklearn.linear_model.SGDRegressor",
+            defaults={"loss": "epsilon_insensitive", **_PASSIVE_AGGRESSIVE_DEFAULTS},
+            native_names=frozenset({"C"}),
+            aliases={"eta0": frozenset({"C"})},
+        ),
+        "classification": _Estimator(
+            "sklearn.linear_model.SGDClassifier",
+            defaults={"loss": "hinge", **_PASSIVE_AGGRESSIVE_DEFAULTS},
+            native_names=frozenset({"C"}),
+            aliases={"eta0": frozenset({"C"})},
+        ),
+    },
+    "ransac": {"regression": _Estimator("sklearn.linear_model.RANSACRegressor")},
+    "theil_sen": {"regression": _Estimator("sklearn.linear_model.TheilSenRegressor")},
+    "huber": {"regression": _Estimator("sklearn.linear_model.HuberRegressor")},
+    "quantile": {"regression": _Estimator("sklearn.linear_model.QuantileRegressor")},
+    "svm": {
+        "regression": _Estimator("sklearn.svm.SVR"),
+        "classification": _Estimator("sklearn.svm.SVC"),
+    },
+    "nu_svm": {
+        "regression": _Estimator("sklearn.svm.NuSVR"),
+        "classification": _Estimator("sklearn.svm.NuSVC"),
+    },
+    "linear_svm": {
+        "regression": _Estimator("sklearn.svm.LinearSVR"),
+        "classification": _Estimator("sklearn.svm.LinearSVC"),
+    },
+    "ada_boost": {
+        "regression": _Estimator("sklearn.ensemble.AdaBoostRegressor"),
+        "classification": _Estimator("sklearn.ensemble.AdaBoostClassifier"),
+    },
+    "bagging": {
+        "regression": _Estimator("sklearn.ensemble.BaggingRegressor"),
+        "classification": _Estimator("sklearn.ensemble.BaggingClassifier"),
+    },
+    "extra_trees": {
+        "regression": _Estimator("sklearn.ensemble.ExtraTreesRegressor"),
+        "classification": _Estimator("sklearn.ensemble.ExtraTreesClassifier"),
+    },
+    "gradient_boosting_trees": {
+        "regression": _Estimator("sklearn.ensemble.GradientBoostingRegressor"),
+        "classification": _Estimator("sklearn.ensemble.GradientBoostingClassifier"),
+    },
+    "random_forest": {
+        "regression": _Estimator("sklearn.ensemble.RandomForestRegressor"),
+        "classification": _Estimator("sklearn.ensemble.RandomForestClassifier"),
+    },
+    "hist_gradient_boosting": {
+        "regression": _Estimator("sklearn.ensemble.HistGradientBoostingRegressor"),
+        "classification": _Estimator("sklearn.ensemble.HistGradientBoostingClassifier"),
+    },
+    "kernel_ridge": {"regression": _Estimator("sklearn.kernel_ridge.KernelRidge")},
+    "gaussian_process": {
+        "regression": _Estimator("sklearn.gaussian_process.GaussianProcessRegressor"),
+        "classification": _Estimator("sklearn.gaussian_process.GaussianProcessClassifier"),
+    },
+    "xgboost": {
+        "regression": _xgboost("xgboost.XGBRegressor"),
+        "classification": _xgboost("xgboost.XGBClassifier"),
+    },
+    "xgboost_random_forest": {
+        "regression": _xgboost("xgboost.XGBRFRegressor"),
+        "classification": _xgboost("xgboost.XGBRFClassifier"),
+    },
+    "lightgbm": {
+        "regression": _lightgbm("lightgbm.LGBMRegressor"),
+        "classification": _lightgbm("lightgbm.LGBMClassifier"),
+    },
+    "kmeans": {"clustering": _Estimator("sklearn.cluster.KMeans")},
+    "mini_batch_kmeans": {"clustering": _Estimator("sklearn.cluster.MiniBatchKMeans")},
+    "birch": {"clustering": _Estimator("sklearn.cluster.Birch")},
+    "affinity_propagation": {"clustering": _Estimator("sklearn.cluster.AffinityPropagation")},
+    "mean_shift": {"clustering": _Estimator("sklearn.cluster.MeanShift")},
+    "pca": {"decomposition": _Estimator("sklearn.decomposition.PCA")},
+}
+
+# Names PostgresML accepts for an algorithm besides its own: its docs spelled this one wrong.
+_ALIASES = {"orthoganl_matching_pursuit": "orthogonal_matching_pursuit"}
+
+
+def algorithm_names(task: str | None = None) -> list[str]:
+    """Every algorithm name (sorted), or those that support ``task``."""
+    if task is None:
+        return sorted(_ALGORITHMS)
+    _check_task(task)
+    return sorted(name for name, tasks in _ALGORITHMS.items() if task in tasks)
+
+
+def supports(algorithm: str, task: str) -> bool:
+    """Whether ``algorithm`` (or an alias of it) can be trained for ``task``."""
+    return task in _ALGORITHMS.get(_ALIASES.get(algorithm, algorithm), {})
+
+
+def hyperparameter_names(algorithm: str, task: str) -> list[str]:
+    """The hyperparameters the estimator accepts (sorted)."""
+    return sorted(_valid_names(_estimator(algorithm, task)))
+
+
+def make_estimator(
+    algorithm: str, task: str, hyperparams: Mapping[str, Any] | None = None, *, seed: int = 0
+) -> Any:
+    """A fresh, unfitted scikit-learn-API estimator for ``algorithm`` on ``task``."""
+    spec = _estimator(algorithm, task)
+    given = dict(hyperparams or {})
+    _check_names(algorithm, task, spec, given)
+    defaults = dict(spec.defaults)
+    accepted = _default_names(spec.path)
+    if spec.takes_thread_count and "n_jobs" in accepted:
+        defaults["n_jobs"] = 1
+    if "random_state" in accepted:
+        defaults["random_state"] = seed
+    params = {
+        name: value
+        for name, value in defaults.items()
+        if not ({name} | spec.aliases.get(name, frozenset())) & given.keys()
+    }
+    params.update(given)
+    if _ALIASES.get(algorithm, algorithm) == "passive_aggressive":
+        params = _passive_aggressive(params, given)
+    return _estimator_class(spec.path)(**params)
+
+
+def check_search_params(algorithm: str, task: str, search_params: Mapping[str, Any]) -> None:
+    """Raise TrainingError unless each key is a hyperparameter and each value a non-empty list."""
+    spec = _estimator(algorithm, task)
+    if not isinstance(search_params, Mapping):
+        raise TrainingError(
+            'search_params must be a JSON object of hyperparameter lists, e.g. {"alpha": [0.1, 1]}',
+            sqlstate="22023",
+        )
+    _check_names(algorithm, task, spec, search_params)
+    for name, values in search_params.items():
+        if not isinstance(values, list) or not values:
+            raise TrainingError(
+                f'search_params "{name}" must be a non-empty list of values to try, '
+                f'e.g. {{"{name}": [...]}}; got {values!r}',
+                sqlstate="22023",
+            )
+
+
+def _check_task(task: str) -> None:
+    if task not in TASKS:
+        raise TrainingError(
+            f'unknown task "{task}": choose one of {", ".join(TASKS)}', sqlstate="22023"
+        )
+
+
+def _estimator(algorithm: str, task: str) -> _Estimator:
+    """Look ``algorithm`` up for ``task``, or raise a TrainingError that lists the choices."""
+    _check_task(task)
+    tasks = _ALGORITHMS.get(_ALIASES.get(algorithm, algorithm))
+    if tasks is None:
+        raise TrainingError(
+            f'unknown algorithm "{algorithm}" for {task}: choose one of '
+            f"{', '.join(algorithm_names(task))}",
+            sqlstate="22023",
+        )
+    if task not in tasks:
+        raise TrainingError(
+            f'algorithm "{algorithm}" does not support {task}; it supports '
+            f"{' and '.join(t for t in TASKS if t in tasks)}. Algorithms for {task}: "
+            f"{', '.join(algorithm_names(task))}",
+            sqlstate="22023",
+        )
+    return tasks[task]
+
+
+def _check_names(algorithm: str, task: str, spec: _Estimator, given: Mapping[str, Any]) -> None:
+    valid = _valid_names(spec)
+    unknown = [name for name in given if name not in valid]
+    if not unknown:
+        return
+    name = str(unknown[0])
+    close = difflib.get_close_matches(name, valid, n=3)
+    hint = f" (did you mean {' or '.join(close)}?)" if close else ""
+    raise TrainingError(
+        f'{algorithm} ({task}) has no hyperparameter "{name}"{hint}; valid hyperparameters: '
+        f"{', '.join(sorted(valid))}",
+        sqlstate="22023",
+    )
+
+
+def _valid_names(spec: _Estimator) -> frozenset[str]:
+    names = _default_names(spec.path) | spec.native_names | spec.defaults.keys()
+    if spec.path.startswith("lightgbm."):
+        names |= _lightgbm_native_names()
+    return frozenset(names)
+
+
+@functools.cache
+def _estimator_class(path: str) -> Any:
+    module, _, name = path.rpartition(".")
+    return getattr(importlib.import_module(module), name)
+
+
+@functools.cache
+def _default_names(path: str) -> frozenset[str]:
+    """The constructor parameters of the estimator class, as get_params() reports them."""
+    return frozenset(_estimator_class(path)().get_params(deep=False))
+
+
+@functools.cache
+def _lightgbm_native_names() -> frozenset[str]:
+    """Every parameter name and alias LightGBM itself accepts."""
+    try:
+        from lightgbm.basic import _ConfigAliases
+
+        aliases = _ConfigAliases._get_all_param_aliases()
+    except (ImportError, AttributeError):  # a LightGBM without the (private) alias table
+        return _LIGHTGBM_COMMON_NAMES
+    return frozenset(name for names in aliases.values() for name in names) | frozenset(aliases)
+
+
+def _passive_aggressive(params: dict[str, Any], given: Mapping[str, Any]) -> dict[str, Any]:
+    """Translate the old PassiveAggressive* hyperparameters to their SGD equivalents."""
+    params = dict(params)
+    if "C" in params:
+        params["eta0"] = params.pop("C")
+    squared = {"squared_hinge": "hinge", "squared_epsilon_insensitive": "epsilon_insensitive"}
+    if params.get("loss") in squared:
+        params["loss"] = squared[params["loss"]]
+        if "learning_rate" not in given:
+            params["learning_rate"] = "pa2"
+    return params
