@@ -12,6 +12,7 @@ from pathlib import Path
 
 import duckdb
 
+from sidecar import cli_train
 from sidecar.errors import ConfigError, SidecarError
 
 log = logging.getLogger("pgml_sidecar")
@@ -141,6 +142,7 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("-v", "--verbose", action="store_true", help="log debugging detail")
     commands = parser.add_subparsers(title="commands", metavar="COMMAND")
     _replicate_parser(commands)
+    cli_train.add_parsers(commands)
     _demo_parser(commands)
     return parser
 

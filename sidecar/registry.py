@@ -1,0 +1,409 @@
+"""The model registry: projects, snapshots, models and deployments, in the mirror's schema ``pgml``.
+
+The tables and views are shaped like PostgresML's, so its queries work unchanged
+(``select * from pgml.deployed_models``, ``metrics->>'f1'``). Ids come from sequences and only
+grow; the latest deployment of a project (highest id) is the deployed model.
+
+- ``projects``: one row per project name, with its task.
+- ``snapshots``: the rows a training used, as a Parquet file in the artifact directory
+  (``path`` relative to it, ``sha256``), with the relation, label, split (``test_size``,
+  ``test_sampling``, ``seed``), row count, per-column statistics and the mirror's source
+  positions when it was taken.
+- ``models``: one row per trained model: algorithm, hyperparameters, metrics, search settings
+  and results, and its artifact file with ``sha256``.
+- ``deployments``: one row per deployment (strategy ``new_score``, ``most_recent``,
+  ``best_score``, ``rollback`` or ``specific``).
+
+Rows are written only for trainings that succeeded, in one transaction, so a failed request
+leaves nothing behind.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass, field, replace
+from datetime import datetime
+from typing import Any
+
+import duckdb
+
+SCHEMA = "pgml"
+
+_DDL = """
+create schema if not exists pgml;
+create sequence if not exists pgml.projects_id_seq;
+create sequence if not exists pgml.snapshots_id_seq;
+create sequence if not exists pgml.models_id_seq;
+create sequence if not exists pgml.deployments_id_seq;
+create table if not exists pgml.projects (
+    id bigint primary key default nextval('pgml.projects_id_seq'),
+    name varchar not null unique,
+    task varchar not null,
+    created_at timestamptz not null default current_timestamp,
+    updated_at timestamptz not null default current_timestamp
+);
+create table if not exists pgml.snapshots (
+    id bigint primary key default nextval('pgml.snapshots_id_seq'),
+    relation_name varchar not null,
+    y_column_name varchar[],
+    test_size double not null,
+    test_sampling varchar not null,
+    seed bigint not null,
+    status varchar not null default 'successful',
+    num_rows bigint not null,
+    columns json,
+    analysis json,
+    source_position json,
+    path varchar not null,
+    sha256 varchar not null,
+    materialized boolean not null default true,
+    created_at timestamptz not null default current_timestamp,
+    updated_at timestamptz not null default current_timestamp
+);
+create table if not exists pgml.models (
+    id bigint primary key default nextval('pgml.models_id_seq'),
+    project_id bigint not null,
+    snapshot_id bigint not null,
+    num_features integer,
+    algorithm varchar not null,
+    runtime varchar not null default 'python',
+    hyperparams json,
+    status varchar not null default 'successful',
+    metrics json,
+    search varchar,
+    search_params json,
+    search_args json,
+    search_results json,
+    preprocess json,
+    path varchar not null,
+    sha256 varchar not null,
+    created_at timestamptz not null default current_timestamp,
+    updated_at timestamptz not null default current_timestamp
+);
+create table if not exists pgml.deployments (
+    id bigint primary key default nextval('pgml.deployments_id_seq'),
+    project_id bigint not null,
+    model_id bigint not null,
+    strategy varchar not null,
+    created_at timestamptz not null default current_timestamp
+);
+create or replace view pgml.deployed_models as
+select p.id, p.name, p.task, m.algorithm, m.runtime, d.created_at as deployed_at, m.id as model_id
+from pgml.projects p
+join (
+    select distinct on (project_id) project_id, model_id, created_at
+    from pgml.deployments order by project_id, id desc
+) d on d.project_id = p.id
+join pgml.models m on m.id = d.model_id
+order by p.name;
+create or replace view pgml.trained_models as
+select m.id, p.name, p.task, m.algorithm, m.runtime, s.relation_name, s.y_column_name,
+    s.test_sampling, s.test_size, m.metrics, m.created_at, d.model_id is not null as deployed
+from pgml.projects p
+join pgml.models m on m.project_id = p.id
+join pgml.snapshots s on s.id = m.snapshot_id
+left join (
+    select distinct on (project_id) project_id, model_id
+    from pgml.deployments order by project_id, id desc
+) d on d.model_id = m.id
+order by m.id desc;
+create or replace view pgml.overview as
+select p.name, d.created_at as deployed_at, p.task, m.algorithm, m.runtime, s.relation_name,
+    s.y_column_name, s.test_sampling, s.test_size
+from pgml.projects p
+join (
+    select distinct on (project_id) project_id, model_id, created_at
+    from pgml.deployments order by project_id, id desc
+) d on d.project_id = p.id
+join pgml.models m on m.id = d.model_id
+join pgml.snapshots s on s.id = m.snapshot_id
+order by d.created_at desc;
+"""
+
+
+@dataclass(frozen=True, slots=True)
+class Project:
+    id: int
+    name: str
+    task: str
+    created_at: datetime
+
+
+@dataclass(frozen=True, slots=True)
+class Snapshot:
+    id: int
+    relation_name: str
+    y_column_name: list[str]
+    test_size: float
+    test_sampling: str
+    seed: int
+    num_rows: int
+    columns: list[dict[str, Any]]
+    source_position: dict[str, str]
+    path: str
+    sha256: str
+    created_at: datetime | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class ModelRecord:
+    id: int
+    project_id: int
+    snapshot_id: int
+    algorithm: str
+    hyperparams: dict[str, Any]
+    metrics: dict[str, float]
+    num_features: int
+    path: str
+    sha256: str
+    search: str | None = None
+    search_params: dict[str, Any] = field(default_factory=dict)
+    search_args: dict[str, Any] = field(default_factory=dict)
+    search_results: list[dict[str, Any]] = field(default_factory=list)
+    preprocess: dict[str, Any] = field(default_factory=dict)
+    status: str = "successful"
+    created_at: datetime | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class Deployment:
+    id: int
+    project_id: int
+    model_id: int
+    strategy: str
+    created_at: datetime
+
+
+_MODEL_COLUMNS = (
+    "id, project_id, snapshot_id, algorithm, hyperparams, metrics, num_features, path, sha256,"
+    " search, search_params, search_args, search_results, preprocess, status, created_at"
+)
+_SNAPSHOT_COLUMNS = (
+    "id, relation_name, y_column_name, test_size, test_sampling, seed, num_rows, columns,"
+    " source_position, path, sha256, created_at"
+)
+
+
+def _json(value: Any) -> Any:
+    return json.loads(value) if isinstance(value, str) else value
+
+
+def _model(row: tuple[Any, ...]) -> ModelRecord:
+    (id_, project_id, snapshot_id, algorithm, hyperparams, metrics, num_features, path, sha) = row[
+        :9
+    ]
+    search, search_params, search_args, search_results, preprocess, status, created_at = row[9:]
+    return ModelRecord(
+        id=id_,
+        project_id=project_id,
+        snapshot_id=snapshot_id,
+        algorithm=algorithm,
+        hyperparams=_json(hyperparams) or {},
+        metrics=_json(metrics) or {},
+        num_features=num_features or 0,
+        path=path,
+        sha256=sha,
+        search=search,
+        search_params=_json(search_params) or {},
+        search_args=_json(search_args) or {},
+        search_results=_json(search_results) or [],
+        preprocess=_json(preprocess) or {},
+        status=status,
+        created_at=created_at,
+    )
+
+
+def _snapshot(row: tuple[Any, ...]) -> Snapshot:
+    id_, relation, y, test_size, sampling, seed, rows, columns, position, path, sha, created = row
+    return Snapshot(
+        id=id_,
+        relation_name=relation,
+        y_column_name=list(y or []),
+        test_size=test_size,
+        test_sampling=sampling,
+        seed=seed,
+        num_rows=rows,
+        columns=_json(columns) or [],
+        source_position=_json(position) or {},
+        path=path,
+        sha256=sha,
+        created_at=created,
+    )
+
+
+class Registry:
+    """Reads and writes the registry tables through a cursor of its own."""
+
+    def __init__(self, con: duckdb.DuckDBPyConnection) -> None:
+        self.con = con.cursor()
+        self._depth = 0
+        self.con.execute(_DDL)
+
+    def close(self) -> None:
+        self.con.close()
+
+    @contextmanager
+    def transaction(self) -> Iterator[None]:
+        """Commit everything written inside at once, or nothing if it raises."""
+        if self._depth:
+            self._depth += 1
+            try:
+                yield
+            finally:
+                self._depth -= 1
+            return
+        self.con.execute("begin")
+        self._depth = 1
+        try:
+            yield
+        except BaseException:
+            self.con.execute("rollback")
+            raise
+        else:
+            self.con.execute("commit")
+        finally:
+            self._depth = 0
+
+    # -- projects ------------------------------------------------------------------------------
+
+    def project(self, name: str) -> Project | None:
+        row = self.con.execute(
+            "select id, name, task, created_at from pgml.projects where name = ?", [name]
+        ).fetchone()
+        return None if row is None else Project(*row)
+
+    def project_by_id(self, project_id: int) -> Project:
+        row = self.con.execute(
+            "select id, name, task, created_at from pgml.projects where id = ?", [project_id]
+        ).fetchone()
+        assert row is not None, f"project {project_id} is referenced but missing"
+        return Project(*row)
+
+    def add_project(self, name: str, task: str) -> Project:
+        row = self.con.execute(
+            "insert into pgml.projects (name, task) values (?, ?)"
+            " returning id, name, task, created_at",
+            [name, task],
+        ).fetchone()
+        assert row is not None
+        return Project(*row)
+
+    def touch_project(self, project_id: int) -> None:
+        self.con.execute(
+            "update pgml.projects set updated_at = current_timestamp where id = ?", [project_id]
+        )
+
+    # -- snapshots -----------------------------------------------------------------------------
+
+    def snapshot(self, snapshot_id: int) -> Snapshot | None:
+        row = self.con.execute(
+            f"select {_SNAPSHOT_COLUMNS} from pgml.snapshots where id = ?", [snapshot_id]
+        ).fetchone()
+        return None if row is None else _snapshot(row)
+
+    def last_snapshot(self, project_id: int) -> Snapshot | None:
+        """The snapshot of the project's most recent model."""
+        row = self.con.execute(
+            f"select {_SNAPSHOT_COLUMNS} from pgml.snapshots where id = ("
+            " select snapshot_id from pgml.models where project_id = ? order by id desc limit 1)",
+            [project_id],
+        ).fetchone()
+        return None if row is None else _snapshot(row)
+
+    def add_snapshot(self, snapshot: Snapshot) -> Snapshot:
+        """Insert ``snapshot`` (its id is ignored) and return it with the id it got."""
+        row = self.con.execute(
+            "insert into pgml.snapshots (relation_name, y_column_name, test_size, test_sampling,"
+            " seed, num_rows, columns, analysis, source_position, path, sha256)"
+            " values (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?) returning id, created_at",
+            [
+                snapshot.relation_name,
+                snapshot.y_column_name,
+                snapshot.test_size,
+                snapshot.test_sampling,
+                snapshot.seed,
+                snapshot.num_rows,
+                json.dumps(snapshot.columns),
+                json.dumps({"num_rows": snapshot.num_rows}),
+                json.dumps(snapshot.source_position),
+                snapshot.path,
+                snapshot.sha256,
+            ],
+        ).fetchone()
+        assert row is not None
+        return replace(snapshot, id=row[0], created_at=row[1])
+
+    # -- models --------------------------------------------------------------------------------
+
+    def model(self, model_id: int) -> ModelRecord | None:
+        row = self.con.execute(
+            f"select {_MODEL_COLUMNS} from pgml.models where id = ?", [model_id]
+        ).fetchone()
+        return None if row is None else _model(row)
+
+    def models(self, project_id: int, *, algorithm: str | None = None) -> list[ModelRecord]:
+        """The project's models, oldest first."""
+        sql = f"select {_MODEL_COLUMNS} from pgml.models where project_id = ?"
+        params: list[Any] = [project_id]
+        if algorithm is not None:
+            sql += " and algorithm = ?"
+            params.append(algorithm)
+        return [_model(r) for r in self.con.execute(sql + " order by id", params).fetchall()]
+
+    def add_model(self, model: ModelRecord) -> ModelRecord:
+        """Insert ``model`` (its id is ignored) and return it with the id it got."""
+        row = self.con.execute(
+            "insert into pgml.models (project_id, snapshot_id, num_features, algorithm,"
+            " hyperparams, status, metrics, search, search_params, search_args, search_results,"
+            " preprocess, path, sha256) values (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)"
+            " returning id, created_at",
+            [
+                model.project_id,
+                model.snapshot_id,
+                model.num_features,
+                model.algorithm,
+                json.dumps(model.hyperparams),
+                model.status,
+                json.dumps(model.metrics),
+                model.search,
+                json.dumps(model.search_params),
+                json.dumps(model.search_args),
+                json.dumps(model.search_results),
+                json.dumps(model.preprocess),
+                model.path,
+                model.sha256,
+            ],
+        ).fetchone()
+        assert row is not None
+        return replace(model, id=row[0], created_at=row[1])
+
+    # -- deployments ---------------------------------------------------------------------------
+
+    def deployments(self, project_id: int) -> list[Deployment]:
+        """The project's deployments, oldest first."""
+        rows = self.con.execute(
+            "select id, project_id, model_id, strategy, created_at from pgml.deployments"
+            " where project_id = ? order by id",
+            [project_id],
+        ).fetchall()
+        return [Deployment(*r) for r in rows]
+
+    def deployed(self, project_id: int) -> ModelRecord | None:
+        """The model deployed for the project now, if any."""
+        row = self.con.execute(
+            f"select {_MODEL_COLUMNS} from pgml.models where id = ("
+            " select model_id from pgml.deployments where project_id = ? order by id desc limit 1)",
+            [project_id],
+        ).fetchone()
+        return None if row is None else _model(row)
+
+    def add_deployment(self, project_id: int, model_id: int, strategy: str) -> Deployment:
+        row = self.con.execute(
+            "insert into pgml.deployments (project_id, model_id, strategy) values (?, ?, ?)"
+            " returning id, project_id, model_id, strategy, created_at",
+            [project_id, model_id, strategy],
+        ).fetchone()
+        assert row is not None
+        return Deployment(*row)

@@ -1,0 +1,222 @@
+"""Fitting one model on a snapshot: split, preprocess, fit (or search), score, save.
+
+This runs in a worker process (``trainer.worker``): it reads only the snapshot's Parquet file
+and writes only the model file, so it never touches the mirror.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pyarrow as pa
+import pyarrow.compute as pc
+import pyarrow.parquet as pq
+
+from sidecar.errors import TrainingError
+from trainer.algorithms import make_estimator
+from trainer.metrics import evaluate
+from trainer.model import Model, save_model
+from trainer.preprocess import Preprocessor, feature_columns
+from trainer.split import split
+
+SEARCHES = ("grid", "random")
+_SCORING = {"regression": "r2", "classification": "f1_macro"}
+
+
+@dataclass(frozen=True, slots=True)
+class FitJob:
+    """Everything a worker needs to fit one model."""
+
+    snapshot_path: str
+    model_path: str
+    task: str
+    algorithm: str
+    label: str | None
+    test_size: float
+    test_sampling: str
+    seed: int
+    hyperparams: dict[str, Any] = field(default_factory=dict)
+    preprocess: dict[str, dict[str, str]] = field(default_factory=dict)
+    search: str | None = None
+    search_params: dict[str, Any] = field(default_factory=dict)
+    search_args: dict[str, Any] = field(default_factory=dict)
+
+
+@dataclass(frozen=True, slots=True)
+class FitResult:
+    """What a fit produced: scores, the parameters kept, and the saved model's hash."""
+
+    metrics: dict[str, float]
+    hyperparams: dict[str, Any]
+    search_results: list[dict[str, Any]]
+    num_features: int
+    sha256: str
+    train_rows: int
+    test_rows: int
+    timings: dict[str, float]
+
+
+def fit(job: FitJob) -> FitResult:
+    """Fit, score and save the model ``job`` describes."""
+    started = time.perf_counter()
+    table = pq.read_table(job.snapshot_path)
+    features, y, classes = _label(table, job)
+    if features.num_rows == 0:
+        raise TrainingError("the relation has no rows to train on", sqlstate="22000")
+    train, test = split(
+        features.num_rows,
+        test_size=job.test_size,
+        sampling=job.test_sampling,
+        seed=job.seed,
+        labels=y if job.task == "classification" else None,
+    )
+    y_train = None if y is None else y[train]
+    y_test = None if y is None else y[test]
+    if classes is not None and y_train is not None and len(np.unique(y_train)) < 2:
+        raise TrainingError(
+            "the training rows hold one class only; classification needs at least two",
+            sqlstate="22000",
+        )
+    preprocessor = Preprocessor(feature_columns(features.schema), job.preprocess or None)
+    x_train = preprocessor.fit_transform(features.take(train), y_train)
+    x_test = preprocessor.transform(features.take(test)) if len(test) else x_train[:0]
+    loaded = time.perf_counter()
+
+    estimator, hyperparams, results = _fit(job, x_train, y_train)
+    fitted = time.perf_counter()
+    scored_on = (x_test, y_test) if len(test) else (x_train, y_train)
+    metrics = evaluate(job.task, estimator, *scored_on)
+    scored = time.perf_counter()
+
+    model = Model(job.task, job.algorithm, preprocessor, estimator, job.label, classes)
+    sha = save_model(model, Path(job.model_path))
+    saved = time.perf_counter()
+    metrics |= {"fit_time": fitted - loaded, "score_time": scored - fitted}
+    return FitResult(
+        metrics=metrics,
+        hyperparams=hyperparams,
+        search_results=results,
+        num_features=len(preprocessor.feature_names),
+        sha256=sha,
+        train_rows=len(train),
+        test_rows=len(test),
+        timings={
+            "load": loaded - started,
+            "fit": fitted - loaded,
+            "score": scored - fitted,
+            "save": saved - scored,
+            "worker_pid": os.getpid(),
+        },
+    )
+
+
+def _label(table: pa.Table, job: FitJob) -> tuple[pa.Table, np.ndarray | None, np.ndarray | None]:
+    """Split off the label: (feature table, y, classes); rows without a label are left out."""
+    if job.label is None:
+        return table, None, None
+    column = table[job.label]
+    if column.null_count:
+        table = table.filter(pc.is_valid(column))
+        column = table[job.label]
+    features = table.drop_columns([job.label])
+    if job.task == "regression":
+        kind = column.type
+        if not (pa.types.is_integer(kind) or pa.types.is_floating(kind)
+                or pa.types.is_decimal(kind) or pa.types.is_boolean(kind)):  # fmt: skip
+            raise TrainingError(
+                f"label column {job.label!r} is {kind}, not a number; regression needs a numeric"
+                " label (for categories use task classification)",
+                sqlstate="22023",
+            )
+        return features, column.cast(pa.float64()).to_numpy(), None
+    if job.task == "classification":
+        values = column.to_numpy(zero_copy_only=False)
+        classes, y = np.unique(values, return_inverse=True)
+        if len(classes) < 2:
+            raise TrainingError(
+                f"label column {job.label!r} holds one class only; classification needs at"
+                " least two",
+                sqlstate="22000",
+            )
+        return features, y.astype(np.int64), classes
+    return features, None, None
+
+
+def _fit(
+    job: FitJob, x: np.ndarray, y: np.ndarray | None
+) -> tuple[Any, dict[str, Any], list[dict[str, Any]]]:
+    estimator = make_estimator(job.algorithm, job.task, job.hyperparams, seed=job.seed)
+    try:
+        if job.search is None:
+            estimator.fit(x, y) if y is not None else estimator.fit(x)
+            return estimator, dict(job.hyperparams), []
+        return _search(job, estimator, x, y)
+    except TrainingError:
+        raise
+    except (ValueError, TypeError) as exc:
+        raise TrainingError(
+            f"{job.algorithm} could not be fitted with hyperparameters"
+            f" {json.dumps(job.hyperparams)}: {exc}",
+            sqlstate="22023",
+        ) from None
+
+
+def _search(
+    job: FitJob, estimator: Any, x: np.ndarray, y: np.ndarray | None
+) -> tuple[Any, dict[str, Any], list[dict[str, Any]]]:
+    from sklearn.model_selection import GridSearchCV, RandomizedSearchCV
+
+    if job.task not in _SCORING:
+        raise TrainingError(f"search works for regression and classification, not {job.task}")
+    args = dict(job.search_args)
+    folds = int(args.get("cv", 5))
+    if len(x) < folds:
+        raise TrainingError(
+            f"{len(x)} training rows are fewer than the {folds} cross-validation folds;"
+            ' add rows or set search_args {"cv": 2}',
+            sqlstate="22000",
+        )
+    args.setdefault("scoring", _SCORING[job.task])
+    if job.search == "grid":
+        search = GridSearchCV(estimator, job.search_params, **args)
+    elif job.search == "random":
+        args.setdefault("random_state", job.seed)
+        search = RandomizedSearchCV(estimator, job.search_params, **args)
+    else:
+        raise TrainingError(f"unknown search {job.search!r}; use one of: {', '.join(SEARCHES)}")
+    search.fit(x, y)
+    cv = search.cv_results_
+    results = [
+        {
+            "params": _plain(cv["params"][i]),
+            "mean_test_score": _plain(cv["mean_test_score"][i]),
+            "std_test_score": _plain(cv["std_test_score"][i]),
+            "rank_test_score": int(cv["rank_test_score"][i]),
+            "mean_fit_time": _plain(cv["mean_fit_time"][i]),
+        }
+        for i in range(len(cv["params"]))
+    ]
+    best = dict(job.hyperparams) | _plain(search.best_params_)
+    return search.best_estimator_, best, results
+
+
+def _plain(value: Any) -> Any:
+    """``value`` with numpy scalars turned into Python ones and NaN into None, for JSON."""
+    if isinstance(value, dict):
+        return {str(k): _plain(v) for k, v in value.items()}
+    if isinstance(value, list | tuple):
+        return [_plain(v) for v in value]
+    if hasattr(value, "item"):
+        value = value.item()
+    if isinstance(value, float) and not math.isfinite(value):
+        return None
+    if value is None or isinstance(value, bool | int | float | str):
+        return value
+    return str(value)

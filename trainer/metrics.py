@@ -1,0 +1,87 @@
+"""Model quality per task, under PostgresML's metric names."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import numpy as np
+
+KEY_METRIC = {
+    "regression": "r2",
+    "classification": "f1",
+    "clustering": "silhouette",
+    "decomposition": "cumulative_explained_variance",
+}
+
+
+def key_metric(task: str) -> str:
+    """The metric that decides deployments for ``task``: higher is better."""
+    return KEY_METRIC[task]
+
+
+def evaluate(task: str, estimator: Any, x_test: np.ndarray, y_test: np.ndarray | None) -> dict:
+    """Score a fitted estimator on the held-out rows (``y_test`` holds class indices)."""
+    if task == "regression":
+        return _regression(estimator, x_test, y_test)
+    if task == "classification":
+        return _classification(estimator, x_test, y_test)
+    if task == "clustering":
+        return _clustering(estimator, x_test)
+    return {"cumulative_explained_variance": float(np.sum(estimator.explained_variance_ratio_))}
+
+
+def _regression(estimator: Any, x: np.ndarray, y: Any) -> dict[str, float]:
+    from sklearn.metrics import mean_absolute_error, mean_squared_error, r2_score
+
+    predicted = estimator.predict(x)
+    return {
+        "r2": float(r2_score(y, predicted)),
+        "mean_squared_error": float(mean_squared_error(y, predicted)),
+        "mean_absolute_error": float(mean_absolute_error(y, predicted)),
+    }
+
+
+def _classification(estimator: Any, x: np.ndarray, y: Any) -> dict[str, float]:
+    from sklearn.metrics import (
+        accuracy_score,
+        f1_score,
+        log_loss,
+        matthews_corrcoef,
+        precision_score,
+        recall_score,
+        roc_auc_score,
+    )
+
+    predicted = estimator.predict(x)
+    metrics = {
+        "f1": float(f1_score(y, predicted, average="macro", zero_division=0)),
+        "precision": float(precision_score(y, predicted, average="macro", zero_division=0)),
+        "recall": float(recall_score(y, predicted, average="macro", zero_division=0)),
+        "accuracy": float(accuracy_score(y, predicted)),
+        "mcc": float(matthews_corrcoef(y, predicted)),
+    }
+    classes = getattr(estimator, "classes_", None)
+    if classes is None or len(classes) != 2 or len(np.unique(y)) != 2:
+        return metrics
+    if hasattr(estimator, "predict_proba"):
+        try:
+            proba = estimator.predict_proba(x)
+        except AttributeError:  # e.g. SVC without probability=True
+            proba = None
+        if proba is not None:
+            metrics["roc_auc"] = float(roc_auc_score(y, proba[:, 1]))
+            metrics["log_loss"] = float(log_loss(y, proba, labels=classes))
+            return metrics
+    if hasattr(estimator, "decision_function"):
+        metrics["roc_auc"] = float(roc_auc_score(y, estimator.decision_function(x)))
+    return metrics
+
+
+def _clustering(estimator: Any, x: np.ndarray) -> dict[str, float]:
+    from sklearn.metrics import silhouette_score
+
+    labels = estimator.predict(x)
+    clusters = len(np.unique(labels))
+    if not 2 <= clusters < len(x):
+        return {"silhouette": -1.0}  # undefined: one cluster, or one per row
+    return {"silhouette": float(silhouette_score(x, labels))}

@@ -1,0 +1,107 @@
+"""A trained model as it is saved: fitted preprocessing, estimator, and what its outputs mean.
+
+Prediction takes raw column values, as the relation holds them; the preprocessing fitted at
+training turns them into features. The file is a pickle whose SHA-256 the registry keeps and
+``load_model`` checks before unpickling.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import os
+import pickle
+from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pyarrow as pa
+
+from sidecar.errors import TrainingError
+from trainer.preprocess import Preprocessor
+
+
+@dataclass(slots=True)
+class Model:
+    """Preprocessing and estimator fitted together; ``classes`` maps class indices to labels."""
+
+    task: str
+    algorithm: str
+    preprocessor: Preprocessor
+    estimator: Any
+    label: str | None = None
+    classes: np.ndarray | None = None
+
+    @property
+    def feature_names(self) -> list[str]:
+        return self.preprocessor.feature_names
+
+    def features(self, table: pa.Table) -> np.ndarray:
+        return self.preprocessor.transform(table)
+
+    def predict(self, table: pa.Table) -> np.ndarray:
+        """One prediction per row of ``table`` (raw feature columns by name).
+
+        Regression gives numbers, classification the class labels, clustering cluster numbers,
+        decomposition the components (one row of them per input row).
+        """
+        x = self.features(table)
+        if self.task == "decomposition":
+            return np.asarray(self.estimator.transform(x))
+        predicted = np.asarray(self.estimator.predict(x))
+        if self.classes is not None:
+            return self.classes[predicted.astype(np.int64)]
+        return predicted
+
+    def predict_proba(self, table: pa.Table) -> np.ndarray:
+        """Class probabilities per row, columns in the order of ``classes``."""
+        if self.task != "classification":
+            raise TrainingError(f"predict_proba needs a classification model, not {self.task}")
+        if not hasattr(self.estimator, "predict_proba"):
+            raise TrainingError(
+                f"algorithm {self.algorithm} does not give probabilities; use predict, or train"
+                " with an algorithm such as linear, random_forest or xgboost"
+            )
+        return np.asarray(self.estimator.predict_proba(self.features(table)))
+
+    def predict_rows(self, rows: Sequence[Sequence[Any]]) -> np.ndarray:
+        """Predictions for raw feature values given positionally, as in pgml.predict."""
+        return self.predict(self.preprocessor.table_from_rows(rows))
+
+    def predict_proba_rows(self, rows: Sequence[Sequence[Any]]) -> np.ndarray:
+        return self.predict_proba(self.preprocessor.table_from_rows(rows))
+
+
+def save_model(model: Model, path: Path) -> str:
+    """Write ``model`` to ``path`` atomically and return its SHA-256."""
+    data = pickle.dumps(model, protocol=pickle.HIGHEST_PROTOCOL)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_suffix(path.suffix + ".tmp")
+    with open(tmp, "wb") as f:
+        f.write(data)
+        f.flush()
+        os.fsync(f.fileno())
+    os.replace(tmp, path)
+    return hashlib.sha256(data).hexdigest()
+
+
+def load_model(path: Path, sha256: str) -> Model:
+    """Read a saved model, refusing a file whose SHA-256 is not the registered one."""
+    try:
+        data = path.read_bytes()
+    except FileNotFoundError:
+        raise TrainingError(
+            f"model file {path} is missing; retrain the project or restore the file",
+            sqlstate="58P01",
+        ) from None
+    if hashlib.sha256(data).hexdigest() != sha256:
+        raise TrainingError(
+            f"model file {path} does not match the SHA-256 in the registry; it was changed or"
+            " damaged after training: restore it or retrain the project",
+            sqlstate="XX001",
+        )
+    model = pickle.loads(data)
+    if not isinstance(model, Model):
+        raise TrainingError(f"{path} does not hold a model", sqlstate="XX001")
+    return model

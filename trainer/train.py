@@ -1,0 +1,478 @@
+"""The training engine: PostgresML's train, deploy and snapshot over the mirror.
+
+Callers (the CLI, the SQL endpoint, the daemon) hold a :class:`Trainer` on the mirror's DuckDB
+connection. ``train`` checks the whole request before doing any work, materialises a snapshot,
+fits in the worker process and then registers project, snapshot, model and deployment in one
+transaction, so a request that fails leaves no registry row and no file behind.
+"""
+
+from __future__ import annotations
+
+import json
+import threading
+import uuid
+from collections.abc import Iterator, Mapping, Sequence
+from contextlib import contextmanager
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import duckdb
+
+from sidecar.errors import SidecarError, TrainingError
+from sidecar.registry import ModelRecord, Project, Registry, Snapshot
+from trainer import algorithms
+from trainer.deploy import beats, choose, deployment_stack
+from trainer.fit import SEARCHES, FitJob, FitResult
+from trainer.model import Model, load_model
+from trainer.preprocess import parse_preprocess
+from trainer.snapshots import RelationColumns, check_columns, find_relation, is_numeric
+from trainer.snapshots import take_snapshot as materialise
+from trainer.split import SAMPLINGS
+from trainer.worker import FitWorker
+
+DEFAULT_ALGORITHM = "linear"
+DEFAULT_TEST_SIZE = 0.25
+DEFAULT_TEST_SAMPLING = "stratified"
+DEFAULT_SEED = 0
+_UNSUPERVISED = ("clustering", "decomposition")
+
+
+@dataclass(frozen=True, slots=True)
+class TrainResult:
+    """What ``pgml.train`` returns (project, task, algorithm, deployed), and more."""
+
+    project: str
+    task: str
+    algorithm: str
+    deployed: bool
+    model_id: int
+    snapshot_id: int
+    metrics: dict[str, float]
+    timings: dict[str, float] = field(default_factory=dict)
+
+
+@dataclass(frozen=True, slots=True)
+class DeployResult:
+    """What ``pgml.deploy`` returns (project, strategy, algorithm), and the model deployed."""
+
+    project: str
+    strategy: str
+    algorithm: str
+    model_id: int
+    changed: bool
+
+
+def artifact_home(mirror_path: str | Path) -> Path:
+    """The directory beside a mirror file that holds its snapshots and model files."""
+    return Path(mirror_path).with_suffix(".pgml")
+
+
+def json_object(name: str, value: Mapping[str, Any] | str | None) -> dict[str, Any]:
+    """A JSON object argument given as a mapping or as JSON text."""
+    if value is None or value == "":
+        return {}
+    if isinstance(value, str):
+        try:
+            value = json.loads(value)
+        except json.JSONDecodeError as exc:
+            raise TrainingError(f"{name} is not valid JSON: {exc}") from None
+    if not isinstance(value, Mapping):
+        raise TrainingError(f"{name} must be a JSON object such as {{}}, not {value!r}")
+    return dict(value)
+
+
+class Trainer:
+    """Trains, registers and deploys models for one mirror."""
+
+    def __init__(
+        self,
+        con: duckdb.DuckDBPyConnection,
+        home: Path,
+        *,
+        worker: FitWorker | None = None,
+    ) -> None:
+        self.con = con
+        self.home = Path(home)
+        self.registry = Registry(con)
+        self.worker = worker or FitWorker()
+        self._owns_worker = worker is None
+        self._busy: set[str] = set()
+        self._lock = threading.Lock()
+
+    def close(self) -> None:
+        if self._owns_worker:
+            self.worker.close()
+        self.registry.close()
+
+    # -- training ------------------------------------------------------------------------------
+
+    def train(
+        self,
+        project: str,
+        *,
+        task: str | None = None,
+        relation: str | None = None,
+        y: str | Sequence[str] | None = None,
+        algorithm: str | None = None,
+        hyperparams: Mapping[str, Any] | str | None = None,
+        search: str | None = None,
+        search_params: Mapping[str, Any] | str | None = None,
+        search_args: Mapping[str, Any] | str | None = None,
+        test_size: float | None = None,
+        test_sampling: str | None = None,
+        preprocess: Mapping[str, Any] | str | None = None,
+        automatic_deploy: bool = True,
+        seed: int | None = None,
+    ) -> TrainResult:
+        """Train a model for ``project``; deploy it if it beats the deployed one.
+
+        The first training of a project needs ``task``, ``relation`` and (except for
+        clustering and decomposition) ``y``; later ones without ``relation`` reuse the
+        project's last snapshot and its split.
+        """
+        if not project:
+            raise TrainingError("project name is empty")
+        with self._training(project):
+            return self._train(
+                project,
+                task=task,
+                relation=relation,
+                y=_label(y),
+                algorithm=algorithm or DEFAULT_ALGORITHM,
+                hyperparams=json_object("hyperparams", hyperparams),
+                search=search or None,
+                search_params=json_object("search_params", search_params),
+                search_args=json_object("search_args", search_args),
+                test_size=test_size,
+                test_sampling=test_sampling,
+                preprocess=json_object("preprocess", preprocess),
+                automatic_deploy=automatic_deploy,
+                seed=seed,
+            )
+
+    @contextmanager
+    def _training(self, project: str) -> Iterator[None]:
+        with self._lock:
+            if project in self._busy:
+                raise TrainingError(
+                    f"project {project!r} is training already; wait for it to finish",
+                    sqlstate="55006",
+                )
+            self._busy.add(project)
+        try:
+            yield
+        finally:
+            with self._lock:
+                self._busy.discard(project)
+
+    def _train(
+        self,
+        name: str,
+        *,
+        task: str | None,
+        relation: str | None,
+        y: str | None,
+        algorithm: str,
+        hyperparams: dict[str, Any],
+        search: str | None,
+        search_params: dict[str, Any],
+        search_args: dict[str, Any],
+        test_size: float | None,
+        test_sampling: str | None,
+        preprocess: dict[str, Any],
+        automatic_deploy: bool,
+        seed: int | None,
+    ) -> TrainResult:
+        project = self.registry.project(name)
+        task = _task(name, project, task)
+        algorithms.make_estimator(algorithm, task, hyperparams)  # rejects bad names and keys
+        if search is not None:
+            if search not in SEARCHES:
+                raise TrainingError(f"unknown search {search!r}; use one of: {', '.join(SEARCHES)}")
+            if task in _UNSUPERVISED:
+                raise TrainingError(f"search works for regression and classification, not {task}")
+            algorithms.check_search_params(algorithm, task, search_params)
+        if test_sampling is not None and test_sampling not in SAMPLINGS:
+            raise TrainingError(
+                f"unknown test_sampling {test_sampling!r}; use one of: {', '.join(SAMPLINGS)}"
+            )
+
+        if relation:
+            found = find_relation(self.con, relation)
+            _check_label(found, task, y)
+            parse_preprocess(preprocess, [c for c, _ in found.columns if c != y])
+            snapshot = materialise(
+                self.con,
+                found,
+                self.home / "snapshots",
+                y_columns=[y] if y else [],
+                test_size=DEFAULT_TEST_SIZE if test_size is None else test_size,
+                test_sampling=test_sampling or DEFAULT_TEST_SAMPLING,
+                seed=DEFAULT_SEED if seed is None else seed,
+            )
+        elif project is None:
+            raise TrainingError(
+                f"project {name!r} does not exist yet: its first training needs a relation"
+                " and a label column (y)",
+                sqlstate="42704",
+            )
+        else:
+            last = self.registry.last_snapshot(project.id)
+            assert last is not None, f"project {name} has no snapshot"
+            snapshot = last
+            y = snapshot.y_column_name[0] if snapshot.y_column_name else None
+            parse_preprocess(preprocess, [c["name"] for c in snapshot.columns if c["name"] != y])
+        new_snapshot = snapshot.id == 0
+
+        model_path = self.home / "models" / f"{uuid.uuid4().hex}.pickle"
+        try:
+            if snapshot.num_rows == 0:
+                raise TrainingError(
+                    f"relation {snapshot.relation_name} has no rows to train on", sqlstate="22000"
+                )
+            result = self._fit(
+                FitJob(
+                    snapshot_path=str(self.home / snapshot.path),
+                    model_path=str(model_path),
+                    task=task,
+                    algorithm=algorithm,
+                    label=y,
+                    test_size=snapshot.test_size,
+                    test_sampling=snapshot.test_sampling,
+                    seed=snapshot.seed,
+                    hyperparams=hyperparams,
+                    preprocess=preprocess,
+                    search=search,
+                    search_params=search_params,
+                    search_args=search_args,
+                )
+            )
+            return self._register(
+                name,
+                project,
+                task,
+                snapshot,
+                algorithm,
+                result,
+                model_path,
+                search=search,
+                search_params=search_params,
+                search_args=search_args,
+                preprocess=preprocess,
+                automatic_deploy=automatic_deploy,
+            )
+        except BaseException:
+            model_path.unlink(missing_ok=True)
+            if new_snapshot:
+                (self.home / snapshot.path).unlink(missing_ok=True)
+            raise
+
+    def _fit(self, job: FitJob) -> FitResult:
+        try:
+            return self.worker.run(job)
+        except SidecarError:
+            raise
+        except Exception as exc:
+            raise TrainingError(
+                f"training {job.algorithm} failed: {type(exc).__name__}: {exc}", sqlstate="XX000"
+            ) from None
+
+    def _register(
+        self,
+        name: str,
+        project: Project | None,
+        task: str,
+        snapshot: Snapshot,
+        algorithm: str,
+        result: FitResult,
+        model_path: Path,
+        *,
+        search: str | None,
+        search_params: dict[str, Any],
+        search_args: dict[str, Any],
+        preprocess: dict[str, Any],
+        automatic_deploy: bool,
+    ) -> TrainResult:
+        registry = self.registry
+        with registry.transaction():
+            if project is None:
+                project = registry.add_project(name, task)
+            else:
+                registry.touch_project(project.id)
+            if snapshot.id == 0:
+                snapshot = registry.add_snapshot(snapshot)
+            model = registry.add_model(
+                ModelRecord(
+                    id=0,
+                    project_id=project.id,
+                    snapshot_id=snapshot.id,
+                    algorithm=algorithm,
+                    hyperparams=result.hyperparams,
+                    metrics=result.metrics,
+                    num_features=result.num_features,
+                    path=str(model_path.relative_to(self.home)),
+                    sha256=result.sha256,
+                    search=search,
+                    search_params=search_params,
+                    search_args=search_args,
+                    search_results=result.search_results,
+                    preprocess=preprocess,
+                )
+            )
+            deployed = automatic_deploy and beats(task, model, registry.deployed(project.id))
+            if deployed:
+                registry.add_deployment(project.id, model.id, "new_score")
+        return TrainResult(
+            project=name,
+            task=task,
+            algorithm=algorithm,
+            deployed=deployed,
+            model_id=model.id,
+            snapshot_id=snapshot.id,
+            metrics=result.metrics,
+            timings=result.timings,
+        )
+
+    # -- deployment ----------------------------------------------------------------------------
+
+    def deploy(
+        self,
+        project: str | None = None,
+        *,
+        strategy: str | None = None,
+        algorithm: str | None = None,
+        model_id: int | None = None,
+    ) -> DeployResult:
+        """Deploy a model of ``project`` chosen by ``strategy``, or the model ``model_id``."""
+        registry = self.registry
+        with registry.transaction():
+            if model_id is not None:
+                model = registry.model(model_id)
+                if model is None:
+                    raise TrainingError(f"model {model_id} does not exist", sqlstate="42704")
+                found = registry.project_by_id(model.project_id)
+                strategy = "specific"
+            else:
+                if not project:
+                    raise TrainingError("name a project to deploy, or a model id")
+                strategy = strategy or "best_score"
+                found = self._project(project)
+                if algorithm is not None and not algorithms.supports(algorithm, found.task):
+                    algorithms.make_estimator(algorithm, found.task)  # says what is wrong
+                model = choose(
+                    found.task,
+                    strategy,
+                    registry.models(found.id, algorithm=algorithm),
+                    registry.deployments(found.id),
+                    algorithm=algorithm,
+                )
+            current = registry.deployed(found.id)
+            changed = current is None or current.id != model.id
+            if changed:
+                registry.add_deployment(found.id, model.id, strategy)
+        return DeployResult(found.name, strategy, model.algorithm, model.id, changed)
+
+    def _project(self, name: str) -> Project:
+        project = self.registry.project(name)
+        if project is None:
+            raise TrainingError(f"project {name!r} does not exist", sqlstate="42704")
+        return project
+
+    def deployment_history(self, project: str) -> list[int]:
+        """The project's deployed model ids, earliest first, as rollback walks them."""
+        return deployment_stack(self.registry.deployments(self._project(project).id))
+
+    # -- snapshots and models ------------------------------------------------------------------
+
+    def snapshot(
+        self,
+        relation: str,
+        y: str | None = None,
+        *,
+        test_size: float = DEFAULT_TEST_SIZE,
+        test_sampling: str = DEFAULT_TEST_SAMPLING,
+        seed: int = DEFAULT_SEED,
+    ) -> Snapshot:
+        """Materialise and register a snapshot of ``relation`` (``pgml.snapshot``)."""
+        found = find_relation(self.con, relation)
+        if y:
+            check_columns(found, [y])
+        snapshot = materialise(
+            self.con,
+            found,
+            self.home / "snapshots",
+            y_columns=[y] if y else [],
+            test_size=test_size,
+            test_sampling=test_sampling,
+            seed=seed,
+        )
+        try:
+            with self.registry.transaction():
+                return self.registry.add_snapshot(snapshot)
+        except BaseException:
+            (self.home / snapshot.path).unlink(missing_ok=True)
+            raise
+
+    def model(self, model_id: int) -> tuple[ModelRecord, Model]:
+        """A registered model and its loaded artifact (hash checked)."""
+        record = self.registry.model(model_id)
+        if record is None:
+            raise TrainingError(f"model {model_id} does not exist", sqlstate="42704")
+        return record, load_model(self.home / record.path, record.sha256)
+
+    def deployed_model(self, project: str) -> tuple[ModelRecord, Model]:
+        """The project's deployed model and its loaded artifact."""
+        record = self.registry.deployed(self._project(project).id)
+        if record is None:
+            raise TrainingError(f"project {project!r} has no deployed model", sqlstate="42704")
+        return record, load_model(self.home / record.path, record.sha256)
+
+
+def _label(y: str | Sequence[str] | None) -> str | None:
+    if y is None or isinstance(y, str):
+        return y or None
+    labels = list(y)
+    if len(labels) > 1:
+        raise TrainingError(
+            f"one label column is supported, not {len(labels)} ({', '.join(labels)})"
+        )
+    return labels[0] if labels else None
+
+
+def _task(name: str, project: Project | None, task: str | None) -> str:
+    if project is not None:
+        if task and task != project.task:
+            raise TrainingError(
+                f"project {name!r} is a {project.task} project; train it as {project.task}"
+                f" or name a new project for {task}"
+            )
+        return project.task
+    if not task:
+        raise TrainingError(
+            f"project {name!r} does not exist yet: name its task"
+            f" ({', '.join(algorithms.TASKS)}), relation and label column",
+            sqlstate="42704",
+        )
+    if task not in algorithms.TASKS:
+        raise TrainingError(f"unknown task {task!r}; use one of: {', '.join(algorithms.TASKS)}")
+    return task
+
+
+def _check_label(relation: RelationColumns, task: str, y: str | None) -> None:
+    if y is None:
+        if task not in _UNSUPERVISED:
+            raise TrainingError(
+                f"{task} needs a label column (y); the columns of {relation.relation_name} are: "
+                + ", ".join(c for c, _ in relation.columns)
+            )
+        return
+    check_columns(relation, [y])
+    kind = relation.column_type(y) or ""
+    if task == "regression" and not is_numeric(kind):
+        raise TrainingError(
+            f"label column {y!r} is {kind}, not a number; regression needs a numeric label"
+            " (for categories use task classification)"
+        )
+    if len(relation.columns) < 2:
+        raise TrainingError(f"{relation.relation_name} has no columns besides the label {y!r}")

@@ -1,0 +1,62 @@
+"""The training worker: a separate process that runs fits, so training never blocks the caller.
+
+The process comes from a fork server started before the caller opens many threads, with the
+training modules already imported, so each fit starts in milliseconds. A worker that dies (out
+of memory, killed) fails only the fit it was running; the next fit gets a new process.
+"""
+
+from __future__ import annotations
+
+import multiprocessing
+import threading
+from concurrent.futures import Future, ProcessPoolExecutor
+from concurrent.futures.process import BrokenProcessPool
+
+from sidecar.errors import TrainingError
+from trainer.fit import FitJob, FitResult, fit
+
+_PRELOAD = ["trainer.fit", "sklearn.linear_model", "sklearn.ensemble", "sklearn.model_selection"]
+
+
+class FitWorker:
+    """Runs :func:`trainer.fit.fit` in a worker process, one fit at a time per worker."""
+
+    def __init__(self, *, processes: int = 1) -> None:
+        self.processes = processes
+        self._lock = threading.Lock()
+        self._pool: ProcessPoolExecutor | None = None
+
+    def _executor(self) -> ProcessPoolExecutor:
+        with self._lock:
+            if self._pool is None:
+                context = multiprocessing.get_context("forkserver")
+                context.set_forkserver_preload(_PRELOAD)
+                self._pool = ProcessPoolExecutor(self.processes, mp_context=context)
+            return self._pool
+
+    def submit(self, job: FitJob) -> Future[FitResult]:
+        return self._executor().submit(fit, job)
+
+    def run(self, job: FitJob) -> FitResult:
+        """Fit in the worker and wait for the result; errors come back as TrainingError."""
+        try:
+            return self.submit(job).result()
+        except BrokenProcessPool:
+            self._discard()
+            raise TrainingError(
+                "the training process died (out of memory or killed); try a smaller relation,"
+                " fewer rows or a lighter algorithm",
+                sqlstate="53200",
+            ) from None
+
+    def _discard(self) -> None:
+        with self._lock:
+            pool, self._pool = self._pool, None
+        if pool is not None:
+            pool.shutdown(wait=False, cancel_futures=True)
+
+    def close(self) -> None:
+        with self._lock:
+            pool, self._pool = self._pool, None
+        if pool is not None:
+            pool.shutdown(wait=True, cancel_futures=True)
