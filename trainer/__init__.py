@@ -1,1 +1,1 @@
-"""Training models on snapshots of the mirror (not built yet)."""
+"""Training models on Parquet snapshots of the mirror, under PostgresML's names."""
