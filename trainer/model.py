@@ -72,6 +72,13 @@ class Model:
     def predict_proba_rows(self, rows: Sequence[Sequence[Any]]) -> np.ndarray:
         return self.predict_proba(self.preprocessor.table_from_rows(rows))
 
+    def predict_matrix(self, matrix: np.ndarray) -> np.ndarray:
+        """Predictions for raw numeric feature values, one row of ``matrix`` per prediction."""
+        return self.predict(self.preprocessor.table_from_matrix(matrix))
+
+    def predict_proba_matrix(self, matrix: np.ndarray) -> np.ndarray:
+        return self.predict_proba(self.preprocessor.table_from_matrix(matrix))
+
 
 def save_model(model: Model, path: Path) -> str:
     """Write ``model`` to ``path`` atomically and return its SHA-256."""

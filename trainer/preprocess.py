@@ -230,6 +230,40 @@ class Preprocessor:
                 column_values.append(value)
         return pa.table({c.name: _python_array(c, v) for c, v in zip(columns, values, strict=True)})
 
+    def table_from_matrix(self, matrix: np.ndarray) -> pa.Table:
+        """Raw values given as a float matrix, one row per prediction, as :meth:`table_from_rows`.
+
+        Each row holds either one number per feature column, or every array's elements in place
+        of the array; NaN stands for NULL. Without text columns only; this is the fast path of
+        ``pgml.predict`` over many rows.
+        """
+        columns = self.columns
+        if any(c.kind == "text" for c in columns):
+            return self.table_from_rows(matrix.tolist())
+        width = sum(c.width for c in columns)
+        if matrix.ndim != 2 or matrix.shape[1] not in (width, len(columns)):
+            self._split_row([0.0] * (matrix.shape[1] if matrix.ndim == 2 else 1))  # raises
+        flat = matrix.shape[1] == width
+        arrays: dict[str, pa.Array] = {}
+        at = 0
+        for column in columns:
+            if column.kind == "array" and flat:
+                block = np.ascontiguousarray(matrix[:, at : at + column.width]).ravel()
+                values = pa.array(block, mask=np.isnan(block))
+                arrays[column.name] = pa.FixedSizeListArray.from_arrays(values, column.width)
+                at += column.width
+            elif column.kind == "array":
+                raise TrainingError(
+                    f"column {column.name!r} is an array of {column.width}: pass the flat"
+                    f" {width} numbers",
+                    sqlstate="22023",
+                )
+            else:
+                values_1d = matrix[:, at]
+                arrays[column.name] = pa.array(values_1d, mask=np.isnan(values_1d))
+                at += 1
+        return pa.table(arrays)
+
     def _split_row(self, row: Sequence[Any]) -> list[Any]:
         """One raw value per feature column, from a row given either per column or flat."""
         columns = self.columns

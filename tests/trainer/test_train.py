@@ -237,6 +237,8 @@ def test_datasets_with_boolean_and_array_columns(trainer: Trainer) -> None:
     image = trainer.con.execute("select image, target from pgml.digits limit 1").fetchone()
     assert image is not None
     assert model.predict_rows([image[0]])[0] == image[1]  # the 64 values, flat
+    matrix = np.array([image[0], image[0]], dtype=np.float64)
+    assert list(model.predict_matrix(matrix)) == [image[1], image[1]]
 
 
 def test_search_keeps_best_parameters_and_all_results(trainer: Trainer) -> None:
