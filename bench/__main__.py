@@ -10,7 +10,7 @@ import sys
 from collections.abc import Callable, Sequence
 from typing import Protocol
 
-from bench import initial_copy, latency, streaming
+from bench import initial_copy, latency, streaming, training
 from bench import workload as w
 
 
@@ -24,6 +24,7 @@ BENCHMARKS: dict[str, tuple[Callable[[], argparse.ArgumentParser], _Runner]] = {
     "streaming": (streaming.parser, streaming.run),
     "latency": (latency.parser, latency.run),
     "initial_copy": (initial_copy.parser, initial_copy.run),
+    "training": (training.parser, training.run),
 }
 
 
