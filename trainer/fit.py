@@ -10,6 +10,7 @@ import json
 import math
 import os
 import time
+import warnings
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -61,6 +62,7 @@ class FitResult:
     train_rows: int
     test_rows: int
     timings: dict[str, float]
+    warnings: list[str] = field(default_factory=list)
 
 
 def fit(job: FitJob) -> FitResult:
@@ -89,7 +91,9 @@ def fit(job: FitJob) -> FitResult:
     x_test = preprocessor.transform(features.take(test)) if len(test) else x_train[:0]
     loaded = time.perf_counter()
 
-    estimator, hyperparams, results = _fit(job, x_train, y_train)
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        estimator, hyperparams, results = _fit(job, x_train, y_train)
     fitted = time.perf_counter()
     scored_on = (x_test, y_test) if len(test) else (x_train, y_train)
     metrics = evaluate(job.task, estimator, *scored_on)
@@ -114,6 +118,7 @@ def fit(job: FitJob) -> FitResult:
             "save": saved - scored,
             "worker_pid": os.getpid(),
         },
+        warnings=sorted({str(w.message).splitlines()[0] for w in caught}),
     )
 
 

@@ -9,6 +9,7 @@ transaction, so a request that fails leaves no registry row and no file behind.
 from __future__ import annotations
 
 import json
+import logging
 import threading
 import uuid
 from collections.abc import Iterator, Mapping, Sequence
@@ -30,6 +31,8 @@ from trainer.snapshots import RelationColumns, check_columns, find_relation, is_
 from trainer.snapshots import take_snapshot as materialise
 from trainer.split import SAMPLINGS
 from trainer.worker import FitWorker
+
+log = logging.getLogger("pgml_sidecar")
 
 DEFAULT_ALGORITHM = "linear"
 DEFAULT_TEST_SIZE = 0.25
@@ -99,6 +102,8 @@ class Trainer:
         self._owns_worker = worker is None
         self._busy: set[str] = set()
         self._lock = threading.Lock()
+        self.generation = 0
+        """Bumped at every deployment, so a cache of deployed models knows to look again."""
 
     def close(self) -> None:
         if self._owns_worker:
@@ -270,7 +275,10 @@ class Trainer:
 
     def _fit(self, job: FitJob) -> FitResult:
         try:
-            return self.worker.run(job)
+            result = self.worker.run(job)
+            for warning in result.warnings:
+                log.warning("%s: %s", job.algorithm, warning)
+            return result
         except SidecarError:
             raise
         except Exception as exc:
@@ -323,6 +331,8 @@ class Trainer:
             deployed = automatic_deploy and beats(task, model, registry.deployed(project.id))
             if deployed:
                 registry.add_deployment(project.id, model.id, "new_score")
+        if deployed:
+            self.generation += 1
         return TrainResult(
             project=name,
             task=task,
@@ -371,6 +381,8 @@ class Trainer:
             changed = current is None or current.id != model.id
             if changed:
                 registry.add_deployment(found.id, model.id, strategy)
+        if changed:
+            self.generation += 1
         return DeployResult(found.name, strategy, model.algorithm, model.id, changed)
 
     def _project(self, name: str) -> Project:

@@ -8,9 +8,12 @@ of memory, killed) fails only the fit it was running; the next fit gets a new pr
 from __future__ import annotations
 
 import multiprocessing
+import sys
 import threading
+from collections.abc import Iterator
 from concurrent.futures import Future, ProcessPoolExecutor
 from concurrent.futures.process import BrokenProcessPool
+from contextlib import contextmanager
 
 from sidecar.errors import TrainingError
 from trainer.fit import FitJob, FitResult, fit
@@ -34,8 +37,14 @@ class FitWorker:
                 self._pool = ProcessPoolExecutor(self.processes, mp_context=context)
             return self._pool
 
+    def warm(self) -> None:
+        """Start the worker process now, so the first fit does not wait for it."""
+        with _script_hidden():
+            self._executor().submit(int)
+
     def submit(self, job: FitJob) -> Future[FitResult]:
-        return self._executor().submit(fit, job)
+        with _script_hidden():  # the pool starts its process on the first submit
+            return self._executor().submit(fit, job)
 
     def run(self, job: FitJob) -> FitResult:
         """Fit in the worker and wait for the result; errors come back as TrainingError."""
@@ -60,3 +69,23 @@ class FitWorker:
             pool, self._pool = self._pool, None
         if pool is not None:
             pool.shutdown(wait=True, cancel_futures=True)
+
+
+@contextmanager
+def _script_hidden() -> Iterator[None]:
+    """Keep a worker from running the caller's script again as it starts.
+
+    A new process re-imports the main module when it was run as a file, which runs a script
+    without an ``if __name__ == "__main__"`` guard a second time. The worker needs nothing from
+    it: it imports what it runs by module name.
+    """
+    main = sys.modules.get("__main__")
+    path = getattr(main, "__file__", None)
+    if main is None or path is None or getattr(main, "__spec__", None) is not None:
+        yield
+        return
+    del main.__file__
+    try:
+        yield
+    finally:
+        main.__file__ = path

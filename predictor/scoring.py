@@ -1,0 +1,165 @@
+"""Scoring with deployed models: a cache of loaded models and the DuckDB functions that use it.
+
+``pgml_predict(project, features)`` and ``pgml_predict_proba(project, features)`` are
+registered on the mirror's DuckDB connection as Arrow functions: DuckDB hands them a vector of
+rows (up to 2048) at a time, so a query over a million rows makes a few hundred model calls,
+not a million. ``project`` is a project name or a model id.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import re
+import threading
+
+import duckdb
+import numpy as np
+import pyarrow as pa
+import pyarrow.compute as pc
+from duckdb import func
+
+from sidecar.errors import SidecarError, TrainingError
+from trainer.model import Model
+from trainer.train import Trainer
+
+_ERROR = re.compile(r"\[pgml ([0-9A-Z]{5})\] (.*)", re.DOTALL)
+
+
+class Scorer:
+    """Loads deployed models once and keeps them until a deployment changes."""
+
+    def __init__(self, trainer: Trainer) -> None:
+        self.trainer = trainer
+        self._lock = threading.Lock()
+        self._generation = -1
+        self._by_key: dict[str, Model] = {}
+        self._by_id: dict[int, Model] = {}
+
+    def model(self, key: str) -> Model:
+        """The model for a project name (its deployed model) or a model id."""
+        if self._generation == self.trainer.generation and key in self._by_key:
+            return self._by_key[key]
+        with self._lock:
+            if self._generation != self.trainer.generation:
+                self._by_key.clear()
+                self._generation = self.trainer.generation
+            model = self._load(key)
+            self._by_key[key] = model
+            return model
+
+    def _load(self, key: str) -> Model:
+        registry = self.trainer.registry
+        project = registry.project(key)
+        if project is not None:
+            record = registry.deployed(project.id)
+            if record is None:
+                raise TrainingError(f"project {key!r} has no deployed model", sqlstate="42704")
+        elif key.isdigit():
+            found = registry.model(int(key))
+            if found is None:
+                raise TrainingError(f"model {key} does not exist", sqlstate="42704")
+            record = found
+        else:
+            raise TrainingError(f"project {key!r} does not exist", sqlstate="42704")
+        if record.id not in self._by_id:
+            self._by_id[record.id] = self.trainer.model(record.id)[1]
+        return self._by_id[record.id]
+
+    # -- DuckDB functions ----------------------------------------------------------------------
+
+    def register(self, con: duckdb.DuckDBPyConnection) -> None:
+        """Create ``pgml_predict`` and ``pgml_predict_proba`` on the mirror's connection."""
+        features = duckdb.list_type(duckdb.sqltypes.DOUBLE)
+        text = duckdb.sqltypes.VARCHAR
+        double = duckdb.sqltypes.DOUBLE
+        for name in ("pgml_predict", "pgml_predict_proba"):
+            with contextlib.suppress(duckdb.InvalidInputException):
+                con.remove_function(name)
+        con.create_function(
+            "pgml_predict", self._predict, [text, features], double, type=func.ARROW,
+            null_handling=func.SPECIAL,
+        )  # fmt: skip
+        con.create_function(
+            "pgml_predict_proba", self._predict_proba, [text, features], features,
+            type=func.ARROW, null_handling=func.SPECIAL,
+        )  # fmt: skip
+
+    def _predict(self, keys: pa.Array, features: pa.Array) -> pa.Array:
+        return _guarded(lambda: self._apply(keys, features, proba=False))
+
+    def _predict_proba(self, keys: pa.Array, features: pa.Array) -> pa.Array:
+        return _guarded(lambda: self._apply(keys, features, proba=True))
+
+    def _apply(self, keys: pa.Array, features: pa.Array, *, proba: bool) -> pa.Array:
+        keys = _plain(keys)
+        features = _plain(features)
+        rows = len(features)
+        valid = np.asarray(pc.and_(pc.is_valid(keys), pc.is_valid(features)).to_numpy(False))
+        if proba:
+            out: list[pa.Array | None] = [None] * rows
+        else:
+            result = np.full(rows, np.nan)
+        for key in pc.unique(keys.filter(pa.array(valid))).to_pylist():
+            where = np.flatnonzero(valid & np.asarray(pc.equal(keys, key).fill_null(False)))
+            model = self.model(key)
+            matrix = _matrix(features.take(pa.array(where)))
+            if proba:
+                probabilities = model.predict_proba_matrix(matrix)
+                for i, row in zip(where, probabilities, strict=True):
+                    out[i] = row
+            else:
+                result[where] = _numbers(model, model.predict_matrix(matrix))
+        if proba:
+            return pa.array(
+                [None if row is None else row.tolist() for row in out], pa.list_(pa.float64())
+            )
+        return pa.array(result, mask=~valid)
+
+
+def _plain(values: pa.Array | pa.ChunkedArray) -> pa.Array:
+    if isinstance(values, pa.ChunkedArray):
+        return values.combine_chunks()
+    return values
+
+
+def _matrix(features: pa.Array) -> np.ndarray:
+    """A float matrix from a list array whose rows all have the same length (NULL → NaN)."""
+    lengths = pc.list_value_length(features).to_numpy(zero_copy_only=False)
+    width = int(lengths[0]) if len(lengths) else 0
+    if len(lengths) and (lengths != width).any():
+        raise TrainingError(
+            "every row must pass the same number of features; found arrays of"
+            f" {int(lengths.min())} to {int(lengths.max())} values",
+            sqlstate="22023",
+        )
+    values = pc.list_flatten(features).cast(pa.float64()).fill_null(np.nan)
+    return np.asarray(values.to_numpy(zero_copy_only=False)).reshape(len(features), width)
+
+
+def _numbers(model: Model, predicted: np.ndarray) -> np.ndarray:
+    if model.task == "decomposition":
+        raise TrainingError(
+            "pgml.predict gives one number per row; a decomposition model gives components",
+            sqlstate="0A000",
+        )
+    if predicted.dtype.kind in "biuf":
+        return predicted.astype(np.float64)
+    if model.classes is not None:  # text labels: their index among the classes, as a number
+        return np.searchsorted(model.classes, predicted).astype(np.float64)
+    return predicted.astype(np.float64)
+
+
+def _guarded(run: object) -> pa.Array:
+    """Run a scoring call; errors go to DuckDB with their SQLSTATE in the message."""
+    try:
+        return run()  # type: ignore[operator]
+    except SidecarError as exc:
+        raise ValueError(f"[pgml {exc.sqlstate}] {exc}") from None
+
+
+def scoring_error(exc: duckdb.Error) -> SidecarError | None:
+    """The scoring error a DuckDB error carries, if it came from a pgml function."""
+    found = _ERROR.search(str(exc))
+    if found is None:
+        return None
+    return SidecarError(found.group(2).strip(), sqlstate=found.group(1))
