@@ -1,3 +1,3 @@
-"""Load the test fixtures plugin for every way pytest is started (./run test, plain pytest)."""
+"""Load the test fixture plugins for every way pytest is started (./run test, plain pytest)."""
 
-pytest_plugins = ["tests.fix_pg"]
+pytest_plugins = ["tests.fix_pg", "tests.fix_sidecar"]

@@ -1,4 +1,4 @@
-"""Fixtures for training tests: a mirror with a trainer on it, and one shared worker process."""
+"""Pytest plugin: a mirror with a trainer on it, one shared training worker, the SQL endpoint."""
 
 from __future__ import annotations
 
@@ -7,6 +7,7 @@ from pathlib import Path
 
 import pytest
 
+from predictor.server import EndpointSettings, SqlEndpoint
 from sidecar.mirror import Mirror
 from trainer.train import Trainer, artifact_home
 from trainer.worker import FitWorker
@@ -14,6 +15,7 @@ from trainer.worker import FitWorker
 
 @pytest.fixture(scope="session")
 def fit_worker() -> Iterator[FitWorker]:
+    """One training worker process for the whole session (it starts once)."""
     worker = FitWorker()
     try:
         yield worker
@@ -37,3 +39,14 @@ def trainer(mirror: Mirror, fit_worker: FitWorker) -> Iterator[Trainer]:
         yield opened
     finally:
         opened.close()
+
+
+@pytest.fixture
+def endpoint(mirror: Mirror, trainer: Trainer) -> Iterator[SqlEndpoint]:
+    """The SQL endpoint on a fresh mirror, on a free loopback port, without a password."""
+    served = SqlEndpoint(EndpointSettings(port=0), mirror.con, trainer)
+    served.start()
+    try:
+        yield served
+    finally:
+        served.stop()

@@ -1,0 +1,85 @@
+"""The ``serve`` command: the SQL endpoint on a mirror, without replication."""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import os
+import signal
+import threading
+from pathlib import Path
+
+from sidecar.errors import ConfigError
+from sidecar.mirror import Mirror
+
+log = logging.getLogger("pgml_sidecar")
+
+
+def add_parser(commands: argparse._SubParsersAction) -> None:
+    p = commands.add_parser(
+        "serve",
+        help="answer PostgresML's SQL (pgml.train, pgml.predict, ...) over the Postgres protocol",
+        description=(
+            "Serve the mirror over the PostgreSQL wire protocol: psql, psycopg, dblink and"
+            " postgres_fdw connect as to PostgreSQL and run PostgresML's SQL (pgml.load_dataset,"
+            " pgml.train, pgml.predict, pgml.deploy, the registry views) and read-only queries"
+            " over the mirrored tables. Works on an empty mirror. Without a password the"
+            " endpoint trusts every client and listens on loopback only; set"
+            " PGML_SIDECAR_ENDPOINT_PASSWORD or --password-file for SCRAM-SHA-256."
+        ),
+    )
+    p.add_argument(
+        "--mirror",
+        default=os.environ.get("PGML_SIDECAR_MIRROR"),
+        help="path of the DuckDB mirror file, created if missing (env PGML_SIDECAR_MIRROR)",
+    )
+    p.add_argument("--host", default="127.0.0.1", help="address to listen on (default %(default)s)")
+    p.add_argument("--port", type=int, default=6433, help="port to listen on (default %(default)s)")
+    p.add_argument(
+        "--password-file",
+        type=Path,
+        help="file holding the endpoint password (else env PGML_SIDECAR_ENDPOINT_PASSWORD)",
+    )
+    p.add_argument("--tls-cert", type=Path, help="PEM certificate: offer TLS to clients")
+    p.add_argument("--tls-key", type=Path, help="PEM private key of --tls-cert")
+    p.add_argument(
+        "--memory-limit",
+        default=os.environ.get("PGML_SIDECAR_MEMORY_LIMIT", "1GB"),
+        help="memory DuckDB may use (default %(default)s; env PGML_SIDECAR_MEMORY_LIMIT)",
+    )
+    p.set_defaults(run=serve)
+
+
+def serve(args: argparse.Namespace) -> int:
+    from predictor.server import EndpointSettings, SqlEndpoint, read_password
+    from trainer.train import Trainer, artifact_home
+
+    if not args.mirror:
+        raise ConfigError("no mirror file: pass --mirror PATH or set PGML_SIDECAR_MIRROR")
+    if (args.tls_cert is None) != (args.tls_key is None):
+        raise ConfigError("--tls-cert and --tls-key go together")
+    settings = EndpointSettings(
+        host=args.host,
+        port=args.port,
+        password=read_password(args.password_file),
+        tls_cert=args.tls_cert,
+        tls_key=args.tls_key,
+    )
+    mirror = Mirror(args.mirror, memory_limit=args.memory_limit)
+    trainer = Trainer(mirror.con, artifact_home(mirror.path))
+    stop = threading.Event()
+    try:
+        endpoint = SqlEndpoint(settings, mirror.con, trainer)
+        port = endpoint.start()
+        trainer.worker.warm()
+        print(f"serving {mirror.path} on {settings.host}:{port}; psql -h {settings.host}"
+              f" -p {port} -U pgml", flush=True)  # fmt: skip
+        for signum in (signal.SIGINT, signal.SIGTERM):
+            signal.signal(signum, lambda *_: stop.set())
+        stop.wait()
+        log.info("stopping the SQL endpoint")
+        endpoint.stop()
+    finally:
+        trainer.close()
+        mirror.close()
+    return 0
