@@ -22,7 +22,7 @@ from pathlib import Path
 
 import duckdb
 
-from predictor import wire
+from predictor import catalog, wire
 from predictor.scoring import Scorer
 from predictor.scram import ScramVerifier
 from predictor.session import Session
@@ -85,6 +85,7 @@ class SqlEndpoint:
         )
         self.scorer = Scorer(trainer)
         self.scorer.register(con)
+        catalog.install(con)
         self._tls = _tls_context(settings)
         self._sessions: dict[tuple[int, int], Session] = {}
         self._lock = threading.Lock()

@@ -20,6 +20,7 @@ from pglast.parser import ParseError
 from pglast.stream import RawStream
 from pglast.visitors import Visitor
 
+from predictor import catalog
 from sidecar.errors import SidecarError
 
 PROCEDURES = ("train", "deploy", "load_dataset", "snapshot")
@@ -34,6 +35,7 @@ _REFUSED_FUNCTIONS = {
     "pg_read_binary_file", "pg_ls_dir", "lo_import", "lo_export", "duckdb_extensions",
     "ducklake_snapshots", "httpfs", "from_csv_auto", "arrow_scan", "python_map_function",
 }  # fmt: skip
+_OID_TYPES = [["regclass"], ["regtype"], ["regproc"], ["regnamespace"], ["regprocedure"]]
 _REFUSED_PREFIXES = ("read_", "parquet_", "iceberg_", "delta_", "sqlite_", "postgres_", "mysql_")
 
 
@@ -315,8 +317,14 @@ class _Translator(Visitor):
         pgml = _pgml_name(node.funcname)
         if pgml is not None:
             return self._pgml(pgml, node)
-        _check_function(names[-1])
+        _check_function(names[-1] or "")
+        if names[-1] in catalog.FUNCTIONS and names[:-1] in ([], ["pg_catalog"]):
+            node.funcname = (ast.String(catalog.SCHEMA), ast.String(names[-1]))
         return None
+
+    def visit_RangeVar(self, ancestors: Any, node: ast.RangeVar) -> None:
+        if node.relname in catalog.TABLES and node.schemaname in (None, "pg_catalog"):
+            node.schemaname = catalog.SCHEMA
 
     def visit_RangeFunction(self, ancestors: Any, node: ast.RangeFunction) -> None:
         for item in node.functions or ():
@@ -334,6 +342,8 @@ class _Translator(Visitor):
 
     def visit_TypeCast(self, ancestors: Any, node: ast.TypeCast) -> Any:
         cast_to = node.typeName
+        if cast_to is not None and [n.sval for n in cast_to.names or ()][-1:] in _OID_TYPES:
+            return node.arg  # a name stands for the relation or type it names
         if cast_to is not None and [n.sval for n in cast_to.names or ()][-1:] == ["jsonb"]:
             type_name = ast.TypeName(names=(ast.String("json"),), arrayBounds=cast_to.arrayBounds)
             return ast.TypeCast(arg=node.arg, typeName=type_name)
