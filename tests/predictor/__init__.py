@@ -1,0 +1,1 @@
+"""Tests of the predictor: wire protocol, Postgres types, SCRAM and the SQL endpoint."""
