@@ -34,6 +34,7 @@ class Scorer:
         self._generation = -1
         self._by_key: dict[str, Model] = {}
         self._by_id: dict[int, Model] = {}
+        self.rows_scored = 0
 
     def model(self, key: str) -> Model:
         """The model for a project name (its deployed model) or a model id."""
@@ -72,7 +73,7 @@ class Scorer:
         features = duckdb.list_type(duckdb.sqltypes.DOUBLE)
         text = duckdb.sqltypes.VARCHAR
         double = duckdb.sqltypes.DOUBLE
-        for name in ("pgml_predict", "pgml_predict_proba"):
+        for name in ("pgml_predict", "pgml_predict_proba", "pgml_predict_text"):
             with contextlib.suppress(duckdb.InvalidInputException):
                 con.remove_function(name)
         con.create_function(
@@ -83,6 +84,10 @@ class Scorer:
             "pgml_predict_proba", self._predict_proba, [text, features], features,
             type=func.ARROW, null_handling=func.SPECIAL,
         )  # fmt: skip
+        con.create_function(
+            "pgml_predict_text", self._predict_text, [text, duckdb.list_type(text)], double,
+            type=func.ARROW, null_handling=func.SPECIAL,
+        )  # fmt: skip
 
     def _predict(self, keys: pa.Array, features: pa.Array) -> pa.Array:
         return _guarded(lambda: self._apply(keys, features, proba=False))
@@ -90,7 +95,13 @@ class Scorer:
     def _predict_proba(self, keys: pa.Array, features: pa.Array) -> pa.Array:
         return _guarded(lambda: self._apply(keys, features, proba=True))
 
-    def _apply(self, keys: pa.Array, features: pa.Array, *, proba: bool) -> pa.Array:
+    def _predict_text(self, keys: pa.Array, features: pa.Array) -> pa.Array:
+        """Rows with text features: each value as text, parsed by the model's preprocessing."""
+        return _guarded(lambda: self._apply(keys, features, proba=False, text=True))
+
+    def _apply(
+        self, keys: pa.Array, features: pa.Array, *, proba: bool, text: bool = False
+    ) -> pa.Array:
         keys = _plain(keys)
         features = _plain(features)
         rows = len(features)
@@ -102,6 +113,11 @@ class Scorer:
         for key in pc.unique(keys.filter(pa.array(valid))).to_pylist():
             where = np.flatnonzero(valid & np.asarray(pc.equal(keys, key).fill_null(False)))
             model = self.model(key)
+            self.rows_scored += len(where)
+            if text:
+                rows = features.take(pa.array(where)).to_pylist()
+                result[where] = _numbers(model, model.predict_rows(rows))
+                continue
             matrix = _matrix(features.take(pa.array(where)))
             if proba:
                 probabilities = model.predict_proba_matrix(matrix)

@@ -22,7 +22,7 @@ from pathlib import Path
 
 import duckdb
 
-from predictor import catalog, wire
+from predictor import catalog, score_views, wire
 from predictor.scoring import Scorer
 from predictor.scram import ScramVerifier
 from predictor.session import Session
@@ -86,6 +86,9 @@ class SqlEndpoint:
         self.scorer = Scorer(trainer)
         self.scorer.register(con)
         catalog.install(con)
+        self._views_generation = -1
+        self._views_lock = threading.Lock()
+        self.refresh_score_views()
         self._tls = _tls_context(settings)
         self._sessions: dict[tuple[int, int], Session] = {}
         self._lock = threading.Lock()
@@ -94,6 +97,16 @@ class SqlEndpoint:
         self._thread: threading.Thread | None = None
         self._stopping = threading.Event()
         self.port = settings.port
+
+    def refresh_score_views(self) -> None:
+        """Rebuild the ``pgml_scores`` views if a deployment changed since the last time."""
+        if self._views_generation == self.trainer.generation:
+            return
+        with self._views_lock:
+            generation = self.trainer.generation
+            if self._views_generation != generation:
+                score_views.refresh(self.con, self.trainer)
+                self._views_generation = generation
 
     # -- lifecycle -----------------------------------------------------------------------------
 

@@ -73,6 +73,8 @@ class Endpoint(Protocol):
     trainer: Trainer
     verifier: ScramVerifier | None
 
+    def refresh_score_views(self) -> None: ...
+
 
 @dataclass(slots=True)
 class Outcome:
@@ -459,6 +461,8 @@ class Session:
 
     def _dispatch(self, statement: Statement, params: list[Any]) -> Outcome:
         kind = statement.kind
+        if kind in ("select", "declare"):
+            self.endpoint.refresh_score_views()
         if kind == "select":
             return self._query(statement.sql, params, statement.tag)
         if kind == "procedure":

@@ -21,6 +21,7 @@ leaves nothing behind.
 from __future__ import annotations
 
 import json
+import re
 from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, field, replace
@@ -407,3 +408,8 @@ class Registry:
         ).fetchone()
         assert row is not None
         return Deployment(*row)
+
+
+def project_slug(name: str) -> str:
+    """A project name as a table name: lower case, runs of other characters become ``_``."""
+    return re.sub(r"[^a-z0-9]+", "_", name.lower())

@@ -63,3 +63,38 @@ def test_dblink_predict(endpoint: SqlEndpoint, source_dsn: str) -> None:
             (f"host=127.0.0.1 port={endpoint.port} dbname=pgml user=pgml",),
         ).fetchone()
         assert row == (0.0,)
+
+
+def test_scores_as_foreign_tables(endpoint: SqlEndpoint, source_dsn: str) -> None:
+    con = endpoint.con
+    con.execute("create schema if not exists public")
+    con.execute(
+        "create table public.homes (id integer primary key, area double, city varchar, price double)"
+    )
+    con.execute(
+        "insert into public.homes select i, 30 + i % 170, ['paris', 'lyon'][1 + i % 2],"
+        " (30 + i % 170) * 10 + (i % 2) * 500 from range(1, 501) t(i)"
+    )
+    with prepare(endpoint, source_dsn) as source:
+        with connect(endpoint) as conn:
+            conn.execute("select * from pgml.train('Home Prices!', 'regression', 'homes', 'price')")
+        source.execute("create schema scores")
+        source.execute("import foreign schema pgml_scores from server sidecar into scores")
+        columns = source.execute(
+            "select column_name, data_type from information_schema.columns"
+            " where table_schema = 'scores' and table_name = 'home_prices_' order by ordinal_position"
+        ).fetchall()
+        assert columns == [("id", "integer"), ("prediction", "double precision"),
+                           ("model_id", "bigint")]  # fmt: skip
+        before = endpoint.scorer.rows_scored
+        row = source.execute(
+            "select id, prediction, model_id from scores.home_prices_ where id = 42"
+        ).fetchone()
+        assert endpoint.scorer.rows_scored - before == 1  # the key filter ran before scoring
+        assert row is not None and row[0] == 42 and row[2] == 2
+        assert abs(row[1] - 720) < 50  # area 72 in paris
+        joined = source.execute(
+            "select count(*) from scores.home_prices_ s join (select generate_series(1, 10) id) l"
+            " using (id) where s.prediction > 0"
+        ).fetchone()
+        assert joined == (10,)
