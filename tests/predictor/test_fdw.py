@@ -69,7 +69,8 @@ def test_scores_as_foreign_tables(endpoint: SqlEndpoint, source_dsn: str) -> Non
     con = endpoint.con
     con.execute("create schema if not exists public")
     con.execute(
-        "create table public.homes (id integer primary key, area double, city varchar, price double)"
+        "create table public.homes"
+        " (id integer primary key, area double, city varchar, price double)"
     )
     con.execute(
         "insert into public.homes select i, 30 + i % 170, ['paris', 'lyon'][1 + i % 2],"
@@ -82,7 +83,8 @@ def test_scores_as_foreign_tables(endpoint: SqlEndpoint, source_dsn: str) -> Non
         source.execute("import foreign schema pgml_scores from server sidecar into scores")
         columns = source.execute(
             "select column_name, data_type from information_schema.columns"
-            " where table_schema = 'scores' and table_name = 'home_prices_' order by ordinal_position"
+            " where table_schema = 'scores' and table_name = 'home_prices_'"
+            " order by ordinal_position"
         ).fetchall()
         assert columns == [("id", "integer"), ("prediction", "double precision"),
                            ("model_id", "bigint")]  # fmt: skip
