@@ -778,7 +778,8 @@ def _parse_int(text: str, oid: int) -> int:
     name = BY_OID[oid].name
     if not _INT_SYNTAX.fullmatch(text):
         raise InvalidParameter(f'invalid input syntax for type {_SQL_NAMES[name]}: "{text}"')
-    value = int(text.replace("_", ""))
+    digits = text.strip().replace("_", "").lstrip("+-").lstrip("0")
+    value = int(text.replace("_", "")) if len(digits) <= 20 else 1 << 64
     bits = _INT_RANGES[oid]
     if not -(1 << (bits - 1)) <= value < 1 << (bits - 1):
         raise InvalidParameter(
@@ -787,10 +788,23 @@ def _parse_int(text: str, oid: int) -> int:
     return value
 
 
-def _parse_float(text: str) -> float:
+def _parse_float(text: str, *, bits: int = 64) -> float:
+    name = "real" if bits == 32 else "double precision"
     if not _FLOAT_SYNTAX.fullmatch(text):
-        raise InvalidParameter(f'invalid input syntax for type double precision: "{text}"')
-    return float(text)
+        raise InvalidParameter(f'invalid input syntax for type {name}: "{text}"')
+    value = float(text)
+    limit = float(np.finfo(np.float32).max) if bits == 32 else math.inf
+    if (math.isinf(value) or abs(value) > limit) and "inf" not in text.lower():
+        raise InvalidParameter(
+            f'"{text.strip()}" is out of range for type {name}', sqlstate="22003"
+        )
+    return value
+
+
+def _parse_oid(text: str) -> int:
+    if not _INT_SYNTAX.fullmatch(text) or len(text) > 40 or not 0 <= (value := int(text)) < 1 << 32:
+        raise InvalidParameter(f'invalid input syntax for type oid: "{text}"')
+    return value
 
 
 def _parse_numeric(text: str) -> Decimal:
@@ -870,8 +884,8 @@ _TEXT_PARSERS: dict[int, Callable[[str], Any]] = {
     INT2.oid: lambda s: _parse_int(s, INT2.oid),
     INT4.oid: lambda s: _parse_int(s, INT4.oid),
     INT8.oid: lambda s: _parse_int(s, INT8.oid),
-    OID.oid: int,
-    FLOAT4.oid: _parse_float,
+    OID.oid: _parse_oid,
+    FLOAT4.oid: lambda s: _parse_float(s, bits=32),
     FLOAT8.oid: _parse_float,
     NUMERIC.oid: _parse_numeric,
     BOOL.oid: _parse_bool,
@@ -893,7 +907,7 @@ def parse_array_literal(text: str) -> list[Any]:
             raise InvalidParameter(f'malformed array literal: "{text}"')
         source = source.strip()
     parser = _ArrayLiteral(source, text)
-    value = parser.parse_list()
+    value = parser.parse_list(depth=1)
     if parser.pos != len(source):
         raise InvalidParameter(f'malformed array literal: "{text}"', sqlstate="22P02")
     return value
@@ -914,7 +928,12 @@ class _ArrayLiteral:
         while self.pos < len(self.source) and self.source[self.pos] in _ARRAY_SPACE:
             self.pos += 1
 
-    def parse_list(self) -> list[Any]:
+    def parse_list(self, *, depth: int) -> list[Any]:
+        if depth > _MAX_ARRAY_DIMS:
+            raise InvalidParameter(
+                f"number of array dimensions exceeds the maximum allowed ({_MAX_ARRAY_DIMS})",
+                sqlstate="54000",
+            )
         if self.source[self.pos : self.pos + 1] != "{":
             raise self.fail()
         self.pos += 1
@@ -926,7 +945,7 @@ class _ArrayLiteral:
         while True:
             self.skip_space()
             if self.source[self.pos : self.pos + 1] == "{":
-                items.append(self.parse_list())
+                items.append(self.parse_list(depth=depth + 1))
             else:
                 items.append(self.parse_element())
             self.skip_space()

@@ -445,6 +445,8 @@ TEXT_PARAMS: list[tuple[bytes, int, Any]] = [
     (b"1.5", 701, 1.5),
     (b"-Infinity", 701, -math.inf),
     (b"1e-5", 700, 1e-5),
+    (b"inf", 700, math.inf),
+    (b"4294967295", 26, 2**32 - 1),
     (b"12.50", 1700, Decimal("12.50")),
     (b"NaN", 1700, Decimal("NaN")),
     (b"t", 16, True),
@@ -459,6 +461,7 @@ TEXT_PARAMS: list[tuple[bytes, int, Any]] = [
     (b"{1.5,NULL,-2}", 1022, [1.5, None, -2.0]),
     (b"{1,2,3}", 1007, [1, 2, 3]),
     (b"{{1,2},{3,4}}", 1016, [[1, 2], [3, 4]]),
+    (b"{{{{{{1}}}}}}", 1007, [[[[[[1]]]]]]),
     (b"[0:1]={1,2}", 1005, [1, 2]),
     (b"{}", 1009, []),
     (
@@ -507,6 +510,14 @@ def test_null_param_is_none() -> None:
         (b"2147483648", 23, "22003"),
         (b"x", 701, "22P02"),
         (b"1_0", 701, "22P02"),
+        (b"1e400", 701, "22003"),
+        (b"1e39", 700, "22003"),
+        (b"-1", 26, "22P02"),
+        (b"9" * 5000, 20, "22003"),
+        (b"9" * 5000, 26, "22P02"),
+        (b"{" * 7 + b"1" + b"}" * 7, 1007, "54000"),
+        (b"{" * 5000, 1007, "54000"),
+        (b"x", 26, "22P02"),
         (b"1.2.3", 1700, "22P02"),
         (b"maybe", 16, "22P02"),
         (b"o", 16, "22P02"),
@@ -666,3 +677,10 @@ def test_bad_binary_params(data: bytes, oid: int, match: str) -> None:
 def test_random_binary_params_raise_only_invalid_parameter(oid: int, data: bytes) -> None:
     with contextlib.suppress(InvalidParameter):
         parse_binary_param(data, oid)
+
+
+@settings(max_examples=500, deadline=None)
+@given(oid=st.sampled_from(sorted(pg_types.BY_OID)), data=st.binary(max_size=20))
+def test_random_text_params_raise_only_invalid_parameter(oid: int, data: bytes) -> None:
+    with contextlib.suppress(InvalidParameter):
+        parse_text_param(data, oid)
