@@ -165,7 +165,8 @@ _DUCKDB_NAMES: dict[str, PgType] = {
     "DATE": DATE,
     "TIME": TIME,
     "TIME_NS": TIME,
-    **dict.fromkeys(("TIME WITH TIME ZONE", "TIMETZ"), TIMETZ),
+    # DuckDB's Arrow export of TIMETZ drops the offset (12:00:00+02 arrives as 12:00:00).
+    **dict.fromkeys(("TIME WITH TIME ZONE", "TIMETZ"), TIME),
     **dict.fromkeys(("TIMESTAMP", "DATETIME", "TIMESTAMP_US"), TIMESTAMP),
     **dict.fromkeys(("TIMESTAMP_S", "TIMESTAMP_MS", "TIMESTAMP_NS"), TIMESTAMP),
     **dict.fromkeys(("TIMESTAMP WITH TIME ZONE", "TIMESTAMPTZ"), TIMESTAMPTZ),

@@ -118,7 +118,7 @@ DUCKDB_TYPES = [
     ("BLOB", 17),
     ("DATE", 1082),
     ("TIME", 1083),
-    ("TIME WITH TIME ZONE", 1266),
+    ("TIME WITH TIME ZONE", 1083),  # Arrow carries no offset: sent as time
     ("TIMESTAMP", 1114),
     ("TIMESTAMP_NS", 1114),
     ("TIMESTAMP WITH TIME ZONE", 1184),
