@@ -63,3 +63,24 @@ def test_password_from_file_or_environment(tmp_path: Path, monkeypatch: pytest.M
     assert read_password(None) == "from-env"
     with pytest.raises(ConfigError, match="cannot read the password file"):
         read_password(tmp_path / "missing")
+
+
+def test_tls_when_a_certificate_is_configured(
+    mirror: Mirror, trainer: Trainer, tmp_path: Path
+) -> None:
+    cert, key = tmp_path / "cert.pem", tmp_path / "key.pem"
+    subprocess.run(
+        ["openssl", "req", "-x509", "-newkey", "rsa:2048", "-nodes", "-subj", "/CN=localhost",
+         "-days", "1", "-keyout", str(key), "-out", str(cert)],
+        check=True, capture_output=True,
+    )  # fmt: skip
+    settings = EndpointSettings(port=0, password=PASSWORD, tls_cert=cert, tls_key=key)
+    served = SqlEndpoint(settings, mirror.con, trainer)
+    served.start()
+    try:
+        options = {"password": f"'{PASSWORD}'", "sslmode": "require"}
+        with psycopg.connect(dsn(served, **options), autocommit=True) as conn:
+            assert conn.pgconn.ssl_in_use
+            assert conn.execute("select 'over tls'").fetchone() == ("over tls",)
+    finally:
+        served.stop()
