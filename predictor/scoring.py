@@ -116,7 +116,7 @@ class Scorer:
             self.rows_scored += len(where)
             if text:
                 rows = features.take(pa.array(where)).to_pylist()
-                result[where] = _numbers(model, model.predict_rows(rows))
+                result[where] = as_numbers(model, model.predict_rows(rows))
                 continue
             matrix = _matrix(features.take(pa.array(where)))
             if proba:
@@ -124,7 +124,7 @@ class Scorer:
                 for i, row in zip(where, probabilities, strict=True):
                     out[i] = row
             else:
-                result[where] = _numbers(model, model.predict_matrix(matrix))
+                result[where] = as_numbers(model, model.predict_matrix(matrix))
         if proba:
             return pa.array(
                 [None if row is None else row.tolist() for row in out], pa.list_(pa.float64())
@@ -152,7 +152,7 @@ def _matrix(features: pa.Array) -> np.ndarray:
     return np.asarray(values.to_numpy(zero_copy_only=False)).reshape(len(features), width)
 
 
-def _numbers(model: Model, predicted: np.ndarray) -> np.ndarray:
+def as_numbers(model: Model, predicted: np.ndarray) -> np.ndarray:
     if model.task == "decomposition":
         raise TrainingError(
             "pgml.predict gives one number per row; a decomposition model gives components",

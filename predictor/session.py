@@ -14,14 +14,15 @@ from dataclasses import dataclass, field
 from typing import Any, Protocol
 
 import duckdb
+import numpy as np
 import pyarrow as pa
 
-from predictor import procedures, wire
+from predictor import procedures, scoring, wire
 from predictor.pg_types import PgType, parse_binary_param, parse_text_param, pg_type_for_arrow
 from predictor.procedures import ProcedureResult
-from predictor.scoring import scoring_error
+from predictor.scoring import Scorer, scoring_error
 from predictor.scram import AuthenticationFailed, ScramExchange, ScramVerifier
-from predictor.statements import Statement, StatementError, split
+from predictor.statements import Parameter, ProcedureCall, Statement, StatementError, split
 from sidecar.errors import SidecarError
 from trainer.train import Trainer
 
@@ -72,6 +73,7 @@ class Endpoint(Protocol):
     con: duckdb.DuckDBPyConnection
     trainer: Trainer
     verifier: ScramVerifier | None
+    scorer: Scorer
 
     def refresh_score_views(self) -> None: ...
 
@@ -398,6 +400,12 @@ class Session:
             assert statement.procedure is not None
             fields = _fields(procedures.columns_of(statement.procedure))
             return out + wire.row_description(fields)
+        if statement.kind == "predict":
+            assert statement.procedure is not None
+            call = statement.procedure
+            kind = pa.list_(pa.float64()) if call.name == "predict_proba" else pa.float64()
+            schema = pa.schema([(call.kwargs["column"], kind)])
+            return out + wire.row_description(_arrow_fields(schema))
         if statement.kind == "select":
             cursor = self.endpoint.con.cursor()
             try:
@@ -465,6 +473,9 @@ class Session:
             self.endpoint.refresh_score_views()
         if kind == "select":
             return self._query(statement.sql, params, statement.tag)
+        if kind == "predict":
+            assert statement.procedure is not None
+            return self._predict(statement.procedure, params)
         if kind == "procedure":
             assert statement.procedure is not None
             result = procedures.call(self.endpoint.trainer, statement.procedure, params)
@@ -541,6 +552,30 @@ class Session:
             if outcome.rows is not None:
                 yield outcome.rows
 
+    def _predict(self, call: ProcedureCall, params: Sequence[Any]) -> Outcome:
+        """One prediction from constant features, straight from the model (no query plan)."""
+        key, features = (_resolve(a, params) for a in call.args)
+        column = call.kwargs["column"]
+        if key is None or features is None:
+            values: Any = None
+        else:
+            if not isinstance(features, list):
+                features = [features]
+            try:
+                matrix = np.array([[np.nan if v is None else v for v in features]], dtype=float)
+            except (TypeError, ValueError):
+                raise SidecarError(
+                    f"pgml.{call.name} takes an array of numbers as features", sqlstate="22P02"
+                ) from None
+            model = self.endpoint.scorer.model(str(key))
+            if call.name == "predict_proba":
+                values = model.predict_proba_matrix(matrix)[0].tolist()
+            else:
+                values = float(scoring.as_numbers(model, model.predict_matrix(matrix))[0])
+        kind = pa.list_(pa.float64()) if call.name == "predict_proba" else pa.float64()
+        table = pa.table({column: pa.array([values], kind)})
+        return Outcome("SELECT", _arrow_fields(table.schema), _given(table))
+
     def _transaction(self, statement: Statement) -> Outcome:
         cursor = self._cursor()
         kind = statement.kind
@@ -612,6 +647,17 @@ class Session:
 
 
 # -- helpers ---------------------------------------------------------------------------------------
+
+
+def _resolve(value: Any, params: Sequence[Any]) -> Any:
+    """A constant argument with its ``$n`` parameters filled in."""
+    if isinstance(value, Parameter):
+        if not 1 <= value.number <= len(params):
+            raise SidecarError(f"there is no parameter ${value.number}", sqlstate="42P02")
+        return params[value.number - 1]
+    if isinstance(value, list):
+        return [_resolve(v, params) for v in value]
+    return value
 
 
 def _given(table: pa.Table) -> Rows:

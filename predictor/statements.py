@@ -187,8 +187,35 @@ def _select(node: ast.SelectStmt, text: str) -> Statement:
     params(node)
     if procedure is not None:
         return Statement("procedure", text, tag="SELECT", procedure=procedure, params=params.count)
+    direct = _direct_prediction(node)
+    if direct is not None:
+        return Statement("predict", text, tag="SELECT", procedure=direct, params=params.count)
     _Translator()(node)
     return Statement("select", text, sql=RawStream()(node), tag="SELECT", params=params.count)
+
+
+def _direct_prediction(node: ast.SelectStmt) -> ProcedureCall | None:
+    """``SELECT pgml.predict(<constant>, ARRAY[<constants>])`` and nothing else: the one-row
+    prediction that needs no table, answered without a query plan (the latency path)."""
+    if node.fromClause or node.whereClause or node.groupClause or node.valuesLists:
+        return None
+    if node.sortClause or node.limitCount or node.distinctClause or node.withClause:
+        return None
+    if node.op != enums.SetOperation.SETOP_NONE or len(node.targetList or ()) != 1:
+        return None
+    target = (node.targetList or ())[0]
+    call = target.val
+    if not isinstance(call, ast.FuncCall) or target.indirection:
+        return None
+    name = _pgml_name(call.funcname)
+    args = call.args or ()
+    if name not in SCALAR_FUNCTIONS or len(args) != 2:
+        return None
+    try:
+        values = tuple(_constant(a) for a in args)
+    except StatementError:
+        return None  # columns or expressions: DuckDB evaluates them
+    return ProcedureCall(name, values, {"column": target.name or name}, expanded=False)
 
 
 def _pgml_name(funcname: tuple[ast.String, ...] | None) -> str | None:
@@ -275,6 +302,8 @@ def _constant(node: Any) -> Any:
                 return -value
     if isinstance(node, ast.String):
         return node.sval
+    if isinstance(node, ast.A_ArrayExpr):
+        return [_constant(element) for element in node.elements or ()]
     if isinstance(node, ast.ColumnRef) and node.fields and len(node.fields) == 1:
         field_ = node.fields[0]
         if isinstance(field_, ast.String):
