@@ -13,6 +13,8 @@ from __future__ import annotations
 
 import duckdb
 
+from sidecar.mirror import transaction
+
 SCHEMA = "_pgml_catalog"
 TABLES = ("pg_class", "pg_namespace", "pg_attribute", "pg_attrdef", "pg_collation", "pg_type")
 FUNCTIONS = ("format_type", "pg_get_expr", "pg_relation_size", "pg_table_is_visible")
@@ -62,9 +64,7 @@ def install(con: duckdb.DuckDBPyConnection) -> None:
         f"case when data_type like 'DECIMAL%[]' then 1231 when data_type like 'DECIMAL%' then 1700"
         f" else case data_type {to_oid} else 25 end end"
     )
-    cursor = con.cursor()
-    try:
-        cursor.execute("begin")
+    with transaction(con) as cursor:
         cursor.execute(f"create schema if not exists {SCHEMA}")
         statements = [
             f"create or replace view {SCHEMA}.pg_namespace as"
@@ -98,9 +98,3 @@ def install(con: duckdb.DuckDBPyConnection) -> None:
         ]
         for statement in statements:
             cursor.execute(statement)
-        cursor.execute("commit")
-    except BaseException:
-        cursor.execute("rollback")
-        raise
-    finally:
-        cursor.close()

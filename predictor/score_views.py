@@ -13,7 +13,7 @@ import logging
 import duckdb
 
 from sidecar.errors import SidecarError
-from sidecar.mirror import quote
+from sidecar.mirror import quote, transaction
 from sidecar.registry import project_slug
 from trainer.snapshots import find_relation
 from trainer.train import Trainer
@@ -24,10 +24,8 @@ log = logging.getLogger("pgml_sidecar")
 
 def refresh(con: duckdb.DuckDBPyConnection, trainer: Trainer) -> list[str]:
     """Rebuild the views for the deployments now in the registry; return their names."""
-    cursor = con.cursor()
     made: list[str] = []
-    try:
-        cursor.execute("begin")
+    with transaction(con) as cursor:
         cursor.execute(f"create schema if not exists {SCHEMA}")
         old = cursor.execute(
             "select view_name from duckdb_views() where schema_name = ?", [SCHEMA]
@@ -41,12 +39,6 @@ def refresh(con: duckdb.DuckDBPyConnection, trainer: Trainer) -> list[str]:
             if sql is not None:
                 cursor.execute(sql)
                 made.append(f"{SCHEMA}.{project_slug(name)}")
-        cursor.execute("commit")
-    except BaseException:
-        cursor.execute("rollback")
-        raise
-    finally:
-        cursor.close()
     return made
 
 

@@ -99,7 +99,11 @@ class Rows:
 
     def drain(self) -> None:
         """Read the rest of the result now, so its DuckDB connection can run other queries."""
-        while self.reader is not None:
+        self._read(None)
+
+    def _read(self, limit: int | None) -> None:
+        """Buffer batches until ``limit`` rows are buffered (all if None) or the result ends."""
+        while self.reader is not None and (limit is None or self.buffered < limit):
             try:
                 batch = self.reader.read_next_batch()
             except StopIteration:
@@ -110,14 +114,7 @@ class Rows:
 
     def take(self, limit: int | None) -> tuple[pa.Table | None, bool]:
         """Up to ``limit`` rows (all if None), and whether rows remain after them."""
-        while self.reader is not None and (limit is None or self.buffered < limit):
-            try:
-                batch = self.reader.read_next_batch()
-            except StopIteration:
-                self.reader = None
-                break
-            self.buffer.append(batch)
-            self.buffered += batch.num_rows
+        self._read(limit)
         if not self.buffer:
             return None, False
         table = pa.Table.from_batches(self.buffer)

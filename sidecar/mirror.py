@@ -27,6 +27,7 @@ from __future__ import annotations
 
 import json
 from collections.abc import Iterable, Iterator, Mapping
+from contextlib import contextmanager
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
@@ -59,6 +60,21 @@ _ALIAS = "_pgml_sidecar_change"
 def quote(identifier: str) -> str:
     """Quote an identifier for DuckDB."""
     return '"' + identifier.replace('"', '""') + '"'
+
+
+@contextmanager
+def transaction(con: duckdb.DuckDBPyConnection) -> Iterator[duckdb.DuckDBPyConnection]:
+    """A cursor of its own in one transaction: committed if the block succeeds, else rolled back."""
+    cursor = con.cursor()
+    try:
+        cursor.execute("begin")
+        yield cursor
+        cursor.execute("commit")
+    except BaseException:
+        cursor.execute("rollback")
+        raise
+    finally:
+        cursor.close()
 
 
 @dataclass(frozen=True, slots=True)
