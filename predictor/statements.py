@@ -35,6 +35,11 @@ _REFUSED_FUNCTIONS = {
     "pg_read_binary_file", "pg_ls_dir", "lo_import", "lo_export", "duckdb_extensions",
     "ducklake_snapshots", "httpfs", "from_csv_auto", "arrow_scan", "python_map_function",
 }  # fmt: skip
+# DuckDB statements PostgreSQL's grammar does not have; refused, never run.
+_DUCKDB_ONLY = {
+    "attach", "detach", "install", "force", "pragma", "export", "import", "use", "checkpoint",
+    "force_checkpoint", "summarize", "describe", "pivot", "unpivot",
+}  # fmt: skip
 _OID_TYPES = [["regclass"], ["regtype"], ["regproc"], ["regnamespace"], ["regprocedure"]]
 _REFUSED_PREFIXES = ("read_", "parquet_", "iceberg_", "delta_", "sqlite_", "postgres_", "mysql_")
 
@@ -76,6 +81,13 @@ def split(sql: str) -> list[Statement]:
     try:
         raws = parse_sql(sql)
     except ParseError as exc:
+        first = sql.lstrip().split(None, 1)[0].lower() if sql.strip() else ""
+        if first in _DUCKDB_ONLY:
+            raise StatementError(
+                f"{first.upper()} is not allowed: the endpoint reads the mirror only, never"
+                " files, extensions or other databases",
+                sqlstate="42501",
+            ) from None
         raise StatementError(f"syntax error: {exc}", sqlstate="42601") from None
     encoded = sql.encode()
     statements = []

@@ -43,6 +43,11 @@ SELECT target, pgml.predict('Iris Flowers',
   FROM pgml.iris WHERE target = 2 ORDER BY sepal_length DESC LIMIT 1;
 SELECT array_length(pgml.predict_proba('Iris Flowers', ARRAY[5.1, 3.5, 1.4, 0.2]), 1);
 SELECT pgml.version() LIKE 'pgml-sidecar%';
+SELECT * FROM pgml.load_dataset('digits');
+SELECT * FROM pgml.train('Handwritten Digits', 'classification', 'pgml.digits', 'target',
+                         'hist_gradient_boosting', hyperparams => '{"max_iter": 30}');
+SELECT avg((pgml.predict('Handwritten Digits', image) = target)::int) > 0.9 FROM pgml.digits;
+SELECT * FROM pgml.snapshot('pgml.digits', 'target');
 SELECT relation_name, y_column_name FROM pgml.overview ORDER BY name;
 """
 
@@ -78,7 +83,10 @@ def test_postgresml_session(pg_bin: Path, endpoint: SqlEndpoint) -> None:
     assert lines[21] == "2|2"
     assert lines[22] == "3"
     assert lines[23] == "t"
-    assert lines[24:26] == ["pgml.diabetes|{target}", "pgml.iris|{target}"]
+    assert lines[24:27] == ["pgml.digits|1797", "Handwritten Digits|classification|"
+                            "hist_gradient_boosting|t", "t"]  # fmt: skip
+    assert lines[27] == "pgml.digits|{target}"
+    assert lines[28:31] == ["pgml.diabetes|{target}", "pgml.digits|{target}", "pgml.iris|{target}"]
 
 
 @pytest.mark.parametrize(
@@ -94,6 +102,11 @@ def test_postgresml_session(pg_bin: Path, endpoint: SqlEndpoint) -> None:
         ("SELECT * INTO copy_of_iris FROM pgml.iris", "SELECT INTO is not allowed"),
         ("SELECT * FROM pgml.train('x', 'regression', 'pgml.nope', 'y')", "does not exist"),
         ("SELECT pgml.predict('nobody', ARRAY[1, 2])", "project 'nobody' does not exist"),
+        ("ATTACH '/tmp/other.duckdb' AS other", "ATTACH is not allowed"),
+        ("INSTALL httpfs", "INSTALL is not allowed"),
+        ("LOAD 'httpfs'", "LOAD is not allowed"),
+        ("PRAGMA database_list", "PRAGMA is not allowed"),
+        ("EXPORT DATABASE '/tmp/everything'", "EXPORT is not allowed"),
         ("SELEC 1", "syntax error"),
     ],
 )
