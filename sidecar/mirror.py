@@ -26,9 +26,9 @@ either copy leaves a table that is copied again on the next start.
 from __future__ import annotations
 
 import json
-from collections.abc import Iterable, Iterator, Mapping
+from collections.abc import Callable, Iterable, Iterator, Mapping
 from contextlib import contextmanager
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -75,6 +75,22 @@ def transaction(con: duckdb.DuckDBPyConnection) -> Iterator[duckdb.DuckDBPyConne
         raise
     finally:
         cursor.close()
+
+
+@dataclass(slots=True)
+class Touched:
+    """Rows of one watched table changed by a committed batch: their keys, as text.
+
+    ``everything`` means the whole table may have changed (a truncate or a copy). Keys may
+    repeat, and a key may belong to a row that no longer exists: readers look the keys up in
+    the mirror as committed.
+    """
+
+    keys: list[pa.Table] = field(default_factory=list)
+    everything: bool = False
+
+
+CommitListener = Callable[[Lsn, dict[tuple[str, str], Touched]], None]
 
 
 @dataclass(frozen=True, slots=True)
@@ -158,6 +174,10 @@ class Mirror:
         self.source_types: dict[int, SourceType] = {}
         self.tables: dict[tuple[str, str], MirroredTable] = {}
         self._in_transaction = False
+        self.watched: set[tuple[str, str]] = set()
+        """Tables whose changed keys are reported to ``on_commit`` after each commit."""
+        self.on_commit: CommitListener | None = None
+        self._touched: dict[tuple[str, str], Touched] = {}
         if not read_only:
             self._create_meta()
         self._load_tables()
@@ -235,6 +255,9 @@ class Mirror:
                 self._save_table(table)
         self.con.execute("commit")
         self._in_transaction = False
+        touched, self._touched = self._touched, {}
+        if touched and self.on_commit is not None:
+            self.on_commit(lsn, touched)
 
     def commit_step(self) -> None:
         """Commit a step of an initial copy: no source position moves."""
@@ -244,6 +267,7 @@ class Mirror:
         self.begin()
 
     def rollback(self) -> None:
+        self._touched = {}
         if self._in_transaction:
             self.con.execute("rollback")
             self._in_transaction = False
@@ -291,6 +315,7 @@ class Mirror:
 
     def insert_rows(self, table: MirroredTable, rows: pa.Table) -> None:
         """Insert rows of an initial copy: typed columns as they are, text columns cast."""
+        self.touch_everything(table.schema, table.name)
         try:
             self._insert(table, Tuples(rows))
         except duckdb.ConversionException as exc:
@@ -363,11 +388,29 @@ class Mirror:
             table = self.tables.get(key)
             if table is None or _in_copy(table, commit_lsn):
                 continue
+            if key in self.watched:
+                self._touch(table, group)
             try:
                 touched += self._apply_group(table, group, commit_lsn)
             except duckdb.ConversionException as exc:
                 raise _unstorable(table, exc) from None
         return touched
+
+    def _touch(self, table: MirroredTable, group: list[RowChange]) -> None:
+        names = [c.name for c in table.keys] or [c.name for c in table.columns]
+        touched = self._touched.setdefault((table.schema, table.name), Touched())
+        for change in group:
+            images = [change.old] if isinstance(change, Deletes) else [change.rows]
+            if isinstance(change, Updates) and change.old is not None:
+                images.append(change.old)
+            for image in images:
+                if all(n in image.values.column_names for n in names):
+                    touched.keys.append(image.values.select(names))
+
+    def touch_everything(self, schema: str, name: str) -> None:
+        """Report the whole table as changed at the next commit (after a copy or truncate)."""
+        if (schema, name) in self.watched:
+            self._touched.setdefault((schema, name), Touched()).everything = True
 
     def _apply_group(
         self, table: MirroredTable, group: list[RowChange], commit_lsn: Lsn | None
@@ -427,6 +470,7 @@ class Mirror:
                 table = self.table_for(relation)
                 if table is not None and not _in_copy(table, commit_lsn):
                     self.con.execute(f"delete from {table.qualified}")
+                    self.touch_everything(table.schema, table.name)
             return 0
         table = self.table_for(change.relation)
         if table is None or _in_copy(table, commit_lsn):

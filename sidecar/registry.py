@@ -20,17 +20,20 @@ leaves nothing behind.
 
 from __future__ import annotations
 
+import functools
 import json
 import re
-from collections.abc import Iterator
+import threading
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, field, replace
 from datetime import datetime
-from typing import Any
+from typing import Any, TypeVar
 
 import duckdb
 
 SCHEMA = "pgml"
+T = TypeVar("T")
 
 _DDL = """
 create schema if not exists pgml;
@@ -234,12 +237,24 @@ def _snapshot(row: tuple[Any, ...]) -> Snapshot:
     )
 
 
+def _locked(method: Callable[..., T]) -> Callable[..., T]:
+    """Run a registry method alone: the registry's cursor serves every thread of the process."""
+
+    @functools.wraps(method)
+    def run(self: Registry, *args: Any, **kwargs: Any) -> T:
+        with self._lock:
+            return method(self, *args, **kwargs)
+
+    return run
+
+
 class Registry:
-    """Reads and writes the registry tables through a cursor of its own."""
+    """Reads and writes the registry tables through a cursor of its own, one thread at a time."""
 
     def __init__(self, con: duckdb.DuckDBPyConnection) -> None:
         self.con = con.cursor()
         self._depth = 0
+        self._lock = threading.RLock()
         self.con.execute(_DDL)
 
     def close(self) -> None:
@@ -248,6 +263,10 @@ class Registry:
     @contextmanager
     def transaction(self) -> Iterator[None]:
         """Commit everything written inside at once, or nothing if it raises."""
+        with self._lock:
+            yield from self._transaction()
+
+    def _transaction(self) -> Iterator[None]:
         if self._depth:
             self._depth += 1
             try:
@@ -269,12 +288,14 @@ class Registry:
 
     # -- projects ------------------------------------------------------------------------------
 
+    @_locked
     def project(self, name: str) -> Project | None:
         row = self.con.execute(
             "select id, name, task, created_at from pgml.projects where name = ?", [name]
         ).fetchone()
         return None if row is None else Project(*row)
 
+    @_locked
     def project_by_id(self, project_id: int) -> Project:
         row = self.con.execute(
             "select id, name, task, created_at from pgml.projects where id = ?", [project_id]
@@ -282,6 +303,7 @@ class Registry:
         assert row is not None, f"project {project_id} is referenced but missing"
         return Project(*row)
 
+    @_locked
     def add_project(self, name: str, task: str) -> Project:
         row = self.con.execute(
             "insert into pgml.projects (name, task) values (?, ?)"
@@ -291,6 +313,7 @@ class Registry:
         assert row is not None
         return Project(*row)
 
+    @_locked
     def touch_project(self, project_id: int) -> None:
         self.con.execute(
             "update pgml.projects set updated_at = current_timestamp where id = ?", [project_id]
@@ -298,12 +321,14 @@ class Registry:
 
     # -- snapshots -----------------------------------------------------------------------------
 
+    @_locked
     def snapshot(self, snapshot_id: int) -> Snapshot | None:
         row = self.con.execute(
             f"select {_SNAPSHOT_COLUMNS} from pgml.snapshots where id = ?", [snapshot_id]
         ).fetchone()
         return None if row is None else _snapshot(row)
 
+    @_locked
     def last_snapshot(self, project_id: int) -> Snapshot | None:
         """The snapshot of the project's most recent model."""
         row = self.con.execute(
@@ -313,6 +338,7 @@ class Registry:
         ).fetchone()
         return None if row is None else _snapshot(row)
 
+    @_locked
     def add_snapshot(self, snapshot: Snapshot) -> Snapshot:
         """Insert ``snapshot`` (its id is ignored) and return it with the id it got."""
         row = self.con.execute(
@@ -338,12 +364,14 @@ class Registry:
 
     # -- models --------------------------------------------------------------------------------
 
+    @_locked
     def model(self, model_id: int) -> ModelRecord | None:
         row = self.con.execute(
             f"select {_MODEL_COLUMNS} from pgml.models where id = ?", [model_id]
         ).fetchone()
         return None if row is None else _model(row)
 
+    @_locked
     def models(self, project_id: int, *, algorithm: str | None = None) -> list[ModelRecord]:
         """The project's models, oldest first."""
         sql = f"select {_MODEL_COLUMNS} from pgml.models where project_id = ?"
@@ -353,6 +381,7 @@ class Registry:
             params.append(algorithm)
         return [_model(r) for r in self.con.execute(sql + " order by id", params).fetchall()]
 
+    @_locked
     def add_model(self, model: ModelRecord) -> ModelRecord:
         """Insert ``model`` (its id is ignored) and return it with the id it got."""
         row = self.con.execute(
@@ -382,6 +411,7 @@ class Registry:
 
     # -- deployments ---------------------------------------------------------------------------
 
+    @_locked
     def deployments(self, project_id: int) -> list[Deployment]:
         """The project's deployments, oldest first."""
         rows = self.con.execute(
@@ -391,6 +421,7 @@ class Registry:
         ).fetchall()
         return [Deployment(*r) for r in rows]
 
+    @_locked
     def deployed(self, project_id: int) -> ModelRecord | None:
         """The model deployed for the project now, if any."""
         row = self.con.execute(
@@ -400,6 +431,7 @@ class Registry:
         ).fetchone()
         return None if row is None else _model(row)
 
+    @_locked
     def add_deployment(self, project_id: int, model_id: int, strategy: str) -> Deployment:
         row = self.con.execute(
             "insert into pgml.deployments (project_id, model_id, strategy) values (?, ?, ?)"
