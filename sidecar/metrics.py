@@ -1,0 +1,327 @@
+"""Prometheus metrics of the sidecar and the HTTP server for ``/metrics`` and ``/healthz``."""
+
+from __future__ import annotations
+
+import json
+import logging
+import socket
+import threading
+from collections.abc import Callable
+from http import HTTPStatus
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from importlib import metadata
+from typing import Any
+
+from prometheus_client import (
+    CONTENT_TYPE_PLAIN_0_0_4,
+    CollectorRegistry,
+    Counter,
+    Gauge,
+    Histogram,
+    Info,
+    generate_latest,
+)
+from prometheus_client.gc_collector import GCCollector
+from prometheus_client.platform_collector import PlatformCollector
+from prometheus_client.process_collector import ProcessCollector
+
+from sidecar.errors import ConfigError
+
+__all__ = [
+    "CHANGE_OPS",
+    "PREDICTION_LATENCY_BUCKETS",
+    "TRAINING_STATUSES",
+    "Metrics",
+    "MetricsServer",
+]
+
+log = logging.getLogger("pgml_sidecar.metrics")
+
+NAMESPACE = "pgml_sidecar"
+
+CHANGE_OPS = ("insert", "update", "delete", "truncate")
+"""Values of the ``op`` label of ``pgml_sidecar_replication_changes_total``."""
+
+TRAINING_STATUSES = ("successful", "failed")
+"""Values of the ``status`` label of ``pgml_sidecar_training_runs_total`` (the registry's)."""
+
+PREDICTION_LATENCY_BUCKETS = (
+    0.0001,
+    0.00025,
+    0.0005,
+    0.001,
+    0.0025,
+    0.005,
+    0.01,
+    0.025,
+    0.05,
+    0.1,
+    0.25,
+    0.5,
+    1.0,
+    2.5,
+    5.0,
+)
+"""Seconds: from a one-row predict answered from a loaded model to a large batch."""
+
+
+def _version() -> str:
+    try:
+        return metadata.version("pgml-sidecar")
+    except metadata.PackageNotFoundError:
+        return "unknown"
+
+
+class Metrics:
+    """Every metric the sidecar exports, on a registry of its own.
+
+    Counters with a fixed set of label values (``op``) start at zero for each value, so
+    ``rate()`` sees the first change. Call `add_project` when a project becomes known, so
+    its counters exist at zero before the first training, prediction or failure.
+    """
+
+    def __init__(self) -> None:
+        self.registry = CollectorRegistry(auto_describe=True)
+        reg = self.registry
+        ns = NAMESPACE
+
+        self.build = Info(
+            "build", "Version of the running pgml-sidecar.", namespace=ns, registry=reg
+        )
+        self.build.info({"version": _version()})
+
+        self.replication_lag_bytes = Gauge(
+            "replication_lag_bytes",
+            "WAL bytes between the source's current position and the last position"
+            " committed to the mirror.",
+            namespace=ns,
+            registry=reg,
+        )
+        self.replication_lag_seconds = Gauge(
+            "replication_lag_seconds",
+            "Seconds between the commit on the source of the last applied transaction and"
+            " its apply to the mirror (0 when caught up).",
+            namespace=ns,
+            registry=reg,
+        )
+        self.replication_changes = Counter(
+            "replication_changes",
+            "Row changes applied to the mirror, by operation.",
+            ["op"],
+            namespace=ns,
+            registry=reg,
+        )
+        for op in CHANGE_OPS:
+            self.replication_changes.labels(op=op)
+        self.slot_retained_wal_bytes = Gauge(
+            "slot_retained_wal_bytes",
+            "WAL the source keeps for the replication slot (pg_current_wal_lsn() minus the"
+            " slot's restart_lsn).",
+            namespace=ns,
+            registry=reg,
+        )
+        self.replicator_up = Gauge(
+            "replicator_up",
+            "1 while the replicator is connected and streaming, 0 otherwise.",
+            namespace=ns,
+            registry=reg,
+        )
+
+        self.training_runs = Counter(
+            "training_runs",
+            "Finished trainings, by project and status (successful or failed).",
+            ["project", "status"],
+            namespace=ns,
+            registry=reg,
+        )
+        self.model_score = Gauge(
+            "model_score",
+            "Metrics of each project's deployed model (r2, f1, accuracy, ...).",
+            ["project", "metric"],
+            namespace=ns,
+            registry=reg,
+        )
+        self.predictions = Counter(
+            "predictions",
+            "Rows scored, by project.",
+            ["project"],
+            namespace=ns,
+            registry=reg,
+        )
+        self.prediction_latency = Histogram(
+            "prediction_latency_seconds",
+            "Time to score one request (one row or one batch).",
+            namespace=ns,
+            registry=reg,
+            buckets=PREDICTION_LATENCY_BUCKETS,
+        )
+        self.writeback_lag_seconds = Gauge(
+            "writeback_lag_seconds",
+            "Seconds between a change's commit on the source and its score's commit there.",
+            namespace=ns,
+            registry=reg,
+        )
+        self.writeback_rows = Counter(
+            "writeback_rows",
+            "Scores written back to the source, by project.",
+            ["project"],
+            namespace=ns,
+            registry=reg,
+        )
+
+        self.drift_score = Gauge(
+            "drift_score",
+            "Drift of a feature's distribution from the deployed model's training data.",
+            ["project", "feature"],
+            namespace=ns,
+            registry=reg,
+        )
+        self.drift_events = Counter(
+            "drift_events",
+            "Times drift was detected for a project.",
+            ["project"],
+            namespace=ns,
+            registry=reg,
+        )
+        self.dead_letters = Counter(
+            "dead_letters",
+            "Messages set aside as unreadable, by source topic.",
+            ["topic"],
+            namespace=ns,
+            registry=reg,
+        )
+
+        ProcessCollector(registry=reg)
+        PlatformCollector(registry=reg)
+        GCCollector(registry=reg)
+
+    def add_project(self, project: str) -> None:
+        """Create a project's counters at zero, so ``increase()`` sees their first step."""
+        for status in TRAINING_STATUSES:
+            self.training_runs.labels(project=project, status=status)
+        self.predictions.labels(project=project)
+        self.writeback_rows.labels(project=project)
+        self.drift_events.labels(project=project)
+
+    def exposition(self) -> bytes:
+        """Return every metric in Prometheus' text format."""
+        return generate_latest(self.registry)
+
+
+HealthCheck = Callable[[], dict[str, Any]]
+
+
+class MetricsServer:
+    """/metrics and /healthz over HTTP, in a daemon thread."""
+
+    def __init__(
+        self,
+        metrics: Metrics,
+        *,
+        host: str = "127.0.0.1",
+        port: int = 9464,
+        health: HealthCheck | None = None,
+    ) -> None:
+        self.metrics = metrics
+        self.host = host
+        self.port = port
+        self.health = health
+        self._server: ThreadingHTTPServer | None = None
+        self._thread: threading.Thread | None = None
+
+    def start(self) -> int:
+        """Listen and serve in a daemon thread; return the bound port (port 0: a free one).
+
+        An address that cannot be bound raises `ConfigError`.
+        """
+        if self._server is not None:
+            raise RuntimeError("metrics server already started")
+        try:
+            server = _Server((self.host, self.port), self.metrics, self.health)
+        except OSError as exc:
+            raise ConfigError(
+                f"cannot serve metrics on {self.host}:{self.port}: {exc.strerror or exc};"
+                " set metrics_host and metrics_port to a free address"
+            ) from None
+        self._server = server
+        self._thread = threading.Thread(
+            target=server.serve_forever,
+            kwargs={"poll_interval": 0.1},
+            name="pgml-sidecar-metrics",
+            daemon=True,
+        )
+        self._thread.start()
+        self.port = server.server_address[1]
+        log.info("metrics on http://%s:%d/metrics", self.host, self.port)
+        return self.port
+
+    def stop(self) -> None:
+        """Stop serving and close the listening socket; a no-op when not started."""
+        server, thread = self._server, self._thread
+        self._server = self._thread = None
+        if server is None:
+            return
+        server.shutdown()
+        server.server_close()
+        if thread is not None:
+            thread.join()
+
+    def __enter__(self) -> MetricsServer:
+        self.start()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.stop()
+
+
+class _Server(ThreadingHTTPServer):
+    """The HTTP server, holding what its handlers answer with."""
+
+    daemon_threads = True
+
+    def __init__(
+        self, address: tuple[str, int], metrics: Metrics, health: HealthCheck | None
+    ) -> None:
+        if ":" in address[0]:
+            self.address_family = socket.AF_INET6
+        self.metrics = metrics
+        self.health = health
+        super().__init__(address, _Handler)
+
+
+class _Handler(BaseHTTPRequestHandler):
+    """Answer GET /metrics and GET /healthz; 404 for anything else."""
+
+    server: _Server
+    server_version = "pgml-sidecar"
+
+    def do_GET(self) -> None:
+        path = self.path.split("?", 1)[0]
+        if path == "/metrics":
+            self._reply(HTTPStatus.OK, CONTENT_TYPE_PLAIN_0_0_4, self.server.metrics.exposition())
+        elif path == "/healthz":
+            status, body = self._health()
+            self._reply(status, "application/json", body)
+        else:
+            self._reply(HTTPStatus.NOT_FOUND, "text/plain; charset=utf-8", b"not found\n")
+
+    def _health(self) -> tuple[HTTPStatus, bytes]:
+        try:
+            health = self.server.health
+            report = health() if health is not None else {"status": "ok"}
+        except Exception as exc:
+            log.warning("health check failed: %s", exc)
+            report = {"status": "error", "error": str(exc)}
+        status = HTTPStatus.OK if report.get("status") == "ok" else HTTPStatus.SERVICE_UNAVAILABLE
+        return status, json.dumps(report, default=str).encode() + b"\n"
+
+    def _reply(self, status: HTTPStatus, content_type: str, body: bytes) -> None:
+        self.send_response(status)
+        self.send_header("Content-Type", content_type)
+        self.send_header("Content-Length", str(len(body)))
+        self.send_header("Cache-Control", "no-store")
+        self.end_headers()
+        self.wfile.write(body)
+
+    def log_message(self, format: str, *args: Any) -> None:
+        log.debug("%s %s", self.address_string(), format % args)
