@@ -198,7 +198,9 @@ class Writeback:
             if entry.everything:
                 self._retrying(self._rescore, target)
             elif entry.keys:
-                keys = pa.concat_tables(entry.keys, promote_options="permissive")
+                keys = pa.concat_tables(
+                    [_as_strings(k) for k in entry.keys], promote_options="permissive"
+                )
                 rows = self._retrying(self._score_keys, target, keys)
                 if self.on_written is not None:
                     self.on_written(target.project, rows, time.time() - since)
@@ -368,6 +370,11 @@ class Writeback:
                 )
             )
             source.execute(sql.SQL("truncate {}").format(staging))
+
+
+def _as_strings(keys: pa.Table) -> pa.Table:
+    """Key values as plain strings (the stream hands them over as string views)."""
+    return keys.cast(pa.schema([(name, pa.string()) for name in keys.column_names]))
 
 
 def _scores(target: Target) -> sql.Composable:

@@ -12,7 +12,7 @@ from pathlib import Path
 
 import duckdb
 
-from sidecar import cli_serve, cli_train
+from sidecar import cli_daemon, cli_serve, cli_train
 from sidecar.errors import ConfigError, SidecarError
 
 log = logging.getLogger("pgml_sidecar")
@@ -144,6 +144,7 @@ def build_parser() -> argparse.ArgumentParser:
     _replicate_parser(commands)
     cli_train.add_parsers(commands)
     cli_serve.add_parser(commands)
+    cli_daemon.add_parsers(commands)
     _demo_parser(commands)
     return parser
 

@@ -1,0 +1,208 @@
+"""The ``init``, ``run`` and ``status`` commands."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import signal
+import urllib.request
+from pathlib import Path
+from typing import Any
+
+from sidecar import config
+from sidecar.errors import ConfigError
+
+log = logging.getLogger("pgml_sidecar")
+
+_CONFIG_HELP = "TOML file with the settings (flags and PGML_SIDECAR_* variables win over it)"
+
+
+def add_parsers(commands: argparse._SubParsersAction) -> None:
+    init = commands.add_parser(
+        "init",
+        help="install schema pgml (control table, pgml.train) and the publication in the source",
+        description=(
+            "Install sql/install.sql into the source (schema pgml with the control table"
+            " pgml.training_requests and the functions pgml.train, pgml.writeback and"
+            " pgml.predict; schema pgml_scores), idempotently; create the publication for the"
+            " tables and the control table. Needs CREATE on the database, no superuser and no"
+            " extension."
+        ),
+    )
+    _add(init, "source", "tables", "publication", "endpoint_dsn")
+    init.set_defaults(run=_init)
+
+    run = commands.add_parser(
+        "run",
+        help="the daemon: replicate, carry out pgml.train() requests, write scores back, serve SQL",
+        description=(
+            "Mirror the tables, carry out pgml.train() and pgml.writeback() requests made in the"
+            " source, keep pgml_scores.<project> in the source up to date, serve the SQL endpoint"
+            " and Prometheus metrics, until SIGINT or SIGTERM."
+        ),
+    )
+    _add(run, *(s.name for s in config.SETTINGS if s.name != "endpoint_dsn"))
+    run.set_defaults(run=_run)
+
+    status = commands.add_parser(
+        "status",
+        help="replication slot, lag, requests and projects, and the daemon's health",
+        description="Read the source and the running daemon's /healthz; print a summary.",
+    )
+    _add(status, "source", "slot", "metrics_host", "metrics_port")
+    status.add_argument("--json", action="store_true", help="print JSON")
+    status.set_defaults(run=_status)
+
+
+def _add(parser: argparse.ArgumentParser, *names: str) -> None:
+    parser.add_argument("--config", help=_CONFIG_HELP)
+    for name in names:
+        setting = next(s for s in config.SETTINGS if s.name == name)
+        flag = "--" + name.replace("_", "-")
+        env = config.ENV_PREFIX + name.upper()
+        default = f"; default {setting.default}" if setting.default not in (None, "") else ""
+        parser.add_argument(
+            flag, dest=name, type=setting.kind, default=None,
+            help=f"{setting.help} (env {env}{default})",
+        )  # fmt: skip
+
+
+def _settings(args: argparse.Namespace) -> dict[str, Any]:
+    flags = {s.name: getattr(args, s.name, None) for s in config.SETTINGS}
+    return config.load(flags, args.config)
+
+
+def _required(settings: dict[str, Any], *names: str) -> None:
+    for name in names:
+        if not settings[name]:
+            env = config.ENV_PREFIX + name.upper()
+            raise ConfigError(
+                f"no {name}: pass --{name.replace('_', '-')}, set {env} or put {name} in --config"
+            )
+
+
+def _tables(settings: dict[str, Any]) -> list[str]:
+    return [t.strip() for t in settings["tables"].split(",") if t.strip()]
+
+
+def _init(args: argparse.Namespace) -> int:
+    from replicator import source
+    from sidecar import source_schema
+
+    settings = _settings(args)
+    _required(settings, "source")
+    with source.connect(settings["source"]) as conn:
+        source.check_wal_level(conn)
+        version = source_schema.install(conn, endpoint_dsn=settings["endpoint_dsn"])
+        tables = source.resolve_tables(conn, _tables(settings)) if settings["tables"] else []
+        source.ensure_publication(
+            conn, settings["publication"], [*tables, ("pgml", "training_requests")]
+        )
+    print(
+        f"installed pgml schema version {version} in {config.masked(settings['source'])};"
+        f" publication {settings['publication']} covers"
+        f" {', '.join('.'.join(t) for t in tables) or 'no tables yet'} and"
+        " pgml.training_requests"
+    )
+    print("next: pgml-sidecar run --source ... --mirror PATH")
+    return 0
+
+
+def _run(args: argparse.Namespace) -> int:
+    from predictor.server import read_password
+    from sidecar.daemon import Daemon, DaemonSettings
+
+    settings = _settings(args)
+    _required(settings, "source", "mirror")
+    password_file = Path(settings["password_file"]) if settings["password_file"] else None
+    daemon = Daemon(
+        DaemonSettings(
+            source_dsn=settings["source"],
+            mirror_path=Path(settings["mirror"]),
+            tables=_tables(settings),
+            publication=settings["publication"],
+            slot=settings["slot"],
+            host=settings["host"],
+            port=settings["port"],
+            password=read_password(password_file),
+            tls_cert=Path(settings["tls_cert"]) if settings["tls_cert"] else None,
+            tls_key=Path(settings["tls_key"]) if settings["tls_key"] else None,
+            metrics_host=settings["metrics_host"],
+            metrics_port=settings["metrics_port"],
+            memory_limit=settings["memory_limit"],
+        )
+    )
+    for signum in (signal.SIGINT, signal.SIGTERM):
+        signal.signal(signum, lambda number, frame: daemon.stop_event.set())
+    log.info(
+        "running: source %s, mirror %s, SQL on %s:%d",
+        config.masked(settings["source"]), settings["mirror"], settings["host"],
+        settings["port"],
+    )  # fmt: skip
+    daemon.run()
+    log.info("stopped")
+    return 0
+
+
+def _status(args: argparse.Namespace) -> int:
+    import psycopg
+
+    settings = _settings(args)
+    _required(settings, "source")
+    report: dict[str, Any] = {"source": config.masked(settings["source"])}
+    with psycopg.connect(settings["source"], autocommit=True) as conn:
+        slot = conn.execute(
+            "select active, pg_wal_lsn_diff(pg_current_wal_lsn(), confirmed_flush_lsn)::bigint,"
+            " pg_wal_lsn_diff(pg_current_wal_lsn(), restart_lsn)::bigint"
+            " from pg_replication_slots where slot_name = %s",
+            (settings["slot"],),
+        ).fetchone()
+        report["slot"] = (
+            {"name": settings["slot"], "active": slot[0], "lag_bytes": slot[1],
+             "retained_wal_bytes": slot[2]}
+            if slot else {"name": settings["slot"], "missing": True}
+        )  # fmt: skip
+        if conn.execute("select to_regclass('pgml.training_requests')").fetchone() != (None,):
+            rows = conn.execute(
+                "select distinct on (project_name) project_name, kind, status, error, model_id,"
+                " requested_at from pgml.training_requests order by project_name, id desc"
+            ).fetchall()
+            report["projects"] = [
+                {"project": r[0], "last_request": r[1], "status": r[2], "error": r[3],
+                 "model_id": r[4], "requested_at": r[5].isoformat()}
+                for r in rows
+            ]  # fmt: skip
+    url = f"http://{settings['metrics_host']}:{settings['metrics_port']}/healthz"
+    try:
+        with urllib.request.urlopen(url, timeout=3) as reply:
+            report["daemon"] = json.loads(reply.read())
+    except OSError as exc:
+        report["daemon"] = {"status": "unreachable", "url": url, "error": str(exc)}
+    if args.json:
+        print(json.dumps(report, indent=2, default=str))
+    else:
+        _print_status(report)
+    return 0
+
+
+def _print_status(report: dict[str, Any]) -> None:
+    print(f"source:  {report['source']}")
+    slot = report["slot"]
+    if slot.get("missing"):
+        print(f"slot:    {slot['name']} does not exist (run pgml-sidecar run)")
+    else:
+        print(
+            f"slot:    {slot['name']} {'active' if slot['active'] else 'INACTIVE'},"
+            f" lag {slot['lag_bytes']} bytes, retains {slot['retained_wal_bytes']} bytes of WAL"
+        )
+    daemon = report["daemon"]
+    print(f"daemon:  {daemon.get('status')}" + (f" ({daemon.get('error')})"
+          if daemon.get("status") == "unreachable" else ""))  # fmt: skip
+    for project in report.get("projects", []):
+        line = f"project: {project['project']}: {project['last_request']} {project['status']}"
+        if project["model_id"]:
+            line += f", model {project['model_id']}"
+        if project["error"]:
+            line += f", error: {project['error']}"
+        print(line)

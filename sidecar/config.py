@@ -1,0 +1,113 @@
+"""Settings of ``run``, ``init`` and ``status``: flags, then environment, then a TOML file.
+
+Every setting has a flag (``--metrics-port``), an environment variable
+(``PGML_SIDECAR_METRICS_PORT``) and a key in the config file (``metrics_port = 9464``). Secrets
+never come from flags or the file: the endpoint password from ``PGML_SIDECAR_ENDPOINT_PASSWORD``
+or the file named by ``password_file``, the source password from ``PGPASSWORD`` or
+``~/.pgpass`` (libpq reads them), so they never show in ``ps``, logs or ``status``.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+import tomllib
+from collections.abc import Mapping
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from sidecar.errors import ConfigError
+
+ENV_PREFIX = "PGML_SIDECAR_"
+
+
+@dataclass(frozen=True, slots=True)
+class Setting:
+    name: str
+    kind: type
+    default: Any
+    help: str
+
+
+SETTINGS = [
+    Setting("source", str, None, "libpq connection string of the source database"),
+    Setting("mirror", str, None, "path of the DuckDB mirror file"),
+    Setting("tables", str, "", "comma-separated tables to mirror, as schema.table"),
+    Setting("publication", str, "pgml_sidecar", "publication name"),
+    Setting("slot", str, "pgml_sidecar", "replication slot name"),
+    Setting("host", str, "127.0.0.1", "address of the SQL endpoint"),
+    Setting("port", int, 6433, "port of the SQL endpoint"),
+    Setting("metrics_host", str, "127.0.0.1", "address of /metrics and /healthz"),
+    Setting("metrics_port", int, 9464, "port of /metrics and /healthz"),
+    Setting("memory_limit", str, "1GB", "memory DuckDB may use"),
+    Setting("password_file", str, None, "file holding the SQL endpoint's password"),
+    Setting("tls_cert", str, None, "PEM certificate for the SQL endpoint"),
+    Setting("tls_key", str, None, "PEM private key of tls_cert"),
+    Setting("endpoint_dsn", str, None, "how the source reaches the endpoint (for pgml.predict)"),
+]
+_BY_NAME = {s.name: s for s in SETTINGS}
+_SECRET = re.compile(r"(password\s*=\s*)('(?:[^'\\]|\\.)*'|\S+)", re.IGNORECASE)
+
+
+def load(flags: Mapping[str, Any], config_file: str | None) -> dict[str, Any]:
+    """Resolve every setting: a flag given wins, then the environment, then the file."""
+    from_file = _read(Path(config_file)) if config_file else {}
+    resolved: dict[str, Any] = {}
+    for setting in SETTINGS:
+        value = flags.get(setting.name)
+        where = f"--{setting.name.replace('_', '-')}"
+        if value is None:
+            env = os.environ.get(ENV_PREFIX + setting.name.upper())
+            value, where = (env, ENV_PREFIX + setting.name.upper()) if env else (None, where)
+        if value is None and setting.name in from_file:
+            value, where = from_file[setting.name], f"{config_file}: {setting.name}"
+        if value is None:
+            value = setting.default
+        resolved[setting.name] = _typed(setting, value, where)
+    if (
+        resolved["source"]
+        and _SECRET.search(resolved["source"])
+        and not os.environ.get(ENV_PREFIX + "SOURCE")
+    ):
+        raise ConfigError(
+            "the source connection string holds a password: keep it out of flags and files;"
+            " use PGPASSWORD, ~/.pgpass, or PGML_SIDECAR_SOURCE in the environment"
+        )
+    return resolved
+
+
+def _read(path: Path) -> dict[str, Any]:
+    try:
+        data = tomllib.loads(path.read_text())
+    except OSError as exc:
+        raise ConfigError(f"cannot read the config file {path}: {exc.strerror}") from None
+    except tomllib.TOMLDecodeError as exc:
+        raise ConfigError(f"{path} is not valid TOML: {exc}") from None
+    for key in data:
+        if key in ("password", "endpoint_password", "source_password"):
+            raise ConfigError(
+                f"{path}: {key} does not belong in the config file; set"
+                " PGML_SIDECAR_ENDPOINT_PASSWORD or password_file (and PGPASSWORD for the source)"
+            )
+        if key not in _BY_NAME:
+            raise ConfigError(
+                f"{path}: unknown setting {key!r}; the settings are: {', '.join(_BY_NAME)}"
+            )
+    return data
+
+
+def _typed(setting: Setting, value: Any, where: str) -> Any:
+    if value is None:
+        return None
+    if setting.name == "tables" and isinstance(value, list):
+        value = ",".join(str(v) for v in value)
+    try:
+        return setting.kind(value)
+    except (TypeError, ValueError):
+        raise ConfigError(f"{where} must be {setting.kind.__name__}, not {value!r}") from None
+
+
+def masked(dsn: str) -> str:
+    """A connection string fit for logs and ``status``: any password replaced."""
+    return _SECRET.sub(r"\1********", dsn)

@@ -1,0 +1,125 @@
+"""The daemon end to end against a real source: pgml.train() and pgml.writeback() in SQL."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import psycopg
+import pytest
+
+from sidecar import source_schema
+from sidecar.daemon import Daemon, DaemonSettings
+from tests.replicator.mirror_check import execute, wait_for
+
+ROWS = 2000
+CREATE = (
+    "create table accounts (id bigint primary key, age int not null, plan text,"
+    " spend double precision, churned boolean)"
+)
+FILL = (
+    "insert into accounts select i, 18 + i % 60, (array['free','pro','team'])[1 + i % 3],"
+    " (i % 97) * 1.5, (i % 60) > 40 or i % 3 = 0 from generate_series({lo}, {hi}) i"
+)
+
+
+def one(dsn: str, sql: str, *params: Any) -> Any:
+    with psycopg.connect(dsn, autocommit=True) as conn:
+        row = conn.execute(sql, params or None).fetchone()
+    return None if row is None else row[0] if len(row) == 1 else row
+
+
+def request_status(dsn: str, request_id: int) -> tuple[str, str | None, int | None]:
+    with psycopg.connect(dsn, autocommit=True) as conn:
+        row = conn.execute(
+            "select status, error, model_id from pgml.training_requests where id = %s",
+            (request_id,),
+        ).fetchone()
+    assert row is not None
+    return row[0], row[1], row[2]
+
+
+def finished(dsn: str, request_id: int) -> tuple[str, str | None, int | None]:
+    wait_for(
+        lambda: request_status(dsn, request_id)[0] in ("done", "failed"),
+        timeout=120,
+        what=f"request {request_id} to finish",
+    )
+    return request_status(dsn, request_id)
+
+
+@pytest.fixture
+def daemon(source_dsn: str, mirror_path: Path) -> Iterator[Daemon]:
+    execute(source_dsn, CREATE, FILL.format(lo=1, hi=ROWS))
+    with psycopg.connect(source_dsn, autocommit=True) as conn:
+        source_schema.install(conn)
+    running = Daemon(
+        DaemonSettings(
+            source_dsn=source_dsn,
+            mirror_path=mirror_path,
+            tables=["public.accounts"],
+            port=0,
+            metrics_port=0,
+        )
+    )
+    running.start()
+    try:
+        yield running
+    finally:
+        running.stop()
+
+
+def test_train_and_write_back_from_the_source(daemon: Daemon, source_dsn: str) -> None:
+    first = one(
+        source_dsn,
+        "select pgml.train('Churn', 'classification', 'public.accounts', 'churned',"
+        " 'random_forest', '{\"n_estimators\": 20}')",
+    )
+    status, error, model_id = finished(source_dsn, first)
+    assert (status, error) == ("done", None) and model_id == 1
+
+    bad = one(
+        source_dsn,
+        "select pgml.train('Broken', 'classification', 'public.accounts', 'nope')",
+    )
+    status, error, _ = finished(source_dsn, bad)
+    assert status == "failed" and error is not None and "column 'nope' does not exist" in error
+
+    one(source_dsn, "select pgml.writeback('Churn')")
+    count = "select count(*) from pgml_scores.churn"
+    wait_for(lambda: one(source_dsn, "select to_regclass('pgml_scores.churn')") is not None
+             and one(source_dsn, count) == ROWS, timeout=60, what="the backfill")  # fmt: skip
+    assert one(source_dsn, "select count(distinct model_id) from pgml_scores.churn") == 1
+
+    # New, changed and deleted rows are reflected.
+    execute(
+        source_dsn,
+        FILL.format(lo=ROWS + 1, hi=ROWS + 100),
+        "update accounts set age = 77 where id <= 10",
+        "delete from accounts where id between 11 and 20",
+    )
+    wait_for(lambda: one(source_dsn, count) == ROWS + 90, timeout=60, what="new and gone rows")
+    assert one(source_dsn, "select count(*) from pgml_scores.churn where id between 11 and 20") == 0
+    joined = one(
+        source_dsn,
+        "select count(*) from accounts a join pgml_scores.churn s using (id)"
+        " where (s.prediction = 1) = a.churned",
+    )
+    assert joined > (ROWS + 90) * 0.9
+
+    # A better model is deployed: every row is rescored with it.
+    second = one(
+        source_dsn,
+        "select pgml.train('Churn', algorithm => 'hist_gradient_boosting')",
+    )
+    status, _, new_model = finished(source_dsn, second)
+    assert status == "done"
+    daemon.trainer.deploy(model_id=new_model)  # whether or not it scored better
+    wait_for(
+        lambda: one(source_dsn, "select count(*) from pgml_scores.churn where model_id = %s",
+                    new_model) == ROWS + 90,
+        timeout=60, what="the rescore",
+    )  # fmt: skip
+    health = daemon.health()
+    assert health["status"] == "ok", health
