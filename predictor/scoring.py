@@ -11,6 +11,8 @@ from __future__ import annotations
 import contextlib
 import re
 import threading
+import time
+from collections.abc import Callable
 
 import duckdb
 import numpy as np
@@ -35,6 +37,13 @@ class Scorer:
         self._by_key: dict[str, Model] = {}
         self._by_id: dict[int, Model] = {}
         self.rows_scored = 0
+        self.on_scored: Callable[[str, int, float], None] | None = None
+        """Called with (project or model id, rows, seconds) after each model call."""
+
+    def observe(self, key: str, rows: int, seconds: float) -> None:
+        self.rows_scored += rows
+        if self.on_scored is not None:
+            self.on_scored(key, rows, seconds)
 
     def model(self, key: str) -> Model:
         """The model for a project name (its deployed model) or a model id."""
@@ -113,18 +122,19 @@ class Scorer:
         for key in pc.unique(keys.filter(pa.array(valid))).to_pylist():
             where = np.flatnonzero(valid & np.asarray(pc.equal(keys, key).fill_null(False)))
             model = self.model(key)
-            self.rows_scored += len(where)
+            started = time.perf_counter()
             if text:
                 rows = features.take(pa.array(where)).to_pylist()
                 result[where] = as_numbers(model, model.predict_rows(rows))
-                continue
-            matrix = _matrix(features.take(pa.array(where)))
-            if proba:
+            elif proba:
+                matrix = _matrix(features.take(pa.array(where)))
                 probabilities = model.predict_proba_matrix(matrix)
                 for i, row in zip(where, probabilities, strict=True):
                     out[i] = row
             else:
+                matrix = _matrix(features.take(pa.array(where)))
                 result[where] = as_numbers(model, model.predict_matrix(matrix))
+            self.observe(key, len(where), time.perf_counter() - started)
         if proba:
             return pa.array(
                 [None if row is None else row.tolist() for row in out], pa.list_(pa.float64())

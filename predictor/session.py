@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import contextlib
 import logging
+import time
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
 from typing import Any, Protocol
@@ -564,11 +565,14 @@ class Session:
                 raise SidecarError(
                     f"pgml.{call.name} takes an array of numbers as features", sqlstate="22P02"
                 ) from None
-            model = self.endpoint.scorer.model(str(key))
+            scorer = self.endpoint.scorer
+            model = scorer.model(str(key))
+            started = time.perf_counter()
             if call.name == "predict_proba":
                 values = model.predict_proba_matrix(matrix)[0].tolist()
             else:
                 values = float(scoring.as_numbers(model, model.predict_matrix(matrix))[0])
+            scorer.observe(str(key), 1, time.perf_counter() - started)
         kind = pa.list_(pa.float64()) if call.name == "predict_proba" else pa.float64()
         table = pa.table({column: pa.array([values], kind)})
         return Outcome("SELECT", _arrow_fields(table.schema), _given(table))

@@ -91,6 +91,8 @@ class ReplicationStats:
     """Counters the daemon and the CLI report."""
 
     rows_applied: int = 0
+    last_commit_time: float = 0.0
+    """Source commit time (Unix seconds) of the newest transaction seen complete."""
     transactions: int = 0
     batches: int = 0
     reconnects: int = 0
@@ -613,7 +615,9 @@ class _StreamSession:
         self.pending_complete = len(self.pending)
         self.pending_transactions += 1
         settings = self.r.settings
-        self.behind = time.time() - (commit_time / 1e6 + _POSTGRES_EPOCH) > settings.behind_after
+        committed = commit_time / 1e6 + _POSTGRES_EPOCH
+        self.r.stats.last_commit_time = committed
+        self.behind = time.time() - committed > settings.behind_after
         size = len(self.pending) + self.applied_uncommitted
         if self.behind:
             big, old = settings.catch_up_messages, settings.catch_up_delay

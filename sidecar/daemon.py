@@ -25,12 +25,16 @@ from replicator.replicate import ReplicationSettings, Replicator
 from sidecar import control
 from sidecar.changes import Lsn
 from sidecar.control import ControlRequests
+from sidecar.metrics import Metrics, MetricsServer
 from sidecar.mirror import Mirror, Touched
 from trainer.train import Trainer, artifact_home
 
 log = logging.getLogger("pgml_sidecar")
 
 BACKOFF = (1.0, 2.0, 5.0, 10.0, 30.0)
+SAMPLE_SECONDS = 2.0
+_IDLE_BYTES = 1 << 16
+"""Slot lag below this is keepalive traffic, not changes waiting: lag seconds reads 0."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -96,11 +100,68 @@ class Daemon:
             self.mirror.con,
             self.trainer,
         )
+        self.metrics = Metrics()
+        self.metrics_server = MetricsServer(
+            self.metrics,
+            host=settings.metrics_host,
+            port=settings.metrics_port,
+            health=self.health,
+        )
+        self._wire_metrics()
         self.parts = [
             Part("replicator", self._replicate),
             Part("control", self.control.run),
             Part("writeback", self.writeback.run),
+            Part("sampler", self._sample),
         ]
+
+    def _wire_metrics(self) -> None:
+        m = self.metrics
+
+        def trained(project: str, status: str, metrics: dict[str, float]) -> None:
+            m.training_runs.labels(project=project, status=status).inc()
+            for name, value in metrics.items():
+                if not name.endswith("_time"):
+                    m.model_score.labels(project=project, metric=name).set(value)
+
+        def scored(key: str, rows: int, seconds: float) -> None:
+            m.predictions.labels(project=key).inc(rows)
+            m.prediction_latency.observe(seconds)
+
+        def written(project: str, rows: int, lag: float) -> None:
+            m.writeback_rows.labels(project=project).inc(rows)
+            m.writeback_lag_seconds.set(lag)
+
+        self.trainer.on_trained = trained
+        self.endpoint.scorer.on_scored = scored
+        self.writeback.on_written = written
+
+    def _sample(self, stop: threading.Event) -> None:
+        """Every few seconds: the slot's lag and retained WAL, changes applied, liveness."""
+        m = self.metrics
+        seen = dict(self.mirror.changes_applied)
+        with psycopg.connect(self.settings.source_dsn, autocommit=True) as conn:
+            while not stop.wait(SAMPLE_SECONDS):
+                row = conn.execute(
+                    "select pg_wal_lsn_diff(pg_current_wal_lsn(), confirmed_flush_lsn)::bigint,"
+                    " pg_wal_lsn_diff(pg_current_wal_lsn(), restart_lsn)::bigint"
+                    " from pg_replication_slots where slot_name = %s",
+                    (self.settings.slot,),
+                ).fetchone()
+                if row is not None:
+                    lag = max(int(row[0] or 0), 0)
+                    m.replication_lag_bytes.set(lag)
+                    m.slot_retained_wal_bytes.set(max(int(row[1] or 0), 0))
+                    last = self.replicator.stats.last_commit_time
+                    m.replication_lag_seconds.set(
+                        max(time.time() - last, 0.0) if lag > _IDLE_BYTES and last else 0.0
+                    )
+                applied = dict(self.mirror.changes_applied)
+                for op, count in applied.items():
+                    if count > seen.get(op, 0):
+                        m.replication_changes.labels(op=op).inc(count - seen.get(op, 0))
+                seen = applied
+                m.replicator_up.set(1 if self.parts[0].running else 0)
 
     def _replication_settings(self) -> ReplicationSettings:
         s = self.settings
@@ -136,6 +197,7 @@ class Daemon:
         """Start every part; return at once."""
         self.trainer.worker.warm()
         self.endpoint.start()
+        self.metrics_server.start()
         for part in self.parts:
             self._launch(part)
 
@@ -165,6 +227,7 @@ class Daemon:
         """Stop every part and close the mirror; the replicator commits what it applied."""
         self.stop_event.set()
         self.endpoint.stop()
+        self.metrics_server.stop()
         for part in self.parts:
             if part.thread is not None:
                 part.thread.join(timeout=30)

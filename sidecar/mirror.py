@@ -178,6 +178,8 @@ class Mirror:
         """Tables whose changed keys are reported to ``on_commit`` after each commit."""
         self.on_commit: CommitListener | None = None
         self._touched: dict[tuple[str, str], Touched] = {}
+        self.changes_applied = {"insert": 0, "update": 0, "delete": 0, "truncate": 0}
+        """Rows applied by kind of change since the mirror was opened (for metrics)."""
         if not read_only:
             self._create_meta()
         self._load_tables()
@@ -367,13 +369,21 @@ class Mirror:
         self.begin()
         touched = 0
         rows: list[RowChange] = []
+        counts = self.changes_applied
         for change in changes:
             if isinstance(change, SchemaChange | Truncate):
                 touched += self._apply_rows(rows, commit_lsn)
                 rows = []
                 touched += self._apply_one(change, commit_lsn)
+                if isinstance(change, Truncate):
+                    counts["truncate"] += len(change.relations)
             else:
                 rows.append(change)
+                kind = (
+                    "insert" if isinstance(change, Inserts)
+                    else "update" if isinstance(change, Updates) else "delete"
+                )  # fmt: skip
+                counts[kind] += _change_rows(change)
         return touched + self._apply_rows(rows, commit_lsn)
 
     def _apply_rows(self, changes: list[RowChange], commit_lsn: Lsn | None) -> int:

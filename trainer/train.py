@@ -12,7 +12,7 @@ import json
 import logging
 import threading
 import uuid
-from collections.abc import Iterator, Mapping, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -102,6 +102,8 @@ class Trainer:
         self._owns_worker = worker is None
         self._busy: set[str] = set()
         self._lock = threading.Lock()
+        self.on_trained: Callable[[str, str, dict[str, float]], None] | None = None
+        """Called after every training with (project, "successful" or "failed", metrics)."""
         self.generation = 0
         """Bumped at every deployment, so a cache of deployed models knows to look again."""
 
@@ -139,22 +141,30 @@ class Trainer:
         if not project:
             raise TrainingError("project name is empty")
         with self._training(project):
-            return self._train(
-                project,
-                task=task,
-                relation=relation,
-                y=_label(y),
-                algorithm=algorithm or DEFAULT_ALGORITHM,
-                hyperparams=json_object("hyperparams", hyperparams),
-                search=search or None,
-                search_params=json_object("search_params", search_params),
-                search_args=json_object("search_args", search_args),
-                test_size=test_size,
-                test_sampling=test_sampling,
-                preprocess=json_object("preprocess", preprocess),
-                automatic_deploy=automatic_deploy,
-                seed=seed,
-            )
+            try:
+                result = self._train(
+                    project,
+                    task=task,
+                    relation=relation,
+                    y=_label(y),
+                    algorithm=algorithm or DEFAULT_ALGORITHM,
+                    hyperparams=json_object("hyperparams", hyperparams),
+                    search=search or None,
+                    search_params=json_object("search_params", search_params),
+                    search_args=json_object("search_args", search_args),
+                    test_size=test_size,
+                    test_sampling=test_sampling,
+                    preprocess=json_object("preprocess", preprocess),
+                    automatic_deploy=automatic_deploy,
+                    seed=seed,
+                )
+            except SidecarError:
+                if self.on_trained is not None:
+                    self.on_trained(project, "failed", {})
+                raise
+            if self.on_trained is not None:
+                self.on_trained(project, "successful", result.metrics)
+            return result
 
     @contextmanager
     def _training(self, project: str) -> Iterator[None]:

@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import json
+import subprocess
+import urllib.request
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -123,3 +126,27 @@ def test_train_and_write_back_from_the_source(daemon: Daemon, source_dsn: str) -
     )  # fmt: skip
     health = daemon.health()
     assert health["status"] == "ok", health
+    assert_metrics(daemon)
+
+
+def assert_metrics(daemon: Daemon) -> None:
+    """/metrics passes promtool and shows what happened; /healthz says ok."""
+    port = daemon.metrics_server.port
+    wait_for(lambda: b'op="insert"' in _get(port, "/metrics"), what="sampled metrics")
+    body = _get(port, "/metrics")
+    checked = subprocess.run(
+        ["promtool", "check", "metrics"], input=body, capture_output=True, check=False
+    )
+    assert checked.returncode == 0, checked.stdout + checked.stderr
+    text = body.decode()
+    assert 'pgml_sidecar_training_runs_total{project="Churn",status="successful"} 2.0' in text
+    assert 'pgml_sidecar_training_runs_total{project="Broken",status="failed"} 1.0' in text
+    assert 'pgml_sidecar_model_score{metric="f1",project="Churn"}' in text
+    assert "pgml_sidecar_writeback_rows_total" in text
+    assert "pgml_sidecar_slot_retained_wal_bytes" in text
+    assert json.loads(_get(port, "/healthz"))["status"] == "ok"
+
+
+def _get(port: int, path: str) -> bytes:
+    with urllib.request.urlopen(f"http://127.0.0.1:{port}{path}", timeout=10) as reply:
+        return bytes(reply.read())
