@@ -1,0 +1,198 @@
+"""What pgml-sidecar installs into the source database: schemas pgml and pgml_scores.
+
+The SQL lives in ``sql/`` at the top of the checkout: ``install.sql`` creates the current
+version from nothing and is idempotent; ``upgrade/<n>_to_<n+1>.sql`` changes what ``create ...
+if not exists`` cannot (columns, constraints, data) and records version n+1 in
+``pgml.settings``. :func:`install` applies ``install.sql`` to a fresh database, the upgrade
+steps and then ``install.sql`` (which replaces the functions) to an older one, and nothing to
+the current version; always in one transaction.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import psycopg
+from psycopg import sql
+
+from sidecar.errors import ConfigError, SidecarError, SourceSetupError
+
+SCHEMA_VERSION = 1
+"""The version ``sql/install.sql`` creates."""
+
+SQL_DIR = Path(__file__).resolve().parent.parent / "sql"
+CONTROL_TABLE = ("pgml", "training_requests")
+
+_LOCK = "select pg_advisory_xact_lock(hashtext('pgml-sidecar schema'))"
+
+
+def installed_version(conn: psycopg.Connection) -> int | None:
+    """Return the schema version installed in the source database, or None if there is none."""
+    row = conn.execute("select to_regclass('pgml.settings') is not null").fetchone()
+    if not row or not row[0]:
+        return None
+    try:
+        found = conn.execute(
+            "select value from pgml.settings where name = 'schema_version'"
+        ).fetchone()
+    except psycopg.errors.InsufficientPrivilege as exc:
+        raise SourceSetupError(
+            f"cannot read pgml.settings: {_first_line(exc)}; grant SELECT on pgml.settings"
+            " (and USAGE on schema pgml) to the sidecar's role, see sql/role.sql"
+        ) from None
+    if found is None or not str(found[0]).isdigit():
+        raise SourceSetupError(
+            "pgml.settings holds no valid schema_version: the pgml schema was changed by hand;"
+            " run sql/uninstall.sql and install again"
+        )
+    return int(found[0])
+
+
+def upgrade_steps(
+    installed: int, *, target: int = SCHEMA_VERSION, sql_dir: Path = SQL_DIR
+) -> list[Path]:
+    """Return the upgrade scripts that take version ``installed`` to ``target``, in order."""
+    if installed > target:
+        raise SourceSetupError(
+            f"the source has pgml-sidecar schema version {installed}, newer than this"
+            f" release's {target}: use the release that installed it"
+        )
+    steps = [sql_dir / "upgrade" / f"{n}_to_{n + 1}.sql" for n in range(installed, target)]
+    for step in steps:
+        if not step.is_file():
+            raise SidecarError(f"{step} is missing: this pgml-sidecar checkout is incomplete")
+    return steps
+
+
+def install(conn: psycopg.Connection, *, endpoint_dsn: str | None = None) -> int:
+    """Install or upgrade schemas pgml and pgml_scores in one transaction; return the version.
+
+    ``endpoint_dsn`` (a libpq DSN, or the name of a foreign server holding it with a user
+    mapping) is where ``pgml.predict`` reaches the sidecar's SQL endpoint through dblink. At
+    the current version only ``endpoint_dsn`` is written, so a role that did not install the
+    schema (see sql/role.sql) can run this too.
+    """
+    if endpoint_dsn is not None and not endpoint_dsn.strip():
+        raise ConfigError("the endpoint DSN for pgml.predict is empty")
+    script = _read(SQL_DIR / "install.sql")
+    try:
+        with conn.transaction():
+            conn.execute(_LOCK)
+            installed = installed_version(conn)
+            if installed != SCHEMA_VERSION:
+                for step in upgrade_steps(installed) if installed is not None else []:
+                    conn.execute(_read(step))
+                conn.execute(script)
+            if endpoint_dsn is not None:
+                conn.execute(
+                    "insert into pgml.settings (name, value) values ('endpoint_dsn', %s)"
+                    " on conflict (name) do update set value = excluded.value",
+                    [endpoint_dsn.strip()],
+                )
+            version = installed_version(conn)
+    except psycopg.errors.InsufficientPrivilege as exc:
+        raise SourceSetupError(_privilege_advice(conn, "install", exc)) from None
+    except (psycopg.errors.ObjectNotInPrerequisiteState, psycopg.errors.DuplicateSchema) as exc:
+        raise SourceSetupError(_with_hint(exc)) from None
+    if version is None:  # pragma: no cover - install.sql always records it
+        raise SidecarError("sql/install.sql recorded no schema_version")
+    return version
+
+
+def uninstall(conn: psycopg.Connection) -> None:
+    """Drop schemas pgml and pgml_scores, with every score table, in one transaction."""
+    script = _read(SQL_DIR / "uninstall.sql")
+    try:
+        with conn.transaction():
+            conn.execute(script)
+    except psycopg.errors.InsufficientPrivilege as exc:
+        raise SourceSetupError(_privilege_advice(conn, "uninstall", exc)) from None
+
+
+def add_control_table(conn: psycopg.Connection, publication: str) -> bool:
+    """Add pgml.training_requests to the publication unless it is there; True if added.
+
+    Refuses a publication that would carry the sidecar's own writes back to it
+    (``FOR ALL TABLES``, or one holding pgml.settings or a pgml_scores table).
+    """
+    with conn.transaction():
+        row = conn.execute(
+            "select puballtables from pg_publication where pubname = %s", [publication]
+        ).fetchone()
+        if row is None:
+            raise SourceSetupError(f"publication {publication} does not exist")
+        members = {
+            (r[0], r[1])
+            for r in conn.execute(
+                "select schemaname, tablename from pg_publication_tables where pubname = %s",
+                [publication],
+            ).fetchall()
+        }
+        looping = sorted(
+            f"{s}.{t}" for s, t in members if s == "pgml_scores" or (s, t) == ("pgml", "settings")
+        )
+        if row[0] or looping:
+            what = "is FOR ALL TABLES" if row[0] else "holds " + ", ".join(looping)
+            raise SourceSetupError(
+                f"publication {publication} {what}, so the sidecar's own writes would come"
+                " back to it; publish only the tables to mirror and pgml.training_requests"
+            )
+        if CONTROL_TABLE in members:
+            return False
+        exists = conn.execute("select to_regclass('pgml.training_requests')").fetchone()
+        if not exists or exists[0] is None:
+            raise SourceSetupError(
+                "pgml.training_requests does not exist: install the pgml schema first"
+                " (pgml-sidecar init, or psql -f sql/install.sql)"
+            )
+        try:
+            conn.execute(
+                sql.SQL("alter publication {} add table {}").format(
+                    sql.Identifier(publication), sql.Identifier(*CONTROL_TABLE)
+                )
+            )
+        except psycopg.errors.InsufficientPrivilege as exc:
+            raise SourceSetupError(
+                f"cannot add pgml.training_requests to publication {publication}:"
+                f" {_first_line(exc)}; have the owner of both run ALTER PUBLICATION"
+                f" {publication} ADD TABLE pgml.training_requests"
+            ) from None
+    return True
+
+
+def _read(path: Path) -> str:
+    try:
+        return path.read_text(encoding="utf-8")
+    except FileNotFoundError:
+        raise SidecarError(
+            f"{path} is missing: pgml-sidecar reads its SQL from the sql/ folder of its checkout"
+        ) from None
+
+
+def _privilege_advice(
+    conn: psycopg.Connection, action: str, exc: psycopg.errors.InsufficientPrivilege
+) -> str:
+    """Say which privilege the role lacks to install or uninstall, and how to get it."""
+    info = conn.info
+    user, database = info.user, info.dbname
+    reason = _first_line(exc)
+    if "permission denied for database" in reason:
+        advice = (
+            f"GRANT CREATE ON DATABASE {database} TO {user}; or have the database owner"
+            " run sql/install.sql"
+        )
+    elif "must be owner" in reason:
+        advice = f"run as the role that owns schema pgml, or grant that role to {user}"
+    else:
+        advice = f"see sql/role.sql for the privileges {user} needs"
+    where = f"pgml-sidecar's schema in database {database} as {user}"
+    return f"cannot {action} {where}: {reason}; {advice}"
+
+
+def _with_hint(exc: psycopg.Error) -> str:
+    hint = exc.diag.message_hint
+    return _first_line(exc) + (f" ({hint})" if hint else "")
+
+
+def _first_line(exc: BaseException) -> str:
+    return (str(exc).strip().splitlines() or [type(exc).__name__])[0]

@@ -1,0 +1,529 @@
+"""sql/install.sql, uninstall.sql and role.sql in a real PostgreSQL, applied by source_schema."""
+
+from __future__ import annotations
+
+import secrets
+import subprocess
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+import psycopg
+import pytest
+from psycopg import sql
+from psycopg.conninfo import conninfo_to_dict, make_conninfo
+
+from predictor.server import EndpointSettings, SqlEndpoint
+from sidecar import source_schema
+from sidecar.errors import SourceSetupError
+from sidecar.local_postgres import LocalPostgres
+from sidecar.mirror import Mirror
+from tests.fix_pg import drop_database
+from trainer.train import Trainer
+
+SQL_DIR = Path(__file__).resolve().parents[2] / "sql"
+IRIS_SETOSA = "array[5.1, 3.5, 1.4, 0.2]"
+
+
+@pytest.fixture
+def source(source_dsn: str) -> Iterator[psycopg.Connection]:
+    """A superuser connection to a fresh database with the pgml schema installed."""
+    with psycopg.connect(source_dsn, autocommit=True) as conn:
+        source_schema.install(conn)
+        yield conn
+
+
+@pytest.fixture
+def role_name(pg_server: LocalPostgres) -> Iterator[str]:
+    """A role name of this test's own; the role, if made, is dropped with what it owns."""
+    name = "sidecar_" + secrets.token_hex(4)
+    yield name
+    with psycopg.connect(pg_server.dsn(), autocommit=True) as conn:
+        exists = conn.execute("select 1 from pg_roles where rolname = %s", [name]).fetchone()
+        if not exists:
+            return
+        databases = conn.execute(
+            "select datname from pg_database where datallowconn and datname <> 'template1'"
+        ).fetchall()
+    for (database,) in databases:
+        with psycopg.connect(pg_server.dsn(database), autocommit=True) as db:
+            db.execute(sql.SQL("drop owned by {}").format(sql.Identifier(name)))
+    with psycopg.connect(pg_server.dsn(), autocommit=True) as conn:
+        conn.execute(sql.SQL("drop role {}").format(sql.Identifier(name)))
+
+
+@pytest.fixture
+def owner_dsn(pg_server: LocalPostgres, role_name: str) -> Iterator[str]:
+    """The DSN of a database owned by a plain LOGIN role (no superuser), connecting as it."""
+    database = role_name + "_db"
+    with psycopg.connect(pg_server.dsn(), autocommit=True) as conn:
+        conn.execute(sql.SQL("create role {} login").format(sql.Identifier(role_name)))
+        conn.execute(
+            sql.SQL("create database {} owner {}").format(
+                sql.Identifier(database), sql.Identifier(role_name)
+            )
+        )
+    try:
+        yield pg_server.dsn(database, user=role_name)
+    finally:
+        drop_database(pg_server, database)
+
+
+def as_user(dsn: str, user: str) -> str:
+    return make_conninfo(dsn, user=user)
+
+
+def psql(
+    pg_bin: Path, dsn: str, *args: str, check: bool = True
+) -> subprocess.CompletedProcess[str]:
+    params = conninfo_to_dict(dsn)
+    done = subprocess.run(
+        [str(pg_bin / "psql"), "-X", "-q", "-v", "ON_ERROR_STOP=1",
+         "-h", str(params["host"]), "-p", str(params["port"]),
+         "-U", str(params["user"]), "-d", str(params["dbname"]), *args],
+        capture_output=True, text=True, timeout=60, check=False,
+    )  # fmt: skip
+    if check and done.returncode != 0:
+        raise AssertionError(f"psql failed ({done.returncode}): {done.stderr}\n{done.stdout}")
+    return done
+
+
+def schemas(conn: psycopg.Connection) -> set[str]:
+    rows = conn.execute(
+        "select nspname from pg_namespace where nspname in ('pgml', 'pgml_scores')"
+    ).fetchall()
+    return {r[0] for r in rows}
+
+
+def request(conn: psycopg.Connection, request_id: int) -> dict[str, object]:
+    cur = conn.execute("select * from pgml.training_requests where id = %s", [request_id])
+    row = cur.fetchone()
+    assert row is not None and cur.description is not None
+    return dict(zip([c.name for c in cur.description], row, strict=True))
+
+
+# --- install, versions, uninstall ---------------------------------------------------------
+
+
+def test_database_owner_installs_without_superuser_or_extensions(owner_dsn: str) -> None:
+    with psycopg.connect(owner_dsn, autocommit=True) as conn:
+        is_superuser = conn.execute("select rolsuper from pg_roles where rolname = current_user")
+        assert is_superuser.fetchone() == (False,)
+        assert source_schema.installed_version(conn) is None
+
+        assert source_schema.install(conn) == source_schema.SCHEMA_VERSION == 1
+        assert source_schema.installed_version(conn) == 1
+        assert schemas(conn) == {"pgml", "pgml_scores"}
+        extensions = conn.execute("select extname from pg_extension").fetchall()
+        assert extensions == [("plpgsql",)]
+        functions = conn.execute(
+            "select p.proname, l.lanname from pg_proc p join pg_language l on l.oid = p.prolang"
+            " where p.pronamespace = 'pgml'::regnamespace order by 1"
+        ).fetchall()
+        assert functions == [("predict", "plpgsql"), ("train", "plpgsql"), ("writeback", "plpgsql")]
+        conn.execute("select pgml.train('fraud', 'classification', 'public.tx', 'is_fraud')")
+
+        assert source_schema.install(conn, endpoint_dsn="host=10.0.0.5 port=6433") == 1
+        assert source_schema.install(conn) == 1  # the same version again: nothing changes
+        settings = conn.execute("select name, value from pgml.settings order by 1").fetchall()
+        assert settings == [("endpoint_dsn", "host=10.0.0.5 port=6433"), ("schema_version", "1")]
+        assert conn.execute("select count(*) from pgml.training_requests").fetchone() == (1,)
+        functions_now = conn.execute(
+            "select count(*) from pg_proc where pronamespace = 'pgml'::regnamespace"
+        ).fetchone()
+        assert functions_now == (3,)
+
+        source_schema.uninstall(conn)
+        assert schemas(conn) == set()
+        assert source_schema.installed_version(conn) is None
+        source_schema.uninstall(conn)  # nothing left to drop: no error
+
+
+def test_install_without_create_on_the_database_says_what_to_grant(
+    source_dsn: str, role_name: str
+) -> None:
+    with psycopg.connect(source_dsn, autocommit=True) as conn:
+        conn.execute(sql.SQL("create role {} login").format(sql.Identifier(role_name)))
+    with psycopg.connect(as_user(source_dsn, role_name), autocommit=True) as conn:
+        with pytest.raises(SourceSetupError, match="GRANT CREATE ON DATABASE") as caught:
+            source_schema.install(conn)
+        assert role_name in str(caught.value)
+        assert schemas(conn) == set()
+
+
+def test_psql_applies_install_sql_twice_and_uninstall_sql(pg_bin: Path, owner_dsn: str) -> None:
+    install = ["--single-transaction", "-f", str(SQL_DIR / "install.sql")]
+    psql(pg_bin, owner_dsn, *install)
+    with psycopg.connect(owner_dsn, autocommit=True) as conn:
+        conn.execute("select pgml.train('fraud')")
+        psql(pg_bin, owner_dsn, *install)  # again: the same schema, the request kept
+        assert source_schema.installed_version(conn) == 1
+        assert conn.execute("select count(*) from pgml.training_requests").fetchone() == (1,)
+        assert conn.execute("select count(*) from pgml.settings").fetchone() == (1,)
+        psql(pg_bin, owner_dsn, "--single-transaction", "-f", str(SQL_DIR / "uninstall.sql"))
+        assert schemas(conn) == set()
+
+
+def test_a_newer_schema_version_is_refused(pg_bin: Path, source: psycopg.Connection) -> None:
+    source.execute("update pgml.settings set value = '2' where name = 'schema_version'")
+    with pytest.raises(SourceSetupError, match="version 2, newer than this release's 1"):
+        source_schema.install(source)
+    info = source.info
+    dsn = make_conninfo("", host=info.host, port=info.port, user=info.user, dbname=info.dbname)
+    done = psql(pg_bin, dsn, "-1", "-f", str(SQL_DIR / "install.sql"), check=False)
+    assert done.returncode != 0
+    assert "schema version 2 is installed, this is version 1" in done.stderr
+    assert source_schema.installed_version(source) == 2
+
+
+def test_a_schema_pgml_of_another_tool_is_left_alone(source_dsn: str) -> None:
+    with psycopg.connect(source_dsn, autocommit=True) as conn:
+        conn.execute("create schema pgml")
+        conn.execute("create table pgml.models (id bigint)")
+        with pytest.raises(SourceSetupError, match="not created by pgml-sidecar"):
+            source_schema.install(conn)
+        source_schema.uninstall(conn)
+        assert conn.execute("select to_regclass('pgml.models') is not null").fetchone() == (True,)
+
+
+def test_upgrade_steps_are_taken_in_order(tmp_path: Path) -> None:
+    (tmp_path / "upgrade").mkdir()
+    for name in ("1_to_2.sql", "2_to_3.sql"):
+        (tmp_path / "upgrade" / name).write_text("-- step\n")
+    steps = source_schema.upgrade_steps(1, target=3, sql_dir=tmp_path)
+    assert [p.name for p in steps] == ["1_to_2.sql", "2_to_3.sql"]
+    assert source_schema.upgrade_steps(3, target=3, sql_dir=tmp_path) == []
+    with pytest.raises(SourceSetupError, match="newer"):
+        source_schema.upgrade_steps(4, target=3, sql_dir=tmp_path)
+    with pytest.raises(Exception, match=r"3_to_4\.sql is missing"):
+        source_schema.upgrade_steps(1, target=4, sql_dir=tmp_path)
+
+
+# --- requests ------------------------------------------------------------------------------
+
+
+def test_train_leaves_a_pending_request(source: psycopg.Connection) -> None:
+    row = source.execute(
+        "select pgml.train('fraud', 'classification', 'public.tx', 'is_fraud', 'xgboost',"
+        " '{\"n_estimators\": 10}')"
+    ).fetchone()
+    assert row is not None and isinstance(row[0], int)
+    first = request(source, row[0])
+    assert first["kind"] == "train" and first["status"] == "pending"
+    assert (first["project_name"], first["task"], first["relation_name"]) == (
+        "fraud",
+        "classification",
+        "public.tx",
+    )
+    assert (first["y_column_name"], first["algorithm"]) == ("is_fraud", "xgboost")
+    assert first["hyperparams"] == {"n_estimators": 10}
+    assert first["requested_at"] is not None and first["enabled"] is None
+    assert first["error"] is None and first["model_id"] is None and first["finished_at"] is None
+
+    retrain = source.execute("select pgml.train('fraud')").fetchone()
+    assert retrain is not None and retrain[0] > row[0]
+    again = request(source, retrain[0])
+    assert (again["task"], again["relation_name"], again["algorithm"]) == (None, None, "linear")
+    assert again["hyperparams"] == {}
+    named = source.execute("select pgml.train('fraud', algorithm => 'ridge')").fetchone()
+    assert named is not None and request(source, named[0])["algorithm"] == "ridge"
+
+
+@pytest.mark.parametrize(
+    ("call", "message"),
+    [
+        ("pgml.train('')", "needs a project name"),
+        ("pgml.train('  ')", "needs a project name"),
+        ("pgml.train(null)", "needs a project name"),
+        ("pgml.train('p', 'forecasting')", "unknown task 'forecasting'"),
+        ("pgml.train('p', algorithm => null)", "needs an algorithm"),
+        ("pgml.train('p', hyperparams => '[1]')", "must be a JSON object"),
+        ("pgml.writeback('')", "needs a project name"),
+        ("pgml.writeback('p', null)", "enabled must be true or false"),
+    ],
+)
+def test_bad_requests_are_refused_and_leave_no_row(
+    source: psycopg.Connection, call: str, message: str
+) -> None:
+    with pytest.raises(psycopg.errors.InvalidParameterValue, match=message):
+        source.execute(f"select {call}")
+    assert source.execute("select count(*) from pgml.training_requests").fetchone() == (0,)
+
+
+def test_writeback_requests(source: psycopg.Connection) -> None:
+    on = source.execute("select pgml.writeback('fraud')").fetchone()
+    off = source.execute("select pgml.writeback('fraud', false)").fetchone()
+    assert on is not None and off is not None
+    rows = [request(source, on[0]), request(source, off[0])]
+    assert [(r["kind"], r["project_name"], r["enabled"], r["status"]) for r in rows] == [
+        ("writeback", "fraud", True, "pending"),
+        ("writeback", "fraud", False, "pending"),
+    ]
+
+
+def test_the_sidecar_updates_requests_by_primary_key(source: psycopg.Connection) -> None:
+    identity = source.execute(
+        "select relreplident from pg_class where oid = 'pgml.training_requests'::regclass"
+    ).fetchone()
+    assert identity == ("d",)
+    row = source.execute("select pgml.train('fraud')").fetchone()
+    assert row is not None
+    source.execute(
+        "update pgml.training_requests set status = 'done', model_id = 7, finished_at = now()"
+        " where id = %s",
+        [row[0]],
+    )
+    assert request(source, row[0])["status"] == "done"
+    with pytest.raises(psycopg.errors.CheckViolation):
+        source.execute("update pgml.training_requests set status = 'lost'")
+
+
+# --- pgml.predict --------------------------------------------------------------------------
+
+
+def test_predict_without_dblink_says_what_to_enable(source: psycopg.Connection) -> None:
+    with pytest.raises(psycopg.errors.FeatureNotSupported) as caught:
+        source.execute(f"select pgml.predict('Iris', {IRIS_SETOSA})")
+    assert caught.value.sqlstate == "0A000"
+    assert "needs the dblink extension" in str(caught.value)
+    assert "CREATE EXTENSION dblink" in (caught.value.diag.message_hint or "")
+
+
+def test_predict_without_endpoint_dsn_says_how_to_set_it(source: psycopg.Connection) -> None:
+    source.execute("create extension dblink")
+    with pytest.raises(psycopg.errors.ObjectNotInPrerequisiteState, match="endpoint_dsn"):
+        source.execute(f"select pgml.predict('Iris', {IRIS_SETOSA})")
+
+
+def test_predict_through_dblink_to_the_endpoint(
+    endpoint: SqlEndpoint, source: psycopg.Connection
+) -> None:
+    endpoint_dsn = f"host=127.0.0.1 port={endpoint.port} user=pgml dbname=pgml"
+    with psycopg.connect(endpoint_dsn, autocommit=True) as sidecar:
+        sidecar.execute("select * from pgml.load_dataset('iris')")
+        sidecar.execute(
+            "select * from pgml.train('Iris', 'classification', 'pgml.iris', 'target', 'linear')"
+        )
+    source.execute("create schema links")
+    source.execute("create extension dblink schema links")  # found wherever it lives
+    source_schema.install(source, endpoint_dsn=endpoint_dsn)
+
+    assert source.execute(f"select pgml.predict('Iris', {IRIS_SETOSA})").fetchone() == (0.0,)
+    rows = source.execute(
+        "select pgml.predict('Iris', array[sepal_length, sepal_width, petal_length, petal_width])"
+        " from (values (5.1, 3.5, 1.4, 0.2), (6.3, 3.3, 6.0, 2.5), (5.9, 3.0, 4.2, 1.5))"
+        " as i(sepal_length, sepal_width, petal_length, petal_width)"
+    ).fetchall()
+    assert rows == [(0.0,), (2.0,), (1.0,)]
+    assert source.execute("select pgml.predict('Iris', null)").fetchone() == (None,)
+
+    with pytest.raises(psycopg.Error) as caught:
+        source.execute(f"select pgml.predict('O''Brien''s; drop table x --', {IRIS_SETOSA})")
+    assert caught.value.sqlstate == "42704"  # the endpoint's unknown project, not a syntax error
+    assert "O'Brien's; drop table x --" in str(caught.value)
+
+    source.execute(
+        "update pgml.settings set value = 'host=127.0.0.1 port=1' where name = 'endpoint_dsn'"
+    )
+    with pytest.raises(psycopg.Error, match="could not establish connection"):
+        source.execute(f"select pgml.predict('Iris', {IRIS_SETOSA})")
+    source_schema.install(source, endpoint_dsn=endpoint_dsn)
+    assert source.execute(f"select pgml.predict('Iris', {IRIS_SETOSA})").fetchone() == (0.0,)
+
+
+def test_predict_for_a_plain_role_through_a_foreign_server(
+    mirror: Mirror, trainer: Trainer, source: psycopg.Connection, source_dsn: str, role_name: str
+) -> None:
+    guarded = SqlEndpoint(EndpointSettings(port=0, password="sEcret"), mirror.con, trainer)
+    guarded.start()
+    try:
+        endpoint_dsn = f"host=127.0.0.1 port={guarded.port} user=pgml dbname=pgml password=sEcret"
+        with psycopg.connect(endpoint_dsn, autocommit=True) as sidecar:
+            sidecar.execute("select * from pgml.load_dataset('iris')")
+            sidecar.execute(
+                "select * from pgml.train('Iris', 'classification', 'pgml.iris', 'target')"
+            )
+        source.execute("create extension dblink")
+        source.execute(
+            "create server pgml_endpoint foreign data wrapper dblink_fdw"
+            f" options (host '127.0.0.1', port '{guarded.port}', dbname 'pgml')"
+        )
+        source.execute(
+            "create user mapping for public server pgml_endpoint"
+            " options (user 'pgml', password 'sEcret')"
+        )
+        source_schema.install(source, endpoint_dsn="pgml_endpoint")
+        analyst = sql.Identifier(role_name)
+        source.execute(sql.SQL("create role {} login").format(analyst))
+        source.execute(sql.SQL("grant usage on schema pgml to {}").format(analyst))
+        source.execute(sql.SQL("grant select on pgml.settings to {}").format(analyst))
+        source.execute(sql.SQL("grant usage on foreign server pgml_endpoint to {}").format(analyst))
+        with psycopg.connect(as_user(source_dsn, role_name), autocommit=True) as conn:
+            superuser = conn.execute("select rolsuper from pg_roles where rolname = current_user")
+            assert superuser.fetchone() == (False,)
+            prediction = conn.execute(f"select pgml.predict('Iris', {IRIS_SETOSA})").fetchone()
+            assert prediction == (0.0,)
+            options = conn.execute("select umoptions from pg_user_mappings").fetchall()
+            assert options == [(None,)]  # the password stays hidden from the role
+    finally:
+        guarded.stop()
+
+
+# --- publication ---------------------------------------------------------------------------
+
+
+def publication_tables(conn: psycopg.Connection, publication: str) -> list[tuple[str, str]]:
+    rows = conn.execute(
+        "select schemaname, tablename from pg_publication_tables where pubname = %s order by 1, 2",
+        [publication],
+    ).fetchall()
+    return [(r[0], r[1]) for r in rows]
+
+
+def test_add_control_table_once_and_never_the_sidecars_own_tables(
+    source: psycopg.Connection,
+) -> None:
+    source.execute("create table public.tx (id bigint primary key, amount float8)")
+    source.execute("create table pgml_scores.fraud (id bigint primary key, prediction float8)")
+    source.execute('create publication "Pub" for table public.tx')
+
+    assert source_schema.add_control_table(source, "Pub") is True
+    assert source_schema.add_control_table(source, "Pub") is False
+    assert publication_tables(source, "Pub") == [("pgml", "training_requests"), ("public", "tx")]
+
+    with pytest.raises(SourceSetupError, match="does not exist"):
+        source_schema.add_control_table(source, "missing")
+    source.execute("create publication everything for all tables")
+    with pytest.raises(SourceSetupError, match="FOR ALL TABLES"):
+        source_schema.add_control_table(source, "everything")
+    source.execute("create publication loop for table public.tx, pgml.settings")
+    with pytest.raises(SourceSetupError, match=r"holds pgml\.settings"):
+        source_schema.add_control_table(source, "loop")
+
+
+# --- role.sql ------------------------------------------------------------------------------
+
+
+def test_role_sql_makes_a_role_that_installs_and_replicates(
+    pg_bin: Path, source_dsn: str, role_name: str
+) -> None:
+    with psycopg.connect(source_dsn, autocommit=True) as conn:
+        conn.execute("create table public.tx (id bigint primary key, amount float8)")
+        conn.execute("insert into public.tx values (1, 9.5)")
+    role_args = ["-v", f"role={role_name}", "-v", "password=s3cret'x", "-v", "tables=public.tx"]
+    for _ in range(2):  # a second run changes nothing and does not fail
+        psql(pg_bin, source_dsn, *role_args, "-f", str(SQL_DIR / "role.sql"))
+
+    with psycopg.connect(as_user(source_dsn, role_name), autocommit=True) as conn:
+        attributes = conn.execute(
+            "select rolsuper, rolreplication from pg_roles where rolname = current_user"
+        )
+        assert attributes.fetchone() == (False, True)
+        assert conn.execute("select amount from public.tx").fetchall() == [(9.5,)]
+        assert source_schema.install(conn) == 1
+        conn.execute("create publication pgml_sidecar")
+        assert source_schema.add_control_table(conn, "pgml_sidecar") is True
+        conn.execute("select pg_create_logical_replication_slot('x_' || current_user, 'pgoutput')")
+        conn.execute("select pg_drop_replication_slot('x_' || current_user)")
+    with psycopg.connect(source_dsn, autocommit=True) as conn:
+        stored = conn.execute(
+            "select rolpassword is not null from pg_authid where rolname = %s", [role_name]
+        )
+        assert stored.fetchone() == (True,)
+
+
+def test_role_sql_after_the_owner_installed(
+    pg_bin: Path, source: psycopg.Connection, source_dsn: str, role_name: str
+) -> None:
+    psql(pg_bin, source_dsn, "-v", f"role={role_name}", "-f", str(SQL_DIR / "role.sql"))
+    row = source.execute("select pgml.train('fraud')").fetchone()
+    assert row is not None
+    with psycopg.connect(as_user(source_dsn, role_name), autocommit=True) as conn:
+        conn.execute("update pgml.training_requests set status = 'running' where id = %s", row)
+        conn.execute(
+            "insert into pgml.settings values ('endpoint_dsn', 'host=x')"
+            " on conflict (name) do update set value = excluded.value"
+        )
+        conn.execute("create table pgml_scores.fraud (id bigint primary key, prediction float8)")
+        with pytest.raises(psycopg.errors.InsufficientPrivilege):
+            conn.execute("delete from pgml.training_requests")
+        assert source_schema.install(conn, endpoint_dsn="host=y") == 1  # as pgml-sidecar init
+        with pytest.raises(SourceSetupError, match="must be owner of schema pgml"):
+            source_schema.uninstall(conn)
+    assert source.execute(
+        "select value from pgml.settings where name = 'endpoint_dsn'"
+    ).fetchone() == ("host=y",)
+
+
+def test_role_sql_needs_a_role_name(pg_bin: Path, source_dsn: str) -> None:
+    done = psql(pg_bin, source_dsn, "-f", str(SQL_DIR / "role.sql"), check=False)
+    assert done.returncode != 0
+    assert "needs -v role=<name>" in done.stderr
+
+
+def test_predict_reconnects_when_its_link_broke(
+    endpoint: SqlEndpoint, source: psycopg.Connection, source_dsn: str
+) -> None:
+    endpoint_dsn = f"host=127.0.0.1 port={endpoint.port} user=pgml dbname=pgml"
+    with psycopg.connect(endpoint_dsn, autocommit=True) as sidecar:
+        sidecar.execute("select * from pgml.load_dataset('iris')")
+        sidecar.execute(
+            "select * from pgml.train('Iris', 'classification', 'pgml.iris', 'target', 'linear')"
+        )
+    source.execute("create extension dblink")
+    source_schema.install(source, endpoint_dsn=endpoint_dsn)
+    # The session's link, opened to a server whose backend then dies (a restarted sidecar).
+    # It leads to database postgres, which has no pgml.predict: only a new link can answer.
+    doomed = make_conninfo(source_dsn, dbname="postgres", application_name="doomed_link")
+    source.execute("select dblink_connect('pgml_sidecar', %s)", [doomed])
+    source.execute("select set_config('pgml_sidecar.predict_dsn', %s, false)", [endpoint_dsn])
+    with psycopg.connect(source_dsn, autocommit=True) as admin:
+        admin.execute(
+            "select pg_terminate_backend(pid) from pg_stat_activity"
+            " where application_name = 'doomed_link'"
+        )
+        deadline = time.monotonic() + 10
+        while admin.execute(
+            "select 1 from pg_stat_activity where application_name = 'doomed_link'"
+        ).fetchone():
+            assert time.monotonic() < deadline, "the link's backend did not end"
+            time.sleep(0.02)
+    assert source.execute(f"select pgml.predict('Iris', {IRIS_SETOSA})").fetchone() == (0.0,)
+
+
+def test_role_sql_on_rds_grants_rds_replication(
+    pg_bin: Path, pg_server: LocalPostgres, source_dsn: str, role_name: str
+) -> None:
+    with psycopg.connect(pg_server.dsn(), autocommit=True) as conn:
+        conn.execute("create role rds_replication nologin")
+    try:
+        psql(pg_bin, source_dsn, "-v", f"role={role_name}", "-f", str(SQL_DIR / "role.sql"))
+        with psycopg.connect(source_dsn, autocommit=True) as conn:
+            granted = conn.execute(
+                "select rolreplication, pg_has_role(rolname, 'rds_replication', 'member')"
+                " from pg_roles where rolname = %s",
+                [role_name],
+            ).fetchone()
+        assert granted == (False, True)
+    finally:
+        with psycopg.connect(pg_server.dsn(), autocommit=True) as conn:
+            conn.execute("drop role rds_replication")
+
+
+def test_documented_user_grants_suffice_to_request_training(
+    source: psycopg.Connection, source_dsn: str, role_name: str
+) -> None:
+    analyst = sql.Identifier(role_name)
+    source.execute(sql.SQL("create role {} login").format(analyst))
+    for grant in (
+        "grant usage on schema pgml, pgml_scores to {}",
+        "grant select, insert on pgml.training_requests to {}",
+        "grant select on pgml.settings to {}",
+    ):
+        source.execute(sql.SQL(grant).format(analyst))
+    with psycopg.connect(as_user(source_dsn, role_name), autocommit=True) as conn:
+        train = conn.execute("select pgml.train('fraud', 'regression', 'public.tx', 'y')")
+        writeback = conn.execute("select pgml.writeback('fraud')")
+        assert train.fetchone() is not None and writeback.fetchone() is not None
+        with pytest.raises(psycopg.errors.InsufficientPrivilege):
+            conn.execute("update pgml.training_requests set status = 'done'")
