@@ -118,7 +118,7 @@ def _demo_parser(commands: argparse._SubParsersAction) -> None:
         default=None,
         help="where to keep the throwaway database and the mirror (default: a temporary directory)",
     )
-    p.add_argument("--rows", type=int, default=10_000, help="rows in the sample table")
+    p.add_argument("--rows", type=int, default=20_000, help="rows in the sample table")
     p.set_defaults(run=_demo)
 
 
