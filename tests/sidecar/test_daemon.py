@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import subprocess
+import threading
 import urllib.request
 from collections.abc import Iterator
 from pathlib import Path
@@ -13,7 +14,7 @@ import psycopg
 import pytest
 
 from sidecar import source_schema
-from sidecar.daemon import Daemon, DaemonSettings
+from sidecar.daemon import Daemon, DaemonSettings, Part
 from tests.replicator.mirror_check import execute, wait_for
 
 ROWS = 2000
@@ -150,3 +151,21 @@ def assert_metrics(daemon: Daemon) -> None:
 def _get(port: int, path: str) -> bytes:
     with urllib.request.urlopen(f"http://127.0.0.1:{port}{path}", timeout=10) as reply:
         return bytes(reply.read())
+
+
+def test_a_crashed_part_is_restarted_and_reported(daemon: Daemon) -> None:
+    runs: list[int] = []
+
+    def flaky(stop: threading.Event) -> None:
+        runs.append(1)
+        if len(runs) == 1:
+            raise RuntimeError("boom")
+        stop.wait()
+
+    part = Part("flaky", flaky)
+    daemon.parts.append(part)
+    daemon._launch(part)
+    wait_for(lambda: len(runs) == 2 and part.running, timeout=10, what="the restart")
+    health = daemon.health()
+    assert health["parts"]["flaky"]["restarts"] == 1
+    assert health["parts"]["flaky"]["last_error"] == "RuntimeError: boom"
