@@ -128,6 +128,14 @@ def test_train_and_write_back_from_the_source(daemon: Daemon, source_dsn: str) -
     health = daemon.health()
     assert health["status"] == "ok", health
     assert_metrics(daemon)
+    # No loop: scores are not published, and each request trained once.
+    with psycopg.connect(source_dsn, autocommit=True) as conn:
+        published = conn.execute(
+            "select schemaname || '.' || tablename from pg_publication_tables"
+            " where pubname = 'pgml_sidecar' order by 1"
+        ).fetchall()
+    assert published == [("pgml.training_requests",), ("public.accounts",)]
+    assert len(daemon.trainer.registry.models(1)) == 2
 
 
 def assert_metrics(daemon: Daemon) -> None:
