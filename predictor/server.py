@@ -91,6 +91,7 @@ class SqlEndpoint:
         self.refresh_score_views()
         self._tls = _tls_context(settings)
         self._sessions: dict[tuple[int, int], Session] = {}
+        self._clients: set[socket.socket] = set()
         self._lock = threading.Lock()
         self._pids = itertools.count(os.getpid() * 1000 % (1 << 30) + 1)
         self._listener: socket.socket | None = None
@@ -138,8 +139,12 @@ class SqlEndpoint:
             self._thread.join(timeout=5)
         with self._lock:
             sessions = list(self._sessions.values())
+            clients = list(self._clients)
         for session in sessions:
             session.cancel()
+        for client in clients:  # a client waiting to send its next query hears the end now
+            with contextlib.suppress(OSError):
+                client.shutdown(socket.SHUT_RDWR)
 
     def _accept(self) -> None:
         assert self._listener is not None
@@ -164,6 +169,9 @@ class SqlEndpoint:
         parser = wire.FrontendParser()
         session: Session | None = None
         key: tuple[int, int] | None = None
+        raw = sock  # TLS wraps it; stop() shuts the underlying socket
+        with self._lock:
+            self._clients.add(raw)
         try:
             while not self._stopping.is_set():
                 data = sock.recv(_SEND_CHUNK)
@@ -199,8 +207,9 @@ class SqlEndpoint:
         finally:
             if session is not None:
                 session.close()
-            if key is not None:
-                with self._lock:
+            with self._lock:
+                self._clients.discard(raw)
+                if key is not None:
                     self._sessions.pop(key, None)
             with contextlib.suppress(OSError):
                 sock.close()

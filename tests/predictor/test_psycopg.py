@@ -7,8 +7,10 @@ import threading
 import psycopg
 import pytest
 
-from predictor.server import SqlEndpoint
+from predictor.server import EndpointSettings, SqlEndpoint
+from sidecar.mirror import Mirror
 from tests.predictor.endpoint_client import connect
+from trainer.train import Trainer
 
 
 def test_prepared_predictions_and_parameters(endpoint: SqlEndpoint) -> None:
@@ -116,3 +118,14 @@ def test_cancel_a_running_query(endpoint: SqlEndpoint) -> None:
             conn.execute("select count(*) from range(10000000000) a")
         timer.join()
         assert conn.execute("select 1").fetchone() == (1,)
+
+
+def test_stop_ends_connected_clients(mirror: Mirror, trainer: Trainer) -> None:
+    served = SqlEndpoint(EndpointSettings(port=0), mirror.con, trainer)
+    served.start()
+    conn = connect(served)
+    assert conn.execute("select 1").fetchone() == (1,)
+    served.stop()
+    with pytest.raises(psycopg.OperationalError):
+        conn.execute("select 2")
+    conn.close()
