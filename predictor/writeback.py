@@ -41,6 +41,7 @@ from trainer.train import Trainer
 log = logging.getLogger("pgml_sidecar")
 
 SCORES = "pgml_scores"
+APPLICATION_NAME = "pgml-sidecar write-back"
 BATCH_ROWS = 50_000
 RETRY_DELAYS = (0.5, 1, 2, 5, 10, 30)
 
@@ -278,7 +279,9 @@ class Writeback:
 
     def _connection(self) -> psycopg.Connection:
         if self._source is None or self._source.closed:
-            self._source = psycopg.connect(self.source_dsn, autocommit=True)
+            self._source = psycopg.connect(
+                self.source_dsn, autocommit=True, application_name=APPLICATION_NAME
+            )
         return self._source
 
     def _retrying(self, work: Callable[..., int | None], *args: Any) -> int:

@@ -96,6 +96,12 @@ def test_train_and_write_back_from_the_source(daemon: Daemon, source_dsn: str) -
              and one(source_dsn, count) == ROWS, timeout=60, what="the backfill")  # fmt: skip
     assert one(source_dsn, "select count(distinct model_id) from pgml_scores.churn") == 1
 
+    # The write-back's connection is lost: it reconnects and goes on.
+    execute(
+        source_dsn,
+        "select pg_terminate_backend(pid) from pg_stat_activity"
+        " where application_name = 'pgml-sidecar write-back'",
+    )
     # New, changed and deleted rows are reflected.
     execute(
         source_dsn,
