@@ -46,6 +46,8 @@ _SIGNATURES: dict[str, list[tuple[str, Any]]] = {
         ("test_sampling", "stratified"),
     ],
     "version": [],
+    "schedule": [("project_name", ...), ("cron", ...)],
+    "retrain_on_drift": [("project_name", ...), ("enabled", True)],
 }
 
 
@@ -55,6 +57,8 @@ COLUMNS: dict[str, list[tuple[str, str]]] = {
     "load_dataset": [("table_name", TEXT), ("rows", INT8)],
     "snapshot": [("relation", TEXT), ("y_column_name", TEXT_ARRAY)],
     "version": [("version", TEXT)],
+    "schedule": [("project", TEXT), ("schedule", TEXT)],
+    "retrain_on_drift": [("project", TEXT), ("retrain_on_drift", BOOL)],
 }
 
 
@@ -198,7 +202,21 @@ def _version(trainer: Trainer, a: dict[str, Any]) -> ProcedureResult:
     return ProcedureResult(COLUMNS["version"], [(version(),)])
 
 
+def _schedule(trainer: Trainer, a: dict[str, Any]) -> ProcedureResult:
+    cron = trainer.set_schedule(str(a["project_name"]), a["cron"])
+    return ProcedureResult(COLUMNS["schedule"], [(a["project_name"], cron)])
+
+
+def _retrain_on_drift(trainer: Trainer, a: dict[str, Any]) -> ProcedureResult:
+    enabled = trainer.set_retrain_on_drift(
+        str(a["project_name"]), _boolean(a["enabled"], "enabled")
+    )
+    return ProcedureResult(COLUMNS["retrain_on_drift"], [(a["project_name"], enabled)])
+
+
 _RUNNERS: dict[str, Callable[[Trainer, dict[str, Any]], ProcedureResult]] = {
+    "schedule": _schedule,
+    "retrain_on_drift": _retrain_on_drift,
     "train": _train,
     "deploy": _deploy,
     "deploy_model": _deploy_model,

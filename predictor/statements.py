@@ -23,7 +23,7 @@ from pglast.visitors import Visitor
 from predictor import catalog
 from sidecar.errors import SidecarError
 
-PROCEDURES = ("train", "deploy", "load_dataset", "snapshot")
+PROCEDURES = ("train", "deploy", "load_dataset", "snapshot", "schedule", "retrain_on_drift")
 SCALAR_FUNCTIONS = {"predict": "pgml_predict", "predict_proba": "pgml_predict_proba"}
 
 # DuckDB functions that read or write files, reach other databases or run SQL text.

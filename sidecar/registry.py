@@ -13,6 +13,9 @@ grow; the latest deployment of a project (highest id) is the deployed model.
   and results, and its artifact file with ``sha256``.
 - ``deployments``: one row per deployment (strategy ``new_score``, ``most_recent``,
   ``best_score``, ``rollback`` or ``specific``).
+- ``drift_events``: each drift a monitor detected (detector, feature, statistic, threshold).
+- ``project_settings``: a project's retraining schedule (cron) and whether drift retrains it.
+- ``progress``: an online model's progressive metrics as it learns, with the source position.
 
 Rows are written only for trainings that succeeded, in one transaction, so a failed request
 leaves nothing behind.
@@ -92,6 +95,33 @@ create table if not exists pgml.deployments (
     model_id bigint not null,
     strategy varchar not null,
     created_at timestamptz not null default current_timestamp
+);
+create sequence if not exists pgml.drift_events_id_seq;
+create table if not exists pgml.drift_events (
+    id bigint primary key default nextval('pgml.drift_events_id_seq'),
+    project_id bigint not null,
+    model_id bigint not null,
+    detector varchar not null,
+    feature varchar,
+    statistic double not null,
+    threshold double not null,
+    detected_at timestamptz not null default current_timestamp
+);
+create table if not exists pgml.project_settings (
+    project_id bigint primary key,
+    schedule varchar,
+    schedule_set_at timestamptz,
+    last_scheduled_run timestamptz,
+    retrain_on_drift boolean not null default false
+);
+create sequence if not exists pgml.progress_id_seq;
+create table if not exists pgml.progress (
+    id bigint primary key default nextval('pgml.progress_id_seq'),
+    model_id bigint not null,
+    rows_learned bigint not null,
+    metrics json,
+    source_position json,
+    recorded_at timestamptz not null default current_timestamp
 );
 create or replace view pgml.deployed_models as
 select p.id, p.name, p.task, m.algorithm, m.runtime, d.created_at as deployed_at, m.id as model_id
@@ -411,6 +441,62 @@ class Registry:
 
     # -- deployments ---------------------------------------------------------------------------
 
+    # -- drift, schedules and progress ------------------------------------------------------------
+
+    @_locked
+    def add_drift_event(
+        self, project_id: int, model_id: int, detector: str, feature: str | None,
+        statistic: float, threshold: float,
+    ) -> int:  # fmt: skip
+        row = self.con.execute(
+            "insert into pgml.drift_events (project_id, model_id, detector, feature, statistic,"
+            " threshold) values (?, ?, ?, ?, ?, ?) returning id",
+            [project_id, model_id, detector, feature, statistic, threshold],
+        ).fetchone()
+        assert row is not None
+        return int(row[0])
+
+    @_locked
+    def settings(self, project_id: int) -> dict[str, Any]:
+        row = self.con.execute(
+            "select schedule, schedule_set_at, last_scheduled_run, retrain_on_drift"
+            " from pgml.project_settings where project_id = ?",
+            [project_id],
+        ).fetchone()
+        names = ("schedule", "schedule_set_at", "last_scheduled_run", "retrain_on_drift")
+        return dict(zip(names, row or (None, None, None, False), strict=True))
+
+    @_locked
+    def update_settings(self, project_id: int, **values: Any) -> None:
+        """Set some of a project's settings (schedule, retrain_on_drift, ...), keep the rest."""
+        self.con.execute(
+            "insert into pgml.project_settings (project_id) values (?) on conflict do nothing",
+            [project_id],
+        )
+        for name, value in values.items():
+            assert name in _SETTINGS, name
+            self.con.execute(
+                f"update pgml.project_settings set {name} = ? where project_id = ?",
+                [value, project_id],
+            )
+
+    @_locked
+    def add_progress(
+        self, model_id: int, rows: int, metrics: dict[str, float], position: dict[str, str]
+    ) -> None:
+        self.con.execute(
+            "insert into pgml.progress (model_id, rows_learned, metrics, source_position)"
+            " values (?, ?, ?, ?)",
+            [model_id, rows, json.dumps(metrics), json.dumps(position)],
+        )
+
+    @_locked
+    def projects(self) -> list[Project]:
+        rows = self.con.execute(
+            "select id, name, task, created_at from pgml.projects order by name"
+        ).fetchall()
+        return [Project(*r) for r in rows]
+
     @_locked
     def deployments(self, project_id: int) -> list[Deployment]:
         """The project's deployments, oldest first."""
@@ -440,6 +526,9 @@ class Registry:
         ).fetchone()
         assert row is not None
         return Deployment(*row)
+
+
+_SETTINGS = ("schedule", "schedule_set_at", "last_scheduled_run", "retrain_on_drift")
 
 
 def project_slug(name: str) -> str:

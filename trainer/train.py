@@ -15,6 +15,7 @@ import uuid
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass, field
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
@@ -105,6 +106,8 @@ class Trainer:
         self.on_trained: Callable[[str, str, dict[str, float]], None] | None = None
         """Called after every training with (project, "successful" or "failed", metrics)."""
         self.generation = 0
+        self.settings_generation = 0
+        """Bumped when a schedule or the retrain-on-drift setting of a project changes."""
         """Bumped at every deployment, so a cache of deployed models knows to look again."""
 
     def close(self) -> None:
@@ -400,6 +403,29 @@ class Trainer:
         if project is None:
             raise TrainingError(f"project {name!r} does not exist", sqlstate="42704")
         return project
+
+    # -- retraining settings -------------------------------------------------------------------
+
+    def set_schedule(self, project: str, expression: str | None) -> str | None:
+        """Retrain ``project`` on a cron schedule (UTC), or never again with None."""
+        from trainer.schedule import Schedule
+
+        found = self._project(project)
+        if expression is not None:
+            Schedule(expression)  # refuses a malformed expression with an example
+        now = datetime.now(UTC)
+        self.registry.update_settings(
+            found.id, schedule=expression, schedule_set_at=now, last_scheduled_run=None
+        )
+        self.settings_generation += 1
+        return expression
+
+    def set_retrain_on_drift(self, project: str, enabled: bool = True) -> bool:
+        """Retrain ``project`` when its deployed model's inputs or errors drift."""
+        found = self._project(project)
+        self.registry.update_settings(found.id, retrain_on_drift=bool(enabled))
+        self.settings_generation += 1
+        return bool(enabled)
 
     def deployment_history(self, project: str) -> list[int]:
         """The project's deployed model ids, earliest first, as rollback walks them."""
