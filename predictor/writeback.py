@@ -32,7 +32,7 @@ from psycopg import sql
 
 from sidecar.changes import Lsn
 from sidecar.errors import SidecarError
-from sidecar.mirror import META, Touched, quote
+from sidecar.mirror import META, Touched, quote, rows_for_keys, touched_keys
 from sidecar.registry import project_slug
 from trainer.model import Model
 from trainer.snapshots import find_relation
@@ -199,9 +199,7 @@ class Writeback:
             if entry.everything:
                 self._retrying(self._rescore, target)
             elif entry.keys:
-                keys = pa.concat_tables(
-                    [_as_strings(k) for k in entry.keys], promote_options="permissive"
-                )
+                keys = touched_keys(entry).select(list(target.keys))
                 rows = self._retrying(self._score_keys, target, keys)
                 if self.on_written is not None:
                     self.on_written(target.project, rows, time.time() - since)
@@ -213,20 +211,7 @@ class Writeback:
 
     def _score_keys(self, target: Target, keys: pa.Table) -> int:
         """Score the rows with these keys; delete the scores of keys whose row is gone."""
-        keys = keys.group_by(list(target.keys)).aggregate([])
-        cursor = self.con.cursor()
-        try:
-            cursor.register("_pgml_touched", keys)
-            match = " and ".join(
-                f"cast(r.{quote(k)} as varchar) = t.{quote(k)}" for k in target.keys
-            )
-            columns = ", ".join(f"r.{quote(c)}" for c in _columns(target))
-            found = cursor.sql(
-                f"select {columns} from {quote(target.schema)}.{quote(target.table)} r"
-                f" semi join _pgml_touched t on {match}"
-            ).to_arrow_table()
-        finally:
-            cursor.close()
+        found = rows_for_keys(self.con, target.schema, target.table, keys, _columns(target))
         self._write(target, found)
         present = found.select(list(target.keys)).cast(keys.select(list(target.keys)).schema)
         gone = _anti_join(keys.select(list(target.keys)), present, list(target.keys))
@@ -373,11 +358,6 @@ class Writeback:
                 )
             )
             source.execute(sql.SQL("truncate {}").format(staging))
-
-
-def _as_strings(keys: pa.Table) -> pa.Table:
-    """Key values as plain strings (the stream hands them over as string views)."""
-    return keys.cast(pa.schema([(name, pa.string()) for name in keys.column_names]))
 
 
 def _scores(target: Target) -> sql.Composable:

@@ -93,6 +93,39 @@ class Touched:
 CommitListener = Callable[[Lsn, dict[tuple[str, str], Touched]], None]
 
 
+def touched_keys(touched: Touched) -> pa.Table:
+    """The distinct keys of a ``Touched``, as plain strings."""
+    tables = [t.cast(pa.schema([(n, pa.string()) for n in t.column_names])) for t in touched.keys]
+    keys = pa.concat_tables(tables, promote_options="permissive")
+    return keys.group_by(keys.column_names).aggregate([])
+
+
+def rows_for_keys(
+    con: duckdb.DuckDBPyConnection,
+    schema: str,
+    table: str,
+    keys: pa.Table,
+    columns: list[str],
+    *,
+    where: str = "",
+) -> pa.Table:
+    """The committed rows of ``schema.table`` whose key columns (text) are in ``keys``."""
+    cursor = con.cursor()
+    try:
+        cursor.register("_pgml_touched", keys)
+        match = " and ".join(
+            f"cast(r.{quote(k)} as varchar) = t.{quote(k)}" for k in keys.column_names
+        )
+        listed = ", ".join(f"r.{quote(c)}" for c in columns)
+        condition = f" where {where}" if where else ""
+        return cursor.sql(
+            f"select {listed} from {quote(schema)}.{quote(table)} r"
+            f" semi join _pgml_touched t on {match}{condition}"
+        ).to_arrow_table()
+    finally:
+        cursor.close()
+
+
 @dataclass(frozen=True, slots=True)
 class MirrorColumn:
     """A mirrored column: its source description and how text becomes its DuckDB type."""
