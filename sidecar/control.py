@@ -128,10 +128,19 @@ class ControlRequests:
     def _run(self, request: dict[str, Any]) -> tuple[str, str | None, int | None, dict]:
         project = str(request["project_name"])
         try:
-            if request.get("kind", "train") == "writeback":
-                enabled = request.get("enabled")
+            kind = request.get("kind", "train")
+            enabled = request.get("enabled")
+            if kind == "writeback":
                 self.writeback(project, True if enabled is None else bool(enabled))
                 log.info("write-back of %s %s", project, "on" if enabled is not False else "off")
+                return "done", None, None, {}
+            if kind == "schedule":
+                cron = request.get("cron")
+                self.trainer.set_schedule(project, cron)
+                log.info("schedule of %s: %s", project, cron or "none")
+                return "done", None, None, {}
+            if kind == "retrain_on_drift":
+                self.trainer.set_retrain_on_drift(project, enabled is not False)
                 return "done", None, None, {}
             hyperparams = request.get("hyperparams") or {}
             if isinstance(hyperparams, str):
