@@ -10,7 +10,7 @@ import sys
 from collections.abc import Callable, Sequence
 from typing import Protocol
 
-from bench import initial_copy, latency, streaming, training
+from bench import endpoint, initial_copy, latency, streaming, training
 from bench import workload as w
 
 
@@ -25,6 +25,7 @@ BENCHMARKS: dict[str, tuple[Callable[[], argparse.ArgumentParser], _Runner]] = {
     "latency": (latency.parser, latency.run),
     "initial_copy": (initial_copy.parser, initial_copy.run),
     "training": (training.parser, training.run),
+    "endpoint": (endpoint.parser, endpoint.run),
 }
 
 
