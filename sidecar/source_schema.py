@@ -17,11 +17,13 @@ from psycopg import sql
 
 from sidecar.errors import ConfigError, SidecarError, SourceSetupError
 
-SCHEMA_VERSION = 1
+SCHEMA_VERSION = 2
 """The version ``sql/install.sql`` creates."""
 
 SQL_DIR = Path(__file__).resolve().parent.parent / "sql"
 CONTROL_TABLE = ("pgml", "training_requests")
+SIDECAR_WRITES = (("pgml", "settings"), ("pgml", "drift_events"))
+"""Tables in schema pgml the sidecar writes: never published (nor any pgml_scores table)."""
 
 _LOCK = "select pg_advisory_xact_lock(hashtext('pgml-sidecar schema'))"
 
@@ -113,7 +115,8 @@ def add_control_table(conn: psycopg.Connection, publication: str) -> bool:
     """Add pgml.training_requests to the publication unless it is there; True if added.
 
     Refuses a publication that would carry the sidecar's own writes back to it
-    (``FOR ALL TABLES``, or one holding pgml.settings or a pgml_scores table).
+    (``FOR ALL TABLES``, or one holding pgml.settings, pgml.drift_events or a pgml_scores
+    table).
     """
     with conn.transaction():
         row = conn.execute(
@@ -129,7 +132,7 @@ def add_control_table(conn: psycopg.Connection, publication: str) -> bool:
             ).fetchall()
         }
         looping = sorted(
-            f"{s}.{t}" for s, t in members if s == "pgml_scores" or (s, t) == ("pgml", "settings")
+            f"{s}.{t}" for s, t in members if s == "pgml_scores" or (s, t) in SIDECAR_WRITES
         )
         if row[0] or looping:
             what = "is FOR ALL TABLES" if row[0] else "holds " + ", ".join(looping)

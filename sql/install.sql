@@ -1,4 +1,4 @@
--- pgml-sidecar: what the source database gets, schema version 1.
+-- pgml-sidecar: what the source database gets, schema version 2.
 --
 -- Plain SQL and plpgsql: no superuser, no extension. Run it as a role with CREATE on the
 -- database (its owner, or the sidecar's role from role.sql), in one transaction:
@@ -22,8 +22,8 @@ begin
     end if;
     if to_regclass('pgml.settings') is not null then
         select value into installed from pgml.settings where name = 'schema_version';
-        if installed is distinct from '1' then
-            raise exception 'pgml-sidecar schema version % is installed, this is version 1',
+        if installed is distinct from '2' then
+            raise exception 'pgml-sidecar schema version % is installed, this is version 2',
                 coalesce(installed, 'unknown')
                 using errcode = 'object_not_in_prerequisite_state',
                       hint = 'pgml-sidecar init upgrades an older version; by hand, apply'
@@ -48,12 +48,14 @@ create table if not exists pgml.settings (
 comment on table pgml.settings is
     'pgml-sidecar settings: schema_version, endpoint_dsn (a libpq DSN or a foreign server name)';
 
-insert into pgml.settings (name, value) values ('schema_version', '1')
+insert into pgml.settings (name, value) values ('schema_version', '2')
 on conflict (name) do nothing;
 
+-- Version 1 databases get the cron column and the three named checks from
+-- sql/upgrade/1_to_2.sql; keep the two in step.
 create table if not exists pgml.training_requests (
     id bigint generated always as identity primary key,
-    kind text not null default 'train' check (kind in ('train', 'writeback')),
+    kind text not null default 'train',
     project_name text not null check (btrim(project_name) <> ''),
     task text,
     relation_name text,
@@ -67,12 +69,33 @@ create table if not exists pgml.training_requests (
     error text,
     model_id bigint,
     finished_at timestamptz,
-    check ((kind = 'writeback') = (enabled is not null))
+    cron text,
+    constraint training_requests_kind_check
+        check (kind in ('train', 'writeback', 'schedule', 'retrain_on_drift')),
+    constraint training_requests_enabled_check
+        check ((kind in ('writeback', 'retrain_on_drift')) = (enabled is not null)),
+    constraint training_requests_cron_check check (kind = 'schedule' or cron is null)
 );
 alter table pgml.training_requests replica identity default;
 comment on table pgml.training_requests is
-    'pgml-sidecar requests (pgml.train, pgml.writeback), replicated to the sidecar,'
-    ' which sets status, error, model_id and finished_at';
+    'pgml-sidecar requests (pgml.train, pgml.writeback, pgml.schedule, pgml.retrain_on_drift),'
+    ' replicated to the sidecar, which sets status, error, model_id and finished_at';
+comment on column pgml.training_requests.cron is
+    'schedule requests: a 5-field cron expression, or NULL to clear the schedule';
+
+-- Written by the sidecar (the drifts it records in its own registry); never published.
+create table if not exists pgml.drift_events (
+    id bigint generated always as identity primary key,
+    project_name text not null,
+    model_id bigint,
+    detector text not null,
+    feature text,
+    statistic double precision not null,
+    threshold double precision not null,
+    detected_at timestamptz not null default now()
+);
+comment on table pgml.drift_events is
+    'pgml-sidecar: drift its monitors detected in deployed models, written by the sidecar';
 
 create or replace function pgml.train(
     project_name text,
@@ -142,6 +165,65 @@ end
 $$;
 comment on function pgml.writeback(text, boolean) is
     'Ask the sidecar to write (or stop writing) a project''s predictions to pgml_scores';
+
+create or replace function pgml.schedule(project_name text, cron text)
+returns bigint
+language plpgsql
+set search_path = pg_catalog, pg_temp
+as $$
+declare
+    request_id bigint;
+    fields text[];
+begin
+    if project_name is null or btrim(project_name) = '' then
+        raise exception 'pgml.schedule needs a project name'
+            using errcode = 'invalid_parameter_value';
+    end if;
+    if cron is not null then
+        fields := array(select m[1] from regexp_matches(cron, '([^[:space:]]+)', 'g') as m);
+        if cardinality(fields) <> 5 then
+            raise exception 'pgml.schedule: cron % does not have 5 fields; write it like'
+                            ' ''0 3 * * *'' (every day at 03:00)', quote_literal(cron)
+                using errcode = 'invalid_parameter_value',
+                      hint = 'the fields are minute, hour, day of month, month, day of week;'
+                             ' NULL clears the schedule';
+        end if;
+    end if;
+    insert into pgml.training_requests (kind, project_name, cron)
+    values ('schedule', schedule.project_name, array_to_string(fields, ' '))
+    returning id into request_id;
+    return request_id;
+end
+$$;
+comment on function pgml.schedule(text, text) is
+    'Ask the sidecar to retrain a project on a cron schedule (NULL clears it); returns the'
+    ' request id in pgml.training_requests';
+
+create or replace function pgml.retrain_on_drift(project_name text, enabled boolean default true)
+returns bigint
+language plpgsql
+set search_path = pg_catalog, pg_temp
+as $$
+declare
+    request_id bigint;
+begin
+    if project_name is null or btrim(project_name) = '' then
+        raise exception 'pgml.retrain_on_drift needs a project name'
+            using errcode = 'invalid_parameter_value';
+    end if;
+    if enabled is null then
+        raise exception 'pgml.retrain_on_drift: enabled must be true or false'
+            using errcode = 'invalid_parameter_value';
+    end if;
+    insert into pgml.training_requests (kind, project_name, enabled)
+    values ('retrain_on_drift', retrain_on_drift.project_name, retrain_on_drift.enabled)
+    returning id into request_id;
+    return request_id;
+end
+$$;
+comment on function pgml.retrain_on_drift(text, boolean) is
+    'Ask the sidecar to retrain (or stop retraining) a project when its model drifts;'
+    ' returns the request id in pgml.training_requests';
 
 create or replace function pgml.predict(project text, features float8[])
 returns float8

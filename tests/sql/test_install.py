@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import functools
 import secrets
 import subprocess
 import time
@@ -18,10 +19,11 @@ from sidecar import source_schema
 from sidecar.errors import SourceSetupError
 from sidecar.local_postgres import LocalPostgres
 from sidecar.mirror import Mirror
-from tests.fix_pg import drop_database
+from tests.fix_pg import database_name_for, drop_database, fresh_database
 from trainer.train import Trainer
 
 SQL_DIR = Path(__file__).resolve().parents[2] / "sql"
+VERSION_1_COMMIT = "f0ec365"  # its sql/install.sql created schema version 1
 IRIS_SETOSA = "array[5.1, 3.5, 1.4, 0.2]"
 
 
@@ -95,6 +97,11 @@ def schemas(conn: psycopg.Connection) -> set[str]:
     return {r[0] for r in rows}
 
 
+def dsn_of(conn: psycopg.Connection) -> str:
+    info = conn.info
+    return make_conninfo("", host=info.host, port=info.port, user=info.user, dbname=info.dbname)
+
+
 def request(conn: psycopg.Connection, request_id: int) -> dict[str, object]:
     cur = conn.execute("select * from pgml.training_requests where id = %s", [request_id])
     row = cur.fetchone()
@@ -111,8 +118,8 @@ def test_database_owner_installs_without_superuser_or_extensions(owner_dsn: str)
         assert is_superuser.fetchone() == (False,)
         assert source_schema.installed_version(conn) is None
 
-        assert source_schema.install(conn) == source_schema.SCHEMA_VERSION == 1
-        assert source_schema.installed_version(conn) == 1
+        assert source_schema.install(conn) == source_schema.SCHEMA_VERSION == 2
+        assert source_schema.installed_version(conn) == 2
         assert schemas(conn) == {"pgml", "pgml_scores"}
         extensions = conn.execute("select extname from pg_extension").fetchall()
         assert extensions == [("plpgsql",)]
@@ -120,18 +127,24 @@ def test_database_owner_installs_without_superuser_or_extensions(owner_dsn: str)
             "select p.proname, l.lanname from pg_proc p join pg_language l on l.oid = p.prolang"
             " where p.pronamespace = 'pgml'::regnamespace order by 1"
         ).fetchall()
-        assert functions == [("predict", "plpgsql"), ("train", "plpgsql"), ("writeback", "plpgsql")]
+        assert functions == [
+            ("predict", "plpgsql"),
+            ("retrain_on_drift", "plpgsql"),
+            ("schedule", "plpgsql"),
+            ("train", "plpgsql"),
+            ("writeback", "plpgsql"),
+        ]
         conn.execute("select pgml.train('fraud', 'classification', 'public.tx', 'is_fraud')")
 
-        assert source_schema.install(conn, endpoint_dsn="host=10.0.0.5 port=6433") == 1
-        assert source_schema.install(conn) == 1  # the same version again: nothing changes
+        assert source_schema.install(conn, endpoint_dsn="host=10.0.0.5 port=6433") == 2
+        assert source_schema.install(conn) == 2  # the same version again: nothing changes
         settings = conn.execute("select name, value from pgml.settings order by 1").fetchall()
-        assert settings == [("endpoint_dsn", "host=10.0.0.5 port=6433"), ("schema_version", "1")]
+        assert settings == [("endpoint_dsn", "host=10.0.0.5 port=6433"), ("schema_version", "2")]
         assert conn.execute("select count(*) from pgml.training_requests").fetchone() == (1,)
         functions_now = conn.execute(
             "select count(*) from pg_proc where pronamespace = 'pgml'::regnamespace"
         ).fetchone()
-        assert functions_now == (3,)
+        assert functions_now == (5,)
 
         source_schema.uninstall(conn)
         assert schemas(conn) == set()
@@ -157,7 +170,7 @@ def test_psql_applies_install_sql_twice_and_uninstall_sql(pg_bin: Path, owner_ds
     with psycopg.connect(owner_dsn, autocommit=True) as conn:
         conn.execute("select pgml.train('fraud')")
         psql(pg_bin, owner_dsn, *install)  # again: the same schema, the request kept
-        assert source_schema.installed_version(conn) == 1
+        assert source_schema.installed_version(conn) == 2
         assert conn.execute("select count(*) from pgml.training_requests").fetchone() == (1,)
         assert conn.execute("select count(*) from pgml.settings").fetchone() == (1,)
         psql(pg_bin, owner_dsn, "--single-transaction", "-f", str(SQL_DIR / "uninstall.sql"))
@@ -165,15 +178,17 @@ def test_psql_applies_install_sql_twice_and_uninstall_sql(pg_bin: Path, owner_ds
 
 
 def test_a_newer_schema_version_is_refused(pg_bin: Path, source: psycopg.Connection) -> None:
-    source.execute("update pgml.settings set value = '2' where name = 'schema_version'")
-    with pytest.raises(SourceSetupError, match="version 2, newer than this release's 1"):
+    source.execute("update pgml.settings set value = '3' where name = 'schema_version'")
+    with pytest.raises(SourceSetupError, match="version 3, newer than this release's 2"):
         source_schema.install(source)
-    info = source.info
-    dsn = make_conninfo("", host=info.host, port=info.port, user=info.user, dbname=info.dbname)
+    dsn = dsn_of(source)
     done = psql(pg_bin, dsn, "-1", "-f", str(SQL_DIR / "install.sql"), check=False)
     assert done.returncode != 0
-    assert "schema version 2 is installed, this is version 1" in done.stderr
-    assert source_schema.installed_version(source) == 2
+    assert "schema version 3 is installed, this is version 2" in done.stderr
+    done = psql(pg_bin, dsn, "-1", "-f", str(SQL_DIR / "upgrade" / "1_to_2.sql"), check=False)
+    assert done.returncode != 0
+    assert "upgrades schema version 1, and version 3 is installed" in done.stderr
+    assert source_schema.installed_version(source) == 3
 
 
 def test_a_schema_pgml_of_another_tool_is_left_alone(source_dsn: str) -> None:
@@ -184,6 +199,130 @@ def test_a_schema_pgml_of_another_tool_is_left_alone(source_dsn: str) -> None:
             source_schema.install(conn)
         source_schema.uninstall(conn)
         assert conn.execute("select to_regclass('pgml.models') is not null").fetchone() == (True,)
+
+
+@functools.cache
+def version_1_install_sql() -> str:
+    """sql/install.sql as it was at schema version 1, from the git history of this checkout."""
+    done = subprocess.run(
+        ["git", "-C", str(SQL_DIR.parent), "show", f"{VERSION_1_COMMIT}:sql/install.sql"],
+        capture_output=True, text=True, timeout=60, check=False,
+    )  # fmt: skip
+    if done.returncode != 0:
+        pytest.fail(f"cannot read version 1 of sql/install.sql from git: {done.stderr}")
+    assert "schema version 1." in done.stdout
+    return done.stdout
+
+
+def install_version_1(conn: psycopg.Connection) -> None:
+    with conn.transaction():
+        conn.execute(version_1_install_sql())
+    assert source_schema.installed_version(conn) == 1
+
+
+def pgml_catalog(conn: psycopg.Connection) -> dict[str, list[tuple[object, ...]]]:
+    """What schema pgml is made of: tables, columns, constraints, indexes, functions, comments."""
+    queries = {
+        "columns": "select table_name, ordinal_position, column_name, data_type, is_nullable,"
+        " column_default, is_identity, identity_generation from information_schema.columns"
+        " where table_schema = 'pgml' order by 1, 2",
+        "constraints": "select conrelid::regclass::text, conname, pg_get_constraintdef(oid)"
+        " from pg_constraint where connamespace = 'pgml'::regnamespace order by 1, 2",
+        "indexes": "select indexname, indexdef from pg_indexes where schemaname = 'pgml'"
+        " order by 1",
+        "relations": "select relname, relkind, relreplident, obj_description(oid, 'pg_class')"
+        " from pg_class where relnamespace = 'pgml'::regnamespace order by 1",
+        "column comments": "select c.relname, a.attname, col_description(c.oid, a.attnum)"
+        " from pg_class c join pg_attribute a on a.attrelid = c.oid"
+        " where c.relnamespace = 'pgml'::regnamespace and col_description(c.oid, a.attnum)"
+        " is not null order by 1, 2",
+        "functions": "select oid::regprocedure::text, pg_get_functiondef(oid),"
+        " obj_description(oid, 'pg_proc') from pg_proc"
+        " where pronamespace = 'pgml'::regnamespace order by 1",
+        "settings": "select name, value from pgml.settings where name = 'schema_version'",
+    }
+    return {name: [tuple(r) for r in conn.execute(q).fetchall()] for name, q in queries.items()}
+
+
+def test_install_upgrades_version_1_keeping_its_requests(source_dsn: str) -> None:
+    with psycopg.connect(source_dsn, autocommit=True) as conn:
+        install_version_1(conn)
+        trained = conn.execute("select pgml.train('fraud', 'classification', 'public.tx', 'y')")
+        train_id = trained.fetchone()
+        conn.execute("select pgml.writeback('fraud', false)")
+        conn.execute(
+            "update pgml.training_requests set status = 'done', model_id = 3,"
+            " finished_at = now() where id = %s",
+            train_id,
+        )
+        conn.execute("insert into pgml.settings values ('endpoint_dsn', 'host=10.0.0.5')")
+        conn.execute("create publication pub for table pgml.training_requests")
+        with pytest.raises(psycopg.errors.CheckViolation, match="training_requests_kind_check"):
+            conn.execute(
+                "insert into pgml.training_requests (kind, project_name) values ('schedule', 'p')"
+            )
+        before = conn.execute("select * from pgml.training_requests order by id").fetchall()
+
+        assert source_schema.install(conn) == 2
+
+        assert source_schema.installed_version(conn) == 2
+        cur = conn.execute("select * from pgml.training_requests order by id")
+        assert cur.description is not None and cur.description[-1].name == "cron"
+        after = cur.fetchall()
+        assert [row[:-1] for row in after] == before
+        assert [row[-1] for row in after] == [None, None]
+        settings = conn.execute("select name, value from pgml.settings order by 1").fetchall()
+        assert settings == [("endpoint_dsn", "host=10.0.0.5"), ("schema_version", "2")]
+        assert publication_tables(conn, "pub") == [("pgml", "training_requests")]
+
+        scheduled = conn.execute("select pgml.schedule('fraud', '0 3 * * *')").fetchone()
+        drifting = conn.execute("select pgml.retrain_on_drift('fraud')").fetchone()
+        assert scheduled is not None and drifting is not None
+        assert request(conn, scheduled[0])["cron"] == "0 3 * * *"
+        assert request(conn, drifting[0])["enabled"] is True
+        assert scheduled[0] > max(row[0] for row in after)
+        assert conn.execute("select count(*) from pgml.drift_events").fetchone() == (0,)
+        assert source_schema.install(conn) == 2  # the current version: nothing more to do
+
+
+def test_the_upgrade_by_hand_gives_what_a_fresh_install_gives(
+    pg_bin: Path, pg_server: LocalPostgres, source_dsn: str
+) -> None:
+    step = ["--single-transaction", "-f", str(SQL_DIR / "upgrade" / "1_to_2.sql")]
+    with fresh_database(pg_server, database_name_for("fresh_version_2")) as fresh_dsn:
+        done = psql(pg_bin, fresh_dsn, *step, check=False)
+        assert done.returncode != 0
+        assert "not installed in this database: nothing to upgrade" in done.stderr
+        with psycopg.connect(fresh_dsn, autocommit=True) as fresh:
+            assert source_schema.install(fresh) == 2
+            fresh_catalog = pgml_catalog(fresh)
+            psql(pg_bin, fresh_dsn, *step)  # on version 2: changes nothing
+            assert pgml_catalog(fresh) == fresh_catalog
+
+    with psycopg.connect(source_dsn, autocommit=True) as conn:
+        install_version_1(conn)
+        conn.execute("select pgml.train('fraud')")
+        done = psql(pg_bin, source_dsn, "-1", "-f", str(SQL_DIR / "install.sql"), check=False)
+        assert done.returncode != 0
+        assert "schema version 1 is installed, this is version 2" in done.stderr
+        assert "sql/upgrade/<n>_to_<n+1>.sql" in done.stderr
+        psql(pg_bin, source_dsn, *step)
+        upgraded = pgml_catalog(conn)
+        psql(pg_bin, source_dsn, *step)  # again: changes nothing
+        assert pgml_catalog(conn) == upgraded
+        assert conn.execute("select count(*) from pgml.training_requests").fetchone() == (1,)
+
+    assert upgraded == fresh_catalog
+    assert ("training_requests", 15, "cron", "text", "YES", None, "NO", None) in upgraded["columns"]
+    checks = {str(name) for _, name, _ in upgraded["constraints"] if str(name).endswith("_check")}
+    assert checks == {
+        "training_requests_cron_check",
+        "training_requests_enabled_check",
+        "training_requests_hyperparams_check",
+        "training_requests_kind_check",
+        "training_requests_project_name_check",
+        "training_requests_status_check",
+    }
 
 
 def test_upgrade_steps_are_taken_in_order(tmp_path: Path) -> None:
@@ -240,6 +379,14 @@ def test_train_leaves_a_pending_request(source: psycopg.Connection) -> None:
         ("pgml.train('p', hyperparams => '[1]')", "must be a JSON object"),
         ("pgml.writeback('')", "needs a project name"),
         ("pgml.writeback('p', null)", "enabled must be true or false"),
+        ("pgml.schedule('', '0 3 * * *')", "needs a project name"),
+        ("pgml.schedule(null, null)", "needs a project name"),
+        ("pgml.schedule('p', '0 3 * *')", r"'0 3 \* \*' does not have 5 fields.*'0 3 \* \* \*'"),
+        ("pgml.schedule('p', '0 3 * * * *')", "does not have 5 fields"),
+        ("pgml.schedule('p', '')", "does not have 5 fields"),
+        ("pgml.schedule('p', '@daily')", "does not have 5 fields"),
+        ("pgml.retrain_on_drift(' ')", "needs a project name"),
+        ("pgml.retrain_on_drift('p', null)", "enabled must be true or false"),
     ],
 )
 def test_bad_requests_are_refused_and_leave_no_row(
@@ -259,6 +406,92 @@ def test_writeback_requests(source: psycopg.Connection) -> None:
         ("writeback", "fraud", True, "pending"),
         ("writeback", "fraud", False, "pending"),
     ]
+
+
+def test_schedule_requests(source: psycopg.Connection) -> None:
+    calls = [
+        "pgml.schedule('fraud', '0 3 * * *')",
+        "pgml.schedule('fraud', E' */15  9-17\\t* *\\n1-5 ')",  # spaces, a tab, a newline
+        "pgml.schedule('fraud', null)",  # clears the schedule
+        "pgml.schedule(project_name => 'churn', cron => '30 2 1 * *')",
+    ]
+    ids = []
+    for call in calls:
+        row = source.execute(f"select {call}").fetchone()
+        assert row is not None and isinstance(row[0], int)
+        ids.append(row[0])
+    rows = [request(source, i) for i in ids]
+    assert [(r["kind"], r["project_name"], r["cron"], r["status"]) for r in rows] == [
+        ("schedule", "fraud", "0 3 * * *", "pending"),
+        ("schedule", "fraud", "*/15 9-17 * * 1-5", "pending"),
+        ("schedule", "fraud", None, "pending"),
+        ("schedule", "churn", "30 2 1 * *", "pending"),
+    ]
+    for r in rows:
+        assert (r["enabled"], r["task"], r["algorithm"], r["model_id"]) == (None, None, None, None)
+
+
+def test_retrain_on_drift_requests(source: psycopg.Connection) -> None:
+    on = source.execute("select pgml.retrain_on_drift('fraud')").fetchone()
+    off = source.execute("select pgml.retrain_on_drift('fraud', enabled => false)").fetchone()
+    assert on is not None and off is not None
+    rows = [request(source, on[0]), request(source, off[0])]
+    assert [(r["kind"], r["project_name"], r["enabled"], r["cron"], r["status"]) for r in rows] == [
+        ("retrain_on_drift", "fraud", True, None, "pending"),
+        ("retrain_on_drift", "fraud", False, None, "pending"),
+    ]
+
+
+@pytest.mark.parametrize(
+    ("kind", "enabled", "cron", "constraint"),
+    [
+        ("predict", None, None, "training_requests_kind_check"),
+        ("retrain_on_drift", None, None, "training_requests_enabled_check"),
+        ("writeback", None, None, "training_requests_enabled_check"),
+        ("schedule", True, "0 3 * * *", "training_requests_enabled_check"),
+        ("train", True, None, "training_requests_enabled_check"),
+        ("train", None, "0 3 * * *", "training_requests_cron_check"),
+        ("writeback", True, "0 3 * * *", "training_requests_cron_check"),
+    ],
+)
+def test_the_table_refuses_rows_no_function_makes(
+    source: psycopg.Connection, kind: str, enabled: bool | None, cron: str | None, constraint: str
+) -> None:
+    with pytest.raises(psycopg.errors.CheckViolation) as caught:
+        source.execute(
+            "insert into pgml.training_requests (kind, project_name, enabled, cron)"
+            " values (%s, 'p', %s, %s)",
+            [kind, enabled, cron],
+        )
+    assert caught.value.diag.constraint_name == constraint
+
+
+def test_drift_events_take_the_sidecars_rows(source: psycopg.Connection) -> None:
+    for model_id, feature in ((7, "amount"), (None, None)):
+        source.execute(  # the sidecar's own statement (sidecar/daemon.py)
+            "insert into pgml.drift_events (project_name, model_id, detector,"
+            " feature, statistic, threshold) values (%s, %s, %s, %s, %s, %s)",
+            ("fraud", model_id, "ks", feature, 0.42, 0.3),
+        )
+    rows = source.execute(
+        "select id, project_name, model_id, detector, feature, statistic, threshold,"
+        " detected_at > now() - interval '1 minute' from pgml.drift_events order by id"
+    ).fetchall()
+    assert [r[1:] for r in rows] == [
+        ("fraud", 7, "ks", "amount", 0.42, 0.3, True),
+        ("fraud", None, "ks", None, 0.42, 0.3, True),
+    ]
+    assert rows[0][0] < rows[1][0]
+    with pytest.raises(psycopg.errors.NotNullViolation):
+        source.execute(
+            "insert into pgml.drift_events (project_name, detector, threshold)"
+            " values ('fraud', 'ks', 0.3)"
+        )
+    with pytest.raises(psycopg.errors.GeneratedAlways):
+        source.execute(
+            "insert into pgml.drift_events (id, project_name, detector, statistic, threshold)"
+            " values (1, 'fraud', 'ks', 1, 0.3)"
+        )
 
 
 def test_the_sidecar_updates_requests_by_primary_key(source: psycopg.Connection) -> None:
@@ -399,6 +632,10 @@ def test_add_control_table_once_and_never_the_sidecars_own_tables(
     source.execute("create publication loop for table public.tx, pgml.settings")
     with pytest.raises(SourceSetupError, match=r"holds pgml\.settings"):
         source_schema.add_control_table(source, "loop")
+    source.execute("create publication drifting for table public.tx, pgml.drift_events")
+    with pytest.raises(SourceSetupError, match=r"holds pgml\.drift_events, so the sidecar's own"):
+        source_schema.add_control_table(source, "drifting")
+    assert publication_tables(source, "drifting") == [("pgml", "drift_events"), ("public", "tx")]
 
 
 # --- role.sql ------------------------------------------------------------------------------
@@ -420,7 +657,7 @@ def test_role_sql_makes_a_role_that_installs_and_replicates(
         )
         assert attributes.fetchone() == (False, True)
         assert conn.execute("select amount from public.tx").fetchall() == [(9.5,)]
-        assert source_schema.install(conn) == 1
+        assert source_schema.install(conn) == 2
         conn.execute("create publication pgml_sidecar")
         assert source_schema.add_control_table(conn, "pgml_sidecar") is True
         conn.execute("select pg_create_logical_replication_slot('x_' || current_user, 'pgoutput')")
@@ -447,7 +684,7 @@ def test_role_sql_after_the_owner_installed(
         conn.execute("create table pgml_scores.fraud (id bigint primary key, prediction float8)")
         with pytest.raises(psycopg.errors.InsufficientPrivilege):
             conn.execute("delete from pgml.training_requests")
-        assert source_schema.install(conn, endpoint_dsn="host=y") == 1  # as pgml-sidecar init
+        assert source_schema.install(conn, endpoint_dsn="host=y") == 2  # as pgml-sidecar init
         with pytest.raises(SourceSetupError, match="must be owner of schema pgml"):
             source_schema.uninstall(conn)
     assert source.execute(
@@ -518,12 +755,27 @@ def test_documented_user_grants_suffice_to_request_training(
     for grant in (
         "grant usage on schema pgml, pgml_scores to {}",
         "grant select, insert on pgml.training_requests to {}",
-        "grant select on pgml.settings to {}",
+        "grant select on pgml.settings, pgml.drift_events to {}",
     ):
         source.execute(sql.SQL(grant).format(analyst))
+    source.execute(
+        "insert into pgml.drift_events (project_name, detector, statistic, threshold)"
+        " values ('fraud', 'adwin', 1, 0.5)"
+    )
     with psycopg.connect(as_user(source_dsn, role_name), autocommit=True) as conn:
-        train = conn.execute("select pgml.train('fraud', 'regression', 'public.tx', 'y')")
-        writeback = conn.execute("select pgml.writeback('fraud')")
-        assert train.fetchone() is not None and writeback.fetchone() is not None
+        for call in (
+            "pgml.train('fraud', 'regression', 'public.tx', 'y')",
+            "pgml.writeback('fraud')",
+            "pgml.schedule('fraud', '0 3 * * *')",
+            "pgml.retrain_on_drift('fraud')",
+        ):
+            assert conn.execute(f"select {call}").fetchone() is not None
+        drifts = conn.execute("select project_name, detector from pgml.drift_events")
+        assert drifts.fetchall() == [("fraud", "adwin")]
+        with pytest.raises(psycopg.errors.InsufficientPrivilege):
+            conn.execute(
+                "insert into pgml.drift_events (project_name, detector, statistic, threshold)"
+                " values ('fraud', 'ks', 1, 0.5)"
+            )
         with pytest.raises(psycopg.errors.InsufficientPrivilege):
             conn.execute("update pgml.training_requests set status = 'done'")
