@@ -58,5 +58,8 @@ where to_regclass('pgml.training_requests') is not null \gexec
 select format('grant select, insert, update on table pgml.settings to %I', :'role')
 where to_regclass('pgml.settings') is not null \gexec
 
+select format('grant select, insert on table pgml.drift_events to %I', :'role')
+where to_regclass('pgml.drift_events') is not null \gexec
+
 select format('grant usage, create on schema pgml_scores to %I', :'role')
 where to_regnamespace('pgml_scores') is not null \gexec
