@@ -119,20 +119,19 @@ class Scorer:
             out: list[pa.Array | None] = [None] * rows
         else:
             result = np.full(rows, np.nan)
-        for key in pc.unique(keys.filter(pa.array(valid))).to_pylist():
-            where = np.flatnonzero(valid & np.asarray(pc.equal(keys, key).fill_null(False)))
+        for key, where in _groups(keys, valid):
             model = self.model(key)
             started = time.perf_counter()
             if text:
                 rows = features.take(pa.array(where)).to_pylist()
                 result[where] = as_numbers(model, model.predict_rows(rows))
             elif proba:
-                matrix = _matrix(features.take(pa.array(where)))
+                matrix = _matrix(_rows(features, where))
                 probabilities = model.predict_proba_matrix(matrix)
                 for i, row in zip(where, probabilities, strict=True):
                     out[i] = row
             else:
-                matrix = _matrix(features.take(pa.array(where)))
+                matrix = _matrix(_rows(features, where))
                 result[where] = as_numbers(model, model.predict_matrix(matrix))
             self.observe(key, len(where), time.perf_counter() - started)
         if proba:
@@ -148,8 +147,34 @@ def _plain(values: pa.Array | pa.ChunkedArray) -> pa.Array:
     return values
 
 
+def _groups(keys: pa.Array, valid: np.ndarray) -> list[tuple[str, np.ndarray]]:
+    """Row indices per project (or model id): usually one, found without grouping."""
+    if not valid.any():
+        return []
+    bounds = pc.min_max(keys)
+    low, high = bounds["min"].as_py(), bounds["max"].as_py()
+    if low == high:
+        return [(low, np.flatnonzero(valid))]
+    return [
+        (key, np.flatnonzero(valid & np.asarray(pc.equal(keys, key).fill_null(False))))
+        for key in pc.unique(keys.filter(pa.array(valid))).to_pylist()
+    ]
+
+
+def _rows(features: pa.Array, where: np.ndarray) -> pa.Array:
+    return features if len(where) == len(features) else features.take(pa.array(where))
+
+
 def _matrix(features: pa.Array) -> np.ndarray:
     """A float matrix from a list array whose rows all have the same length (NULL → NaN)."""
+    if features.null_count == 0 and pa.types.is_list(features.type):
+        offsets = features.offsets.to_numpy()
+        lengths = np.diff(offsets)
+        width = int(lengths[0]) if len(lengths) else 0
+        if len(lengths) and (lengths == width).all():
+            values = features.values.slice(int(offsets[0]), int(offsets[-1] - offsets[0]))
+            flat = np.asarray(values.cast(pa.float64()).to_numpy(zero_copy_only=False))
+            return flat.reshape(len(features), width)
     lengths = pc.list_value_length(features).to_numpy(zero_copy_only=False)
     width = int(lengths[0]) if len(lengths) else 0
     if len(lengths) and (lengths != width).any():
