@@ -10,7 +10,7 @@ import sys
 from collections.abc import Callable, Sequence
 from typing import Protocol
 
-from bench import endpoint, initial_copy, latency, streaming, training
+from bench import endpoint, initial_copy, latency, streaming, training, writeback
 from bench import workload as w
 
 
@@ -26,6 +26,7 @@ BENCHMARKS: dict[str, tuple[Callable[[], argparse.ArgumentParser], _Runner]] = {
     "initial_copy": (initial_copy.parser, initial_copy.run),
     "training": (training.parser, training.run),
     "endpoint": (endpoint.parser, endpoint.run),
+    "writeback": (writeback.parser, writeback.run),
 }
 
 
