@@ -1,12 +1,17 @@
-"""PostgresML algorithm names mapped to scikit-learn-API estimators, by task."""
+"""PostgresML algorithm names mapped to scikit-learn-API estimators, by task.
+
+The ``online_*`` algorithms are River models behind the same API (``trainer.online``); that
+module, and River with it, is imported only when an online name is looked up.
+"""
 
 from __future__ import annotations
 
 import difflib
 import functools
 import importlib
-from collections.abc import Mapping
+from collections.abc import Collection, Mapping
 from dataclasses import dataclass, field
+from types import ModuleType
 from typing import Any
 
 from sidecar.errors import TrainingError
@@ -258,29 +263,39 @@ _ALIASES = {"orthoganl_matching_pursuit": "orthogonal_matching_pursuit"}
 
 def algorithm_names(task: str | None = None) -> list[str]:
     """Every algorithm name (sorted), or those that support ``task``."""
+    online = _online().ONLINE
     if task is None:
-        return sorted(_ALGORITHMS)
+        return sorted([*_ALGORITHMS, *online])
     _check_task(task)
-    return sorted(name for name, tasks in _ALGORITHMS.items() if task in tasks)
+    tables: list[Mapping[str, Collection[str]]] = [_ALGORITHMS, online]
+    return sorted(name for table in tables for name, tasks in table.items() if task in tasks)
 
 
 def supports(algorithm: str, task: str) -> bool:
     """Whether ``algorithm`` (or an alias of it) can be trained for ``task``."""
-    return task in _ALGORITHMS.get(_ALIASES.get(algorithm, algorithm), {})
+    return task in (_tasks(_ALIASES.get(algorithm, algorithm)) or ())
+
+
+def is_online(algorithm: str) -> bool:
+    """Whether ``algorithm`` is an online (River) algorithm, learning from each new row."""
+    return algorithm in _online().ONLINE
 
 
 def hyperparameter_names(algorithm: str, task: str) -> list[str]:
     """The hyperparameters the estimator accepts (sorted)."""
-    return sorted(_valid_names(_estimator(algorithm, task)))
+    return sorted(_valid(algorithm, task))
 
 
 def make_estimator(
     algorithm: str, task: str, hyperparams: Mapping[str, Any] | None = None, *, seed: int = 0
 ) -> Any:
     """A fresh, unfitted scikit-learn-API estimator for ``algorithm`` on ``task``."""
+    if is_online(algorithm):
+        _check_names(algorithm, task, _valid(algorithm, task), dict(hyperparams or {}))
+        return _online().RiverEstimator(algorithm, task, hyperparams, seed=seed)
     spec = _estimator(algorithm, task)
     given = dict(hyperparams or {})
-    _check_names(algorithm, task, spec, given)
+    _check_names(algorithm, task, _valid_names(spec), given)
     defaults = dict(spec.defaults)
     accepted = _default_names(spec.path)
     if spec.takes_thread_count and "n_jobs" in accepted:
@@ -300,13 +315,13 @@ def make_estimator(
 
 def check_search_params(algorithm: str, task: str, search_params: Mapping[str, Any]) -> None:
     """Raise TrainingError unless each key is a hyperparameter and each value a non-empty list."""
-    spec = _estimator(algorithm, task)
+    valid = _valid(algorithm, task)
     if not isinstance(search_params, Mapping):
         raise TrainingError(
             'search_params must be a JSON object of hyperparameter lists, e.g. {"alpha": [0.1, 1]}',
             sqlstate="22023",
         )
-    _check_names(algorithm, task, spec, search_params)
+    _check_names(algorithm, task, valid, search_params)
     for name, values in search_params.items():
         if not isinstance(values, list) or not values:
             raise TrainingError(
@@ -314,6 +329,26 @@ def check_search_params(algorithm: str, task: str, search_params: Mapping[str, A
                 f'e.g. {{"{name}": [...]}}; got {values!r}',
                 sqlstate="22023",
             )
+
+
+def _online() -> ModuleType:
+    from trainer import online
+
+    return online
+
+
+def _tasks(name: str) -> Collection[str] | None:
+    """The tasks algorithm ``name`` (not an alias) supports, or None for an unknown name."""
+    online: Mapping[str, Collection[str]] = _online().ONLINE
+    return _ALGORITHMS.get(name) or online.get(name)
+
+
+def _valid(algorithm: str, task: str) -> frozenset[str]:
+    """The hyperparameter names ``algorithm`` accepts for ``task``; TrainingError if none."""
+    if is_online(algorithm):
+        _check_algorithm(algorithm, task)
+        return frozenset(_online().hyperparameter_names(algorithm, task))
+    return _valid_names(_estimator(algorithm, task))
 
 
 def _check_task(task: str) -> None:
@@ -325,8 +360,14 @@ def _check_task(task: str) -> None:
 
 def _estimator(algorithm: str, task: str) -> _Estimator:
     """Look ``algorithm`` up for ``task``, or raise a TrainingError that lists the choices."""
+    return _ALGORITHMS[_check_algorithm(algorithm, task)][task]
+
+
+def _check_algorithm(algorithm: str, task: str) -> str:
+    """``algorithm``'s own name if it supports ``task``, else a TrainingError with the choices."""
     _check_task(task)
-    tasks = _ALGORITHMS.get(_ALIASES.get(algorithm, algorithm))
+    name = _ALIASES.get(algorithm, algorithm)
+    tasks = _tasks(name)
     if tasks is None:
         raise TrainingError(
             f'unknown algorithm "{algorithm}" for {task}: choose one of '
@@ -340,11 +381,12 @@ def _estimator(algorithm: str, task: str) -> _Estimator:
             f"{', '.join(algorithm_names(task))}",
             sqlstate="22023",
         )
-    return tasks[task]
+    return name
 
 
-def _check_names(algorithm: str, task: str, spec: _Estimator, given: Mapping[str, Any]) -> None:
-    valid = _valid_names(spec)
+def _check_names(
+    algorithm: str, task: str, valid: Collection[str], given: Mapping[str, Any]
+) -> None:
     unknown = [name for name in given if name not in valid]
     if not unknown:
         return

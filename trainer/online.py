@@ -1,0 +1,492 @@
+"""Online (River) models behind scikit-learn's fit/predict, learning one row at a time in order.
+
+An online model is trained like any other (the trainer calls ``fit`` on a snapshot's rows, in
+the relation's order) and then keeps learning from replicated rows through ``partial_fit``.
+Learning is prequential: each row is predicted first and learned second, and those predictions
+feed progressive metrics, so a model is always scored on rows it had not yet seen.
+
+Features reach River as dicts keyed ``f0, f1, ...`` (the preprocessed columns, in order).
+Classification labels are class indices 0..k-1, as everywhere in the trainer. River is imported
+only when a model is built or its hyperparameters are checked.
+"""
+
+from __future__ import annotations
+
+import difflib
+import functools
+import importlib
+import inspect
+import math
+from collections.abc import Mapping
+from typing import Any, ClassVar
+
+import numpy as np
+
+from sidecar.errors import TrainingError
+
+# Each online algorithm's River class, by task.
+_RIVER: dict[str, dict[str, str]] = {
+    "online_linear": {"regression": "river.linear_model.LinearRegression"},
+    "online_logistic": {"classification": "river.linear_model.LogisticRegression"},
+    "online_hoeffding_tree": {
+        "regression": "river.tree.HoeffdingTreeRegressor",
+        "classification": "river.tree.HoeffdingTreeClassifier",
+    },
+    "online_hoeffding_adaptive_tree": {
+        "regression": "river.tree.HoeffdingAdaptiveTreeRegressor",
+        "classification": "river.tree.HoeffdingAdaptiveTreeClassifier",
+    },
+    "online_adaptive_random_forest": {
+        "regression": "river.forest.ARFRegressor",
+        "classification": "river.forest.ARFClassifier",
+    },
+    "online_naive_bayes": {"classification": "river.naive_bayes.GaussianNB"},
+}
+
+ONLINE: dict[str, tuple[str, ...]] = {name: tuple(tasks) for name, tasks in _RIVER.items()}
+"""Every online algorithm and the tasks it supports."""
+
+# Linear models learn with gradient steps: they see standardised features.
+_SCALED = frozenset({"online_linear", "online_logistic"})
+# Models whose predict_many/predict_proba_many beat a predict_one loop on large inputs.
+_BATCH_PREDICT = frozenset({"online_linear", "online_logistic", "online_naive_bayes"})
+_BATCH_ROWS = 512
+
+# Hyperparameters whose River value is an object: JSON names its class in this module, as
+# "ADWIN" or {"ADWIN": {"delta": 0.001}}.
+_OBJECT_MODULES = {
+    "optimizer": "river.optim",
+    "loss": "river.optim.losses",
+    "initializer": "river.optim.initializers",
+    "intercept_lr": "river.optim.schedulers",
+    "drift_detector": "river.drift",
+    "warning_detector": "river.drift",
+    "splitter": "river.tree.splitter",
+    "leaf_model": "river.linear_model",
+    "metric": "river.metrics",
+}
+
+_CONSTRUCTOR = ("algorithm", "task", "hyperparams", "seed")
+
+
+def hyperparameter_names(algorithm: str, task: str) -> list[str]:
+    """The hyperparameters the River estimator of ``algorithm`` on ``task`` accepts (sorted)."""
+    return sorted(_constructor_names(_river_path(algorithm, task)))
+
+
+class RiverEstimator:
+    """A River model behind scikit-learn's fit/predict, learning one row at a time in order.
+
+    ``rows_learned`` counts labelled rows learned since ``fit`` began; ``progressive`` holds
+    the metrics of the predictions made before learning each (regression: mae, rmse, r2;
+    classification: accuracy, f1 (macro), log_loss); ``history`` holds a copy of them with
+    ``rows`` every ``history_every`` rows, and last the current state.
+    """
+
+    history_every: ClassVar[int] = 1000
+    classes_: np.ndarray  # classification: the class indices learned so far
+
+    def __init__(
+        self,
+        algorithm: str,
+        task: str,
+        hyperparams: Mapping[str, Any] | None = None,
+        *,
+        seed: int = 0,
+    ) -> None:
+        self.algorithm = algorithm
+        self.task = task
+        self.hyperparams = hyperparams
+        self.seed = seed
+        self._new_river_estimator()  # rejects unknown names and values River refuses
+        self._reset()
+
+    # -- scikit-learn's estimator API ------------------------------------------------------------
+
+    def get_params(self, deep: bool = True) -> dict[str, Any]:
+        """The constructor arguments, as scikit-learn's clone() needs them."""
+        return {name: getattr(self, name) for name in _CONSTRUCTOR}
+
+    def set_params(self, **params: Any) -> RiverEstimator:
+        """Set constructor arguments, or River hyperparameters by name (as a search does)."""
+        for name in _CONSTRUCTOR:
+            if name in params:
+                setattr(self, name, params[name])
+        hyperparams = {name: v for name, v in params.items() if name not in _CONSTRUCTOR}
+        if hyperparams:
+            self.hyperparams = {**(self.hyperparams or {}), **hyperparams}
+        self._new_river_estimator()
+        return self
+
+    def __sklearn_tags__(self) -> Any:
+        from sklearn.utils import ClassifierTags, RegressorTags, Tags, TargetTags
+
+        classifier = self.task == "classification"
+        return Tags(
+            estimator_type="classifier" if classifier else "regressor",
+            target_tags=TargetTags(required=True),
+            classifier_tags=ClassifierTags() if classifier else None,
+            regressor_tags=None if classifier else RegressorTags(),
+        )
+
+    def __repr__(self) -> str:
+        return f"RiverEstimator({self.algorithm!r}, {self.task!r}, {self.hyperparams!r})"
+
+    def fit(self, X: np.ndarray, y: np.ndarray) -> RiverEstimator:
+        """Learn every row in order, from a fresh model; rows whose label is NaN are skipped."""
+        self._reset()
+        self._learn(X, y)
+        return self
+
+    def partial_fit(self, X: np.ndarray, y: np.ndarray) -> np.ndarray:
+        """Learn new rows in order; return what was predicted for each before learning it.
+
+        A row whose label is NaN is neither learned nor predicted (NaN), and so is a row the
+        model could not predict yet (a classifier that has learned nothing).
+        """
+        return self._learn(X, y)
+
+    def predict(self, X: np.ndarray) -> np.ndarray:
+        """Regression: one number per row; classification: one class index per row."""
+        x = self._features(X)
+        if self.task == "classification":
+            return self.classes_[np.argmax(self._class_scores(x), axis=1)]
+        model = self._model
+        if len(x) >= _BATCH_ROWS and self.algorithm in _BATCH_PREDICT:
+            return np.asarray(model.predict_many(self._frame(x)), dtype=np.float64)
+        predict = model.predict_one
+        keys = self._keys
+        out = [predict(dict(zip(keys, row, strict=True))) for row in x.tolist()]
+        return np.array([math.nan if v is None else v for v in out], dtype=np.float64)
+
+    def predict_proba(self, X: np.ndarray) -> np.ndarray:
+        """Class probabilities: one row per input row, columns in the order of ``classes_``."""
+        if self.task != "classification":
+            raise AttributeError(f"{self.algorithm} for {self.task} gives no probabilities")
+        scores = self._class_scores(self._features(X))
+        total = scores.sum(axis=1, keepdims=True)
+        uniform = np.full_like(scores, 1.0 / max(len(self.classes_), 1))
+        return np.where(total > 0, scores / np.where(total > 0, total, 1.0), uniform)
+
+    # -- learning --------------------------------------------------------------------------------
+
+    def _reset(self) -> None:
+        self.rows_learned = 0
+        self.progressive: dict[str, float] = {}
+        self.history: list[dict[str, float]] = []
+        self._model: Any = None
+        self._keys: list[str] = []
+        self._binary = False  # a River binary classifier: learns 0/1 as False/True
+        if self.task == "classification":
+            self.classes_ = np.empty(0, dtype=np.int64)
+            self._progress: _Progress = _ClassificationProgress()
+        else:
+            self._progress = _RegressionProgress()
+
+    def _learn(self, X: np.ndarray, y: np.ndarray) -> np.ndarray:
+        x = self._features(X, learning=True)
+        y = np.asarray(y)
+        if y.shape != (len(x),):
+            raise TrainingError(f"{len(x)} feature rows but labels of shape {y.shape}")
+        predicted = np.full(len(y), math.nan)
+        labelled = np.flatnonzero(~np.isnan(y)) if y.dtype.kind == "f" else np.arange(len(y))
+        if not len(labelled):
+            return predicted
+        rows = x[labelled].tolist()
+        if self.task == "classification":
+            targets = self._class_indices(y[labelled])
+            if self._model is None:
+                self._model = self._build(targets)
+            self._check_binary(targets)
+            before, p_true = self._learn_classes(rows, targets.tolist())
+            self.classes_ = np.union1d(self.classes_, targets)
+        else:
+            targets = y[labelled].astype(np.float64)
+            if self._model is None:
+                self._model = self._build(targets)
+            before, p_true = self._learn_values(rows, targets.tolist()), None
+        predicted[labelled] = before
+        self._record(targets, before, p_true)
+        return predicted
+
+    def _learn_values(self, rows: list[list[float]], targets: list[float]) -> np.ndarray:
+        model, keys = self._model, self._keys
+        predict, learn = model.predict_one, model.learn_one
+        before: list[float | None] = []
+        append = before.append
+        for row, target in zip(rows, targets, strict=True):
+            features = dict(zip(keys, row, strict=True))
+            append(predict(features))
+            learn(features, target)
+        return np.array([math.nan if v is None else v for v in before], dtype=np.float64)
+
+    def _learn_classes(
+        self, rows: list[list[float]], targets: list[int]
+    ) -> tuple[np.ndarray, np.ndarray]:
+        model, keys = self._model, self._keys
+        predict, learn = model.predict_proba_one, model.learn_one
+        before: list[float] = []
+        p_true: list[float] = []
+        for row, target in zip(rows, targets, strict=True):
+            features = dict(zip(keys, row, strict=True))
+            proba = predict(features)
+            if proba:
+                top = max(proba.values())
+                before.append(min(k for k, p in proba.items() if p == top))  # lowest on ties
+                p_true.append(proba.get(target, 0.0))
+            else:
+                before.append(math.nan)
+                p_true.append(math.nan)
+            learn(features, target)
+        return np.array(before, dtype=np.float64), np.array(p_true, dtype=np.float64)
+
+    def _record(self, y: np.ndarray, before: np.ndarray, p_true: np.ndarray | None) -> None:
+        """Update the progressive metrics, with a history entry every ``history_every`` rows."""
+        every = self.history_every
+        start = self.rows_learned
+        cuts = [*range(every - start % every, len(y), every), len(y)]
+        done = 0
+        for cut in cuts:
+            part = slice(done, cut)
+            self._progress.update(y[part], before[part], None if p_true is None else p_true[part])
+            self.rows_learned = start + cut
+            self.progressive = self._progress.values()
+            done = cut
+            if self.rows_learned % every == 0:
+                self._snapshot()
+        if self.rows_learned % every:
+            self._snapshot()
+
+    def _snapshot(self) -> None:
+        """Add the current state to ``history``, replacing a last entry between intervals."""
+        every = self.history_every
+        if self.history and self.history[-1]["rows"] % every:
+            self.history.pop()
+        self.history.append({**self.progressive, "rows": self.rows_learned})
+
+    def _class_indices(self, y: np.ndarray) -> np.ndarray:
+        if (y.dtype.kind == "f" and np.any(y != np.floor(y))) or np.any(y < 0):
+            raise TrainingError("classification labels must be class indices 0, 1, 2, ...")
+        return y.astype(np.int64)
+
+    def _check_binary(self, targets: np.ndarray) -> None:
+        if self._binary and targets.max() > 1:
+            raise TrainingError(
+                f"{self.algorithm} learned two classes and cannot learn class {targets.max()};"
+                " retrain it on rows that hold every class",
+                sqlstate="22000",
+            )
+
+    # -- building the River model ----------------------------------------------------------------
+
+    def _build(self, targets: np.ndarray) -> Any:
+        from river import multiclass, preprocessing
+
+        estimator = self._new_river_estimator()
+        if self.algorithm == "online_logistic":
+            self._binary = int(targets.max()) <= 1
+            if not self._binary:
+                estimator = multiclass.OneVsRestClassifier(estimator)
+        if self.algorithm in _SCALED:
+            return preprocessing.StandardScaler() | estimator
+        return estimator
+
+    def _new_river_estimator(self) -> Any:
+        """A fresh River estimator with the hyperparameters; TrainingError if River refuses."""
+        path = _river_path(self.algorithm, self.task)
+        given = dict(self.hyperparams or {})
+        valid = _constructor_names(path)
+        unknown = [name for name in given if name not in valid]
+        if unknown:
+            name = str(unknown[0])
+            close = difflib.get_close_matches(name, valid, n=3)
+            hint = f" (did you mean {' or '.join(close)}?)" if close else ""
+            raise TrainingError(
+                f'{self.algorithm} ({self.task}) has no hyperparameter "{name}"{hint}; valid'
+                f" hyperparameters: {', '.join(sorted(valid)) or 'none'}",
+                sqlstate="22023",
+            )
+        params = {name: _river_value(name, value) for name, value in given.items()}
+        if "seed" in valid and "seed" not in params:
+            params["seed"] = self.seed
+        try:
+            return _river_class(path)(**params)
+        except (TypeError, ValueError) as exc:
+            raise TrainingError(
+                f"{self.algorithm} ({self.task}) refuses hyperparameters {given}: {exc}",
+                sqlstate="22023",
+            ) from None
+
+    # -- features and predictions ----------------------------------------------------------------
+
+    def _features(self, X: np.ndarray, *, learning: bool = False) -> np.ndarray:
+        x = np.asarray(X, dtype=np.float64)
+        if x.ndim != 2:
+            raise TrainingError(f"features must be a 2-D matrix, not shape {x.shape}")
+        if self._model is None:
+            if not learning:
+                raise TrainingError(f"{self.algorithm} has not learned any rows yet")
+            self._keys = [f"f{i}" for i in range(x.shape[1])]
+        if x.shape[1] != len(self._keys):
+            raise TrainingError(
+                f"{self.algorithm} learned {len(self._keys)} features, not {x.shape[1]}"
+            )
+        return x
+
+    def _class_scores(self, x: np.ndarray) -> np.ndarray:
+        """Unnormalised probabilities, columns in ``classes_`` order (0 for unpredicted)."""
+        model = self._model
+        column = {int(c): j for j, c in enumerate(self.classes_.tolist())}
+        scores = np.zeros((len(x), len(column)))
+        if len(x) >= _BATCH_ROWS and self.algorithm in _BATCH_PREDICT:
+            frame = model.predict_proba_many(self._frame(x))
+            for label in frame.columns:
+                j = column.get(int(label))
+                if j is not None:
+                    scores[:, j] = frame[label].to_numpy(dtype=np.float64)
+            return scores
+        predict, keys = model.predict_proba_one, self._keys
+        for i, row in enumerate(x.tolist()):
+            for label, p in predict(dict(zip(keys, row, strict=True))).items():
+                j = column.get(int(label))
+                if j is not None:
+                    scores[i, j] = p
+        return scores
+
+    def _frame(self, x: np.ndarray) -> Any:
+        import pandas as pd
+
+        return pd.DataFrame(x, columns=self._keys)
+
+
+class _Progress:
+    """Progressive metrics, updated with each learned chunk's pre-learning predictions."""
+
+    def update(self, y: np.ndarray, before: np.ndarray, p_true: np.ndarray | None) -> None:
+        raise NotImplementedError
+
+    def values(self) -> dict[str, float]:
+        raise NotImplementedError
+
+
+class _RegressionProgress(_Progress):
+    """MAE, RMSE and R² over every row predicted so far (R² against the running mean)."""
+
+    def __init__(self) -> None:
+        self.n = 0
+        self.absolute = 0.0
+        self.squared = 0.0
+        self.mean = 0.0
+        self.m2 = 0.0  # sum of squared deviations of y from its mean
+
+    def update(self, y: np.ndarray, before: np.ndarray, p_true: np.ndarray | None) -> None:
+        scored = ~np.isnan(before)
+        y, error = y[scored], y[scored] - before[scored]
+        if not len(y):
+            return
+        n = self.n + len(y)
+        mean = float(y.mean())
+        delta = mean - self.mean
+        self.m2 += float(((y - mean) ** 2).sum()) + delta * delta * self.n * len(y) / n
+        self.mean += delta * len(y) / n
+        self.n = n
+        self.absolute += float(np.abs(error).sum())
+        self.squared += float((error * error).sum())
+
+    def values(self) -> dict[str, float]:
+        if not self.n:
+            return {}
+        return {
+            "mae": self.absolute / self.n,
+            "rmse": math.sqrt(self.squared / self.n),
+            "r2": 1.0 - self.squared / self.m2 if self.m2 > 0 else 0.0,
+        }
+
+
+class _ClassificationProgress(_Progress):
+    """Accuracy, macro F1 and log loss over every row predicted so far."""
+
+    def __init__(self) -> None:
+        self.confusion = np.zeros((0, 0), dtype=np.int64)  # [true class, predicted class]
+        self.log_loss = 0.0
+
+    def update(self, y: np.ndarray, before: np.ndarray, p_true: np.ndarray | None) -> None:
+        scored = ~np.isnan(before)
+        if not scored.any():
+            return
+        true, predicted = y[scored].astype(np.int64), before[scored].astype(np.int64)
+        size = max(len(self.confusion), int(true.max()) + 1, int(predicted.max()) + 1)
+        if size > len(self.confusion):
+            grown = np.zeros((size, size), dtype=np.int64)
+            grown[: len(self.confusion), : len(self.confusion)] = self.confusion
+            self.confusion = grown
+        np.add.at(self.confusion, (true, predicted), 1)
+        if p_true is not None:
+            self.log_loss -= float(np.log(np.clip(p_true[scored], 1e-15, 1.0)).sum())
+
+    def values(self) -> dict[str, float]:
+        n = int(self.confusion.sum())
+        if not n:
+            return {}
+        hits = np.diag(self.confusion).astype(np.float64)
+        both = self.confusion.sum(axis=0) + self.confusion.sum(axis=1)  # predicted + true
+        present = both > 0
+        return {
+            "accuracy": float(hits.sum()) / n,
+            "f1": float(np.mean(2 * hits[present] / both[present])),
+            "log_loss": self.log_loss / n,
+        }
+
+
+def _river_path(algorithm: str, task: str) -> str:
+    tasks = _RIVER.get(algorithm)
+    if tasks is None:
+        raise TrainingError(
+            f'unknown online algorithm "{algorithm}": choose one of {", ".join(ONLINE)}',
+            sqlstate="22023",
+        )
+    if task not in tasks:
+        raise TrainingError(
+            f'algorithm "{algorithm}" does not support {task}; it supports {" and ".join(tasks)}',
+            sqlstate="22023",
+        )
+    return tasks[task]
+
+
+@functools.cache
+def _river_class(path: str) -> Any:
+    module, _, name = path.rpartition(".")
+    return getattr(importlib.import_module(module), name)
+
+
+@functools.cache
+def _constructor_names(path: str) -> frozenset[str]:
+    return frozenset(inspect.signature(_river_class(path)).parameters)
+
+
+def _river_value(name: str, value: Any) -> Any:
+    """A hyperparameter's River value: an object built from its JSON name, or ``value``."""
+    module_name = _OBJECT_MODULES.get(name)
+    if module_name is None or not isinstance(value, str | Mapping):
+        return value
+    module = importlib.import_module(module_name)
+    choices = sorted(
+        n
+        for n in getattr(module, "__all__", dir(module))
+        if inspect.isclass(getattr(module, n, None)) and not inspect.isabstract(getattr(module, n))
+    )
+    example = f'"{choices[0]}" or {{"{choices[0]}": {{...}}}}' if choices else '"Name"'
+    pairs: list[tuple[Any, Any]] = [(value, {})] if isinstance(value, str) else [*value.items()]
+    class_name, args = pairs[0] if len(pairs) == 1 else ("", {})
+    if class_name not in choices or not isinstance(args, Mapping):
+        raise TrainingError(
+            f"hyperparameter {name} takes a class of {module_name} by name, e.g. {example};"
+            f" got {value!r}. Choose one of {', '.join(choices)}",
+            sqlstate="22023",
+        )
+    try:
+        return getattr(module, class_name)(**args)
+    except (TypeError, ValueError) as exc:
+        raise TrainingError(
+            f"hyperparameter {name}: {class_name}({args}) failed: {exc}", sqlstate="22023"
+        ) from None
