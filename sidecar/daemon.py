@@ -27,6 +27,9 @@ from sidecar.changes import Lsn
 from sidecar.control import ControlRequests
 from sidecar.metrics import Metrics, MetricsServer
 from sidecar.mirror import Mirror, Touched
+from trainer.drift import DriftEvent
+from trainer.monitoring import Monitor
+from trainer.retraining import Retrainer
 from trainer.train import Trainer, artifact_home
 
 log = logging.getLogger("pgml_sidecar")
@@ -87,6 +90,13 @@ class Daemon:
             writeback=self.writeback.enable,
         )
         self.mirror.watched.add(control.TABLE)
+        self.retrainer = Retrainer(self.trainer)
+        self.monitor = Monitor(
+            self.mirror.con,
+            self.trainer,
+            watched=self.mirror.watched,
+            on_drift=self._drifted,
+        )
         self.mirror.on_commit = self._committed
         self.replicator = Replicator(self._replication_settings(), mirror=self.mirror)
         self.endpoint = SqlEndpoint(
@@ -112,6 +122,8 @@ class Daemon:
             Part("replicator", self._replicate),
             Part("control", self.control.run),
             Part("writeback", self.writeback.run),
+            Part("monitor", self.monitor.run),
+            Part("retrainer", self.retrainer.run),
             Part("sampler", self._sample),
         ]
 
@@ -180,6 +192,27 @@ class Daemon:
     def _committed(self, lsn: Lsn, touched: dict[tuple[str, str], Touched]) -> None:
         self.control.on_commit(lsn, touched)
         self.writeback.on_commit(lsn, touched)
+        self.monitor.on_commit(lsn, touched)
+
+    def _drifted(self, project: str, model_id: int, event: DriftEvent) -> None:
+        """Count a drift, copy it to the source's pgml.drift_events, maybe retrain."""
+        self.metrics.drift_events.labels(project=project).inc()
+        if event.feature is not None:
+            self.metrics.drift_score.labels(project=project, feature=event.feature).set(
+                event.statistic
+            )
+        try:
+            with psycopg.connect(self.settings.source_dsn, autocommit=True) as conn:
+                if conn.execute("select to_regclass('pgml.drift_events')").fetchone() != (None,):
+                    conn.execute(
+                        "insert into pgml.drift_events (project_name, model_id, detector,"
+                        " feature, statistic, threshold) values (%s, %s, %s, %s, %s, %s)",
+                        (project, model_id, event.detector, event.feature,
+                         float(event.statistic), float(event.threshold)),
+                    )  # fmt: skip
+        except psycopg.Error as exc:
+            log.warning("cannot copy a drift event to the source: %s", exc)
+        self.retrainer.drifted(project, model_id, event)
 
     def _replicate(self, stop: threading.Event) -> None:
         self.replicator.stopping.clear()

@@ -441,6 +441,15 @@ class Registry:
 
     # -- deployments ---------------------------------------------------------------------------
 
+    @_locked
+    def update_model_file(self, model_id: int, path: str, sha256: str) -> None:
+        """Point a model at a newer artifact (an online model's checkpoint)."""
+        self.con.execute(
+            "update pgml.models set path = ?, sha256 = ?, updated_at = current_timestamp"
+            " where id = ?",
+            [path, sha256, model_id],
+        )
+
     # -- drift, schedules and progress ------------------------------------------------------------
 
     @_locked

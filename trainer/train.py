@@ -105,6 +105,8 @@ class Trainer:
         self._lock = threading.Lock()
         self.on_trained: Callable[[str, str, dict[str, float]], None] | None = None
         """Called after every training with (project, "successful" or "failed", metrics)."""
+        self.live: dict[int, Model] = {}
+        """Models that keep learning in this process, by id: used instead of their files."""
         self.generation = 0
         self.settings_generation = 0
         """Bumped when a schedule or the retrain-on-drift setting of a project changes."""
@@ -467,6 +469,8 @@ class Trainer:
         record = self.registry.model(model_id)
         if record is None:
             raise TrainingError(f"model {model_id} does not exist", sqlstate="42704")
+        if model_id in self.live:
+            return record, self.live[model_id]
         return record, load_model(self.home / record.path, record.sha256)
 
     def deployed_model(self, project: str) -> tuple[ModelRecord, Model]:
@@ -474,7 +478,7 @@ class Trainer:
         record = self.registry.deployed(self._project(project).id)
         if record is None:
             raise TrainingError(f"project {project!r} has no deployed model", sqlstate="42704")
-        return record, load_model(self.home / record.path, record.sha256)
+        return self.model(record.id)
 
 
 def _label(y: str | Sequence[str] | None) -> str | None:

@@ -1,0 +1,138 @@
+"""Online learning and drift through the real replication stream, in the daemon."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from pathlib import Path
+
+import duckdb
+import psycopg
+import pytest
+
+from sidecar import source_schema
+from sidecar.daemon import Daemon, DaemonSettings
+from tests.replicator.mirror_check import execute, wait_for
+from trainer.drift import DriftEvent
+
+CREATE = "create table readings (id bigint primary key, x double precision, y boolean)"
+# x in [-1, 1); the concept is y = x > 0 until the shift, y = x < 0 after it.
+ROWS = (
+    "insert into readings select i, ((i * 7919) % 2000) / 1000.0 - 1,"
+    " {sign} * (((i * 7919) % 2000) / 1000.0 - 1) > 0 from generate_series({lo}, {hi}) i"
+)
+
+
+def insert(dsn: str, lo: int, hi: int, *, shifted: bool, chunk: int = 250) -> None:
+    for start in range(lo, hi + 1, chunk):
+        end = min(start + chunk - 1, hi)
+        execute(dsn, ROWS.format(sign=-1 if shifted else 1, lo=start, hi=end))
+
+
+@pytest.fixture
+def daemon(source_dsn: str, mirror_path: Path) -> Iterator[Daemon]:
+    execute(source_dsn, CREATE)
+    insert(source_dsn, 1, 1000, shifted=False, chunk=1000)
+    with psycopg.connect(source_dsn, autocommit=True) as conn:
+        source_schema.install(conn)
+    running = Daemon(
+        DaemonSettings(
+            source_dsn=source_dsn, mirror_path=mirror_path, tables=["public.readings"],
+            port=0, metrics_port=0,
+        )
+    )  # fmt: skip
+    running.monitor.checkpoint_rows = 500
+    running.start()
+    wait_for(lambda: mirrored_rows(running) == 1000, timeout=60, what="the initial copy")
+    try:
+        yield running
+    finally:
+        running.stop()
+
+
+def mirrored_rows(daemon: Daemon) -> int:
+    cursor = daemon.mirror.con.cursor()
+    try:
+        row = cursor.execute("select count(*) from public.readings").fetchone()
+    except duckdb.CatalogException:
+        return 0
+    finally:
+        cursor.close()
+    return int(row[0]) if row else 0
+
+
+def test_online_model_learns_through_a_concept_shift(daemon: Daemon, source_dsn: str) -> None:
+    events: list[DriftEvent] = []
+    drifted = daemon.monitor.on_drift
+    assert drifted is not None
+
+    def recording(project: str, model_id: int, event: DriftEvent) -> None:
+        events.append(event)
+        drifted(project, model_id, event)
+
+    daemon.monitor.on_drift = recording
+
+    result = daemon.trainer.train(
+        "Stream", task="classification", relation="public.readings", y="y",
+        algorithm="online_hoeffding_adaptive_tree", test_sampling="last",
+    )  # fmt: skip
+    assert result.deployed
+    wait_for(lambda: "Stream" in daemon.monitor.watches, what="the monitor to watch Stream")
+    model = daemon.trainer.live[result.model_id]
+    learned_at_start = model.estimator.rows_learned
+
+    insert(source_dsn, 1001, 3000, shifted=False)
+    wait_for(lambda: model.estimator.rows_learned >= learned_at_start + 2000, timeout=60,
+             what="the rows before the shift to be learned")  # fmt: skip
+    before_shift = model.estimator.rows_learned
+    insert(source_dsn, 3001, 7000, shifted=True)
+    wait_for(lambda: model.estimator.rows_learned >= before_shift + 4000, timeout=120,
+             what="the shifted rows to be learned")  # fmt: skip
+
+    errors = [e for e in events if e.detector in ("adwin", "ddm")]
+    assert errors, events
+    # Detected within a bounded number of rows after the shift (the monitor counts labelled
+    # rows it has seen since the model was deployed).
+    assert 2000 <= errors[0].rows <= 2000 + 1500, errors[0]
+
+    with psycopg.connect(
+        f"host=127.0.0.1 port={daemon.endpoint.port} user=pgml dbname=pgml"
+    ) as endpoint:
+        progress = endpoint.execute(
+            "select rows_learned, metrics from pgml.progress where model_id = %s order by id",
+            (result.model_id,),
+        ).fetchall()
+        stored = endpoint.execute(
+            "select count(*) from pgml.drift_events where model_id = %s", (result.model_id,)
+        ).fetchone()
+    assert progress and progress[-1][0] > before_shift  # checkpointed as it learns
+    # The progressive accuracy, every 1000 rows learned: it drops after the shift and climbs
+    # back as the model adapts.
+    accuracy = [h["accuracy"] for h in model.estimator.history]
+    assert len(accuracy) >= 6, model.estimator.history
+    dip = min(range(len(accuracy)), key=accuracy.__getitem__)
+    assert accuracy[1] > accuracy[dip] < accuracy[-1], accuracy
+    assert stored is not None and stored[0] >= 1
+    # The live model predicts the new concept.
+    assert model.predict_rows([[0, 0.5]])[0] == False  # noqa: E712
+    with psycopg.connect(source_dsn, autocommit=True) as conn:
+        copied = conn.execute("select count(*) from pgml.drift_events").fetchone()
+    assert copied is not None and copied[0] >= 1  # in the source too
+
+
+def test_drift_retrains_a_batch_model_when_asked(daemon: Daemon, source_dsn: str) -> None:
+    first = daemon.trainer.train(
+        "Batch", task="classification", relation="public.readings", y="y", algorithm="linear"
+    )
+    daemon.trainer.set_retrain_on_drift("Batch", True)
+    wait_for(lambda: "Batch" in daemon.monitor.watches, what="the monitor to watch Batch")
+    insert(source_dsn, 1001, 2000, shifted=False)
+    insert(source_dsn, 2001, 6000, shifted=True)
+    wait_for(
+        lambda: any(r[0] == "Batch" and r[2] is not None for r in daemon.retrainer.results),
+        timeout=120, what="a retrain on drift",
+    )  # fmt: skip
+    _, reason, result = next(r for r in daemon.retrainer.results if r[2] is not None)
+    assert reason.startswith("drift (")
+    assert result is not None and result.model_id > first.model_id
+    snapshot = daemon.trainer.registry.snapshot(result.snapshot_id)
+    assert snapshot is not None and snapshot.num_rows > 1000  # a fresh snapshot of the table

@@ -1,0 +1,266 @@
+"""Watching deployed models as rows change: online learning, feature drift, error drift.
+
+After each mirror commit, the rows it touched in a deployed model's relation are read from the
+mirror. An online model learns from those with a label, prequentially (its predictions made
+before learning feed the error-drift detector); any model's features are compared with its
+training snapshot (PSI, Jensen-Shannon) and, where labels arrive, its errors are watched
+(ADWIN, DDM). Each detection is registered and handed to ``on_drift``. Online models are
+checkpointed every ``checkpoint_rows`` rows or ``checkpoint_seconds``: their file and hash in
+the registry are replaced, with a progress row (rows learned, progressive metrics, position).
+
+This runs in a thread of its own on the commits the replicator hands over: it never holds up
+replication, and a slow model only makes the queue longer.
+"""
+
+from __future__ import annotations
+
+import logging
+import queue
+import threading
+import time
+import uuid
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import Any
+
+import duckdb
+import numpy as np
+import pyarrow as pa
+import pyarrow.compute as pc
+import pyarrow.parquet as pq
+
+from sidecar.changes import Lsn, format_lsn
+from sidecar.errors import SidecarError
+from sidecar.mirror import Touched, rows_for_keys, touched_keys
+from trainer.algorithms import is_online
+from trainer.drift import DriftEvent, DriftThresholds, ErrorDrift, FeatureDrift
+from trainer.model import Model, save_model
+from trainer.snapshots import find_relation
+from trainer.train import Trainer
+
+log = logging.getLogger("pgml_sidecar")
+
+DriftListener = Callable[[str, int, DriftEvent], None]
+
+
+@dataclass
+class Watch:
+    """One deployed model under watch."""
+
+    project: str
+    project_id: int
+    model_id: int
+    model: Model
+    schema: str
+    table: str
+    keys: list[str]
+    label: str | None
+    feature_columns: list[str]
+    features: FeatureDrift
+    errors: ErrorDrift | None
+    online: bool
+    learned_since_checkpoint: int = 0
+    checkpointed_at: float = field(default_factory=time.monotonic)
+
+
+class Monitor:
+    """Online learning and drift detection for every deployed model."""
+
+    def __init__(
+        self,
+        con: duckdb.DuckDBPyConnection,
+        trainer: Trainer,
+        *,
+        watched: set[tuple[str, str]],
+        thresholds: DriftThresholds | None = None,
+        on_drift: DriftListener | None = None,
+        checkpoint_rows: int = 10_000,
+        checkpoint_seconds: float = 60.0,
+    ) -> None:
+        self.con = con
+        self.trainer = trainer
+        self.watched = watched
+        self.thresholds = thresholds or DriftThresholds()
+        self.on_drift = on_drift
+        self.checkpoint_rows = checkpoint_rows
+        self.checkpoint_seconds = checkpoint_seconds
+        self.changes: queue.Queue[tuple[Lsn, dict[tuple[str, str], Touched]]] = queue.Queue()
+        self.watches: dict[str, Watch] = {}
+        self._generation = -1
+        self.position: Lsn = 0
+        self.batches = 0
+
+    def on_commit(self, lsn: Lsn, touched: dict[tuple[str, str], Touched]) -> None:
+        """Called by the mirror after a commit, in the replicator's thread: queue, return."""
+        self.changes.put((lsn, touched))
+
+    def run(self, stop: threading.Event) -> None:
+        try:
+            while not stop.is_set():
+                if self._generation != self.trainer.generation:
+                    self._refresh()
+                try:
+                    lsn, touched = self.changes.get(timeout=0.2)
+                except queue.Empty:
+                    self._checkpoint_due(force=False)
+                    continue
+                self.position = max(self.position, lsn)
+                for watch in list(self.watches.values()):
+                    entry = touched.get((watch.schema, watch.table))
+                    if entry is not None and entry.keys:
+                        self._observe(watch, touched_keys(entry).select(watch.keys))
+                self.batches += 1
+                self._checkpoint_due(force=False)
+        finally:
+            self._checkpoint_due(force=True)
+
+    # -- what is watched -----------------------------------------------------------------------
+
+    def _refresh(self) -> None:
+        generation = self.trainer.generation
+        self._checkpoint_due(force=True)
+        watches: dict[str, Watch] = {}
+        for project in self.trainer.registry.projects():
+            try:
+                watch = self._watch(project.name, project.id)
+            except SidecarError as exc:
+                log.warning("not watching %s: %s", project.name, exc)
+                continue
+            if watch is not None:
+                watches[project.name] = watch
+        for old in self.watches.values():
+            self.trainer.live.pop(old.model_id, None)
+            self.watched.discard((old.schema, old.table))
+        self.watches = watches
+        for watch in watches.values():
+            self.watched.add((watch.schema, watch.table))
+            if watch.online:
+                self.trainer.live[watch.model_id] = watch.model
+        self._generation = generation
+
+    def _watch(self, project: str, project_id: int) -> Watch | None:
+        registry = self.trainer.registry
+        record = registry.deployed(project_id)
+        if record is None:
+            return None
+        current = self.watches.get(project)
+        if current is not None and current.model_id == record.id:
+            return current
+        snapshot = registry.snapshot(record.snapshot_id)
+        assert snapshot is not None
+        relation = find_relation(self.con, snapshot.relation_name)
+        _, model = self.trainer.model(record.id)
+        label = snapshot.y_column_name[0] if snapshot.y_column_name else None
+        reference = pq.read_table(self.trainer.home / snapshot.path)
+        features = [c.name for c in model.preprocessor.columns]
+        errors = ErrorDrift(model.task) if label and model.task in _SUPERVISED else None
+        return Watch(
+            project=project,
+            project_id=project_id,
+            model_id=record.id,
+            model=model,
+            schema=relation.schema,
+            table=relation.name,
+            keys=relation.key or [c for c, _ in relation.columns],
+            label=label,
+            feature_columns=features,
+            # Keys (serial ids) always drift: they are features, but not watched for drift.
+            features=FeatureDrift(
+                reference,
+                columns=[c for c in features if c not in relation.key],
+                thresholds=self.thresholds,
+            ),
+            errors=errors,
+            online=is_online(record.algorithm),
+        )
+
+    # -- learning and watching -----------------------------------------------------------------
+
+    def _observe(self, watch: Watch, keys: pa.Table) -> None:
+        columns = list(dict.fromkeys([*watch.keys, *watch.feature_columns, *_opt(watch.label)]))
+        rows = rows_for_keys(self.con, watch.schema, watch.table, keys, columns)
+        if rows.num_rows == 0:
+            return
+        events = watch.features.update(rows.select(watch.feature_columns))
+        if watch.label is not None:
+            labelled = rows.filter(pc.is_valid(rows[watch.label]))
+            if labelled.num_rows:
+                events += self._supervised(watch, labelled)
+        for event in events:
+            self._drifted(watch, event)
+
+    def _supervised(self, watch: Watch, rows: pa.Table) -> list[DriftEvent]:
+        assert watch.label is not None
+        model = watch.model
+        x = model.features(rows.select(watch.feature_columns))
+        y_raw = rows[watch.label].to_numpy(zero_copy_only=False)
+        if model.classes is not None:
+            index = np.searchsorted(model.classes, y_raw)
+            index = np.clip(index, 0, len(model.classes) - 1)
+            known = model.classes[index] == y_raw
+            y = np.where(known, index, -1).astype(np.float64)
+            y[~known] = np.nan  # a class the model has never seen: not learned, not scored
+        else:
+            y = y_raw.astype(np.float64)
+        if watch.online:
+            predicted = np.asarray(model.estimator.partial_fit(x, y), dtype=np.float64)
+            watch.learned_since_checkpoint += int(np.count_nonzero(~np.isnan(y)))
+        else:
+            predicted = np.asarray(model.estimator.predict(x), dtype=np.float64)
+        if watch.errors is None:
+            return []
+        return watch.errors.update(y, predicted)
+
+    def _drifted(self, watch: Watch, event: DriftEvent) -> None:
+        log.warning(
+            "drift in %s: %s%s, statistic %.3f (threshold %.3f)", watch.project, event.detector,
+            f" on {event.feature}" if event.feature else "", event.statistic, event.threshold,
+        )  # fmt: skip
+        self.trainer.registry.add_drift_event(
+            watch.project_id, watch.model_id, event.detector, event.feature,
+            float(event.statistic), float(event.threshold),
+        )  # fmt: skip
+        if self.on_drift is not None:
+            self.on_drift(watch.project, watch.model_id, event)
+
+    # -- checkpoints ---------------------------------------------------------------------------
+
+    def _checkpoint_due(self, *, force: bool) -> None:
+        now = time.monotonic()
+        for watch in self.watches.values():
+            if not watch.online or watch.learned_since_checkpoint == 0:
+                continue
+            if (
+                force
+                or watch.learned_since_checkpoint >= self.checkpoint_rows
+                or now - watch.checkpointed_at >= self.checkpoint_seconds
+            ):
+                self._checkpoint(watch)
+
+    def _checkpoint(self, watch: Watch) -> None:
+        path = self.trainer.home / "models" / f"{uuid.uuid4().hex}.pickle"
+        sha = save_model(watch.model, path)
+        estimator: Any = watch.model.estimator
+        registry = self.trainer.registry
+        with registry.transaction():
+            old = registry.model(watch.model_id)
+            registry.update_model_file(
+                watch.model_id, str(path.relative_to(self.trainer.home)), sha
+            )
+            registry.add_progress(
+                watch.model_id,
+                int(getattr(estimator, "rows_learned", 0)),
+                dict(getattr(estimator, "progressive", {})),
+                {"mirror": format_lsn(self.position)},
+            )
+        if old is not None and old.path != str(path.relative_to(self.trainer.home)):
+            (self.trainer.home / old.path).unlink(missing_ok=True)
+        watch.learned_since_checkpoint = 0
+        watch.checkpointed_at = time.monotonic()
+
+
+_SUPERVISED = ("regression", "classification")
+
+
+def _opt(value: str | None) -> list[str]:
+    return [] if value is None else [value]
