@@ -220,36 +220,60 @@ class Writeback:
         return found.num_rows
 
     def _rescore(self, target: Target) -> int:
-        """Score every row of the relation, batch by batch; drop scores of vanished rows."""
+        """Score every row of the relation in one source transaction: batches are copied to a
+        staging table (memory stays bounded here), then one update, one insert of new keys and
+        one delete of vanished ones; readers see the old scores until it commits."""
         source = self._connection()
-        started = source.execute("select now()").fetchone()
-        assert started is not None
         self._ensure_table(target)
+        staging = sql.Identifier(f"_pgml_rescore_{target.slug}")
+        names = [sql.Identifier(k) for k in target.keys]
+        match = sql.SQL(" and ").join(sql.SQL("s.{} = t.{}").format(n, n) for n in names)
+        scores_table = _scores(target)
         cursor = self.con.cursor()
         total = 0
         try:
-            columns = ", ".join(quote(c) for c in _columns(target))
-            reader = cursor.sql(
-                f"select {columns} from {quote(target.schema)}.{quote(target.table)}"
-            ).to_arrow_reader(self.batch_rows)
-            for batch in reader:
-                self._write(target, pa.Table.from_batches([batch]))
-                total += batch.num_rows
+            with source.transaction():
+                source.execute(
+                    sql.SQL(
+                        "create temp table {} (like {} including defaults) on commit drop"
+                    ).format(staging, scores_table)
+                )
+                columns = ", ".join(quote(c) for c in _columns(target))
+                reader = cursor.sql(
+                    f"select {columns} from {quote(target.schema)}.{quote(target.table)}"
+                ).to_arrow_reader(self.batch_rows)
+                for batch in reader:
+                    scores = self._scores(target, pa.Table.from_batches([batch]))
+                    self._copy(source, staging, scores)
+                    total += batch.num_rows
+                listed = sql.SQL(", ").join(
+                    sql.Identifier(c) for c in [*target.keys, "prediction", "model_id"]
+                )
+                source.execute(
+                    sql.SQL(
+                        "update {} s set prediction = t.prediction, model_id = t.model_id,"
+                        " scored_at = now() from {} t where {}"
+                    ).format(scores_table, staging, match)
+                )
+                source.execute(
+                    sql.SQL(
+                        "insert into {} ({}, scored_at) select {}, now() from {} t"
+                        " where not exists (select from {} s where {})"
+                    ).format(scores_table, listed, listed, staging, scores_table, match)
+                )
+                source.execute(
+                    sql.SQL("delete from {} s where not exists (select from {} t where {})").format(
+                        scores_table, staging, match
+                    )
+                )
         finally:
             cursor.close()
-        with source.transaction():
-            source.execute(
-                sql.SQL("delete from {} where scored_at < %s").format(_scores(target)),
-                (started[0],),
-            )
         log.info("write-back of %s: %d rows scored with model %d", target.project, total,
                  target.model_id)  # fmt: skip
         return total
 
-    def _write(self, target: Target, rows: pa.Table) -> None:
-        """Upsert the scores of ``rows`` (key and feature columns) into the source."""
-        if rows.num_rows == 0:
-            return
+    def _scores(self, target: Target, rows: pa.Table) -> pa.Table:
+        """Key columns, ``prediction`` and ``model_id`` for ``rows`` (keys and features)."""
         model = self._model(target)
         predictions = model.predict(rows.select(list(target.features)))
         if model.classes is not None and predictions.dtype.kind not in "biuf":
@@ -257,8 +281,12 @@ class Writeback:
         scores = rows.select(list(target.keys)).append_column(
             "prediction", pa.array(predictions).cast(pa.float64())
         )
-        scores = scores.append_column("model_id", pa.repeat(target.model_id, rows.num_rows))
-        self._copy_upsert(target, scores)
+        return scores.append_column("model_id", pa.repeat(target.model_id, rows.num_rows))
+
+    def _write(self, target: Target, rows: pa.Table) -> None:
+        """Upsert the scores of ``rows`` (key and feature columns) into the source."""
+        if rows.num_rows:
+            self._copy_upsert(target, self._scores(target, rows))
 
     # -- the source ----------------------------------------------------------------------------
 
@@ -305,7 +333,7 @@ class Writeback:
             sql.SQL(
                 "create table if not exists {} ({}, prediction double precision,"
                 " model_id bigint not null, scored_at timestamptz not null default now(),"
-                " primary key ({}))"
+                " primary key ({})) with (fillfactor = 70)"
             ).format(
                 _scores(target),
                 sql.SQL(", ").join(keys),
@@ -325,10 +353,7 @@ class Writeback:
                     " on commit delete rows"
                 ).format(staging, _scores(target))
             )
-            with source.cursor().copy(
-                sql.SQL("copy {} ({}) from stdin (format csv)").format(staging, columns)
-            ) as copy:
-                copy.write(_csv(scores))
+            self._copy(source, staging, scores)
             source.execute(
                 sql.SQL(
                     "insert into {} ({}, scored_at) select {}, now() from {}"
@@ -336,6 +361,14 @@ class Writeback:
                     " model_id = excluded.model_id, scored_at = excluded.scored_at"
                 ).format(_scores(target), columns, columns, staging, keys)
             )
+
+    def _copy(self, source: psycopg.Connection, table: sql.Identifier, rows: pa.Table) -> None:
+        """COPY ``rows`` (as CSV) into the columns of the same names of ``table``."""
+        columns = sql.SQL(", ").join(sql.Identifier(c) for c in rows.column_names)
+        with source.cursor().copy(
+            sql.SQL("copy {} ({}) from stdin (format csv)").format(table, columns)
+        ) as copy:
+            copy.write(_csv(rows))
 
     def _delete(self, target: Target, keys: pa.Table) -> None:
         source = self._connection()

@@ -13,7 +13,7 @@ from sidecar.local_postgres import free_port
 from tests.replicator.mirror_check import execute, wait_for
 from tests.sidecar.test_daemon import CREATE, FILL, finished, one
 
-ROWS = 150_000  # three write-back batches: the kill lands between two
+ROWS = 150_000  # three write-back batches: the kill lands inside the backfill
 
 
 def start(dsn: str, mirror: Path, port: int, log: Path) -> subprocess.Popen[bytes]:
@@ -45,11 +45,13 @@ def test_kill_9_during_write_back(source_dsn: str, mirror_path: Path, tmp_path: 
         assert finished(source_dsn, request)[0] == "done", log.read_text()
         one(source_dsn, "select pgml.writeback('Churn')")
         count = "select count(*) from pgml_scores.churn"
-        wait_for(
-            lambda: one(source_dsn, "select to_regclass('pgml_scores.churn')") is not None
-            and one(source_dsn, count) > 0,
-            timeout=60, what="the backfill to be under way",
-        )  # fmt: skip
+        # The backfill is one source transaction: kill while it is open.
+        in_transaction = (
+            "select count(*) from pg_stat_activity where application_name ="
+            " 'pgml-sidecar write-back' and state in ('active', 'idle in transaction')"
+        )
+        wait_for(lambda: one(source_dsn, in_transaction) > 0, timeout=60,
+                 what="the backfill to be under way")  # fmt: skip
         execute(source_dsn, "update accounts set age = age + 1 where id % 7 = 0",
                 "delete from accounts where id % 11 = 0")  # fmt: skip
         process.send_signal(signal.SIGKILL)
