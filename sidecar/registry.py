@@ -100,6 +100,7 @@ create sequence if not exists pgml.drift_events_id_seq;
 create table if not exists pgml.drift_events (
     id bigint primary key default nextval('pgml.drift_events_id_seq'),
     project_id bigint not null,
+    project varchar,
     model_id bigint not null,
     detector varchar not null,
     feature varchar,
@@ -458,9 +459,10 @@ class Registry:
         statistic: float, threshold: float,
     ) -> int:  # fmt: skip
         row = self.con.execute(
-            "insert into pgml.drift_events (project_id, model_id, detector, feature, statistic,"
-            " threshold) values (?, ?, ?, ?, ?, ?) returning id",
-            [project_id, model_id, detector, feature, statistic, threshold],
+            "insert into pgml.drift_events (project_id, project, model_id, detector, feature,"
+            " statistic, threshold) select ?, name, ?, ?, ?, ?, ? from pgml.projects"
+            " where id = ? returning id",
+            [project_id, model_id, detector, feature, statistic, threshold, project_id],
         ).fetchone()
         assert row is not None
         return int(row[0])

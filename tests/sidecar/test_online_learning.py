@@ -136,3 +136,36 @@ def test_drift_retrains_a_batch_model_when_asked(daemon: Daemon, source_dsn: str
     assert result is not None and result.model_id > first.model_id
     snapshot = daemon.trainer.registry.snapshot(result.snapshot_id)
     assert snapshot is not None and snapshot.num_rows > 1000  # a fresh snapshot of the table
+
+
+def test_a_feature_shift_without_labels_is_psi_not_error_drift(
+    daemon: Daemon, source_dsn: str
+) -> None:
+    events: list[DriftEvent] = []
+    drifted = daemon.monitor.on_drift
+    assert drifted is not None
+
+    def recording(project: str, model_id: int, event: DriftEvent) -> None:
+        events.append(event)
+        drifted(project, model_id, event)
+
+    daemon.monitor.on_drift = recording
+    daemon.trainer.train(
+        "Shift", task="classification", relation="public.readings", y="y", algorithm="linear"
+    )
+    wait_for(lambda: "Shift" in daemon.monitor.watches, what="the monitor to watch Shift")
+    # New rows far to the right of anything seen in training, and no labels yet.
+    execute(
+        source_dsn,
+        "insert into readings select i, 5 + (i % 100) / 100.0, null"
+        " from generate_series(1001, 2000) i",
+    )
+    wait_for(lambda: any(e.detector == "psi" for e in events), timeout=60, what="PSI")
+    assert {(e.detector, e.feature) for e in events} == {("psi", "x")}
+    with psycopg.connect(
+        f"host=127.0.0.1 port={daemon.endpoint.port} user=pgml dbname=pgml"
+    ) as endpoint:
+        stored = endpoint.execute(
+            "select project, detector, feature from pgml.drift_events"
+        ).fetchall()
+    assert stored == [("Shift", "psi", "x")]
