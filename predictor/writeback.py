@@ -73,7 +73,6 @@ class Writeback:
         *,
         batch_rows: int = BATCH_ROWS,
         on_written: Callable[[str, int, float], None] | None = None,
-        watched: set[tuple[str, str]] | None = None,
     ) -> None:
         self.source_dsn = source_dsn
         self.con = con
@@ -82,8 +81,8 @@ class Writeback:
         self.on_written = on_written
         """Called with (project, rows, seconds since the oldest commit they carry)."""
         self.changes: queue.Queue[tuple[Lsn, dict[tuple[str, str], Touched], float]] = queue.Queue()
-        self.watched = watched if watched is not None else set()
-        """The mirror's set of watched tables: write-back adds and removes its relations."""
+        self.watched: set[tuple[str, str]] = set()
+        """The relations written back: the mirror reports their changed keys."""
         self._targets: dict[str, Target] = {}
         self._generation = -1
         self._source: psycopg.Connection | None = None
@@ -168,8 +167,8 @@ class Writeback:
             except SidecarError as exc:
                 log.warning("write-back of %s paused: %s", project, exc)
         changed = [t for p, t in targets.items() if self._targets.get(p) != t]
-        self.watched.difference_update((t.schema, t.table) for t in self._targets.values())
         self._targets = targets
+        self.watched.clear()
         self.watched.update((t.schema, t.table) for t in targets.values())
         self._generation = generation
         for target in changed:

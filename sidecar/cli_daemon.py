@@ -131,6 +131,7 @@ def _run(args: argparse.Namespace) -> int:
             metrics_host=settings["metrics_host"],
             metrics_port=settings["metrics_port"],
             memory_limit=settings["memory_limit"],
+            checkpoint_rows=settings["checkpoint_rows"],
         )
     )
     for signum in (signal.SIGINT, signal.SIGTERM):

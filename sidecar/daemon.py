@@ -57,6 +57,7 @@ class DaemonSettings:
     metrics_host: str = "127.0.0.1"
     metrics_port: int = 9464
     memory_limit: str = "1GB"
+    checkpoint_rows: int = 10_000
 
 
 @dataclass
@@ -80,23 +81,23 @@ class Daemon:
         self.stop_event = threading.Event()
         self.mirror = Mirror(settings.mirror_path, memory_limit=settings.memory_limit)
         self.trainer = Trainer(self.mirror.con, artifact_home(settings.mirror_path))
-        self.writeback = Writeback(
-            settings.source_dsn, self.mirror.con, self.trainer, watched=self.mirror.watched
-        )
+        self.writeback = Writeback(settings.source_dsn, self.mirror.con, self.trainer)
         self.control = ControlRequests(
             settings.source_dsn,
             self.mirror.con,
             self.trainer,
             writeback=self.writeback.enable,
         )
-        self.mirror.watched.add(control.TABLE)
+        control_tables = {control.TABLE}
         self.retrainer = Retrainer(self.trainer)
         self.monitor = Monitor(
             self.mirror.con,
             self.trainer,
-            watched=self.mirror.watched,
+            mirror=self.mirror,
             on_drift=self._drifted,
+            checkpoint_rows=settings.checkpoint_rows,
         )
+        self.mirror.watched = [control_tables, self.writeback.watched, self.monitor.watched]
         self.mirror.on_commit = self._committed
         self.replicator = Replicator(self._replication_settings(), mirror=self.mirror)
         self.endpoint = SqlEndpoint(
@@ -229,6 +230,7 @@ class Daemon:
     def start(self) -> None:
         """Start every part; return at once."""
         self.trainer.worker.warm()
+        self.monitor.prepare()
         self.endpoint.start()
         self.metrics_server.start()
         for part in self.parts:
@@ -284,6 +286,7 @@ class Daemon:
         return {
             "status": "ok" if ok else "degraded",
             "parts": parts,
+            "watching": sorted(self.monitor.watches),
             "flushed_lsn": self.replicator.stats.flushed_lsn,
             "rows_applied": self.replicator.stats.rows_applied,
         }

@@ -207,8 +207,10 @@ class Mirror:
         self.source_types: dict[int, SourceType] = {}
         self.tables: dict[tuple[str, str], MirroredTable] = {}
         self._in_transaction = False
-        self.watched: set[tuple[str, str]] = set()
-        """Tables whose changed keys are reported to ``on_commit`` after each commit."""
+        self.watched: list[set[tuple[str, str]]] = []
+        """Sets of tables (one per consumer) whose changed keys go to ``on_commit``."""
+        self.logged: set[tuple[str, str]] = set()
+        """Watched tables whose changed keys are also stored with each batch (``changes``)."""
         self.on_commit: CommitListener | None = None
         self._touched: dict[tuple[str, str], Touched] = {}
         self.changes_applied = {"insert": 0, "update": 0, "delete": 0, "truncate": 0}
@@ -231,6 +233,11 @@ class Mirror:
             " state varchar,"
             " catchup_until ubigint default 0, relid bigint default 0,"
             " primary key (schema_name, table_name))"
+        )
+        self.con.execute(
+            f"create table if not exists {META}.changes ("
+            " lsn ubigint not null, schema_name varchar not null, table_name varchar not null,"
+            " keys json not null)"
         )
 
     def _load_tables(self) -> None:
@@ -288,11 +295,47 @@ class Mirror:
             if table.state == "catchup" and lsn >= table.catchup_until:
                 table.state = "ready"
                 self._save_table(table)
+        self._log_changes(lsn)
         self.con.execute("commit")
         self._in_transaction = False
         touched, self._touched = self._touched, {}
         if touched and self.on_commit is not None:
             self.on_commit(lsn, touched)
+
+    def _log_changes(self, lsn: Lsn) -> None:
+        """Store the keys touched in logged tables with the batch, for consumers that must
+        see each change exactly once across restarts (online learning)."""
+        for (schema, name), touched in self._touched.items():
+            if (schema, name) in self.logged and touched.keys:
+                keys = touched_keys(touched)
+                self.con.execute(
+                    f"insert into {META}.changes values (?, ?, ?, ?)",
+                    [lsn, schema, name, json.dumps(keys.to_pydict())],
+                )
+
+    def logged_changes(self, schema: str, name: str, after: Lsn) -> list[tuple[Lsn, pa.Table]]:
+        """The logged keys of ``schema.name`` committed after ``after``, oldest first."""
+        cursor = self.con.cursor()
+        try:
+            rows = cursor.execute(
+                f"select lsn, keys from {META}.changes where schema_name = ? and table_name = ?"
+                " and lsn > ? order by lsn",
+                [schema, name, after],
+            ).fetchall()
+        finally:
+            cursor.close()
+        return [(int(lsn), pa.table(json.loads(keys))) for lsn, keys in rows]
+
+    def forget_changes(self, schema: str, name: str, upto: Lsn) -> None:
+        """Drop logged keys every consumer has taken (up to and including ``upto``)."""
+        cursor = self.con.cursor()
+        try:
+            cursor.execute(
+                f"delete from {META}.changes where schema_name = ? and table_name = ? and lsn <= ?",
+                [schema, name, upto],
+            )
+        finally:
+            cursor.close()
 
     def commit_step(self) -> None:
         """Commit a step of an initial copy: no source position moves."""
@@ -431,13 +474,16 @@ class Mirror:
             table = self.tables.get(key)
             if table is None or _in_copy(table, commit_lsn):
                 continue
-            if key in self.watched:
+            if self._watching(key):
                 self._touch(table, group)
             try:
                 touched += self._apply_group(table, group, commit_lsn)
             except duckdb.ConversionException as exc:
                 raise _unstorable(table, exc) from None
         return touched
+
+    def _watching(self, key: tuple[str, str]) -> bool:
+        return any(key in tables for tables in self.watched)
 
     def _touch(self, table: MirroredTable, group: list[RowChange]) -> None:
         names = [c.name for c in table.keys] or [c.name for c in table.columns]
@@ -452,7 +498,7 @@ class Mirror:
 
     def touch_everything(self, schema: str, name: str) -> None:
         """Report the whole table as changed at the next commit (after a copy or truncate)."""
-        if (schema, name) in self.watched:
+        if self._watching((schema, name)):
             self._touched.setdefault((schema, name), Touched()).everything = True
 
     def _apply_group(

@@ -502,6 +502,19 @@ class Registry:
         )
 
     @_locked
+    def learned_position(self, model_id: int) -> int | None:
+        """The mirror position an online model's last checkpoint had learned up to."""
+        row = self.con.execute(
+            "select source_position->>'mirror' from pgml.progress where model_id = ?"
+            " order by id desc limit 1",
+            [model_id],
+        ).fetchone()
+        if row is None or row[0] is None:
+            return None
+        high, _, low = str(row[0]).partition("/")
+        return (int(high, 16) << 32) | int(low, 16)
+
+    @_locked
     def projects(self) -> list[Project]:
         rows = self.con.execute(
             "select id, name, task, created_at from pgml.projects order by name"

@@ -29,9 +29,9 @@ import pyarrow as pa
 import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
-from sidecar.changes import Lsn, format_lsn
+from sidecar.changes import Lsn, format_lsn, parse_lsn
 from sidecar.errors import SidecarError
-from sidecar.mirror import Touched, rows_for_keys, touched_keys
+from sidecar.mirror import Mirror, Touched, rows_for_keys, touched_keys
 from trainer.algorithms import is_online
 from trainer.drift import DriftEvent, DriftThresholds, ErrorDrift, FeatureDrift
 from trainer.model import Model, save_model
@@ -59,6 +59,8 @@ class Watch:
     features: FeatureDrift
     errors: ErrorDrift | None
     online: bool
+    learned_lsn: Lsn = 0
+    """The mirror position of the last change learned (online models)."""
     learned_since_checkpoint: int = 0
     checkpointed_at: float = field(default_factory=time.monotonic)
 
@@ -71,7 +73,7 @@ class Monitor:
         con: duckdb.DuckDBPyConnection,
         trainer: Trainer,
         *,
-        watched: set[tuple[str, str]],
+        mirror: Mirror,
         thresholds: DriftThresholds | None = None,
         on_drift: DriftListener | None = None,
         checkpoint_rows: int = 10_000,
@@ -79,7 +81,9 @@ class Monitor:
     ) -> None:
         self.con = con
         self.trainer = trainer
-        self.watched = watched
+        self.mirror = mirror
+        self.watched: set[tuple[str, str]] = set()
+        """Relations of deployed models: the mirror reports their changed keys."""
         self.thresholds = thresholds or DriftThresholds()
         self.on_drift = on_drift
         self.checkpoint_rows = checkpoint_rows
@@ -104,15 +108,25 @@ class Monitor:
                 except queue.Empty:
                     self._checkpoint_due(force=False)
                     continue
-                self.position = max(self.position, lsn)
-                for watch in list(self.watches.values()):
-                    entry = touched.get((watch.schema, watch.table))
-                    if entry is not None and entry.keys:
-                        self._observe(watch, touched_keys(entry).select(watch.keys))
-                self.batches += 1
+                self._take(lsn, touched)
                 self._checkpoint_due(force=False)
+            while True:  # what was committed before the stop is learned before the checkpoint
+                try:
+                    self._take(*self.changes.get_nowait())
+                except queue.Empty:
+                    break
         finally:
             self._checkpoint_due(force=True)
+
+    def _take(self, lsn: Lsn, touched: dict[tuple[str, str], Touched]) -> None:
+        self.position = max(self.position, lsn)
+        for watch in list(self.watches.values()):
+            entry = touched.get((watch.schema, watch.table))
+            if entry is None or not entry.keys or lsn <= watch.learned_lsn:
+                continue  # untouched, or learned already (replayed from the log)
+            self._observe(watch, touched_keys(entry).select(watch.keys))
+            watch.learned_lsn = lsn
+        self.batches += 1
 
     # -- what is watched -----------------------------------------------------------------------
 
@@ -129,14 +143,30 @@ class Monitor:
             if watch is not None:
                 watches[project.name] = watch
         for old in self.watches.values():
-            self.trainer.live.pop(old.model_id, None)
-            self.watched.discard((old.schema, old.table))
+            if watches.get(old.project) is not old:
+                self.trainer.live.pop(old.model_id, None)
+        fresh = [w for w in watches.values() if self.watches.get(w.project) is not w]
         self.watches = watches
-        for watch in watches.values():
-            self.watched.add((watch.schema, watch.table))
+        self.watched.clear()
+        self.watched.update((w.schema, w.table) for w in watches.values())
+        self.mirror.logged.clear()
+        self.mirror.logged.update((w.schema, w.table) for w in watches.values() if w.online)
+        for watch in fresh:
             if watch.online:
+                self._replay(watch)
                 self.trainer.live[watch.model_id] = watch.model
         self._generation = generation
+
+    def prepare(self) -> None:
+        """Watch the deployed models now (before the replicator starts, so none of their
+        changes goes unseen), learning what online models missed while the sidecar was down."""
+        self._refresh()
+
+    def _replay(self, watch: Watch) -> None:
+        """Learn the logged changes the model's last checkpoint has not seen, in order."""
+        for lsn, keys in self.mirror.logged_changes(watch.schema, watch.table, watch.learned_lsn):
+            self._observe(watch, keys.select(watch.keys))
+            watch.learned_lsn = lsn
 
     def _watch(self, project: str, project_id: int) -> Watch | None:
         registry = self.trainer.registry
@@ -154,6 +184,11 @@ class Monitor:
         reference = pq.read_table(self.trainer.home / snapshot.path)
         features = [c.name for c in model.preprocessor.columns]
         errors = ErrorDrift(model.task) if label and model.task in _SUPERVISED else None
+        online = is_online(record.algorithm)
+        learned = registry.learned_position(record.id) if online else None
+        if learned is None:
+            positions = [parse_lsn(p) for p in snapshot.source_position.values()]
+            learned = max(positions, default=0)
         return Watch(
             project=project,
             project_id=project_id,
@@ -171,7 +206,8 @@ class Monitor:
                 thresholds=self.thresholds,
             ),
             errors=errors,
-            online=is_online(record.algorithm),
+            online=online,
+            learned_lsn=learned,
         )
 
     # -- learning and watching -----------------------------------------------------------------
@@ -251,8 +287,14 @@ class Monitor:
                 watch.model_id,
                 int(getattr(estimator, "rows_learned", 0)),
                 dict(getattr(estimator, "progressive", {})),
-                {"mirror": format_lsn(self.position)},
+                {"mirror": format_lsn(watch.learned_lsn)},
             )
+        self.mirror.forget_changes(
+            watch.schema,
+            watch.table,
+            min(w.learned_lsn for w in self.watches.values() if w.online
+                and (w.schema, w.table) == (watch.schema, watch.table)),
+        )  # fmt: skip
         if old is not None and old.path != str(path.relative_to(self.trainer.home)):
             (self.trainer.home / old.path).unlink(missing_ok=True)
         watch.learned_since_checkpoint = 0

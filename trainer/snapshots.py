@@ -56,6 +56,16 @@ def find_relation(con: duckdb.DuckDBPyConnection, relation: str) -> RelationColu
     schema, _, name = relation.rpartition(".")
     schema, name = _unquote(schema), _unquote(name)
     schemas = [schema] if schema else list(SEARCH_SCHEMAS)
+    con = con.cursor()  # a connection of its own: the caller's may be busy in another thread
+    try:
+        return _find(con, relation, schemas, name)
+    finally:
+        con.close()
+
+
+def _find(
+    con: duckdb.DuckDBPyConnection, relation: str, schemas: list[str], name: str
+) -> RelationColumns:
     for candidate in schemas:
         rows = con.execute(
             "select column_name, data_type from information_schema.columns"
