@@ -175,6 +175,10 @@ class Daemon:
                         m.replication_changes.labels(op=op).inc(count - seen.get(op, 0))
                 seen = applied
                 m.replicator_up.set(1 if self.parts[0].running else 0)
+                for watch in list(self.monitor.watches.values()):
+                    for feature, score in watch.features.scores.items():
+                        if score == score:  # NaN until the window holds enough rows
+                            m.drift_score.labels(project=watch.project, feature=feature).set(score)
 
     def _replication_settings(self) -> ReplicationSettings:
         s = self.settings
