@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import subprocess
+import sys
 import threading
 import urllib.request
 from collections.abc import Iterator
@@ -183,3 +184,27 @@ def test_a_crashed_part_is_restarted_and_reported(daemon: Daemon) -> None:
     health = daemon.health()
     assert health["parts"]["flaky"]["restarts"] == 1
     assert health["parts"]["flaky"]["last_error"] == "RuntimeError: boom"
+
+
+def test_status_reports_slot_requests_and_health(daemon: Daemon, source_dsn: str) -> None:
+    request = one(source_dsn, "select pgml.train('Broken', 'regression', 'public.accounts', 'x')")
+    assert finished(source_dsn, request)[0] == "failed"
+    wait_for(lambda: one(source_dsn, "select count(*) from pg_replication_slots") == 1,
+             what="the slot")  # fmt: skip
+    done = subprocess.run(
+        [sys.executable, "-m", "sidecar.cli", "status", "--source", source_dsn,
+         "--metrics-port", str(daemon.metrics_server.port), "--json"],
+        capture_output=True, text=True, check=False,
+    )  # fmt: skip
+    assert done.returncode == 0, done.stderr
+    report = json.loads(done.stdout)
+    assert report["slot"]["name"] == "pgml_sidecar" and report["slot"]["lag_bytes"] >= 0
+    assert report["daemon"]["status"] == "ok"
+    assert report["projects"][0]["project"] == "Broken"
+    assert "column 'x' does not exist" in report["projects"][0]["error"]
+    text = subprocess.run(
+        [sys.executable, "-m", "sidecar.cli", "status", "--source", source_dsn,
+         "--metrics-port", str(daemon.metrics_server.port)],
+        capture_output=True, text=True, check=True,
+    ).stdout  # fmt: skip
+    assert "project: Broken: train failed" in text and "daemon:  ok" in text
