@@ -146,15 +146,19 @@ class Monitor:
             if watches.get(old.project) is not old:
                 self.trainer.live.pop(old.model_id, None)
         fresh = [w for w in watches.values() if self.watches.get(w.project) is not w]
-        self.watches = watches
-        self.watched.clear()
+        # Watch and log the new tables first: a change committed from now on is both queued and
+        # logged; the replay learns it and the queue then skips it (by position).
         self.watched.update((w.schema, w.table) for w in watches.values())
-        self.mirror.logged.clear()
         self.mirror.logged.update((w.schema, w.table) for w in watches.values() if w.online)
         for watch in fresh:
             if watch.online:
                 self._replay(watch)
                 self.trainer.live[watch.model_id] = watch.model
+        self.watches = watches  # published once its models are live
+        self.watched.intersection_update((w.schema, w.table) for w in watches.values())
+        self.mirror.logged.intersection_update(
+            (w.schema, w.table) for w in watches.values() if w.online
+        )
         self._generation = generation
 
     def prepare(self) -> None:

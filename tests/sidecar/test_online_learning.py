@@ -76,7 +76,7 @@ def test_online_model_learns_through_a_concept_shift(daemon: Daemon, source_dsn:
         algorithm="online_hoeffding_adaptive_tree", test_sampling="last",
     )  # fmt: skip
     assert result.deployed
-    wait_for(lambda: "Stream" in daemon.monitor.watches, what="the monitor to watch Stream")
+    wait_for(lambda: result.model_id in daemon.trainer.live, what="the model to go live")
     model = daemon.trainer.live[result.model_id]
     learned_at_start = model.estimator.rows_learned
 
