@@ -19,7 +19,14 @@ import numpy as np
 import pyarrow as pa
 
 from predictor import procedures, scoring, wire
-from predictor.pg_types import PgType, parse_binary_param, parse_text_param, pg_type_for_arrow
+from predictor.pg_types import (
+    FLOAT8,
+    PgType,
+    parse_binary_param,
+    parse_text_param,
+    pg_type_for_arrow,
+    text_value,
+)
 from predictor.procedures import ProcedureResult
 from predictor.scoring import Scorer, scoring_error
 from predictor.scram import AuthenticationFailed, ScramExchange, ScramVerifier
@@ -30,6 +37,7 @@ from trainer.train import Trainer
 log = logging.getLogger("pgml_sidecar")
 
 SERVER_VERSION = "16.0"
+_FLOAT8_ARRAY = 1022
 FETCH_BATCH = 65_536
 _TYPES = {
     "text": PgType(25, -1, "text"),
@@ -97,6 +105,8 @@ class Rows:
     buffered: int = 0
     sent: int = 0
     cursor: duckdb.DuckDBPyConnection | None = None  # a cursor of its own, closed with it
+    encoded: bytes = b""
+    """One DataRow ready to send (the one-row prediction path: no Arrow on the way)."""
 
     def drain(self) -> None:
         """Read the rest of the result now, so its DuckDB connection can run other queries."""
@@ -290,6 +300,11 @@ class Session:
         """DataRows of up to ``limit`` rows, then CommandComplete or PortalSuspended."""
         assert outcome.rows is not None
         rows = outcome.rows
+        if rows.encoded:
+            yield rows.encoded
+            rows.sent, rows.encoded = 1, b""
+            yield wire.command_complete(f"{outcome.tag} 1")
+            return
         remaining = limit
         while True:
             chunk = FETCH_BATCH if remaining is None else min(remaining, FETCH_BATCH)
@@ -573,9 +588,12 @@ class Session:
             else:
                 values = float(scoring.as_numbers(model, model.predict_matrix(matrix))[0])
             scorer.observe(str(key), 1, time.perf_counter() - started)
-        kind = pa.list_(pa.float64()) if call.name == "predict_proba" else pa.float64()
-        table = pa.table({column: pa.array([values], kind)})
-        return Outcome("SELECT", _arrow_fields(table.schema), _given(table))
+        field = (
+            wire.Field(column, _FLOAT8_ARRAY, -1)
+            if call.name == "predict_proba" else wire.Field(column, FLOAT8.oid, FLOAT8.size)
+        )  # fmt: skip
+        row = wire.data_row([text_value(values)])
+        return Outcome("SELECT", [field], Rows(None, encoded=row))
 
     def _transaction(self, statement: Statement) -> Outcome:
         cursor = self._cursor()
