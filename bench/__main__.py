@@ -10,7 +10,7 @@ import sys
 from collections.abc import Callable, Sequence
 from typing import Protocol
 
-from bench import endpoint, initial_copy, latency, streaming, training, writeback
+from bench import endpoint, initial_copy, latency, online, streaming, training, writeback
 from bench import workload as w
 
 
@@ -27,6 +27,7 @@ BENCHMARKS: dict[str, tuple[Callable[[], argparse.ArgumentParser], _Runner]] = {
     "training": (training.parser, training.run),
     "endpoint": (endpoint.parser, endpoint.run),
     "writeback": (writeback.parser, writeback.run),
+    "online": (online.parser, online.run),
 }
 
 
