@@ -112,9 +112,19 @@ def rows_for_keys(
     """The committed rows of ``schema.table`` whose key columns (text) are in ``keys``."""
     cursor = con.cursor()
     try:
+        types = dict(
+            cursor.execute(
+                "select column_name, data_type from duckdb_columns()"
+                " where schema_name = ? and table_name = ?",
+                [schema, table],
+            ).fetchall()
+        )
         cursor.register("_pgml_touched", keys)
+        # The text keys are cast to the column's type, not the column to text, so the key's
+        # index and statistics serve the join instead of a cast of every row.
         match = " and ".join(
-            f"cast(r.{quote(k)} as varchar) = t.{quote(k)}" for k in keys.column_names
+            f"r.{quote(k)} = try_cast(t.{quote(k)} as {types.get(k, 'varchar')})"
+            for k in keys.column_names
         )
         listed = ", ".join(f"r.{quote(c)}" for c in columns)
         condition = f" where {where}" if where else ""

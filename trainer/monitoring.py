@@ -279,7 +279,19 @@ class Monitor:
 
     def _checkpoint(self, watch: Watch) -> None:
         path = self.trainer.home / "models" / f"{uuid.uuid4().hex}.pickle"
-        sha = save_model(watch.model, path)
+        try:
+            sha = save_model(watch.model, path)
+        except RecursionError:
+            # A tree grown very deep (e.g. split on an ever-increasing key) cannot be pickled:
+            # keep learning, and say so; the last checkpoint stays the one a restart uses.
+            path.with_suffix(path.suffix + ".tmp").unlink(missing_ok=True)
+            log.error(
+                "%s: the online model is too deep to checkpoint; drop ever-increasing columns"
+                " (serial keys, timestamps) from its relation's features", watch.project,
+            )  # fmt: skip
+            watch.learned_since_checkpoint = 0
+            watch.checkpointed_at = time.monotonic()
+            return
         estimator: Any = watch.model.estimator
         registry = self.trainer.registry
         with registry.transaction():
