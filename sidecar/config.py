@@ -41,7 +41,7 @@ SETTINGS = [
     Setting("metrics_host", str, "127.0.0.1", "address of /metrics and /healthz"),
     Setting("metrics_port", int, 9464, "port of /metrics and /healthz"),
     Setting("memory_limit", str, "1GB", "memory DuckDB may use"),
-    Setting("checkpoint_rows", int, 10_000, "rows an online model learns between checkpoints"),
+    Setting("checkpoint_rows", int, 100_000, "rows an online model learns between checkpoints"),
     Setting("password_file", str, None, "file holding the SQL endpoint's password"),
     Setting("tls_cert", str, None, "PEM certificate for the SQL endpoint"),
     Setting("tls_key", str, None, "PEM private key of tls_cert"),

@@ -57,7 +57,7 @@ class DaemonSettings:
     metrics_host: str = "127.0.0.1"
     metrics_port: int = 9464
     memory_limit: str = "1GB"
-    checkpoint_rows: int = 10_000
+    checkpoint_rows: int = 100_000
 
 
 @dataclass

@@ -5,7 +5,9 @@ mirror. An online model learns from those with a label, prequentially (its predi
 before learning feed the error-drift detector); any model's features are compared with its
 training snapshot (PSI, Jensen-Shannon) and, where labels arrive, its errors are watched
 (ADWIN, DDM). Each detection is registered and handed to ``on_drift``. Online models are
-checkpointed every ``checkpoint_rows`` rows or ``checkpoint_seconds``: their file and hash in
+checkpointed every ``checkpoint_rows`` rows or ``checkpoint_seconds`` (a checkpoint pickles the
+whole model, seconds for a large tree, while a restart replays the logged changes since the
+last one cheaply, so checkpoints are rare by default): their file and hash in
 the registry are replaced, with a progress row (rows learned, progressive metrics, position).
 
 This runs in a thread of its own on the commits the replicator hands over: it never holds up
@@ -76,7 +78,7 @@ class Monitor:
         mirror: Mirror,
         thresholds: DriftThresholds | None = None,
         on_drift: DriftListener | None = None,
-        checkpoint_rows: int = 10_000,
+        checkpoint_rows: int = 100_000,
         checkpoint_seconds: float = 60.0,
     ) -> None:
         self.con = con
