@@ -55,6 +55,7 @@ from sidecar.errors import MirrorError
 META = "_pgml_sidecar"
 _BATCH = "_pgml_sidecar_batch"
 _ALIAS = "_pgml_sidecar_change"
+_LOGGED = "_pgml_sidecar_logged"
 
 
 def quote(identifier: str) -> str:
@@ -317,11 +318,15 @@ class Mirror:
         see each change exactly once across restarts (online learning)."""
         for (schema, name), touched in self._touched.items():
             if (schema, name) in self.logged and touched.keys:
-                keys = touched_keys(touched)
-                self.con.execute(
-                    f"insert into {META}.changes values (?, ?, ?, ?)",
-                    [lsn, schema, name, json.dumps(keys.to_pydict())],
-                )
+                self.con.register(_LOGGED, touched_keys(touched))
+                try:  # DuckDB writes the JSON: no Python loop over keys on the apply path
+                    self.con.execute(
+                        f"insert into {META}.changes select ?, ?, ?,"
+                        f" (select to_json(list(_pgml_key)) from {_LOGGED} _pgml_key)",
+                        [lsn, schema, name],
+                    )
+                finally:
+                    self.con.unregister(_LOGGED)
 
     def logged_changes(self, schema: str, name: str, after: Lsn) -> list[tuple[Lsn, pa.Table]]:
         """The logged keys of ``schema.name`` committed after ``after``, oldest first."""
@@ -334,7 +339,7 @@ class Mirror:
             ).fetchall()
         finally:
             cursor.close()
-        return [(int(lsn), pa.table(json.loads(keys))) for lsn, keys in rows]
+        return [(int(lsn), pa.Table.from_pylist(json.loads(keys))) for lsn, keys in rows]
 
     def forget_changes(self, schema: str, name: str, upto: Lsn) -> None:
         """Drop logged keys every consumer has taken (up to and including ``upto``)."""
