@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import logging
 import queue
+import sys
 import threading
 import time
 import uuid
@@ -43,6 +44,8 @@ from trainer.train import Trainer
 log = logging.getLogger("pgml_sidecar")
 
 DriftListener = Callable[[str, int, DriftEvent], None]
+SWITCH_INTERVAL = 0.0005
+"""Seconds a thread may hold the GIL while another waits, while the monitor runs."""
 
 
 @dataclass
@@ -101,6 +104,11 @@ class Monitor:
         self.changes.put((lsn, touched))
 
     def run(self, stop: threading.Event) -> None:
+        # Learning is pure Python and holds the GIL for up to the switch interval each time
+        # the replicator (whose decoding is many short numpy calls) gives it up: a shorter
+        # interval hands it back sooner. The real fix is learning in a process of its own.
+        interval = sys.getswitchinterval()
+        sys.setswitchinterval(min(interval, SWITCH_INTERVAL))
         try:
             while not stop.is_set():
                 if self._generation != self.trainer.generation:
@@ -119,6 +127,7 @@ class Monitor:
                     break
         finally:
             self._checkpoint_due(force=True)
+            sys.setswitchinterval(interval)
 
     def _take(self, lsn: Lsn, touched: dict[tuple[str, str], Touched]) -> None:
         self.position = max(self.position, lsn)
