@@ -98,6 +98,7 @@ class Daemon:
             checkpoint_rows=settings.checkpoint_rows,
         )
         self.mirror.watched = [control_tables, self.writeback.watched, self.monitor.watched]
+        self.trainer.before_snapshot = self.monitor.expect
         self.mirror.on_commit = self._committed
         self.replicator = Replicator(self._replication_settings(), mirror=self.mirror)
         self.endpoint = SqlEndpoint(

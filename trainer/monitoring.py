@@ -96,6 +96,7 @@ class Monitor:
         self.changes: queue.Queue[tuple[Lsn, dict[tuple[str, str], Touched]]] = queue.Queue()
         self.watches: dict[str, Watch] = {}
         self._generation = -1
+        self._expected: set[tuple[str, str]] = set()
         self.position: Lsn = 0
         self.batches = 0
 
@@ -166,11 +167,21 @@ class Monitor:
                 self._replay(watch)
                 self.trainer.live[watch.model_id] = watch.model
         self.watches = watches  # published once its models are live
-        self.watched.intersection_update((w.schema, w.table) for w in watches.values())
+        self._expected.difference_update((w.schema, w.table) for w in fresh if w.online)
+        self.watched.intersection_update(
+            {(w.schema, w.table) for w in watches.values()} | self._expected
+        )
         self.mirror.logged.intersection_update(
-            (w.schema, w.table) for w in watches.values() if w.online
+            {(w.schema, w.table) for w in watches.values() if w.online} | self._expected
         )
         self._generation = generation
+
+    def expect(self, schema: str, table: str) -> None:
+        """An online model of ``schema.table`` is about to be trained: log the table's changes
+        from now on, so those made between its snapshot and its deployment are learned too."""
+        self._expected.add((schema, table))
+        self.watched.add((schema, table))
+        self.mirror.logged.add((schema, table))
 
     def prepare(self) -> None:
         """Watch the deployed models now (before the replicator starts, so none of their

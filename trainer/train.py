@@ -105,6 +105,9 @@ class Trainer:
         self._lock = threading.Lock()
         self.on_trained: Callable[[str, str, dict[str, float]], None] | None = None
         """Called after every training with (project, "successful" or "failed", metrics)."""
+        self.before_snapshot: Callable[[str, str], None] | None = None
+        """Called with (schema, table) before an online model's snapshot: from then on its
+        changes are kept for it to learn once it is deployed."""
         self.live: dict[int, Model] = {}
         """Models that keep learning in this process, by id: used instead of their files."""
         self.generation = 0
@@ -222,6 +225,8 @@ class Trainer:
             found = find_relation(self.con, relation)
             _check_label(found, task, y)
             parse_preprocess(preprocess, [c for c, _ in found.columns if c != y])
+            if self.before_snapshot is not None and algorithms.is_online(algorithm):
+                self.before_snapshot(found.schema, found.name)
             snapshot = materialise(
                 self.con,
                 found,

@@ -11,7 +11,7 @@ import pytest
 
 from sidecar import source_schema
 from sidecar.daemon import Daemon, DaemonSettings
-from tests.replicator.mirror_check import execute, wait_for
+from tests.replicator.mirror_check import current_lsn, execute, slot_confirmed, wait_for
 from trainer.drift import DriftEvent
 
 CREATE = "create table readings (id bigint primary key, x double precision, y boolean)"
@@ -169,3 +169,25 @@ def test_a_feature_shift_without_labels_is_psi_not_error_drift(
             "select project, detector, feature from pgml.drift_events"
         ).fetchall()
     assert stored == [("Shift", "psi", "x")]
+
+
+def test_rows_arriving_while_an_online_model_trains_are_learned(
+    daemon: Daemon, source_dsn: str
+) -> None:
+    # Hold the registry so the monitor cannot see the new model yet: rows that arrive between
+    # its snapshot and the moment the monitor watches it must still be learned.
+    with daemon.trainer.registry._lock:
+        result = daemon.trainer.train(
+            "Eager", task="classification", relation="public.readings", y="y",
+            algorithm="online_naive_bayes",
+        )  # fmt: skip
+        insert(source_dsn, 1001, 1600, shifted=False, chunk=50)
+        target = current_lsn(source_dsn)
+        wait_for(lambda: slot_confirmed(source_dsn) >= target, what="the rows in the mirror")
+        assert "Eager" not in daemon.monitor.watches
+    wait_for(lambda: result.model_id in daemon.trainer.live, what="the model to go live")
+    model = daemon.trainer.live[result.model_id]
+    expected = 750 + 600  # the training split of the 1,000 snapshot rows, then the new ones
+    wait_for(lambda: model.estimator.rows_learned >= expected, timeout=60,
+             what="every row after the snapshot to be learned")  # fmt: skip
+    assert model.estimator.rows_learned == expected
