@@ -3,9 +3,7 @@
 from __future__ import annotations
 
 import argparse
-import os
 import statistics
-import subprocess
 import threading
 import time
 from collections.abc import Sequence
@@ -186,22 +184,11 @@ def _raise(errors: list[BaseException], stage: str) -> None:
         raise w.BenchError(f"the replicator failed while {stage}: {errors[0]!r}") from errors[0]
 
 
-def _pgbench(server: LocalPostgres, scratch: Path, name: str, args: argparse.Namespace) -> float:
-    """Run pgbench at the fixed rate; return the tps it reports."""
+def _pgbench(server: LocalPostgres, scratch: Path, dbname: str, args: argparse.Namespace) -> float:
+    """Insert single-row transactions at the fixed rate; return the tps pgbench reports."""
     script = scratch / "insert_event.sql"
     script.write_text(SCRIPT)
-    command = [str(server.bin_dir / "pgbench"), "-n", "-f", str(script)]
-    command += ["-R", str(args.rate), "-T", str(args.duration)]
-    command += ["-c", str(args.clients), "-j", str(args.threads)]
-    command += ["-h", "127.0.0.1", "-p", str(server.port), "-U", server.superuser, name]
-    env = dict(os.environ, PGOPTIONS=f"-c synchronous_commit={args.synchronous_commit}")
-    done = subprocess.run(command, capture_output=True, text=True, env=env, check=False)
-    if done.returncode != 0:
-        raise w.BenchError(f"pgbench failed: {' '.join(command)}\n{done.stderr[-2000:]}")
-    for line in done.stdout.splitlines():
-        if line.startswith("tps = "):
-            return float(line.split()[2])
-    return float("nan")
+    return w.run_pgbench(server, script, dbname, args)
 
 
 def parser() -> argparse.ArgumentParser:

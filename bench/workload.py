@@ -424,3 +424,25 @@ def machine_info() -> str:
             f" numpy {numpy.__version__}",
         ]
     )
+
+
+def run_pgbench(
+    server: LocalPostgres, script: Path, dbname: str, args: argparse.Namespace
+) -> float:
+    """Run a pgbench ``script`` at ``args.rate`` for ``args.duration`` s; return its tps.
+
+    ``args`` carries ``rate``, ``duration``, ``clients``, ``threads`` and
+    ``synchronous_commit`` (the benchmarks' shared pgbench flags).
+    """
+    command = [str(server.bin_dir / "pgbench"), "-n", "-f", str(script)]
+    command += ["-R", str(args.rate), "-T", str(args.duration)]
+    command += ["-c", str(args.clients), "-j", str(args.threads)]
+    command += ["-h", "127.0.0.1", "-p", str(server.port), "-U", server.superuser, dbname]
+    env = dict(os.environ, PGOPTIONS=f"-c synchronous_commit={args.synchronous_commit}")
+    done = subprocess.run(command, capture_output=True, text=True, env=env, check=False)
+    if done.returncode != 0:
+        raise BenchError(f"pgbench failed: {' '.join(command)}\n{done.stderr[-2000:]}")
+    for line in done.stdout.splitlines():
+        if line.startswith("tps = "):
+            return float(line.split()[2])
+    return float("nan")

@@ -16,10 +16,8 @@ import argparse
 import contextlib
 import cProfile
 import io
-import os
 import pstats
 import statistics
-import subprocess
 import threading
 import time
 from collections import defaultdict
@@ -249,18 +247,7 @@ def pgbench(server: LocalPostgres, scratch: Path, dbname: str, args: argparse.Na
     """Insert single-row transactions at the fixed rate; return the tps pgbench reports."""
     script = scratch / "insert_customer.sql"
     script.write_text(INSERT_ONE)
-    command = [str(server.bin_dir / "pgbench"), "-n", "-f", str(script)]
-    command += ["-R", str(args.rate), "-T", str(args.duration)]
-    command += ["-c", str(args.clients), "-j", str(args.threads)]
-    command += ["-h", "127.0.0.1", "-p", str(server.port), "-U", server.superuser, dbname]
-    env = dict(os.environ, PGOPTIONS=f"-c synchronous_commit={args.synchronous_commit}")
-    done = subprocess.run(command, capture_output=True, text=True, env=env, check=False)
-    if done.returncode != 0:
-        raise w.BenchError(f"pgbench failed: {' '.join(command)}\n{done.stderr[-2000:]}")
-    for line in done.stdout.splitlines():
-        if line.startswith("tps = "):
-            return float(line.split()[2])
-    return float("nan")
+    return w.run_pgbench(server, script, dbname, args)
 
 
 def freshness_round(
