@@ -35,6 +35,8 @@ from typing import Any, TypeVar
 
 import duckdb
 
+from sidecar.changes import parse_lsn
+
 SCHEMA = "pgml"
 T = TypeVar("T")
 
@@ -350,6 +352,13 @@ class Registry:
             "update pgml.projects set updated_at = current_timestamp where id = ?", [project_id]
         )
 
+    @_locked
+    def projects(self) -> list[Project]:
+        rows = self.con.execute(
+            "select id, name, task, created_at from pgml.projects order by name"
+        ).fetchall()
+        return [Project(*r) for r in rows]
+
     # -- snapshots -----------------------------------------------------------------------------
 
     @_locked
@@ -440,8 +449,6 @@ class Registry:
         assert row is not None
         return replace(model, id=row[0], created_at=row[1])
 
-    # -- deployments ---------------------------------------------------------------------------
-
     @_locked
     def update_model_file(self, model_id: int, path: str, sha256: str) -> None:
         """Point a model at a newer artifact (an online model's checkpoint)."""
@@ -511,15 +518,9 @@ class Registry:
         ).fetchone()
         if row is None or row[0] is None:
             return None
-        high, _, low = str(row[0]).partition("/")
-        return (int(high, 16) << 32) | int(low, 16)
+        return parse_lsn(str(row[0]))
 
-    @_locked
-    def projects(self) -> list[Project]:
-        rows = self.con.execute(
-            "select id, name, task, created_at from pgml.projects order by name"
-        ).fetchall()
-        return [Project(*r) for r in rows]
+    # -- deployments ---------------------------------------------------------------------------
 
     @_locked
     def deployments(self, project_id: int) -> list[Deployment]:
