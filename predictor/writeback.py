@@ -225,8 +225,7 @@ class Writeback:
         source = self._connection()
         self._ensure_table(target)
         staging = sql.Identifier(f"_pgml_rescore_{target.slug}")
-        names = [sql.Identifier(k) for k in target.keys]
-        match = sql.SQL(" and ").join(sql.SQL("s.{} = t.{}").format(n, n) for n in names)
+        match = _key_match(target)
         scores_table = _scores(target)
         cursor = self.con.cursor()
         total = 0
@@ -373,23 +372,26 @@ class Writeback:
         source = self._connection()
         staging = sql.Identifier(f"_pgml_gone_{target.slug}")
         names = [sql.Identifier(k) for k in target.keys]
-        match = sql.SQL(" and ").join(sql.SQL("s.{} = g.{}").format(n, n) for n in names)
+        match = _key_match(target)
         with source.transaction():
             source.execute(
                 sql.SQL(
                     "create temp table if not exists {} as select {} from {} with no data"
                 ).format(staging, sql.SQL(", ").join(names), _scores(target))
             )
-            with source.cursor().copy(
-                sql.SQL("copy {} from stdin (format csv)").format(staging)
-            ) as copy:
-                copy.write(_csv(keys))
+            self._copy(source, staging, keys)
             source.execute(
-                sql.SQL("delete from {} s using {} g where {}").format(
+                sql.SQL("delete from {} s using {} t where {}").format(
                     _scores(target), staging, match
                 )
             )
             source.execute(sql.SQL("truncate {}").format(staging))
+
+
+def _key_match(target: Target) -> sql.Composable:
+    """``s.k = t.k and ...`` over the target's key columns (s: scores, t: staging)."""
+    names = [sql.Identifier(k) for k in target.keys]
+    return sql.SQL(" and ").join(sql.SQL("s.{} = t.{}").format(n, n) for n in names)
 
 
 def _scores(target: Target) -> sql.Composable:
