@@ -97,7 +97,6 @@ class Monitor:
         self.watches: dict[str, Watch] = {}
         self._generation = -1
         self._expected: set[tuple[str, str]] = set()
-        self.position: Lsn = 0
         self.batches = 0
 
     def on_commit(self, lsn: Lsn, touched: dict[tuple[str, str], Touched]) -> None:
@@ -131,7 +130,6 @@ class Monitor:
             sys.setswitchinterval(interval)
 
     def _take(self, lsn: Lsn, touched: dict[tuple[str, str], Touched]) -> None:
-        self.position = max(self.position, lsn)
         for watch in list(self.watches.values()):
             entry = touched.get((watch.schema, watch.table))
             if entry is None or not entry.keys or lsn <= watch.learned_lsn:
