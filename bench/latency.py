@@ -6,7 +6,7 @@ import argparse
 import statistics
 import threading
 import time
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -46,8 +46,10 @@ class LatencyMirror(Mirror):
         self._floor = 0
         self._seen: set[int] = set()
 
-    def commit(self, source: str, lsn: Lsn) -> None:
-        super().commit(source, lsn)
+    def commit(
+        self, source: str, lsn: Lsn, offsets: Mapping[tuple[str, int], int] | None = None
+    ) -> None:
+        super().commit(source, lsn, offsets)
         now_us = time.time_ns() // 1000
         fresh: list[tuple[int, int]] = []
         if TABLE in self.tables:

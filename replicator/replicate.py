@@ -91,6 +91,10 @@ class ReplicationStats:
     """Counters the daemon and the CLI report."""
 
     rows_applied: int = 0
+    messages: int = 0
+    """Kafka messages consumed into the mirror (the Debezium source)."""
+    dead_letters: int = 0
+    """Kafka messages kept in the dead-letter table instead (the Debezium source)."""
     last_commit_time: float = 0.0
     """Source commit time (Unix seconds) of the newest transaction seen complete."""
     transactions: int = 0

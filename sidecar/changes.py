@@ -95,10 +95,14 @@ class SchemaChange:
 
 @dataclass(slots=True)
 class Inserts:
-    """New rows, in order."""
+    """New rows, in order.
+
+    With ``replace`` each row replaces any row with its key: a source that delivers at least
+    once (Debezium) may send a row the mirror already holds."""
 
     relation: Relation
     rows: Tuples
+    replace: bool = False
 
 
 @dataclass(slots=True)
@@ -135,7 +139,7 @@ Change = SchemaChange | RowChange | Truncate
 def slice_change(change: RowChange, start: int, stop: int) -> RowChange:
     """The same kind of change for rows ``start`` to ``stop`` (exclusive) only."""
     if isinstance(change, Inserts):
-        return Inserts(change.relation, change.rows.slice(start, stop))
+        return Inserts(change.relation, change.rows.slice(start, stop), change.replace)
     if isinstance(change, Deletes):
         return Deletes(change.relation, change.old.slice(start, stop))
     old = None if change.old is None else change.old.slice(start, stop)
@@ -146,7 +150,7 @@ def compact(change: Change) -> Change:
     """The change with its values in buffers of their own (view arrays point into a whole
     decoded block; this copies out just the values, for keeping or pickling)."""
     if isinstance(change, Inserts):
-        return Inserts(change.relation, change.rows.compact())
+        return Inserts(change.relation, change.rows.compact(), change.replace)
     if isinstance(change, Deletes):
         return Deletes(change.relation, change.old.compact())
     if isinstance(change, Updates):

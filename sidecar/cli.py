@@ -19,7 +19,8 @@ log = logging.getLogger("pgml_sidecar")
 
 DESCRIPTION = """\
 PostgresML-style machine learning beside a PostgreSQL database that cannot load extensions.
-pgml-sidecar mirrors production tables into a local DuckDB file through logical replication.
+pgml-sidecar mirrors production tables into a local DuckDB file through logical replication
+(or from Debezium's Kafka topics).
 """
 
 
@@ -67,14 +68,82 @@ def _replicate_parser(commands: argparse._SubParsersAction) -> None:
     p.add_argument(
         "--catch-up",
         action="store_true",
-        help="exit 0 once everything committed on the source before the start is in the mirror",
+        help="exit 0 once everything committed on the source before the start is in the mirror"
+        " (with --kafka: every message in the topics when they were assigned)",
+    )
+    kafka = p.add_argument_group(
+        "Debezium through Kafka",
+        "Consume the topics a Debezium PostgreSQL connector writes (<prefix>.<schema>.<table>,"
+        " JSON converter, with or without schemas) instead of a replication slot. --source,"
+        " --publication and --slot are then not used. Offsets are stored in the mirror with the"
+        " changes, so a restart resumes exactly; several sidecars in one --group-id split the"
+        " partitions, each into its own mirror.",
+    )
+    kafka.add_argument(
+        "--kafka",
+        metavar="BOOTSTRAP",
+        default=os.environ.get("PGML_SIDECAR_KAFKA"),
+        help="Kafka bootstrap servers, host:port[,host:port] (env PGML_SIDECAR_KAFKA)",
+    )
+    kafka.add_argument(
+        "--topic-prefix",
+        default=os.environ.get("PGML_SIDECAR_TOPIC_PREFIX"),
+        help="the connector's topic.prefix (env PGML_SIDECAR_TOPIC_PREFIX)",
+    )
+    kafka.add_argument(
+        "--group-id",
+        default=os.environ.get("PGML_SIDECAR_GROUP_ID", "pgml-sidecar"),
+        help="Kafka consumer group (default %(default)s; env PGML_SIDECAR_GROUP_ID)",
+    )
+    kafka.add_argument(
+        "--kafka-config",
+        metavar="FILE",
+        default=os.environ.get("PGML_SIDECAR_KAFKA_CONFIG"),
+        help="Kafka client properties file (key=value: security.protocol, sasl.*, ssl.*),"
+        " read by librdkafka; the place for Kafka credentials",
     )
     p.set_defaults(run=_replicate)
+
+
+def _replicate_kafka(args: argparse.Namespace) -> int:
+    from replicator.kafka import KafkaReplicator, KafkaSettings, read_client_properties
+
+    if not args.topic_prefix:
+        raise ConfigError("--kafka needs --topic-prefix: the Debezium connector's topic.prefix")
+    if not args.mirror:
+        raise ConfigError("no mirror file: pass --mirror PATH or set PGML_SIDECAR_MIRROR")
+    settings = KafkaSettings(
+        bootstrap=args.kafka,
+        topic_prefix=args.topic_prefix,
+        mirror_path=Path(args.mirror),
+        tables=[t.strip() for t in args.tables.split(",") if t.strip()],
+        group_id=args.group_id,
+        catch_up=args.catch_up,
+        memory_limit=args.memory_limit,
+        consumer_config=read_client_properties(Path(args.kafka_config))
+        if args.kafka_config
+        else {},
+    )
+    replicator = KafkaReplicator(settings)
+    _stop_on_signals(replicator.stopping.set)
+    try:
+        stats = replicator.run()
+    finally:
+        replicator.close()
+    log.info(
+        "stopped: %d messages, %d rows applied, %d dead letters",
+        stats.messages,
+        stats.rows_applied,
+        stats.dead_letters,
+    )
+    return 0
 
 
 def _replicate(args: argparse.Namespace) -> int:
     from replicator.replicate import ReplicationSettings, Replicator
 
+    if args.kafka:
+        return _replicate_kafka(args)
     if not args.source:
         raise ConfigError("no source database: pass --source DSN or set PGML_SIDECAR_SOURCE")
     if not args.mirror:

@@ -9,6 +9,11 @@ Bookkeeping lives in schema ``_pgml_sidecar``:
 - ``positions``: one row per replication source (a slot name): the end LSN of the last applied
   source transaction.
 - ``tables``: one row per mirrored table: its columns as mirrored, and its sync state.
+- ``kafka_offsets``: for a Debezium source, the next offset of each topic partition, committed
+  with the changes it carries (Kafka's own consumer-group offsets are advisory).
+- ``dead_letters``: Kafka messages that could not be applied, with topic, partition, offset and
+  the reason.
+- ``changes``: keys changed in logged tables, per batch (for online learning).
 
 Table sync states (persisted in ``tables.state``):
 
@@ -250,6 +255,16 @@ class Mirror:
             " lsn ubigint not null, schema_name varchar not null, table_name varchar not null,"
             " keys json not null)"
         )
+        self.con.execute(
+            f"create table if not exists {META}.kafka_offsets ("
+            ' topic varchar, "partition" integer, next_offset bigint not null,'
+            ' updated_at timestamptz, primary key (topic, "partition"))'
+        )
+        self.con.execute(
+            f"create table if not exists {META}.dead_letters ("
+            ' topic varchar not null, "partition" integer not null, "offset" bigint not null,'
+            " reason varchar not null, key blob, value blob, received_at timestamptz)"
+        )
 
     def _load_tables(self) -> None:
         try:
@@ -294,14 +309,23 @@ class Mirror:
             self.con.execute("begin")
             self._in_transaction = True
 
-    def commit(self, source: str, lsn: Lsn) -> None:
-        """Store ``lsn`` as the source position and commit everything applied since begin()."""
+    def commit(
+        self, source: str, lsn: Lsn, offsets: Mapping[tuple[str, int], int] | None = None
+    ) -> None:
+        """Store ``lsn`` as the source position (and the Kafka ``offsets`` the batch was
+        consumed up to: topic and partition to the next offset) and commit everything applied
+        since begin()."""
         self.begin()
         self.con.execute(
             f"insert into {META}.positions values (?, ?, now()) on conflict (source) do update"
             " set lsn = greatest(positions.lsn, excluded.lsn), updated_at = excluded.updated_at",
             [source, lsn],
         )
+        if offsets:
+            self.con.executemany(
+                f"insert or replace into {META}.kafka_offsets values (?, ?, ?, now())",
+                [[topic, partition, offset] for (topic, partition), offset in offsets.items()],
+            )
         for table in self.tables.values():
             if table.state == "catchup" and lsn >= table.catchup_until:
                 table.state = "ready"
@@ -327,6 +351,29 @@ class Mirror:
                     )
                 finally:
                     self.con.unregister(_LOGGED)
+
+    def kafka_offsets(self) -> dict[tuple[str, int], int]:
+        """The next offset to consume of each Kafka topic and partition in the mirror."""
+        rows = self.con.execute(
+            f'select topic, "partition", next_offset from {META}.kafka_offsets'
+        ).fetchall()
+        return {(topic, int(partition)): int(offset) for topic, partition, offset in rows}
+
+    def dead_letter(
+        self,
+        topic: str,
+        partition: int,
+        offset: int,
+        reason: str,
+        key: bytes | None,
+        value: bytes | None,
+    ) -> None:
+        """Keep a message that cannot be applied, with the batch it came in."""
+        self.begin()
+        self.con.execute(
+            f"insert into {META}.dead_letters values (?, ?, ?, ?, ?, ?, now())",
+            [topic, partition, offset, reason, key, value],
+        )
 
     def logged_changes(self, schema: str, name: str, after: Lsn) -> list[tuple[Lsn, pa.Table]]:
         """The logged keys of ``schema.name`` committed after ``after``, oldest first."""
@@ -519,7 +566,7 @@ class Mirror:
     def _apply_group(
         self, table: MirroredTable, group: list[RowChange], commit_lsn: Lsn | None
     ) -> int:
-        if all(isinstance(c, Inserts) for c in group):
+        if all(isinstance(c, Inserts) and not c.replace for c in group):
             return self._insert_all(table, group)
         if table.has_primary_key and not _has_unchanged(group):
             return self._apply_net(table, group)
@@ -580,6 +627,8 @@ class Mirror:
         if table is None or _in_copy(table, commit_lsn):
             return 0
         if isinstance(change, Inserts):
+            if change.replace and table.has_primary_key:
+                return self._apply_net(table, [change])
             self._insert(table, change.rows)
             return change.rows.num_rows
         if isinstance(change, Updates):

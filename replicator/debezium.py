@@ -1,0 +1,612 @@
+"""Debezium change events, as Kafka Connect's JSON converter writes them, into change batches.
+
+A batch of Kafka messages becomes the same typed changes the pgoutput path produces (values in
+Postgres' text form, one Arrow column per source column), so the mirror applies both alike:
+
+- ``r`` (snapshot read), ``c`` and ``u`` are new row images. For a table with a key they replace
+  the row with that key: Debezium delivers at least once, and a message seen twice must not
+  fail or duplicate. ``d`` deletes by the old image; ``t`` truncates; a tombstone (a null
+  value after a delete, for log compaction) carries nothing.
+- With embedded schemas (``schemas.enable=true``) each column's type comes from its Connect
+  schema: Debezium's encodings of decimal (base64 unscaled bytes plus scale), date (days),
+  time and timestamp (milli-, micro- or nanoseconds), zoned timestamps, uuid, json, bytea and
+  arrays are turned back into Postgres' text. Without schemas the types are guessed from the
+  JSON values (numbers, booleans, strings, arrays, objects): a date then mirrors as its day
+  number, and a decimal should be sent as a string (``decimal.handling.mode=string``).
+- ``__debezium_unavailable_value``, Debezium's placeholder for an unchanged TOASTed value in
+  an update, keeps the mirrored value.
+- A column that appears in ``after`` extends the mirrored table; one that disappears is NULL
+  in new rows.
+- A message that is not JSON, not a Debezium change event, or about a table that is not
+  mirrored is a dead letter: returned with its reason, never applied, never fatal.
+"""
+
+from __future__ import annotations
+
+import base64
+import json
+from collections.abc import Callable, Collection, Mapping, Sequence
+from dataclasses import dataclass, field
+from decimal import Decimal
+from typing import Any
+
+import numpy as np
+import orjson
+import pyarrow as pa
+
+from sidecar.changes import (
+    Change,
+    Column,
+    Deletes,
+    Inserts,
+    Lsn,
+    Relation,
+    SchemaChange,
+    Truncate,
+    Tuples,
+    Updates,
+)
+
+PLACEHOLDER = "__debezium_unavailable_value"
+_PLACEHOLDER_BYTES = base64.b64encode(PLACEHOLDER.encode()).decode()
+_PLACEHOLDERS = frozenset((PLACEHOLDER, _PLACEHOLDER_BYTES))
+_OPS = frozenset("crudt")
+_IDENTITY = "d"  # Debezium does not say; keyed tables behave as REPLICA IDENTITY DEFAULT
+
+# Postgres type OIDs the mirror knows (sidecar/column_types.py).
+BOOL, BYTEA, INT8, INT2, INT4, TEXT, JSONB = 16, 17, 20, 21, 23, 25, 3802
+FLOAT4, FLOAT8, DATE, TIME, TIMESTAMP, TIMESTAMPTZ = 700, 701, 1082, 1083, 1114, 1184
+TIMETZ, INTERVAL, NUMERIC, UUID = 1266, 1186, 1700, 2950
+_ARRAY_OF = {
+    BOOL: 1000, INT2: 1005, INT4: 1007, INT8: 1016, FLOAT4: 1021, FLOAT8: 1022, NUMERIC: 1231,
+    TEXT: 1009, UUID: 2951, DATE: 1182, TIME: 1183, TIMESTAMP: 1115, TIMESTAMPTZ: 1185,
+    JSONB: 3807, TIMETZ: 1270, INTERVAL: 1187, BYTEA: 1001,
+}  # fmt: skip
+
+
+@dataclass(frozen=True, slots=True)
+class Message:
+    """One Kafka record: where it was and its raw key and value."""
+
+    topic: str
+    partition: int
+    offset: int
+    key: bytes | None
+    value: bytes | None
+
+
+@dataclass(frozen=True, slots=True)
+class DeadLetter:
+    """A message that cannot be applied, and why."""
+
+    message: Message
+    reason: str
+
+
+@dataclass
+class Decoded:
+    """What a batch of messages amounts to."""
+
+    changes: list[Change] = field(default_factory=list)
+    dead: list[DeadLetter] = field(default_factory=list)
+    lsn: Lsn = 0
+    """The highest source LSN among the events (0 when none carried one)."""
+    source_time: float = 0.0
+    """The newest source commit time among the events, Unix seconds."""
+    events: int = 0
+    """Row events decoded (snapshot reads, inserts, updates, deletes)."""
+
+
+class BadMessage(ValueError):
+    """A message that is not a Debezium change event of a mirrored table."""
+
+
+# -- values ---------------------------------------------------------------------------------
+
+
+Convert = Callable[[list[Any]], pa.Array]
+"""Turn one column's JSON values (None for NULL) into Postgres' text form."""
+
+
+def _via_arrow(*steps: pa.DataType) -> Convert:
+    """Convert by Arrow casts: build as the first type, cast through the others to text."""
+
+    def convert(values: list[Any]) -> pa.Array:
+        array = pa.array(values, type=steps[0])
+        for step in steps[1:]:
+            array = array.cast(step)
+        return array.cast(pa.string())
+
+    return convert
+
+
+def _per_value(one: Callable[[Any], str]) -> Convert:
+    def convert(values: list[Any]) -> pa.Array:
+        return pa.array([None if v is None else one(v) for v in values], type=pa.string())
+
+    return convert
+
+
+def _as_text(values: list[Any]) -> pa.Array:
+    return pa.array(values, type=pa.string())
+
+
+def _decimal(scale: int) -> Callable[[Any], str]:
+    def one(value: Any) -> str:
+        if isinstance(value, str):
+            unscaled = int.from_bytes(base64.b64decode(value), "big", signed=True)
+            return format(Decimal(unscaled).scaleb(-scale), "f")
+        return str(value)  # decimal.handling.mode = double or string
+
+    return one
+
+
+def _variable_decimal(value: Any) -> str:
+    if isinstance(value, Mapping):
+        return _decimal(int(value["scale"]))(value["value"])
+    return str(value)
+
+
+def _bytea(value: Any) -> str:
+    if isinstance(value, str):
+        return "\\x" + base64.b64decode(value).hex()
+    return str(value)
+
+
+def _json_text(value: Any) -> str:
+    return value if isinstance(value, str) else json.dumps(value)
+
+
+def _time_of_day(unit: int) -> Callable[[Any], str]:
+    """A time of day in ``unit`` fractions of a second (Postgres allows 24:00:00)."""
+
+    def one(value: Any) -> str:
+        seconds, fraction = divmod(int(value), unit)
+        minutes, second = divmod(seconds, 60)
+        hour, minute = divmod(minutes, 60)
+        micros = fraction * 1_000_000 // unit
+        return f"{hour:02d}:{minute:02d}:{second:02d}.{micros:06d}"
+
+    return one
+
+
+def _duration(value: Any) -> str:
+    return f"{int(value)} microseconds"
+
+
+def _guess(value: Any) -> str:
+    """Postgres' text form of a value whose type is not known (schemaless JSON)."""
+    if isinstance(value, bool):
+        return "t" if value else "f"
+    if isinstance(value, int | float):
+        return str(value)
+    if isinstance(value, str):
+        return value
+    if isinstance(value, list):
+        return _array_literal(value, _guess)
+    return json.dumps(value)
+
+
+def _array_literal(values: list[Any], element: Callable[[Any], str]) -> str:
+    parts = []
+    for value in values:
+        if value is None:
+            parts.append("NULL")
+        elif isinstance(value, list):
+            parts.append(_array_literal(value, element))
+        else:
+            text = element(value)
+            parts.append('"' + text.replace("\\", "\\\\").replace('"', '\\"') + '"')
+    return "{" + ",".join(parts) + "}"
+
+
+def _array(element: Callable[[Any], str]) -> Convert:
+    return _per_value(lambda value: _array_literal(value, element))
+
+
+_TIME_UNITS = {
+    "io.debezium.time.Time": 1_000,
+    "io.debezium.time.MicroTime": 1_000_000,
+    "io.debezium.time.NanoTime": 1_000_000_000,
+}
+_TIMESTAMP_UNITS = {
+    "io.debezium.time.Timestamp": "ms",
+    "io.debezium.time.MicroTimestamp": "us",
+    "io.debezium.time.NanoTimestamp": "ns",
+}
+_PLAIN = {
+    "int8": (INT2, pa.int64()),
+    "int16": (INT2, pa.int64()),
+    "int32": (INT4, pa.int64()),
+    "int64": (INT8, pa.int64()),
+    "float32": (FLOAT4, pa.float64()),
+    "float64": (FLOAT8, pa.float64()),
+    "boolean": (BOOL, pa.bool_()),
+}
+_TEXT_NAMES = {
+    "io.debezium.time.ZonedTimestamp": TIMESTAMPTZ,
+    "io.debezium.time.ZonedTime": TIMETZ,
+    "io.debezium.data.Uuid": UUID,
+    "io.debezium.data.Json": JSONB,
+}
+
+
+@dataclass(frozen=True, slots=True)
+class _Type:
+    """A Connect schema's Postgres type and how its values become Postgres text."""
+
+    oid: int
+    modifier: int
+    convert: Convert
+    one: Callable[[Any], str]
+    """The same conversion for a single value (array elements)."""
+    may_be_unavailable: bool
+
+
+def connect_type(schema: Mapping[str, Any]) -> _Type:
+    """The Postgres type behind a Connect field schema, by Debezium's semantic names."""
+    kind = schema.get("type")
+    name = schema.get("name") or ""
+    params = schema.get("parameters") or {}
+    if name == "org.apache.kafka.connect.data.Decimal":
+        scale = int(params.get("scale", 0))
+        precision = int(params.get("connect.decimal.precision", 0))
+        modifier = ((precision << 16) | scale) + 4 if precision else -1
+        one = _decimal(scale)
+        return _Type(NUMERIC, modifier, _per_value(one), one, False)
+    if name == "io.debezium.data.VariableScaleDecimal":
+        return _Type(NUMERIC, -1, _per_value(_variable_decimal), _variable_decimal, False)
+    if name == "io.debezium.time.Date":
+        return _Type(DATE, -1, _via_arrow(pa.int32(), pa.date32()), _date_one, False)
+    if name in _TIME_UNITS:
+        one = _time_of_day(_TIME_UNITS[name])
+        return _Type(TIME, -1, _per_value(one), one, False)
+    if name in _TIMESTAMP_UNITS:
+        unit = _TIMESTAMP_UNITS[name]
+        one = _timestamp_one(unit)
+        return _Type(TIMESTAMP, -1, _via_arrow(pa.int64(), pa.timestamp(unit)), one, False)
+    if name == "io.debezium.time.MicroDuration":
+        return _Type(INTERVAL, -1, _per_value(_duration), _duration, False)
+    if name in _TEXT_NAMES:
+        return _Type(_TEXT_NAMES[name], -1, _as_text, str, name == "io.debezium.data.Json")
+    if kind in _PLAIN:
+        oid, arrow = _PLAIN[kind]
+        return _Type(oid, -1, _via_arrow(arrow), _guess, False)
+    if kind == "bytes":
+        return _Type(BYTEA, -1, _per_value(_bytea), _bytea, True)
+    if kind == "array":
+        element = connect_type(schema.get("items") or {})
+        oid = _ARRAY_OF.get(element.oid, _ARRAY_OF[TEXT])
+        return _Type(oid, -1, _array(element.one), _guess, True)
+    if kind in ("struct", "map"):
+        return _Type(JSONB, -1, _per_value(_json_text), _json_text, False)
+    return _Type(TEXT, -1, _as_text, str, True)
+
+
+def _date_one(value: Any) -> str:
+    return str(pa.scalar(int(value), pa.int32()).cast(pa.date32()))
+
+
+def _timestamp_one(unit: str) -> Callable[[Any], str]:
+    def one(value: Any) -> str:
+        return str(pa.scalar(int(value), pa.int64()).cast(pa.timestamp(unit)))
+
+    return one
+
+
+def guessed_type(value: Any) -> int:
+    """The Postgres type a schemaless JSON value most likely had."""
+    if isinstance(value, bool):
+        return BOOL
+    if isinstance(value, int):
+        return INT8
+    if isinstance(value, float):
+        return FLOAT8
+    if isinstance(value, list):
+        element = next((v for v in value if v is not None), None)
+        if element is None or isinstance(element, list | dict):
+            return JSONB if element is not None else _ARRAY_OF[TEXT]
+        return _ARRAY_OF[guessed_type(element)]
+    if isinstance(value, dict):
+        return JSONB
+    return TEXT
+
+
+# -- shapes ---------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True, slots=True)
+class Shape:
+    """A table as one kind of message describes it: its relation and each column's decoding."""
+
+    relation: Relation
+    converts: tuple[Convert, ...]
+    toastable: tuple[bool, ...]
+    """Columns whose values may be Debezium's unavailable-value placeholder."""
+
+    @property
+    def keyed(self) -> bool:
+        return bool(self.relation.key_columns)
+
+
+def _row_fields(value_schema: Mapping[str, Any]) -> list[Mapping[str, Any]] | None:
+    for envelope_field in value_schema.get("fields") or ():
+        if envelope_field.get("field") in ("after", "before") and envelope_field.get("fields"):
+            return list(envelope_field["fields"])
+    return None
+
+
+def _key_names(key: bytes | None) -> list[str]:
+    if not key:
+        return []
+    try:
+        parsed = orjson.loads(key)
+    except orjson.JSONDecodeError:
+        return []
+    if isinstance(parsed, dict) and "payload" in parsed and "schema" in parsed:
+        parsed = parsed["payload"]
+    return list(parsed) if isinstance(parsed, dict) else []
+
+
+# -- decoding -------------------------------------------------------------------------------
+
+
+@dataclass
+class _Run:
+    """Consecutive events of one table, shape and kind: one change."""
+
+    shape: Shape
+    kind: str
+    """``upsert`` (new images of a keyed table), ``insert`` (of a keyless one), ``update``
+    (images with unavailable values, or of a keyless table), ``delete``."""
+    rows: list[Mapping[str, Any]] = field(default_factory=list)
+    olds: list[Mapping[str, Any] | None] = field(default_factory=list)
+    messages: list[Message] = field(default_factory=list)
+
+    def drop(self, index: int) -> None:
+        del self.rows[index], self.olds[index], self.messages[index]
+
+
+class DebeziumDecoder:
+    """Decode batches of Debezium messages for the mirrored ``tables``.
+
+    ``known`` gives the columns already in the mirror for a table (name to type OID), so that
+    schemaless messages keep the mirrored types.
+    """
+
+    def __init__(
+        self,
+        tables: Collection[tuple[str, str]],
+        known: Callable[[str, str], Sequence[Column] | None] | None = None,
+    ) -> None:
+        self.tables = set(tables)
+        self.known = known or (lambda schema, name: None)
+        self._shapes: dict[Any, Shape] = {}
+        self._current: dict[tuple[str, str], Shape] = {}
+        """The shape each table's changes were last decoded with (a new one is a schema
+        change the mirror follows)."""
+
+    def forget(self) -> None:
+        """Forget which shapes the mirror has seen (its transaction was rolled back): the
+        next change of each table comes after its schema again."""
+        self._current.clear()
+
+    def decode(self, messages: Sequence[Message]) -> Decoded:
+        out = Decoded()
+        runs: dict[tuple[str, str], list[_Run]] = {}
+        order: list[tuple[str, str]] = []
+        for message in messages:
+            if message.value is None:
+                continue  # a tombstone: compaction's marker after a delete
+            try:
+                self._event(message, out, runs, order)
+            except BadMessage as exc:
+                out.dead.append(DeadLetter(message, str(exc)))
+        for table in order:
+            for run in runs[table]:
+                out.changes.extend(self._changes(run, out))
+        return out
+
+    def _event(
+        self,
+        message: Message,
+        out: Decoded,
+        runs: dict[tuple[str, str], list[_Run]],
+        order: list[tuple[str, str]],
+    ) -> None:
+        assert message.value is not None
+        try:
+            envelope = orjson.loads(message.value)
+        except orjson.JSONDecodeError as exc:
+            raise BadMessage(f"not JSON: {exc}") from None
+        value_schema = None
+        if isinstance(envelope, dict) and "payload" in envelope and "schema" in envelope:
+            value_schema, envelope = envelope["schema"], envelope["payload"]
+        if not isinstance(envelope, dict):
+            raise BadMessage("not a Debezium change event: the value is not a JSON object")
+        op = envelope.get("op")
+        source = envelope.get("source")
+        if op not in _OPS or not isinstance(source, dict):
+            raise BadMessage(
+                "not a Debezium change event: no 'op' (c, r, u, d or t) and 'source' in it"
+            )
+        table = (source.get("schema"), source.get("table"))
+        if table not in self.tables:
+            raise BadMessage(f"table {table[0]}.{table[1]} is not mirrored (not in --tables)")
+        lsn = source.get("lsn")
+        if isinstance(lsn, int) and lsn > out.lsn:
+            out.lsn = lsn
+        ts = source.get("ts_ms")
+        if isinstance(ts, int) and ts / 1000 > out.source_time:
+            out.source_time = ts / 1000
+        table_runs = runs.get(table)
+        if table_runs is None:
+            table_runs = runs[table] = []
+            order.append(table)
+        if op == "t":
+            shape = self._current.get(table) or self._bare_shape(table)
+            table_runs.append(_Run(shape, "truncate"))
+            return
+        before, after = envelope.get("before"), envelope.get("after")
+        image = after if op != "d" else before
+        if not isinstance(image, dict) or (before is not None and not isinstance(before, dict)):
+            raise BadMessage(f"not a Debezium change event: op {op!r} without a row image")
+        shape = self._shape(table, message, value_schema, image)
+        kind = self._kind(op, shape, image)
+        if kind == "update" and not shape.keyed and before is None:
+            raise BadMessage(
+                f"an update of {table[0]}.{table[1]}, which has no key, without the old row:"
+                " set REPLICA IDENTITY FULL on it"
+            )
+        out.events += 1
+        last = table_runs[-1] if table_runs else None
+        if last is None or last.shape is not shape or last.kind != kind:
+            last = _Run(shape, kind)
+            table_runs.append(last)
+        last.rows.append(image)
+        last.olds.append(before)
+        last.messages.append(message)
+
+    def _kind(self, op: str, shape: Shape, image: Mapping[str, Any]) -> str:
+        if op == "d":
+            return "delete"
+        if op == "u" and any(
+            toastable and _unavailable(image.get(column.name))
+            for column, toastable in zip(shape.relation.columns, shape.toastable, strict=True)
+        ):
+            return "update"
+        if shape.keyed:
+            return "upsert"
+        return "insert" if op != "u" else "update"
+
+    def _bare_shape(self, table: tuple[str, str]) -> Shape:
+        return Shape(Relation(0, table[0], table[1], _IDENTITY, ()), (), ())
+
+    def _shape(
+        self,
+        table: tuple[str, str],
+        message: Message,
+        value_schema: Any,
+        image: Mapping[str, Any],
+    ) -> Shape:
+        fields = _row_fields(value_schema) if isinstance(value_schema, dict) else None
+        if fields is not None:
+            signature: Any = (
+                table,
+                tuple(
+                    (f.get("field"), f.get("type"), f.get("name"), str(f.get("parameters")))
+                    for f in fields
+                ),
+            )
+        else:
+            signature = (table, tuple(image))
+        shape = self._shapes.get(signature)
+        if shape is None:
+            shape = self._new_shape(table, message, fields, image)
+            self._shapes[signature] = shape
+        return shape
+
+    def _new_shape(
+        self,
+        table: tuple[str, str],
+        message: Message,
+        fields: list[Mapping[str, Any]] | None,
+        image: Mapping[str, Any],
+    ) -> Shape:
+        keys = set(_key_names(message.key))
+        mirrored = {c.name: c for c in self.known(*table) or ()}
+        columns: list[Column] = []
+        converts: list[Convert] = []
+        toastable: list[bool] = []
+        if fields is not None:
+            for f in fields:
+                kind = connect_type(f)
+                columns.append(Column(f["field"], kind.oid, kind.modifier, f["field"] in keys))
+                converts.append(kind.convert)
+                toastable.append(kind.may_be_unavailable)
+        else:
+            for name, value in image.items():
+                known = mirrored.get(name)
+                oid = known.type_oid if known is not None else guessed_type(value)
+                modifier = known.type_modifier if known is not None else -1
+                columns.append(Column(name, oid, modifier, name in keys))
+                converts.append(_per_value(_guess))
+                toastable.append(True)
+        names = {c.name for c in columns}
+        for name, known in mirrored.items():  # a column gone from the events stays mirrored
+            if name not in names:
+                columns.append(Column(name, known.type_oid, known.type_modifier, known.is_key))
+                converts.append(_per_value(_guess))
+                toastable.append(False)
+        relation = Relation(0, table[0], table[1], _IDENTITY, tuple(columns))
+        return Shape(relation, tuple(converts), tuple(toastable))
+
+    def _changes(self, run: _Run, out: Decoded) -> list[Change]:
+        """The run's change, after a schema change if its shape is new to the table; rows
+        whose values cannot be converted become dead letters."""
+        relation = run.shape.relation
+        if run.kind == "truncate":
+            return [Truncate((relation,))]
+        try:
+            change = _row_change(run)
+        except BadMessage:
+            for index in reversed(range(len(run.rows))):
+                alone = _Run(run.shape, run.kind, run.rows[index : index + 1],
+                             run.olds[index : index + 1])  # fmt: skip
+                try:
+                    _row_change(alone)
+                except BadMessage as exc:
+                    out.dead.append(DeadLetter(run.messages[index], str(exc)))
+                    out.events -= 1
+                    run.drop(index)
+            if not run.rows:
+                return []
+            change = _row_change(run)
+        table = (relation.schema, relation.name)
+        if self._current.get(table) is run.shape:
+            return [change]
+        self._current[table] = run.shape
+        return [SchemaChange(relation), change]
+
+
+def _row_change(run: _Run) -> Change:
+    shape = run.shape
+    relation = shape.relation
+    if run.kind == "delete":
+        return Deletes(relation, _tuples(shape, run.rows, unavailable=False))
+    if run.kind in ("upsert", "insert"):
+        rows = _tuples(shape, run.rows, unavailable=False)
+        return Inserts(relation, rows, replace=run.kind == "upsert")
+    olds = None
+    if not shape.keyed:
+        olds = _tuples(shape, [o or {} for o in run.olds], unavailable=False)
+    return Updates(relation, _tuples(shape, run.rows, unavailable=True), olds)
+
+
+def _unavailable(value: Any) -> bool:
+    if isinstance(value, str):
+        return value in _PLACEHOLDERS
+    return isinstance(value, list) and len(value) == 1 and value[0] in _PLACEHOLDERS
+
+
+def _tuples(shape: Shape, rows: list[Mapping[str, Any]], *, unavailable: bool) -> Tuples:
+    names: list[str] = []
+    arrays: list[pa.Array] = []
+    unchanged: dict[str, np.ndarray] = {}
+    for column, convert, toastable in zip(
+        shape.relation.columns, shape.converts, shape.toastable, strict=True
+    ):
+        values = [row.get(column.name) for row in rows]
+        if unavailable and toastable:
+            mask = np.fromiter((_unavailable(v) for v in values), dtype=bool, count=len(values))
+            if mask.any():
+                unchanged[column.name] = mask
+                values = [None if m else v for v, m in zip(values, mask, strict=True)]
+        try:
+            arrays.append(convert(values))
+        except (ValueError, TypeError, pa.ArrowException) as exc:
+            raise BadMessage(
+                f"column {column.name} of {shape.relation.qualified_name}: {exc}"
+            ) from None
+        names.append(column.name)
+    return Tuples(pa.Table.from_arrays(arrays, names=names), unchanged)
