@@ -275,7 +275,9 @@ class KafkaReplicator:
         stats = self.stats
         stats.rows_applied += applied
         stats.messages += len(messages)
-        stats.dead_letters += len(decoded.dead)
+        for dead in decoded.dead:
+            topic = dead.message.topic
+            stats.dead_letters[topic] = stats.dead_letters.get(topic, 0) + 1
         stats.batches += 1
         stats.flushed_lsn = self._lsn
         if decoded.source_time:
@@ -299,7 +301,8 @@ class KafkaReplicator:
             )  # fmt: skip
             self._lsn += 1
             mirror.commit(self.settings.source, self._lsn, place)
-            self.stats.dead_letters += 1
+            dead = self.stats.dead_letters
+            dead[message.topic] = dead.get(message.topic, 0) + 1
             log.warning(
                 "dead letter %s[%d]@%d: %s", message.topic, message.partition, message.offset,
                 reason,
@@ -384,7 +387,7 @@ class KafkaReplicator:
             "%d messages, %d rows applied, %d dead letters; %d messages behind",
             self.stats.messages,
             self.stats.rows_applied,
-            self.stats.dead_letters,
+            sum(self.stats.dead_letters.values()),
             lag,
         )
 

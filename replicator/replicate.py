@@ -93,8 +93,8 @@ class ReplicationStats:
     rows_applied: int = 0
     messages: int = 0
     """Kafka messages consumed into the mirror (the Debezium source)."""
-    dead_letters: int = 0
-    """Kafka messages kept in the dead-letter table instead (the Debezium source)."""
+    dead_letters: dict[str, int] = field(default_factory=dict)
+    """Kafka messages kept in the dead-letter table instead, by topic (the Debezium source)."""
     last_commit_time: float = 0.0
     """Source commit time (Unix seconds) of the newest transaction seen complete."""
     transactions: int = 0

@@ -134,7 +134,7 @@ def _replicate_kafka(args: argparse.Namespace) -> int:
         "stopped: %d messages, %d rows applied, %d dead letters",
         stats.messages,
         stats.rows_applied,
-        stats.dead_letters,
+        sum(stats.dead_letters.values()),
     )
     return 0
 

@@ -111,6 +111,7 @@ def _init(args: argparse.Namespace) -> int:
 
 def _run(args: argparse.Namespace) -> int:
     from predictor.server import read_password
+    from replicator.kafka import read_client_properties
     from sidecar.daemon import Daemon, DaemonSettings
 
     settings = _settings(args)
@@ -132,6 +133,12 @@ def _run(args: argparse.Namespace) -> int:
             metrics_port=settings["metrics_port"],
             memory_limit=settings["memory_limit"],
             checkpoint_rows=settings["checkpoint_rows"],
+            kafka=settings["kafka"],
+            topic_prefix=settings["topic_prefix"],
+            group_id=settings["group_id"],
+            kafka_config=read_client_properties(Path(settings["kafka_config"]))
+            if settings["kafka_config"]
+            else {},
         )
     )
     for signum in (signal.SIGINT, signal.SIGTERM):

@@ -12,7 +12,7 @@ from __future__ import annotations
 import logging
 import threading
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -21,10 +21,12 @@ import psycopg
 
 from predictor.server import EndpointSettings, SqlEndpoint
 from predictor.writeback import Writeback
+from replicator.kafka import KafkaReplicator, KafkaSettings
 from replicator.replicate import ReplicationSettings, Replicator
 from sidecar import control
 from sidecar.changes import Lsn
 from sidecar.control import ControlRequests
+from sidecar.errors import ConfigError
 from sidecar.metrics import Metrics, MetricsServer
 from sidecar.mirror import Mirror, Touched
 from trainer.drift import DriftEvent
@@ -58,6 +60,11 @@ class DaemonSettings:
     metrics_port: int = 9464
     memory_limit: str = "1GB"
     checkpoint_rows: int = 100_000
+    kafka: str | None = None
+    """Kafka bootstrap servers: mirror from Debezium's topics instead of a replication slot."""
+    topic_prefix: str | None = None
+    group_id: str = "pgml-sidecar"
+    kafka_config: Mapping[str, str] = field(default_factory=dict)
 
 
 @dataclass
@@ -100,7 +107,7 @@ class Daemon:
         self.mirror.watched = [control_tables, self.writeback.watched, self.monitor.watched]
         self.trainer.before_snapshot = self.monitor.expect
         self.mirror.on_commit = self._committed
-        self.replicator = Replicator(self._replication_settings(), mirror=self.mirror)
+        self.replicator: Replicator | KafkaReplicator = self._replicator()
         self.endpoint = SqlEndpoint(
             EndpointSettings(
                 host=settings.host,
@@ -151,25 +158,26 @@ class Daemon:
         self.writeback.on_written = written
 
     def _sample(self, stop: threading.Event) -> None:
-        """Every few seconds: the slot's lag and retained WAL, changes applied, liveness."""
+        """Every few seconds: replication lag (the slot's, or Kafka's), changes applied,
+        dead letters, liveness, drift scores."""
         m = self.metrics
         seen = dict(self.mirror.changes_applied)
+        dead_seen: dict[str, int] = {}
         with psycopg.connect(self.settings.source_dsn, autocommit=True) as conn:
             while not stop.wait(SAMPLE_SECONDS):
-                row = conn.execute(
-                    "select pg_wal_lsn_diff(pg_current_wal_lsn(), confirmed_flush_lsn)::bigint,"
-                    " pg_wal_lsn_diff(pg_current_wal_lsn(), restart_lsn)::bigint"
-                    " from pg_replication_slots where slot_name = %s",
-                    (self.settings.slot,),
-                ).fetchone()
-                if row is not None:
-                    lag = max(int(row[0] or 0), 0)
-                    m.replication_lag_bytes.set(lag)
-                    m.slot_retained_wal_bytes.set(max(int(row[1] or 0), 0))
-                    last = self.replicator.stats.last_commit_time
-                    m.replication_lag_seconds.set(
-                        max(time.time() - last, 0.0) if lag > _IDLE_BYTES and last else 0.0
-                    )
+                replicator = self.replicator
+                if isinstance(replicator, KafkaReplicator):
+                    behind = replicator.lag_messages > 0
+                    m.kafka_lag_messages.set(replicator.lag_messages)
+                    for topic, count in replicator.stats.dead_letters.items():
+                        m.dead_letters.labels(topic=topic).inc(count - dead_seen.get(topic, 0))
+                        dead_seen[topic] = count
+                else:
+                    behind = self._sample_slot(conn)
+                last = replicator.stats.last_commit_time
+                m.replication_lag_seconds.set(
+                    max(time.time() - last, 0.0) if behind and last else 0.0
+                )
                 applied = dict(self.mirror.changes_applied)
                 for op, count in applied.items():
                     if count > seen.get(op, 0):
@@ -181,18 +189,52 @@ class Daemon:
                         if score == score:  # NaN until the window holds enough rows
                             m.drift_score.labels(project=watch.project, feature=feature).set(score)
 
-    def _replication_settings(self) -> ReplicationSettings:
+    def _sample_slot(self, conn: psycopg.Connection) -> bool:
+        """Record the slot's lag and retained WAL; whether changes are waiting."""
+        m = self.metrics
+        row = conn.execute(
+            "select pg_wal_lsn_diff(pg_current_wal_lsn(), confirmed_flush_lsn)::bigint,"
+            " pg_wal_lsn_diff(pg_current_wal_lsn(), restart_lsn)::bigint"
+            " from pg_replication_slots where slot_name = %s",
+            (self.settings.slot,),
+        ).fetchone()
+        if row is None:
+            return False
+        lag = max(int(row[0] or 0), 0)
+        m.replication_lag_bytes.set(lag)
+        m.slot_retained_wal_bytes.set(max(int(row[1] or 0), 0))
+        return lag > _IDLE_BYTES
+
+    def _replicator(self) -> Replicator | KafkaReplicator:
         s = self.settings
         tables = list(s.tables)
         if _has_control_table(s.source_dsn) and "pgml.training_requests" not in tables:
             tables.append("pgml.training_requests")
-        return ReplicationSettings(
-            source_dsn=s.source_dsn,
-            mirror_path=s.mirror_path,
-            tables=tables,
-            publication=s.publication,
-            slot=s.slot,
-            memory_limit=s.memory_limit,
+        if s.kafka:
+            if not s.topic_prefix:
+                raise ConfigError("kafka needs topic_prefix: the Debezium connector's topic.prefix")
+            return KafkaReplicator(
+                KafkaSettings(
+                    bootstrap=s.kafka,
+                    topic_prefix=s.topic_prefix,
+                    mirror_path=s.mirror_path,
+                    tables=tables,
+                    group_id=s.group_id,
+                    memory_limit=s.memory_limit,
+                    consumer_config=s.kafka_config,
+                ),
+                mirror=self.mirror,
+            )
+        return Replicator(
+            ReplicationSettings(
+                source_dsn=s.source_dsn,
+                mirror_path=s.mirror_path,
+                tables=tables,
+                publication=s.publication,
+                slot=s.slot,
+                memory_limit=s.memory_limit,
+            ),
+            mirror=self.mirror,
         )
 
     def _committed(self, lsn: Lsn, touched: dict[tuple[str, str], Touched]) -> None:

@@ -120,6 +120,12 @@ class Metrics:
             namespace=ns,
             registry=reg,
         )
+        self.kafka_lag_messages = Gauge(
+            "kafka_lag_messages",
+            "With the Debezium source: messages in the assigned partitions not yet in the mirror.",
+            namespace=ns,
+            registry=reg,
+        )
         self.replicator_up = Gauge(
             "replicator_up",
             "1 while the replicator is connected and streaming, 0 otherwise.",
