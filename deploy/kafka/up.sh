@@ -597,7 +597,7 @@ while :; do
             say "--- trace:"
             json_string trace "$trace" | head -n 30 | sed 's/^/    /' >&2
         done
-        log_tail "$connect_log" 30
+        log_tail "$connect_log" 12
         die "connector $PREFIX FAILED (states: ${states[*]}): the trace is above; remove it with deploy/kafka/connector.sh remove --workdir $WORKDIR --name $PREFIX"
     fi
     if ((${#states[@]} >= 2)); then
