@@ -22,6 +22,7 @@ import re
 import secrets
 import shutil
 import subprocess
+import sys
 import tempfile
 import time
 import urllib.error
@@ -366,6 +367,28 @@ def produce_raw(
 
 # -- fixtures -----------------------------------------------------------------------------------
 
+TEST_FAILED = pytest.StashKey[bool]()
+LOG_LINES_ON_FAILURE = 40
+
+
+@pytest.hookimpl(hookwrapper=True)
+def pytest_runtest_makereport(item: pytest.Item, call: pytest.CallInfo[None]) -> Iterator[None]:
+    """Note a failed test, so ``debezium`` shows its connectors' log lines after it."""
+    outcome = yield
+    report = outcome.get_result()  # type: ignore[attr-defined]
+    if report.when == "call" and report.failed:
+        item.stash[TEST_FAILED] = True
+
+
+def connector_log(stack: KafkaStack, name: str, lines: int = LOG_LINES_ON_FAILURE) -> str:
+    """The last lines Kafka Connect logged for connector ``name`` (tagged ``[name|...]``)."""
+    log = stack.workdir / "connect" / "connect.log"
+    if not log.exists():
+        return ""
+    tag = f"[{name}|"
+    mine = [line for line in log.read_text(errors="replace").splitlines() if tag in line]
+    return "\n".join(mine[-lines:])
+
 
 @pytest.fixture(scope="session")
 def kafka_jars() -> Path:
@@ -441,6 +464,15 @@ def debezium(
         return connector
 
     yield register
+    if request.node.stash.get(TEST_FAILED, False):
+        for connector in created:
+            status = ""
+            with contextlib.suppress(Exception):
+                status = json.dumps(connector.status())
+            sys.stderr.write(
+                f"--- Debezium connector {connector.name}: {status}\n"
+                f"{connector_log(kafka_stack, connector.name)}\n"
+            )
     errors = []
     for connector in reversed(created):
         try:
