@@ -111,8 +111,9 @@ remove_connector() {
         say "connector $name: Connect at $url did not answer ($REST_CODE)"
         return 1
     }
-    local slot
+    local slot drops
     slot=$(json_string slot.name "$REST_BODY")
+    drops=$(json_string slot.drop.on.stop "$REST_BODY")
     rest PUT "$url/connectors/$name/stop"
     deadline=$((SECONDS + timeout))
     while ((SECONDS < deadline)); do
@@ -128,5 +129,9 @@ remove_connector() {
         say "connector $name: delete failed ($REST_CODE): $REST_BODY"
         return 1
     fi
-    say "connector $name: deleted${slot:+ (replication slot $slot stays in the source unless the connector had slot.drop.on.stop=true)}"
+    if [[ $drops == true ]]; then
+        say "connector $name: deleted (Debezium drops its replication slot ${slot:-?} as it stops)"
+    else
+        say "connector $name: deleted (its replication slot ${slot:-?} stays in the source: drop it there with select pg_drop_replication_slot('${slot:-?}'))"
+    fi
 }

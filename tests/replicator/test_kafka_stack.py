@@ -267,6 +267,7 @@ def test_down_stops_everything_and_runs_twice(kafka_jars: Path, source_dsn: str,
     finally:
         first = stop_stack(workdir)
     assert "connector downer: deleted" in first
+    assert "pg_drop_replication_slot('dbz_downer')" in first  # says what stays behind
     assert f"stopped Kafka Connect (pid {pids['connect']})" in first
     assert f"stopped the Kafka broker (pid {pids['broker']})" in first
     for pid in pids.values():
