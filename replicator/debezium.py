@@ -25,6 +25,7 @@ from __future__ import annotations
 
 import base64
 import json
+import re
 from collections.abc import Callable, Collection, Mapping, Sequence
 from dataclasses import dataclass, field
 from decimal import Decimal
@@ -120,6 +121,18 @@ def _via_arrow(*steps: pa.DataType) -> Convert:
     return convert
 
 
+def _or_per_value(fast: Convert, one: Callable[[Any], str]) -> Convert:
+    """``fast``, or value by value where a column holds values it does not take."""
+
+    def convert(values: list[Any]) -> pa.Array:
+        try:
+            return fast(values)
+        except (pa.ArrowInvalid, pa.ArrowTypeError, TypeError, OverflowError):
+            return _per_value(one)(values)
+
+    return convert
+
+
 def _per_value(one: Callable[[Any], str]) -> Convert:
     def convert(values: list[Any]) -> pa.Array:
         return pa.array([None if v is None else one(v) for v in values], type=pa.string())
@@ -196,8 +209,13 @@ def _array_literal(values: list[Any], element: Callable[[Any], str]) -> str:
             parts.append(_array_literal(value, element))
         else:
             text = element(value)
-            parts.append('"' + text.replace("\\", "\\\\").replace('"', '\\"') + '"')
+            if isinstance(value, str) or _NEEDS_QUOTES.search(text) or not text:
+                text = '"' + text.replace("\\", "\\\\").replace('"', '\\"') + '"'
+            parts.append(text)
     return "{" + ",".join(parts) + "}"
+
+
+_NEEDS_QUOTES = re.compile(r'[\s,{}"\\]|^null$', re.IGNORECASE)
 
 
 def _array(element: Callable[[Any], str]) -> Convert:
@@ -219,7 +237,9 @@ _PLAIN = {
     "int16": (INT2, pa.int64()),
     "int32": (INT4, pa.int64()),
     "int64": (INT8, pa.int64()),
+    "float": (FLOAT4, pa.float64()),
     "float32": (FLOAT4, pa.float64()),
+    "double": (FLOAT8, pa.float64()),
     "float64": (FLOAT8, pa.float64()),
     "boolean": (BOOL, pa.bool_()),
 }
@@ -263,15 +283,17 @@ def connect_type(schema: Mapping[str, Any]) -> _Type:
         return _Type(TIME, -1, _per_value(one), one, False)
     if name in _TIMESTAMP_UNITS:
         unit = _TIMESTAMP_UNITS[name]
-        one = _timestamp_one(unit)
-        return _Type(TIMESTAMP, -1, _via_arrow(pa.int64(), pa.timestamp(unit)), one, False)
+        return _Type(TIMESTAMP, -1, _timestamps(unit), _timestamp_one(unit), False)
     if name == "io.debezium.time.MicroDuration":
         return _Type(INTERVAL, -1, _per_value(_duration), _duration, False)
     if name in _TEXT_NAMES:
         return _Type(_TEXT_NAMES[name], -1, _as_text, str, name == "io.debezium.data.Json")
     if kind in _PLAIN:
         oid, arrow = _PLAIN[kind]
-        return _Type(oid, -1, _via_arrow(arrow), _guess, False)
+        convert = _via_arrow(arrow)
+        if oid in (FLOAT4, FLOAT8):  # NaN and infinities come as the strings "NaN", ...
+            convert = _or_per_value(convert, _guess)
+        return _Type(oid, -1, convert, _guess, False)
     if kind == "bytes":
         return _Type(BYTEA, -1, _per_value(_bytea), _bytea, True)
     if kind == "array":
@@ -287,11 +309,29 @@ def _date_one(value: Any) -> str:
     return str(pa.scalar(int(value), pa.int32()).cast(pa.date32()))
 
 
+_INFINITY = {"ms": 2**63 // 10**6, "us": 2**63 // 10**3, "ns": 2**63 - 1}
+"""Debezium sends PostgreSQL's infinite timestamps as the largest long in the unit."""
+
+
 def _timestamp_one(unit: str) -> Callable[[Any], str]:
     def one(value: Any) -> str:
+        if abs(int(value)) >= _INFINITY[unit]:
+            return "infinity" if value > 0 else "-infinity"
         return str(pa.scalar(int(value), pa.int64()).cast(pa.timestamp(unit)))
 
     return one
+
+
+def _timestamps(unit: str) -> Convert:
+    fast = _via_arrow(pa.int64(), pa.timestamp(unit))
+    limit = _INFINITY[unit]
+
+    def convert(values: list[Any]) -> pa.Array:
+        if any(v is not None and abs(v) >= limit for v in values):
+            return _per_value(_timestamp_one(unit))(values)
+        return fast(values)
+
+    return convert
 
 
 def guessed_type(value: Any) -> int:

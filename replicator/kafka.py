@@ -133,6 +133,11 @@ class KafkaReplicator:
             )
         return self._mirror
 
+    @property
+    def assigned(self) -> bool:
+        """Whether Kafka has assigned this consumer its partitions (and it sought to them)."""
+        return self._assigned
+
     def close(self) -> None:
         if self._mirror is not None:
             self._mirror.close()

@@ -170,8 +170,16 @@ def source_rows(dsn: str, table: str, order_by: str, casts: dict[str, str] | Non
     return [tuple(normalise(v) for v in row) for row in rows]
 
 
-def mirror_rows(path: Path, table: str, order_by: str, json_columns: Sequence[str] = ()) -> list:
-    con = duckdb.connect(str(path), read_only=True)
+def mirror_rows(
+    path: Path | duckdb.DuckDBPyConnection,
+    table: str,
+    order_by: str,
+    json_columns: Sequence[str] = (),
+) -> list:
+    """A mirrored table's rows, from its file (read-only) or through an open connection's
+    cursor (while a replicator in this process holds the file)."""
+    con = path.cursor() if isinstance(path, duckdb.DuckDBPyConnection) else None
+    con = con or duckdb.connect(str(path), read_only=True)
     try:
         cursor = con.execute(f"select * from {table} order by {order_by}")
         names = [d[0] for d in cursor.description or []]
@@ -191,7 +199,7 @@ def mirror_rows(path: Path, table: str, order_by: str, json_columns: Sequence[st
 
 def assert_same_rows(
     dsn: str,
-    path: Path,
+    path: Path | duckdb.DuckDBPyConnection,
     table: str,
     order_by: str = "1",
     json_columns: Sequence[str] = (),
