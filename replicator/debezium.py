@@ -28,7 +28,6 @@ import json
 import re
 from collections.abc import Callable, Collection, Mapping, Sequence
 from dataclasses import dataclass, field
-from decimal import Decimal
 from typing import Any
 
 import numpy as np
@@ -145,11 +144,18 @@ def _as_text(values: list[Any]) -> pa.Array:
 
 
 def _decimal(scale: int) -> Callable[[Any], str]:
+    """Debezium's precise decimal: base64 of the unscaled big-endian two's-complement
+    integer; the scale is in the schema."""
+
     def one(value: Any) -> str:
-        if isinstance(value, str):
-            unscaled = int.from_bytes(base64.b64decode(value), "big", signed=True)
-            return format(Decimal(unscaled).scaleb(-scale), "f")
-        return str(value)  # decimal.handling.mode = double or string
+        if not isinstance(value, str):
+            return str(value)  # decimal.handling.mode = double or string
+        unscaled = int.from_bytes(base64.b64decode(value), "big", signed=True)
+        if scale <= 0:
+            return str(unscaled * 10**-scale)
+        digits = str(abs(unscaled)).rjust(scale + 1, "0")
+        sign = "-" if unscaled < 0 else ""
+        return f"{sign}{digits[:-scale]}.{digits[-scale:]}"
 
     return one
 
@@ -363,10 +369,8 @@ class Shape:
     converts: tuple[Convert, ...]
     toastable: tuple[bool, ...]
     """Columns whose values may be Debezium's unavailable-value placeholder."""
-
-    @property
-    def keyed(self) -> bool:
-        return bool(self.relation.key_columns)
+    keyed: bool = False
+    """Whether the table has a key: new row images replace the row with their key."""
 
 
 def _row_fields(value_schema: Mapping[str, Any]) -> list[Mapping[str, Any]] | None:
@@ -455,13 +459,7 @@ class DebeziumDecoder:
         order: list[tuple[str, str]],
     ) -> None:
         assert message.value is not None
-        try:
-            envelope = orjson.loads(message.value)
-        except orjson.JSONDecodeError as exc:
-            raise BadMessage(f"not JSON: {exc}") from None
-        value_schema = None
-        if isinstance(envelope, dict) and "payload" in envelope and "schema" in envelope:
-            value_schema, envelope = envelope["schema"], envelope["payload"]
+        envelope, schema = _parse(message.value)
         if not isinstance(envelope, dict):
             raise BadMessage("not a Debezium change event: the value is not a JSON object")
         op = envelope.get("op")
@@ -491,7 +489,7 @@ class DebeziumDecoder:
         image = after if op != "d" else before
         if not isinstance(image, dict) or (before is not None and not isinstance(before, dict)):
             raise BadMessage(f"not a Debezium change event: op {op!r} without a row image")
-        shape = self._shape(table, message, value_schema, image)
+        shape = self._shape(table, message, schema, image)
         kind = self._kind(op, shape, image)
         if kind == "update" and not shape.keyed and before is None:
             raise BadMessage(
@@ -526,10 +524,19 @@ class DebeziumDecoder:
         self,
         table: tuple[str, str],
         message: Message,
-        value_schema: Any,
+        schema: bytes | dict[str, Any] | None,
         image: Mapping[str, Any],
     ) -> Shape:
-        fields = _row_fields(value_schema) if isinstance(value_schema, dict) else None
+        """The shape of an event: by its schema's text when it has one (a cheap lookup: the
+        schema is parsed only the first time), else by its columns' names."""
+        if isinstance(schema, bytes):
+            shape = self._shapes.get((table, schema))
+            if shape is None:
+                shape = self._shapes[(table, schema)] = self._shape(
+                    table, message, _loads(schema), image
+                )
+            return shape
+        fields = _row_fields(schema) if isinstance(schema, dict) else None
         if fields is not None:
             signature: Any = (
                 table,
@@ -579,7 +586,7 @@ class DebeziumDecoder:
                 converts.append(_per_value(_guess))
                 toastable.append(False)
         relation = Relation(0, table[0], table[1], _IDENTITY, tuple(columns))
-        return Shape(relation, tuple(converts), tuple(toastable))
+        return Shape(relation, tuple(converts), tuple(toastable), bool(relation.key_columns))
 
     def _changes(self, run: _Run, out: Decoded) -> list[Change]:
         """The run's change, after a schema change if its shape is new to the table; rows
@@ -621,6 +628,37 @@ def _row_change(run: _Run) -> Change:
     if not shape.keyed:
         olds = _tuples(shape, [o or {} for o in run.olds], unavailable=False)
     return Updates(relation, _tuples(shape, run.rows, unavailable=True), olds)
+
+
+_SCHEMA_START = b'{"schema":'
+_PAYLOAD = b',"payload":'
+
+
+def _parse(value: bytes) -> tuple[Any, bytes | dict[str, Any] | None]:
+    """A message's payload, and its schema: as raw text when the JSON converter's envelope
+    can be split without parsing the schema (it repeats in every message and is most of its
+    bytes), as parsed JSON when it cannot, None when there is none."""
+    if value.startswith(_SCHEMA_START) and value.endswith(b"}"):
+        split = value.find(_PAYLOAD)
+        if split > 0:
+            try:
+                return orjson.loads(value[split + len(_PAYLOAD) : -1]), value[
+                    len(_SCHEMA_START) : split
+                ]
+            except orjson.JSONDecodeError:
+                pass  # not where the converter puts it: parse the whole message
+    envelope = _loads(value)
+    if isinstance(envelope, dict) and "payload" in envelope and "schema" in envelope:
+        schema = envelope["schema"]
+        return envelope["payload"], schema if isinstance(schema, dict) else None
+    return envelope, None
+
+
+def _loads(value: bytes) -> Any:
+    try:
+        return orjson.loads(value)
+    except orjson.JSONDecodeError as exc:
+        raise BadMessage(f"not JSON: {exc}") from None
 
 
 def _unavailable(value: Any) -> bool:
