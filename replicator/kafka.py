@@ -39,6 +39,7 @@ from sidecar.mirror import Mirror
 log = logging.getLogger("pgml_sidecar.replicator")
 
 _PROGRESS_SECONDS = 10.0
+_POLL_MESSAGES = 10_000
 
 
 @dataclass
@@ -55,6 +56,11 @@ class KafkaSettings:
     """Commit once this many messages wait."""
     max_delay: float = 0.2
     """Commit once the oldest uncommitted message has waited this many seconds."""
+    min_delay: float = 0.02
+    """Once the consumer has read all there is, commit messages that have waited this long."""
+    behind_after: float = 0.5
+    """Messages written to Kafka this many seconds ago mean catching up: commit less often."""
+    catch_up_delay: float = 1.0
     memory_limit: str = "256MB"
     consumer_config: Mapping[str, str] = field(default_factory=dict)
     """Extra librdkafka settings (security.protocol, sasl.*, ssl.*...)."""
@@ -122,6 +128,7 @@ class KafkaReplicator:
         self._ends: dict[tuple[str, int], int] = {}
         """Each assigned partition's end offset when it was assigned (for --catch-up)."""
         self._assigned = False
+        self._behind = False
         self._lsn: Lsn = 0
         self._unknown_topics: set[str] = set()
 
@@ -190,15 +197,16 @@ class KafkaReplicator:
         progress_at = time.monotonic() + _PROGRESS_SECONDS
         try:
             while not self.stopping.is_set():
-                for record in consumer.consume(num_messages=10_000, timeout=0.1):
+                records = consumer.consume(num_messages=_POLL_MESSAGES, timeout=s.min_delay)
+                for record in records:
                     self._take(record)
-                if self._pending and (
-                    len(self._pending) >= s.batch_messages
-                    or time.monotonic() - self._pending_since >= s.max_delay
-                ):
+                if records:
+                    written_ms = records[-1].timestamp()[1]
+                    self._behind = (
+                        written_ms > 0 and time.time() - written_ms / 1000 > s.behind_after
+                    )
+                if self._due(len(records) < _POLL_MESSAGES):
                     self.flush()
-                elif self._uncommitted and not self._pending:
-                    self.flush()  # tombstones and errors only: move the offsets on
                 if time.monotonic() >= progress_at:
                     progress_at = time.monotonic() + _PROGRESS_SECONDS
                     self._report_progress()
@@ -209,6 +217,20 @@ class KafkaReplicator:
             self._consumer = None
             consumer.close()
         return self.stats
+
+    def _due(self, drained: bool) -> bool:
+        """Whether to commit the pending messages now. Near the present: once the consumer
+        has read all there is and the oldest has waited ``min_delay`` (latency). Behind
+        (catching up): only in big batches (throughput)."""
+        if not self._pending:
+            return False
+        s = self.settings
+        age = time.monotonic() - self._pending_since
+        if len(self._pending) >= s.batch_messages:
+            return True
+        if self._behind:
+            return age >= s.catch_up_delay
+        return age >= s.max_delay or (drained and age >= s.min_delay)
 
     def _take(self, record: Any) -> None:
         error = record.error()

@@ -346,6 +346,10 @@ connector_config() {
     setting decimal.handling.mode "$DECIMAL_MODE"
     setting time.precision.mode adaptive_time_microseconds
     setting skipped.operations none
+    # Debezium's defaults (poll every 500 ms, batches of 2048) cost latency and throughput
+    setting poll.interval.ms 50
+    setting max.batch.size 8192
+    setting max.queue.size 32768
     setting tombstones.on.delete true
     setting key.converter "$JSON_CONVERTER"
     setting key.converter.schemas.enable "$SCHEMAS"
