@@ -14,6 +14,7 @@ Several consumers in one group split the partitions between them, each into its 
 from __future__ import annotations
 
 import logging
+import re
 import threading
 import time
 from collections.abc import Mapping, Sequence
@@ -39,6 +40,29 @@ from sidecar.mirror import Mirror
 log = logging.getLogger("pgml_sidecar.replicator")
 
 _PROGRESS_SECONDS = 10.0
+_REPEAT_SECONDS = 30.0
+
+
+class _OncePer(logging.Filter):
+    """Let a message through once per ``seconds`` (librdkafka repeats a refused connection
+    every few milliseconds); digits do not make a message new."""
+
+    def __init__(self, seconds: float) -> None:
+        super().__init__()
+        self.seconds = seconds
+        self._last: dict[str, float] = {}
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        key = re.sub(r"\d+", "#", record.getMessage())
+        now = time.monotonic()
+        if now - self._last.get(key, -self.seconds) < self.seconds:
+            return False
+        self._last[key] = now
+        return True
+
+
+kafka_log = logging.getLogger("pgml_sidecar.kafka")
+kafka_log.addFilter(_OncePer(_REPEAT_SECONDS))
 _POLL_MESSAGES = 10_000
 
 
@@ -169,7 +193,7 @@ class KafkaReplicator:
             "topic.metadata.refresh.interval.ms": 5000,
             "fetch.max.bytes": 64 * 1024 * 1024,
             "queued.max.messages.kbytes": 256 * 1024,
-            "logger": logging.getLogger("pgml_sidecar.kafka"),
+            "logger": kafka_log,
             **s.consumer_config,
         }
 
@@ -249,7 +273,13 @@ class KafkaReplicator:
                 return
             if error.fatal():
                 raise SourceConnectionLost(f"Kafka consumer failed: {error.str()}")
-            log.warning("Kafka: %s", error.str())
+            if error.code() == KafkaError._ALL_BROKERS_DOWN:
+                kafka_log.warning(
+                    "cannot reach Kafka at %s (is it running, and is --kafka right?); retrying",
+                    self.settings.bootstrap,
+                )
+                return
+            kafka_log.warning("Kafka: %s", error.str())
             return
         message = Message(
             record.topic(), record.partition(), record.offset(), record.key(), record.value()
