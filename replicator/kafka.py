@@ -13,8 +13,10 @@ Several consumers in one group split the partitions between them, each into its 
 
 from __future__ import annotations
 
+import hashlib
 import logging
 import re
+import socket
 import threading
 import time
 from collections.abc import Mapping, Sequence
@@ -152,6 +154,8 @@ class KafkaReplicator:
         self._ends: dict[tuple[str, int], int] = {}
         """Each assigned partition's end offset when it was assigned (for --catch-up)."""
         self._assigned = False
+        self.assignment: set[tuple[str, int]] = set()
+        """The topic partitions Kafka has assigned this consumer."""
         self._behind = False
         self._lsn: Lsn = 0
         self._unknown_topics: set[str] = set()
@@ -187,6 +191,12 @@ class KafkaReplicator:
         return {
             "bootstrap.servers": s.bootstrap,
             "group.id": s.group_id,
+            # Static membership: a restart (kill -9 too) takes its partitions back at once
+            # instead of after the session timeout. The mirror file is the identity: two
+            # processes never share one.
+            "group.instance.id": _instance_id(s.mirror_path),
+            # A sidecar that stopped for good hands its partitions on after this long.
+            "session.timeout.ms": 10_000,
             "enable.auto.commit": False,
             "enable.auto.offset.store": False,
             "auto.offset.reset": "earliest",
@@ -406,6 +416,7 @@ class KafkaReplicator:
                 self._next.setdefault(place, low)
         consumer.assign(partitions)
         self._assigned = True
+        self.assignment |= {(tp.topic, tp.partition) for tp in partitions}
         log.info(
             "assigned %s",
             ", ".join(f"{tp.topic}[{tp.partition}]@{_offset(tp.offset)}" for tp in partitions)
@@ -419,6 +430,7 @@ class KafkaReplicator:
             place = (tp.topic, tp.partition)
             self._ends.pop(place, None)
             self._next.pop(place, None)
+            self.assignment.discard(place)
         self._assigned = False
 
     def _caught_up(self) -> bool:
@@ -447,6 +459,13 @@ class KafkaReplicator:
             sum(self.stats.dead_letters.values()),
             lag,
         )
+
+
+def _instance_id(mirror: Path) -> str:
+    name = f"pgml-sidecar:{socket.gethostname()}:{mirror.resolve()}"
+    if len(name) <= 200:
+        return name
+    return f"pgml-sidecar:{hashlib.sha256(name.encode()).hexdigest()}"
 
 
 def _offset(offset: int) -> str:

@@ -419,8 +419,10 @@ def debezium(
     """Register Debezium connectors for this test; they, their slots and topics go after it.
 
     ``debezium(dsn, tables, prefix=None, schemas=True, partitions=1, snapshot_mode="initial",
-    heartbeat_ms=10000, decimal_mode=None, settings=None)``: ``prefix`` is a stem, made unique
-    (read ``.topic_prefix``); ``settings`` are extra connector properties. Returns once the
+    heartbeat_ms=10000, decimal_mode=None, settings=None, exact_prefix=False)``: ``prefix`` is
+    a stem, made unique (read ``.topic_prefix``), or with ``exact_prefix`` the prefix itself
+    (from ``unique_prefix()``, for a test that creates the topics first); ``settings`` are
+    extra connector properties. Returns once the
     connector and its task are RUNNING (the snapshot may still be under way).
     """
     created: list[Debezium] = []
@@ -436,9 +438,12 @@ def debezium(
         heartbeat_ms: int = 10_000,
         decimal_mode: str | None = None,
         settings: Mapping[str, str] | None = None,
+        exact_prefix: bool = False,
     ) -> Debezium:
         names = [qualified(t) for t in ([tables] if isinstance(tables, str) else tables)]
-        name = unique_prefix(prefix or request.node.name)
+        if exact_prefix and not prefix:
+            raise ValueError("exact_prefix needs a prefix (from unique_prefix())")
+        name = prefix if exact_prefix and prefix else unique_prefix(prefix or request.node.name)
         args = [
             "--pg-dsn", dsn, "--tables", ",".join(names), "--topic-prefix", name,
             "--schemas", "true" if schemas else "false", "--partitions", str(partitions),

@@ -15,9 +15,11 @@ from typing import Any
 import duckdb
 import pytest
 from confluent_kafka import Consumer, Producer, TopicPartition
+from confluent_kafka.admin import AdminClient, NewTopic
 
 from replicator.kafka import KafkaReplicator, KafkaSettings
 from replicator.replicate import ReplicationStats
+from tests.fix_kafka import KafkaStack, unique_prefix
 from tests.replicator.mirror_check import (
     assert_same_rows,
     execute,
@@ -105,6 +107,8 @@ class Consuming:
 
 
 def settings_for(stack: Any, mirror: Path, tables: list[str], **options: Any) -> KafkaSettings:
+    """Consumer settings for a test: a consumer group of its own unless one is given."""
+    options.setdefault("group_id", unique_prefix("group"))
     return KafkaSettings(
         bootstrap=stack.bootstrap,
         topic_prefix=stack.topic_prefix,
@@ -245,11 +249,11 @@ def _committed(bootstrap: str, group: str, topic: str) -> int:
         consumer.close()
 
 
-def _replicate_cli(stack: Any, mirror: Path, tables: str, *extra: str) -> list[str]:
+def _replicate_cli(stack: Any, mirror: Path, tables: str, group: str, *extra: str) -> list[str]:
     return [
         sys.executable, "-m", "sidecar.cli", "replicate", "--kafka", stack.bootstrap,
         "--topic-prefix", stack.topic_prefix, "--mirror", str(mirror), "--tables", tables,
-        *extra,
+        "--group-id", group, *extra,
     ]  # fmt: skip
 
 
@@ -279,13 +283,14 @@ def test_kill_9_during_the_stream_loses_and_duplicates_nothing(
         ),
     )
     writer.start()
+    group = unique_prefix("crash")
     process = subprocess.Popen(
-        _replicate_cli(stack, mirror_path, tables), stderr=subprocess.PIPE, text=True
+        _replicate_cli(stack, mirror_path, tables, group), stderr=subprocess.PIPE, text=True
     )
     try:
         topic = f"{stack.topic_prefix}.public.audit"
         wait_for(
-            lambda: _committed(stack.bootstrap, "pgml-sidecar", topic) > 500,
+            lambda: _committed(stack.bootstrap, group, topic) > 500,
             timeout=120,
             what="the consumer to commit part of the stream",
         )
@@ -297,12 +302,14 @@ def test_kill_9_during_the_stream_loses_and_duplicates_nothing(
     writer.join(timeout=120)
     assert not writer.is_alive()
     assert process.returncode == -signal.SIGKILL
-    with Consuming(settings_for(stack, mirror_path, tables.split(","))) as consuming:
+    # the same mirror and group: a static member back at once, at the mirror's offsets
+    restarted = settings_for(stack, mirror_path, tables.split(","), group_id=group)
+    with Consuming(restarted) as consuming:
         wait_same(consuming, source_dsn, "public.orders")
         wait_same(consuming, source_dsn, "public.audit", "1, 2")
     # everything published is in the mirror: --catch-up has nothing left to do
     done = subprocess.run(
-        [*_replicate_cli(stack, mirror_path, tables), "--catch-up"],
+        [*_replicate_cli(stack, mirror_path, tables, group), "--catch-up"],
         capture_output=True, text=True, timeout=180,
     )  # fmt: skip
     assert done.returncode == 0, done.stderr
@@ -376,19 +383,35 @@ def dead_letters(mirror: Path) -> list[tuple[Any, ...]]:
 
 
 def test_two_consumers_in_one_group_split_the_partitions(
-    source_dsn: str, debezium: Callable[..., Any], tmp_path: Path
+    source_dsn: str, debezium: Callable[..., Any], kafka_stack: KafkaStack, tmp_path: Path
 ) -> None:
     execute(
         source_dsn,
         "create table public.events (id integer primary key, v integer)",
         "insert into public.events select i, i from generate_series(1, 1000) i",
     )
-    stack = debezium(source_dsn, ["public.events"], prefix="split", partitions=2)
-    first = Consuming(settings_for(stack, tmp_path / "a.duckdb", ["public.events"],
-                                   group_id="shards"))  # fmt: skip
-    second = Consuming(settings_for(stack, tmp_path / "b.duckdb", ["public.events"],
-                                    group_id="shards"))  # fmt: skip
+    # The topic first, so that both consumers hold a partition before any row arrives: a
+    # partition that moved would leave its rows in the mirror of the consumer that lost it.
+    prefix = unique_prefix("split")
+    topic = f"{prefix}.public.events"
+    admin = AdminClient({"bootstrap.servers": kafka_stack.bootstrap})
+    admin.create_topics([NewTopic(topic, num_partitions=2, replication_factor=1)])[topic].result()
+    first, second = (
+        Consuming(
+            KafkaSettings(
+                bootstrap=kafka_stack.bootstrap, topic_prefix=prefix, tables=["public.events"],
+                mirror_path=tmp_path / name, max_delay=0.05, group_id="shards",
+            )
+        )
+        for name in ("a.duckdb", "b.duckdb")
+    )  # fmt: skip
     with first, second:
+        wait_for(
+            lambda: len(first.replicator.assignment) == len(second.replicator.assignment) == 1,
+            timeout=60,
+            what="a partition for each consumer",
+        )
+        debezium(source_dsn, ["public.events"], prefix=prefix, exact_prefix=True)
         execute(source_dsn, "update public.events set v = -v where id % 10 = 0")
 
         def split() -> bool:
@@ -400,7 +423,7 @@ def test_two_consumers_in_one_group_split_the_partitions(
         a, b = first.rows("public.events"), second.rows("public.events")
         first.stop()
         second.stop()
-    assert a and b, "each consumer got one of the two partitions"
+    assert a and b, "each consumer mirrors the rows of its partition"
     assert not {r[0] for r in a} & {r[0] for r in b}, "no row is in both mirrors"
     assert sorted(a + b) == source_rows(source_dsn, "public.events", "1")
     offsets_a = stored_offsets(tmp_path / "a.duckdb")
