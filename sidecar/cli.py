@@ -105,70 +105,51 @@ def _replicate_parser(commands: argparse._SubParsersAction) -> None:
     p.set_defaults(run=_replicate)
 
 
-def _replicate_kafka(args: argparse.Namespace) -> int:
-    from replicator.kafka import KafkaReplicator, KafkaSettings, read_client_properties
-
-    if not args.topic_prefix:
-        raise ConfigError("--kafka needs --topic-prefix: the Debezium connector's topic.prefix")
-    if not args.mirror:
-        raise ConfigError("no mirror file: pass --mirror PATH or set PGML_SIDECAR_MIRROR")
-    settings = KafkaSettings(
-        bootstrap=args.kafka,
-        topic_prefix=args.topic_prefix,
-        mirror_path=Path(args.mirror),
-        tables=[t.strip() for t in args.tables.split(",") if t.strip()],
-        group_id=args.group_id,
-        catch_up=args.catch_up,
-        memory_limit=args.memory_limit,
-        consumer_config=read_client_properties(Path(args.kafka_config))
-        if args.kafka_config
-        else {},
-    )
-    replicator = KafkaReplicator(settings)
-    _stop_on_signals(replicator.stopping.set)
-    try:
-        stats = replicator.run()
-    finally:
-        replicator.close()
-    log.info(
-        "stopped: %d messages, %d rows applied, %d dead letters",
-        stats.messages,
-        stats.rows_applied,
-        sum(stats.dead_letters.values()),
-    )
-    return 0
-
-
 def _replicate(args: argparse.Namespace) -> int:
+    from replicator.kafka import KafkaReplicator, KafkaSettings, read_client_properties
     from replicator.replicate import ReplicationSettings, Replicator
 
-    if args.kafka:
-        return _replicate_kafka(args)
-    if not args.source:
-        raise ConfigError("no source database: pass --source DSN or set PGML_SIDECAR_SOURCE")
     if not args.mirror:
         raise ConfigError("no mirror file: pass --mirror PATH or set PGML_SIDECAR_MIRROR")
-    settings = ReplicationSettings(
-        source_dsn=args.source,
-        mirror_path=Path(args.mirror),
-        tables=[t.strip() for t in args.tables.split(",") if t.strip()],
-        publication=args.publication,
-        slot=args.slot,
-        catch_up=args.catch_up,
-        memory_limit=args.memory_limit,
-    )
-    replicator = Replicator(settings)
+    tables = [t.strip() for t in args.tables.split(",") if t.strip()]
+    replicator: Replicator | KafkaReplicator
+    if args.kafka:
+        if not args.topic_prefix:
+            raise ConfigError("--kafka needs --topic-prefix: the Debezium connector's topic.prefix")
+        config = read_client_properties(Path(args.kafka_config)) if args.kafka_config else {}
+        replicator = KafkaReplicator(
+            KafkaSettings(
+                bootstrap=args.kafka, topic_prefix=args.topic_prefix,
+                mirror_path=Path(args.mirror), tables=tables, group_id=args.group_id,
+                catch_up=args.catch_up, memory_limit=args.memory_limit,
+                consumer_config=config,
+            )
+        )  # fmt: skip
+    else:
+        if not args.source:
+            raise ConfigError("no source database: pass --source DSN or set PGML_SIDECAR_SOURCE")
+        replicator = Replicator(
+            ReplicationSettings(
+                source_dsn=args.source, mirror_path=Path(args.mirror), tables=tables,
+                publication=args.publication, slot=args.slot, catch_up=args.catch_up,
+                memory_limit=args.memory_limit,
+            )
+        )  # fmt: skip
     _stop_on_signals(replicator.stopping.set)
     try:
         stats = replicator.run()
     finally:
         replicator.close()
-    log.info(
-        "stopped: %d rows in %d transactions applied, %d reconnects",
-        stats.rows_applied,
-        stats.transactions,
-        stats.reconnects,
-    )
+    if args.kafka:
+        log.info(
+            "stopped: %d messages, %d rows applied, %d dead letters",
+            stats.messages, stats.rows_applied, sum(stats.dead_letters.values()),
+        )  # fmt: skip
+    else:
+        log.info(
+            "stopped: %d rows in %d transactions applied, %d reconnects",
+            stats.rows_applied, stats.transactions, stats.reconnects,
+        )  # fmt: skip
     return 0
 
 

@@ -10,11 +10,12 @@ import time
 import uuid
 from collections.abc import Callable, Sequence
 from pathlib import Path
-from typing import Any
+from typing import Any, Self
 
 import duckdb
 import psycopg
 
+from replicator.kafka import KafkaReplicator
 from replicator.replicate import ReplicationSettings, ReplicationStats, Replicator
 
 
@@ -49,13 +50,11 @@ def catch_up(
         replicator.close()
 
 
-class Running:
-    """The replicator streaming in a thread, for tests that act while it runs."""
+class InThread:
+    """A replicator (either source) running in a thread, for tests that act while it runs."""
 
-    def __init__(self, dsn: str, mirror: Path, tables: Sequence[str] = (), **options: Any):
-        self.replicator = Replicator(
-            ReplicationSettings(source_dsn=dsn, mirror_path=mirror, tables=tables, **options)
-        )
+    def __init__(self, replicator: Replicator | KafkaReplicator) -> None:
+        self.replicator = replicator
         self.error: BaseException | None = None
         self.thread = threading.Thread(target=self._run, daemon=True)
 
@@ -65,7 +64,7 @@ class Running:
         except BaseException as exc:  # handed to the test through stop()
             self.error = exc
 
-    def __enter__(self) -> Running:
+    def __enter__(self) -> Self:
         self.thread.start()
         return self
 
@@ -73,13 +72,25 @@ class Running:
         self.stop()
 
     def stop(self) -> ReplicationStats:
-        self.replicator.stopping.set()
-        self.thread.join(timeout=30)
-        assert not self.thread.is_alive(), "replicator did not stop within 30s"
+        if self.thread.is_alive():
+            self.replicator.stopping.set()
+            self.thread.join(timeout=60)
+            assert not self.thread.is_alive(), "the replicator did not stop within 60s"
         self.replicator.close()
         if self.error is not None:
             raise self.error
         return self.replicator.stats
+
+
+class Running(InThread):
+    """The pgoutput replicator streaming in a thread."""
+
+    def __init__(self, dsn: str, mirror: Path, tables: Sequence[str] = (), **options: Any):
+        super().__init__(
+            Replicator(
+                ReplicationSettings(source_dsn=dsn, mirror_path=mirror, tables=tables, **options)
+            )
+        )
 
 
 def wait_for(condition: Callable[[], bool], *, timeout: float = 30.0, what: str = "") -> None:

@@ -18,9 +18,9 @@ from confluent_kafka import Consumer, Producer, TopicPartition
 from confluent_kafka.admin import AdminClient, NewTopic
 
 from replicator.kafka import KafkaReplicator, KafkaSettings
-from replicator.replicate import ReplicationStats
 from tests.fix_kafka import KafkaStack, unique_prefix
 from tests.replicator.mirror_check import (
+    InThread,
     assert_same_rows,
     execute,
     mirror_rows,
@@ -67,43 +67,19 @@ JSON_COLUMNS = ("doc", "plain_json")
 TEXT_CASTS = {"plain_json": "::jsonb"}
 
 
-class Consuming:
-    """A KafkaReplicator running in a thread; its mirror is read through its own connection."""
+class Consuming(InThread):
+    """The Kafka consumer in a thread; its mirror is read through its own connection."""
 
     def __init__(self, settings: KafkaSettings) -> None:
-        self.replicator = KafkaReplicator(settings)
-        self.con = self.replicator.mirror.con  # opened here, before the thread uses it
-        self.error: BaseException | None = None
-        self.thread = threading.Thread(target=self._run, daemon=True)
-
-    def _run(self) -> None:
-        try:
-            self.replicator.run()
-        except BaseException as exc:  # handed to the test through stop()
-            self.error = exc
-
-    def __enter__(self) -> Consuming:
-        self.thread.start()
-        return self
-
-    def __exit__(self, *exc: object) -> None:
-        self.stop()
+        self.consumer = KafkaReplicator(settings)
+        self.con = self.consumer.mirror.con  # opened here, before the thread uses it
+        super().__init__(self.consumer)
 
     def rows(self, table: str, order_by: str = "1") -> list:
         try:
             return mirror_rows(self.con, table, order_by, JSON_COLUMNS)
         except duckdb.CatalogException:
             return []  # not created yet
-
-    def stop(self) -> ReplicationStats:
-        if self.thread.is_alive():
-            self.replicator.stopping.set()
-            self.thread.join(timeout=60)
-            assert not self.thread.is_alive(), "the consumer did not stop within 60s"
-            self.replicator.close()
-        if self.error is not None:
-            raise self.error
-        return self.replicator.stats
 
 
 def settings_for(stack: Any, mirror: Path, tables: list[str], **options: Any) -> KafkaSettings:
@@ -166,7 +142,7 @@ def test_snapshot_then_stream_every_type(
     stack = debezium(source_dsn, ["public.every_type"], prefix="types")
     with Consuming(settings_for(stack, mirror_path, ["public.every_type"])) as consuming:
         wait_same(consuming, source_dsn, "public.every_type", casts=TEXT_CASTS)
-        snapshot = consuming.replicator.stats.messages
+        snapshot = consuming.consumer.stats.messages
         execute(
             source_dsn,
             *(EVERY_TYPE_ROW.format(id=i) for i in range(6, 9)),
@@ -407,7 +383,7 @@ def test_two_consumers_in_one_group_split_the_partitions(
     )  # fmt: skip
     with first, second:
         wait_for(
-            lambda: len(first.replicator.assignment) == len(second.replicator.assignment) == 1,
+            lambda: len(first.consumer.assignment) == len(second.consumer.assignment) == 1,
             timeout=60,
             what="a partition for each consumer",
         )
