@@ -60,7 +60,6 @@ from sidecar.errors import MirrorError
 META = "_pgml_sidecar"
 _BATCH = "_pgml_sidecar_batch"
 _ALIAS = "_pgml_sidecar_change"
-_LOGGED = "_pgml_sidecar_logged"
 
 
 def quote(identifier: str) -> str:
@@ -99,11 +98,11 @@ class Touched:
 CommitListener = Callable[[Lsn, dict[tuple[str, str], Touched]], None]
 
 
-def touched_keys(touched: Touched) -> pa.Table:
-    """The distinct keys of a ``Touched``, as plain strings."""
+def touched_keys(touched: Touched, *, distinct: bool = True) -> pa.Table:
+    """The keys of a ``Touched`` (each once, unless ``distinct`` is False), as plain strings."""
     tables = [t.cast(pa.schema([(n, pa.string()) for n in t.column_names])) for t in touched.keys]
     keys = pa.concat_tables(tables, promote_options="permissive")
-    return keys.group_by(keys.column_names).aggregate([])
+    return keys.group_by(keys.column_names).aggregate([]) if distinct else keys
 
 
 def rows_for_keys(
@@ -250,11 +249,7 @@ class Mirror:
             " catchup_until ubigint default 0, relid bigint default 0,"
             " primary key (schema_name, table_name))"
         )
-        self.con.execute(
-            f"create table if not exists {META}.changes ("
-            " lsn ubigint not null, schema_name varchar not null, table_name varchar not null,"
-            " keys json not null)"
-        )
+        self._create_change_log()
         self.con.execute(
             f"create table if not exists {META}.kafka_offsets ("
             ' topic varchar, "partition" integer, next_offset bigint not null,'
@@ -265,6 +260,35 @@ class Mirror:
             ' topic varchar not null, "partition" integer not null, "offset" bigint not null,'
             " reason varchar not null, key blob, value blob, received_at timestamptz)"
         )
+
+    def _create_change_log(self) -> None:
+        """The key log, each batch's keys as one Arrow IPC stream. A log of an earlier
+        version (keys as JSON) is converted in place, in one transaction."""
+        kind = self.con.execute(
+            "select data_type from information_schema.columns where table_schema = ?"
+            " and table_name = 'changes' and column_name = 'keys'",
+            [META],
+        ).fetchone()
+        create = (
+            f"create table if not exists {META}.changes ("
+            " lsn ubigint not null, schema_name varchar not null, table_name varchar not null,"
+            " keys blob not null)"
+        )
+        if kind is None or kind[0] == "BLOB":
+            self.con.execute(create)
+            return
+        self.con.execute("begin")
+        old = self.con.execute(
+            f"select lsn, schema_name, table_name, keys from {META}.changes"
+        ).fetchall()
+        self.con.execute(f"drop table {META}.changes")
+        self.con.execute(create)
+        self.con.executemany(
+            f"insert into {META}.changes values (?, ?, ?, ?)",
+            [[lsn, schema, name, _ipc(pa.Table.from_pylist(json.loads(keys)))]
+             for lsn, schema, name, keys in old],
+        )  # fmt: skip
+        self.con.execute("commit")
 
     def _load_tables(self) -> None:
         try:
@@ -342,15 +366,11 @@ class Mirror:
         see each change exactly once across restarts (online learning)."""
         for (schema, name), touched in self._touched.items():
             if (schema, name) in self.logged and touched.keys:
-                self.con.register(_LOGGED, touched_keys(touched))
-                try:  # DuckDB writes the JSON: no Python loop over keys on the apply path
-                    self.con.execute(
-                        f"insert into {META}.changes select ?, ?, ?,"
-                        f" (select to_json(list(_pgml_key)) from {_LOGGED} _pgml_key)",
-                        [lsn, schema, name],
-                    )
-                finally:
-                    self.con.unregister(_LOGGED)
+                self.con.execute(
+                    f"insert into {META}.changes values (?, ?, ?, ?)",
+                    # as touched: readers match rows by a semi join, a repeat costs nothing
+                    [lsn, schema, name, _ipc(touched_keys(touched, distinct=False))],
+                )
 
     def kafka_offsets(self) -> dict[tuple[str, int], int]:
         """The next offset to consume of each Kafka topic and partition in the mirror."""
@@ -386,7 +406,7 @@ class Mirror:
             ).fetchall()
         finally:
             cursor.close()
-        return [(int(lsn), pa.Table.from_pylist(json.loads(keys))) for lsn, keys in rows]
+        return [(int(lsn), pa.ipc.open_stream(keys).read_all()) for lsn, keys in rows]
 
     def forget_changes(self, schema: str, name: str, upto: Lsn) -> None:
         """Drop logged keys every consumer has taken (up to and including ``upto``)."""
@@ -824,6 +844,14 @@ def schema_steps(
         )
         steps.append(f"alter table {target} alter column {quote(column.name)} drop default")
     return steps
+
+
+def _ipc(table: pa.Table) -> bytes:
+    """A table as one Arrow IPC stream."""
+    sink = pa.BufferOutputStream()
+    with pa.ipc.new_stream(sink, table.schema) as writer:
+        writer.write_table(table)
+    return bytes(sink.getvalue().to_pybytes())
 
 
 def _sql_literal(value: str | None) -> str:

@@ -1,0 +1,61 @@
+"""The mirror's key log: what online learning replays after a restart."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import duckdb
+import pyarrow as pa
+
+from sidecar.changes import Column, Inserts, Relation, Tuples
+from sidecar.mirror import META, Mirror
+
+RELATION = Relation(1, "public", "t", "d", (Column("id", 20, -1, True), Column("v", 25, -1, False)))
+
+
+def test_logged_keys_come_back_in_commit_order(mirror_path: Path) -> None:
+    mirror = Mirror(mirror_path)
+    try:
+        mirror.create_table(RELATION, state="ready")
+        mirror.commit("slot", 1)
+        mirror.watched = [{("public", "t")}]
+        mirror.logged = {("public", "t")}
+        for lsn, ids in ((10, ["1", "2", "2"]), (20, ["3"])):
+            rows = pa.table({"id": ids, "v": ["x"] * len(ids)})
+            mirror.apply([Inserts(RELATION, Tuples(rows), replace=True)])
+            mirror.commit("slot", lsn)
+        logged = mirror.logged_changes("public", "t", after=0)
+        assert [(lsn, keys.column("id").to_pylist()) for lsn, keys in logged] == [
+            (10, ["1", "2", "2"]),
+            (20, ["3"]),
+        ]
+        assert [lsn for lsn, _ in mirror.logged_changes("public", "t", after=10)] == [20]
+        mirror.forget_changes("public", "t", upto=10)
+        assert [lsn for lsn, _ in mirror.logged_changes("public", "t", after=0)] == [20]
+    finally:
+        mirror.close()
+
+
+def test_a_log_of_json_keys_is_converted_on_open(mirror_path: Path) -> None:
+    con = duckdb.connect(str(mirror_path))
+    con.execute(f"create schema {META}")
+    con.execute(
+        f"create table {META}.changes (lsn ubigint not null, schema_name varchar not null,"
+        " table_name varchar not null, keys json not null)"
+    )
+    con.execute(
+        f"insert into {META}.changes values (5, 'public', 't', ?)",
+        ['[{"id": "7"}, {"id": "8"}]'],
+    )
+    con.close()
+    mirror = Mirror(mirror_path)
+    try:
+        [(lsn, keys)] = mirror.logged_changes("public", "t", after=0)
+        assert (lsn, keys.column("id").to_pylist()) == (5, ["7", "8"])
+        kind = mirror.con.execute(
+            "select data_type from information_schema.columns"
+            f" where table_schema = '{META}' and table_name = 'changes' and column_name = 'keys'"
+        ).fetchone()
+        assert kind == ("BLOB",)
+    finally:
+        mirror.close()
