@@ -16,6 +16,7 @@ replication, and a slow model only makes the queue longer.
 
 from __future__ import annotations
 
+import gc
 import logging
 import queue
 import sys
@@ -165,6 +166,8 @@ class Monitor:
                 self._replay(watch)
                 self.trainer.live[watch.model_id] = watch.model
         self.watches = watches  # published once its models are live
+        if fresh:
+            _freeze_long_lived()
         self._expected.difference_update((w.schema, w.table) for w in fresh if w.online)
         self.watched.intersection_update(
             {(w.schema, w.table) for w in watches.values()} | self._expected
@@ -335,6 +338,15 @@ class Monitor:
             (self.trainer.home / old.path).unlink(missing_ok=True)
         watch.learned_since_checkpoint = 0
         watch.checkpointed_at = time.monotonic()
+
+
+def _freeze_long_lived() -> None:
+    """Keep everything alive now (the models just loaded: a tree is hundreds of thousands of
+    objects) out of the garbage collector's full scans. The replicator's batches make full
+    collections frequent, and each one walking the models cost replication a fifth of its
+    speed (bench/online.py, part 2)."""
+    gc.collect()
+    gc.freeze()
 
 
 _SUPERVISED = ("regression", "classification")
