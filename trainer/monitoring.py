@@ -16,6 +16,8 @@ replication, and a slow model only makes the queue longer.
 
 from __future__ import annotations
 
+import atexit
+import functools
 import gc
 import logging
 import queue
@@ -340,6 +342,11 @@ class Monitor:
         watch.checkpointed_at = time.monotonic()
 
 
+@functools.cache
+def _unfreeze_at_exit() -> None:
+    atexit.register(gc.unfreeze)
+
+
 def _freeze_long_lived() -> None:
     """Keep everything alive now (the models just loaded: a tree is hundreds of thousands of
     objects) out of the garbage collector's full scans. The replicator's batches make full
@@ -347,6 +354,7 @@ def _freeze_long_lived() -> None:
     speed (bench/online.py, part 2)."""
     gc.collect()
     gc.freeze()
+    _unfreeze_at_exit()  # so that exit frees them as usual
 
 
 _SUPERVISED = ("regression", "classification")
