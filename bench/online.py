@@ -143,7 +143,9 @@ keys = ``touched_keys``; read = ``rows_for_keys`` (DuckDB semi join); feature_dr
 per-row predict + learn loop of ``RiverEstimator`` (``_learn_values``, building each row's dict
 included); estimator = the rest of ``partial_fit`` (checks, ``tolist``, progressive metrics);
 error_drift = ``ErrorDrift.update``; checkpoint = ``Monitor._checkpoint`` (pickle, registry);
-other = the rest (queue, label extraction, Arrow filtering, the loop)."""
+other = the rest (queue, label extraction, Arrow filtering, the loop, waiting for the learner).
+Online models learn in the learner process (``trainer/learner.py``): river, estimator and
+error_drift are then spent there, not in this thread, and show as 0 here."""
 
 
 class StageTimer:
@@ -230,6 +232,7 @@ class _StopAfter(threading.Event):
     def is_set(self) -> bool:
         if self.monitor.batches >= self.batches:
             if not self.done_at:
+                self.monitor.settle()  # the learner process has learned every row sent
                 self.done_at = time.perf_counter()
             return True
         return super().is_set()
@@ -396,6 +399,7 @@ def learning_round(
                 seconds["ours"], stages = ours()
             else:
                 seconds["ref"] = reference()
+        estimator = watch.model.estimator  # the learner's state, fetched by settle()
         learned = estimator.rows_learned - start_learned
         if learned != args.rows:
             raise w.BenchError(f"the monitor learned {learned} rows, not {args.rows}")

@@ -313,6 +313,7 @@ class Daemon:
         for part in self.parts:
             if part.thread is not None:
                 part.thread.join(timeout=30)
+        self.monitor.close()
         self.trainer.close()
         self.replicator.close()  # closes the mirror
 

@@ -11,7 +11,11 @@ last one cheaply, so checkpoints are rare by default): their file and hash in
 the registry are replaced, with a progress row (rows learned, progressive metrics, position).
 
 This runs in a thread of its own on the commits the replicator hands over: it never holds up
-replication, and a slow model only makes the queue longer.
+replication, and a slow model only makes the queue longer. Online models learn in a process of
+their own (``trainer/learner.py``), so River's row-by-row Python does not take the GIL from the
+replicator: this thread reads the rows and sends them; the copy of each online model that
+serves predictions is fetched from the learner every second or so (less often for a model
+that takes long to fetch), and always before a checkpoint.
 """
 
 from __future__ import annotations
@@ -40,6 +44,7 @@ from sidecar.errors import SidecarError
 from sidecar.mirror import Mirror, Touched, rows_for_keys, touched_keys
 from trainer.algorithms import is_online
 from trainer.drift import DriftEvent, DriftThresholds, ErrorDrift, FeatureDrift
+from trainer.learner import Learned, Learner, LearnerGone
 from trainer.model import Model, save_model
 from trainer.snapshots import find_relation
 from trainer.train import Trainer
@@ -47,6 +52,9 @@ from trainer.train import Trainer
 log = logging.getLogger("pgml_sidecar")
 
 DriftListener = Callable[[str, int, DriftEvent], None]
+SYNC_COST_SHARE = 20
+"""An online model's serving copy is fetched from the learner at most every ``sync_seconds``,
+and at most every 20 times what the last fetch took."""
 SWITCH_INTERVAL = 0.0005
 """Seconds a thread may hold the GIL while another waits, while the monitor runs."""
 
@@ -71,6 +79,11 @@ class Watch:
     """The mirror position of the last change learned (online models)."""
     learned_since_checkpoint: int = 0
     checkpointed_at: float = field(default_factory=time.monotonic)
+    unsynced: bool = False
+    """Online: rows went to the learner since the serving copy was last fetched."""
+    synced_at: float = field(default_factory=time.monotonic)
+    sync_cost: float = 0.0
+    """Seconds the last fetch from the learner took: a big model is fetched less often."""
 
 
 class Monitor:
@@ -86,6 +99,7 @@ class Monitor:
         on_drift: DriftListener | None = None,
         checkpoint_rows: int = 100_000,
         checkpoint_seconds: float = 60.0,
+        sync_seconds: float = 1.0,
     ) -> None:
         self.con = con
         self.trainer = trainer
@@ -96,6 +110,9 @@ class Monitor:
         self.on_drift = on_drift
         self.checkpoint_rows = checkpoint_rows
         self.checkpoint_seconds = checkpoint_seconds
+        self.sync_seconds = sync_seconds
+        """How stale the copy of an online model that serves predictions may get."""
+        self.learner = Learner()
         self.changes: queue.Queue[tuple[Lsn, dict[tuple[str, str], Touched]]] = queue.Queue()
         self.watches: dict[str, Watch] = {}
         self._generation = -1
@@ -114,15 +131,11 @@ class Monitor:
         sys.setswitchinterval(min(interval, SWITCH_INTERVAL))
         try:
             while not stop.is_set():
-                if self._generation != self.trainer.generation:
-                    self._refresh()
                 try:
-                    lsn, touched = self.changes.get(timeout=0.2)
-                except queue.Empty:
-                    self._checkpoint_due(force=False)
-                    continue
-                self._take(lsn, touched)
-                self._checkpoint_due(force=False)
+                    self._step()
+                except LearnerGone as exc:
+                    log.error("%s", exc)
+                    self.watches, self._generation = {}, -1  # reload from the checkpoints
             while True:  # what was committed before the stop is learned before the checkpoint
                 try:
                     self._take(*self.changes.get_nowait())
@@ -131,6 +144,29 @@ class Monitor:
         finally:
             self._checkpoint_due(force=True)
             sys.setswitchinterval(interval)
+
+    def _step(self) -> None:
+        if self._generation != self.trainer.generation:
+            self._refresh()
+        try:
+            lsn, touched = self.changes.get(timeout=0.1)
+        except queue.Empty:
+            pass
+        else:
+            self._take(lsn, touched)
+        for learned in self.learner.learned():
+            self._on_learned(learned)
+        self._sync_due()
+        self._checkpoint_due(force=False)
+
+    def settle(self) -> None:
+        """Wait until the learner has learned everything sent, and serve that state."""
+        for watch in list(self.watches.values()):
+            if watch.online:
+                self._sync(watch)
+
+    def close(self) -> None:
+        self.learner.close()
 
     def _take(self, lsn: Lsn, touched: dict[tuple[str, str], Touched]) -> None:
         for watch in list(self.watches.values()):
@@ -158,6 +194,8 @@ class Monitor:
         for old in self.watches.values():
             if watches.get(old.project) is not old:
                 self.trainer.live.pop(old.model_id, None)
+                if old.online:
+                    self.learner.drop(old.model_id)
         fresh = [w for w in watches.values() if self.watches.get(w.project) is not w]
         # Watch and log the new tables first: a change committed from now on is both queued and
         # logged; the replay learns it and the queue then skips it (by position).
@@ -165,7 +203,9 @@ class Monitor:
         self.mirror.logged.update((w.schema, w.table) for w in watches.values() if w.online)
         for watch in fresh:
             if watch.online:
+                self.learner.load(watch.model_id, watch.model.estimator, watch.errors)
                 self._replay(watch)
+                self._sync(watch)
                 self.trainer.live[watch.model_id] = watch.model
         self.watches = watches  # published once its models are live
         if fresh:
@@ -267,14 +307,40 @@ class Monitor:
             y[~known] = np.nan  # a class the model has never seen: not learned, not scored
         else:
             y = y_raw.astype(np.float64)
-        if watch.online:
-            predicted = np.asarray(model.estimator.partial_fit(x, y), dtype=np.float64)
+        if watch.online:  # learned in the learner process; its detections come back later
+            self.learner.learn(watch.model_id, x, y)
             watch.learned_since_checkpoint += int(np.count_nonzero(~np.isnan(y)))
-        else:
-            predicted = np.asarray(model.estimator.predict(x), dtype=np.float64)
+            watch.unsynced = True
+            return []
+        predicted = np.asarray(model.estimator.predict(x), dtype=np.float64)
         if watch.errors is None:
             return []
         return watch.errors.update(y, predicted)
+
+    def _on_learned(self, learned: Learned) -> None:
+        watch = next((w for w in self.watches.values() if w.model_id == learned.key), None)
+        if watch is None:
+            return
+        if learned.error is not None:
+            log.warning("%s: online learning: %s", watch.project, learned.error)
+        for event in learned.events:
+            self._drifted(watch, event)
+
+    def _sync_due(self) -> None:
+        now = time.monotonic()
+        for watch in list(self.watches.values()):
+            # fetching takes at most a twentieth of the time (a large tree takes a while)
+            interval = max(self.sync_seconds, SYNC_COST_SHARE * watch.sync_cost)
+            if watch.unsynced and now - watch.synced_at >= interval:
+                self._sync(watch)
+
+    def _sync(self, watch: Watch) -> None:
+        """Serve the learner's current state of an online model."""
+        started = time.monotonic()
+        watch.model.estimator = self.learner.state(watch.model_id, self._on_learned)
+        watch.unsynced = False
+        watch.synced_at = time.monotonic()
+        watch.sync_cost = watch.synced_at - started
 
     def _drifted(self, watch: Watch, event: DriftEvent) -> None:
         log.warning(
@@ -303,6 +369,7 @@ class Monitor:
                 self._checkpoint(watch)
 
     def _checkpoint(self, watch: Watch) -> None:
+        self._sync(watch)
         path = self.trainer.home / "models" / f"{uuid.uuid4().hex}.pickle"
         try:
             sha = save_model(watch.model, path)

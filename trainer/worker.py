@@ -39,11 +39,11 @@ class FitWorker:
 
     def warm(self) -> None:
         """Start the worker process now, so the first fit does not wait for it."""
-        with _script_hidden():
+        with script_hidden():
             self._executor().submit(int)
 
     def submit(self, job: FitJob) -> Future[FitResult]:
-        with _script_hidden():  # the pool starts its process on the first submit
+        with script_hidden():  # the pool starts its process on the first submit
             return self._executor().submit(fit, job)
 
     def run(self, job: FitJob) -> FitResult:
@@ -72,7 +72,7 @@ class FitWorker:
 
 
 @contextmanager
-def _script_hidden() -> Iterator[None]:
+def script_hidden() -> Iterator[None]:
     """Keep a worker from running the caller's script again as it starts.
 
     A new process re-imports the main module when it was run as a file, which runs a script

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import os
+import signal
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -191,3 +193,31 @@ def test_rows_arriving_while_an_online_model_trains_are_learned(
     wait_for(lambda: model.estimator.rows_learned >= expected, timeout=60,
              what="every row after the snapshot to be learned")  # fmt: skip
     assert model.estimator.rows_learned == expected
+
+
+def test_a_killed_learner_resumes_from_the_checkpoint_learning_each_row_once(
+    daemon: Daemon, source_dsn: str
+) -> None:
+    result = daemon.trainer.train(
+        "Sturdy", task="classification", relation="public.readings", y="y",
+        algorithm="online_naive_bayes",
+    )  # fmt: skip
+    wait_for(lambda: result.model_id in daemon.trainer.live, what="the model to go live")
+    insert(source_dsn, 1001, 1800, shifted=False, chunk=100)  # a checkpoint every 500 rows
+    learner = daemon.monitor.learner._process
+    assert learner is not None and learner.is_alive()
+    os.kill(learner.pid, signal.SIGKILL)
+    insert(source_dsn, 1801, 2400, shifted=False, chunk=100)
+    expected = 750 + 1400  # the training split of the 1,000 snapshot rows, then the new ones
+    wait_for(
+        lambda: (
+            (model := daemon.trainer.live.get(result.model_id)) is not None
+            and model.estimator.rows_learned >= expected
+        ),
+        timeout=90,
+        what="every row to be learned, from the checkpoint on",
+    )
+    model = daemon.trainer.live[result.model_id]
+    assert model.estimator.rows_learned == expected
+    assert daemon.monitor.learner._process is not learner, "a new learner process"
+    assert daemon.health()["status"] == "ok"

@@ -1,0 +1,180 @@
+"""Online learning in a process of its own.
+
+River learns row by row in Python. In the daemon's process that held the GIL the replicator
+needs between its short numpy and DuckDB calls, and replication slowed to half its speed with
+three online projects attached. Here the monitor sends each online model's labelled rows (its
+feature matrix and targets, in commit order) and goes on; the learner predicts then learns each
+row (prequentially) and feeds the errors to the model's error-drift detector. Detections come
+back as they happen. Requests are carried out in the order they were sent, so the state the
+monitor fetches includes every row sent before: checkpoints and the copy that serves
+predictions are exact as of then.
+"""
+
+from __future__ import annotations
+
+import gc
+import multiprocessing
+import pickle
+import threading
+from collections.abc import Callable
+from dataclasses import dataclass
+from multiprocessing.connection import Connection
+from typing import Any
+
+import numpy as np
+
+from sidecar.errors import TrainingError
+from trainer.drift import DriftEvent, ErrorDrift
+from trainer.worker import script_hidden
+
+
+@dataclass(frozen=True, slots=True)
+class Learned:
+    """A batch the learner has learned: how many rows, and the error drift it detected."""
+
+    key: int
+    rows: int
+    events: list[DriftEvent]
+    error: str | None = None
+
+
+class LearnerGone(TrainingError):
+    """The learner process died (killed, out of memory): its models' state since the last
+    fetch is lost, and is learned again from the change log."""
+
+
+class Learner:
+    """The learner process and the monitor's end of its pipe (one thread uses it)."""
+
+    def __init__(self) -> None:
+        self._conn: Connection | None = None
+        self._process: Any = None
+        self._lock = threading.Lock()
+
+    def _connection(self) -> Connection:
+        if self._conn is None:
+            context = multiprocessing.get_context("forkserver")
+            ours, theirs = context.Pipe()
+            with script_hidden():
+                process = context.Process(
+                    target=serve, args=(theirs,), name="pgml-sidecar learner", daemon=True
+                )
+                process.start()
+            theirs.close()
+            self._conn, self._process = ours, process
+        return self._conn
+
+    def _send(self, message: tuple[Any, ...]) -> None:
+        try:
+            self._connection().send(message)
+        except (BrokenPipeError, ConnectionResetError, EOFError, OSError):
+            self._lost()
+
+    def _lost(self) -> None:
+        self.close()
+        raise LearnerGone(
+            "the online learning process died; its models resume from their checkpoints"
+        )
+
+    def load(self, key: int, estimator: Any, errors: ErrorDrift | None) -> None:
+        """Give the learner a model (replacing any under ``key``) and its error detector."""
+        self._send(("load", key, pickle.dumps((estimator, errors), pickle.HIGHEST_PROTOCOL)))
+
+    def learn(self, key: int, x: np.ndarray, y: np.ndarray) -> None:
+        """Queue rows for ``key`` to learn; returns at once."""
+        self._send(("learn", key, x, y))
+
+    def drop(self, key: int) -> None:
+        self._send(("drop", key))
+
+    def state(self, key: int, on_learned: Callable[[Learned], None]) -> Any:
+        """The model ``key`` as it is after every row sent so far; batches learned meanwhile
+        go to ``on_learned``."""
+        self._send(("state", key))
+        while True:
+            reply = self._receive(block=True)
+            if reply[0] == "state":
+                return _unpickled(reply[2])
+            on_learned(Learned(*reply[1:]))
+
+    def learned(self) -> list[Learned]:
+        """The batches learned since the last call (without waiting)."""
+        out = []
+        while self._conn is not None and self._poll():
+            reply = self._receive(block=False)
+            assert reply[0] == "learned", reply[0]
+            out.append(Learned(*reply[1:]))
+        return out
+
+    def _poll(self) -> bool:
+        assert self._conn is not None
+        try:
+            return self._conn.poll()
+        except (EOFError, OSError):
+            self._lost()
+            return False
+
+    def _receive(self, *, block: bool) -> tuple[Any, ...]:
+        conn = self._connection()
+        try:
+            reply: tuple[Any, ...] = conn.recv()
+        except (EOFError, OSError):
+            self._lost()
+            raise
+        return reply
+
+    def close(self) -> None:
+        conn, process = self._conn, self._process
+        self._conn = self._process = None
+        if conn is not None:
+            conn.close()  # the learner sees the end of its pipe and exits
+        if process is not None:
+            process.join(timeout=5)
+            if process.is_alive():
+                process.kill()
+
+
+def _unpickled(data: bytes) -> Any:
+    """Unpickle without the garbage collector: a large tree is a million new objects, none
+    of them garbage, and collecting while they arrive costs more than the unpickling."""
+    enabled = gc.isenabled()
+    gc.disable()
+    try:
+        return pickle.loads(data)
+    finally:
+        if enabled:
+            gc.enable()
+
+
+def serve(conn: Connection) -> None:
+    """The learner's loop: requests in order until the monitor closes its end."""
+    models: dict[int, tuple[Any, ErrorDrift | None]] = {}
+    while True:
+        try:
+            request = conn.recv()
+        except (EOFError, OSError):
+            return
+        kind, key = request[0], request[1]
+        if kind == "load":
+            models[key] = pickle.loads(request[2])
+        elif kind == "drop":
+            models.pop(key, None)
+        elif kind == "state":
+            conn.send(("state", key, pickle.dumps(models[key][0], pickle.HIGHEST_PROTOCOL)))
+        elif kind == "learn":
+            conn.send(("learned", *_learn(models.get(key), key, request[2], request[3])))
+
+
+def _learn(
+    model: tuple[Any, ErrorDrift | None] | None, key: int, x: np.ndarray, y: np.ndarray
+) -> tuple[int, int, list[DriftEvent], str | None]:
+    if model is None:
+        return key, 0, [], f"no model {key} in the learner"
+    estimator, errors = model
+    try:
+        predicted = np.asarray(estimator.partial_fit(x, y), dtype=np.float64)
+    except TrainingError as exc:
+        return key, 0, [], str(exc)
+    rows = int(np.count_nonzero(~np.isnan(y)))
+    events = errors.update(y, predicted) if errors is not None else []
+    return key, rows, events, None
