@@ -121,14 +121,28 @@ def test_online_model_learns_through_a_concept_shift(daemon: Daemon, source_dsn:
     assert copied is not None and copied[0] >= 1  # in the source too
 
 
-def test_drift_retrains_a_batch_model_when_asked(daemon: Daemon, source_dsn: str) -> None:
+def test_drift_retrains_a_batch_model_and_the_better_one_is_deployed(
+    daemon: Daemon, source_dsn: str
+) -> None:
+    # A fifth of the training labels are wrong, so the first model scores about 0.8. After the
+    # shift, rows far to the right are all False, which that model gets all wrong (error
+    # drift); a tree trained on the whole table then fits both regimes and scores higher.
+    execute(source_dsn, "update readings set y = not y where id % 5 = 0")
+    wait_for(lambda: mislabelled(daemon) == 200, what="the wrong labels in the mirror")
     first = daemon.trainer.train(
-        "Batch", task="classification", relation="public.readings", y="y", algorithm="linear"
-    )
+        "Batch", task="classification", relation="public.readings", y="y",
+        algorithm="random_forest", hyperparams={"n_estimators": 10},
+    )  # fmt: skip
+    assert first.deployed
     daemon.trainer.set_retrain_on_drift("Batch", True)
     wait_for(lambda: "Batch" in daemon.monitor.watches, what="the monitor to watch Batch")
     insert(source_dsn, 1001, 2000, shifted=False)
-    insert(source_dsn, 2001, 6000, shifted=True)
+    for start in range(2001, 6001, 250):
+        execute(
+            source_dsn,
+            f"insert into readings select i, 2 + (i % 1000) / 1000.0, false"
+            f" from generate_series({start}, {start + 249}) i",
+        )
     wait_for(
         lambda: any(r[0] == "Batch" and r[2] is not None for r in daemon.retrainer.results),
         timeout=120, what="a retrain on drift",
@@ -138,6 +152,20 @@ def test_drift_retrains_a_batch_model_when_asked(daemon: Daemon, source_dsn: str
     assert result is not None and result.model_id > first.model_id
     snapshot = daemon.trainer.registry.snapshot(result.snapshot_id)
     assert snapshot is not None and snapshot.num_rows > 1000  # a fresh snapshot of the table
+    assert result.deployed, (result.metrics, first.metrics)
+    project = daemon.trainer.registry.project("Batch")
+    assert project is not None
+    deployed = daemon.trainer.registry.deployed(project.id)
+    assert deployed is not None and deployed.id == result.model_id
+
+
+def mislabelled(daemon: Daemon) -> int:
+    cursor = daemon.mirror.con.cursor()
+    try:
+        row = cursor.execute("select count(*) from public.readings where y <> (x > 0)").fetchone()
+    finally:
+        cursor.close()
+    return int(row[0]) if row else 0
 
 
 def test_a_feature_shift_without_labels_is_psi_not_error_drift(
