@@ -124,9 +124,9 @@ class Monitor:
         self.changes.put((lsn, touched))
 
     def run(self, stop: threading.Event) -> None:
-        # Learning is pure Python and holds the GIL for up to the switch interval each time
-        # the replicator (whose decoding is many short numpy calls) gives it up: a shorter
-        # interval hands it back sooner. The real fix is learning in a process of its own.
+        # What this thread still runs in Python (features, batch models' error drift) holds the
+        # GIL for up to the switch interval each time the replicator (many short numpy and
+        # DuckDB calls) gives it up: a shorter interval hands it back sooner.
         interval = sys.getswitchinterval()
         sys.setswitchinterval(min(interval, SWITCH_INTERVAL))
         try:
