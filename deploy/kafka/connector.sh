@@ -26,12 +26,10 @@ EOF
 }
 
 ACTION="" WORKDIR="" NAME="" TIMEOUT=30
+split_equals "$@"
+set -- "${ARGS[@]}"
 while (($#)); do
     opt=$1
-    if [[ $opt == --*=* ]]; then
-        set -- "${opt%%=*}" "${opt#*=}" "${@:2}"
-        opt=$1
-    fi
     case $opt in
         --help | -h)
             usage

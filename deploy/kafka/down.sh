@@ -26,12 +26,10 @@ EOF
 }
 
 WORKDIR="" TIMEOUT=20 PURGE=false
+split_equals "$@"
+set -- "${ARGS[@]}"
 while (($#)); do
     opt=$1
-    if [[ $opt == --*=* ]]; then
-        set -- "${opt%%=*}" "${opt#*=}" "${@:2}"
-        opt=$1
-    fi
     case $opt in
         --help | -h)
             usage

@@ -135,3 +135,16 @@ remove_connector() {
         say "connector $name: deleted (its replication slot ${slot:-?} stays in the source: drop it there with select pg_drop_replication_slot('${slot:-?}'))"
     fi
 }
+
+# split_equals ARG...: the arguments in ARGS, each --option=value split into --option value.
+split_equals() {
+    ARGS=()
+    local arg
+    for arg in "$@"; do
+        if [[ $arg == --*=* ]]; then
+            ARGS+=("${arg%%=*}" "${arg#*=}")
+        else
+            ARGS+=("$arg")
+        fi
+    done
+}

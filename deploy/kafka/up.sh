@@ -70,12 +70,10 @@ HEARTBEAT_MS=10000 DECIMAL_MODE=precise SLOT_NAME="" PUBLICATION_NAME="" DROP_SL
 BROKER_PORT="" CONNECT_PORT="" TIMEOUT=120 FETCH_ONLY=false DRY_RUN=false
 EXTRA=()
 
+split_equals "$@"
+set -- "${ARGS[@]}"
 while (($#)); do
     opt=$1
-    if [[ $opt == --*=* ]]; then
-        set -- "${opt%%=*}" "${opt#*=}" "${@:2}"
-        opt=$1
-    fi
     case $opt in
         --help | -h)
             usage
