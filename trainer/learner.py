@@ -15,7 +15,6 @@ from __future__ import annotations
 import gc
 import multiprocessing
 import pickle
-import threading
 from collections.abc import Callable
 from dataclasses import dataclass
 from multiprocessing.connection import Connection
@@ -49,7 +48,8 @@ class Learner:
     def __init__(self) -> None:
         self._conn: Connection | None = None
         self._process: Any = None
-        self._lock = threading.Lock()
+        self._replies: list[Learned] = []
+        """Replies read but not yet handed out by :meth:`learned`."""
 
     def _connection(self) -> Connection:
         if self._conn is None:
@@ -81,7 +81,12 @@ class Learner:
         self._send(("load", key, pickle.dumps((estimator, errors), pickle.HIGHEST_PROTOCOL)))
 
     def learn(self, key: int, x: np.ndarray, y: np.ndarray) -> None:
-        """Queue rows for ``key`` to learn; returns at once."""
+        """Queue rows for ``key`` to learn; returns at once (unless the pipe is full).
+
+        The replies waiting are read first: a caller that sends many batches without asking
+        for them (a replay) must not leave the learner blocked on a full pipe of replies while
+        it waits on a full pipe of requests."""
+        self._drain()
         self._send(("learn", key, x, y))
 
     def drop(self, key: int) -> None:
@@ -90,21 +95,26 @@ class Learner:
     def state(self, key: int, on_learned: Callable[[Learned], None]) -> Any:
         """The model ``key`` as it is after every row sent so far; batches learned meanwhile
         go to ``on_learned``."""
+        for learned in self.learned():  # the replies read earlier first, in order
+            on_learned(learned)
         self._send(("state", key))
         while True:
-            reply = self._receive(block=True)
+            reply = self._receive()
             if reply[0] == "state":
                 return _unpickled(reply[2])
             on_learned(Learned(*reply[1:]))
 
     def learned(self) -> list[Learned]:
         """The batches learned since the last call (without waiting)."""
-        out = []
-        while self._conn is not None and self._poll():
-            reply = self._receive(block=False)
-            assert reply[0] == "learned", reply[0]
-            out.append(Learned(*reply[1:]))
+        self._drain()
+        out, self._replies = self._replies, []
         return out
+
+    def _drain(self) -> None:
+        while self._conn is not None and self._poll():
+            reply = self._receive()
+            assert reply[0] == "learned", reply[0]
+            self._replies.append(Learned(*reply[1:]))
 
     def _poll(self) -> bool:
         assert self._conn is not None
@@ -114,7 +124,7 @@ class Learner:
             self._lost()
             return False
 
-    def _receive(self, *, block: bool) -> tuple[Any, ...]:
+    def _receive(self) -> tuple[Any, ...]:
         conn = self._connection()
         try:
             reply: tuple[Any, ...] = conn.recv()
