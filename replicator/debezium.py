@@ -446,6 +446,9 @@ class DebeziumDecoder:
                 self._event(message, out, runs, order)
             except BadMessage as exc:
                 out.dead.append(DeadLetter(message, str(exc)))
+            except (TypeError, KeyError, ValueError, AttributeError) as exc:  # odd JSON shapes
+                reason = f"not a Debezium change event: {type(exc).__name__}: {exc}"
+                out.dead.append(DeadLetter(message, reason))
         for table in order:
             for run in runs[table]:
                 out.changes.extend(self._changes(run, out))

@@ -20,7 +20,7 @@ import socket
 import threading
 import time
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
@@ -199,7 +199,9 @@ class KafkaReplicator:
             "session.timeout.ms": 10_000,
             "enable.auto.commit": False,
             "enable.auto.offset.store": False,
-            "auto.offset.reset": "earliest",
+            # Partitions the mirror has not seen start at the beginning (see _on_assign); a
+            # stored offset Kafka no longer has (retention) is an error, never a silent skip.
+            "auto.offset.reset": "error",
             "topic.metadata.refresh.interval.ms": 5000,
             "fetch.max.bytes": 64 * 1024 * 1024,
             "queued.max.messages.kbytes": 256 * 1024,
@@ -281,6 +283,13 @@ class KafkaReplicator:
                 return
             if error.code() == KafkaError._PARTITION_EOF:
                 return
+            if error.code() == KafkaError._AUTO_OFFSET_RESET:
+                raise MirrorError(
+                    f"{record.topic()}[{record.partition()}]: the offset stored in the mirror is"
+                    " no longer in Kafka (retention deleted it), so the mirror misses changes:"
+                    " mirror the table into a new mirror file, and keep the topics' retention"
+                    " (or compaction) longer than the sidecar may be down"
+                )
             if error.fatal():
                 raise SourceConnectionLost(f"Kafka consumer failed: {error.str()}")
             if error.code() == KafkaError._ALL_BROKERS_DOWN:
@@ -391,6 +400,16 @@ class KafkaReplicator:
                 log.info("mirroring %s", relation.qualified_name)
                 mirror.create_table(relation, state="ready")
                 continue
+            # Never drop a column: a partition behind the others still sends events of the
+            # shape before an ADD COLUMN, after events of the shape after it.
+            named = {c.name for c in relation.columns}
+            kept = tuple(
+                Column(c.name, c.type_oid, c.type_modifier, c.is_key)
+                for c in table.columns
+                if c.name not in named
+            )
+            if kept:
+                relation = replace(relation, columns=relation.columns + kept)
             plan = mirror.schema_plan(relation)
             if plan is not None and plan.copy_reason is not None:
                 raise MirrorError(
