@@ -50,8 +50,12 @@ class Learner:
         self._process: Any = None
         self._replies: list[Learned] = []
         """Replies read but not yet handed out by :meth:`learned`."""
+        self.dead = False
+        """The process died: everything raises LearnerGone until :meth:`revive`."""
 
     def _connection(self) -> Connection:
+        if self.dead:
+            raise LearnerGone("the online learning process died; its models must be loaded again")
         if self._conn is None:
             context = multiprocessing.get_context("forkserver")
             ours, theirs = context.Pipe()
@@ -70,8 +74,14 @@ class Learner:
         except (BrokenPipeError, ConnectionResetError, EOFError, OSError):
             self._lost()
 
+    def revive(self) -> None:
+        """Start afresh (a new process on next use): the caller loads its models again."""
+        self.dead = False
+        self._replies = []
+
     def _lost(self) -> None:
         self.close()
+        self.dead = True
         raise LearnerGone(
             "the online learning process died; its models resume from their checkpoints"
         )
@@ -170,7 +180,9 @@ def serve(conn: Connection) -> None:
         elif kind == "drop":
             models.pop(key, None)
         elif kind == "state":
-            conn.send(("state", key, pickle.dumps(models[key][0], pickle.HIGHEST_PROTOCOL)))
+            model = models.get(key)
+            state = None if model is None else model[0]
+            conn.send(("state", key, pickle.dumps(state, pickle.HIGHEST_PROTOCOL)))
         elif kind == "learn":
             conn.send(("learned", *_learn(models.get(key), key, request[2], request[3])))
 
@@ -183,8 +195,13 @@ def _learn(
     estimator, errors = model
     try:
         predicted = np.asarray(estimator.partial_fit(x, y), dtype=np.float64)
-    except TrainingError as exc:
-        return key, 0, [], str(exc)
+    except Exception as exc:  # the learner must outlive a model's failure
+        return (
+            key,
+            0,
+            [],
+            f"{type(exc).__name__}: {exc}" if not isinstance(exc, TrainingError) else str(exc),
+        )
     rows = int(np.count_nonzero(~np.isnan(y)))
     events = errors.update(y, predicted) if errors is not None else []
     return key, rows, events, None

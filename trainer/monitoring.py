@@ -135,15 +135,31 @@ class Monitor:
                     self._step()
                 except LearnerGone as exc:
                     log.error("%s", exc)
-                    self.watches, self._generation = {}, -1  # reload from the checkpoints
+                    self._reset()
+                except Exception:
+                    self._reset()  # a batch taken off the queue was not learned
+                    raise
             while True:  # what was committed before the stop is learned before the checkpoint
                 try:
                     self._take(*self.changes.get_nowait())
                 except queue.Empty:
                     break
         finally:
-            self._checkpoint_due(force=True)
+            try:
+                self._checkpoint_due(force=True)
+            except LearnerGone as exc:
+                log.error("%s", exc)
+                self._reset()
             sys.setswitchinterval(interval)
+
+    def _reset(self) -> None:
+        """Forget the watches and their live models: they load again from their checkpoints
+        and replay the change log from there, so each change is still learned exactly once."""
+        for watch in self.watches.values():
+            if watch.online:
+                self.trainer.live.pop(watch.model_id, None)
+        self.watches, self._generation = {}, -1
+        self.learner.revive()
 
     def _step(self) -> None:
         if self._generation != self.trainer.generation:
@@ -337,7 +353,9 @@ class Monitor:
     def _sync(self, watch: Watch) -> None:
         """Serve the learner's current state of an online model."""
         started = time.monotonic()
-        watch.model.estimator = self.learner.state(watch.model_id, self._on_learned)
+        estimator = self.learner.state(watch.model_id, self._on_learned)
+        if estimator is not None:  # None: the learner does not have it (it said why)
+            watch.model.estimator = estimator
         watch.unsynced = False
         watch.synced_at = time.monotonic()
         watch.sync_cost = watch.synced_at - started
@@ -397,12 +415,13 @@ class Monitor:
                 dict(getattr(estimator, "progressive", {})),
                 {"mirror": format_lsn(watch.learned_lsn)},
             )
-        self.mirror.forget_changes(
-            watch.schema,
-            watch.table,
-            min(w.learned_lsn for w in self.watches.values() if w.online
-                and (w.schema, w.table) == (watch.schema, watch.table)),
-        )  # fmt: skip
+        if (watch.schema, watch.table) not in self._expected:  # a model in training needs them
+            self.mirror.forget_changes(
+                watch.schema,
+                watch.table,
+                min(w.learned_lsn for w in self.watches.values() if w.online
+                    and (w.schema, w.table) == (watch.schema, watch.table)),
+            )  # fmt: skip
         if old is not None and old.path != str(path.relative_to(self.trainer.home)):
             (self.trainer.home / old.path).unlink(missing_ok=True)
         watch.learned_since_checkpoint = 0

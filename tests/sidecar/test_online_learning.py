@@ -232,6 +232,17 @@ def test_a_killed_learner_resumes_from_the_checkpoint_learning_each_row_once(
     )  # fmt: skip
     wait_for(lambda: result.model_id in daemon.trainer.live, what="the model to go live")
     insert(source_dsn, 1001, 1800, shifted=False, chunk=100)  # a checkpoint every 500 rows
+    # killed once the serving copy holds rows the last checkpoint does not
+    watch = daemon.monitor.watches["Sturdy"]
+    wait_for(
+        lambda: (
+            daemon.trainer.live[result.model_id].estimator.rows_learned == 750 + 800
+            and not watch.unsynced
+            and watch.learned_since_checkpoint > 0
+        ),
+        timeout=60,
+        what="rows learned and served, but not checkpointed",
+    )
     learner = daemon.monitor.learner._process
     assert learner is not None and learner.is_alive()
     os.kill(learner.pid, signal.SIGKILL)
@@ -249,3 +260,34 @@ def test_a_killed_learner_resumes_from_the_checkpoint_learning_each_row_once(
     assert model.estimator.rows_learned == expected
     assert daemon.monitor.learner._process is not learner, "a new learner process"
     assert daemon.health()["status"] == "ok"
+
+
+def test_a_new_model_of_a_watched_table_learns_the_rows_after_its_snapshot(
+    daemon: Daemon, source_dsn: str
+) -> None:
+    first = daemon.trainer.train(
+        "Again", task="classification", relation="public.readings", y="y",
+        algorithm="online_naive_bayes",
+    )  # fmt: skip
+    wait_for(lambda: first.model_id in daemon.trainer.live, what="the first model to go live")
+    insert(source_dsn, 1001, 1200, shifted=False, chunk=100)
+    target = current_lsn(source_dsn)
+    wait_for(lambda: slot_confirmed(source_dsn) >= target, what="the rows in the mirror")
+    # The next model's rows between its snapshot and its deployment are learned by the first
+    # one, whose checkpoints must not drop them from the log before the next one replays them.
+    with daemon.trainer.registry._lock:
+        second = daemon.trainer.train(
+            "Again", task="classification", relation="public.readings", y="y",
+            algorithm="online_naive_bayes", automatic_deploy=False,
+        )  # fmt: skip
+        insert(source_dsn, 1201, 1800, shifted=False, chunk=50)
+        target = current_lsn(source_dsn)
+        wait_for(lambda: slot_confirmed(source_dsn) >= target, what="the rows in the mirror")
+    trained = daemon.trainer.model(second.model_id)[1].estimator.rows_learned
+    daemon.monitor.checkpoint_rows = 1  # the first model checkpoints at its next batch
+    daemon.trainer.deploy(model_id=second.model_id)
+    wait_for(lambda: second.model_id in daemon.trainer.live, what="the second model to go live")
+    model = daemon.trainer.live[second.model_id]
+    wait_for(lambda: model.estimator.rows_learned >= trained + 600, timeout=60,
+             what="the rows since its snapshot to be learned")  # fmt: skip
+    assert model.estimator.rows_learned == trained + 600

@@ -53,6 +53,9 @@ def test_a_dead_learner_is_reported_and_a_new_one_starts() -> None:
             for _ in range(1000):  # the pipe's buffer takes a few before the send fails
                 learner.learn(1, np.zeros((1, 2)), np.zeros(1))
                 learner.learned()
+        with pytest.raises(LearnerGone):  # until the caller knows to load its models again
+            learner.learn(1, np.zeros((1, 2)), np.zeros(1))
+        learner.revive()
         learner.load(1, RiverEstimator("online_linear", "regression"), None)
         assert learner._process is not None and learner._process is not first
         learner.learn(1, np.zeros((1, 2)), np.zeros(1))
