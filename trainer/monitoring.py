@@ -117,6 +117,8 @@ class Monitor:
         self.watches: dict[str, Watch] = {}
         self._generation = -1
         self._expected: set[tuple[str, str]] = set()
+        self._loading: dict[int, Watch] = {}
+        """Models being loaded (replaying the change log), by model id."""
         self.batches = 0
 
     def on_commit(self, lsn: Lsn, touched: dict[tuple[str, str], Touched]) -> None:
@@ -217,6 +219,7 @@ class Monitor:
         # logged; the replay learns it and the queue then skips it (by position).
         self.watched.update((w.schema, w.table) for w in watches.values())
         self.mirror.logged.update((w.schema, w.table) for w in watches.values() if w.online)
+        self._loading = {w.model_id: w for w in fresh}  # their replays' detections count
         for watch in fresh:
             if watch.online:
                 self.learner.load(watch.model_id, watch.model.estimator, watch.errors)
@@ -224,6 +227,7 @@ class Monitor:
                 self._sync(watch)
                 self.trainer.live[watch.model_id] = watch.model
         self.watches = watches  # published once its models are live
+        self._loading = {}
         if fresh:
             _freeze_long_lived()
         self._expected.difference_update((w.schema, w.table) for w in fresh if w.online)
@@ -335,6 +339,7 @@ class Monitor:
 
     def _on_learned(self, learned: Learned) -> None:
         watch = next((w for w in self.watches.values() if w.model_id == learned.key), None)
+        watch = watch or self._loading.get(learned.key)
         if watch is None:
             return
         if learned.error is not None:
