@@ -30,6 +30,7 @@ either copy leaves a table that is copied again on the next start.
 
 from __future__ import annotations
 
+import contextlib
 import json
 from collections.abc import Callable, Iterable, Iterator, Mapping
 from contextlib import contextmanager
@@ -355,7 +356,11 @@ class Mirror:
                 table.state = "ready"
                 self._save_table(table)
         self._log_changes(lsn)
-        self.con.execute("commit")
+        try:
+            self.con.execute("commit")
+        except duckdb.Error:
+            self.rollback()  # a refused commit (disk full...) leaves nothing half applied
+            raise
         self._in_transaction = False
         touched, self._touched = self._touched, {}
         if touched and self.on_commit is not None:
@@ -429,8 +434,9 @@ class Mirror:
     def rollback(self) -> None:
         self._touched = {}
         if self._in_transaction:
-            self.con.execute("rollback")
             self._in_transaction = False
+            with contextlib.suppress(duckdb.TransactionException):  # a failed commit ended it
+                self.con.execute("rollback")
             self.tables.clear()
             self._load_tables()
 
