@@ -47,10 +47,11 @@ def add_parsers(commands: argparse._SubParsersAction) -> None:
 
     status = commands.add_parser(
         "status",
-        help="replication slot, lag, requests and projects, and the daemon's health",
+        help="replication slot (or Kafka) lag, requests and projects, and the daemon's health",
         description="Read the source and the running daemon's /healthz; print a summary.",
     )
-    _add(status, "source", "slot", "metrics_host", "metrics_port")
+    _add(status, "source", "slot", "kafka", "topic_prefix", "group_id", "metrics_host",
+         "metrics_port")  # fmt: skip
     status.add_argument("--json", action="store_true", help="print JSON")
     status.set_defaults(run=_status)
 
@@ -160,17 +161,27 @@ def _status(args: argparse.Namespace) -> int:
     _required(settings, "source")
     report: dict[str, Any] = {"source": config.masked(settings["source"])}
     with psycopg.connect(settings["source"], autocommit=True) as conn:
-        slot = conn.execute(
-            "select active, pg_wal_lsn_diff(pg_current_wal_lsn(), confirmed_flush_lsn)::bigint,"
-            " pg_wal_lsn_diff(pg_current_wal_lsn(), restart_lsn)::bigint"
-            " from pg_replication_slots where slot_name = %s",
-            (settings["slot"],),
-        ).fetchone()
-        report["slot"] = (
-            {"name": settings["slot"], "active": slot[0], "lag_bytes": slot[1],
-             "retained_wal_bytes": slot[2]}
-            if slot else {"name": settings["slot"], "missing": True}
-        )  # fmt: skip
+        if settings["kafka"]:  # Debezium's slot is not the sidecar's: Kafka's lag is
+            report["kafka"] = {
+                "bootstrap": settings["kafka"], "topic_prefix": settings["topic_prefix"],
+                "group_id": settings["group_id"],
+            }  # fmt: skip
+        slot = (
+            None
+            if settings["kafka"]
+            else conn.execute(
+                "select active, pg_wal_lsn_diff(pg_current_wal_lsn(), confirmed_flush_lsn)::bigint,"
+                " pg_wal_lsn_diff(pg_current_wal_lsn(), restart_lsn)::bigint"
+                " from pg_replication_slots where slot_name = %s",
+                (settings["slot"],),
+            ).fetchone()
+        )
+        if not settings["kafka"]:
+            report["slot"] = (
+                {"name": settings["slot"], "active": slot[0], "lag_bytes": slot[1],
+                 "retained_wal_bytes": slot[2]}
+                if slot else {"name": settings["slot"], "missing": True}
+            )  # fmt: skip
         if conn.execute("select to_regclass('pgml.training_requests')").fetchone() != (None,):
             rows = conn.execute(
                 "select distinct on (project_name) project_name, kind, status, error, model_id,"
@@ -196,15 +207,24 @@ def _status(args: argparse.Namespace) -> int:
 
 def _print_status(report: dict[str, Any]) -> None:
     print(f"source:  {report['source']}")
-    slot = report["slot"]
+    daemon = report["daemon"]
+    if "kafka" in report:
+        kafka = report["kafka"]
+        live = daemon.get("kafka", {})
+        print(
+            f"kafka:   {kafka['topic_prefix']}.* on {kafka['bootstrap']}, group"
+            f" {kafka['group_id']}: {live.get('lag_messages', '?')} messages behind,"
+            f" {live.get('dead_letters', '?')} dead letters,"
+            f" partitions {', '.join(live.get('partitions', [])) or '-'}"
+        )
+    slot = report.get("slot", {})
     if slot.get("missing"):
         print(f"slot:    {slot['name']} does not exist (run pgml-sidecar run)")
-    else:
+    elif slot:
         print(
             f"slot:    {slot['name']} {'active' if slot['active'] else 'INACTIVE'},"
             f" lag {slot['lag_bytes']} bytes, retains {slot['retained_wal_bytes']} bytes of WAL"
         )
-    daemon = report["daemon"]
     print(f"daemon:  {daemon.get('status')}" + (f" ({daemon.get('error')})"
           if daemon.get("status") == "unreachable" else ""))  # fmt: skip
     for project in report.get("projects", []):

@@ -331,13 +331,20 @@ class Daemon:
             for p in self.parts
         }
         ok = all(p.running for p in self.parts)
-        return {
+        health: dict[str, Any] = {
             "status": "ok" if ok else "degraded",
             "parts": parts,
             "watching": sorted(self.monitor.watches),
             "flushed_lsn": self.replicator.stats.flushed_lsn,
             "rows_applied": self.replicator.stats.rows_applied,
         }
+        if isinstance(self.replicator, KafkaReplicator):
+            health["kafka"] = {
+                "partitions": sorted(f"{t}[{p}]" for t, p in self.replicator.assignment),
+                "lag_messages": self.replicator.lag_messages,
+                "dead_letters": sum(self.replicator.stats.dead_letters.values()),
+            }
+        return health
 
 
 def _has_control_table(dsn: str) -> bool:

@@ -3,7 +3,9 @@ through Debezium and Kafka, scores go back to the source, dead letters show in /
 
 from __future__ import annotations
 
+import json
 import subprocess
+import sys
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -69,5 +71,21 @@ def test_run_with_the_debezium_source(
         assert "pgml_sidecar_kafka_lag_messages" in body.decode()
         health = daemon.health()
         assert health["status"] == "ok", health
+        assert health["kafka"]["dead_letters"] == 1
+        assert health["kafka"]["partitions"] == sorted(f"{t}[0]" for t in stack.topics())
+        status_command = [
+            sys.executable, "-m", "sidecar.cli", "status", "--source", source_dsn,
+            "--kafka", stack.bootstrap, "--topic-prefix", stack.topic_prefix,
+            "--group-id", "daemon-test", "--metrics-port", str(port),
+        ]  # fmt: skip
+        done = subprocess.run(
+            [*status_command, "--json"], capture_output=True, text=True, check=False
+        )
+        assert done.returncode == 0, done.stderr
+        report = json.loads(done.stdout)
+        assert "slot" not in report and report["kafka"]["group_id"] == "daemon-test"
+        assert report["daemon"]["kafka"]["dead_letters"] == 1
+        shown = subprocess.run(status_command, capture_output=True, text=True, check=True).stdout
+        assert f"kafka:   {stack.topic_prefix}.* on {stack.bootstrap}" in shown, shown
     finally:
         daemon.stop()
