@@ -62,7 +62,8 @@ def mirrored_rows(daemon: Daemon) -> int:
     return int(row[0]) if row else 0
 
 
-def test_online_model_learns_through_a_concept_shift(daemon: Daemon, source_dsn: str) -> None:
+def recorded_drift(daemon: Daemon) -> list[DriftEvent]:
+    """The drift events the monitor reports from now on (still handled as usual)."""
     events: list[DriftEvent] = []
     drifted = daemon.monitor.on_drift
     assert drifted is not None
@@ -72,6 +73,11 @@ def test_online_model_learns_through_a_concept_shift(daemon: Daemon, source_dsn:
         drifted(project, model_id, event)
 
     daemon.monitor.on_drift = recording
+    return events
+
+
+def test_online_model_learns_through_a_concept_shift(daemon: Daemon, source_dsn: str) -> None:
+    events = recorded_drift(daemon)
 
     result = daemon.trainer.train(
         "Stream", task="classification", relation="public.readings", y="y",
@@ -171,15 +177,7 @@ def mislabelled(daemon: Daemon) -> int:
 def test_a_feature_shift_without_labels_is_psi_not_error_drift(
     daemon: Daemon, source_dsn: str
 ) -> None:
-    events: list[DriftEvent] = []
-    drifted = daemon.monitor.on_drift
-    assert drifted is not None
-
-    def recording(project: str, model_id: int, event: DriftEvent) -> None:
-        events.append(event)
-        drifted(project, model_id, event)
-
-    daemon.monitor.on_drift = recording
+    events = recorded_drift(daemon)
     daemon.trainer.train(
         "Shift", task="classification", relation="public.readings", y="y", algorithm="linear"
     )
