@@ -14,10 +14,10 @@ import numpy as np
 import psycopg
 
 from bench import workload as w
+from mirror.changes import Lsn
+from mirror.store import Mirror
 from replicator.replicate import ReplicationSettings, Replicator
-from sidecar.changes import Lsn
 from sidecar.local_postgres import LocalPostgres
-from sidecar.mirror import Mirror
 
 TABLE = ("public", "events")
 CREATE = (

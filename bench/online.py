@@ -54,9 +54,10 @@ import psycopg
 import pyarrow as pa
 
 from bench import workload as w
+from mirror.change_log import Touched
+from mirror.store import Mirror
 from replicator.replicate import ReplicationSettings, Replicator
 from sidecar.local_postgres import LocalPostgres
-from sidecar.mirror import Mirror, Touched
 from trainer import monitoring
 from trainer.drift import DriftEvent, DriftThresholds, ErrorDrift, FeatureDrift
 from trainer.model import Model

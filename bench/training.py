@@ -33,8 +33,8 @@ import pandas as pd
 import psycopg
 
 from bench import workload as w
+from mirror.store import Mirror
 from replicator.replicate import ReplicationSettings, Replicator
-from sidecar.mirror import Mirror
 
 if TYPE_CHECKING:
     from trainer.train import Trainer

@@ -13,7 +13,7 @@ from __future__ import annotations
 
 import duckdb
 
-from sidecar.mirror import transaction
+from mirror.duckdb_sql import transaction
 
 SCHEMA = "_pgml_catalog"
 TABLES = ("pg_class", "pg_namespace", "pg_attribute", "pg_attrdef", "pg_collation", "pg_type")

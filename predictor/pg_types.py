@@ -18,7 +18,7 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
 
-from sidecar.errors import SidecarError
+from mirror.errors import SidecarError
 
 
 class InvalidParameter(SidecarError):

@@ -12,9 +12,9 @@ import logging
 
 import duckdb
 
-from sidecar.errors import SidecarError
-from sidecar.mirror import quote, transaction
-from sidecar.registry import project_slug
+from mirror.duckdb_sql import quote, transaction
+from mirror.errors import SidecarError
+from mirror.registry import project_slug
 from trainer.snapshots import find_relation
 from trainer.train import Trainer
 

@@ -20,7 +20,7 @@ import pyarrow as pa
 import pyarrow.compute as pc
 from duckdb import func
 
-from sidecar.errors import SidecarError, TrainingError
+from mirror.errors import SidecarError, TrainingError
 from trainer.model import Model
 from trainer.train import Trainer
 

@@ -24,7 +24,7 @@ import stringprep
 import unicodedata
 from dataclasses import dataclass
 
-from sidecar.errors import SidecarError
+from mirror.errors import SidecarError
 
 DEFAULT_ITERATIONS = 4096
 SALT_BYTES = 16

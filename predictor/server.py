@@ -22,11 +22,11 @@ from pathlib import Path
 
 import duckdb
 
+from mirror.errors import ConfigError
 from predictor import catalog, score_views, wire
 from predictor.scoring import Scorer
 from predictor.scram import ScramVerifier
 from predictor.session import Session
-from sidecar.errors import ConfigError
 from trainer.train import Trainer
 
 log = logging.getLogger("pgml_sidecar")

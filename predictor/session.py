@@ -18,6 +18,7 @@ import duckdb
 import numpy as np
 import pyarrow as pa
 
+from mirror.errors import SidecarError
 from predictor import procedures, scoring, wire
 from predictor.pg_types import (
     FLOAT8,
@@ -31,7 +32,6 @@ from predictor.procedures import ProcedureResult
 from predictor.scoring import Scorer, scoring_error
 from predictor.scram import AuthenticationFailed, ScramExchange, ScramVerifier
 from predictor.statements import Parameter, ProcedureCall, Statement, StatementError, split
-from sidecar.errors import SidecarError
 from trainer.train import Trainer
 
 log = logging.getLogger("pgml_sidecar")

@@ -15,8 +15,8 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
 
+from mirror.errors import SidecarError
 from predictor.pg_types import text_column
-from sidecar.errors import SidecarError
 
 PROTOCOL_3_0 = 196608
 """The protocol version of a StartupMessage for protocol 3.0 (3 << 16)."""

@@ -30,10 +30,11 @@ import pyarrow.compute as pc
 import pyarrow.csv as pacsv
 from psycopg import sql
 
-from sidecar.changes import Lsn
-from sidecar.errors import SidecarError
-from sidecar.mirror import META, Touched, quote, rows_for_keys, touched_keys
-from sidecar.registry import project_slug
+from mirror.change_log import Touched, rows_for_keys, touched_keys
+from mirror.changes import Lsn
+from mirror.duckdb_sql import META, quote
+from mirror.errors import SidecarError
+from mirror.registry import project_slug
 from trainer.model import Model
 from trainer.snapshots import find_relation
 from trainer.train import Trainer

@@ -13,8 +13,8 @@ from dataclasses import dataclass
 import numpy as np
 import pyarrow as pa
 
+from mirror.changes import Relation
 from replicator.columnar import be_int32, fixed_width, validity, views
-from sidecar.changes import Relation
 
 SIGNATURE = b"PGCOPY\n\xff\r\n\x00"
 _POSTGRES_EPOCH_DAYS = 10_957  # 2000-01-01 - 1970-01-01

@@ -34,7 +34,7 @@ import numpy as np
 import orjson
 import pyarrow as pa
 
-from sidecar.changes import (
+from mirror.changes import (
     Change,
     Column,
     Deletes,
@@ -53,7 +53,7 @@ _PLACEHOLDERS = frozenset((PLACEHOLDER, _PLACEHOLDER_BYTES))
 _OPS = frozenset("crudt")
 _IDENTITY = "d"  # Debezium does not say; keyed tables behave as REPLICA IDENTITY DEFAULT
 
-# Postgres type OIDs the mirror knows (sidecar/column_types.py).
+# Postgres type OIDs the mirror knows (mirror/column_types.py).
 BOOL, BYTEA, INT8, INT2, INT4, TEXT, JSONB = 16, 17, 20, 21, 23, 25, 3802
 FLOAT4, FLOAT8, DATE, TIME, TIMESTAMP, TIMESTAMPTZ = 700, 701, 1082, 1083, 1114, 1184
 TIMETZ, INTERVAL, NUMERIC, UUID = 1266, 1186, 1700, 2950

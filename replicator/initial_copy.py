@@ -19,10 +19,10 @@ import psycopg
 import pyarrow as pa
 from psycopg import pq, sql
 
+from mirror.changes import Relation
+from mirror.errors import SourceError
 from replicator.columnar import PADDING
 from replicator.copy_format import CopyColumns, copy_columns, decode_rows, header_length, row_starts
-from sidecar.changes import Relation
-from sidecar.errors import SourceError
 
 CHUNK_ROWS = 1 << 20
 CHUNK_BYTES = 32 << 20

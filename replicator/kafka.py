@@ -33,11 +33,11 @@ from confluent_kafka import (
     TopicPartition,
 )
 
+from mirror.changes import Change, Column, Lsn, SchemaChange
+from mirror.errors import ConfigError, MirrorError, SidecarError, SourceConnectionLost
+from mirror.store import Mirror
 from replicator.debezium import DebeziumDecoder, Decoded, Message
 from replicator.replicate import ReplicationStats
-from sidecar.changes import Change, Column, Lsn, SchemaChange
-from sidecar.errors import ConfigError, MirrorError, SidecarError, SourceConnectionLost
-from sidecar.mirror import Mirror
 
 log = logging.getLogger("pgml_sidecar.replicator")
 

@@ -15,8 +15,7 @@ from dataclasses import dataclass
 import numpy as np
 import pyarrow as pa
 
-from replicator.columnar import be_uint32, padded, views
-from sidecar.changes import (
+from mirror.changes import (
     Change,
     Column,
     Deletes,
@@ -30,6 +29,7 @@ from sidecar.changes import (
     Updates,
     slice_change,
 )
+from replicator.columnar import be_uint32, padded, views
 
 BEGIN = ord("B")
 COMMIT = ord("C")

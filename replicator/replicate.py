@@ -23,6 +23,18 @@ import psycopg
 import pyarrow as pa
 from psycopg import sql
 
+from mirror.changes import (
+    Change,
+    Lsn,
+    Relation,
+    SchemaChange,
+    Truncate,
+    compact,
+    format_lsn,
+)
+from mirror.errors import SlotBusyError, SourceConnectionLost, SourceError, SourceSetupError
+from mirror.store import Mirror
+from mirror.tables import MirroredTable
 from replicator import pgoutput as po
 from replicator import source
 from replicator.initial_copy import Progress, copy_table
@@ -35,17 +47,6 @@ from replicator.stream import (
     parse_keepalive,
     standby_status,
 )
-from sidecar.changes import (
-    Change,
-    Lsn,
-    Relation,
-    SchemaChange,
-    Truncate,
-    compact,
-    format_lsn,
-)
-from sidecar.errors import SlotBusyError, SourceConnectionLost, SourceError, SourceSetupError
-from sidecar.mirror import Mirror, MirroredTable
 
 log = logging.getLogger("pgml_sidecar.replicator")
 

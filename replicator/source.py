@@ -9,9 +9,9 @@ import psycopg
 from psycopg import sql
 from psycopg.conninfo import conninfo_to_dict, make_conninfo
 
-from sidecar.changes import Column, Lsn, Relation, parse_lsn
-from sidecar.column_types import SourceType, parse_array_literal
-from sidecar.errors import SourceError, SourceSetupError
+from mirror.changes import Column, Lsn, Relation, parse_lsn
+from mirror.column_types import SourceType, parse_array_literal
+from mirror.errors import SourceError, SourceSetupError
 
 SESSION_OPTIONS = (
     "-c DateStyle=ISO -c IntervalStyle=postgres -c TimeZone=UTC"

@@ -14,9 +14,9 @@ from dataclasses import dataclass
 import psycopg
 from psycopg import pq
 
+from mirror.changes import Lsn, format_lsn, parse_lsn
+from mirror.errors import SlotBusyError, SourceConnectionLost, SourceError, SourceSetupError
 from replicator.source import source_conninfo
-from sidecar.changes import Lsn, format_lsn, parse_lsn
-from sidecar.errors import SlotBusyError, SourceConnectionLost, SourceError, SourceSetupError
 
 _EPOCH_OFFSET_US = 946_684_800_000_000  # 2000-01-01 in Unix microseconds
 XLOG_DATA = ord("w")

@@ -12,8 +12,8 @@ from pathlib import Path
 
 import duckdb
 
+from mirror.errors import ConfigError, SidecarError
 from sidecar import cli_daemon, cli_serve, cli_train
-from sidecar.errors import ConfigError, SidecarError
 
 log = logging.getLogger("pgml_sidecar")
 

@@ -10,8 +10,8 @@ import urllib.request
 from pathlib import Path
 from typing import Any
 
+from mirror.errors import ConfigError
 from sidecar import config
-from sidecar.errors import ConfigError
 
 log = logging.getLogger("pgml_sidecar")
 

@@ -9,8 +9,8 @@ import signal
 import threading
 from pathlib import Path
 
-from sidecar.errors import ConfigError
-from sidecar.mirror import Mirror
+from mirror.errors import ConfigError
+from mirror.store import Mirror
 
 log = logging.getLogger("pgml_sidecar")
 

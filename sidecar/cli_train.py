@@ -10,8 +10,8 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 from typing import TYPE_CHECKING
 
-from sidecar.errors import ConfigError
-from sidecar.mirror import Mirror
+from mirror.errors import ConfigError
+from mirror.store import Mirror
 
 if TYPE_CHECKING:
     from trainer.train import Trainer

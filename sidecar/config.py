@@ -17,7 +17,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from sidecar.errors import ConfigError
+from mirror.errors import ConfigError
 
 ENV_PREFIX = "PGML_SIDECAR_"
 

@@ -18,9 +18,9 @@ from typing import Any
 import duckdb
 import psycopg
 
-from sidecar.changes import Lsn
-from sidecar.errors import SidecarError
-from sidecar.mirror import Touched
+from mirror.change_log import Touched
+from mirror.changes import Lsn
+from mirror.errors import SidecarError
 from trainer.train import Trainer
 
 log = logging.getLogger("pgml_sidecar")

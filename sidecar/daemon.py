@@ -19,16 +19,17 @@ from typing import Any
 
 import psycopg
 
+from mirror.change_log import Touched
+from mirror.changes import Lsn
+from mirror.errors import ConfigError
+from mirror.store import Mirror
 from predictor.server import EndpointSettings, SqlEndpoint
 from predictor.writeback import Writeback
 from replicator.kafka import KafkaReplicator, KafkaSettings
 from replicator.replicate import ReplicationSettings, Replicator
 from sidecar import control
-from sidecar.changes import Lsn
 from sidecar.control import ControlRequests
-from sidecar.errors import ConfigError
 from sidecar.metrics import Metrics, MetricsServer
-from sidecar.mirror import Mirror, Touched
 from trainer.drift import DriftEvent
 from trainer.monitoring import Monitor
 from trainer.retraining import Retrainer

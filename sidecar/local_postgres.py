@@ -16,7 +16,7 @@ import psycopg
 from psycopg import sql
 from psycopg.conninfo import make_conninfo
 
-from sidecar.errors import SidecarError
+from mirror.errors import SidecarError
 
 PG_BIN_ENV = "PGML_SIDECAR_PG_BIN"
 SUPERUSER = "postgres"

@@ -25,7 +25,7 @@ from prometheus_client.gc_collector import GCCollector
 from prometheus_client.platform_collector import PlatformCollector
 from prometheus_client.process_collector import ProcessCollector
 
-from sidecar.errors import ConfigError
+from mirror.errors import ConfigError
 
 __all__ = [
     "CHANGE_OPS",

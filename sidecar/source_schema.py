@@ -15,7 +15,7 @@ from pathlib import Path
 import psycopg
 from psycopg import sql
 
-from sidecar.errors import ConfigError, SidecarError, SourceSetupError
+from mirror.errors import ConfigError, SidecarError, SourceSetupError
 
 SCHEMA_VERSION = 2
 """The version ``sql/install.sql`` creates."""

@@ -15,7 +15,7 @@ import psycopg
 import pytest
 from psycopg import sql
 
-from sidecar.errors import SidecarError
+from mirror.errors import SidecarError
 from sidecar.local_postgres import LocalPostgres
 
 MAX_IDENTIFIER = 63

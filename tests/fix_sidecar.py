@@ -7,8 +7,8 @@ from pathlib import Path
 
 import pytest
 
+from mirror.store import Mirror
 from predictor.server import EndpointSettings, SqlEndpoint
-from sidecar.mirror import Mirror
 from trainer.train import Trainer, artifact_home
 from trainer.worker import FitWorker
 

@@ -14,7 +14,7 @@ from dataclasses import dataclass, field
 from types import ModuleType
 from typing import Any
 
-from sidecar.errors import TrainingError
+from mirror.errors import TrainingError
 
 TASKS: tuple[str, ...] = ("regression", "classification", "clustering", "decomposition")
 

@@ -8,7 +8,7 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 import pyarrow as pa
 
-from sidecar.errors import TrainingError
+from mirror.errors import TrainingError
 
 if TYPE_CHECKING:
     import duckdb

@@ -2,8 +2,8 @@
 
 from __future__ import annotations
 
-from sidecar.errors import TrainingError
-from sidecar.registry import Deployment, ModelRecord
+from mirror.errors import TrainingError
+from mirror.registry import Deployment, ModelRecord
 from trainer.metrics import key_metric
 
 STRATEGIES = ("most_recent", "best_score", "best_fit", "rollback")

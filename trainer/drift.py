@@ -21,7 +21,7 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
 
-from sidecar.errors import ConfigError, TrainingError
+from mirror.errors import ConfigError, TrainingError
 from trainer.preprocess import FeatureColumn, _numbers, _raw, _source, _text, feature_columns
 
 DETECTORS: tuple[str, ...] = ("psi", "jensen_shannon", "adwin", "ddm")

@@ -20,7 +20,7 @@ import pyarrow as pa
 import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
-from sidecar.errors import TrainingError
+from mirror.errors import TrainingError
 from trainer.algorithms import make_estimator
 from trainer.metrics import evaluate
 from trainer.model import Model, save_model

@@ -22,7 +22,7 @@ from typing import Any
 
 import numpy as np
 
-from sidecar.errors import TrainingError
+from mirror.errors import TrainingError
 from trainer.drift import DriftEvent, ErrorDrift
 from trainer.worker import script_hidden
 

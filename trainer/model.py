@@ -18,7 +18,7 @@ from typing import Any
 import numpy as np
 import pyarrow as pa
 
-from sidecar.errors import TrainingError
+from mirror.errors import TrainingError
 from trainer.preprocess import Preprocessor
 
 

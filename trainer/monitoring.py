@@ -39,9 +39,10 @@ import pyarrow as pa
 import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
-from sidecar.changes import Lsn, format_lsn, parse_lsn
-from sidecar.errors import SidecarError
-from sidecar.mirror import Mirror, Touched, rows_for_keys, touched_keys
+from mirror.change_log import Touched, rows_for_keys, touched_keys
+from mirror.changes import Lsn, format_lsn, parse_lsn
+from mirror.errors import SidecarError
+from mirror.store import Mirror
 from trainer.algorithms import is_online
 from trainer.drift import DriftEvent, DriftThresholds, ErrorDrift, FeatureDrift
 from trainer.learner import Learned, Learner, LearnerGone

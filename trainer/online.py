@@ -22,7 +22,7 @@ from typing import Any, ClassVar
 
 import numpy as np
 
-from sidecar.errors import TrainingError
+from mirror.errors import TrainingError
 
 # Each online algorithm's River class, by task.
 _RIVER: dict[str, dict[str, str]] = {

@@ -33,7 +33,7 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
 
-from sidecar.errors import TrainingError
+from mirror.errors import TrainingError
 
 KINDS: tuple[str, ...] = ("number", "boolean", "text", "array")
 ENCODES: tuple[str, ...] = ("native", "target", "one_hot", "ordinal")

@@ -15,7 +15,7 @@ import threading
 from collections.abc import Callable
 from datetime import UTC, datetime
 
-from sidecar.errors import SidecarError
+from mirror.errors import SidecarError
 from trainer.drift import DriftEvent
 from trainer.schedule import Scheduler
 from trainer.train import Trainer, TrainResult

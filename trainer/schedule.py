@@ -13,7 +13,7 @@ from datetime import UTC, datetime
 
 from croniter import CroniterBadDateError, CroniterError, croniter
 
-from sidecar.errors import TrainingError
+from mirror.errors import TrainingError
 
 EXAMPLE = '"0 3 * * *" runs every day at 03:00 UTC'
 _FIELDS = "minute hour day-of-month month day-of-week"

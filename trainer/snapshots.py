@@ -18,10 +18,10 @@ from typing import Any
 
 import duckdb
 
-from sidecar.changes import format_lsn
-from sidecar.errors import TrainingError
-from sidecar.mirror import META, quote
-from sidecar.registry import Snapshot
+from mirror.changes import format_lsn
+from mirror.duckdb_sql import META, quote
+from mirror.errors import TrainingError
+from mirror.registry import Snapshot
 
 SEARCH_SCHEMAS = ("public", "main", "pgml")
 _NUMERIC = (

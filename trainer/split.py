@@ -6,7 +6,7 @@ import math
 
 import numpy as np
 
-from sidecar.errors import TrainingError
+from mirror.errors import TrainingError
 
 SAMPLINGS = ("random", "last", "stratified")
 

@@ -21,8 +21,8 @@ from typing import Any
 
 import duckdb
 
-from sidecar.errors import SidecarError, TrainingError
-from sidecar.registry import ModelRecord, Project, Registry, Snapshot
+from mirror.errors import SidecarError, TrainingError
+from mirror.registry import ModelRecord, Project, Registry, Snapshot
 from trainer import algorithms
 from trainer.deploy import beats, choose, deployment_stack
 from trainer.fit import SEARCHES, FitJob, FitResult

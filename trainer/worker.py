@@ -15,7 +15,7 @@ from concurrent.futures import Future, ProcessPoolExecutor
 from concurrent.futures.process import BrokenProcessPool
 from contextlib import contextmanager
 
-from sidecar.errors import TrainingError
+from mirror.errors import TrainingError
 from trainer.fit import FitJob, FitResult, fit
 
 _PRELOAD = ["trainer.fit", "sklearn.linear_model", "sklearn.ensemble", "sklearn.model_selection"]

@@ -10,9 +10,9 @@ from pathlib import Path
 import psycopg
 import pytest
 
+from mirror.errors import ConfigError
+from mirror.store import Mirror
 from predictor.server import EndpointSettings, SqlEndpoint, read_password
-from sidecar.errors import ConfigError
-from sidecar.mirror import Mirror
 from tests.predictor.endpoint_client import dsn
 from trainer.train import Trainer
 

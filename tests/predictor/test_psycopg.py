@@ -7,8 +7,8 @@ import threading
 import psycopg
 import pytest
 
+from mirror.store import Mirror
 from predictor.server import EndpointSettings, SqlEndpoint
-from sidecar.mirror import Mirror
 from tests.predictor.endpoint_client import connect
 from trainer.train import Trainer
 

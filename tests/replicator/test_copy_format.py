@@ -9,6 +9,7 @@ import numpy as np
 import pyarrow as pa
 import pytest
 
+from mirror.changes import Column, Relation
 from replicator.columnar import PADDING
 from replicator.copy_format import (
     SIGNATURE,
@@ -18,7 +19,6 @@ from replicator.copy_format import (
     header_length,
     row_starts,
 )
-from sidecar.changes import Column, Relation
 
 HEADER = SIGNATURE + struct.pack(">ii", 0, 0)
 TRAILER = struct.pack(">h", -1)

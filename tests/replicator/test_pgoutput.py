@@ -6,8 +6,8 @@ import struct
 
 import pytest
 
+from mirror.changes import Deletes, Inserts, SchemaChange, Truncate, Updates
 from replicator import pgoutput as po
-from sidecar.changes import Deletes, Inserts, SchemaChange, Truncate, Updates
 
 
 def cstr(text: str) -> bytes:

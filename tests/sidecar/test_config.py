@@ -6,8 +6,8 @@ from pathlib import Path
 
 import pytest
 
+from mirror.errors import ConfigError
 from sidecar import config
-from sidecar.errors import ConfigError
 
 
 def write(tmp_path: Path, text: str) -> str:

@@ -9,7 +9,7 @@ from pathlib import Path
 import psycopg
 import pytest
 
-from sidecar.errors import SidecarError
+from mirror.errors import SidecarError
 from sidecar.local_postgres import LocalPostgres, find_bin_dir
 from tests.fix_pg import database_name_for, fresh_database, make_workdir
 

@@ -16,7 +16,7 @@ from typing import Any
 import pytest
 import yaml
 
-from sidecar.errors import ConfigError
+from mirror.errors import ConfigError
 from sidecar.metrics import CHANGE_OPS, Metrics, MetricsServer
 
 DEPLOY = Path(__file__).resolve().parents[2] / "deploy"

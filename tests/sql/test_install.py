@@ -14,11 +14,11 @@ import pytest
 from psycopg import sql
 from psycopg.conninfo import conninfo_to_dict, make_conninfo
 
+from mirror.errors import SourceSetupError
+from mirror.store import Mirror
 from predictor.server import EndpointSettings, SqlEndpoint
 from sidecar import source_schema
-from sidecar.errors import SourceSetupError
 from sidecar.local_postgres import LocalPostgres
-from sidecar.mirror import Mirror
 from tests.fix_pg import database_name_for, drop_database, fresh_database
 from trainer.train import Trainer
 

@@ -13,7 +13,7 @@ import numpy as np
 import pytest
 from sklearn.datasets import load_diabetes, load_iris
 
-from sidecar.errors import TrainingError
+from mirror.errors import TrainingError
 from trainer.algorithms import (
     TASKS,
     algorithm_names,

@@ -7,7 +7,7 @@ from collections.abc import Iterator
 import duckdb
 import pytest
 
-from sidecar.errors import TrainingError
+from mirror.errors import TrainingError
 from trainer.datasets import DATASETS, load_dataset
 
 MEASURES = (

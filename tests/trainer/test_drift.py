@@ -9,7 +9,7 @@ import numpy as np
 import pyarrow as pa
 import pytest
 
-from sidecar.errors import ConfigError, TrainingError
+from mirror.errors import ConfigError, TrainingError
 from trainer.drift import (
     DriftEvent,
     DriftThresholds,

@@ -11,7 +11,7 @@ from sklearn.base import clone
 from sklearn.datasets import load_diabetes, load_iris
 from sklearn.model_selection import GridSearchCV
 
-from sidecar.errors import TrainingError
+from mirror.errors import TrainingError
 from trainer.algorithms import (
     algorithm_names,
     check_search_params,

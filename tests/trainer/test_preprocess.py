@@ -14,7 +14,7 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 
-from sidecar.errors import TrainingError
+from mirror.errors import TrainingError
 from trainer.preprocess import (
     IMPUTES,
     ONE_HOT_LIMIT,

@@ -4,8 +4,8 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from sidecar.changes import format_lsn
-from sidecar.mirror import Mirror
+from mirror.changes import format_lsn
+from mirror.store import Mirror
 from tests.replicator.mirror_check import catch_up, execute
 from trainer.train import Trainer, artifact_home
 from trainer.worker import FitWorker

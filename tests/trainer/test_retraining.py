@@ -6,7 +6,7 @@ from datetime import UTC, datetime, timedelta
 
 import pytest
 
-from sidecar.errors import TrainingError
+from mirror.errors import TrainingError
 from trainer.datasets import load_dataset
 from trainer.retraining import Retrainer
 from trainer.schedule import Schedule

@@ -6,7 +6,7 @@ from datetime import UTC, datetime, timedelta, timezone
 
 import pytest
 
-from sidecar.errors import TrainingError
+from mirror.errors import TrainingError
 from trainer.schedule import Schedule, Scheduler
 
 

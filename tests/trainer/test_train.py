@@ -13,9 +13,9 @@ import numpy as np
 import pyarrow.parquet as pq
 import pytest
 
+from mirror.errors import TrainingError
+from mirror.store import Mirror
 from sidecar.cli import main
-from sidecar.errors import TrainingError
-from sidecar.mirror import Mirror
 from trainer.datasets import load_dataset
 from trainer.train import Trainer
 

@@ -8,8 +8,8 @@ import duckdb
 import pyarrow as pa
 import pytest
 
-from sidecar.changes import Column, Inserts, Relation, Tuples
-from sidecar.mirror import Mirror
+from mirror.changes import Column, Inserts, Relation, Tuples
+from mirror.store import Mirror
 
 RELATION = Relation(1, "public", "t", "d", (Column("id", 20, -1, True),))
 

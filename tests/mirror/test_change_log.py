@@ -7,8 +7,9 @@ from pathlib import Path
 import duckdb
 import pyarrow as pa
 
-from sidecar.changes import Column, Inserts, Relation, Tuples
-from sidecar.mirror import META, Mirror
+from mirror.changes import Column, Inserts, Relation, Tuples
+from mirror.duckdb_sql import META
+from mirror.store import Mirror
 
 RELATION = Relation(1, "public", "t", "d", (Column("id", 20, -1, True), Column("v", 25, -1, False)))
 

@@ -35,7 +35,7 @@ from typing import Any, TypeVar
 
 import duckdb
 
-from sidecar.changes import parse_lsn
+from mirror.changes import parse_lsn
 
 SCHEMA = "pgml"
 T = TypeVar("T")

@@ -1,0 +1,172 @@
+"""Which rows each commit changed: reported to watchers, and logged for those that replay.
+
+Consumers off the replication path (control requests, write-back, monitoring) watch tables:
+at each commit they hear which keys of their tables changed (``Touched``). Online learning must
+see each change exactly once across restarts, so the keys of its tables are also stored with
+the batch in ``_pgml_sidecar.changes`` (one Arrow IPC stream per table and batch), replayed
+from a model's checkpoint and forgotten once every consumer has taken them.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Callable, Iterable
+from dataclasses import dataclass, field
+
+import duckdb
+import pyarrow as pa
+
+from mirror.changes import Deletes, Lsn, RowChange, Updates
+from mirror.duckdb_sql import META, quote
+from mirror.tables import MirroredTable
+
+
+@dataclass(slots=True)
+class Touched:
+    """Rows of one watched table changed by a committed batch: their keys, as text.
+
+    ``everything`` means the whole table may have changed (a truncate or a copy). Keys may
+    repeat, and a key may belong to a row that no longer exists: readers look the keys up in
+    the mirror as committed.
+    """
+
+    keys: list[pa.Table] = field(default_factory=list)
+    everything: bool = False
+
+
+CommitListener = Callable[[Lsn, dict[tuple[str, str], Touched]], None]
+
+
+def touch(touched: Touched, table: MirroredTable, group: Iterable[RowChange]) -> None:
+    """Add the keys (every column, without a key) of the rows ``group`` changes."""
+    names = [c.name for c in table.keys] or [c.name for c in table.columns]
+    for change in group:
+        images = [change.old] if isinstance(change, Deletes) else [change.rows]
+        if isinstance(change, Updates) and change.old is not None:
+            images.append(change.old)
+        for image in images:
+            if all(n in image.values.column_names for n in names):
+                touched.keys.append(image.values.select(names))
+
+
+def touched_keys(touched: Touched, *, distinct: bool = True) -> pa.Table:
+    """The keys of a ``Touched`` (each once, unless ``distinct`` is False), as plain strings."""
+    tables = [t.cast(pa.schema([(n, pa.string()) for n in t.column_names])) for t in touched.keys]
+    keys = pa.concat_tables(tables, promote_options="permissive")
+    return keys.group_by(keys.column_names).aggregate([]) if distinct else keys
+
+
+def rows_for_keys(
+    con: duckdb.DuckDBPyConnection,
+    schema: str,
+    table: str,
+    keys: pa.Table,
+    columns: list[str],
+    *,
+    where: str = "",
+) -> pa.Table:
+    """The committed rows of ``schema.table`` whose key columns (text) are in ``keys``."""
+    cursor = con.cursor()
+    try:
+        types = dict(
+            cursor.execute(
+                "select column_name, data_type from duckdb_columns()"
+                " where schema_name = ? and table_name = ?",
+                [schema, table],
+            ).fetchall()
+        )
+        cursor.register("_pgml_touched", keys)
+        # The text keys are cast to the column's type, not the column to text, so the key's
+        # index and statistics serve the join instead of a cast of every row.
+        match = " and ".join(
+            f"r.{quote(k)} = try_cast(t.{quote(k)} as {types.get(k, 'varchar')})"
+            for k in keys.column_names
+        )
+        listed = ", ".join(f"r.{quote(c)}" for c in columns)
+        condition = f" where {where}" if where else ""
+        return cursor.sql(
+            f"select {listed} from {quote(schema)}.{quote(table)} r"
+            f" semi join _pgml_touched t on {match}{condition}"
+        ).to_arrow_table()
+    finally:
+        cursor.close()
+
+
+def create_change_log(con: duckdb.DuckDBPyConnection) -> None:
+    """The key log, each batch's keys as one Arrow IPC stream. A log of an earlier version
+    (keys as JSON) is converted in place, in one transaction."""
+    kind = con.execute(
+        "select data_type from information_schema.columns where table_schema = ?"
+        " and table_name = 'changes' and column_name = 'keys'",
+        [META],
+    ).fetchone()
+    create = (
+        f"create table if not exists {META}.changes ("
+        " lsn ubigint not null, schema_name varchar not null, table_name varchar not null,"
+        " keys blob not null)"
+    )
+    if kind is None or kind[0] == "BLOB":
+        con.execute(create)
+        return
+    con.execute("begin")
+    old = con.execute(f"select lsn, schema_name, table_name, keys from {META}.changes").fetchall()
+    con.execute(f"drop table {META}.changes")
+    con.execute(create)
+    con.executemany(
+        f"insert into {META}.changes values (?, ?, ?, ?)",
+        [[lsn, schema, name, _ipc(pa.Table.from_pylist(json.loads(keys)))]
+         for lsn, schema, name, keys in old],
+    )  # fmt: skip
+    con.execute("commit")
+
+
+def log_changes(
+    con: duckdb.DuckDBPyConnection,
+    lsn: Lsn,
+    touched: dict[tuple[str, str], Touched],
+    logged: set[tuple[str, str]],
+) -> None:
+    """Store the keys touched in ``logged`` tables with the batch committing at ``lsn``."""
+    for (schema, name), keys in touched.items():
+        if (schema, name) in logged and keys.keys:
+            con.execute(
+                f"insert into {META}.changes values (?, ?, ?, ?)",
+                # as touched: readers match rows by a semi join, a repeat costs nothing
+                [lsn, schema, name, _ipc(touched_keys(keys, distinct=False))],
+            )
+
+
+def logged_changes(
+    con: duckdb.DuckDBPyConnection, schema: str, name: str, after: Lsn
+) -> list[tuple[Lsn, pa.Table]]:
+    """The logged keys of ``schema.name`` committed after ``after``, oldest first."""
+    cursor = con.cursor()
+    try:
+        rows = cursor.execute(
+            f"select lsn, keys from {META}.changes where schema_name = ? and table_name = ?"
+            " and lsn > ? order by lsn",
+            [schema, name, after],
+        ).fetchall()
+    finally:
+        cursor.close()
+    return [(int(lsn), pa.ipc.open_stream(keys).read_all()) for lsn, keys in rows]
+
+
+def forget_changes(con: duckdb.DuckDBPyConnection, schema: str, name: str, upto: Lsn) -> None:
+    """Drop logged keys of ``schema.name`` up to and including ``upto``."""
+    cursor = con.cursor()
+    try:
+        cursor.execute(
+            f"delete from {META}.changes where schema_name = ? and table_name = ? and lsn <= ?",
+            [schema, name, upto],
+        )
+    finally:
+        cursor.close()
+
+
+def _ipc(table: pa.Table) -> bytes:
+    """A table as one Arrow IPC stream."""
+    sink = pa.BufferOutputStream()
+    with pa.ipc.new_stream(sink, table.schema) as writer:
+        writer.write_table(table)
+    return bytes(sink.getvalue().to_pybytes())

@@ -1,0 +1,386 @@
+"""The mirror: a DuckDB file holding the source tables, and the position it is consistent with.
+
+Only the replicator writes here. Every batch of changes and the source position it ends at are
+committed in one DuckDB transaction (``commit(position)``), and a stored position never moves
+backwards, so a restart resumes exactly where the last commit left off.
+
+Bookkeeping lives in schema ``_pgml_sidecar``:
+
+- ``positions``: one row per replication source (a slot name): the end LSN of the last applied
+  source transaction.
+- ``tables``: one row per mirrored table: its columns as mirrored, and its sync state (see
+  ``mirror.tables``).
+- ``kafka_offsets``: for a Debezium source, the next offset of each topic partition, committed
+  with the changes it carries (Kafka's own consumer-group offsets are advisory).
+- ``dead_letters``: Kafka messages that could not be applied, with topic, partition, offset and
+  the reason.
+- ``changes``: keys changed in logged tables, per batch (for online learning; see
+  ``mirror.change_log``).
+
+A table copied while the stream runs is committed with the stream's batch; a crash during
+either copy leaves a table that is copied again on the next start.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+from collections.abc import Iterable, Mapping
+from dataclasses import asdict
+from pathlib import Path
+from typing import Any
+
+import duckdb
+import pyarrow as pa
+
+from mirror import apply, change_log
+from mirror.change_log import CommitListener, Touched
+from mirror.changes import (
+    Change,
+    Inserts,
+    Lsn,
+    Relation,
+    RowChange,
+    SchemaChange,
+    Truncate,
+    Tuples,
+    Updates,
+)
+from mirror.column_types import SourceType
+from mirror.duckdb_sql import META, quote
+from mirror.errors import MirrorError
+from mirror.tables import (
+    MirrorColumn,
+    MirroredTable,
+    SchemaPlan,
+    mirror_columns,
+    plan_schema,
+    schema_steps,
+)
+
+
+class Mirror:
+    """A DuckDB mirror file, opened for the replicator."""
+
+    def __init__(
+        self, path: str | Path, *, read_only: bool = False, memory_limit: str | None = None
+    ) -> None:
+        self.path = Path(path)
+        config: dict[str, Any] = {"memory_limit": memory_limit} if memory_limit else {}
+        try:
+            self.con = duckdb.connect(str(self.path), read_only=read_only, config=config)
+        except duckdb.Error as exc:
+            raise MirrorError(f"cannot open mirror {self.path}: {exc}") from None
+        self.source_types: dict[int, SourceType] = {}
+        self.tables: dict[tuple[str, str], MirroredTable] = {}
+        self._in_transaction = False
+        self.watched: list[set[tuple[str, str]]] = []
+        """Sets of tables (one per consumer) whose changed keys go to ``on_commit``."""
+        self.logged: set[tuple[str, str]] = set()
+        """Watched tables whose changed keys are also stored with each batch (``changes``)."""
+        self.on_commit: CommitListener | None = None
+        self._touched: dict[tuple[str, str], Touched] = {}
+        self.changes_applied = {"insert": 0, "update": 0, "delete": 0, "truncate": 0}
+        """Rows applied by kind of change since the mirror was opened (for metrics)."""
+        if not read_only:
+            self._create_meta()
+        self._load_tables()
+
+    # -- bookkeeping ---------------------------------------------------------------------------
+
+    def _create_meta(self) -> None:
+        self.con.execute(f"create schema if not exists {META}")
+        self.con.execute(
+            f"create table if not exists {META}.positions ("
+            " source varchar primary key, lsn ubigint not null, updated_at timestamptz)"
+        )
+        self.con.execute(
+            f"create table if not exists {META}.tables ("
+            " schema_name varchar, table_name varchar, columns json, identity varchar,"
+            " state varchar,"
+            " catchup_until ubigint default 0, relid bigint default 0,"
+            " primary key (schema_name, table_name))"
+        )
+        change_log.create_change_log(self.con)
+        self.con.execute(
+            f"create table if not exists {META}.kafka_offsets ("
+            ' topic varchar, "partition" integer, next_offset bigint not null,'
+            ' updated_at timestamptz, primary key (topic, "partition"))'
+        )
+        self.con.execute(
+            f"create table if not exists {META}.dead_letters ("
+            ' topic varchar not null, "partition" integer not null, "offset" bigint not null,'
+            " reason varchar not null, key blob, value blob, received_at timestamptz)"
+        )
+
+    def _load_tables(self) -> None:
+        try:
+            rows = self.con.execute(
+                f"select schema_name, table_name, columns, identity, state, catchup_until, relid"
+                f" from {META}.tables"
+            ).fetchall()
+        except duckdb.CatalogException:
+            rows = []
+        for schema, name, columns, identity, state, until, relid in rows:
+            cols = [MirrorColumn(**c) for c in json.loads(columns)]
+            self.tables[(schema, name)] = MirroredTable(
+                schema, name, cols, identity, state, until or 0, relid or 0
+            )
+
+    def position(self, source: str) -> Lsn | None:
+        """The end LSN of the last source transaction applied, or None for a new mirror."""
+        row = self.con.execute(
+            f"select lsn from {META}.positions where source = ?", [source]
+        ).fetchone()
+        return None if row is None else int(row[0])
+
+    def _save_table(self, table: MirroredTable) -> None:
+        columns = json.dumps([asdict(c) for c in table.columns])
+        self.con.execute(
+            f"insert or replace into {META}.tables values (?, ?, ?, ?, ?, ?, ?)",
+            [
+                table.schema,
+                table.name,
+                columns,
+                table.identity,
+                table.state,
+                table.catchup_until,
+                table.relid,
+            ],
+        )
+
+    # -- transactions --------------------------------------------------------------------------
+
+    def begin(self) -> None:
+        if not self._in_transaction:
+            self.con.execute("begin")
+            self._in_transaction = True
+
+    def commit(
+        self, source: str, lsn: Lsn, offsets: Mapping[tuple[str, int], int] | None = None
+    ) -> None:
+        """Store ``lsn`` as the source position (and the Kafka ``offsets`` the batch was
+        consumed up to: topic and partition to the next offset) and commit everything applied
+        since begin()."""
+        self.begin()
+        self.con.execute(
+            f"insert into {META}.positions values (?, ?, now()) on conflict (source) do update"
+            " set lsn = greatest(positions.lsn, excluded.lsn), updated_at = excluded.updated_at",
+            [source, lsn],
+        )
+        if offsets:
+            self.con.executemany(
+                f"insert or replace into {META}.kafka_offsets values (?, ?, ?, now())",
+                [[topic, partition, offset] for (topic, partition), offset in offsets.items()],
+            )
+        for table in self.tables.values():
+            if table.state == "catchup" and lsn >= table.catchup_until:
+                table.state = "ready"
+                self._save_table(table)
+        # stored with the batch, for consumers that must see each change exactly once across
+        # restarts (online learning)
+        change_log.log_changes(self.con, lsn, self._touched, self.logged)
+        try:
+            self.con.execute("commit")
+        except duckdb.Error:
+            self.rollback()  # a refused commit (disk full...) leaves nothing half applied
+            raise
+        self._in_transaction = False
+        touched, self._touched = self._touched, {}
+        if touched and self.on_commit is not None:
+            self.on_commit(lsn, touched)
+
+    def kafka_offsets(self) -> dict[tuple[str, int], int]:
+        """The next offset to consume of each Kafka topic and partition in the mirror."""
+        rows = self.con.execute(
+            f'select topic, "partition", next_offset from {META}.kafka_offsets'
+        ).fetchall()
+        return {(topic, int(partition)): int(offset) for topic, partition, offset in rows}
+
+    def dead_letter(
+        self,
+        topic: str,
+        partition: int,
+        offset: int,
+        reason: str,
+        key: bytes | None,
+        value: bytes | None,
+    ) -> None:
+        """Keep a message that cannot be applied, with the batch it came in."""
+        self.begin()
+        self.con.execute(
+            f"insert into {META}.dead_letters values (?, ?, ?, ?, ?, ?, now())",
+            [topic, partition, offset, reason, key, value],
+        )
+
+    def logged_changes(self, schema: str, name: str, after: Lsn) -> list[tuple[Lsn, pa.Table]]:
+        """The logged keys of ``schema.name`` committed after ``after``, oldest first."""
+        return change_log.logged_changes(self.con, schema, name, after)
+
+    def forget_changes(self, schema: str, name: str, upto: Lsn) -> None:
+        """Drop logged keys every consumer has taken (up to and including ``upto``)."""
+        change_log.forget_changes(self.con, schema, name, upto)
+
+    def commit_step(self) -> None:
+        """Commit a step of an initial copy: no source position moves."""
+        if self._in_transaction:
+            self.con.execute("commit")
+            self._in_transaction = False
+        self.begin()
+
+    def rollback(self) -> None:
+        self._touched = {}
+        if self._in_transaction:
+            self._in_transaction = False
+            with contextlib.suppress(duckdb.TransactionException):  # a failed commit ended it
+                self.con.execute("rollback")
+            self.tables.clear()
+            self._load_tables()
+
+    def close(self) -> None:
+        self.rollback()
+        self.con.close()
+
+    # -- schema --------------------------------------------------------------------------------
+
+    def table_for(self, relation: Relation) -> MirroredTable | None:
+        return self.tables.get((relation.schema, relation.name))
+
+    def create_table(self, relation: Relation, *, state: str, key: bool = True) -> MirroredTable:
+        """Create (or re-create, emptied) the mirror table for ``relation``.
+
+        With ``key=False`` the primary key comes later, from ``add_primary_key`` once the
+        initial copy is in: building the index at once is faster than row by row."""
+        columns = mirror_columns(relation, self.source_types)
+        table = MirroredTable(
+            relation.schema,
+            relation.name,
+            columns,
+            relation.replica_identity,
+            state,
+            0,
+            relation.oid,
+        )
+        definitions = [f"{quote(c.name)} {c.sql}" for c in table.columns]
+        if key and table.has_primary_key:
+            definitions.append(f"primary key ({', '.join(quote(c.name) for c in table.keys)})")
+        self.con.execute(f"create schema if not exists {quote(relation.schema)}")
+        self.con.execute(f"drop table if exists {table.qualified}")
+        self.con.execute(f"create table {table.qualified} ({', '.join(definitions)})")
+        self.tables[(relation.schema, relation.name)] = table
+        self._save_table(table)
+        return table
+
+    def add_primary_key(self, table: MirroredTable) -> None:
+        if table.has_primary_key:
+            keys = ", ".join(quote(c.name) for c in table.keys)
+            self.con.execute(f"alter table {table.qualified} add primary key ({keys})")
+
+    def insert_rows(self, table: MirroredTable, rows: pa.Table) -> None:
+        """Insert rows of an initial copy: typed columns as they are, text columns cast."""
+        self.touch_everything(table.schema, table.name)
+        try:
+            apply.insert(self.con, table, Tuples(rows))
+        except duckdb.ConversionException as exc:
+            raise apply.unstorable(table, exc) from None
+
+    def set_state(self, table: MirroredTable, state: str, catchup_until: Lsn = 0) -> None:
+        table.state = state
+        table.catchup_until = catchup_until
+        self._save_table(table)
+
+    def schema_plan(self, relation: Relation) -> SchemaPlan | None:
+        """What following ``relation`` would change, or None if the table is not mirrored."""
+        table = self.table_for(relation)
+        if table is None:
+            return None
+        return plan_schema(table, relation, mirror_columns(relation, self.source_types))
+
+    def follow_schema(
+        self, relation: Relation, fill: Mapping[str, str | None] | None = None
+    ) -> None:
+        """Alter the mirror table so it has the relation's columns, keeping its rows."""
+        table = self.table_for(relation)
+        if table is None:
+            return
+        wanted = mirror_columns(relation, self.source_types)
+        plan = plan_schema(table, relation, wanted)
+        if plan.empty:
+            return
+        if plan.copy_reason is not None:
+            raise MirrorError(f"{relation.qualified_name} {plan.copy_reason}: copy it again")
+        for statement in schema_steps(table, plan, fill or {}):
+            self.con.execute(statement)
+        table.columns = wanted
+        self._save_table(table)
+
+    # -- applying changes ----------------------------------------------------------------------
+
+    @property
+    def catching_up(self) -> bool:
+        """Whether some table skips changes already in its copy."""
+        return any(t.state == "catchup" for t in self.tables.values())
+
+    def apply(self, changes: Iterable[Change], commit_lsn: Lsn | None = None) -> int:
+        """Apply changes in order inside the open transaction; return the rows touched.
+
+        ``commit_lsn`` is the commit position of the source transaction the changes belong to;
+        tables copied after it skip them.
+        """
+        self.begin()
+        touched = 0
+        rows: list[RowChange] = []
+        counts = self.changes_applied
+        for change in changes:
+            if isinstance(change, SchemaChange | Truncate):
+                touched += self._apply_rows(rows, commit_lsn)
+                rows = []
+                self._apply_to_tables(change, commit_lsn)
+                if isinstance(change, Truncate):
+                    counts["truncate"] += len(change.relations)
+            else:
+                rows.append(change)
+                kind = (
+                    "insert" if isinstance(change, Inserts)
+                    else "update" if isinstance(change, Updates) else "delete"
+                )  # fmt: skip
+                counts[kind] += apply.change_rows(change)
+        return touched + self._apply_rows(rows, commit_lsn)
+
+    def _apply_rows(self, changes: list[RowChange], commit_lsn: Lsn | None) -> int:
+        """Apply row changes, table by table (tables are independent, so order within each
+        table is all that matters); interleaved changes to a keyed table collapse to their net
+        effect, two statements however many transactions the batch holds."""
+        by_table: dict[tuple[str, str], list[RowChange]] = {}
+        for change in changes:
+            by_table.setdefault((change.relation.schema, change.relation.name), []).append(change)
+        touched = 0
+        for key, group in by_table.items():
+            table = self.tables.get(key)
+            if table is None or apply.in_copy(table, commit_lsn):
+                continue
+            if self._watching(key):
+                change_log.touch(self._touched.setdefault(key, Touched()), table, group)
+            try:
+                touched += apply.apply_group(self.con, table, group)
+            except duckdb.ConversionException as exc:
+                raise apply.unstorable(table, exc) from None
+        return touched
+
+    def _apply_to_tables(self, change: SchemaChange | Truncate, commit_lsn: Lsn | None) -> None:
+        if isinstance(change, SchemaChange):
+            self.follow_schema(change.relation)  # the replicator calls it with fill values
+            return
+        for relation in change.relations:
+            table = self.table_for(relation)
+            if table is not None and not apply.in_copy(table, commit_lsn):
+                self.con.execute(f"delete from {table.qualified}")
+                self.touch_everything(table.schema, table.name)
+
+    def _watching(self, key: tuple[str, str]) -> bool:
+        return any(key in tables for tables in self.watched)
+
+    def touch_everything(self, schema: str, name: str) -> None:
+        """Report the whole table as changed at the next commit (after a copy or truncate)."""
+        if self._watching((schema, name)):
+            self._touched.setdefault((schema, name), Touched()).everything = True
