@@ -1,1 +1,1 @@
-"""The sidecar core: the DuckDB mirror, configuration, the CLI and shared types."""
+"""The application on top: the CLI, the daemon wiring the parts, settings, control and metrics."""
