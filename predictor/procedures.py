@@ -1,5 +1,6 @@
 """PostgresML's procedures on the endpoint: pgml.train, deploy, load_dataset, snapshot, version.
 
+The sidecar's own ``pgml.schedule`` and ``pgml.retrain_on_drift`` are called the same way.
 Arguments are bound by PostgresML's signatures, positionally or as ``name => value``; the
 result has the columns PostgresML returns. ``SELECT pgml.train(...)`` gives one record column
 named after the function, ``SELECT * FROM pgml.train(...)`` one column per field.

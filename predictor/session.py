@@ -2,70 +2,31 @@
 
 A session turns the messages a client sends into the bytes it answers with; the server's
 connection loop owns the socket. Each session has its own DuckDB cursor, prepared statements,
-portals and cursors, so one client's errors or dropped connection never touch another's.
+portals and cursors, so one client's errors or dropped connection never touch another's. The
+statements themselves are run by :class:`predictor.execution.StatementRunner`, which a session is.
 """
 
 from __future__ import annotations
 
 import contextlib
 import logging
-import time
-from collections.abc import Iterator, Sequence
-from dataclasses import dataclass, field
-from typing import Any, Protocol
+from collections.abc import Iterator
+from typing import Any
 
 import duckdb
-import numpy as np
 import pyarrow as pa
 
 from mirror.errors import SidecarError
-from predictor import procedures, scoring, wire
-from predictor.pg_types import (
-    FLOAT8,
-    PgType,
-    parse_binary_param,
-    parse_text_param,
-    pg_type_for_arrow,
-    text_value,
-)
-from predictor.procedures import ProcedureResult
-from predictor.scoring import Scorer, scoring_error
-from predictor.scram import AuthenticationFailed, ScramExchange, ScramVerifier
-from predictor.statements import Parameter, ProcedureCall, Statement, StatementError, split
-from trainer.train import Trainer
+from predictor import procedures, results, wire
+from predictor.binary_parameters import parse_binary_param
+from predictor.execution import DEFAULT_SETTINGS, Endpoint, StatementRunner, duckdb_error
+from predictor.results import FETCH_BATCH, Outcome, Portal, Prepared
+from predictor.scram import AuthenticationFailed, ScramExchange
+from predictor.statements import StatementError, split
+from predictor.text_parameters import parse_text_param
 
 log = logging.getLogger("pgml_sidecar")
 
-SERVER_VERSION = "16.0"
-_FLOAT8_ARRAY = 1022
-FETCH_BATCH = 65_536
-_TYPES = {
-    "text": PgType(25, -1, "text"),
-    "bool": PgType(16, 1, "bool"),
-    "int8": PgType(20, 8, "int8"),
-    "float4": PgType(700, 4, "float4"),
-    "text[]": PgType(1009, -1, "_text"),
-    "record": PgType(2249, -1, "record"),
-}
-_DEFAULT_SETTINGS = {
-    "server_version": SERVER_VERSION,
-    "server_version_num": "160000",
-    "server_encoding": "UTF8",
-    "client_encoding": "UTF8",
-    "datestyle": "ISO, MDY",
-    "timezone": "UTC",
-    "intervalstyle": "postgres",
-    "integer_datetimes": "on",
-    "standard_conforming_strings": "on",
-    "transaction_isolation": "repeatable read",
-    "default_transaction_read_only": "on",
-    "transaction_read_only": "on",
-    "search_path": "public",
-    "extra_float_digits": "1",
-    "application_name": "",
-    "is_superuser": "off",
-    "max_identifier_length": "63",
-}
 _REPORTED = ("server_version", "server_encoding", "client_encoding", "datestyle", "timezone",
              "intervalstyle", "integer_datetimes", "standard_conforming_strings",
              "application_name", "is_superuser", "default_transaction_read_only")  # fmt: skip
@@ -76,94 +37,7 @@ _REPORTED_NAMES = {
 }
 
 
-class Endpoint(Protocol):
-    """What a session needs from the server that holds it."""
-
-    con: duckdb.DuckDBPyConnection
-    trainer: Trainer
-    verifier: ScramVerifier | None
-    scorer: Scorer
-
-    def refresh_score_views(self) -> None: ...
-
-
-@dataclass(slots=True)
-class Outcome:
-    """What one statement produced: a command tag, and rows if it returns any."""
-
-    tag: str
-    fields: list[wire.Field] | None = None
-    rows: Rows | None = None
-
-
-@dataclass(slots=True)
-class Rows:
-    """Rows read lazily from a DuckDB result (or given at once), for FETCH and Execute limits."""
-
-    reader: pa.RecordBatchReader | None
-    buffer: list[pa.RecordBatch] = field(default_factory=list)
-    buffered: int = 0
-    sent: int = 0
-    cursor: duckdb.DuckDBPyConnection | None = None  # a cursor of its own, closed with it
-    encoded: bytes = b""
-    """One DataRow ready to send (the one-row prediction path: no Arrow on the way)."""
-
-    def drain(self) -> None:
-        """Read the rest of the result now, so its DuckDB connection can run other queries."""
-        self._read(None)
-
-    def _read(self, limit: int | None) -> None:
-        """Buffer batches until ``limit`` rows are buffered (all if None) or the result ends."""
-        while self.reader is not None and (limit is None or self.buffered < limit):
-            try:
-                batch = self.reader.read_next_batch()
-            except StopIteration:
-                self.reader = None
-                break
-            self.buffer.append(batch)
-            self.buffered += batch.num_rows
-
-    def take(self, limit: int | None) -> tuple[pa.Table | None, bool]:
-        """Up to ``limit`` rows (all if None), and whether rows remain after them."""
-        self._read(limit)
-        if not self.buffer:
-            return None, False
-        table = pa.Table.from_batches(self.buffer)
-        if limit is not None and table.num_rows > limit:
-            rest = table.slice(limit)
-            table = table.slice(0, limit)
-            self.buffer = rest.to_batches()
-            self.buffered = rest.num_rows
-        else:
-            self.buffer, self.buffered = [], 0
-        self.sent += table.num_rows
-        return table, bool(self.buffer) or self.reader is not None
-
-    def close(self) -> None:
-        if self.reader is not None:
-            self.reader.close()
-            self.reader = None
-        self.buffer = []
-        if self.cursor is not None:
-            self.cursor.close()
-            self.cursor = None
-
-
-@dataclass(slots=True)
-class Prepared:
-    statement: Statement | None  # None: the empty query
-    param_types: tuple[int, ...]
-
-
-@dataclass(slots=True)
-class Portal:
-    prepared: Prepared
-    params: list[Any]
-    outcome: Outcome | None = None
-    done: bool = False
-
-
-class Session:
+class Session(StatementRunner):
     """The protocol state of one client connection."""
 
     def __init__(self, endpoint: Endpoint, *, pid: int, key: int) -> None:
@@ -172,7 +46,7 @@ class Session:
         self.state = "startup"
         self.user = ""
         self.status = "I"  # ReadyForQuery: I idle, T in a transaction, E failed transaction
-        self.settings = dict(_DEFAULT_SETTINGS)
+        self.settings = dict(DEFAULT_SETTINGS)
         self.cursor: duckdb.DuckDBPyConnection | None = None
         self.prepared: dict[str, Prepared] = {}
         self.portals: dict[str, Portal] = {}
@@ -311,7 +185,7 @@ class Session:
             try:
                 table, more = rows.take(chunk)
             except duckdb.Error as exc:
-                raise _duckdb_error(exc) from None
+                raise duckdb_error(exc) from None
             if table is not None and table.num_rows:
                 yield wire.encode_rows(table)
                 if remaining is not None:
@@ -411,24 +285,24 @@ class Session:
             return out + wire.no_data()
         if statement.kind == "procedure":
             assert statement.procedure is not None
-            fields = _fields(procedures.columns_of(statement.procedure))
+            fields = results.fields(procedures.columns_of(statement.procedure))
             return out + wire.row_description(fields)
         if statement.kind == "predict":
             assert statement.procedure is not None
             call = statement.procedure
             kind = pa.list_(pa.float64()) if call.name == "predict_proba" else pa.float64()
             schema = pa.schema([(call.kwargs["column"], kind)])
-            return out + wire.row_description(_arrow_fields(schema))
+            return out + wire.row_description(results.arrow_fields(schema))
         if statement.kind == "select":
             cursor = self.endpoint.con.cursor()
             try:
                 sql = f"select * from ({statement.sql}) limit 0"
                 schema = cursor.sql(sql, params=[None] * statement.params).to_arrow_reader(1).schema
             except duckdb.Error as exc:
-                raise _duckdb_error(exc) from None
+                raise duckdb_error(exc) from None
             finally:
                 cursor.close()
-            return out + wire.row_description(_arrow_fields(schema))
+            return out + wire.row_description(results.arrow_fields(schema))
         if statement.kind in ("fetch", "show"):
             outcome = self._run(statement, [])  # the fields are those of what it reads
             if outcome.rows is not None:
@@ -460,255 +334,10 @@ class Session:
         if last != suspended:
             portal.done = True
 
-    # -- statements ----------------------------------------------------------------------------
-
-    def _cursor(self) -> duckdb.DuckDBPyConnection:
-        assert self.cursor is not None
-        return self.cursor
-
-    def _run(self, statement: Statement, params: list[Any]) -> Outcome:
-        """Run one statement in this session's transaction state."""
-        if self.status == "E" and statement.kind not in ("rollback", "rollback_to", "commit"):
-            raise SidecarError(
-                "current transaction is aborted, commands ignored until end of transaction block",
-                sqlstate="25P02",
-            )
-        try:
-            return self._dispatch(statement, params)
-        except SidecarError:
-            if self.status == "T":
-                self.status = "E"
-            raise
-
-    def _dispatch(self, statement: Statement, params: list[Any]) -> Outcome:
-        kind = statement.kind
-        if kind in ("select", "declare"):
-            self.endpoint.refresh_score_views()
-        if kind == "select":
-            return self._query(statement.sql, params, statement.tag)
-        if kind == "predict":
-            assert statement.procedure is not None
-            return self._predict(statement.procedure, params)
-        if kind == "procedure":
-            assert statement.procedure is not None
-            result = procedures.call(self.endpoint.trainer, statement.procedure, params)
-            return _procedure_outcome(result)
-        if kind in ("begin", "commit", "rollback", "savepoint", "release", "rollback_to"):
-            return self._transaction(statement)
-        if kind == "set":
-            assert statement.name is not None
-            self.settings[statement.name.lower()] = statement.value or ""
-            return Outcome("SET")
-        if kind == "reset":
-            name = (statement.name or "").lower()
-            self.settings[name] = _DEFAULT_SETTINGS.get(name, "")
-            return Outcome("RESET")
-        if kind == "reset_all":
-            self.settings = dict(_DEFAULT_SETTINGS)
-            return Outcome("RESET")
-        if kind == "show":
-            return self._show(statement.name or "")
-        if kind == "declare":
-            assert statement.name is not None
-            if statement.name in self.cursors:
-                raise SidecarError(f'cursor "{statement.name}" already exists', sqlstate="42P03")
-            self.cursors[statement.name] = self._query(statement.sql, params, "FETCH")
-            return Outcome("DECLARE CURSOR")
-        if kind in ("fetch", "move"):
-            return self._fetch(statement)
-        if kind == "close":
-            return self._close_cursor(statement.name)
-        if kind == "discard":
-            self._close_cursor(None)
-            self.prepared.clear()
-            self.settings = dict(_DEFAULT_SETTINGS)
-            return Outcome("DISCARD ALL")
-        if kind == "deallocate":
-            if statement.name is None:
-                self.prepared.clear()
-            else:
-                self.prepared.pop(statement.name, None)
-            return Outcome("DEALLOCATE")
-        raise SidecarError(f"cannot run {kind}", sqlstate="0A000")
-
-    def _query(self, sql: str, params: Sequence[Any], tag: str) -> Outcome:
-        """Start a query; its rows are read as the client takes them.
-
-        Outside a transaction block each result reads through a DuckDB cursor of its own, so
-        several can be open at once (cursors, portals). Inside one, every query shares the
-        transaction's cursor and snapshot, and results still open are read to the end first.
-        """
-        if self.status == "I":
-            cursor = self.endpoint.con.cursor()
-            owned: duckdb.DuckDBPyConnection | None = cursor
-        else:
-            for rows in self._open_rows():
-                if rows.cursor is None:
-                    rows.drain()
-            cursor, owned = self._cursor(), None
-        self._running = cursor
-        try:
-            reader = cursor.sql(sql, params=list(params) or None).to_arrow_reader(FETCH_BATCH)
-        except duckdb.Error as exc:
-            if owned is not None:
-                owned.close()
-            raise _duckdb_error(exc) from None
-        finally:
-            self._running = None
-        return Outcome(tag, _arrow_fields(reader.schema), Rows(reader, cursor=owned))
-
-    def _open_rows(self) -> Iterator[Rows]:
-        for portal in self.portals.values():
-            if portal.outcome is not None and portal.outcome.rows is not None:
-                yield portal.outcome.rows
-        for outcome in self.cursors.values():
-            if outcome.rows is not None:
-                yield outcome.rows
-
-    def _predict(self, call: ProcedureCall, params: Sequence[Any]) -> Outcome:
-        """One prediction from constant features, straight from the model (no query plan)."""
-        key, features = (_resolve(a, params) for a in call.args)
-        column = call.kwargs["column"]
-        if key is None or features is None:
-            values: Any = None
-        else:
-            if not isinstance(features, list):
-                features = [features]
-            try:
-                matrix = np.array([[np.nan if v is None else v for v in features]], dtype=float)
-            except (TypeError, ValueError):
-                raise SidecarError(
-                    f"pgml.{call.name} takes an array of numbers as features", sqlstate="22P02"
-                ) from None
-            scorer = self.endpoint.scorer
-            model = scorer.model(str(key))
-            started = time.perf_counter()
-            if call.name == "predict_proba":
-                values = model.predict_proba_matrix(matrix)[0].tolist()
-            else:
-                values = float(scoring.as_numbers(model, model.predict_matrix(matrix))[0])
-            scorer.observe(str(key), 1, time.perf_counter() - started)
-        field = (
-            wire.Field(column, _FLOAT8_ARRAY, -1)
-            if call.name == "predict_proba" else wire.Field(column, FLOAT8.oid, FLOAT8.size)
-        )  # fmt: skip
-        row = wire.data_row([text_value(values)])
-        return Outcome("SELECT", [field], Rows(None, encoded=row))
-
-    def _transaction(self, statement: Statement) -> Outcome:
-        cursor = self._cursor()
-        kind = statement.kind
-        if kind == "begin":
-            if self.status == "I":
-                cursor.execute("begin")
-                self.status = "T"
-            return Outcome(statement.tag)
-        if kind in ("commit", "rollback"):
-            if self.status != "I":
-                cursor.execute("rollback")  # nothing was written: a read-only transaction
-            tag = "ROLLBACK" if self.status == "E" or kind == "rollback" else "COMMIT"
-            self.status = "I"
-            self._close_cursor(None)
-            return Outcome(tag)
-        if self.status == "I":
-            raise SidecarError(
-                f"{statement.tag} can only be used in transaction blocks", sqlstate="25P01"
-            )
-        if kind == "rollback_to" and self.status == "E":
-            self.status = "T"
-        return Outcome(statement.tag)
-
-    def _show(self, name: str) -> Outcome:
-        key = name.lower()
-        if key == "all":
-            rows = sorted(self.settings.items())
-        elif key in self.settings:
-            rows = [(key, self.settings[key])]
-        else:
-            raise SidecarError(f'unrecognized configuration parameter "{name}"', sqlstate="42704")
-        if key == "all":
-            table = pa.table({"name": [r[0] for r in rows], "setting": [r[1] for r in rows]})
-        else:
-            table = pa.table({key: [rows[0][1]]})
-        return Outcome("SHOW", _arrow_fields(table.schema), _given(table))
-
-    def _fetch(self, statement: Statement) -> Outcome:
-        name = statement.name or ""
-        cursor = self.cursors.get(name)
-        if cursor is None or cursor.rows is None:
-            raise SidecarError(f'cursor "{name}" does not exist', sqlstate="34000")
-        count = statement.count if statement.count is not None else 1
-        table, _ = cursor.rows.take(count)
-        if table is None:
-            table = pa.Table.from_batches([], schema=_schema_of(cursor))
-        if statement.kind == "move":
-            return Outcome(f"MOVE {table.num_rows}")
-        return Outcome("FETCH", cursor.fields, _given(table))
-
-    def _close_cursor(self, name: str | None) -> Outcome:
-        if name is None:
-            for cursor in self.cursors.values():
-                if cursor.rows is not None:
-                    cursor.rows.close()
-            self.cursors.clear()
-        else:
-            found = self.cursors.pop(name, None)
-            if found is None:
-                raise SidecarError(f'cursor "{name}" does not exist', sqlstate="34000")
-            if found.rows is not None:
-                found.rows.close()
-        return Outcome("CLOSE CURSOR")
-
     def _error(self, exc: SidecarError) -> bytes:
         if self.status == "T":
             self.status = "E"
         return wire.error_response(sqlstate=exc.sqlstate, message=str(exc))
-
-
-# -- helpers ---------------------------------------------------------------------------------------
-
-
-def _resolve(value: Any, params: Sequence[Any]) -> Any:
-    """A constant argument with its ``$n`` parameters filled in."""
-    if isinstance(value, Parameter):
-        if not 1 <= value.number <= len(params):
-            raise SidecarError(f"there is no parameter ${value.number}", sqlstate="42P02")
-        return params[value.number - 1]
-    if isinstance(value, list):
-        return [_resolve(v, params) for v in value]
-    return value
-
-
-def _given(table: pa.Table) -> Rows:
-    return Rows(None, table.to_batches(), table.num_rows)
-
-
-def _schema_of(outcome: Outcome) -> pa.Schema:
-    rows = outcome.rows
-    if rows is not None and rows.reader is not None:
-        return rows.reader.schema
-    if rows is not None and rows.buffer:
-        return rows.buffer[0].schema
-    return pa.schema([(f.name, pa.string()) for f in outcome.fields or []])
-
-
-def _arrow_fields(schema: pa.Schema) -> list[wire.Field]:
-    fields = []
-    for item in schema:
-        kind = pg_type_for_arrow(item.type)
-        fields.append(wire.Field(item.name, kind.oid, kind.size))
-    return fields
-
-
-def _fields(columns: list[tuple[str, str]]) -> list[wire.Field]:
-    return [wire.Field(name, _TYPES[kind].oid, _TYPES[kind].size) for name, kind in columns]
-
-
-def _procedure_outcome(result: ProcedureResult) -> Outcome:
-    fields = _fields(result.columns)
-    names = [name for name, _ in result.columns]
-    table = pa.table({name: [row[i] for row in result.rows] for i, name in enumerate(names)})
-    return Outcome("SELECT", fields, _given(table))
 
 
 def _bind_params(prepared: Prepared, message: wire.Bind) -> list[Any]:
@@ -719,34 +348,3 @@ def _bind_params(prepared: Prepared, message: wire.Bind) -> list[Any]:
         oid = prepared.param_types[i] if i < len(prepared.param_types) else 0
         params.append(parse_binary_param(data, oid) if fmt == 1 else parse_text_param(data, oid))
     return params
-
-
-_DUCKDB_STATES: list[tuple[type[duckdb.Error], str]] = [
-    (duckdb.InterruptException, "57014"),
-    (duckdb.ParserException, "42601"),
-    (duckdb.CatalogException, "42P01"),
-    (duckdb.BinderException, "42703"),
-    (duckdb.ConversionException, "22P02"),
-    (duckdb.OutOfRangeException, "22003"),
-    (duckdb.OutOfMemoryException, "53200"),
-    (duckdb.PermissionException, "42501"),
-    (duckdb.InvalidInputException, "22023"),
-    (duckdb.TransactionException, "40001"),
-]
-
-
-def _duckdb_error(exc: duckdb.Error) -> SidecarError:
-    """A DuckDB error as the endpoint reports it: the SQLSTATE closest to its kind."""
-    found = scoring_error(exc)
-    if found is not None:
-        return found
-    if isinstance(exc, duckdb.InterruptException):
-        return SidecarError("canceling statement due to user request", sqlstate="57014")
-    message = str(exc).strip()
-    for prefix in ("Catalog Error: ", "Binder Error: ", "Parser Error: ", "Conversion Error: ",
-                   "Invalid Input Error: ", "Out of Range Error: "):  # fmt: skip
-        message = message.removeprefix(prefix)
-    for kind, sqlstate in _DUCKDB_STATES:
-        if isinstance(exc, kind):
-            return SidecarError(message, sqlstate=sqlstate)
-    return SidecarError(message, sqlstate="XX000")

@@ -16,7 +16,7 @@ import pyarrow as pa
 import pyarrow.compute as pc
 
 from mirror.errors import SidecarError
-from predictor.pg_types import text_column
+from predictor.column_text import text_column
 
 PROTOCOL_3_0 = 196608
 """The protocol version of a StartupMessage for protocol 3.0 (3 << 16)."""

@@ -17,19 +17,11 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from predictor import pg_types
-from predictor.pg_types import (
-    InvalidParameter,
-    PgType,
-    float_text,
-    interval_text,
-    parse_array_literal,
-    parse_binary_param,
-    parse_text_param,
-    pg_type_for_arrow,
-    pg_type_for_duckdb,
-    text_column,
-    text_value,
-)
+from predictor.binary_parameters import parse_binary_param
+from predictor.column_text import text_column
+from predictor.pg_types import PgType, pg_type_for_arrow, pg_type_for_duckdb
+from predictor.text_parameters import InvalidParameter, parse_array_literal, parse_text_param
+from predictor.value_text import float_text, interval_text, text_value
 
 # -- type mapping ----------------------------------------------------------------------------------
 

@@ -16,7 +16,7 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from predictor import wire
-from predictor.pg_types import float_text, text_value
+from predictor.value_text import float_text, text_value
 from predictor.wire import (
     Bind,
     CancelRequest,

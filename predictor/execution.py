@@ -1,0 +1,328 @@
+"""Running one statement for a session, in its transaction state, on DuckDB or the models.
+
+Queries read through DuckDB cursors; SET, SHOW, transactions, cursors (DECLARE, FETCH, MOVE,
+CLOSE) and one-row predictions are answered here without a query plan. :class:`Session` in
+:mod:`predictor.session` is a :class:`StatementRunner` that adds the protocol around it.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Iterator, Sequence
+from typing import Any, Protocol
+
+import duckdb
+import numpy as np
+import pyarrow as pa
+
+from mirror.errors import SidecarError
+from predictor import procedures, results, scoring, wire
+from predictor.pg_types import FLOAT8
+from predictor.procedures import ProcedureResult
+from predictor.results import FETCH_BATCH, Outcome, Portal, Prepared, Rows
+from predictor.scoring import Scorer, scoring_error
+from predictor.scram import ScramVerifier
+from predictor.statements import Parameter, ProcedureCall, Statement
+from predictor.value_text import text_value
+from trainer.train import Trainer
+
+SERVER_VERSION = "16.0"
+_FLOAT8_ARRAY = 1022
+DEFAULT_SETTINGS = {
+    "server_version": SERVER_VERSION,
+    "server_version_num": "160000",
+    "server_encoding": "UTF8",
+    "client_encoding": "UTF8",
+    "datestyle": "ISO, MDY",
+    "timezone": "UTC",
+    "intervalstyle": "postgres",
+    "integer_datetimes": "on",
+    "standard_conforming_strings": "on",
+    "transaction_isolation": "repeatable read",
+    "default_transaction_read_only": "on",
+    "transaction_read_only": "on",
+    "search_path": "public",
+    "extra_float_digits": "1",
+    "application_name": "",
+    "is_superuser": "off",
+    "max_identifier_length": "63",
+}
+
+
+class Endpoint(Protocol):
+    """What a session needs from the server that holds it."""
+
+    con: duckdb.DuckDBPyConnection
+    trainer: Trainer
+    verifier: ScramVerifier | None
+    scorer: Scorer
+
+    def refresh_score_views(self) -> None: ...
+
+
+class StatementRunner:
+    """Runs statements in a session's transaction state; :class:`Session` adds the protocol."""
+
+    endpoint: Endpoint
+    status: str
+    settings: dict[str, str]
+    cursor: duckdb.DuckDBPyConnection | None
+    prepared: dict[str, Prepared]
+    portals: dict[str, Portal]
+    cursors: dict[str, Outcome]
+    _running: duckdb.DuckDBPyConnection | None
+
+    def _cursor(self) -> duckdb.DuckDBPyConnection:
+        assert self.cursor is not None
+        return self.cursor
+
+    def _run(self, statement: Statement, params: list[Any]) -> Outcome:
+        """Run one statement in this session's transaction state."""
+        if self.status == "E" and statement.kind not in ("rollback", "rollback_to", "commit"):
+            raise SidecarError(
+                "current transaction is aborted, commands ignored until end of transaction block",
+                sqlstate="25P02",
+            )
+        try:
+            return self._dispatch(statement, params)
+        except SidecarError:
+            if self.status == "T":
+                self.status = "E"
+            raise
+
+    def _dispatch(self, statement: Statement, params: list[Any]) -> Outcome:
+        kind = statement.kind
+        if kind in ("select", "declare"):
+            self.endpoint.refresh_score_views()
+        if kind == "select":
+            return self._query(statement.sql, params, statement.tag)
+        if kind == "predict":
+            assert statement.procedure is not None
+            return self._predict(statement.procedure, params)
+        if kind == "procedure":
+            assert statement.procedure is not None
+            result = procedures.call(self.endpoint.trainer, statement.procedure, params)
+            return _procedure_outcome(result)
+        if kind in ("begin", "commit", "rollback", "savepoint", "release", "rollback_to"):
+            return self._transaction(statement)
+        if kind == "set":
+            assert statement.name is not None
+            self.settings[statement.name.lower()] = statement.value or ""
+            return Outcome("SET")
+        if kind == "reset":
+            name = (statement.name or "").lower()
+            self.settings[name] = DEFAULT_SETTINGS.get(name, "")
+            return Outcome("RESET")
+        if kind == "reset_all":
+            self.settings = dict(DEFAULT_SETTINGS)
+            return Outcome("RESET")
+        if kind == "show":
+            return self._show(statement.name or "")
+        if kind == "declare":
+            assert statement.name is not None
+            if statement.name in self.cursors:
+                raise SidecarError(f'cursor "{statement.name}" already exists', sqlstate="42P03")
+            self.cursors[statement.name] = self._query(statement.sql, params, "FETCH")
+            return Outcome("DECLARE CURSOR")
+        if kind in ("fetch", "move"):
+            return self._fetch(statement)
+        if kind == "close":
+            return self._close_cursor(statement.name)
+        if kind == "discard":
+            self._close_cursor(None)
+            self.prepared.clear()
+            self.settings = dict(DEFAULT_SETTINGS)
+            return Outcome("DISCARD ALL")
+        if kind == "deallocate":
+            if statement.name is None:
+                self.prepared.clear()
+            else:
+                self.prepared.pop(statement.name, None)
+            return Outcome("DEALLOCATE")
+        raise SidecarError(f"cannot run {kind}", sqlstate="0A000")
+
+    def _query(self, sql: str, params: Sequence[Any], tag: str) -> Outcome:
+        """Start a query; its rows are read as the client takes them.
+
+        Outside a transaction block each result reads through a DuckDB cursor of its own, so
+        several can be open at once (cursors, portals). Inside one, every query shares the
+        transaction's cursor and snapshot, and results still open are read to the end first.
+        """
+        if self.status == "I":
+            cursor = self.endpoint.con.cursor()
+            owned: duckdb.DuckDBPyConnection | None = cursor
+        else:
+            for rows in self._open_rows():
+                if rows.cursor is None:
+                    rows.drain()
+            cursor, owned = self._cursor(), None
+        self._running = cursor
+        try:
+            reader = cursor.sql(sql, params=list(params) or None).to_arrow_reader(FETCH_BATCH)
+        except duckdb.Error as exc:
+            if owned is not None:
+                owned.close()
+            raise duckdb_error(exc) from None
+        finally:
+            self._running = None
+        return Outcome(tag, results.arrow_fields(reader.schema), Rows(reader, cursor=owned))
+
+    def _open_rows(self) -> Iterator[Rows]:
+        for portal in self.portals.values():
+            if portal.outcome is not None and portal.outcome.rows is not None:
+                yield portal.outcome.rows
+        for outcome in self.cursors.values():
+            if outcome.rows is not None:
+                yield outcome.rows
+
+    def _predict(self, call: ProcedureCall, params: Sequence[Any]) -> Outcome:
+        """One prediction from constant features, straight from the model (no query plan)."""
+        key, features = (_resolve(a, params) for a in call.args)
+        column = call.kwargs["column"]
+        if key is None or features is None:
+            values: Any = None
+        else:
+            if not isinstance(features, list):
+                features = [features]
+            try:
+                matrix = np.array([[np.nan if v is None else v for v in features]], dtype=float)
+            except (TypeError, ValueError):
+                raise SidecarError(
+                    f"pgml.{call.name} takes an array of numbers as features", sqlstate="22P02"
+                ) from None
+            scorer = self.endpoint.scorer
+            model = scorer.model(str(key))
+            started = time.perf_counter()
+            if call.name == "predict_proba":
+                values = model.predict_proba_matrix(matrix)[0].tolist()
+            else:
+                values = float(scoring.as_numbers(model, model.predict_matrix(matrix))[0])
+            scorer.observe(str(key), 1, time.perf_counter() - started)
+        field = (
+            wire.Field(column, _FLOAT8_ARRAY, -1)
+            if call.name == "predict_proba" else wire.Field(column, FLOAT8.oid, FLOAT8.size)
+        )  # fmt: skip
+        row = wire.data_row([text_value(values)])
+        return Outcome("SELECT", [field], Rows(None, encoded=row))
+
+    def _transaction(self, statement: Statement) -> Outcome:
+        cursor = self._cursor()
+        kind = statement.kind
+        if kind == "begin":
+            if self.status == "I":
+                cursor.execute("begin")
+                self.status = "T"
+            return Outcome(statement.tag)
+        if kind in ("commit", "rollback"):
+            if self.status != "I":
+                cursor.execute("rollback")  # nothing was written: a read-only transaction
+            tag = "ROLLBACK" if self.status == "E" or kind == "rollback" else "COMMIT"
+            self.status = "I"
+            self._close_cursor(None)
+            return Outcome(tag)
+        if self.status == "I":
+            raise SidecarError(
+                f"{statement.tag} can only be used in transaction blocks", sqlstate="25P01"
+            )
+        if kind == "rollback_to" and self.status == "E":
+            self.status = "T"
+        return Outcome(statement.tag)
+
+    def _show(self, name: str) -> Outcome:
+        key = name.lower()
+        if key == "all":
+            rows = sorted(self.settings.items())
+        elif key in self.settings:
+            rows = [(key, self.settings[key])]
+        else:
+            raise SidecarError(f'unrecognized configuration parameter "{name}"', sqlstate="42704")
+        if key == "all":
+            table = pa.table({"name": [r[0] for r in rows], "setting": [r[1] for r in rows]})
+        else:
+            table = pa.table({key: [rows[0][1]]})
+        return Outcome("SHOW", results.arrow_fields(table.schema), results.given(table))
+
+    def _fetch(self, statement: Statement) -> Outcome:
+        name = statement.name or ""
+        cursor = self.cursors.get(name)
+        if cursor is None or cursor.rows is None:
+            raise SidecarError(f'cursor "{name}" does not exist', sqlstate="34000")
+        count = statement.count if statement.count is not None else 1
+        table, _ = cursor.rows.take(count)
+        if table is None:
+            table = pa.Table.from_batches([], schema=_schema_of(cursor))
+        if statement.kind == "move":
+            return Outcome(f"MOVE {table.num_rows}")
+        return Outcome("FETCH", cursor.fields, results.given(table))
+
+    def _close_cursor(self, name: str | None) -> Outcome:
+        if name is None:
+            for cursor in self.cursors.values():
+                if cursor.rows is not None:
+                    cursor.rows.close()
+            self.cursors.clear()
+        else:
+            found = self.cursors.pop(name, None)
+            if found is None:
+                raise SidecarError(f'cursor "{name}" does not exist', sqlstate="34000")
+            if found.rows is not None:
+                found.rows.close()
+        return Outcome("CLOSE CURSOR")
+
+
+def _resolve(value: Any, params: Sequence[Any]) -> Any:
+    """A constant argument with its ``$n`` parameters filled in."""
+    if isinstance(value, Parameter):
+        if not 1 <= value.number <= len(params):
+            raise SidecarError(f"there is no parameter ${value.number}", sqlstate="42P02")
+        return params[value.number - 1]
+    if isinstance(value, list):
+        return [_resolve(v, params) for v in value]
+    return value
+
+
+def _schema_of(outcome: Outcome) -> pa.Schema:
+    rows = outcome.rows
+    if rows is not None and rows.reader is not None:
+        return rows.reader.schema
+    if rows is not None and rows.buffer:
+        return rows.buffer[0].schema
+    return pa.schema([(f.name, pa.string()) for f in outcome.fields or []])
+
+
+def _procedure_outcome(result: ProcedureResult) -> Outcome:
+    fields = results.fields(result.columns)
+    names = [name for name, _ in result.columns]
+    table = pa.table({name: [row[i] for row in result.rows] for i, name in enumerate(names)})
+    return Outcome("SELECT", fields, results.given(table))
+
+
+_DUCKDB_STATES: list[tuple[type[duckdb.Error], str]] = [
+    (duckdb.InterruptException, "57014"),
+    (duckdb.ParserException, "42601"),
+    (duckdb.CatalogException, "42P01"),
+    (duckdb.BinderException, "42703"),
+    (duckdb.ConversionException, "22P02"),
+    (duckdb.OutOfRangeException, "22003"),
+    (duckdb.OutOfMemoryException, "53200"),
+    (duckdb.PermissionException, "42501"),
+    (duckdb.InvalidInputException, "22023"),
+    (duckdb.TransactionException, "40001"),
+]
+
+
+def duckdb_error(exc: duckdb.Error) -> SidecarError:
+    """A DuckDB error as the endpoint reports it: the SQLSTATE closest to its kind."""
+    found = scoring_error(exc)
+    if found is not None:
+        return found
+    if isinstance(exc, duckdb.InterruptException):
+        return SidecarError("canceling statement due to user request", sqlstate="57014")
+    message = str(exc).strip()
+    for prefix in ("Catalog Error: ", "Binder Error: ", "Parser Error: ", "Conversion Error: ",
+                   "Invalid Input Error: ", "Out of Range Error: "):  # fmt: skip
+        message = message.removeprefix(prefix)
+    for kind, sqlstate in _DUCKDB_STATES:
+        if isinstance(exc, kind):
+            return SidecarError(message, sqlstate=sqlstate)
+    return SidecarError(message, sqlstate="XX000")
