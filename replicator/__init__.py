@@ -1,1 +1,1 @@
-"""Talking to the source: publication and slot, initial copy, the pgoutput stream."""
+"""Talking to the source: publication and slot, initial copy, pgoutput stream, Debezium/Kafka."""

@@ -38,10 +38,11 @@ def connect(dsn: str) -> psycopg.Connection:
     try:
         return psycopg.connect(source_conninfo(dsn), autocommit=True)
     except psycopg.OperationalError as exc:
-        raise SourceError(f"cannot connect to the source database: {_first_line(exc)}") from None
+        raise SourceError(f"cannot connect to the source database: {first_line(exc)}") from None
 
 
-def _first_line(exc: BaseException) -> str:
+def first_line(exc: BaseException) -> str:
+    """The first line of an error's message (its type's name when it has none)."""
     return (str(exc).strip().splitlines() or [type(exc).__name__])[0]
 
 
@@ -128,7 +129,7 @@ def ensure_publication(
             )
     except psycopg.errors.InsufficientPrivilege as exc:
         raise SourceSetupError(
-            f"cannot create or change publication {publication}: {_first_line(exc)};"
+            f"cannot create or change publication {publication}: {first_line(exc)};"
             " run as the tables' owner, or have an owner run"
             f" CREATE PUBLICATION {publication} FOR TABLE ..."
         ) from None

@@ -1,6 +1,6 @@
 """The replication connection: slot commands, START_REPLICATION and COPY BOTH framing.
 
-Only socket work lives here; what the frames mean is the decoder's and the replicator's.
+Only socket work lives here; what the frames mean is the decoder's and the stream session's.
 """
 
 from __future__ import annotations

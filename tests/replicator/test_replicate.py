@@ -7,7 +7,7 @@ from pathlib import Path
 import psycopg
 import pytest
 
-from replicator import replicate
+from replicator import stream_session
 from tests.replicator.mirror_check import (
     Running,
     assert_same_rows,
@@ -188,7 +188,7 @@ def test_large_transactions_stream_before_commit(
     source_dsn: str, mirror_path: Path, spool: bool, monkeypatch: pytest.MonkeyPatch
 ):
     if spool:
-        monkeypatch.setattr(replicate._StreamedTransaction, "memory_budget", 0)
+        monkeypatch.setattr(stream_session._StreamedTransaction, "memory_budget", 0)
     dbname = psycopg.conninfo.conninfo_to_dict(source_dsn)["dbname"]
     execute(
         source_dsn,
