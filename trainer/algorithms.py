@@ -1,7 +1,8 @@
 """PostgresML algorithm names mapped to scikit-learn-API estimators, by task.
 
-The ``online_*`` algorithms are River models behind the same API (``trainer.online``); that
-module, and River with it, is imported only when an online name is looked up.
+The ``online_*`` algorithms (``trainer.online_algorithms``) are River models behind the same
+API (``trainer.online``); that module is imported only when an online estimator is made, and
+River only when an online model is built or its hyperparameters are checked.
 """
 
 from __future__ import annotations
@@ -15,6 +16,7 @@ from types import ModuleType
 from typing import Any
 
 from mirror.errors import TrainingError
+from trainer import online_algorithms
 
 TASKS: tuple[str, ...] = ("regression", "classification", "clustering", "decomposition")
 
@@ -263,7 +265,7 @@ _ALIASES = {"orthoganl_matching_pursuit": "orthogonal_matching_pursuit"}
 
 def algorithm_names(task: str | None = None) -> list[str]:
     """Every algorithm name (sorted), or those that support ``task``."""
-    online = _online().ONLINE
+    online = online_algorithms.ONLINE
     if task is None:
         return sorted([*_ALGORITHMS, *online])
     _check_task(task)
@@ -278,7 +280,7 @@ def supports(algorithm: str, task: str) -> bool:
 
 def is_online(algorithm: str) -> bool:
     """Whether ``algorithm`` is an online (River) algorithm, learning from each new row."""
-    return algorithm in _online().ONLINE
+    return algorithm in online_algorithms.ONLINE
 
 
 def hyperparameter_names(algorithm: str, task: str) -> list[str]:
@@ -339,7 +341,7 @@ def _online() -> ModuleType:
 
 def _tasks(name: str) -> Collection[str] | None:
     """The tasks algorithm ``name`` (not an alias) supports, or None for an unknown name."""
-    online: Mapping[str, Collection[str]] = _online().ONLINE
+    online: Mapping[str, Collection[str]] = online_algorithms.ONLINE
     return _ALGORITHMS.get(name) or online.get(name)
 
 
@@ -347,7 +349,7 @@ def _valid(algorithm: str, task: str) -> frozenset[str]:
     """The hyperparameter names ``algorithm`` accepts for ``task``; TrainingError if none."""
     if is_online(algorithm):
         _check_algorithm(algorithm, task)
-        return frozenset(_online().hyperparameter_names(algorithm, task))
+        return frozenset(online_algorithms.hyperparameter_names(algorithm, task))
     return _valid_names(_estimator(algorithm, task))
 
 

@@ -6,8 +6,8 @@ was trained on), column by column: numbers and booleans by the population stabil
 frequencies. Error drift follows a model's errors where labels arrive: River's ADWIN on the
 absolute error of a regression, DDM on the error (1 = wrong) of a classification.
 
-Both are pure: they take rows and return :class:`DriftEvent` s; the daemon feeds them and turns
-events into metrics and retrainings.
+Both are pure: they take rows and return :class:`DriftEvent` s; the monitor
+(``trainer.monitoring``) feeds them, and the daemon turns the events into metrics and retrainings.
 """
 
 from __future__ import annotations
@@ -22,7 +22,8 @@ import pyarrow as pa
 import pyarrow.compute as pc
 
 from mirror.errors import ConfigError, TrainingError
-from trainer.preprocess import FeatureColumn, _numbers, _raw, _source, _text, feature_columns
+from trainer import column_kinds, raw_values
+from trainer.column_kinds import FeatureColumn, feature_columns
 
 DETECTORS: tuple[str, ...] = ("psi", "jensen_shannon", "adwin", "ddm")
 TASKS: tuple[str, ...] = ("regression", "classification")
@@ -163,7 +164,7 @@ class _Monitor:
     """One column: how its values become bin codes, the reference's proportions per bin."""
 
     column: FeatureColumn
-    source: str  # how the reference stored it (see trainer.preprocess)
+    source: str  # how the reference stored it (see trainer.column_kinds)
     detector: str
     threshold: float
     expected: np.ndarray
@@ -174,9 +175,9 @@ class _Monitor:
 
     def codes(self, raw: pa.Array) -> np.ndarray:
         if self.edges is not None:
-            return _bins(_numbers(self.column, raw, self.source), self.edges)
+            return _bins(raw_values.numbers(self.column, raw, self.source), self.edges)
         assert self.categories is not None
-        return _category_codes(_text(raw), self.categories)
+        return _category_codes(raw_values.text(raw), self.categories)
 
     def score(self) -> float:
         actual = _normalised(self.window.counts.astype(np.float64))
@@ -225,23 +226,23 @@ class FeatureDrift:
             )
         every = list(kinds.values())
         self._monitors = [
-            self._monitor(kinds[name], _raw(reference, kinds[name], every))
+            self._monitor(kinds[name], raw_values.raw(reference, kinds[name], every))
             for name in names
             if kinds[name].kind != "array"
         ]
         self._scores = {m.column.name: math.nan for m in self._monitors}
 
     def _monitor(self, column: FeatureColumn, raw: pa.Array) -> _Monitor:
-        source = _source(raw.type)
+        source = column_kinds.source(raw.type)
         size = self.thresholds.window
         if column.kind in ("number", "boolean"):
-            values = _numbers(column, raw, source)
+            values = raw_values.numbers(column, raw, source)
             finite = values[~np.isnan(values)]
             edges = np.unique(np.quantile(finite, _DECILES)) if finite.size else np.empty(0)
             expected = _proportions(_bins(values, edges), len(edges) + 2)
             window = _Window(size, len(expected))
             return _Monitor(column, source, "psi", self.thresholds.psi, expected, window, edges)
-        text = _text(raw)
+        text = raw_values.text(raw)
         counts = pc.value_counts(text.drop_null())
         top = sorted(
             zip(
@@ -281,7 +282,7 @@ class FeatureDrift:
         for monitor in self._monitors:
             if monitor.column.name not in present or rows.num_rows == 0:
                 continue
-            monitor.window.add(monitor.codes(_raw(rows, monitor.column, columns)))
+            monitor.window.add(monitor.codes(raw_values.raw(rows, monitor.column, columns)))
             if monitor.window.filled < self.thresholds.min_rows:
                 continue
             score = monitor.score()

@@ -22,9 +22,10 @@ import pyarrow.parquet as pq
 
 from mirror.errors import TrainingError
 from trainer.algorithms import make_estimator
+from trainer.column_kinds import feature_columns
 from trainer.metrics import evaluate
 from trainer.model import Model, save_model
-from trainer.preprocess import Preprocessor, feature_columns
+from trainer.preprocess import Preprocessor
 from trainer.split import split
 
 SEARCHES = ("grid", "random")

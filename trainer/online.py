@@ -7,15 +7,13 @@ feed progressive metrics, so a model is always scored on rows it had not yet see
 
 Features reach River as dicts keyed ``f0, f1, ...`` (the preprocessed columns, in order).
 Classification labels are class indices 0..k-1, as everywhere in the trainer. River is imported
-only when a model is built or its hyperparameters are checked.
+only when a model is built or its hyperparameters are checked; the River class behind each
+algorithm name is in ``trainer.online_algorithms``.
 """
 
 from __future__ import annotations
 
 import difflib
-import functools
-import importlib
-import inspect
 import math
 from collections.abc import Mapping
 from typing import Any, ClassVar
@@ -23,28 +21,7 @@ from typing import Any, ClassVar
 import numpy as np
 
 from mirror.errors import TrainingError
-
-# Each online algorithm's River class, by task.
-_RIVER: dict[str, dict[str, str]] = {
-    "online_linear": {"regression": "river.linear_model.LinearRegression"},
-    "online_logistic": {"classification": "river.linear_model.LogisticRegression"},
-    "online_hoeffding_tree": {
-        "regression": "river.tree.HoeffdingTreeRegressor",
-        "classification": "river.tree.HoeffdingTreeClassifier",
-    },
-    "online_hoeffding_adaptive_tree": {
-        "regression": "river.tree.HoeffdingAdaptiveTreeRegressor",
-        "classification": "river.tree.HoeffdingAdaptiveTreeClassifier",
-    },
-    "online_adaptive_random_forest": {
-        "regression": "river.forest.ARFRegressor",
-        "classification": "river.forest.ARFClassifier",
-    },
-    "online_naive_bayes": {"classification": "river.naive_bayes.GaussianNB"},
-}
-
-ONLINE: dict[str, tuple[str, ...]] = {name: tuple(tasks) for name, tasks in _RIVER.items()}
-"""Every online algorithm and the tasks it supports."""
+from trainer.online_algorithms import constructor_names, river_class, river_path, river_value
 
 # Linear models learn with gradient steps: they see standardised features.
 _SCALED = frozenset({"online_linear", "online_logistic"})
@@ -52,26 +29,7 @@ _SCALED = frozenset({"online_linear", "online_logistic"})
 _BATCH_PREDICT = frozenset({"online_linear", "online_logistic", "online_naive_bayes"})
 _BATCH_ROWS = 512
 
-# Hyperparameters whose River value is an object: JSON names its class in this module, as
-# "ADWIN" or {"ADWIN": {"delta": 0.001}}.
-_OBJECT_MODULES = {
-    "optimizer": "river.optim",
-    "loss": "river.optim.losses",
-    "initializer": "river.optim.initializers",
-    "intercept_lr": "river.optim.schedulers",
-    "drift_detector": "river.drift",
-    "warning_detector": "river.drift",
-    "splitter": "river.tree.splitter",
-    "leaf_model": "river.linear_model",
-    "metric": "river.metrics",
-}
-
 _CONSTRUCTOR = ("algorithm", "task", "hyperparams", "seed")
-
-
-def hyperparameter_names(algorithm: str, task: str) -> list[str]:
-    """The hyperparameters the River estimator of ``algorithm`` on ``task`` accepts (sorted)."""
-    return sorted(_constructor_names(_river_path(algorithm, task)))
 
 
 class RiverEstimator:
@@ -293,9 +251,9 @@ class RiverEstimator:
 
     def _new_river_estimator(self) -> Any:
         """A fresh River estimator with the hyperparameters; TrainingError if River refuses."""
-        path = _river_path(self.algorithm, self.task)
+        path = river_path(self.algorithm, self.task)
         given = dict(self.hyperparams or {})
-        valid = _constructor_names(path)
+        valid = constructor_names(path)
         unknown = [name for name in given if name not in valid]
         if unknown:
             name = str(unknown[0])
@@ -306,11 +264,11 @@ class RiverEstimator:
                 f" hyperparameters: {', '.join(sorted(valid)) or 'none'}",
                 sqlstate="22023",
             )
-        params = {name: _river_value(name, value) for name, value in given.items()}
+        params = {name: river_value(name, value) for name, value in given.items()}
         if "seed" in valid and "seed" not in params:
             params["seed"] = self.seed
         try:
-            return _river_class(path)(**params)
+            return river_class(path)(**params)
         except (TypeError, ValueError) as exc:
             raise TrainingError(
                 f"{self.algorithm} ({self.task}) refuses hyperparameters {given}: {exc}",
@@ -436,57 +394,3 @@ class _ClassificationProgress(_Progress):
             "f1": float(np.mean(2 * hits[present] / both[present])),
             "log_loss": self.log_loss / n,
         }
-
-
-def _river_path(algorithm: str, task: str) -> str:
-    tasks = _RIVER.get(algorithm)
-    if tasks is None:
-        raise TrainingError(
-            f'unknown online algorithm "{algorithm}": choose one of {", ".join(ONLINE)}',
-            sqlstate="22023",
-        )
-    if task not in tasks:
-        raise TrainingError(
-            f'algorithm "{algorithm}" does not support {task}; it supports {" and ".join(tasks)}',
-            sqlstate="22023",
-        )
-    return tasks[task]
-
-
-@functools.cache
-def _river_class(path: str) -> Any:
-    module, _, name = path.rpartition(".")
-    return getattr(importlib.import_module(module), name)
-
-
-@functools.cache
-def _constructor_names(path: str) -> frozenset[str]:
-    return frozenset(inspect.signature(_river_class(path)).parameters)
-
-
-def _river_value(name: str, value: Any) -> Any:
-    """A hyperparameter's River value: an object built from its JSON name, or ``value``."""
-    module_name = _OBJECT_MODULES.get(name)
-    if module_name is None or not isinstance(value, str | Mapping):
-        return value
-    module = importlib.import_module(module_name)
-    choices = sorted(
-        n
-        for n in getattr(module, "__all__", dir(module))
-        if inspect.isclass(getattr(module, n, None)) and not inspect.isabstract(getattr(module, n))
-    )
-    example = f'"{choices[0]}" or {{"{choices[0]}": {{...}}}}' if choices else '"Name"'
-    pairs: list[tuple[Any, Any]] = [(value, {})] if isinstance(value, str) else [*value.items()]
-    class_name, args = pairs[0] if len(pairs) == 1 else ("", {})
-    if class_name not in choices or not isinstance(args, Mapping):
-        raise TrainingError(
-            f"hyperparameter {name} takes a class of {module_name} by name, e.g. {example};"
-            f" got {value!r}. Choose one of {', '.join(choices)}",
-            sqlstate="22023",
-        )
-    try:
-        return getattr(module, class_name)(**args)
-    except (TypeError, ValueError) as exc:
-        raise TrainingError(
-            f"hyperparameter {name}: {class_name}({args}) failed: {exc}", sqlstate="22023"
-        ) from None

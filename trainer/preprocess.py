@@ -20,128 +20,34 @@ takes raw column values.
 
 from __future__ import annotations
 
-import difflib
-import json
 import warnings
-from collections.abc import Collection, Mapping, Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, replace
-from decimal import Decimal
 from typing import Any
 
-import duckdb
 import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
 
 from mirror.errors import TrainingError
-
-KINDS: tuple[str, ...] = ("number", "boolean", "text", "array")
-ENCODES: tuple[str, ...] = ("native", "target", "one_hot", "ordinal")
-IMPUTES: tuple[str, ...] = ("error", "mean", "median", "mode", "min", "max", "zero")
-SCALES: tuple[str, ...] = ("preserve", "standard", "min_max", "max_abs", "robust")
-CHOICES: dict[str, tuple[str, ...]] = {"encode": ENCODES, "impute": IMPUTES, "scale": SCALES}
+from trainer import column_kinds, raw_values
+from trainer.column_kinds import KINDS, FeatureColumn, is_list_type
+from trainer.prediction_input import flat_names, is_list, python_array
+from trainer.preprocess_options import parse_preprocess
 
 # More categories than this make a one-hot matrix too wide to hold (1M rows x 1000 features is
 # already 8 GB); such a column must be encoded as ordinal or target instead.
 ONE_HOT_LIMIT = 1000
 
-_TEMPORAL = ("date", "timestamp", "time", "duration", "interval")
-_UNITS = {"s": 1.0, "ms": 1e3, "us": 1e6, "ns": 1e9}
-_TRUE = ("t", "true", "y", "yes", "on", "1")
-_FALSE = ("f", "false", "n", "no", "off", "0")
-_INTERVAL = np.dtype([("months", "<i4"), ("days", "<i4"), ("nanos", "<i8")])
-# Parquet's INTERVAL (DuckDB writes intervals so), which pyarrow reads as fixed_size_binary[12].
-_PARQUET_INTERVAL = np.dtype([("months", "<u4"), ("days", "<u4"), ("millis", "<u4")])
 
-
-@dataclass(frozen=True, slots=True)
-class FeatureColumn:
-    """A column of the training table and how its values become features."""
-
-    name: str
-    kind: str  # "number" | "boolean" | "text" | "array"
-    width: int = 1  # for arrays: elements per row (fixed at fit time)
-
-
-def feature_columns(schema: pa.Schema, *, exclude: Collection[str] = ()) -> list[FeatureColumn]:
-    """The feature columns of a table: every column not in ``exclude``, in table order."""
-    skip = set(exclude)
-    return [FeatureColumn(f.name, _kind(_source(f.type))) for f in schema if f.name not in skip]
-
-
-def parse_preprocess(
-    spec: Mapping[str, Any] | str | None, columns: Sequence[str]
-) -> dict[str, dict[str, str]]:
-    """Validate PostgresML's ``preprocess`` JSON: {"column": {"encode", "impute", "scale"}}.
-
-    ``spec`` is a mapping or JSON text; ``columns`` are the feature columns it may name.
-    """
-    if isinstance(spec, str):
-        if not spec.strip():
-            return {}
-        try:
-            spec = json.loads(spec)
-        except json.JSONDecodeError as exc:
-            raise TrainingError(f"preprocess is not valid JSON: {exc}", sqlstate="22023") from None
-    if spec is None:
-        return {}
-    if not isinstance(spec, Mapping):
-        raise TrainingError(
-            'preprocess must be a JSON object such as {"age": {"impute": "median"}},'
-            f" not {json.dumps(spec, default=str)}",
-            sqlstate="22023",
-        )
-    parsed: dict[str, dict[str, str]] = {}
-    for column, options in spec.items():
-        if column not in columns:
-            raise TrainingError(
-                f"preprocess names column {column!r}, which is not a feature column"
-                f"{_did_you_mean(str(column), columns)}; the feature columns are:"
-                f" {_listing(columns)}",
-                sqlstate="42703",
-            )
-        if not isinstance(options, Mapping):
-            raise TrainingError(
-                f"preprocess for column {column!r} must be an object such as"
-                f' {{"impute": "mean"}}, not {json.dumps(options, default=str)}',
-                sqlstate="22023",
-            )
-        parsed[column] = {key: _choice(column, key, value) for key, value in options.items()}
-    return parsed
-
-
-def _choice(column: str, key: Any, value: Any) -> str:
-    """Check one option of a column's preprocess and return its value."""
-    if key not in CHOICES:
-        raise TrainingError(
-            f"preprocess for column {column!r}: unknown key {key!r}; use encode, impute or scale",
-            sqlstate="22023",
-        )
-    if value not in CHOICES[key]:
-        raise TrainingError(
-            f"preprocess for column {column!r}: unknown {key} {json.dumps(value, default=str)};"
-            f" use one of: {', '.join(CHOICES[key])}",
-            sqlstate="22023",
-        )
-    return str(value)
-
-
-def _did_you_mean(name: str, names: Sequence[str]) -> str:
-    close = difflib.get_close_matches(name, list(names), n=1)
-    return f" (did you mean {close[0]!r}?)" if close else ""
-
-
-def _listing(names: Sequence[str], *, limit: int = 40) -> str:
-    shown = ", ".join(names[:limit])
-    return shown + (f", ... ({len(names)} in all)" if len(names) > limit else "")
-
-
+# Saved models pickle Preprocessor, _Plan and FeatureColumn by their names in this module (the
+# last one imported here): moving or renaming them would leave older model files unloadable.
 @dataclass(slots=True)
 class _Plan:
     """What fit learned for one column: how to encode, impute and scale it."""
 
     column: FeatureColumn
-    source: str  # how the column was stored at fit: a kind, or one of _TEMPORAL
+    source: str  # how the column was stored at fit: a kind, or one of column_kinds.TEMPORAL
     encode: str
     impute: str
     scale: str
@@ -203,7 +109,7 @@ class Preprocessor:
         plans: list[_Plan] = []
         blocks: list[np.ndarray] = []
         for column in self._columns:
-            raw = _raw(table, column, self._columns)
+            raw = raw_values.raw(table, column, self._columns)
             plan, block = _fit_column(column, self._spec.get(column.name, {}), raw, labels)
             plans.append(plan)
             blocks.append(block)
@@ -214,7 +120,7 @@ class Preprocessor:
         """Features of ``table``: float64, one row per row, columns as ``feature_names``."""
         plans = self._fitted()
         columns = [p.column for p in plans]
-        blocks = [_transform_column(p, _raw(table, p.column, columns)) for p in plans]
+        blocks = [_transform_column(p, raw_values.raw(table, p.column, columns)) for p in plans]
         return _matrix(blocks, table.num_rows)
 
     def table_from_rows(self, rows: Sequence[Sequence[Any]]) -> pa.Table:
@@ -228,7 +134,7 @@ class Preprocessor:
         for row in rows:
             for column_values, value in zip(values, self._split_row(row), strict=True):
                 column_values.append(value)
-        return pa.table({c.name: _python_array(c, v) for c, v in zip(columns, values, strict=True)})
+        return pa.table({c.name: python_array(c, v) for c, v in zip(columns, values, strict=True)})
 
     def table_from_matrix(self, matrix: np.ndarray) -> pa.Table:
         """Raw values given as a float matrix, one row per prediction, as :meth:`table_from_rows`.
@@ -267,13 +173,13 @@ class Preprocessor:
     def _split_row(self, row: Sequence[Any]) -> list[Any]:
         """One raw value per feature column, from a row given either per column or flat."""
         columns = self.columns
-        if isinstance(row, str | bytes) or not _is_list(row):
+        if isinstance(row, str | bytes) or not is_list(row):
             row = [row]
         values = list(row)
         if len(values) == len(columns):
             return values
         width = sum(c.width for c in columns)
-        flat = all(c.kind != "text" for c in columns) and not any(_is_list(v) for v in values)
+        flat = all(c.kind != "text" for c in columns) and not any(is_list(v) for v in values)
         if flat and len(values) == width:
             split, at = [], 0
             for column in columns:
@@ -287,7 +193,7 @@ class Preprocessor:
             f"{c.name} (an array of {c.width})" if c.kind == "array" else c.name for c in columns
         )
         if all(c.kind != "text" for c in columns) and width != len(columns):
-            expected += f"; or {width} numbers: " + ", ".join(_flat_names(columns))
+            expected += f"; or {width} numbers: " + ", ".join(flat_names(columns))
         raise TrainingError(
             f"got {len(values)} feature values; expected {expected}", sqlstate="22023"
         )
@@ -296,18 +202,6 @@ class Preprocessor:
         if self._plans is None:
             raise RuntimeError("the preprocessor is not fitted yet: call fit first")
         return self._plans
-
-
-def _flat_names(columns: Sequence[FeatureColumn]) -> list[str]:
-    names = []
-    for c in columns:
-        if c.kind != "array":
-            names.append(c.name)
-        elif c.width == 1:
-            names.append(f"{c.name}[0]")
-        else:
-            names.append(f"{c.name}[0]..{c.name}[{c.width - 1}]")
-    return names
 
 
 def _matrix(blocks: list[np.ndarray], rows: int) -> np.ndarray:
@@ -333,87 +227,6 @@ def _labels(y: np.ndarray | None, rows: int) -> np.ndarray | None:
     return labels
 
 
-def _raw(table: pa.Table, column: FeatureColumn, columns: Sequence[FeatureColumn]) -> pa.Array:
-    """The values of ``column`` in ``table`` as one array."""
-    names = table.column_names
-    if column.name not in names:
-        missing = [c.name for c in columns if c.name not in names]
-        raise TrainingError(
-            f"feature column{'s' if len(missing) > 1 else ''} {', '.join(missing)} missing: the"
-            f" model takes columns {_listing([c.name for c in columns])}",
-            sqlstate="42703",
-        )
-    values = table.column(names.index(column.name)).combine_chunks()
-    return _storage(values)
-
-
-def _storage(values: pa.Array) -> pa.Array:
-    """Dictionary-encoded values decoded; extension types (except uuid) as their storage."""
-    if isinstance(values, pa.DictionaryArray):
-        return _storage(values.dictionary_decode())
-    if isinstance(values.type, pa.ExtensionType) and not isinstance(values.type, pa.UuidType):
-        return _storage(values.storage)
-    return values
-
-
-# -- types ---------------------------------------------------------------------------------------
-
-
-def _source(kind: pa.DataType) -> str:
-    """How values of an Arrow type are read: a feature kind, or one of _TEMPORAL."""
-    t = pa.types
-    if isinstance(kind, pa.UuidType):
-        return "text"
-    if isinstance(kind, pa.ExtensionType):
-        return _source(kind.storage_type)
-    if t.is_dictionary(kind):
-        return _source(kind.value_type)
-    if t.is_integer(kind) or t.is_floating(kind) or t.is_decimal(kind) or t.is_null(kind):
-        return "number"
-    if t.is_boolean(kind):
-        return "boolean"
-    if t.is_date(kind):
-        return "date"
-    if t.is_timestamp(kind):
-        return "timestamp"
-    if t.is_time(kind):
-        return "time"
-    if t.is_duration(kind):
-        return "duration"
-    if kind == pa.month_day_nano_interval() or kind == pa.binary(12):
-        return "interval"
-    if _is_list_type(kind) and _source(kind.value_type) in ("number", "boolean"):
-        return "array"
-    return "text"
-
-
-def _kind(source: str) -> str:
-    return "number" if source in _TEMPORAL else source
-
-
-def _is_list_type(kind: pa.DataType) -> bool:
-    t = pa.types
-    return bool(
-        t.is_list(kind)
-        or t.is_large_list(kind)
-        or t.is_fixed_size_list(kind)
-        or t.is_list_view(kind)
-        or t.is_large_list_view(kind)
-    )
-
-
-def _is_string_type(kind: pa.DataType) -> bool:
-    t = pa.types
-    return bool(t.is_string(kind) or t.is_large_string(kind) or t.is_string_view(kind))
-
-
-def _mismatch(column: FeatureColumn, values: pa.Array, wanted: str) -> TrainingError:
-    return TrainingError(
-        f"column {column.name!r} holds {values.type}, but the model was trained on {wanted}",
-        sqlstate="22023",
-    )
-
-
 # -- fit and transform one column ----------------------------------------------------------------
 
 
@@ -421,11 +234,11 @@ def _fit_column(
     column: FeatureColumn, options: Mapping[str, str], raw: pa.Array, y: np.ndarray | None
 ) -> tuple[_Plan, np.ndarray]:
     """Learn how to turn ``raw`` into features; return the plan and the features."""
-    source = _source(raw.type)
+    source = column_kinds.source(raw.type)
     default_encode = "one_hot" if column.kind == "text" else "native"
     plan = _Plan(
         column=column,
-        source=source if _kind(source) == column.kind else column.kind,
+        source=source if column_kinds.kind(source) == column.kind else column.kind,
         encode=options.get("encode", default_encode),
         impute=options.get("impute", "mean"),
         scale=options.get("scale", "preserve"),
@@ -434,7 +247,7 @@ def _fit_column(
     if plan.impute == "error":
         _refuse_nulls(plan, raw)
     if column.kind == "array":
-        lengths = pc.list_value_length(raw).fill_null(0) if _is_list_type(raw.type) else None
+        lengths = pc.list_value_length(raw).fill_null(0) if is_list_type(raw.type) else None
         longest = pc.max(lengths).as_py() if lengths is not None and len(lengths) else 0
         plan.column = replace(column, width=max(int(longest or 0), 1))
         plan.names = [f"{column.name}[{i}]" for i in range(plan.column.width)]
@@ -461,9 +274,9 @@ def _encode(plan: _Plan, raw: pa.Array) -> np.ndarray:
     """Features of one column before imputation: NaN where a value is missing."""
     column = plan.column
     if column.kind == "array":
-        return _elements(column, raw)
+        return raw_values.elements(column, raw)
     if not plan.categorical:
-        return _numbers(column, raw, plan.source)[:, None]
+        return raw_values.numbers(column, raw, plan.source)[:, None]
     keys = _keys(plan, raw)
     assert plan.categories is not None
     index = pc.index_in(keys, value_set=plan.categories)
@@ -627,8 +440,8 @@ def _target_means(
 def _keys(plan: _Plan, raw: pa.Array) -> pa.Array:
     """The values categories are made of: text, or numbers (NaN as NULL)."""
     if plan.column.kind == "text":
-        return _text(raw)
-    return pa.array(_numbers(plan.column, raw, plan.source), from_pandas=True)
+        return raw_values.text(raw)
+    return pa.array(raw_values.numbers(plan.column, raw, plan.source), from_pandas=True)
 
 
 def _category_name(plan: _Plan, value: Any) -> str:
@@ -637,224 +450,3 @@ def _category_name(plan: _Plan, value: Any) -> str:
     if isinstance(value, float):
         return str(int(value)) if value.is_integer() and abs(value) < 2**53 else repr(value)
     return str(value)
-
-
-# -- raw values to numbers -----------------------------------------------------------------------
-
-
-def _numbers(column: FeatureColumn, raw: pa.Array, source: str) -> np.ndarray:
-    """One float64 per row, NaN for NULL and non-finite values; ``source`` as at fit."""
-    given = _source(raw.type)
-    if given in ("number", "boolean"):
-        values = _floats(raw)
-    elif given in _TEMPORAL:
-        values = _seconds(raw, given)
-    elif given == "text" and source in _TEMPORAL:
-        values = _parse_seconds(column, raw, source)
-    elif given == "text" and source == "boolean":
-        values = _parse_booleans(column, raw)
-    elif given == "text" and _is_string_type(raw.type):
-        values = _parse_numbers(column, raw)
-    else:
-        raise _mismatch(column, raw, "booleans" if column.kind == "boolean" else "numbers")
-    values[~np.isfinite(values)] = np.nan
-    return values
-
-
-def _floats(values: pa.Array) -> np.ndarray:
-    as_float = pc.cast(values, pa.float64(), safe=False).to_numpy(zero_copy_only=False)
-    return as_float if as_float.flags.writeable else as_float.copy()
-
-
-def _seconds(raw: pa.Array, source: str) -> np.ndarray:
-    """Dates and timestamps as seconds since 1970-01-01, times since midnight, intervals."""
-    if source == "interval":  # a month counts 30 days, as in DuckDB's epoch(interval)
-        parquet = raw.type == pa.binary(12)
-        layout = _PARQUET_INTERVAL if parquet else _INTERVAL
-        count = raw.offset + len(raw)
-        fields = np.frombuffer(raw.buffers()[1], dtype=layout, count=count)
-        fields = fields[raw.offset : raw.offset + len(raw)]
-        seconds = fields["months"] * 30 * 86400.0 + fields["days"] * 86400.0
-        seconds += fields["millis"] / 1e3 if parquet else fields["nanos"] / 1e9
-        seconds[np.asarray(raw.is_null())] = np.nan
-        return seconds
-    if pa.types.is_date32(raw.type):
-        return _floats(pc.cast(raw, pa.int32())) * 86400.0
-    if pa.types.is_date64(raw.type):
-        return _floats(pc.cast(raw, pa.int64())) / 1e3
-    return _floats(pc.cast(raw, pa.int64())) / _UNITS[raw.type.unit]
-
-
-def _parse_seconds(column: FeatureColumn, raw: pa.Array, source: str) -> np.ndarray:
-    """Text such as '2024-01-01 10:00' read as the temporal type the column had at fit."""
-    target = {"date": "timestamptz", "timestamp": "timestamptz", "time": "time"}
-    cast = target.get(source, "interval")
-    con = duckdb.connect()
-    try:
-        con.execute("set TimeZone = 'UTC'")
-        con.register("raw", pa.table({"v": pc.cast(raw, pa.large_string())}))
-        result = con.sql(f"select epoch(cast(v as {cast})) as v from raw").to_arrow_table()
-    except duckdb.Error as exc:
-        raise TrainingError(
-            f"column {column.name!r} holds text that is not a valid {source}: {exc}",
-            sqlstate="22023",
-        ) from None
-    finally:
-        con.close()
-    return _floats(result.column("v").combine_chunks())
-
-
-def _parse_booleans(column: FeatureColumn, raw: pa.Array) -> np.ndarray:
-    words = pc.utf8_lower(pc.utf8_trim_whitespace(pc.cast(raw, pa.large_string())))
-    true = np.asarray(pc.is_in(words, value_set=pa.array(_TRUE)).fill_null(False))
-    false = np.asarray(pc.is_in(words, value_set=pa.array(_FALSE)).fill_null(False))
-    valid = np.asarray(words.is_valid())
-    if (valid & ~true & ~false).any():
-        bad = words.filter(pa.array(valid & ~true & ~false))[0].as_py()
-        raise TrainingError(
-            f"column {column.name!r} holds {bad!r}, which is not a boolean; use true or false",
-            sqlstate="22023",
-        )
-    return np.where(valid, true.astype(np.float64), np.nan)
-
-
-def _parse_numbers(column: FeatureColumn, raw: pa.Array) -> np.ndarray:
-    try:
-        return _floats(pc.utf8_trim_whitespace(pc.cast(raw, pa.large_string())))
-    except pa.ArrowInvalid as exc:
-        raise TrainingError(
-            f"column {column.name!r} holds text that is not a number: {exc}", sqlstate="22023"
-        ) from None
-
-
-def _elements(column: FeatureColumn, raw: pa.Array) -> np.ndarray:
-    """An array column as a (rows, width) block: padded with NaN, cut at ``width``."""
-    width, rows = column.width, len(raw)
-    if pa.types.is_null(raw.type):
-        return np.full((rows, width), np.nan)
-    if not _is_list_type(raw.type):
-        raise _mismatch(column, raw, "arrays of numbers")
-    lengths = pc.list_value_length(raw).fill_null(0).to_numpy(zero_copy_only=False)
-    flat = _storage(raw.flatten())
-    if _source(flat.type) in ("number", "boolean"):
-        values = _floats(flat)
-    else:
-        values = _parse_numbers(column, flat)
-    if len(values) == rows * width and (lengths == width).all():
-        block = values.reshape(rows, width)  # every list as long as the column is wide
-    else:
-        block = np.full((rows, width), np.nan)
-        starts = np.cumsum(lengths) - lengths
-        row = np.repeat(np.arange(rows), lengths)
-        position = np.arange(len(values)) - np.repeat(starts, lengths)
-        kept = position < width
-        block[row[kept], position[kept]] = values[kept]
-    if not np.isfinite(block).all():
-        block[~np.isfinite(block)] = np.nan
-    return block
-
-
-# -- raw values to text --------------------------------------------------------------------------
-
-
-def _text(raw: pa.Array) -> pa.Array:
-    """Any column as large_string: uuids and bytes as hex, other types cast by DuckDB."""
-    kind = raw.type
-    if isinstance(kind, pa.UuidType):
-        return _hex(raw.storage, dashes=True)
-    if pa.types.is_binary(kind) or pa.types.is_large_binary(kind):
-        return _hex(raw, dashes=False)
-    if pa.types.is_fixed_size_binary(kind):
-        return _hex(raw, dashes=kind.byte_width == 16)
-    try:
-        return pc.cast(raw, pa.large_string())
-    except (pa.ArrowNotImplementedError, pa.ArrowInvalid):
-        pass
-    con = duckdb.connect()
-    try:
-        con.register("raw", pa.table({"v": raw}))
-        result = con.sql("select cast(v as varchar) as v from raw").to_arrow_table()
-    finally:
-        con.close()
-    return pc.cast(result.column("v").combine_chunks(), pa.large_string())
-
-
-_HEX_DIGITS = np.frombuffer(b"0123456789abcdef", dtype=np.uint8)
-
-
-def _hex(raw: pa.Array, *, dashes: bool) -> pa.Array:
-    """Bytes as lowercase hex; 16 bytes as a uuid (8-4-4-4-12) when ``dashes``."""
-    if pa.types.is_fixed_size_binary(raw.type):
-        size = raw.type.byte_width
-        data = np.frombuffer(raw.buffers()[1], dtype=np.uint8)
-        data = data[raw.offset * size : (raw.offset + len(raw)) * size]
-        offsets = np.arange(len(raw) + 1, dtype=np.int64) * size
-    else:
-        raw = pc.cast(raw, pa.large_binary())
-        offsets = np.frombuffer(raw.buffers()[1], dtype=np.int64)[
-            raw.offset : raw.offset + len(raw) + 1
-        ]
-        data = np.frombuffer(raw.buffers()[2], dtype=np.uint8)[offsets[0] : offsets[-1]]
-        offsets = offsets - offsets[0]
-    digits = np.stack([_HEX_DIGITS[data >> 4], _HEX_DIGITS[data & 15]], axis=1).reshape(-1)
-    if dashes and len(raw):
-        chars = digits.reshape(len(raw), 32)
-        dash = np.full((len(raw), 1), ord("-"), dtype=np.uint8)
-        parts = [chars[:, :8], chars[:, 8:12], chars[:, 12:16], chars[:, 16:20], chars[:, 20:]]
-        joined = [parts[0], dash, parts[1], dash, parts[2], dash, parts[3], dash, parts[4]]
-        digits = np.concatenate(joined, axis=1).reshape(-1)
-        offsets = np.arange(len(raw) + 1, dtype=np.int64) * 36
-    else:
-        offsets = offsets * 2
-    text = pa.LargeStringArray.from_buffers(
-        len(raw), pa.py_buffer(offsets.astype(np.int64)), pa.py_buffer(digits.tobytes())
-    )
-    return pc.if_else(raw.is_null(), pa.scalar(None, pa.large_string()), text)
-
-
-# -- prediction input ----------------------------------------------------------------------------
-
-
-def _is_list(value: Any) -> bool:
-    return isinstance(value, list | tuple | np.ndarray)
-
-
-def _python_array(column: FeatureColumn, values: list[Any]) -> pa.Array:
-    """Python values given for one column as an Arrow array the column's kind can read."""
-    if column.kind == "array":
-        return pa.array([_element_list(column, v) for v in values], pa.list_(pa.float64()))
-    present = [v for v in values if v is not None]
-    if column.kind == "text":
-        if all(isinstance(v, str) for v in present):
-            return pa.array(values, pa.large_string())
-    elif all(isinstance(v, bool) for v in present) and column.kind == "boolean":
-        return pa.array(values, pa.bool_())
-    elif all(isinstance(v, int | float | Decimal | np.number) for v in present):
-        return pa.array([None if v is None else float(v) for v in values], pa.float64())
-    elif all(isinstance(v, str) for v in present):
-        return pa.array(values, pa.large_string())
-    try:
-        return pa.array(values)  # dates, times, datetimes, timedeltas
-    except (pa.ArrowInvalid, pa.ArrowTypeError, TypeError, ValueError, OverflowError):
-        return pa.array([None if v is None else str(v) for v in values], pa.large_string())
-
-
-def _element_list(column: FeatureColumn, value: Any) -> list[float | None] | None:
-    """An array column's value as a list of floats: a list, Postgres '{1,2}' or JSON '[1,2]'."""
-    if value is None:
-        return None
-    if isinstance(value, str):
-        inner = value.strip().removeprefix("{").removesuffix("}").removeprefix("[")
-        inner = inner.removesuffix("]").strip()
-        value = [] if not inner else [part.strip().strip('"') for part in inner.split(",")]
-    elif not _is_list(value):
-        value = [value]
-    try:
-        return [
-            None if e is None or (isinstance(e, str) and e.upper() == "NULL") else float(e)
-            for e in value
-        ]
-    except (TypeError, ValueError):
-        raise TrainingError(
-            f"column {column.name!r} takes an array of numbers, not {value!r}", sqlstate="22023"
-        ) from None

@@ -3,7 +3,9 @@
 Callers (the CLI, the SQL endpoint, the daemon) hold a :class:`Trainer` on the mirror's DuckDB
 connection. ``train`` checks the whole request before doing any work, materialises a snapshot,
 fits in the worker process and then registers project, snapshot, model and deployment in one
-transaction, so a request that fails leaves no registry row and no file behind.
+transaction, so a request that fails leaves no registry row and no file behind. The trainer
+also keeps each project's retraining settings (``pgml.schedule``, ``pgml.retrain_on_drift``)
+and serves the online models that keep learning in this process (``live``).
 """
 
 from __future__ import annotations
@@ -27,7 +29,7 @@ from trainer import algorithms
 from trainer.deploy import beats, choose, deployment_stack
 from trainer.fit import SEARCHES, FitJob, FitResult
 from trainer.model import Model, load_model
-from trainer.preprocess import parse_preprocess
+from trainer.preprocess_options import parse_preprocess
 from trainer.snapshots import RelationColumns, check_columns, find_relation, is_numeric
 from trainer.snapshots import take_snapshot as materialise
 from trainer.split import SAMPLINGS
@@ -111,9 +113,9 @@ class Trainer:
         self.live: dict[int, Model] = {}
         """Models that keep learning in this process, by id: used instead of their files."""
         self.generation = 0
+        """Bumped at every deployment, so a cache of deployed models knows to look again."""
         self.settings_generation = 0
         """Bumped when a schedule or the retrain-on-drift setting of a project changes."""
-        """Bumped at every deployment, so a cache of deployed models knows to look again."""
 
     def close(self) -> None:
         if self._owns_worker:

@@ -21,7 +21,8 @@ from trainer.algorithms import (
     supports,
 )
 from trainer.metrics import evaluate
-from trainer.online import ONLINE, RiverEstimator
+from trainer.online import RiverEstimator
+from trainer.online_algorithms import ONLINE
 
 PAIRS = [(name, task) for name, tasks in ONLINE.items() for task in tasks]
 # Small forests keep the adaptive random forest fast; everything else runs with its defaults.

@@ -15,15 +15,9 @@ import pyarrow.parquet as pq
 import pytest
 
 from mirror.errors import TrainingError
-from trainer.preprocess import (
-    IMPUTES,
-    ONE_HOT_LIMIT,
-    SCALES,
-    FeatureColumn,
-    Preprocessor,
-    feature_columns,
-    parse_preprocess,
-)
+from trainer.column_kinds import FeatureColumn, feature_columns
+from trainer.preprocess import ONE_HOT_LIMIT, Preprocessor
+from trainer.preprocess_options import IMPUTES, SCALES, parse_preprocess
 
 
 def fitted(table: pa.Table, spec: dict | None = None, y: np.ndarray | None = None) -> Preprocessor:
