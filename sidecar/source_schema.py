@@ -6,6 +6,10 @@ if not exists`` cannot (columns, constraints, data) and records version n+1 in
 ``pgml.settings``. :func:`install` applies ``install.sql`` to a fresh database, the upgrade
 steps and then ``install.sql`` (which replaces the functions) to an older one, and nothing to
 the current version; always in one transaction.
+
+Version 3 records who asks: the ``pgml.*`` functions run as the role that installed them,
+stamp each request with the calling role (``requested_by``), refuse a relation it may not
+SELECT and a project it does not own; members of :data:`ADMIN_ROLE` may change every project.
 """
 
 from __future__ import annotations
@@ -17,12 +21,15 @@ from psycopg import sql
 
 from mirror.errors import ConfigError, SidecarError, SourceSetupError
 
-SCHEMA_VERSION = 2
+SCHEMA_VERSION = 3
 """The version ``sql/install.sql`` creates."""
+
+ADMIN_ROLE = "pgml_admin"
+"""Members of this role may change every project; install.sql creates it when it may."""
 
 SQL_DIR = Path(__file__).resolve().parent.parent / "sql"
 CONTROL_TABLE = ("pgml", "training_requests")
-SIDECAR_WRITES = (("pgml", "settings"), ("pgml", "drift_events"))
+SIDECAR_WRITES = (("pgml", "settings"), ("pgml", "drift_events"), ("pgml", "projects"))
 """Tables in schema pgml the sidecar writes: never published (nor any pgml_scores table)."""
 
 _LOCK = "select pg_advisory_xact_lock(hashtext('pgml-sidecar schema'))"
@@ -101,6 +108,41 @@ def install(conn: psycopg.Connection, *, endpoint_dsn: str | None = None) -> int
     return version
 
 
+def install_script(installed: int | None) -> str:
+    """Return the SQL :func:`install` runs on a database holding version ``installed``.
+
+    For a DBA to read or run by hand (``pgml-sidecar init --print-sql``): the upgrade steps,
+    then install.sql, which also creates role pgml_admin when the role running it may.
+    """
+    if installed == SCHEMA_VERSION:
+        parts = [f"-- pgml-sidecar schema version {SCHEMA_VERSION} is installed already\n"]
+    else:
+        steps = upgrade_steps(installed) if installed is not None else []
+        parts = [_read(step) for step in steps] + [_read(SQL_DIR / "install.sql")]
+    return "\n".join(parts) + _admin_role_sql()
+
+
+def admin_role_advice(conn: psycopg.Connection) -> str | None:
+    """Say how to create role pgml_admin if it does not exist (None if it does)."""
+    row = conn.execute("select to_regrole(%s) is not null", [ADMIN_ROLE]).fetchone()
+    if row and row[0]:
+        return None
+    return (
+        f"role {ADMIN_ROLE} does not exist and {conn.info.user} may not create roles, so only"
+        " each project's owner may change it; as a role with CREATEROLE run:"
+        f" CREATE ROLE {ADMIN_ROLE} NOLOGIN; and GRANT {ADMIN_ROLE} TO the administrators"
+    )
+
+
+def _admin_role_sql() -> str:
+    return (
+        f"\n-- Members of {ADMIN_ROLE} may change every project (install.sql creates the role"
+        " when it may):\n"
+        f"-- CREATE ROLE {ADMIN_ROLE} NOLOGIN;\n"
+        f"-- GRANT {ADMIN_ROLE} TO <each role that administers projects>;\n"
+    )
+
+
 def uninstall(conn: psycopg.Connection) -> None:
     """Drop schemas pgml and pgml_scores, with every score table, in one transaction."""
     script = _read(SQL_DIR / "uninstall.sql")
@@ -115,8 +157,8 @@ def add_control_table(conn: psycopg.Connection, publication: str) -> bool:
     """Add pgml.training_requests to the publication unless it is there; True if added.
 
     Refuses a publication that would carry the sidecar's own writes back to it
-    (``FOR ALL TABLES``, or one holding pgml.settings, pgml.drift_events or a pgml_scores
-    table).
+    (``FOR ALL TABLES``, or one holding pgml.settings, pgml.drift_events, pgml.projects or a
+    pgml_scores table).
     """
     with conn.transaction():
         row = conn.execute(

@@ -1,4 +1,4 @@
--- pgml-sidecar: what the source database gets, schema version 2.
+-- pgml-sidecar: what the source database gets, schema version 3.
 --
 -- Plain SQL and plpgsql: no superuser, no extension. Run it as a role with CREATE on the
 -- database (its owner, or the sidecar's role from role.sql), in one transaction:
@@ -7,6 +7,12 @@
 --
 -- or let `pgml-sidecar init` apply it. Running it again on the same version changes nothing
 -- but the function bodies. Upgrades from older versions are sql/upgrade/<n>_to_<n+1>.sql.
+--
+-- Who may do what: requests are made only through the pgml.* functions, which run as the role
+-- that installed this (SECURITY DEFINER) and stamp each request with the role that asked
+-- (`requested_by`). pgml.train checks that role may SELECT every column of the relation; a
+-- project belongs to the role that created it, and only it, a member of it, or a member of
+-- pgml_admin may retrain it, write it back, schedule it or stop either.
 
 select pg_advisory_xact_lock(hashtext('pgml-sidecar schema'));
 
@@ -22,8 +28,8 @@ begin
     end if;
     if to_regclass('pgml.settings') is not null then
         select value into installed from pgml.settings where name = 'schema_version';
-        if installed is distinct from '2' then
-            raise exception 'pgml-sidecar schema version % is installed, this is version 2',
+        if installed is distinct from '3' then
+            raise exception 'pgml-sidecar schema version % is installed, this is version 3',
                 coalesce(installed, 'unknown')
                 using errcode = 'object_not_in_prerequisite_state',
                       hint = 'pgml-sidecar init upgrades an older version; by hand, apply'
@@ -48,11 +54,11 @@ create table if not exists pgml.settings (
 comment on table pgml.settings is
     'pgml-sidecar settings: schema_version, endpoint_dsn (a libpq DSN or a foreign server name)';
 
-insert into pgml.settings (name, value) values ('schema_version', '2')
+insert into pgml.settings (name, value) values ('schema_version', '3')
 on conflict (name) do nothing;
 
--- Version 1 databases get the cron column and the three named checks from
--- sql/upgrade/1_to_2.sql; keep the two in step.
+-- Older databases get cron (version 2), requested_by (version 3) and the three named checks
+-- from sql/upgrade/; keep them in step.
 create table if not exists pgml.training_requests (
     id bigint generated always as identity primary key,
     kind text not null default 'train',
@@ -70,6 +76,7 @@ create table if not exists pgml.training_requests (
     model_id bigint,
     finished_at timestamptz,
     cron text,
+    requested_by name not null default current_user,
     constraint training_requests_kind_check
         check (kind in ('train', 'writeback', 'schedule', 'retrain_on_drift')),
     constraint training_requests_enabled_check
@@ -82,6 +89,40 @@ comment on table pgml.training_requests is
     ' replicated to the sidecar, which sets status, error, model_id and finished_at';
 comment on column pgml.training_requests.cron is
     'schedule requests: a 5-field cron expression, or NULL to clear the schedule';
+comment on column pgml.training_requests.requested_by is
+    'the role that asked: the session''s role (after SET ROLE) when a pgml.* function made it';
+
+-- Only the pgml.* functions write requests; a grant made by mistake does not change that.
+revoke insert, update, delete, truncate on pgml.training_requests from public;
+
+create or replace function pgml.refuse_direct_requests() returns trigger
+language plpgsql
+set search_path = pg_catalog, pg_temp
+as $$
+begin
+    if not pg_has_role(current_user,
+                       (select c.relowner from pg_class c where c.oid = tg_relid), 'usage') then
+        raise exception 'permission denied for table %', tg_table_name
+            using errcode = 'insufficient_privilege',
+                  hint = 'request with pgml.train(), pgml.writeback(), pgml.schedule() or'
+                         ' pgml.retrain_on_drift(), which record who asks';
+    end if;
+    return new;
+end
+$$;
+comment on function pgml.refuse_direct_requests() is
+    'Trigger: only the owner of pgml.training_requests (the pgml.* functions) inserts requests';
+do $trigger$
+begin
+    if not exists (select from pg_trigger
+                   where tgrelid = 'pgml.training_requests'::regclass
+                     and tgname = 'training_requests_by_functions_only') then
+        create trigger training_requests_by_functions_only
+            before insert on pgml.training_requests
+            for each row execute function pgml.refuse_direct_requests();
+    end if;
+end
+$trigger$;
 
 -- Written by the sidecar (the drifts it records in its own registry); never published.
 create table if not exists pgml.drift_events (
@@ -97,6 +138,152 @@ create table if not exists pgml.drift_events (
 comment on table pgml.drift_events is
     'pgml-sidecar: drift its monitors detected in deployed models, written by the sidecar';
 
+-- Written by the sidecar (its own record of projects is in the mirror); never published.
+create table if not exists pgml.projects (
+    project_name text primary key,
+    owner name,
+    score_table name unique,
+    scored_relation text,
+    updated_at timestamptz not null default now()
+);
+comment on table pgml.projects is
+    'pgml-sidecar: each project''s owner (NULL: made before version 3, pgml_admin only), its'
+    ' pgml_scores table and the relation it scores; written by the sidecar';
+
+-- Members of pgml_admin may change every project. The role is the cluster's, so it is made
+-- once, by a role that may create roles; pgml-sidecar init --print-sql shows how otherwise.
+do $admin$
+begin
+    if to_regrole('pgml_admin') is null then
+        if exists (select from pg_roles
+                   where rolname = current_user and (rolsuper or rolcreaterole)) then
+            create role pgml_admin nologin;
+            comment on role pgml_admin is
+                'pgml-sidecar: its members may change every project (retrain, write back,'
+                ' schedule), not only their own';
+        else
+            raise notice 'role pgml_admin does not exist and % may not create roles', current_user
+                using hint = 'as a role with CREATEROLE: CREATE ROLE pgml_admin NOLOGIN;'
+                             ' then GRANT pgml_admin TO the roles that administer projects';
+        end if;
+    end if;
+end
+$admin$;
+
+-- The role a request is made for: the session's role as SET ROLE left it, not the owner of
+-- the SECURITY DEFINER function asking (current_user there) nor the login (session_user).
+create or replace function pgml.requesting_role() returns name
+language sql
+stable
+set search_path = pg_catalog, pg_temp
+as $$
+    select coalesce(nullif(current_setting('role'), 'none'), session_user)::name
+$$;
+comment on function pgml.requesting_role() is
+    'The role pgml.* requests are stamped with: the session''s current role after SET ROLE';
+
+-- Raise 42501 unless the requester may SELECT every column of the relation the sidecar will
+-- train on.
+-- relation_name is resolved as the sidecar resolves it in the mirror (trainer/snapshots.py):
+-- split at the last dot, one pair of double quotes taken off each part, exact names; a bare
+-- name is looked for in public, main and pgml, and every one of those that exists is checked.
+create or replace function pgml.check_relation(requester name, relation_name text) returns void
+language plpgsql
+stable
+set search_path = pg_catalog, pg_temp
+as $$
+declare
+    parts text[] := regexp_match(relation_name, '^(.*)\.([^.]*)$');
+    schema_part text := coalesce(parts[1], '');
+    table_part text := coalesce(parts[2], relation_name);
+    candidate record;
+    who pg_roles%rowtype;
+begin
+    select * into who from pg_roles r where r.rolname = requester;
+    if not found then
+        raise exception 'role "%" does not exist', requester using errcode = 'undefined_object';
+    end if;
+    if length(schema_part) >= 2 and left(schema_part, 1) = '"' and right(schema_part, 1) = '"'
+    then
+        schema_part := replace(substr(schema_part, 2, length(schema_part) - 2), '""', '"');
+    end if;
+    if length(table_part) >= 2 and left(table_part, 1) = '"' and right(table_part, 1) = '"' then
+        table_part := replace(substr(table_part, 2, length(table_part) - 2), '""', '"');
+    end if;
+    for candidate in
+        select c.oid, c.relname, c.relowner, c.relrowsecurity, c.relforcerowsecurity,
+               n.oid as nspoid, n.nspname
+        from pg_class c join pg_namespace n on n.oid = c.relnamespace
+        where c.relname = table_part
+          and n.nspname = any (case when schema_part = '' then array['public', 'main', 'pgml']
+                                    else array[schema_part] end)
+    loop
+        if not has_schema_privilege(who.oid, candidate.nspoid, 'usage') then
+            raise exception 'permission denied for schema %', candidate.nspname
+                using errcode = 'insufficient_privilege';
+        end if;
+        if exists (select from pg_attribute a
+                   where a.attrelid = candidate.oid and a.attnum > 0 and not a.attisdropped
+                     and not has_column_privilege(who.oid, candidate.oid, a.attnum, 'select'))
+        then
+            raise exception 'permission denied for table %', candidate.relname
+                using errcode = 'insufficient_privilege',
+                      hint = format('training reads every column: %s needs SELECT on all of'
+                                    ' %I.%I', requester, candidate.nspname, candidate.relname);
+        end if;
+        if candidate.relrowsecurity and not (who.rolsuper or who.rolbypassrls
+                or (pg_has_role(who.oid, candidate.relowner, 'usage')
+                    and not candidate.relforcerowsecurity)) then
+            raise exception 'permission denied for table %', candidate.relname
+                using errcode = 'insufficient_privilege',
+                      hint = 'row-level security is enabled on it, and the sidecar''s copy of'
+                             ' it has every row';
+        end if;
+    end loop;
+end
+$$;
+comment on function pgml.check_relation(name, text) is
+    'Raise 42501 unless the role may SELECT every column of the relation (as the sidecar'
+    ' resolves its name)';
+
+-- Raise 42501 unless the requester may change the project: it owns it (or is a member of its
+-- owner), or is a member of pgml_admin. A project pgml.projects does not know yet is the
+-- sidecar's to judge (it is new, or made on the SQL endpoint).
+create or replace function pgml.check_project(requester name, project_name text) returns void
+language plpgsql
+stable
+set search_path = pg_catalog, pg_temp
+as $$
+declare
+    known pgml.projects%rowtype;
+    who oid := to_regrole(quote_ident(requester));
+begin
+    select * into known from pgml.projects p where p.project_name = check_project.project_name;
+    if not found then
+        return;
+    end if;
+    if who is not null and (
+            (to_regrole(quote_ident(known.owner)) is not null
+             and pg_has_role(who, to_regrole(quote_ident(known.owner)), 'usage'))
+            or (to_regrole('pgml_admin') is not null
+                and pg_has_role(who, to_regrole('pgml_admin'), 'usage'))) then
+        return;
+    end if;
+    raise exception 'must be owner of project %', project_name
+        using errcode = 'insufficient_privilege',
+              hint = case when known.owner is null
+                     then 'it was made before pgml-sidecar recorded owners: only members of'
+                          ' pgml_admin may change it'
+                     else format('it belongs to role %s: only that role, its members and'
+                                 ' members of pgml_admin may change it', known.owner) end;
+end
+$$;
+comment on function pgml.check_project(name, text) is
+    'Raise 42501 unless the role owns the project (or is a member of its owner or pgml_admin)';
+
+revoke execute on function pgml.check_relation(name, text) from public;
+revoke execute on function pgml.check_project(name, text) from public;
+
 create or replace function pgml.train(
     project_name text,
     task text default null,
@@ -106,9 +293,11 @@ create or replace function pgml.train(
     hyperparams jsonb default '{}'
 ) returns bigint
 language plpgsql
+security definer
 set search_path = pg_catalog, pg_temp
 as $$
 declare
+    requester name := pgml.requesting_role();
     request_id bigint;
 begin
     if project_name is null or btrim(project_name) = '' then
@@ -130,10 +319,15 @@ begin
         raise exception 'pgml.train: hyperparams must be a JSON object, like ''{"alpha": 0.5}'''
             using errcode = 'invalid_parameter_value';
     end if;
+    perform pgml.check_project(requester, train.project_name);
+    if train.relation_name is not null then
+        perform pgml.check_relation(requester, train.relation_name);
+    end if;
     insert into pgml.training_requests
-        (kind, project_name, task, relation_name, y_column_name, algorithm, hyperparams)
+        (kind, project_name, task, relation_name, y_column_name, algorithm, hyperparams,
+         requested_by)
     values ('train', train.project_name, train.task, train.relation_name, train.y_column_name,
-            train.algorithm, train.hyperparams)
+            train.algorithm, train.hyperparams, requester)
     returning id into request_id;
     return request_id;
 end
@@ -144,9 +338,11 @@ comment on function pgml.train(text, text, text, text, text, jsonb) is
 create or replace function pgml.writeback(project_name text, enabled boolean default true)
 returns bigint
 language plpgsql
+security definer
 set search_path = pg_catalog, pg_temp
 as $$
 declare
+    requester name := pgml.requesting_role();
     request_id bigint;
 begin
     if project_name is null or btrim(project_name) = '' then
@@ -157,8 +353,9 @@ begin
         raise exception 'pgml.writeback: enabled must be true or false'
             using errcode = 'invalid_parameter_value';
     end if;
-    insert into pgml.training_requests (kind, project_name, enabled)
-    values ('writeback', writeback.project_name, writeback.enabled)
+    perform pgml.check_project(requester, writeback.project_name);
+    insert into pgml.training_requests (kind, project_name, enabled, requested_by)
+    values ('writeback', writeback.project_name, writeback.enabled, requester)
     returning id into request_id;
     return request_id;
 end
@@ -169,9 +366,11 @@ comment on function pgml.writeback(text, boolean) is
 create or replace function pgml.schedule(project_name text, cron text)
 returns bigint
 language plpgsql
+security definer
 set search_path = pg_catalog, pg_temp
 as $$
 declare
+    requester name := pgml.requesting_role();
     request_id bigint;
     fields text[];
 begin
@@ -189,8 +388,9 @@ begin
                              ' NULL clears the schedule';
         end if;
     end if;
-    insert into pgml.training_requests (kind, project_name, cron)
-    values ('schedule', schedule.project_name, array_to_string(fields, ' '))
+    perform pgml.check_project(requester, schedule.project_name);
+    insert into pgml.training_requests (kind, project_name, cron, requested_by)
+    values ('schedule', schedule.project_name, array_to_string(fields, ' '), requester)
     returning id into request_id;
     return request_id;
 end
@@ -202,9 +402,11 @@ comment on function pgml.schedule(text, text) is
 create or replace function pgml.retrain_on_drift(project_name text, enabled boolean default true)
 returns bigint
 language plpgsql
+security definer
 set search_path = pg_catalog, pg_temp
 as $$
 declare
+    requester name := pgml.requesting_role();
     request_id bigint;
 begin
     if project_name is null or btrim(project_name) = '' then
@@ -215,8 +417,10 @@ begin
         raise exception 'pgml.retrain_on_drift: enabled must be true or false'
             using errcode = 'invalid_parameter_value';
     end if;
-    insert into pgml.training_requests (kind, project_name, enabled)
-    values ('retrain_on_drift', retrain_on_drift.project_name, retrain_on_drift.enabled)
+    perform pgml.check_project(requester, retrain_on_drift.project_name);
+    insert into pgml.training_requests (kind, project_name, enabled, requested_by)
+    values ('retrain_on_drift', retrain_on_drift.project_name, retrain_on_drift.enabled,
+            requester)
     returning id into request_id;
     return request_id;
 end
@@ -231,6 +435,7 @@ language plpgsql
 strict
 set search_path = pg_catalog, pg_temp
 as $$
+-- SECURITY INVOKER on purpose: dblink connects with the calling role's user mapping.
 declare
     link_schema text;
     dsn text;
@@ -269,17 +474,22 @@ begin
     into remote
     from unnest(features) with ordinality as u(f, i);
 
-    -- One connection per session, opened on first use and reopened when endpoint_dsn changes
-    -- or the connection broke (the sidecar restarted).
+    -- One connection per session, opened on first use and reopened when endpoint_dsn changes,
+    -- the connection broke (the sidecar restarted) or the role changed (SET ROLE): a foreign
+    -- server's user mapping is the current role's, and a link opened with one role's endpoint
+    -- user never answers another role.
     execute format('select %I.dblink_get_connections()', link_schema) into open_links;
     if link = any(coalesce(open_links, '{}'))
-            and current_setting('pgml_sidecar.predict_dsn', true) is distinct from dsn then
+            and (current_setting('pgml_sidecar.predict_dsn', true) is distinct from dsn
+                 or current_setting('pgml_sidecar.predict_role', true)
+                    is distinct from current_user::text) then
         execute format('select %I.dblink_disconnect(%L)', link_schema, link);
         open_links := null;
     end if;
     if not link = any(coalesce(open_links, '{}')) then
         execute format('select %I.dblink_connect(%L, %L)', link_schema, link, dsn);
         perform set_config('pgml_sidecar.predict_dsn', dsn, false);
+        perform set_config('pgml_sidecar.predict_role', current_user::text, false);
     end if;
     statement := format('select * from %I.dblink(%L, %L) as t(prediction float8)',
                         link_schema, link, remote);

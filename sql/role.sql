@@ -47,13 +47,18 @@ select format('grant select on table %s to %I', btrim(t.name)::regclass, :'role'
 from unnest(string_to_array(:'tables', ',')) as t(name) \gexec
 \endif
 
--- Schemas pgml and pgml_scores installed by another role: the sidecar reads and updates
--- requests, writes settings, and creates its score tables in pgml_scores.
+-- Schemas pgml and pgml_scores installed by another role: the sidecar reads requests and
+-- sets their outcome (never who asked), writes settings, drifts and projects, and creates its
+-- score tables in pgml_scores.
 select format('grant usage on schema pgml to %I', :'role')
 where to_regnamespace('pgml') is not null \gexec
 
-select format('grant select, update on table pgml.training_requests to %I', :'role')
+select format('grant select, update (status, error, model_id, finished_at)'
+              ' on table pgml.training_requests to %I', :'role')
 where to_regclass('pgml.training_requests') is not null \gexec
+
+select format('grant select, insert, update, delete on table pgml.projects to %I', :'role')
+where to_regclass('pgml.projects') is not null \gexec
 
 select format('grant select, insert, update on table pgml.settings to %I', :'role')
 where to_regclass('pgml.settings') is not null \gexec

@@ -4,7 +4,8 @@
 --
 -- Run it as the owner of schema pgml (the role that installed it). Stop the sidecar first:
 -- pgml.training_requests leaves the publication with its table. A schema pgml that
--- pgml-sidecar did not create (PostgresML's) is left alone.
+-- pgml-sidecar did not create (PostgresML's) is left alone, and so is role pgml_admin (the
+-- cluster's, maybe used by other databases: DROP ROLE pgml_admin when none is).
 
 select pg_advisory_xact_lock(hashtext('pgml-sidecar schema'));
 

@@ -6,7 +6,7 @@ import functools
 import secrets
 import subprocess
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import psycopg
@@ -24,6 +24,7 @@ from trainer.train import Trainer
 
 SQL_DIR = Path(__file__).resolve().parents[2] / "sql"
 VERSION_1_COMMIT = "f0ec365"  # its sql/install.sql created schema version 1
+VERSION_2_COMMIT = "8428d18"  # and this one's version 2
 IRIS_SETOSA = "array[5.1, 3.5, 1.4, 0.2]"
 
 
@@ -118,8 +119,8 @@ def test_database_owner_installs_without_superuser_or_extensions(owner_dsn: str)
         assert is_superuser.fetchone() == (False,)
         assert source_schema.installed_version(conn) is None
 
-        assert source_schema.install(conn) == source_schema.SCHEMA_VERSION == 2
-        assert source_schema.installed_version(conn) == 2
+        assert source_schema.install(conn) == source_schema.SCHEMA_VERSION == 3
+        assert source_schema.installed_version(conn) == 3
         assert schemas(conn) == {"pgml", "pgml_scores"}
         extensions = conn.execute("select extname from pg_extension").fetchall()
         assert extensions == [("plpgsql",)]
@@ -128,7 +129,11 @@ def test_database_owner_installs_without_superuser_or_extensions(owner_dsn: str)
             " where p.pronamespace = 'pgml'::regnamespace order by 1"
         ).fetchall()
         assert functions == [
+            ("check_project", "plpgsql"),
+            ("check_relation", "plpgsql"),
             ("predict", "plpgsql"),
+            ("refuse_direct_requests", "plpgsql"),
+            ("requesting_role", "sql"),
             ("retrain_on_drift", "plpgsql"),
             ("schedule", "plpgsql"),
             ("train", "plpgsql"),
@@ -136,15 +141,15 @@ def test_database_owner_installs_without_superuser_or_extensions(owner_dsn: str)
         ]
         conn.execute("select pgml.train('fraud', 'classification', 'public.tx', 'is_fraud')")
 
-        assert source_schema.install(conn, endpoint_dsn="host=10.0.0.5 port=6433") == 2
-        assert source_schema.install(conn) == 2  # the same version again: nothing changes
+        assert source_schema.install(conn, endpoint_dsn="host=10.0.0.5 port=6433") == 3
+        assert source_schema.install(conn) == 3  # the same version again: nothing changes
         settings = conn.execute("select name, value from pgml.settings order by 1").fetchall()
-        assert settings == [("endpoint_dsn", "host=10.0.0.5 port=6433"), ("schema_version", "2")]
+        assert settings == [("endpoint_dsn", "host=10.0.0.5 port=6433"), ("schema_version", "3")]
         assert conn.execute("select count(*) from pgml.training_requests").fetchone() == (1,)
         functions_now = conn.execute(
             "select count(*) from pg_proc where pronamespace = 'pgml'::regnamespace"
         ).fetchone()
-        assert functions_now == (5,)
+        assert functions_now == (9,)
 
         source_schema.uninstall(conn)
         assert schemas(conn) == set()
@@ -170,7 +175,7 @@ def test_psql_applies_install_sql_twice_and_uninstall_sql(pg_bin: Path, owner_ds
     with psycopg.connect(owner_dsn, autocommit=True) as conn:
         conn.execute("select pgml.train('fraud')")
         psql(pg_bin, owner_dsn, *install)  # again: the same schema, the request kept
-        assert source_schema.installed_version(conn) == 2
+        assert source_schema.installed_version(conn) == 3
         assert conn.execute("select count(*) from pgml.training_requests").fetchone() == (1,)
         assert conn.execute("select count(*) from pgml.settings").fetchone() == (1,)
         psql(pg_bin, owner_dsn, "--single-transaction", "-f", str(SQL_DIR / "uninstall.sql"))
@@ -178,17 +183,18 @@ def test_psql_applies_install_sql_twice_and_uninstall_sql(pg_bin: Path, owner_ds
 
 
 def test_a_newer_schema_version_is_refused(pg_bin: Path, source: psycopg.Connection) -> None:
-    source.execute("update pgml.settings set value = '3' where name = 'schema_version'")
-    with pytest.raises(SourceSetupError, match="version 3, newer than this release's 2"):
+    source.execute("update pgml.settings set value = '4' where name = 'schema_version'")
+    with pytest.raises(SourceSetupError, match="version 4, newer than this release's 3"):
         source_schema.install(source)
     dsn = dsn_of(source)
     done = psql(pg_bin, dsn, "-1", "-f", str(SQL_DIR / "install.sql"), check=False)
     assert done.returncode != 0
-    assert "schema version 3 is installed, this is version 2" in done.stderr
-    done = psql(pg_bin, dsn, "-1", "-f", str(SQL_DIR / "upgrade" / "1_to_2.sql"), check=False)
-    assert done.returncode != 0
-    assert "upgrades schema version 1, and version 3 is installed" in done.stderr
-    assert source_schema.installed_version(source) == 3
+    assert "schema version 4 is installed, this is version 3" in done.stderr
+    for step, version in (("1_to_2.sql", 1), ("2_to_3.sql", 2)):
+        done = psql(pg_bin, dsn, "-1", "-f", str(SQL_DIR / "upgrade" / step), check=False)
+        assert done.returncode != 0
+        assert f"upgrades schema version {version}, and version 4 is installed" in done.stderr
+    assert source_schema.installed_version(source) == 4
 
 
 def test_a_schema_pgml_of_another_tool_is_left_alone(source_dsn: str) -> None:
@@ -202,26 +208,28 @@ def test_a_schema_pgml_of_another_tool_is_left_alone(source_dsn: str) -> None:
 
 
 @functools.cache
-def version_1_install_sql() -> str:
-    """sql/install.sql as it was at schema version 1, from the git history of this checkout."""
+def old_install_sql(version: int) -> str:
+    """sql/install.sql as it was at an older schema version, from this checkout's git history."""
+    commit = {1: VERSION_1_COMMIT, 2: VERSION_2_COMMIT}[version]
     done = subprocess.run(
-        ["git", "-C", str(SQL_DIR.parent), "show", f"{VERSION_1_COMMIT}:sql/install.sql"],
+        ["git", "-C", str(SQL_DIR.parent), "show", f"{commit}:sql/install.sql"],
         capture_output=True, text=True, timeout=60, check=False,
     )  # fmt: skip
     if done.returncode != 0:
-        pytest.fail(f"cannot read version 1 of sql/install.sql from git: {done.stderr}")
-    assert "schema version 1." in done.stdout
+        pytest.fail(f"cannot read version {version} of sql/install.sql from git: {done.stderr}")
+    assert f"schema version {version}." in done.stdout
     return done.stdout
 
 
-def install_version_1(conn: psycopg.Connection) -> None:
+def install_version(conn: psycopg.Connection, version: int) -> None:
     with conn.transaction():
-        conn.execute(version_1_install_sql())
-    assert source_schema.installed_version(conn) == 1
+        conn.execute(old_install_sql(version))
+    assert source_schema.installed_version(conn) == version
 
 
 def pgml_catalog(conn: psycopg.Connection) -> dict[str, list[tuple[object, ...]]]:
-    """What schema pgml is made of: tables, columns, constraints, indexes, functions, comments."""
+    """What schema pgml is made of: tables, columns, constraints, indexes, functions, comments,
+    triggers and privileges."""
     queries = {
         "columns": "select table_name, ordinal_position, column_name, data_type, is_nullable,"
         " column_default, is_identity, identity_generation from information_schema.columns"
@@ -230,15 +238,17 @@ def pgml_catalog(conn: psycopg.Connection) -> dict[str, list[tuple[object, ...]]
         " from pg_constraint where connamespace = 'pgml'::regnamespace order by 1, 2",
         "indexes": "select indexname, indexdef from pg_indexes where schemaname = 'pgml'"
         " order by 1",
-        "relations": "select relname, relkind, relreplident, obj_description(oid, 'pg_class')"
-        " from pg_class where relnamespace = 'pgml'::regnamespace order by 1",
+        "relations": "select relname, relkind, relreplident, obj_description(oid, 'pg_class'),"
+        " relacl::text from pg_class where relnamespace = 'pgml'::regnamespace order by 1",
         "column comments": "select c.relname, a.attname, col_description(c.oid, a.attnum)"
         " from pg_class c join pg_attribute a on a.attrelid = c.oid"
         " where c.relnamespace = 'pgml'::regnamespace and col_description(c.oid, a.attnum)"
         " is not null order by 1, 2",
         "functions": "select oid::regprocedure::text, pg_get_functiondef(oid),"
-        " obj_description(oid, 'pg_proc') from pg_proc"
+        " obj_description(oid, 'pg_proc'), proacl::text from pg_proc"
         " where pronamespace = 'pgml'::regnamespace order by 1",
+        "triggers": "select tgrelid::regclass::text, tgname, pg_get_triggerdef(oid) from pg_trigger"
+        " where tgrelid = 'pgml.training_requests'::regclass and not tgisinternal order by 2",
         "settings": "select name, value from pgml.settings where name = 'schema_version'",
     }
     return {name: [tuple(r) for r in conn.execute(q).fetchall()] for name, q in queries.items()}
@@ -246,7 +256,7 @@ def pgml_catalog(conn: psycopg.Connection) -> dict[str, list[tuple[object, ...]]
 
 def test_install_upgrades_version_1_keeping_its_requests(source_dsn: str) -> None:
     with psycopg.connect(source_dsn, autocommit=True) as conn:
-        install_version_1(conn)
+        install_version(conn, 1)
         trained = conn.execute("select pgml.train('fraud', 'classification', 'public.tx', 'y')")
         train_id = trained.fetchone()
         conn.execute("select pgml.writeback('fraud', false)")
@@ -263,16 +273,21 @@ def test_install_upgrades_version_1_keeping_its_requests(source_dsn: str) -> Non
             )
         before = conn.execute("select * from pgml.training_requests order by id").fetchall()
 
-        assert source_schema.install(conn) == 2
+        assert source_schema.install(conn) == 3
 
-        assert source_schema.installed_version(conn) == 2
+        assert source_schema.installed_version(conn) == 3
         cur = conn.execute("select * from pgml.training_requests order by id")
-        assert cur.description is not None and cur.description[-1].name == "cron"
-        after = cur.fetchall()
-        assert [row[:-1] for row in after] == before
-        assert [row[-1] for row in after] == [None, None]
+        assert cur.description is not None
+        assert [c.name for c in cur.description[-2:]] == ["cron", "requested_by"]
+        after = [dict(zip([c.name for c in cur.description], r, strict=True)) for r in cur]
+        done, pending = after
+        assert tuple(done.values())[:-2] == before[0]
+        assert (done["cron"], done["requested_by"]) == (None, "postgres")
+        # Nobody recorded who asked for it: failed rather than carried out as the upgrader.
+        assert (pending["status"], pending["enabled"]) == ("failed", False)
+        assert "made before pgml-sidecar schema version 3" in str(pending["error"])
         settings = conn.execute("select name, value from pgml.settings order by 1").fetchall()
-        assert settings == [("endpoint_dsn", "host=10.0.0.5"), ("schema_version", "2")]
+        assert settings == [("endpoint_dsn", "host=10.0.0.5"), ("schema_version", "3")]
         assert publication_tables(conn, "pub") == [("pgml", "training_requests")]
 
         scheduled = conn.execute("select pgml.schedule('fraud', '0 3 * * *')").fetchone()
@@ -280,40 +295,101 @@ def test_install_upgrades_version_1_keeping_its_requests(source_dsn: str) -> Non
         assert scheduled is not None and drifting is not None
         assert request(conn, scheduled[0])["cron"] == "0 3 * * *"
         assert request(conn, drifting[0])["enabled"] is True
-        assert scheduled[0] > max(row[0] for row in after)
+        assert scheduled[0] > max(row["id"] for row in after)
         assert conn.execute("select count(*) from pgml.drift_events").fetchone() == (0,)
-        assert source_schema.install(conn) == 2  # the current version: nothing more to do
+        assert source_schema.install(conn) == 3  # the current version: nothing more to do
+
+
+def test_install_upgrades_version_2_revoking_what_version_2_granted(
+    source_dsn: str, role_name: str
+) -> None:
+    """Version 2's README had users GRANT INSERT on the control table: version 3 takes it back."""
+    analyst = sql.Identifier(role_name)
+    with psycopg.connect(source_dsn, autocommit=True) as conn:
+        install_version(conn, 2)
+        conn.execute(sql.SQL("create role {} login").format(analyst))
+        conn.execute(sql.SQL("grant usage on schema pgml to {}").format(analyst))
+        grant = sql.SQL("grant select, insert on pgml.training_requests to {}")
+        conn.execute(grant.format(analyst))
+        conn.execute("grant insert on pgml.training_requests to public")
+        conn.execute("create table public.salaries (id int primary key, salary int)")
+        conn.execute("create publication pub for table pgml.training_requests")
+    with psycopg.connect(as_user(source_dsn, role_name), autocommit=True) as conn:
+        old = conn.execute("select pgml.schedule('payroll', '0 3 * * *')").fetchone()
+        assert old is not None
+    with psycopg.connect(source_dsn, autocommit=True) as conn:
+        assert source_schema.install(conn) == 3
+        assert request(conn, old[0])["status"] == "failed"
+        assert publication_tables(conn, "pub") == [("pgml", "training_requests")]
+        granted = conn.execute(
+            "select a.grantee::regrole::text, a.privilege_type from pg_class c,"
+            " aclexplode(c.relacl) a where c.oid = 'pgml.training_requests'::regclass"
+            " and a.grantee <> c.relowner"
+        ).fetchall()
+        assert granted == [(role_name, "SELECT")]  # INSERT taken from the role and from PUBLIC
+    with psycopg.connect(as_user(source_dsn, role_name), autocommit=True) as conn:
+        with pytest.raises(psycopg.errors.InsufficientPrivilege):
+            conn.execute(
+                "insert into pgml.training_requests (project_name, requested_by)"
+                " values ('payroll', 'postgres')"
+            )
+        with pytest.raises(psycopg.errors.InsufficientPrivilege, match="table salaries"):
+            conn.execute("select pgml.train('payroll', 'regression', 'salaries', 'salary')")
+        mine = conn.execute("select pgml.train('mine', 'regression', 'pgml.iris', 'target')")
+        row = mine.fetchone()
+        assert row is not None and request(conn, row[0])["requested_by"] == role_name
 
 
 def test_the_upgrade_by_hand_gives_what_a_fresh_install_gives(
     pg_bin: Path, pg_server: LocalPostgres, source_dsn: str
 ) -> None:
-    step = ["--single-transaction", "-f", str(SQL_DIR / "upgrade" / "1_to_2.sql")]
-    with fresh_database(pg_server, database_name_for("fresh_version_2")) as fresh_dsn:
-        done = psql(pg_bin, fresh_dsn, *step, check=False)
-        assert done.returncode != 0
-        assert "not installed in this database: nothing to upgrade" in done.stderr
+    steps = {
+        n: ["--single-transaction", "-f", str(SQL_DIR / "upgrade" / f"{n}_to_{n + 1}.sql")]
+        for n in (1, 2)
+    }
+    with fresh_database(pg_server, database_name_for("fresh_version_3")) as fresh_dsn:
+        for step in steps.values():
+            done = psql(pg_bin, fresh_dsn, *step, check=False)
+            assert done.returncode != 0
+            assert "not installed in this database: nothing to upgrade" in done.stderr
         with psycopg.connect(fresh_dsn, autocommit=True) as fresh:
-            assert source_schema.install(fresh) == 2
+            assert source_schema.install(fresh) == 3
             fresh_catalog = pgml_catalog(fresh)
-            psql(pg_bin, fresh_dsn, *step)  # on version 2: changes nothing
+            psql(pg_bin, fresh_dsn, *steps[2])  # on version 3: changes nothing
             assert pgml_catalog(fresh) == fresh_catalog
+            done = psql(pg_bin, fresh_dsn, *steps[1], check=False)
+            assert "upgrades schema version 1, and version 3 is installed" in done.stderr
 
     with psycopg.connect(source_dsn, autocommit=True) as conn:
-        install_version_1(conn)
+        install_version(conn, 1)
         conn.execute("select pgml.train('fraud')")
         done = psql(pg_bin, source_dsn, "-1", "-f", str(SQL_DIR / "install.sql"), check=False)
         assert done.returncode != 0
-        assert "schema version 1 is installed, this is version 2" in done.stderr
+        assert "schema version 1 is installed, this is version 3" in done.stderr
         assert "sql/upgrade/<n>_to_<n+1>.sql" in done.stderr
-        psql(pg_bin, source_dsn, *step)
+        done = psql(pg_bin, source_dsn, *steps[2], check=False)
+        assert "upgrades schema version 2, and version 1 is installed" in done.stderr
+        psql(pg_bin, source_dsn, *steps[1])
+        psql(pg_bin, source_dsn, *steps[2])
         upgraded = pgml_catalog(conn)
-        psql(pg_bin, source_dsn, *step)  # again: changes nothing
+        for step in steps.values():  # again: changes nothing (1_to_2 refuses version 3)
+            psql(pg_bin, source_dsn, *step, check=False)
         assert pgml_catalog(conn) == upgraded
         assert conn.execute("select count(*) from pgml.training_requests").fetchone() == (1,)
 
     assert upgraded == fresh_catalog
     assert ("training_requests", 15, "cron", "text", "YES", None, "NO", None) in upgraded["columns"]
+    assert (
+        "training_requests",
+        16,
+        "requested_by",
+        "name",
+        "NO",
+        "CURRENT_USER",
+        "NO",
+        None,
+    ) in upgraded["columns"]
+    assert [name for _, name, _ in upgraded["triggers"]] == ["training_requests_by_functions_only"]
     checks = {str(name) for _, name, _ in upgraded["constraints"] if str(name).endswith("_check")}
     assert checks == {
         "training_requests_cron_check",
@@ -564,9 +640,36 @@ def test_predict_through_dblink_to_the_endpoint(
     assert source.execute(f"select pgml.predict('Iris', {IRIS_SETOSA})").fetchone() == (0.0,)
 
 
-def test_predict_for_a_plain_role_through_a_foreign_server(
-    mirror: Mirror, trainer: Trainer, source: psycopg.Connection, source_dsn: str, role_name: str
+@pytest.fixture
+def roles(pg_server: LocalPostgres, source_dsn: str) -> Iterator[Callable[[str], str]]:
+    """Make LOGIN roles of this test's own (``roles("alice")``); dropped after the test."""
+    made: list[str] = []
+
+    def make(stem: str) -> str:
+        name = f"{stem}_{secrets.token_hex(3)}"
+        with psycopg.connect(source_dsn, autocommit=True) as conn:
+            conn.execute(sql.SQL("create role {} login").format(sql.Identifier(name)))
+        made.append(name)
+        return name
+
+    yield make
+    with psycopg.connect(source_dsn, autocommit=True) as conn:
+        for name in made:
+            conn.execute(sql.SQL("drop owned by {}").format(sql.Identifier(name)))
+    with psycopg.connect(pg_server.dsn(), autocommit=True) as conn:
+        for name in reversed(made):
+            conn.execute(sql.SQL("drop role {}").format(sql.Identifier(name)))
+
+
+def test_predict_for_each_role_through_its_own_user_mapping(
+    mirror: Mirror,
+    trainer: Trainer,
+    source: psycopg.Connection,
+    source_dsn: str,
+    roles: Callable[[str], str],
 ) -> None:
+    """sql/README.md's recipe: a user mapping per source role, none FOR PUBLIC; a link opened
+    for one role is never used by another after SET ROLE."""
     guarded = SqlEndpoint(EndpointSettings(port=0, password="sEcret"), mirror.con, trainer)
     guarded.start()
     try:
@@ -576,28 +679,40 @@ def test_predict_for_a_plain_role_through_a_foreign_server(
             sidecar.execute(
                 "select * from pgml.train('Iris', 'classification', 'pgml.iris', 'target')"
             )
+        alice, bob, app = roles("alice"), roles("bob"), roles("app")
         source.execute("create extension dblink")
         source.execute(
             "create server pgml_endpoint foreign data wrapper dblink_fdw"
             f" options (host '127.0.0.1', port '{guarded.port}', dbname 'pgml')"
         )
-        source.execute(
-            "create user mapping for public server pgml_endpoint"
-            " options (user 'pgml', password 'sEcret')"
-        )
+        for role, password in ((alice, "sEcret"), (bob, "not bob's password")):
+            ident = sql.Identifier(role)
+            source.execute(
+                sql.SQL(
+                    "create user mapping for {} server pgml_endpoint options (user {}, password {})"
+                ).format(ident, sql.Literal(role), sql.Literal(password))
+            )
+            source.execute(sql.SQL("grant usage on schema pgml to {}").format(ident))
+            source.execute(sql.SQL("grant select on pgml.settings to {}").format(ident))
+            source.execute(
+                sql.SQL("grant usage on foreign server pgml_endpoint to {}").format(ident)
+            )
+            source.execute(sql.SQL("grant {} to {}").format(ident, sql.Identifier(app)))
         source_schema.install(source, endpoint_dsn="pgml_endpoint")
-        analyst = sql.Identifier(role_name)
-        source.execute(sql.SQL("create role {} login").format(analyst))
-        source.execute(sql.SQL("grant usage on schema pgml to {}").format(analyst))
-        source.execute(sql.SQL("grant select on pgml.settings to {}").format(analyst))
-        source.execute(sql.SQL("grant usage on foreign server pgml_endpoint to {}").format(analyst))
-        with psycopg.connect(as_user(source_dsn, role_name), autocommit=True) as conn:
-            superuser = conn.execute("select rolsuper from pg_roles where rolname = current_user")
-            assert superuser.fetchone() == (False,)
+        with psycopg.connect(as_user(source_dsn, alice), autocommit=True) as conn:
             prediction = conn.execute(f"select pgml.predict('Iris', {IRIS_SETOSA})").fetchone()
             assert prediction == (0.0,)
-            options = conn.execute("select umoptions from pg_user_mappings").fetchall()
-            assert options == [(None,)]  # the password stays hidden from the role
+            found = conn.execute("select usename, umoptions from pg_user_mappings")
+            mappings: dict[str, list[str] | None] = dict(found.fetchall())
+            assert mappings[bob] is None  # another role's password stays hidden
+        with psycopg.connect(as_user(source_dsn, app), autocommit=True) as conn:
+            conn.execute(sql.SQL("set role {}").format(sql.Identifier(alice)))
+            assert conn.execute(f"select pgml.predict('Iris', {IRIS_SETOSA})").fetchone() == (0.0,)
+            conn.execute(sql.SQL("set role {}").format(sql.Identifier(bob)))
+            with pytest.raises(psycopg.Error, match="password authentication failed"):
+                conn.execute(f"select pgml.predict('Iris', {IRIS_SETOSA})")
+            conn.execute(sql.SQL("set role {}").format(sql.Identifier(alice)))
+            assert conn.execute(f"select pgml.predict('Iris', {IRIS_SETOSA})").fetchone() == (0.0,)
     finally:
         guarded.stop()
 
@@ -636,6 +751,9 @@ def test_add_control_table_once_and_never_the_sidecars_own_tables(
     with pytest.raises(SourceSetupError, match=r"holds pgml\.drift_events, so the sidecar's own"):
         source_schema.add_control_table(source, "drifting")
     assert publication_tables(source, "drifting") == [("pgml", "drift_events"), ("public", "tx")]
+    source.execute("create publication owners for table public.tx, pgml.projects")
+    with pytest.raises(SourceSetupError, match=r"holds pgml\.projects, so the sidecar's own"):
+        source_schema.add_control_table(source, "owners")
 
 
 # --- role.sql ------------------------------------------------------------------------------
@@ -657,7 +775,7 @@ def test_role_sql_makes_a_role_that_installs_and_replicates(
         )
         assert attributes.fetchone() == (False, True)
         assert conn.execute("select amount from public.tx").fetchall() == [(9.5,)]
-        assert source_schema.install(conn) == 2
+        assert source_schema.install(conn) == 3
         conn.execute("create publication pgml_sidecar")
         assert source_schema.add_control_table(conn, "pgml_sidecar") is True
         conn.execute("select pg_create_logical_replication_slot('x_' || current_user, 'pgoutput')")
@@ -682,9 +800,16 @@ def test_role_sql_after_the_owner_installed(
             " on conflict (name) do update set value = excluded.value"
         )
         conn.execute("create table pgml_scores.fraud (id bigint primary key, prediction float8)")
+        conn.execute("insert into pgml.projects (project_name, owner) values ('fraud', 'x')")
+        conn.execute("update pgml.projects set score_table = 'fraud'")
+        conn.execute("delete from pgml.projects")
         with pytest.raises(psycopg.errors.InsufficientPrivilege):
             conn.execute("delete from pgml.training_requests")
-        assert source_schema.install(conn, endpoint_dsn="host=y") == 2  # as pgml-sidecar init
+        with pytest.raises(psycopg.errors.InsufficientPrivilege):  # who asked is not its to say
+            conn.execute("update pgml.training_requests set requested_by = current_user")
+        with pytest.raises(psycopg.errors.InsufficientPrivilege):
+            conn.execute("insert into pgml.training_requests (project_name) values ('fraud')")
+        assert source_schema.install(conn, endpoint_dsn="host=y") == 3  # as pgml-sidecar init
         with pytest.raises(SourceSetupError, match="must be owner of schema pgml"):
             source_schema.uninstall(conn)
     assert source.execute(
@@ -714,6 +839,7 @@ def test_predict_reconnects_when_its_link_broke(
     doomed = make_conninfo(source_dsn, dbname="postgres", application_name="doomed_link")
     source.execute("select dblink_connect('pgml_sidecar', %s)", [doomed])
     source.execute("select set_config('pgml_sidecar.predict_dsn', %s, false)", [endpoint_dsn])
+    source.execute("select set_config('pgml_sidecar.predict_role', current_user, false)")
     with psycopg.connect(source_dsn, autocommit=True) as admin:
         admin.execute(
             "select pg_terminate_backend(pid) from pg_stat_activity"
@@ -752,12 +878,14 @@ def test_documented_user_grants_suffice_to_request_training(
 ) -> None:
     analyst = sql.Identifier(role_name)
     source.execute(sql.SQL("create role {} login").format(analyst))
-    for grant in (
+    for grant in (  # sql/README.md's grants for users who request training and read scores
         "grant usage on schema pgml, pgml_scores to {}",
-        "grant select, insert on pgml.training_requests to {}",
-        "grant select on pgml.settings, pgml.drift_events to {}",
+        "grant select on pgml.training_requests, pgml.settings, pgml.drift_events,"
+        " pgml.projects to {}",
     ):
         source.execute(sql.SQL(grant).format(analyst))
+    source.execute("create table public.tx (id bigint primary key, y float8)")
+    source.execute(sql.SQL("grant select on public.tx to {}").format(analyst))
     source.execute(
         "insert into pgml.drift_events (project_name, detector, statistic, threshold)"
         " values ('fraud', 'adwin', 1, 0.5)"
@@ -769,7 +897,8 @@ def test_documented_user_grants_suffice_to_request_training(
             "pgml.schedule('fraud', '0 3 * * *')",
             "pgml.retrain_on_drift('fraud')",
         ):
-            assert conn.execute(f"select {call}").fetchone() is not None
+            made = conn.execute(f"select {call}").fetchone()
+            assert made is not None and request(conn, made[0])["requested_by"] == role_name
         drifts = conn.execute("select project_name, detector from pgml.drift_events")
         assert drifts.fetchall() == [("fraud", "adwin")]
         with pytest.raises(psycopg.errors.InsufficientPrivilege):
@@ -779,3 +908,7 @@ def test_documented_user_grants_suffice_to_request_training(
             )
         with pytest.raises(psycopg.errors.InsufficientPrivilege):
             conn.execute("update pgml.training_requests set status = 'done'")
+        with pytest.raises(psycopg.errors.InsufficientPrivilege):
+            conn.execute("insert into pgml.training_requests (project_name) values ('fraud')")
+        with pytest.raises(psycopg.errors.InsufficientPrivilege):
+            conn.execute("insert into pgml.projects (project_name, owner) values ('x', 'me')")

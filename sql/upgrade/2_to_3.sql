@@ -1,0 +1,476 @@
+-- pgml-sidecar: schema version 2 to 3, in the source database.
+--
+--     psql -v ON_ERROR_STOP=1 --single-transaction -f sql/upgrade/2_to_3.sql
+--
+-- Run it as the owner of schema pgml (the role that installed it), in one transaction;
+-- `pgml-sidecar init` applies it, then install.sql, by itself. Version 3 records who asks:
+-- requests get a column requested_by, the pgml.* functions run as their owner (SECURITY
+-- DEFINER), stamp each request with the calling role, and refuse a relation that role may not
+-- SELECT or a project it does not own; nobody else writes pgml.training_requests (grants of
+-- INSERT, DELETE and TRUNCATE on it are revoked). The sidecar writes each project's owner to
+-- the new table pgml.projects. Requests still pending were made by a role nobody recorded:
+-- they are failed, to be asked again. Running it again, or on version 3, changes nothing.
+-- What it creates must stay the same as what install.sql creates for version 3.
+
+select pg_advisory_xact_lock(hashtext('pgml-sidecar schema'));
+
+do $guard$
+declare
+    installed text;
+begin
+    if to_regclass('pgml.settings') is null then
+        raise exception 'pgml-sidecar is not installed in this database: nothing to upgrade'
+            using errcode = 'object_not_in_prerequisite_state',
+                  hint = 'run sql/install.sql, which creates the current version';
+    end if;
+    select value into installed from pgml.settings where name = 'schema_version';
+    if installed is null or installed not in ('2', '3') then
+        raise exception 'sql/upgrade/2_to_3.sql upgrades schema version 2, and version % is'
+                        ' installed', coalesce(installed, 'unknown')
+            using errcode = 'object_not_in_prerequisite_state',
+                  hint = 'apply sql/upgrade/<n>_to_<n+1>.sql in order from the installed'
+                         ' version; a newer version needs the pgml-sidecar release that'
+                         ' installed it';
+    end if;
+end
+$guard$;
+
+-- Who asked. Rows made before version 3 get the role running this; those still pending are
+-- failed rather than carried out with that role's rights.
+do $requested_by$
+begin
+    if not exists (select from pg_attribute
+                   where attrelid = 'pgml.training_requests'::regclass
+                     and attname = 'requested_by' and not attisdropped) then
+        alter table pgml.training_requests
+            add column requested_by name not null default current_user;
+        update pgml.training_requests
+        set status = 'failed', finished_at = now(),
+            error = 'made before pgml-sidecar schema version 3, which records who asks:'
+                    ' request it again'
+        where status = 'pending';
+    end if;
+end
+$requested_by$;
+comment on column pgml.training_requests.requested_by is
+    'the role that asked: the session''s role (after SET ROLE) when a pgml.* function made it';
+
+-- Version 2 told users to GRANT INSERT on the control table: only the functions write it now.
+do $revoke$
+declare
+    grantee text;
+begin
+    for grantee in
+        select distinct a.grantee::regrole::text
+        from pg_class c, aclexplode(c.relacl) a
+        where c.oid = 'pgml.training_requests'::regclass and a.grantee <> 0
+          and a.grantee <> c.relowner and a.privilege_type in ('INSERT', 'DELETE', 'TRUNCATE')
+    loop
+        execute format('revoke insert, delete, truncate on pgml.training_requests from %s',
+                       grantee);
+    end loop;
+end
+$revoke$;
+
+-- Only the pgml.* functions write requests; a grant made by mistake does not change that.
+revoke insert, update, delete, truncate on pgml.training_requests from public;
+
+create or replace function pgml.refuse_direct_requests() returns trigger
+language plpgsql
+set search_path = pg_catalog, pg_temp
+as $$
+begin
+    if not pg_has_role(current_user,
+                       (select c.relowner from pg_class c where c.oid = tg_relid), 'usage') then
+        raise exception 'permission denied for table %', tg_table_name
+            using errcode = 'insufficient_privilege',
+                  hint = 'request with pgml.train(), pgml.writeback(), pgml.schedule() or'
+                         ' pgml.retrain_on_drift(), which record who asks';
+    end if;
+    return new;
+end
+$$;
+comment on function pgml.refuse_direct_requests() is
+    'Trigger: only the owner of pgml.training_requests (the pgml.* functions) inserts requests';
+do $trigger$
+begin
+    if not exists (select from pg_trigger
+                   where tgrelid = 'pgml.training_requests'::regclass
+                     and tgname = 'training_requests_by_functions_only') then
+        create trigger training_requests_by_functions_only
+            before insert on pgml.training_requests
+            for each row execute function pgml.refuse_direct_requests();
+    end if;
+end
+$trigger$;
+
+-- Written by the sidecar (its own record of projects is in the mirror); never published.
+create table if not exists pgml.projects (
+    project_name text primary key,
+    owner name,
+    score_table name unique,
+    scored_relation text,
+    updated_at timestamptz not null default now()
+);
+comment on table pgml.projects is
+    'pgml-sidecar: each project''s owner (NULL: made before version 3, pgml_admin only), its'
+    ' pgml_scores table and the relation it scores; written by the sidecar';
+
+-- Members of pgml_admin may change every project. The role is the cluster's, so it is made
+-- once, by a role that may create roles; pgml-sidecar init --print-sql shows how otherwise.
+do $admin$
+begin
+    if to_regrole('pgml_admin') is null then
+        if exists (select from pg_roles
+                   where rolname = current_user and (rolsuper or rolcreaterole)) then
+            create role pgml_admin nologin;
+            comment on role pgml_admin is
+                'pgml-sidecar: its members may change every project (retrain, write back,'
+                ' schedule), not only their own';
+        else
+            raise notice 'role pgml_admin does not exist and % may not create roles', current_user
+                using hint = 'as a role with CREATEROLE: CREATE ROLE pgml_admin NOLOGIN;'
+                             ' then GRANT pgml_admin TO the roles that administer projects';
+        end if;
+    end if;
+end
+$admin$;
+
+-- The role a request is made for: the session's role as SET ROLE left it, not the owner of
+-- the SECURITY DEFINER function asking (current_user there) nor the login (session_user).
+create or replace function pgml.requesting_role() returns name
+language sql
+stable
+set search_path = pg_catalog, pg_temp
+as $$
+    select coalesce(nullif(current_setting('role'), 'none'), session_user)::name
+$$;
+comment on function pgml.requesting_role() is
+    'The role pgml.* requests are stamped with: the session''s current role after SET ROLE';
+
+-- Raise 42501 unless the requester may SELECT every column of the relation the sidecar will
+-- train on.
+-- relation_name is resolved as the sidecar resolves it in the mirror (trainer/snapshots.py):
+-- split at the last dot, one pair of double quotes taken off each part, exact names; a bare
+-- name is looked for in public, main and pgml, and every one of those that exists is checked.
+create or replace function pgml.check_relation(requester name, relation_name text) returns void
+language plpgsql
+stable
+set search_path = pg_catalog, pg_temp
+as $$
+declare
+    parts text[] := regexp_match(relation_name, '^(.*)\.([^.]*)$');
+    schema_part text := coalesce(parts[1], '');
+    table_part text := coalesce(parts[2], relation_name);
+    candidate record;
+    who pg_roles%rowtype;
+begin
+    select * into who from pg_roles r where r.rolname = requester;
+    if not found then
+        raise exception 'role "%" does not exist', requester using errcode = 'undefined_object';
+    end if;
+    if length(schema_part) >= 2 and left(schema_part, 1) = '"' and right(schema_part, 1) = '"'
+    then
+        schema_part := replace(substr(schema_part, 2, length(schema_part) - 2), '""', '"');
+    end if;
+    if length(table_part) >= 2 and left(table_part, 1) = '"' and right(table_part, 1) = '"' then
+        table_part := replace(substr(table_part, 2, length(table_part) - 2), '""', '"');
+    end if;
+    for candidate in
+        select c.oid, c.relname, c.relowner, c.relrowsecurity, c.relforcerowsecurity,
+               n.oid as nspoid, n.nspname
+        from pg_class c join pg_namespace n on n.oid = c.relnamespace
+        where c.relname = table_part
+          and n.nspname = any (case when schema_part = '' then array['public', 'main', 'pgml']
+                                    else array[schema_part] end)
+    loop
+        if not has_schema_privilege(who.oid, candidate.nspoid, 'usage') then
+            raise exception 'permission denied for schema %', candidate.nspname
+                using errcode = 'insufficient_privilege';
+        end if;
+        if exists (select from pg_attribute a
+                   where a.attrelid = candidate.oid and a.attnum > 0 and not a.attisdropped
+                     and not has_column_privilege(who.oid, candidate.oid, a.attnum, 'select'))
+        then
+            raise exception 'permission denied for table %', candidate.relname
+                using errcode = 'insufficient_privilege',
+                      hint = format('training reads every column: %s needs SELECT on all of'
+                                    ' %I.%I', requester, candidate.nspname, candidate.relname);
+        end if;
+        if candidate.relrowsecurity and not (who.rolsuper or who.rolbypassrls
+                or (pg_has_role(who.oid, candidate.relowner, 'usage')
+                    and not candidate.relforcerowsecurity)) then
+            raise exception 'permission denied for table %', candidate.relname
+                using errcode = 'insufficient_privilege',
+                      hint = 'row-level security is enabled on it, and the sidecar''s copy of'
+                             ' it has every row';
+        end if;
+    end loop;
+end
+$$;
+comment on function pgml.check_relation(name, text) is
+    'Raise 42501 unless the role may SELECT every column of the relation (as the sidecar'
+    ' resolves its name)';
+
+-- Raise 42501 unless the requester may change the project: it owns it (or is a member of its
+-- owner), or is a member of pgml_admin. A project pgml.projects does not know yet is the
+-- sidecar's to judge (it is new, or made on the SQL endpoint).
+create or replace function pgml.check_project(requester name, project_name text) returns void
+language plpgsql
+stable
+set search_path = pg_catalog, pg_temp
+as $$
+declare
+    known pgml.projects%rowtype;
+    who oid := to_regrole(quote_ident(requester));
+begin
+    select * into known from pgml.projects p where p.project_name = check_project.project_name;
+    if not found then
+        return;
+    end if;
+    if who is not null and (
+            (to_regrole(quote_ident(known.owner)) is not null
+             and pg_has_role(who, to_regrole(quote_ident(known.owner)), 'usage'))
+            or (to_regrole('pgml_admin') is not null
+                and pg_has_role(who, to_regrole('pgml_admin'), 'usage'))) then
+        return;
+    end if;
+    raise exception 'must be owner of project %', project_name
+        using errcode = 'insufficient_privilege',
+              hint = case when known.owner is null
+                     then 'it was made before pgml-sidecar recorded owners: only members of'
+                          ' pgml_admin may change it'
+                     else format('it belongs to role %s: only that role, its members and'
+                                 ' members of pgml_admin may change it', known.owner) end;
+end
+$$;
+comment on function pgml.check_project(name, text) is
+    'Raise 42501 unless the role owns the project (or is a member of its owner or pgml_admin)';
+
+revoke execute on function pgml.check_relation(name, text) from public;
+revoke execute on function pgml.check_project(name, text) from public;
+
+create or replace function pgml.train(
+    project_name text,
+    task text default null,
+    relation_name text default null,
+    y_column_name text default null,
+    algorithm text default 'linear',
+    hyperparams jsonb default '{}'
+) returns bigint
+language plpgsql
+security definer
+set search_path = pg_catalog, pg_temp
+as $$
+declare
+    requester name := pgml.requesting_role();
+    request_id bigint;
+begin
+    if project_name is null or btrim(project_name) = '' then
+        raise exception 'pgml.train needs a project name'
+            using errcode = 'invalid_parameter_value';
+    end if;
+    if task is not null
+            and task not in ('regression', 'classification', 'clustering', 'decomposition') then
+        raise exception 'pgml.train: unknown task %', quote_literal(task)
+            using errcode = 'invalid_parameter_value',
+                  hint = 'task is one of regression, classification, clustering, decomposition,'
+                         ' or NULL to retrain a known project';
+    end if;
+    if algorithm is null or btrim(algorithm) = '' then
+        raise exception 'pgml.train needs an algorithm (default linear)'
+            using errcode = 'invalid_parameter_value';
+    end if;
+    if hyperparams is null or jsonb_typeof(hyperparams) <> 'object' then
+        raise exception 'pgml.train: hyperparams must be a JSON object, like ''{"alpha": 0.5}'''
+            using errcode = 'invalid_parameter_value';
+    end if;
+    perform pgml.check_project(requester, train.project_name);
+    if train.relation_name is not null then
+        perform pgml.check_relation(requester, train.relation_name);
+    end if;
+    insert into pgml.training_requests
+        (kind, project_name, task, relation_name, y_column_name, algorithm, hyperparams,
+         requested_by)
+    values ('train', train.project_name, train.task, train.relation_name, train.y_column_name,
+            train.algorithm, train.hyperparams, requester)
+    returning id into request_id;
+    return request_id;
+end
+$$;
+comment on function pgml.train(text, text, text, text, text, jsonb) is
+    'Ask the sidecar to train a model; returns the request id in pgml.training_requests';
+
+create or replace function pgml.writeback(project_name text, enabled boolean default true)
+returns bigint
+language plpgsql
+security definer
+set search_path = pg_catalog, pg_temp
+as $$
+declare
+    requester name := pgml.requesting_role();
+    request_id bigint;
+begin
+    if project_name is null or btrim(project_name) = '' then
+        raise exception 'pgml.writeback needs a project name'
+            using errcode = 'invalid_parameter_value';
+    end if;
+    if enabled is null then
+        raise exception 'pgml.writeback: enabled must be true or false'
+            using errcode = 'invalid_parameter_value';
+    end if;
+    perform pgml.check_project(requester, writeback.project_name);
+    insert into pgml.training_requests (kind, project_name, enabled, requested_by)
+    values ('writeback', writeback.project_name, writeback.enabled, requester)
+    returning id into request_id;
+    return request_id;
+end
+$$;
+comment on function pgml.writeback(text, boolean) is
+    'Ask the sidecar to write (or stop writing) a project''s predictions to pgml_scores';
+
+create or replace function pgml.schedule(project_name text, cron text)
+returns bigint
+language plpgsql
+security definer
+set search_path = pg_catalog, pg_temp
+as $$
+declare
+    requester name := pgml.requesting_role();
+    request_id bigint;
+    fields text[];
+begin
+    if project_name is null or btrim(project_name) = '' then
+        raise exception 'pgml.schedule needs a project name'
+            using errcode = 'invalid_parameter_value';
+    end if;
+    if cron is not null then
+        fields := array(select m[1] from regexp_matches(cron, '([^[:space:]]+)', 'g') as m);
+        if cardinality(fields) <> 5 then
+            raise exception 'pgml.schedule: cron % does not have 5 fields; write it like'
+                            ' ''0 3 * * *'' (every day at 03:00)', quote_literal(cron)
+                using errcode = 'invalid_parameter_value',
+                      hint = 'the fields are minute, hour, day of month, month, day of week;'
+                             ' NULL clears the schedule';
+        end if;
+    end if;
+    perform pgml.check_project(requester, schedule.project_name);
+    insert into pgml.training_requests (kind, project_name, cron, requested_by)
+    values ('schedule', schedule.project_name, array_to_string(fields, ' '), requester)
+    returning id into request_id;
+    return request_id;
+end
+$$;
+comment on function pgml.schedule(text, text) is
+    'Ask the sidecar to retrain a project on a cron schedule (NULL clears it); returns the'
+    ' request id in pgml.training_requests';
+
+create or replace function pgml.retrain_on_drift(project_name text, enabled boolean default true)
+returns bigint
+language plpgsql
+security definer
+set search_path = pg_catalog, pg_temp
+as $$
+declare
+    requester name := pgml.requesting_role();
+    request_id bigint;
+begin
+    if project_name is null or btrim(project_name) = '' then
+        raise exception 'pgml.retrain_on_drift needs a project name'
+            using errcode = 'invalid_parameter_value';
+    end if;
+    if enabled is null then
+        raise exception 'pgml.retrain_on_drift: enabled must be true or false'
+            using errcode = 'invalid_parameter_value';
+    end if;
+    perform pgml.check_project(requester, retrain_on_drift.project_name);
+    insert into pgml.training_requests (kind, project_name, enabled, requested_by)
+    values ('retrain_on_drift', retrain_on_drift.project_name, retrain_on_drift.enabled,
+            requester)
+    returning id into request_id;
+    return request_id;
+end
+$$;
+comment on function pgml.retrain_on_drift(text, boolean) is
+    'Ask the sidecar to retrain (or stop retraining) a project when its model drifts;'
+    ' returns the request id in pgml.training_requests';
+
+create or replace function pgml.predict(project text, features float8[])
+returns float8
+language plpgsql
+strict
+set search_path = pg_catalog, pg_temp
+as $$
+-- SECURITY INVOKER on purpose: dblink connects with the calling role's user mapping.
+declare
+    link_schema text;
+    dsn text;
+    open_links text[];
+    link constant text := 'pgml_sidecar';
+    statement text;
+    remote text;
+    prediction float8;
+begin
+    select n.nspname into link_schema
+    from pg_extension e join pg_namespace n on n.oid = e.extnamespace
+    where e.extname = 'dblink';
+    if link_schema is null then
+        raise exception 'pgml.predict needs the dblink extension in this database'
+            using errcode = 'feature_not_supported',
+                  hint = 'CREATE EXTENSION dblink; (available on RDS, Aurora, Cloud SQL and'
+                         ' Azure) then point pgml.settings endpoint_dsn at the sidecar';
+    end if;
+    select value into dsn from pgml.settings where name = 'endpoint_dsn';
+    if dsn is null or btrim(dsn) = '' then
+        raise exception 'pgml.predict needs the sidecar''s SQL endpoint, and pgml.settings'
+                        ' has no endpoint_dsn'
+            using errcode = 'object_not_in_prerequisite_state',
+                  hint = 'run pgml-sidecar init, or: INSERT INTO pgml.settings VALUES'
+                         ' (''endpoint_dsn'', ''host=... port=6433 dbname=pgml user=pgml'')'
+                         ' ON CONFLICT (name) DO UPDATE SET value = excluded.value';
+    end if;
+
+    -- The endpoint reads the features as an ARRAY[...] of numbers: float8 output is digits,
+    -- signs and exponents only; the three special values and NULL are spelled out.
+    select format('select pgml.predict(%L, array[%s]::float8[])', project,
+                  coalesce(string_agg(case
+                      when f is null then 'null'
+                      when f in ('NaN', 'Infinity', '-Infinity') then format('%L::float8', f)
+                      else f::text end, ', ' order by i), ''))
+    into remote
+    from unnest(features) with ordinality as u(f, i);
+
+    -- One connection per session, opened on first use and reopened when endpoint_dsn changes,
+    -- the connection broke (the sidecar restarted) or the role changed (SET ROLE): a foreign
+    -- server's user mapping is the current role's, and a link opened with one role's endpoint
+    -- user never answers another role.
+    execute format('select %I.dblink_get_connections()', link_schema) into open_links;
+    if link = any(coalesce(open_links, '{}'))
+            and (current_setting('pgml_sidecar.predict_dsn', true) is distinct from dsn
+                 or current_setting('pgml_sidecar.predict_role', true)
+                    is distinct from current_user::text) then
+        execute format('select %I.dblink_disconnect(%L)', link_schema, link);
+        open_links := null;
+    end if;
+    if not link = any(coalesce(open_links, '{}')) then
+        execute format('select %I.dblink_connect(%L, %L)', link_schema, link, dsn);
+        perform set_config('pgml_sidecar.predict_dsn', dsn, false);
+        perform set_config('pgml_sidecar.predict_role', current_user::text, false);
+    end if;
+    statement := format('select * from %I.dblink(%L, %L) as t(prediction float8)',
+                        link_schema, link, remote);
+    begin
+        execute statement into prediction;
+    exception when connection_exception then
+        execute format('select %I.dblink_disconnect(%L)', link_schema, link);
+        execute format('select %I.dblink_connect(%L, %L)', link_schema, link, dsn);
+        execute statement into prediction;
+    end;
+    return prediction;
+end
+$$;
+comment on function pgml.predict(text, float8[]) is
+    'Predict with a project''s deployed model, answered by the sidecar''s SQL endpoint'
+    ' through dblink';
+
+update pgml.settings set value = '3' where name = 'schema_version';
