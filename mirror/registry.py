@@ -4,7 +4,8 @@ The tables and views are shaped like PostgresML's, so its queries work unchanged
 (``select * from pgml.deployed_models``, ``metrics->>'f1'``). Ids come from sequences and only
 grow; the latest deployment of a project (highest id) is the deployed model.
 
-- ``projects``: one row per project name, with its task.
+- ``projects``: one row per project name, with its task; no two names give one table name
+  (:func:`project_slug`), so each project's ``pgml_scores`` table and view are its own.
 - ``snapshots``: the rows a training used, as a Parquet file in the artifact directory
   (``path`` relative to it, ``sha256``), with the relation, label, split (``test_size``,
   ``test_sampling``, ``seed``), row count, per-column statistics and the mirror's source
@@ -36,6 +37,7 @@ from typing import Any, TypeVar
 import duckdb
 
 from mirror.changes import parse_lsn
+from mirror.errors import TrainingError
 
 SCHEMA = "pgml"
 T = TypeVar("T")
@@ -337,7 +339,26 @@ class Registry:
         return Project(*row)
 
     @_locked
+    def slug_owners(self) -> dict[str, Project]:
+        """Each table name in use (:func:`project_slug`) and the project it belongs to: the
+        oldest whose name gives it (a registry from an older version may hold several)."""
+        owners: dict[str, Project] = {}
+        for row in self.con.execute(
+            "select id, name, task, created_at from pgml.projects order by id"
+        ).fetchall():
+            owners.setdefault(project_slug(row[1]), Project(*row))
+        return owners
+
+    def slug_owner(self, name: str) -> Project | None:
+        """The project the table name of ``name`` belongs to, if any (``name`` itself or not)."""
+        return self.slug_owners().get(project_slug(name))
+
+    @_locked
     def add_project(self, name: str, task: str) -> Project:
+        """Register a new project; refused if its table name is another project's."""
+        owner = self.slug_owner(name)
+        if owner is not None:
+            raise name_collision(name, owner.name)
         row = self.con.execute(
             "insert into pgml.projects (name, task) values (?, ?)"
             " returning id, name, task, created_at",
@@ -556,6 +577,20 @@ class Registry:
 _SETTINGS = ("schedule", "schedule_set_at", "last_scheduled_run", "retrain_on_drift")
 
 
+NAME_BYTES = 63
+"""PostgreSQL's identifier limit (NAMEDATALEN - 1): longer table names are cut there."""
+
+
 def project_slug(name: str) -> str:
-    """A project name as a table name: lower case, runs of other characters become ``_``."""
-    return re.sub(r"[^a-z0-9]+", "_", name.lower())
+    """A project name as a table name: lower case, runs of other characters become ``_``, cut
+    where PostgreSQL cuts identifiers (so the name in the source is the name used here)."""
+    return re.sub(r"[^a-z0-9]+", "_", name.lower())[:NAME_BYTES]
+
+
+def name_collision(name: str, other: str) -> TrainingError:
+    """The error for a new project ``name`` whose table name is ``other``'s already."""
+    return TrainingError(
+        f'project "{name}" would share its table name pgml_scores.{project_slug(name)} with'
+        f' project "{other}": choose a name that differs in more than case and punctuation',
+        sqlstate="42710",
+    )

@@ -9,18 +9,27 @@ the whole relation in bounded batches, then drop scores of rows that no longer e
 Writes are batched (CSV through COPY into a temporary table, then one upsert), idempotent, and
 retried after a lost connection, so a crash or a reconnect never loses or duplicates a score.
 This runs in a thread of its own, off the replication path: the replicator only hands over the
-touched keys.
+touched keys. ``pgml.writeback()`` requests are handed to that thread too, and answered once
+they are carried out: a request is never lost to a rescore in flight.
+
+A score table belongs to one project and one relation, written in its comment when the sidecar
+creates it. A table there already is used only if the sidecar's role owns it and its comment
+(or, for a table from an older version, its columns) says it is this project's scores of this
+relation; anything else is refused, never overwritten. A project whose table name another
+project has (a registry from an older version) is not written back.
 """
 
 from __future__ import annotations
 
+import hashlib
 import io
+import json
 import logging
 import queue
 import threading
 import time
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 import duckdb
@@ -35,6 +44,7 @@ from mirror.changes import Lsn
 from mirror.duckdb_sql import META, quote
 from mirror.errors import SidecarError
 from mirror.registry import project_slug
+from predictor.score_grants import grant_score_table
 from trainer.model import Model
 from trainer.snapshots import find_relation
 from trainer.train import Trainer
@@ -62,6 +72,20 @@ class Target:
     def slug(self) -> str:
         return project_slug(self.project)
 
+    @property
+    def relation_name(self) -> str:
+        return f"{self.schema}.{self.table}"
+
+
+@dataclass(eq=False)
+class _Request:
+    """A ``pgml.writeback()`` request waiting for the write-back thread."""
+
+    project: str
+    enabled: bool
+    done: threading.Event = field(default_factory=threading.Event)
+    error: SidecarError | None = None
+
 
 class Writeback:
     """Keeps the source's score tables equal to the deployed models' scores of the mirror."""
@@ -86,6 +110,8 @@ class Writeback:
         """The relations written back: the mirror reports their changed keys."""
         self._targets: dict[str, Target] = {}
         self._generation = -1
+        self._requests: queue.SimpleQueue[_Request] = queue.SimpleQueue()
+        self._stop: threading.Event | None = None
         self._source: psycopg.Connection | None = None
         self.rescored = threading.Event()
         """Set after each full rescore (tests wait for it)."""
@@ -113,9 +139,7 @@ class Writeback:
             cursor.close()
         return [r[0] for r in rows]
 
-    def enable(self, project: str, enabled: bool = True) -> None:
-        """Turn write-back of ``project`` on (its scores are backfilled) or off."""
-        self.trainer.deployed_model(project)  # a clear error if there is nothing to score with
+    def _set_enabled(self, project: str, enabled: bool) -> None:
         cursor = self.con.cursor()
         try:
             cursor.execute(
@@ -123,7 +147,27 @@ class Writeback:
             )
         finally:
             cursor.close()
-        self._generation = -1  # re-read targets, backfill the new one
+
+    def enable(self, project: str, enabled: bool = True) -> None:
+        """Turn write-back of ``project`` on or off; return once the write-back thread did it.
+
+        On: the score table exists in the source and its backfill has begun. Off: no score is
+        written any more. Raises SidecarError if there is nothing to score with, the table name
+        is another project's, or the table there holds other scores.
+        """
+        if enabled:
+            self.trainer.deployed_model(project)  # a clear error at once if there is no model
+        request = _Request(project, enabled)
+        self._requests.put(request)
+        while not request.done.wait(0.2):
+            if self._stop is not None and self._stop.is_set():
+                raise SidecarError(
+                    f"the sidecar stopped before the write-back of {project} was set;"
+                    " request it again",
+                    sqlstate="57P01",
+                )
+        if request.error is not None:
+            raise request.error
 
     def on_commit(self, lsn: Lsn, touched: dict[tuple[str, str], Touched]) -> None:
         """Called by the mirror after a commit, in the replicator's thread: queue, return."""
@@ -132,9 +176,13 @@ class Writeback:
     # -- the loop ------------------------------------------------------------------------------
 
     def run(self, stop: threading.Event) -> None:
-        """Write scores until ``stop`` is set: a full rescore first, then changes as they come."""
+        """Write scores until ``stop`` is set: a full rescore first, then changes as they come,
+        and ``pgml.writeback()`` requests in between."""
+        self._stop = stop
+        self._targets, self._generation = {}, -1  # every (re)start rescores everything
         try:
             while not stop.is_set():
+                self._carry_out_requests()
                 if self._generation != self.trainer.generation:
                     self._refresh_targets()
                 try:
@@ -159,24 +207,76 @@ class Writeback:
                 self._source.close()
                 self._source = None
 
+    def _carry_out_requests(self) -> None:
+        """Turn on or off the projects of the waiting requests, answering each; a project
+        turned on is backfilled right after its request is answered."""
+        while True:
+            try:
+                request = self._requests.get_nowait()
+            except queue.Empty:
+                return
+            target = None
+            try:
+                target = self._switch(request.project, request.enabled)
+            except SidecarError as exc:
+                request.error = exc
+            except Exception as exc:  # the request must hear of it, not wait forever
+                log.exception("write-back request for %s failed", request.project)
+                request.error = SidecarError(f"write-back of {request.project} failed: {exc}")
+            finally:
+                request.done.set()
+            if request.error is None and target is not None:
+                self._retrying(self._rescore, target)
+
+    def _switch(self, project: str, enabled: bool) -> Target | None:
+        if not enabled:
+            self._set_enabled(project, False)
+            self._targets.pop(project, None)
+            self._watch()
+            return None
+        target = self._target(project)
+        self._retrying(self._ensure_table, target)
+        self._set_enabled(project, True)
+        self._targets[project] = target
+        self._watch()
+        return target
+
+    def _watch(self) -> None:
+        """Have the mirror report the changed keys of exactly the targets' relations (added
+        before the others are removed: a commit in between is never missed)."""
+        wanted = {(t.schema, t.table) for t in self._targets.values()}
+        self.watched |= wanted
+        self.watched -= self.watched - wanted
+
     def _refresh_targets(self) -> None:
         generation = self.trainer.generation
         targets: dict[str, Target] = {}
         for project in self.projects():
             try:
-                targets[project] = self._target(project)
+                target = self._target(project)
+                if self._targets.get(project) != target:
+                    self._retrying(self._ensure_table, target)
+                targets[project] = target
             except SidecarError as exc:
                 log.warning("write-back of %s paused: %s", project, exc)
         changed = [t for p, t in targets.items() if self._targets.get(p) != t]
         self._targets = targets
-        self.watched.clear()
-        self.watched.update((t.schema, t.table) for t in targets.values())
+        self._watch()
         self._generation = generation
         for target in changed:
-            self._retrying(self._rescore, target)
+            self._carry_out_requests()  # a request never waits for every rescore
+            if self._targets.get(target.project) == target:
+                self._retrying(self._rescore, target)
         self.rescored.set()
 
     def _target(self, project: str) -> Target:
+        owner = self.trainer.registry.slug_owner(project)
+        if owner is not None and owner.name != project:
+            raise SidecarError(
+                f"project {project!r} cannot be written back: its table name"
+                f" {SCORES}.{project_slug(project)} belongs to project {owner.name!r}",
+                sqlstate="42710",
+            )
         record, model = self.trainer.deployed_model(project)
         snapshot = self.trainer.registry.snapshot(record.snapshot_id)
         assert snapshot is not None
@@ -225,7 +325,7 @@ class Writeback:
         one delete of vanished ones; readers see the old scores until it commits."""
         source = self._connection()
         self._ensure_table(target)
-        staging = sql.Identifier(f"_pgml_rescore_{target.slug}")
+        staging = _staging("rescore", target)
         match = _key_match(target)
         scores_table = _scores(target)
         cursor = self.con.cursor()
@@ -314,23 +414,46 @@ class Writeback:
         return 0
 
     def _ensure_table(self, target: Target) -> None:
+        """Create the target's score table in the source, or make sure the one there is ours
+        for this project and relation: a score table is never pointed at other rows."""
         source = self._connection()
-        types: dict[str, str] = dict(
-            source.execute(
-                "select a.attname, format_type(a.atttypid, a.atttypmod) from pg_attribute a"
-                " join pg_class c on c.oid = a.attrelid"
-                " join pg_namespace n on n.oid = c.relnamespace"
-                " where n.nspname = %s and c.relname = %s and a.attnum > 0",
-                (target.schema, target.table),
-            ).fetchall()
-        )
+        try:
+            with source.transaction():
+                types = _key_types(source, target)
+                found = source.execute(
+                    "select c.relkind, pg_get_userbyid(c.relowner),"
+                    " c.relowner = (select oid from pg_roles where rolname = current_user),"
+                    " obj_description(c.oid, 'pg_class'), c.oid from pg_class c"
+                    " join pg_namespace n on n.oid = c.relnamespace"
+                    " where n.nspname = %s and c.relname = %s",
+                    (SCORES, target.slug),
+                ).fetchone()
+                if found is None:
+                    self._create_table(source, target, types)
+                else:
+                    _check_table(source, target, types, *found)
+                grant_score_table(source, self.con, project=target.project, table=target.slug,
+                                  relation=(target.schema, target.table))  # fmt: skip
+        except psycopg.OperationalError:
+            raise  # retried by the caller
+        except psycopg.Error as exc:
+            message = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+            raise SidecarError(
+                f"write-back of {target.project}: the source refused to prepare"
+                f" {SCORES}.{target.slug}: {message}",
+                sqlstate=exc.sqlstate or "58000",
+            ) from None
+
+    def _create_table(
+        self, source: psycopg.Connection, target: Target, types: dict[str, str]
+    ) -> None:
         keys = [
-            sql.SQL("{} {} not null").format(sql.Identifier(k), sql.SQL(types.get(k, "text")))
+            sql.SQL("{} {} not null").format(sql.Identifier(k), sql.SQL(types[k]))
             for k in target.keys
         ]
         source.execute(
             sql.SQL(
-                "create table if not exists {} ({}, prediction double precision,"
+                "create table {} ({}, prediction double precision,"
                 " model_id bigint not null, scored_at timestamptz not null default now(),"
                 " primary key ({})) with (fillfactor = 70)"
             ).format(
@@ -339,10 +462,11 @@ class Writeback:
                 sql.SQL(", ").join(sql.Identifier(k) for k in target.keys),
             )
         )
+        _mark(source, target)
 
     def _copy_upsert(self, target: Target, scores: pa.Table) -> None:
         source = self._connection()
-        staging = sql.Identifier(f"_pgml_scores_{target.slug}")
+        staging = _staging("scores", target)
         keys = sql.SQL(", ").join(sql.Identifier(k) for k in target.keys)
         columns = sql.SQL(", ").join(sql.Identifier(c) for c in scores.column_names)
         with source.transaction():
@@ -371,7 +495,7 @@ class Writeback:
 
     def _delete(self, target: Target, keys: pa.Table) -> None:
         source = self._connection()
-        staging = sql.Identifier(f"_pgml_gone_{target.slug}")
+        staging = _staging("gone", target)
         names = [sql.Identifier(k) for k in target.keys]
         match = _key_match(target)
         with source.transaction():
@@ -387,6 +511,106 @@ class Writeback:
                 )
             )
             source.execute(sql.SQL("truncate {}").format(staging))
+
+
+_MARK = "pgml_sidecar_scores"
+"""The key of a score table's comment: ``{"pgml_sidecar_scores": {"project": ..., "relation":
+...}}``, written when the sidecar creates the table."""
+
+
+def _key_types(source: psycopg.Connection, target: Target) -> dict[str, str]:
+    """The source's types of the key columns (``text`` for a relation the source lacks)."""
+    types: dict[str, str] = dict(
+        source.execute(
+            "select a.attname, format_type(a.atttypid, a.atttypmod) from pg_attribute a"
+            " join pg_class c on c.oid = a.attrelid"
+            " join pg_namespace n on n.oid = c.relnamespace"
+            " where n.nspname = %s and c.relname = %s and a.attnum > 0 and not a.attisdropped",
+            (target.schema, target.table),
+        ).fetchall()
+    )
+    return {k: types.get(k, "text") for k in target.keys}
+
+
+def _mark(source: psycopg.Connection, target: Target) -> None:
+    mark = json.dumps({_MARK: {"project": target.project, "relation": target.relation_name}})
+    source.execute(sql.SQL("comment on table {} is {}").format(_scores(target), sql.Literal(mark)))
+
+
+def _marked(comment: str | None) -> dict[str, str] | None:
+    """The project and relation a score table's comment names, if it is the sidecar's mark."""
+    try:
+        mark = json.loads(comment or "")
+    except ValueError:
+        return None
+    found = mark.get(_MARK) if isinstance(mark, dict) else None
+    return found if isinstance(found, dict) else None
+
+
+def _check_table(
+    source: psycopg.Connection, target: Target, types: dict[str, str],
+    kind: str, owner: str, ours: bool, comment: str | None, oid: int,
+) -> None:  # fmt: skip
+    """Refuse a score table that is not ours, not this project's, or not of this relation;
+    mark an unmarked one (from an older version) whose columns fit."""
+    name = f"{SCORES}.{target.slug}"
+    if kind != "r" or not ours:
+        raise SidecarError(
+            f"{name} in the source is not a table the sidecar created (owner {owner}): it is"
+            " never written to; drop or rename it, then request the write-back again",
+            sqlstate="42P07",
+        )
+    mark = _marked(comment)
+    if mark is not None and mark.get("project") != target.project:
+        raise SidecarError(
+            f"{name} holds the scores of project {mark.get('project')!r}, not of"
+            f" {target.project!r}: it is never overwritten",
+            sqlstate="42P07",
+        )
+    if mark is not None and mark.get("relation") != target.relation_name:
+        raise SidecarError(
+            f"{name} holds scores of {mark.get('relation')}, but the deployed model of"
+            f" {target.project!r} scores {target.relation_name}: drop {name} in the source to"
+            " write back the new relation, or train it as a new project",
+            sqlstate="42P07",
+        )
+    columns = source.execute(
+        "select a.attname, format_type(a.atttypid, a.atttypmod) from pg_attribute a"
+        " where a.attrelid = %s and a.attnum > 0 and not a.attisdropped order by a.attnum",
+        (oid,),
+    ).fetchall()
+    key = source.execute(
+        "select array_agg(a.attname order by k.n) from pg_index i"
+        " cross join unnest(i.indkey) with ordinality k(attnum, n)"
+        " join pg_attribute a on a.attrelid = i.indrelid and a.attnum = k.attnum"
+        " where i.indrelid = %s and i.indisprimary",
+        (oid,),
+    ).fetchone()
+    expected = [
+        *((k, types[k]) for k in target.keys),
+        ("prediction", "double precision"),
+        ("model_id", "bigint"),
+        ("scored_at", "timestamp with time zone"),
+    ]
+    if [tuple(c) for c in columns] != expected or list((key or [None])[0] or []) != list(
+        target.keys
+    ):
+        shown = ", ".join(f"{c} {t}" for c, t in columns)
+        raise SidecarError(
+            f"{name} in the source has the columns ({shown}), not the scores of"
+            f" {target.relation_name} by ({', '.join(target.keys)}): it is never overwritten;"
+            " drop it to let the sidecar create it again",
+            sqlstate="42P07",
+        )
+    if mark is None:
+        _mark(source, target)
+
+
+def _staging(kind: str, target: Target) -> sql.Identifier:
+    """A temporary table's name for the target: short (never cut by PostgreSQL's 63-byte
+    limit onto another project's) and the same at every call."""
+    digest = hashlib.sha256(target.project.encode()).hexdigest()[:24]
+    return sql.Identifier(f"_pgml_{kind}_{digest}")
 
 
 def _key_match(target: Target) -> sql.Composable:

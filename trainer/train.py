@@ -24,7 +24,7 @@ from typing import Any
 import duckdb
 
 from mirror.errors import SidecarError, TrainingError
-from mirror.registry import ModelRecord, Project, Registry, Snapshot
+from mirror.registry import ModelRecord, Project, Registry, Snapshot, name_collision
 from trainer import algorithms
 from trainer.deploy import beats, choose, deployment_stack
 from trainer.fit import SEARCHES, FitJob, FitResult
@@ -210,6 +210,8 @@ class Trainer:
         seed: int | None,
     ) -> TrainResult:
         project = self.registry.project(name)
+        if project is None and (owner := self.registry.slug_owner(name)) is not None:
+            raise name_collision(name, owner.name)  # before any work; registering checks again
         task = _task(name, project, task)
         algorithms.make_estimator(algorithm, task, hyperparams)  # rejects bad names and keys
         if search is not None:
