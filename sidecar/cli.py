@@ -13,7 +13,7 @@ from pathlib import Path
 import duckdb
 
 from mirror.errors import ConfigError, SidecarError
-from sidecar import cli_daemon, cli_serve, cli_train
+from sidecar import cli_daemon, cli_serve, cli_train, cli_users
 
 log = logging.getLogger("pgml_sidecar")
 
@@ -195,6 +195,7 @@ def build_parser() -> argparse.ArgumentParser:
     cli_train.add_parsers(commands)
     cli_serve.add_parser(commands)
     cli_daemon.add_parsers(commands)
+    cli_users.add_parsers(commands)
     _demo_parser(commands)
     return parser
 
