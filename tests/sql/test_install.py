@@ -6,7 +6,7 @@ import functools
 import secrets
 import subprocess
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from pathlib import Path
 
 import psycopg
@@ -20,12 +20,14 @@ from predictor.server import EndpointSettings, SqlEndpoint
 from sidecar import source_schema
 from sidecar.local_postgres import LocalPostgres
 from tests.fix_pg import database_name_for, drop_database, fresh_database
+from tests.source_roles import MakeRole, make_role
 from trainer.train import Trainer
 
 SQL_DIR = Path(__file__).resolve().parents[2] / "sql"
 VERSION_1_COMMIT = "f0ec365"  # its sql/install.sql created schema version 1
 VERSION_2_COMMIT = "8428d18"  # and this one's version 2
 IRIS_SETOSA = "array[5.1, 3.5, 1.4, 0.2]"
+__all__ = ["make_role"]  # the fixture, used by name
 
 
 @pytest.fixture
@@ -640,33 +642,12 @@ def test_predict_through_dblink_to_the_endpoint(
     assert source.execute(f"select pgml.predict('Iris', {IRIS_SETOSA})").fetchone() == (0.0,)
 
 
-@pytest.fixture
-def roles(pg_server: LocalPostgres, source_dsn: str) -> Iterator[Callable[[str], str]]:
-    """Make LOGIN roles of this test's own (``roles("alice")``); dropped after the test."""
-    made: list[str] = []
-
-    def make(stem: str) -> str:
-        name = f"{stem}_{secrets.token_hex(3)}"
-        with psycopg.connect(source_dsn, autocommit=True) as conn:
-            conn.execute(sql.SQL("create role {} login").format(sql.Identifier(name)))
-        made.append(name)
-        return name
-
-    yield make
-    with psycopg.connect(source_dsn, autocommit=True) as conn:
-        for name in made:
-            conn.execute(sql.SQL("drop owned by {}").format(sql.Identifier(name)))
-    with psycopg.connect(pg_server.dsn(), autocommit=True) as conn:
-        for name in reversed(made):
-            conn.execute(sql.SQL("drop role {}").format(sql.Identifier(name)))
-
-
 def test_predict_for_each_role_through_its_own_user_mapping(
     mirror: Mirror,
     trainer: Trainer,
     source: psycopg.Connection,
     source_dsn: str,
-    roles: Callable[[str], str],
+    make_role: MakeRole,
 ) -> None:
     """sql/README.md's recipe: a user mapping per source role, none FOR PUBLIC; a link opened
     for one role is never used by another after SET ROLE."""
@@ -679,7 +660,7 @@ def test_predict_for_each_role_through_its_own_user_mapping(
             sidecar.execute(
                 "select * from pgml.train('Iris', 'classification', 'pgml.iris', 'target')"
             )
-        alice, bob, app = roles("alice"), roles("bob"), roles("app")
+        alice, bob, app = make_role("alice"), make_role("bob"), make_role("app")
         source.execute("create extension dblink")
         source.execute(
             "create server pgml_endpoint foreign data wrapper dblink_fdw"
