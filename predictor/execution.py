@@ -3,10 +3,16 @@
 Queries read through DuckDB cursors; SET, SHOW, transactions, cursors (DECLARE, FETCH, MOVE,
 CLOSE) and one-row predictions are answered here without a query plan. :class:`Session` in
 :mod:`predictor.session` is a :class:`StatementRunner` that adds the protocol around it.
+
+Every stretch of DuckDB work runs under :meth:`StatementRunner.executing`, which a
+CancelRequest, the session's ``statement_timeout`` or the client hanging up interrupts (the
+endpoint's :class:`~predictor.statement_watch.StatementWatch` watches the last two).
 """
 
 from __future__ import annotations
 
+import contextlib
+import threading
 import time
 from collections.abc import Iterator, Sequence
 from typing import Any, Protocol
@@ -22,7 +28,9 @@ from predictor.procedures import ProcedureResult
 from predictor.results import FETCH_BATCH, Outcome, Portal, Prepared, Rows
 from predictor.scoring import Scorer, scoring_error
 from predictor.scram import ScramVerifier
+from predictor.statement_watch import StatementWatch
 from predictor.statements import Parameter, ProcedureCall, Statement
+from predictor.time_settings import STATEMENT_TIMEOUT
 from predictor.value_text import text_value
 from trainer.train import Trainer
 
@@ -46,6 +54,14 @@ DEFAULT_SETTINGS = {
     "application_name": "",
     "is_superuser": "off",
     "max_identifier_length": "63",
+    "statement_timeout": "0",
+}
+_CHECKED_SETTINGS = {"statement_timeout": STATEMENT_TIMEOUT}
+"""Settings whose values mean something here: checked when set, kept as SHOW gives them."""
+_INTERRUPTED = {
+    "cancel": ("canceling statement due to user request", "57014"),
+    "timeout": ("canceling statement due to statement timeout", "57014"),
+    "disconnect": ("connection to client lost", "08006"),
 }
 
 
@@ -56,6 +72,9 @@ class Endpoint(Protocol):
     trainer: Trainer
     verifier: ScramVerifier | None
     scorer: Scorer
+    watch: StatementWatch
+    session_defaults: dict[str, str]
+    """The settings a session starts with (DEFAULT_SETTINGS and the endpoint's own)."""
 
     def refresh_score_views(self) -> None: ...
 
@@ -70,11 +89,76 @@ class StatementRunner:
     prepared: dict[str, Prepared]
     portals: dict[str, Portal]
     cursors: dict[str, Outcome]
-    _running: duckdb.DuckDBPyConnection | None
+    closed: bool
+    deadline: float | None = None
+    """When the statement running now times out (``time.monotonic()``); None: no timeout."""
+    client_fd: int | None = None
+    """The client's socket, watched while a statement runs to notice the client leave."""
+    _running: duckdb.DuckDBPyConnection | None = None
+    _interrupted: str | None = None
+    _interrupt_lock: threading.Lock
 
     def _cursor(self) -> duckdb.DuckDBPyConnection:
         assert self.cursor is not None
         return self.cursor
+
+    # -- interrupting what runs ----------------------------------------------------------------
+
+    def statement_deadline(self) -> float | None:
+        """When a statement starting now times out, from this session's statement_timeout."""
+        ms = STATEMENT_TIMEOUT.parse(self.settings.get("statement_timeout") or "0")
+        return time.monotonic() + ms / 1000 if ms else None
+
+    @contextlib.contextmanager
+    def executing(self, cursor: duckdb.DuckDBPyConnection) -> Iterator[None]:
+        """Run DuckDB work on ``cursor`` that a cancel, the timeout or a hang-up interrupts.
+
+        DuckDB errors inside come out as the endpoint reports them (:func:`duckdb_error`).
+        """
+        deadline = self.deadline
+        if deadline is not None and time.monotonic() >= deadline:
+            raise self._interrupted_error("timeout")
+        with self._interrupt_lock:
+            self._running, self._interrupted = cursor, None
+        watch = self.endpoint.watch
+        watch.add(self)
+        try:
+            yield
+        except duckdb.Error as exc:
+            reason = self._interrupted
+            raise (self._interrupted_error(reason) if reason else duckdb_error(exc)) from None
+        finally:
+            watch.discard(self)
+            with self._interrupt_lock:
+                self._running = None
+
+    def interrupt(self, reason: str) -> None:
+        """Interrupt the DuckDB work running now, if any ('cancel', 'timeout' or 'disconnect').
+
+        Only work under :meth:`executing` is interrupted: a DuckDB connection interrupted while
+        idle would fail the result it holds for a suspended portal or a cursor.
+        """
+        with self._interrupt_lock:
+            if self._running is None:
+                return
+            self._interrupted = reason
+            with contextlib.suppress(duckdb.Error):
+                self._running.interrupt()
+
+    def _interrupted_error(self, reason: str) -> SidecarError:
+        if reason == "disconnect":
+            self.closed = True
+        message, sqlstate = _INTERRUPTED[reason]
+        return SidecarError(message, sqlstate=sqlstate)
+
+    def take(self, rows: Rows, limit: int | None) -> tuple[pa.Table | None, bool]:
+        """Up to ``limit`` rows of ``rows`` (see :meth:`Rows.take`), interruptible."""
+        if rows.reader is None:
+            return rows.take(limit)
+        with self.executing(rows.cursor or self._cursor()):
+            return rows.take(limit)
+
+    # -- statements ----------------------------------------------------------------------------
 
     def _run(self, statement: Statement, params: list[Any]) -> Outcome:
         """Run one statement in this session's transaction state."""
@@ -107,14 +191,15 @@ class StatementRunner:
             return self._transaction(statement)
         if kind == "set":
             assert statement.name is not None
-            self.settings[statement.name.lower()] = statement.value or ""
+            name = statement.name.lower()
+            self.settings[name] = checked_setting(name, statement.value or "")
             return Outcome("SET")
         if kind == "reset":
             name = (statement.name or "").lower()
-            self.settings[name] = DEFAULT_SETTINGS.get(name, "")
+            self.settings[name] = self.endpoint.session_defaults.get(name, "")
             return Outcome("RESET")
         if kind == "reset_all":
-            self.settings = dict(DEFAULT_SETTINGS)
+            self.settings = dict(self.endpoint.session_defaults)
             return Outcome("RESET")
         if kind == "show":
             return self._show(statement.name or "")
@@ -131,7 +216,7 @@ class StatementRunner:
         if kind == "discard":
             self._close_cursor(None)
             self.prepared.clear()
-            self.settings = dict(DEFAULT_SETTINGS)
+            self.settings = dict(self.endpoint.session_defaults)
             return Outcome("DISCARD ALL")
         if kind == "deallocate":
             if statement.name is None:
@@ -152,19 +237,19 @@ class StatementRunner:
             cursor = self.endpoint.con.cursor()
             owned: duckdb.DuckDBPyConnection | None = cursor
         else:
-            for rows in self._open_rows():
-                if rows.cursor is None:
-                    rows.drain()
             cursor, owned = self._cursor(), None
-        self._running = cursor
         try:
-            reader = cursor.sql(sql, params=list(params) or None).to_arrow_reader(FETCH_BATCH)
-        except duckdb.Error as exc:
+            with self.executing(cursor):
+                if owned is None:
+                    for rows in self._open_rows():
+                        if rows.cursor is None:
+                            rows.drain()
+                query = cursor.sql(sql, params=list(params) or None)
+                reader = query.to_arrow_reader(FETCH_BATCH)
+        except SidecarError:
             if owned is not None:
                 owned.close()
-            raise duckdb_error(exc) from None
-        finally:
-            self._running = None
+            raise
         return Outcome(tag, results.arrow_fields(reader.schema), Rows(reader, cursor=owned))
 
     def _open_rows(self) -> Iterator[Rows]:
@@ -248,7 +333,7 @@ class StatementRunner:
         if cursor is None or cursor.rows is None:
             raise SidecarError(f'cursor "{name}" does not exist', sqlstate="34000")
         count = statement.count if statement.count is not None else 1
-        table, _ = cursor.rows.take(count)
+        table, _ = self.take(cursor.rows, count)
         if table is None:
             table = pa.Table.from_batches([], schema=_schema_of(cursor))
         if statement.kind == "move":
@@ -268,6 +353,12 @@ class StatementRunner:
             if found.rows is not None:
                 found.rows.close()
         return Outcome("CLOSE CURSOR")
+
+
+def checked_setting(name: str, value: str) -> str:
+    """The value to keep for setting ``name``: checked and normalised if it means something here."""
+    setting = _CHECKED_SETTINGS.get(name)
+    return setting.normalized(value) if setting is not None else value
 
 
 def _resolve(value: Any, params: Sequence[Any]) -> Any:

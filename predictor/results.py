@@ -21,6 +21,16 @@ _TYPES = {
     "text[]": PgType(1009, -1, "_text"),
     "record": PgType(2249, -1, "record"),
 }
+_STREAM_ERRORS: dict[str, type[duckdb.Error]] = {
+    "INTERRUPT Error": duckdb.InterruptException,
+    "Conversion Error": duckdb.ConversionException,
+    "Out of Range Error": duckdb.OutOfRangeException,
+    "Invalid Input Error": duckdb.InvalidInputException,
+    "Out of Memory Error": duckdb.OutOfMemoryException,
+    "Binder Error": duckdb.BinderException,
+    "Catalog Error": duckdb.CatalogException,
+    "Permission Error": duckdb.PermissionException,
+}
 
 
 @dataclass(slots=True)
@@ -56,6 +66,8 @@ class Rows:
             except StopIteration:
                 self.reader = None
                 break
+            except (OSError, pa.ArrowException) as exc:
+                raise stream_error(exc) from None
             self.buffer.append(batch)
             self.buffered += batch.num_rows
 
@@ -101,6 +113,12 @@ class Portal:
     params: list[Any]
     outcome: Outcome | None = None
     done: bool = False
+
+
+def stream_error(exc: Exception) -> duckdb.Error:
+    """The DuckDB error behind one raised while reading a result (Arrow hands it on as OSError)."""
+    text = str(exc)
+    return _STREAM_ERRORS.get(text.split(":", 1)[0], duckdb.Error)(text)
 
 
 def given(table: pa.Table) -> Rows:

@@ -1,8 +1,13 @@
-"""The SQL endpoint: a PostgreSQL wire-protocol server over the mirror, one thread per client.
+"""The SQL endpoint: a PostgreSQL wire-protocol server over the mirror, a thread per session.
 
 psql, psycopg, dblink and postgres_fdw connect to it as to PostgreSQL. Clients authenticate
 with SCRAM-SHA-256 when a password is set; without one (``trust``) the endpoint listens on
 loopback only. TLS is offered when a certificate is configured.
+
+Connections that have not authenticated yet are served together by one thread
+(:mod:`predictor.admission`, with PostgreSQL's limits before authentication); a session gets a
+thread of its own once it has authenticated. The statements sessions run are watched by one more
+thread (:mod:`predictor.statement_watch`) for ``statement_timeout`` and clients that hang up.
 """
 
 from __future__ import annotations
@@ -22,11 +27,15 @@ from pathlib import Path
 
 import duckdb
 
-from mirror.errors import ConfigError
+from mirror.errors import ConfigError, SidecarError
 from predictor import catalog, score_views, wire
+from predictor.admission import Admission, AdmissionLimits
+from predictor.execution import DEFAULT_SETTINGS
 from predictor.scoring import Scorer
 from predictor.scram import ScramVerifier
 from predictor.session import Session
+from predictor.statement_watch import StatementWatch
+from predictor.time_settings import AUTHENTICATION_TIMEOUT, STATEMENT_TIMEOUT, TimeSetting
 from trainer.train import Trainer
 
 log = logging.getLogger("pgml_sidecar")
@@ -45,6 +54,14 @@ class EndpointSettings:
     tls_cert: Path | None = None
     tls_key: Path | None = None
     max_connections: int = 100
+    """Sessions at once (authenticated clients), as PostgreSQL's max_connections."""
+    max_pending_connections: int = 64
+    """Connections authenticating at once, apart from max_connections. Past it the others wait
+    in the listen backlog, and one silent for half a second makes room (see predictor.admission)."""
+    authentication_timeout: str | int = "10s"
+    """Time to authenticate, as PostgreSQL's setting ('10s', '1min'; a number is seconds)."""
+    statement_timeout: str | int = "0"
+    """Each session's default statement_timeout ('5s', '100ms'; a number is ms; 0 is off)."""
 
 
 def read_password(password_file: Path | None) -> str | None:
@@ -78,6 +95,16 @@ class SqlEndpoint:
                 " --password-file (without one, the endpoint only listens on 127.0.0.1)"
             )
         self.settings = settings
+        self.limits = AdmissionLimits(
+            authentication_timeout=_setting(
+                AUTHENTICATION_TIMEOUT, settings.authentication_timeout
+            ),
+            max_pending_connections=max(settings.max_pending_connections, 1),
+        )
+        timeout = _setting(STATEMENT_TIMEOUT, settings.statement_timeout)
+        self.session_defaults = dict(
+            DEFAULT_SETTINGS, statement_timeout=STATEMENT_TIMEOUT.show(timeout)
+        )
         self.con = con
         self.trainer = trainer
         self.verifier = (
@@ -89,12 +116,14 @@ class SqlEndpoint:
         self._views_generation = -1
         self._views_lock = threading.Lock()
         self.refresh_score_views()
-        self._tls = _tls_context(settings)
+        self.tls = _tls_context(settings)
+        self.watch = StatementWatch()
         self._sessions: dict[tuple[int, int], Session] = {}
         self._clients: set[socket.socket] = set()
         self._lock = threading.Lock()
         self._pids = itertools.count(os.getpid() * 1000 % (1 << 30) + 1)
         self._listener: socket.socket | None = None
+        self._admission: Admission | None = None
         self._thread: threading.Thread | None = None
         self._stopping = threading.Event()
         self.port = settings.port
@@ -124,19 +153,23 @@ class SqlEndpoint:
             ) from None
         self._listener = listener
         self.port = listener.getsockname()[1]
-        self._thread = threading.Thread(target=self._accept, name="pgml-endpoint", daemon=True)
+        self._admission = Admission(listener, self, self.limits)
+        self._thread = threading.Thread(
+            target=self._admission.run, name="pgml-endpoint", daemon=True
+        )
         self._thread.start()
+        self.watch.start()
         log.info("SQL endpoint listening on %s:%d", self.settings.host, self.port)
         return self.port
 
     def stop(self) -> None:
         self._stopping.set()
-        if self._listener is not None:
-            with contextlib.suppress(OSError):
-                self._listener.shutdown(socket.SHUT_RDWR)
-            self._listener.close()
+        if self._admission is not None:
+            self._admission.stop()
         if self._thread is not None:
             self._thread.join(timeout=5)
+        if self._listener is not None:
+            self._listener.close()
         with self._lock:
             sessions = list(self._sessions.values())
             clients = list(self._clients)
@@ -145,87 +178,89 @@ class SqlEndpoint:
         for client in clients:  # a client waiting to send its next query hears the end now
             with contextlib.suppress(OSError):
                 client.shutdown(socket.SHUT_RDWR)
+        self.watch.stop()
 
-    def _accept(self) -> None:
-        assert self._listener is not None
-        while not self._stopping.is_set():
-            try:
-                client, address = self._listener.accept()
-            except OSError:
-                return
-            with self._lock:
-                busy = len(self._sessions) >= self.settings.max_connections
-            if busy:
-                _refuse(client, "53300", "sorry, too many clients already")
-                continue
-            client.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
-            threading.Thread(
-                target=self._serve, args=(client,), name=f"pgml-client-{address}", daemon=True
-            ).start()
+    @property
+    def sessions(self) -> int:
+        """How many clients are connected and authenticated."""
+        return len(self._sessions)
 
-    # -- one client ----------------------------------------------------------------------------
+    @property
+    def authenticating(self) -> int:
+        """How many connections are waiting to authenticate."""
+        return len(self._admission.pending) if self._admission is not None else 0
 
-    def _serve(self, sock: socket.socket) -> None:
-        parser = wire.FrontendParser()
-        session: Session | None = None
-        key: tuple[int, int] | None = None
-        raw = sock  # TLS wraps it; stop() shuts the underlying socket
-        with self._lock:
-            self._clients.add(raw)
-        try:
-            while not self._stopping.is_set():
-                data = sock.recv(_SEND_CHUNK)
-                if not data:
-                    return
-                for message in parser.feed(data):
-                    if isinstance(message, wire.SSLRequest):
-                        sock = self._start_tls(sock)
-                        continue
-                    if isinstance(message, wire.GSSENCRequest):
-                        sock.sendall(wire.GSSENC_REFUSED)
-                        continue
-                    if isinstance(message, wire.CancelRequest):
-                        self._cancel(message.pid, message.key)
-                        return
-                    if session is None:
-                        key = (next(self._pids), secrets.randbits(31))
-                        session = Session(self, pid=key[0], key=key[1])
-                        with self._lock:
-                            self._sessions[key] = session
-                    _send(sock, session.handle(message))
-                    if isinstance(message, wire.Startup):
-                        parser.startup_done()
-                    if session.closed:
-                        return
-        except wire.ProtocolViolation as exc:
-            _refuse(sock, exc.sqlstate, str(exc))
-        except (OSError, ssl.SSLError):
-            pass  # the client went away
-        except Exception:
-            log.exception("SQL endpoint: unexpected error serving a client")
-            _refuse(sock, "XX000", "internal error in pgml-sidecar; see its log")
-        finally:
-            if session is not None:
-                session.close()
-            with self._lock:
-                self._clients.discard(raw)
-                if key is not None:
-                    self._sessions.pop(key, None)
-            with contextlib.suppress(OSError):
-                sock.close()
+    # -- the gate admission asks ---------------------------------------------------------------
 
-    def _start_tls(self, sock: socket.socket) -> socket.socket:
-        if self._tls is None:
-            sock.sendall(wire.SSL_REFUSED)
-            return sock
-        sock.sendall(b"S")
-        return self._tls.wrap_socket(sock, server_side=True)
+    def open_session(self) -> Session:
+        return Session(self, pid=next(self._pids), key=secrets.randbits(31))
 
-    def _cancel(self, pid: int, key: int) -> None:
+    def has_room(self) -> bool:
+        return len(self._sessions) < self.settings.max_connections
+
+    def cancel(self, pid: int, key: int) -> None:
         with self._lock:
             session = self._sessions.get((pid, key))
         if session is not None:
             session.cancel()
+
+    def admit(
+        self, sock: socket.socket, parser: wire.FrontendParser, session: Session, greeting: bytes
+    ) -> bool:
+        """Serve an authenticated session on a thread of its own; False if there is no room."""
+        key = (session.pid, session.key)
+        with self._lock:
+            if self._stopping.is_set() or len(self._sessions) >= self.settings.max_connections:
+                return False
+            self._sessions[key] = session
+            self._clients.add(sock)
+        session.client_fd = sock.fileno()
+        thread = threading.Thread(
+            target=self._serve, args=(sock, parser, session, greeting),
+            name=f"pgml-client-{session.pid}", daemon=True,
+        )  # fmt: skip
+        try:
+            thread.start()
+        except RuntimeError:  # no thread to be had
+            log.warning("SQL endpoint: cannot start a thread for a new session")
+            with self._lock:
+                self._sessions.pop(key, None)
+                self._clients.discard(sock)
+            return False
+        return True
+
+    # -- one session ---------------------------------------------------------------------------
+
+    def _serve(
+        self, sock: socket.socket, parser: wire.FrontendParser, session: Session, greeting: bytes
+    ) -> None:
+        try:
+            sock.sendall(greeting)
+            data = b""  # messages the client sent along with its last authentication message
+            while not self._stopping.is_set():
+                for message in parser.feed(data):
+                    _send(sock, session.handle(message))
+                    if session.closed:
+                        return
+                data = sock.recv(_SEND_CHUNK)
+                if not data:
+                    return
+        except wire.ProtocolViolation as exc:
+            _refuse(sock, exc.sqlstate, str(exc))
+        except (OSError, ssl.SSLError):
+            pass  # the client went away
+        except SidecarError as exc:  # a session's own failure, reported as such
+            _refuse(sock, exc.sqlstate, str(exc))
+        except Exception:
+            log.exception("SQL endpoint: unexpected error serving a client")
+            _refuse(sock, "XX000", "internal error in pgml-sidecar; see its log")
+        finally:
+            session.close()
+            with self._lock:
+                self._clients.discard(sock)
+                self._sessions.pop((session.pid, session.key), None)
+            with contextlib.suppress(OSError):
+                sock.close()
 
 
 def _send(sock: socket.socket, pieces: Iterable[bytes]) -> None:
@@ -244,6 +279,13 @@ def _refuse(sock: socket.socket, sqlstate: str, message: str) -> None:
     with contextlib.suppress(OSError):
         sock.sendall(wire.error_response(sqlstate=sqlstate, message=message, severity="FATAL"))
         sock.close()
+
+
+def _setting(setting: TimeSetting, value: str | int) -> int:
+    try:
+        return setting.parse(value)
+    except SidecarError as exc:
+        raise ConfigError(f"{setting.name}: {exc}") from None
 
 
 def _tls_context(settings: EndpointSettings) -> ssl.SSLContext | None:

@@ -10,7 +10,9 @@ from __future__ import annotations
 
 import contextlib
 import logging
-from collections.abc import Iterator
+import shlex
+import threading
+from collections.abc import Iterator, Mapping
 from typing import Any
 
 import duckdb
@@ -19,7 +21,7 @@ import pyarrow as pa
 from mirror.errors import SidecarError
 from predictor import procedures, results, wire
 from predictor.binary_parameters import parse_binary_param
-from predictor.execution import DEFAULT_SETTINGS, Endpoint, StatementRunner, duckdb_error
+from predictor.execution import Endpoint, StatementRunner, checked_setting
 from predictor.results import FETCH_BATCH, Outcome, Portal, Prepared
 from predictor.scram import AuthenticationFailed, ScramExchange
 from predictor.statements import StatementError, split
@@ -35,6 +37,8 @@ _REPORTED_NAMES = {
     "timezone": "TimeZone",
     "intervalstyle": "IntervalStyle",
 }
+_STARTUP_SETTINGS = ("application_name", "statement_timeout")
+"""Settings a client may give in its startup packet, or in ``options`` as ``-c name=value``."""
 
 
 class Session(StatementRunner):
@@ -46,14 +50,14 @@ class Session(StatementRunner):
         self.state = "startup"
         self.user = ""
         self.status = "I"  # ReadyForQuery: I idle, T in a transaction, E failed transaction
-        self.settings = dict(DEFAULT_SETTINGS)
+        self.settings = dict(endpoint.session_defaults)
         self.cursor: duckdb.DuckDBPyConnection | None = None
         self.prepared: dict[str, Prepared] = {}
         self.portals: dict[str, Portal] = {}
         self.cursors: dict[str, Outcome] = {}
         self._scram: ScramExchange | None = None
         self._skip_to_sync = False
-        self._running: duckdb.DuckDBPyConnection | None = None
+        self._interrupt_lock = threading.Lock()
         self.closed = False
 
     # -- entry point ---------------------------------------------------------------------------
@@ -86,10 +90,7 @@ class Session(StatementRunner):
 
     def cancel(self) -> None:
         """Interrupt the statement running now, if any (a CancelRequest for this session)."""
-        for cursor in (self._running, self.cursor):
-            if cursor is not None:
-                with contextlib.suppress(duckdb.Error):
-                    cursor.interrupt()
+        self.interrupt("cancel")
 
     # -- startup and authentication ------------------------------------------------------------
 
@@ -103,8 +104,11 @@ class Session(StatementRunner):
                 sqlstate="28000", message="no PostgreSQL user name specified in startup packet",
                 severity="FATAL",
             )  # fmt: skip
-        if "application_name" in message.params:
-            self.settings["application_name"] = message.params["application_name"]
+        try:
+            self.settings.update(_startup_settings(message.params))
+        except SidecarError as exc:
+            self.closed = True
+            return wire.error_response(sqlstate=exc.sqlstate, message=str(exc), severity="FATAL")
         verifier = self.endpoint.verifier
         if verifier is None:
             return self._ready_after_auth()
@@ -157,6 +161,7 @@ class Session(StatementRunner):
             if not statements:
                 yield wire.empty_query_response()
         for statement in statements:
+            self.deadline = self.statement_deadline()  # each statement of a query has its own
             try:
                 outcome = self._run(statement, [])
                 if outcome.fields is not None:
@@ -168,6 +173,8 @@ class Session(StatementRunner):
             except SidecarError as exc:
                 yield self._error(exc)
                 break
+            finally:
+                self.deadline = None
         yield wire.ready_for_query(self.status)
 
     def _send_rows(self, outcome: Outcome, limit: int | None) -> Iterator[bytes]:
@@ -182,10 +189,7 @@ class Session(StatementRunner):
         remaining = limit
         while True:
             chunk = FETCH_BATCH if remaining is None else min(remaining, FETCH_BATCH)
-            try:
-                table, more = rows.take(chunk)
-            except duckdb.Error as exc:
-                raise duckdb_error(exc) from None
+            table, more = self.take(rows, chunk)
             if table is not None and table.num_rows:
                 yield wire.encode_rows(table)
                 if remaining is not None:
@@ -206,13 +210,19 @@ class Session(StatementRunner):
     def _extended(self, message: Any) -> Iterator[bytes]:
         if isinstance(message, wire.Sync):
             self._skip_to_sync = False
+            self.deadline = None
             yield wire.ready_for_query(self.status)
             return
         if self._skip_to_sync or isinstance(message, wire.Flush):
             return
+        if self.deadline is None:  # PostgreSQL's rule: from Parse, Bind, Describe or Execute
+            self.deadline = self.statement_deadline()  # to the end of Execute, or Sync
         try:
             if isinstance(message, wire.Execute):
-                yield from self._execute(self._portal(message.portal), message.max_rows)
+                try:
+                    yield from self._execute(self._portal(message.portal), message.max_rows)
+                finally:
+                    self.deadline = None
             else:
                 yield self._extended_step(message)
         except SidecarError as exc:
@@ -297,9 +307,9 @@ class Session(StatementRunner):
             cursor = self.endpoint.con.cursor()
             try:
                 sql = f"select * from ({statement.sql}) limit 0"
-                schema = cursor.sql(sql, params=[None] * statement.params).to_arrow_reader(1).schema
-            except duckdb.Error as exc:
-                raise duckdb_error(exc) from None
+                with self.executing(cursor):
+                    query = cursor.sql(sql, params=[None] * statement.params)
+                    schema = query.to_arrow_reader(1).schema
             finally:
                 cursor.close()
             return out + wire.row_description(results.arrow_fields(schema))
@@ -337,7 +347,27 @@ class Session(StatementRunner):
     def _error(self, exc: SidecarError) -> bytes:
         if self.status == "T":
             self.status = "E"
-        return wire.error_response(sqlstate=exc.sqlstate, message=str(exc))
+        hint = getattr(exc, "hint", None)
+        return wire.error_response(sqlstate=exc.sqlstate, message=str(exc), hint=hint)
+
+
+def _startup_settings(params: Mapping[str, str]) -> dict[str, str]:
+    """The settings a startup packet gives: as parameters, or in ``options`` (``-c name=value``)."""
+    given = {name: params[name] for name in _STARTUP_SETTINGS if name in params}
+    try:
+        words = shlex.split(params.get("options", ""))
+    except ValueError:
+        words = []
+    for i, word in enumerate(words):
+        if word == "-c" and i + 1 < len(words):
+            word = "--" + words[i + 1]
+        elif word.startswith("-c"):
+            word = "--" + word[2:]
+        name, sep, value = word.removeprefix("--").partition("=")
+        name = name.replace("-", "_").lower()
+        if word.startswith("--") and sep and name in _STARTUP_SETTINGS:
+            given[name] = value
+    return {name: checked_setting(name, value) for name, value in given.items()}
 
 
 def _bind_params(prepared: Prepared, message: wire.Bind) -> list[Any]:

@@ -25,6 +25,11 @@ SSL_REQUEST_CODE = 80877103
 GSSENC_REQUEST_CODE = 80877104
 MAX_STARTUP_MESSAGE = 10000
 """Postgres refuses startup packets longer than this (MAX_STARTUP_PACKET_LENGTH)."""
+MAX_SASL_MESSAGE = 1024
+"""Postgres refuses SASL messages longer than this (PG_MAX_SASL_MESSAGE_LENGTH): the limit of
+every message before authentication completes."""
+MAX_MESSAGE = 64 << 20
+"""The longest message an authenticated client may send."""
 
 SSL_REFUSED = b"N"
 GSSENC_REFUSED = b"N"
@@ -400,9 +405,13 @@ class FrontendParser:
     with one byte, then the client goes on) or a CancelRequest (then closes). Everything after
     a StartupMessage is a typed message, so the parser switches by itself once it returns one;
     :meth:`startup_done` says the same explicitly.
+
+    A message longer than ``max_message`` (a startup packet longer than 10,000 bytes) is refused
+    from its length field, before its body is read. The limit may change between messages: the
+    server keeps it small until the client has authenticated.
     """
 
-    def __init__(self, *, max_message: int = 64 << 20) -> None:
+    def __init__(self, *, max_message: int = MAX_MESSAGE) -> None:
         self.max_message = max_message
         self._buffer = bytearray()
         self._typed = False
@@ -410,6 +419,24 @@ class FrontendParser:
     def startup_done(self) -> None:
         """Read every message from now on as a typed one."""
         self._typed = True
+
+    @property
+    def buffered(self) -> int:
+        """How many bytes are waiting for the rest of their message."""
+        return len(self._buffer)
+
+    def push(self, data: bytes) -> None:
+        """Take bytes from the client without parsing them yet (see :meth:`next_message`)."""
+        self._buffer += data
+
+    def next_message(self) -> FrontendMessage | None:
+        """The next complete message, or None until more bytes come."""
+        message, end = self._next(self._buffer, 0)
+        if message is not None:
+            del self._buffer[:end]
+            if isinstance(message, Startup):
+                self._typed = True
+        return message
 
     def feed(self, data: bytes) -> list[FrontendMessage]:
         """Take bytes from the client; return the messages now complete, keep the rest."""
@@ -447,9 +474,10 @@ class FrontendParser:
         if len(buffer) - pos < 4:
             return None, pos
         size = int.from_bytes(buffer[pos : pos + 4], "big", signed=True)
-        self._check_size(size, min(MAX_STARTUP_MESSAGE, self.max_message), "startup packet")
-        if size < 8:
-            raise ProtocolViolation(f"invalid length of startup packet ({size})")
+        if size < 4:
+            raise ProtocolViolation(f"invalid startup packet length {size}: less than 4")
+        if size < 8 or size > MAX_STARTUP_MESSAGE:
+            raise ProtocolViolation("invalid length of startup packet")
         end = pos + size
         if len(buffer) < end:
             return None, pos

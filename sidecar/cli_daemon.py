@@ -130,6 +130,8 @@ def _run(args: argparse.Namespace) -> int:
             password=read_password(password_file),
             tls_cert=Path(settings["tls_cert"]) if settings["tls_cert"] else None,
             tls_key=Path(settings["tls_key"]) if settings["tls_key"] else None,
+            statement_timeout=settings["statement_timeout"],
+            authentication_timeout=settings["authentication_timeout"],
             metrics_host=settings["metrics_host"],
             metrics_port=settings["metrics_port"],
             memory_limit=settings["memory_limit"],

@@ -42,6 +42,14 @@ def add_parser(commands: argparse._SubParsersAction) -> None:
     )
     p.add_argument("--tls-cert", type=Path, help="PEM certificate: offer TLS to clients")
     p.add_argument("--tls-key", type=Path, help="PEM private key of --tls-cert")
+    timeouts = (("statement_timeout", "0", "ms"), ("authentication_timeout", "10s", "s"))
+    for name, default, unit in timeouts:
+        env = "PGML_SIDECAR_" + name.upper()
+        p.add_argument(
+            "--" + name.replace("_", "-"), default=os.environ.get(env, default),
+            help=f"as PostgreSQL's {name} ('5s', '100ms'; a number is {unit}; default"
+            f" %(default)s; env {env})",
+        )  # fmt: skip
     p.add_argument(
         "--memory-limit",
         default=os.environ.get("PGML_SIDECAR_MEMORY_LIMIT", "1GB"),
@@ -64,6 +72,8 @@ def serve(args: argparse.Namespace) -> int:
         password=read_password(args.password_file),
         tls_cert=args.tls_cert,
         tls_key=args.tls_key,
+        statement_timeout=args.statement_timeout,
+        authentication_timeout=args.authentication_timeout,
     )
     mirror = Mirror(args.mirror, memory_limit=args.memory_limit)
     trainer = Trainer(mirror.con, artifact_home(mirror.path))

@@ -49,6 +49,8 @@ SETTINGS = [
     Setting("password_file", str, None, "file holding the SQL endpoint's password"),
     Setting("tls_cert", str, None, "PEM certificate for the SQL endpoint"),
     Setting("tls_key", str, None, "PEM private key of tls_cert"),
+    Setting("statement_timeout", str, "0", "SQL endpoint: cancel longer statements ('5s'; 0 off)"),
+    Setting("authentication_timeout", str, "10s", "SQL endpoint: time to authenticate ('10s')"),
     Setting("endpoint_dsn", str, None, "how the source reaches the endpoint (for pgml.predict)"),
 ]
 _BY_NAME = {s.name: s for s in SETTINGS}

@@ -57,6 +57,8 @@ class DaemonSettings:
     password: str | None = None
     tls_cert: Path | None = None
     tls_key: Path | None = None
+    statement_timeout: str = "0"
+    authentication_timeout: str = "10s"
     metrics_host: str = "127.0.0.1"
     metrics_port: int = 9464
     memory_limit: str = "1GB"
@@ -116,6 +118,8 @@ class Daemon:
                 password=settings.password,
                 tls_cert=settings.tls_cert,
                 tls_key=settings.tls_key,
+                statement_timeout=settings.statement_timeout,
+                authentication_timeout=settings.authentication_timeout,
             ),
             self.mirror.con,
             self.trainer,

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import socket
 import struct
+import time
 from collections.abc import Sequence
 
 
@@ -15,10 +16,19 @@ def cstring(text: str) -> bytes:
     return text.encode() + b"\0"
 
 
-def startup(user: str = "pgml", database: str = "pgml") -> bytes:
+def startup(user: str = "pgml", database: str = "pgml", **params: str) -> bytes:
     body = struct.pack("!i", 196608) + cstring("user") + cstring(user)
-    body += cstring("database") + cstring(database) + b"\0"
+    body += cstring("database") + cstring(database)
+    body += b"".join(cstring(name) + cstring(value) for name, value in params.items()) + b"\0"
     return struct.pack("!i", len(body) + 4) + body
+
+
+def ssl_request() -> bytes:
+    return struct.pack("!ii", 8, 80877103)
+
+
+def cancel_request(pid: int, key: int) -> bytes:
+    return struct.pack("!iiiI", 16, 80877102, pid, key)
 
 
 def query(sql: str) -> bytes:
@@ -53,8 +63,8 @@ TERMINATE = message(b"X", b"")
 class RawClient:
     """A socket to the endpoint that reads replies as (type, body) pairs."""
 
-    def __init__(self, port: int) -> None:
-        self.sock = socket.create_connection(("127.0.0.1", port), timeout=30)
+    def __init__(self, port: int, *, timeout: float = 30) -> None:
+        self.sock = socket.create_connection(("127.0.0.1", port), timeout=timeout)
         self.pending = b""
 
     def send(self, *messages: bytes) -> None:
@@ -84,6 +94,19 @@ class RawClient:
         self.send(startup())
         return self.until_ready()
 
+    def until_closed(self, timeout: float) -> tuple[list[tuple[bytes, bytes]], float]:
+        """Every reply until the server closes the connection, and the seconds that took."""
+        started = time.monotonic()
+        self.sock.settimeout(timeout)
+        replies = []
+        while True:
+            try:
+                replies.append(self.read())
+            except (ConnectionError, OSError) as exc:
+                if isinstance(exc, TimeoutError):
+                    raise
+                return replies, time.monotonic() - started
+
     def close(self) -> None:
         self.sock.close()
 
@@ -97,7 +120,19 @@ def kinds(replies: list[tuple[bytes, bytes]]) -> str:
 
 
 def error_code(body: bytes) -> str:
+    return error_field(body, "C")
+
+
+def error_field(body: bytes, code: str) -> str:
+    """One field of an ErrorResponse body: C the SQLSTATE, M the message, S the severity..."""
     for field in body.split(b"\0"):
-        if field[:1] == b"C":
+        if field[:1] == code.encode():
             return field[1:].decode()
     return ""
+
+
+def backend_key(replies: list[tuple[bytes, bytes]]) -> tuple[int, int]:
+    """The pid and secret key of the BackendKeyData among ``replies``."""
+    body = next(body for kind, body in replies if kind == b"K")
+    pid, key = struct.unpack("!iI", body)
+    return pid, key

@@ -282,7 +282,7 @@ def test_max_message_is_configurable() -> None:
 MALFORMED_UNTYPED: list[tuple[bytes, str]] = [
     (struct.pack(">i", 3), "less than 4"),
     (struct.pack(">i", 7) + b"\x00\x03\x00", "invalid length of startup packet"),
-    (struct.pack(">i", 10001), "startup packet too large"),
+    (struct.pack(">i", 10001), "invalid length of startup packet"),
     (untyped(struct.pack(">i", 80877103) + b"x"), "unexpected byte"),
     (untyped(struct.pack(">ii", 80877102, 1)), "secret key runs past"),
     (untyped(struct.pack(">iiii", 80877102, 1, 2, 3)), "unexpected byte"),
