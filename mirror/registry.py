@@ -423,6 +423,14 @@ class Registry:
         assert row is not None
         return replace(snapshot, id=row[0], created_at=row[1])
 
+    @_locked
+    def artifact_paths(self) -> set[str]:
+        """Every snapshot and model file the registry names (relative to the artifact home)."""
+        rows = self.con.execute(
+            "select path from pgml.snapshots union all select path from pgml.models"
+        ).fetchall()
+        return {r[0] for r in rows}
+
     # -- models --------------------------------------------------------------------------------
 
     @_locked

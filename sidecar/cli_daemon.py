@@ -6,6 +6,7 @@ import argparse
 import json
 import logging
 import signal
+import threading
 import urllib.request
 from pathlib import Path
 from typing import Any
@@ -111,6 +112,7 @@ def _init(args: argparse.Namespace) -> int:
 
 
 def _run(args: argparse.Namespace) -> int:
+    stopping = StopSignals()  # first: a SIGTERM while it starts stops it, never half-way
     from predictor.server import read_password
     from replicator.kafka import read_client_properties
     from sidecar.daemon import Daemon, DaemonSettings
@@ -144,16 +146,39 @@ def _run(args: argparse.Namespace) -> int:
             else {},
         )
     )
-    for signum in (signal.SIGINT, signal.SIGTERM):
-        signal.signal(signum, lambda number, frame: daemon.stop_event.set())
+    stopping.relay(daemon.stop_event)
     log.info(
         "running: source %s, mirror %s, SQL on %s:%d",
         config.masked(settings["source"]), settings["mirror"], settings["host"],
         settings["port"],
     )  # fmt: skip
-    daemon.run()
+    if daemon.stop_event.is_set():
+        daemon.stop()  # asked to stop while it was being built: start nothing
+    else:
+        daemon.run()
     log.info("stopped")
     return 0
+
+
+class StopSignals:
+    """SIGINT and SIGTERM from the moment it is made: each sets every event relayed to."""
+
+    def __init__(self) -> None:
+        self.asked = threading.Event()
+        self._events = [self.asked]
+        for signum in (signal.SIGINT, signal.SIGTERM):
+            signal.signal(signum, self._handle)
+
+    def _handle(self, signum: int, frame: object) -> None:
+        log.info("received %s: stopping", signal.Signals(signum).name)
+        for event in list(self._events):
+            event.set()
+
+    def relay(self, event: threading.Event) -> None:
+        """Set ``event`` too, now if a signal came already."""
+        self._events.append(event)
+        if self.asked.is_set():
+            event.set()
 
 
 def _status(args: argparse.Namespace) -> int:

@@ -59,6 +59,9 @@ def add_parser(commands: argparse._SubParsersAction) -> None:
 
 
 def serve(args: argparse.Namespace) -> int:
+    stop = threading.Event()  # first: a SIGTERM while it starts stops it, never half-way
+    for signum in (signal.SIGINT, signal.SIGTERM):
+        signal.signal(signum, lambda *_: stop.set())
     from predictor.server import EndpointSettings, SqlEndpoint, read_password
     from trainer.train import Trainer, artifact_home
 
@@ -77,15 +80,12 @@ def serve(args: argparse.Namespace) -> int:
     )
     mirror = Mirror(args.mirror, memory_limit=args.memory_limit)
     trainer = Trainer(mirror.con, artifact_home(mirror.path))
-    stop = threading.Event()
     try:
         endpoint = SqlEndpoint(settings, mirror.con, trainer)
         port = endpoint.start()
         trainer.worker.warm()
         print(f"serving {mirror.path} on {settings.host}:{port}; psql -h {settings.host}"
               f" -p {port} -U pgml", flush=True)  # fmt: skip
-        for signum in (signal.SIGINT, signal.SIGTERM):
-            signal.signal(signum, lambda *_: stop.set())
         stop.wait()
         log.info("stopping the SQL endpoint")
         endpoint.stop()

@@ -23,8 +23,9 @@ from typing import Any
 import numpy as np
 
 from mirror.errors import TrainingError
+from trainer import lifeline
 from trainer.drift import DriftEvent, ErrorDrift
-from trainer.worker import script_hidden
+from trainer.worker import script_hidden, start_forkserver
 
 
 @dataclass(frozen=True, slots=True)
@@ -57,6 +58,7 @@ class Learner:
         if self.dead:
             raise LearnerGone("the online learning process died; its models must be loaded again")
         if self._conn is None:
+            start_forkserver()
             context = multiprocessing.get_context("forkserver")
             ours, theirs = context.Pipe()
             with script_hidden():
@@ -168,6 +170,7 @@ def _unpickled(data: bytes) -> Any:
 
 def serve(conn: Connection) -> None:
     """The learner's loop: requests in order until the monitor closes its end."""
+    lifeline.arm_forked()
     models: dict[int, tuple[Any, ErrorDrift | None]] = {}
     while True:
         try:

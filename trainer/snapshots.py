@@ -9,7 +9,9 @@ from __future__ import annotations
 
 import hashlib
 import json
+import logging
 import os
+import time
 import uuid
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -23,7 +25,12 @@ from mirror.duckdb_sql import META, quote
 from mirror.errors import TrainingError
 from mirror.registry import Snapshot
 
+log = logging.getLogger("pgml_sidecar")
+
 SEARCH_SCHEMAS = ("public", "main", "pgml")
+_STARTED = time.time()
+"""When this process started (near enough: when this module was imported): files written
+before then were written by a process that has ended."""
 _NUMERIC = (
     "TINYINT", "SMALLINT", "INTEGER", "BIGINT", "HUGEINT", "UTINYINT", "USMALLINT", "UINTEGER",
     "UBIGINT", "FLOAT", "DOUBLE", "REAL",
@@ -214,3 +221,28 @@ def file_sha256(path: Path) -> str:
         while chunk := f.read(1 << 20):
             digest.update(chunk)
     return digest.hexdigest()
+
+
+def remove_orphans(home: Path, registered: set[str]) -> int:
+    """Delete the snapshot and model files in ``home`` that no registry row names, left by a
+    process that ended while training (``kill -9``, power loss); return how many.
+
+    Only files written before this process started are touched: a training running in this
+    process registers its files when it succeeds, and deletes them when it fails.
+    """
+    removed = 0
+    for folder, suffix in (("snapshots", ".parquet"), ("models", ".pickle")):
+        for path in sorted((home / folder).glob(f"*{suffix}*")):
+            name = f"{folder}/{path.name}"
+            if name in registered or not path.name.endswith((suffix, f"{suffix}.tmp")):
+                continue
+            try:
+                if path.stat().st_mtime >= _STARTED:
+                    continue
+                path.unlink()
+            except FileNotFoundError:
+                continue
+            removed += 1
+    if removed:
+        log.info("removed %d snapshot and model files no registry row names", removed)
+    return removed

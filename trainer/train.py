@@ -30,7 +30,13 @@ from trainer.deploy import beats, choose, deployment_stack
 from trainer.fit import SEARCHES, FitJob, FitResult
 from trainer.model import Model, load_model
 from trainer.preprocess_options import parse_preprocess
-from trainer.snapshots import RelationColumns, check_columns, find_relation, is_numeric
+from trainer.snapshots import (
+    RelationColumns,
+    check_columns,
+    find_relation,
+    is_numeric,
+    remove_orphans,
+)
 from trainer.snapshots import take_snapshot as materialise
 from trainer.split import SAMPLINGS
 from trainer.worker import FitWorker
@@ -116,6 +122,7 @@ class Trainer:
         """Bumped at every deployment, so a cache of deployed models knows to look again."""
         self.settings_generation = 0
         """Bumped when a schedule or the retrain-on-drift setting of a project changes."""
+        remove_orphans(self.home, self.registry.artifact_paths())
 
     def close(self) -> None:
         if self._owns_worker:

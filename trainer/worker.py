@@ -3,22 +3,90 @@
 The process comes from a fork server started before the caller opens many threads, with the
 training modules already imported, so each fit starts in milliseconds. A worker that dies (out
 of memory, killed) fails only the fit it was running; the next fit gets a new process.
+
+Nothing the worker runs outlives the sidecar (:mod:`trainer.lifeline`): the fork server and
+the worker die with their parent, and a fit's parallel work (``n_jobs``) runs in threads of the
+worker, never in processes of its own.
 """
 
 from __future__ import annotations
 
 import multiprocessing
+import multiprocessing.forkserver
+import queue
 import sys
 import threading
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from concurrent.futures import Future, ProcessPoolExecutor
 from concurrent.futures.process import BrokenProcessPool
 from contextlib import contextmanager
+from typing import Any
 
 from mirror.errors import TrainingError
+from trainer import lifeline
 from trainer.fit import FitJob, FitResult, fit
 
-_PRELOAD = ["trainer.fit", "sklearn.linear_model", "sklearn.ensemble", "sklearn.model_selection"]
+_PRELOAD = [
+    "trainer._forkserver",  # first: arms the fork server's death signal
+    "trainer.fit",
+    "sklearn.linear_model",
+    "sklearn.ensemble",
+    "sklearn.model_selection",
+]
+
+lifeline.mark_parent()  # at import, before this process has threads: the fork server's parent
+
+
+class _LifelongThread:
+    """Runs the calls handed to it in one thread that ends only with the process."""
+
+    def __init__(self) -> None:
+        self._calls: queue.SimpleQueue[tuple[Callable[[], Any], Future[Any]]] = queue.SimpleQueue()
+        self._lock = threading.Lock()
+        self._thread: threading.Thread | None = None
+
+    def call(self, function: Callable[[], Any]) -> Any:
+        with self._lock:
+            if self._thread is None or not self._thread.is_alive():
+                self._thread = threading.Thread(
+                    target=self._serve, name="pgml-sidecar process starter", daemon=True
+                )
+                self._thread.start()
+        result: Future[Any] = Future()
+        self._calls.put((function, result))
+        return result.result()
+
+    def _serve(self) -> None:
+        while True:
+            function, result = self._calls.get()
+            try:
+                result.set_result(function())
+            except BaseException as exc:
+                result.set_exception(exc)
+
+
+_STARTER = _LifelongThread()
+
+
+def start_forkserver() -> None:
+    """Start the fork server, if it is not running, from a thread that lasts as long as this
+    process: the fork server's death signal fires when the thread that started it ends."""
+    multiprocessing.forkserver.set_forkserver_preload(_PRELOAD)
+
+    def start() -> None:
+        with script_hidden():
+            multiprocessing.forkserver.ensure_running()
+
+    _STARTER.call(start)
+
+
+def _worker_started() -> None:
+    """In each new worker process: die with the fork server, and let joblib (scikit-learn's
+    ``n_jobs``, a search's folds) use threads, so a fit never leaves processes behind."""
+    lifeline.arm_forked()
+    import joblib
+
+    joblib.parallel_config(backend="threading")
 
 
 class FitWorker:
@@ -32,9 +100,12 @@ class FitWorker:
     def _executor(self) -> ProcessPoolExecutor:
         with self._lock:
             if self._pool is None:
-                context = multiprocessing.get_context("forkserver")
-                context.set_forkserver_preload(_PRELOAD)
-                self._pool = ProcessPoolExecutor(self.processes, mp_context=context)
+                start_forkserver()
+                self._pool = ProcessPoolExecutor(
+                    self.processes,
+                    mp_context=multiprocessing.get_context("forkserver"),
+                    initializer=_worker_started,
+                )
             return self._pool
 
     def warm(self) -> None:
