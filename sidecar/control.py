@@ -5,6 +5,15 @@ a commit touches it, the pending rows the mirror now holds are claimed in the so
 (``status = 'running'``, only if still pending, so a request runs once), carried out, and
 finished with ``done`` and the model id, or ``failed`` and the error. The sidecar's own updates
 come back through the stream as rows that are no longer pending, and are ignored.
+
+Each request is carried out for the role that asked (``requested_by``, stamped by the source's
+``pgml.*`` functions), whatever the source checked already: a training needs that role to
+SELECT every mirrored column of the relation in the source now; a project belongs to the role
+whose training created it, and only that role, its members or members of ``pgml_admin`` may
+retrain, write back, schedule or stop it (:mod:`predictor.ownership`). A refused request fails
+with the reason in its row. Every minute the owners are copied to the source's
+``pgml.projects`` and the score tables' grants follow the relations' again
+(:mod:`predictor.score_grants`).
 """
 
 from __future__ import annotations
@@ -12,6 +21,7 @@ from __future__ import annotations
 import json
 import logging
 import threading
+import time
 from collections.abc import Callable
 from typing import Any
 
@@ -21,11 +31,17 @@ import psycopg
 from mirror.change_log import Touched
 from mirror.changes import Lsn
 from mirror.errors import SidecarError
+from mirror.registry import project_slug
+from predictor import ownership, privileges, score_grants
+from predictor.ownership import ProjectOwners
+from trainer.snapshots import find_relation
 from trainer.train import Trainer
 
 log = logging.getLogger("pgml_sidecar")
 
 TABLE = ("pgml", "training_requests")
+MAINTENANCE_S = 60.0
+"""How often owners are copied to the source and score tables granted again."""
 
 
 class ControlRequests:
@@ -50,6 +66,8 @@ class ControlRequests:
         self._claimed: set[int] = set()
         self.finished = threading.Condition()
         self.handled = 0
+        self.owners = ProjectOwners(con)
+        self._maintained_at = float("-inf")
 
     def on_commit(self, lsn: Lsn, touched: dict[tuple[str, str], Touched]) -> None:
         if TABLE in touched:
@@ -60,6 +78,8 @@ class ControlRequests:
         self._fail_interrupted()
         self.wake.set()  # requests that arrived while the sidecar was down
         while not stop.is_set():
+            if time.monotonic() - self._maintained_at >= MAINTENANCE_S:
+                self.maintain()
             if not self.wake.wait(timeout=1.0):
                 continue
             self.wake.clear()
@@ -102,6 +122,16 @@ class ControlRequests:
         ).fetchone()
         return row is not None
 
+    def maintain(self) -> None:
+        """Copy the owners to the source's ``pgml.projects``; grant the score tables again."""
+        self._maintained_at = time.monotonic()
+        try:
+            with psycopg.connect(self.source_dsn, autocommit=True) as conn:
+                ownership.publish_owners(conn, self.owners.all())
+                score_grants.regrant_score_tables(conn)
+        except psycopg.Error as exc:
+            log.warning("cannot bring owners and score grants up to date in the source: %s", exc)
+
     def _carry_out(self, request: dict[str, Any]) -> None:
         request_id = int(request["id"])
         self._claimed.add(request_id)
@@ -109,7 +139,7 @@ class ControlRequests:
             with psycopg.connect(self.source_dsn, autocommit=True) as conn:
                 if not self._claim(conn, request_id):
                     return
-                status, error, model_id, metrics = self._run(request)
+                status, error, model_id, metrics = self._authorized_run(conn, request)
                 conn.execute(
                     "update pgml.training_requests set status = %s, error = %s, model_id = %s,"
                     " finished_at = now() where id = %s",
@@ -124,6 +154,115 @@ class ControlRequests:
         with self.finished:
             self.handled += 1
             self.finished.notify_all()
+
+    def _authorized_run(
+        self, conn: psycopg.Connection, request: dict[str, Any]
+    ) -> tuple[str, str | None, int | None, dict]:
+        """Run the request if the role that asked may; otherwise fail it with the reason."""
+        project = str(request["project_name"])
+        try:
+            claimed = self._authorize(conn, request)
+        except SidecarError as exc:
+            log.warning("request %s for %s refused: %s", request["id"], project, exc)
+            return "failed", str(exc), None, {}
+        outcome = self._run(request)
+        if claimed is not None:
+            if self.trainer.registry.project(project) is None:
+                self.owners.release(project, claimed)  # the training created nothing
+            else:
+                self._publish_owner(conn, project, claimed)
+        return outcome
+
+    def _authorize(self, conn: psycopg.Connection, request: dict[str, Any]) -> str | None:
+        """Raise unless the role that asked may make this request; return the role if the
+        request creates the project and the role now owns it."""
+        if "requested_by" not in request:
+            raise SidecarError(
+                "the source's pgml schema does not record who asks (version 2 or older): run"
+                " pgml-sidecar init to upgrade it, then ask again",
+                sqlstate="55000",
+            )
+        role = str(request.get("requested_by") or "")
+        row = conn.execute("select 1 from pg_catalog.pg_roles where rolname = %s", [role])
+        if not role or row.fetchone() is None:
+            raise SidecarError(f'role "{role}" does not exist', sqlstate="42704")
+        project = str(request["project_name"])
+        owner = self.owners.owner(project)
+        exists = self.trainer.registry.project(project) is not None
+        if owner is not None or exists:
+            ownership.check_may_change(conn, role, project, owner)
+        if request.get("kind", "train") != "train":
+            return None
+        self._check_relation(conn, role, project, request.get("relation_name"))
+        if owner is not None or exists:
+            return None
+        now = self.owners.claim(project, role)
+        if now != role:  # made meanwhile (on the endpoint): its owner decides
+            ownership.check_may_change(conn, role, project, now)
+            return None
+        return role
+
+    def _check_relation(
+        self,
+        conn: psycopg.Connection,
+        role: str,
+        project: str,
+        relation_name: str | None,
+        depth: int = 0,
+    ) -> None:
+        """Raise 42501 unless ``role`` may read what the training would read."""
+        if relation_name is None:
+            relation_name = self._last_relation(project)
+            if relation_name is None:
+                return  # nothing to read: the trainer says what is missing
+        try:
+            relation = find_relation(self.con, relation_name)
+        except SidecarError:
+            return  # the trainer reports it
+        key = (relation.schema, relation.name)
+        mirrored = {(r.schema, r.name): r for r in privileges.mirrored_relations(self.con)}
+        if key in mirrored:
+            table = mirrored[key]
+            readable = privileges.read_privileges(conn, [role], [table]).get(role, {})
+            allowed = readable.get(key)
+            needed = table.columns or tuple(c for c, _ in relation.columns)
+            if allowed is None or not all(c in allowed for c in needed):
+                raise SidecarError(
+                    f"permission denied for table {relation.name} (training reads every"
+                    f" column of {relation.schema}.{relation.name}, and role {role} may not"
+                    " SELECT them all in the source)",
+                    sqlstate="42501",
+                )
+        elif relation.schema == score_grants.SCORES:
+            self._check_scores(conn, role, relation.name, depth)
+
+    def _check_scores(self, conn: psycopg.Connection, role: str, slug: str, depth: int) -> None:
+        """A score view is read by its project's owner and by the readers of its relation."""
+        for found in self.trainer.registry.projects():
+            if project_slug(found.name) != slug:
+                continue
+            if ownership.may_change(conn, role, self.owners.owner(found.name)):
+                return
+            scored = self._last_relation(found.name)
+            if scored is not None and depth < 3:  # scores of scores of ...: a few at most
+                self._check_relation(conn, role, found.name, scored, depth + 1)
+                return
+        raise SidecarError(
+            f"permission denied for table {slug} (a score table is read by its project's"
+            " owner and by those who may read the relation it scores)",
+            sqlstate="42501",
+        )
+
+    def _last_relation(self, project: str) -> str | None:
+        found = self.trainer.registry.project(project)
+        snapshot = self.trainer.registry.last_snapshot(found.id) if found else None
+        return snapshot.relation_name if snapshot else None
+
+    def _publish_owner(self, conn: psycopg.Connection, project: str, role: str) -> None:
+        try:
+            ownership.publish_owners(conn, {project: role})
+        except psycopg.Error as exc:
+            log.warning("cannot record the owner of %s in the source: %s", project, exc)
 
     def _run(self, request: dict[str, Any]) -> tuple[str, str | None, int | None, dict]:
         project = str(request["project_name"])
