@@ -58,6 +58,16 @@ from mirror.tables import (
     schema_steps,
 )
 
+_LOCKED_OFF = (
+    "enable_external_access",
+    "autoinstall_known_extensions",
+    "autoload_known_extensions",
+    "allow_community_extensions",
+)
+"""DuckDB settings :meth:`Mirror.lock_down` turns off. Without external access DuckDB's Python
+client does not scan Python objects by name either (a connection's own
+``python_enable_replacements`` would not reach its cursors)."""
+
 
 class Mirror:
     """A DuckDB mirror file, opened for the replicator."""
@@ -241,6 +251,43 @@ class Mirror:
         self.rollback()
         self.con.close()
 
+    # -- lock-down -----------------------------------------------------------------------------
+
+    def lock_down(self, *, allowed_directories: Iterable[str | Path]) -> None:
+        """Lock DuckDB for every connection of this database, for as long as it is open.
+
+        The second wall behind the endpoint's allow-list: no file outside
+        ``allowed_directories`` (the sidecar's own: snapshots and models) and DuckDB's temp
+        directory is read or written, no extension installed or loaded, no Python object
+        scanned by name, and no setting changed any more (``lock_configuration``): not by the
+        endpoint's clients, and not by the sidecar's own code either. Call it once
+        the connection is fully set up (catalog, scoring functions, views). Calling it again
+        does nothing.
+        """
+        cursor = self.con.cursor()  # the replicator's thread may be using self.con
+        try:
+            if _locked(cursor):
+                return
+            row = cursor.execute("select current_setting('temp_directory')").fetchone()
+            directories = [str(Path(d).absolute()) for d in allowed_directories]
+            if row is not None and row[0]:
+                directories.append(str(Path(row[0]).absolute()))
+            cursor.execute("set allowed_directories = ?", [directories])
+            for setting in _LOCKED_OFF:
+                cursor.execute(f"set {setting} = false")
+            cursor.execute("set lock_configuration = true")
+        finally:
+            cursor.close()
+
+    @property
+    def locked(self) -> bool:
+        """Whether :meth:`lock_down` locked the configuration."""
+        cursor = self.con.cursor()
+        try:
+            return _locked(cursor)
+        finally:
+            cursor.close()
+
     # -- schema --------------------------------------------------------------------------------
 
     def table_for(self, relation: Relation) -> MirroredTable | None:
@@ -384,3 +431,8 @@ class Mirror:
         """Report the whole table as changed at the next commit (after a copy or truncate)."""
         if self._watching((schema, name)):
             self._touched.setdefault((schema, name), Touched()).everything = True
+
+
+def _locked(cursor: duckdb.DuckDBPyConnection) -> bool:
+    row = cursor.execute("select current_setting('lock_configuration')").fetchone()
+    return bool(row and row[0])

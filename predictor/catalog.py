@@ -7,13 +7,22 @@ its own type ids; the views here give PostgreSQL's type oids and names, so an im
 table gets the column types a PostgreSQL user expects (``smallint[]``, ``numeric(10,2)``).
 They live in schema ``_pgml_catalog`` of the mirror; the statement translator sends catalog
 references there.
+
+:class:`ServedRelations` is the other half of the endpoint's catalog: the relations a client may
+name at all (mirrored tables, the registry and data sets in schema ``pgml``, the ``pgml_scores``
+views), read from the mirror and cached, for the allow-list check of every statement.
 """
 
 from __future__ import annotations
 
+import threading
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+
 import duckdb
 
-from mirror.duckdb_sql import transaction
+from mirror.duckdb_sql import META, transaction
 
 SCHEMA = "_pgml_catalog"
 TABLES = ("pg_class", "pg_namespace", "pg_attribute", "pg_attrdef", "pg_collation", "pg_type")
@@ -98,3 +107,100 @@ def install(con: duckdb.DuckDBPyConnection) -> None:
         ]
         for statement in statements:
             cursor.execute(statement)
+
+
+MIRRORED, SCORES, REGISTRY = "mirrored", "scores", "registry"
+REFRESH_SECONDS = 1.0
+"""How long a lookup trusts the cached relations; a name not found refreshes them at once."""
+
+
+@dataclass(frozen=True, slots=True)
+class ServedRelation:
+    """A relation endpoint clients may name, with its kind.
+
+    ``mirrored``: a source table (readable only by who may SELECT it in the source);
+    ``scores``: a ``pgml_scores`` view (the same); ``registry``: the sidecar's own tables, views
+    and loaded data sets in schema ``pgml`` (readable by every endpoint user).
+    """
+
+    schema: str
+    name: str
+    kind: str
+
+    @property
+    def qualified(self) -> str:
+        return f"{self.schema}.{self.name}"
+
+
+class ServedRelations:
+    """The relations of one mirror that the endpoint serves, cached and looked up by name.
+
+    DuckDB resolves names without regard to case, so lookups do too. The cache is read again
+    when it is older than :data:`REFRESH_SECONDS` or misses a name (a table mirrored or a score
+    view made a moment ago); ``before_refresh`` runs first (the endpoint rebuilds its score views
+    there after a deployment).
+    """
+
+    def __init__(
+        self,
+        con: duckdb.DuckDBPyConnection,
+        *,
+        before_refresh: Callable[[], None] | None = None,
+    ) -> None:
+        self._con = con
+        self._before_refresh = before_refresh
+        self._lock = threading.Lock()
+        self._by_name: dict[tuple[str, str], ServedRelation] = {}
+        self._loaded_at = -REFRESH_SECONDS
+
+    def find(self, schema: str, name: str) -> ServedRelation | None:
+        """The served relation ``schema.name`` names, or None."""
+        key = (schema.casefold(), name.casefold())
+        stale = time.monotonic() - self._loaded_at > REFRESH_SECONDS
+        if stale:
+            self.refresh()
+        found = self._by_name.get(key)
+        if found is None and not stale:
+            self.refresh()
+            found = self._by_name.get(key)
+        return found
+
+    def all(self) -> list[ServedRelation]:
+        """Every served relation, as of the last refresh."""
+        return list(self._by_name.values())
+
+    def refresh(self) -> None:
+        """Read the served relations from the mirror again."""
+        if self._before_refresh is not None:
+            self._before_refresh()
+        with self._lock:
+            cursor = self._con.cursor()
+            try:
+                rows = _served_rows(cursor)
+            finally:
+                cursor.close()
+            by_name: dict[tuple[str, str], ServedRelation] = {}
+            for schema, name, kind in rows:
+                key = (schema.casefold(), name.casefold())
+                if key not in by_name or kind == MIRRORED:
+                    by_name[key] = ServedRelation(schema, name, kind)
+            self._by_name = by_name
+            self._loaded_at = time.monotonic()
+
+
+def _served_rows(cursor: duckdb.DuckDBPyConnection) -> list[tuple[str, str, str]]:
+    own = (
+        f"select schema_name, table_name, '{REGISTRY}' from duckdb_tables()"
+        " where database_name = current_database() and schema_name = 'pgml'"
+        " union all select schema_name, view_name,"
+        f" case schema_name when 'pgml' then '{REGISTRY}' else '{SCORES}' end from duckdb_views()"
+        " where database_name = current_database() and not internal"
+        " and schema_name in ('pgml', 'pgml_scores')"
+    )
+    try:
+        mirrored = cursor.execute(
+            f"select schema_name, table_name, '{MIRRORED}' from {META}.tables"
+        ).fetchall()
+    except duckdb.CatalogException:
+        mirrored = []  # a mirror the replicator never wrote to
+    return mirrored + cursor.execute(own).fetchall()

@@ -23,6 +23,7 @@ import pyarrow as pa
 
 from mirror.errors import SidecarError
 from predictor import procedures, results, scoring, wire
+from predictor.catalog import ServedRelations
 from predictor.pg_types import FLOAT8
 from predictor.procedures import ProcedureResult
 from predictor.results import FETCH_BATCH, Outcome, Portal, Prepared, Rows
@@ -75,6 +76,8 @@ class Endpoint(Protocol):
     watch: StatementWatch
     session_defaults: dict[str, str]
     """The settings a session starts with (DEFAULT_SETTINGS and the endpoint's own)."""
+    relations: ServedRelations
+    """The relations clients may name (the allow-list checks each statement against them)."""
 
     def refresh_score_views(self) -> None: ...
 

@@ -116,6 +116,8 @@ class SqlEndpoint:
         self._views_generation = -1
         self._views_lock = threading.Lock()
         self.refresh_score_views()
+        # issue 13: the relations clients may name, for the allow-list check of each statement
+        self.relations = catalog.ServedRelations(con, before_refresh=self.refresh_score_views)
         self.tls = _tls_context(settings)
         self.watch = StatementWatch()
         self._sessions: dict[tuple[int, int], Session] = {}

@@ -153,7 +153,7 @@ class Session(StatementRunner):
 
     def _simple(self, sql: str) -> Iterator[bytes]:
         try:
-            statements = split(sql)
+            statements = split(sql, relations=self.endpoint.relations)  # issue 13: readable=
         except SidecarError as exc:
             yield self._error(exc)
             statements = []
@@ -231,7 +231,7 @@ class Session(StatementRunner):
 
     def _extended_step(self, message: Any) -> bytes:
         if isinstance(message, wire.Parse):
-            statements = split(message.sql)
+            statements = split(message.sql, relations=self.endpoint.relations)  # readable=
             if len(statements) > 1:
                 raise StatementError("cannot insert multiple commands into a prepared statement")
             statement = statements[0] if statements else None

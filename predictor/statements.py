@@ -1,9 +1,12 @@
-"""SQL from clients: split, classified and translated from PostgreSQL to DuckDB with pglast.
+"""SQL from clients: split, checked against the allow-list, and translated to DuckDB with pglast.
 
-Only reads run on DuckDB. Session statements (SET, SHOW, transactions, cursors) are answered by
-the session itself; ``pgml.train`` and the other PostgresML procedures are called by
-:mod:`predictor.procedures`; everything that would write, or reach outside the mirror (files,
-extensions, other databases), is refused with SQLSTATE 42501 before DuckDB sees it.
+Only what the endpoint understands runs. Every statement is parsed with pglast; reads (SELECT,
+WITH, VALUES, EXPLAIN, cursors) run on DuckDB once every function, relation and clause in them
+passed :mod:`predictor.allow_list`; session statements (SET and RESET of the session's own
+settings, SHOW, transactions, cursors) are answered by the session itself; ``pgml.train`` and the
+other PostgresML procedures are called by :mod:`predictor.procedures`. Everything else (writes,
+COPY, CALL, DuckDB's own statements, files, extensions, other databases, DuckDB's settings) is
+refused with SQLSTATE 42501 before DuckDB sees it.
 
 Inside queries, ``pgml.predict(project, features)`` becomes the DuckDB function
 ``pgml_predict(project, CAST(features AS DOUBLE[]))``, evaluated a vector of rows at a time.
@@ -11,37 +14,34 @@ Inside queries, ``pgml.predict(project, features)`` becomes the DuckDB function
 
 from __future__ import annotations
 
+import re
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 from typing import Any
 
 from pglast import ast, enums, parse_sql
-from pglast.parser import ParseError
+from pglast.parser import ParseError, scan
 from pglast.stream import RawStream
 from pglast.visitors import Visitor
 
 from mirror.errors import SidecarError
 from predictor import catalog
+from predictor.allow_list import (
+    DUCKDB_ONLY_STATEMENTS,
+    READ_ONLY_SETTINGS,
+    SQL_SYNTAX_FUNCTIONS,
+    Readable,
+    check_query,
+    check_setting,
+)
+from predictor.catalog import ServedRelation, ServedRelations
 
 PROCEDURES = ("train", "deploy", "load_dataset", "snapshot", "schedule", "retrain_on_drift")
 SCALAR_FUNCTIONS = {"predict": "pgml_predict", "predict_proba": "pgml_predict_proba"}
 
-# DuckDB functions that read or write files, reach other databases or run SQL text.
-_REFUSED_FUNCTIONS = {
-    "glob", "query", "query_table", "sniff_csv", "getenv", "load_extension", "install_extension",
-    "duckdb_secrets", "which_secret", "parquet_scan", "iceberg_scan", "delta_scan",
-    "sqlite_scan", "sqlite_attach", "postgres_scan", "postgres_scan_pushdown", "postgres_attach",
-    "postgres_query", "postgres_execute", "mysql_scan", "mysql_query", "st_read", "pg_read_file",
-    "pg_read_binary_file", "pg_ls_dir", "lo_import", "lo_export", "duckdb_extensions",
-    "ducklake_snapshots", "httpfs", "from_csv_auto", "arrow_scan", "python_map_function",
-}  # fmt: skip
-# DuckDB statements PostgreSQL's grammar does not have; refused, never run.
-_DUCKDB_ONLY = {
-    "attach", "detach", "install", "force", "pragma", "export", "import", "use", "checkpoint",
-    "force_checkpoint", "summarize", "describe", "pivot", "unpivot",
-}  # fmt: skip
 _OID_TYPES = [["regclass"], ["regtype"], ["regproc"], ["regnamespace"], ["regprocedure"]]
-_REFUSED_PREFIXES = ("read_", "parquet_", "iceberg_", "delta_", "sqlite_", "postgres_", "mysql_")
+_DUCKDB_NAMES = {"btrim": "trim"}
+"""PostgreSQL functions DuckDB has under another name."""
 
 
 class StatementError(SidecarError):
@@ -74,21 +74,27 @@ class Statement:
     params: int = 0
     procedure: ProcedureCall | None = None
     param_refs: tuple[int, ...] = field(default_factory=tuple)
+    reads: tuple[ServedRelation, ...] = ()
+    """The mirrored tables, score views and registry relations the statement reads."""
 
 
-def split(sql: str) -> list[Statement]:
-    """Parse ``sql`` (one or more statements) into statements; an empty string gives none."""
+def split(
+    sql: str,
+    *,
+    relations: ServedRelations | None = None,
+    readable: Readable | None = None,
+) -> list[Statement]:
+    """Parse and check ``sql`` (one or more statements); an empty string gives none.
+
+    ``relations`` are the relations the mirror serves (without them only the catalog and CTEs
+    can be named); ``readable`` says which mirrored tables and score views the caller may read
+    (a test on ``(schema, name)`` or a set of them; every served one when None). Per-user
+    privileges come in through ``readable``.
+    """
     try:
         raws = parse_sql(sql)
     except ParseError as exc:
-        first = sql.lstrip().split(None, 1)[0].lower() if sql.strip() else ""
-        if first in _DUCKDB_ONLY:
-            raise StatementError(
-                f"{first.upper()} is not allowed: the endpoint reads the mirror only, never"
-                " files, extensions or other databases",
-                sqlstate="42501",
-            ) from None
-        raise StatementError(f"syntax error: {exc}", sqlstate="42601") from None
+        raise _unparsable(sql, exc) from None
     encoded = sql.encode()
     statements = []
     for raw in raws:
@@ -96,32 +102,83 @@ def split(sql: str) -> list[Statement]:
         end = start + raw.stmt_len if raw.stmt_len else len(encoded)
         text = encoded[start:end].decode().strip()
         assert raw.stmt is not None
-        statements.append(classify(raw.stmt, text))
+        statements.append(classify(raw.stmt, text, relations=relations, readable=readable))
     return statements
 
 
-def classify(node: ast.Node, text: str) -> Statement:
-    """What kind of statement ``node`` is, and for queries its DuckDB translation."""
+_CLAUSES_AFTER_FROM = frozenset(
+    ("where", "group", "having", "window", "order", "limit", "offset", "union", "except",
+     "intersect", "on", "using", ";")
+)  # fmt: skip
+
+
+def _unparsable(sql: str, exc: ParseError) -> StatementError:
+    """The error for SQL PostgreSQL cannot parse: 42501 if some statement in it is DuckDB's own
+    (``ATTACH``, ``PRAGMA``, ``FROM 'file'``), else a syntax error."""
+    encoded = sql.encode()
+    try:
+        tokens = scan(sql)
+    except ParseError:
+        tokens = []
+    words = [encoded[t.start : t.end + 1].decode(errors="replace").lower() for t in tokens]
+    names = [t.name for t in tokens]
+    first, depth, from_depth = True, 0, -1
+    for i, (word, name) in enumerate(zip(words, names, strict=True)):
+        if name in ("SQL_COMMENT", "C_COMMENT"):
+            continue
+        following = words[i + 1] if i + 1 < len(words) else ""
+        if first and word == "from":
+            return StatementError(
+                "permission denied: FROM-first queries are DuckDB's syntax; the endpoint runs"
+                " PostgreSQL's SELECT ... FROM over the mirror only",
+                sqlstate="42501",
+            )
+        duckdb_only = word != "set" or following in ("variable", "global")
+        if first and word in DUCKDB_ONLY_STATEMENTS and duckdb_only:
+            shown = f"SET {following.upper()}" if word == "set" else word.upper()
+            return StatementError(
+                f"{shown} is not allowed: the endpoint reads the mirror only, never files,"
+                " extensions or other databases",
+                sqlstate="42501",
+            )
+        depth += {"(": 1, ")": -1}.get(word, 0)
+        if word in ("from", "join"):
+            from_depth = depth
+        elif word in _CLAUSES_AFTER_FROM or depth < from_depth:
+            from_depth = -1
+        in_from = word in ("from", "join") or (word == "," and depth == from_depth)
+        if in_from and i + 1 < len(names) and names[i + 1] == "SCONST":
+            return StatementError(
+                "permission denied: a string in FROM names a file, and the endpoint reads the"
+                " mirror only, never files",
+                sqlstate="42501",
+            )
+        first = word == ";"
+    return StatementError(f"syntax error: {exc}", sqlstate="42601")
+
+
+def classify(
+    node: ast.Node,
+    text: str,
+    *,
+    relations: ServedRelations | None = None,
+    readable: Readable | None = None,
+) -> Statement:
+    """What kind of statement ``node`` is, checked, and for queries its DuckDB translation."""
+    access = _Access(relations, readable)
     if isinstance(node, ast.SelectStmt):
-        return _select(node, text)
+        return _select(node, text, access)
     if isinstance(node, ast.TransactionStmt):
         return _transaction(node, text)
     if isinstance(node, ast.VariableSetStmt):
-        value = None
-        if node.args:
-            value = ", ".join(str(_constant(a)) for a in node.args)
-        if node.kind == enums.VariableSetKind.VAR_RESET_ALL:
-            return Statement("reset_all", text, tag="RESET")
-        if node.kind in (enums.VariableSetKind.VAR_RESET, enums.VariableSetKind.VAR_SET_DEFAULT):
-            return Statement("reset", text, tag="RESET", name=node.name)
-        return Statement("set", text, tag="SET", name=node.name, value=value)
+        return _setting(node, text)
     if isinstance(node, ast.VariableShowStmt):
         return Statement("show", text, tag="SHOW", name=node.name)
     if isinstance(node, ast.DeclareCursorStmt):
         inner = node.query
         if not isinstance(inner, ast.SelectStmt):
             raise StatementError("a cursor must be declared for a SELECT", sqlstate="0A000")
-        query = _select(inner, text)
+        query = _select(inner, text, access)
         if query.kind != "select":
             raise StatementError("a cursor cannot run a pgml procedure", sqlstate="0A000")
         return Statement(
@@ -131,6 +188,7 @@ def classify(node: ast.Node, text: str) -> Statement:
             tag="DECLARE CURSOR",
             name=node.portalname,
             params=query.params,
+            reads=query.reads,
         )
     if isinstance(node, ast.FetchStmt):
         if node.direction != enums.FetchDirection.FETCH_FORWARD:
@@ -144,29 +202,74 @@ def classify(node: ast.Node, text: str) -> Statement:
     if isinstance(node, ast.DeallocateStmt):
         return Statement("deallocate", text, tag="DEALLOCATE", name=node.name)
     if isinstance(node, ast.ExplainStmt) and isinstance(node.query, ast.SelectStmt):
-        query = _select(node.query, text)
+        query = _select(node.query, text, access)
         if query.kind != "select":
             raise StatementError("EXPLAIN cannot run a pgml procedure", sqlstate="0A000")
-        return Statement("select", text, sql="explain " + query.sql, tag="EXPLAIN")
+        return Statement(
+            "select", text, sql="explain " + query.sql, tag="EXPLAIN", reads=query.reads
+        )
     raise _refused(node)
 
 
+@dataclass(frozen=True, slots=True)
+class _Access:
+    relations: ServedRelations | None
+    readable: Readable | None
+
+
+# Statements that change nothing and reach nothing, but that the endpoint does not implement.
+_UNSUPPORTED = (
+    ast.ListenStmt, ast.UnlistenStmt, ast.NotifyStmt, ast.PrepareStmt, ast.ExecuteStmt,
+    ast.ExplainStmt,
+)  # fmt: skip
+
+
 def _refused(node: ast.Node) -> StatementError:
+    """Anything not on the allow-list: 42501, or 0A000 for the few harmless statements."""
     name = type(node).__name__.removesuffix("Stmt")
-    writes = (
-        ast.InsertStmt, ast.UpdateStmt, ast.DeleteStmt, ast.MergeStmt, ast.TruncateStmt,
-        ast.CopyStmt, ast.CreateStmt, ast.DropStmt, ast.AlterTableStmt, ast.IndexStmt,
-        ast.ViewStmt, ast.CreateTableAsStmt, ast.CreateSchemaStmt, ast.RenameStmt,
-        ast.CreateFunctionStmt, ast.GrantStmt, ast.LoadStmt, ast.CreateExtensionStmt,
-        ast.VacuumStmt, ast.CreateSeqStmt,
-    )  # fmt: skip
-    if isinstance(node, writes):
+    if isinstance(node, _UNSUPPORTED):
         return StatementError(
-            f"{name.upper()} is not allowed: the mirror is read-only here; change the source"
-            " database and the replicator brings the change",
-            sqlstate="42501",
+            f"{name} statements are not supported by pgml-sidecar", sqlstate="0A000"
         )
-    return StatementError(f"{name} statements are not supported by pgml-sidecar", sqlstate="0A000")
+    return StatementError(
+        f"{command_name(node)} is not allowed: the mirror is read-only here; change the source"
+        " database and the replicator brings the change",
+        sqlstate="42501",
+    )
+
+
+_COMMANDS = {"CheckPoint": "CHECKPOINT", "Define": "CREATE", "CompositeType": "CREATE",
+             "Rule": "CREATE", "SecLabel": "SECURITY LABEL", "Createdb": "CREATE",
+             "Dropdb": "DROP", "CreateTableAs": "CREATE"}  # fmt: skip
+
+
+def command_name(node: ast.Node) -> str:
+    """The SQL command a statement node stands for, as PostgreSQL names it (``INSERT``)."""
+    name = type(node).__name__.removesuffix("Stmt")
+    if name in _COMMANDS:
+        return _COMMANDS[name]
+    match = re.match(r"[A-Z][a-z]*", name)
+    return (match.group(0) if match else name).upper()
+
+
+def _setting(node: ast.VariableSetStmt, text: str) -> Statement:
+    """SET and RESET of the session's own settings; DuckDB's are never changed by clients."""
+    kinds = enums.VariableSetKind
+    if node.kind == kinds.VAR_RESET_ALL:
+        return Statement("reset_all", text, tag="RESET")
+    if node.kind == kinds.VAR_SET_MULTI:
+        raise StatementError(
+            f"SET {node.name} is not supported; transactions here are read-only and"
+            " repeatable read",
+            sqlstate="0A000",
+        )
+    check_setting(node.name)
+    if node.kind in (kinds.VAR_RESET, kinds.VAR_SET_DEFAULT):
+        return Statement("reset", text, tag="RESET", name=node.name)
+    value = None
+    if node.args:
+        value = ", ".join(str(_constant(a)) for a in node.args)
+    return Statement("set", text, tag="SET", name=node.name, value=value)
 
 
 def _transaction(node: ast.TransactionStmt, text: str) -> Statement:
@@ -189,11 +292,8 @@ def _transaction(node: ast.TransactionStmt, text: str) -> Statement:
 # -- queries -------------------------------------------------------------------------------------
 
 
-def _select(node: ast.SelectStmt, text: str) -> Statement:
-    if node.intoClause is not None:
-        raise StatementError(
-            "SELECT INTO is not allowed: the mirror is read-only here", sqlstate="42501"
-        )
+def _select(node: ast.SelectStmt, text: str, access: _Access) -> Statement:
+    reads = check_query(node, relations=access.relations, readable=access.readable)
     procedure = _procedure(node)
     params = _Parameters()
     params(node)
@@ -203,7 +303,8 @@ def _select(node: ast.SelectStmt, text: str) -> Statement:
     if direct is not None:
         return Statement("predict", text, tag="SELECT", procedure=direct, params=params.count)
     _Translator()(node)
-    return Statement("select", text, sql=RawStream()(node), tag="SELECT", params=params.count)
+    sql = RawStream(special_functions=True)(node)
+    return Statement("select", text, sql=sql, tag="SELECT", params=params.count, reads=reads)
 
 
 def _direct_prediction(node: ast.SelectStmt) -> ProcedureCall | None:
@@ -351,27 +452,32 @@ class _Parameters(Visitor):
 
 
 class _Translator(Visitor):
-    """Rewrite PostgreSQL-only spellings into DuckDB's, and refuse what reaches outside."""
+    """Rewrite PostgreSQL-only spellings into DuckDB's (the statement passed the allow-list)."""
 
     def visit_FuncCall(self, ancestors: Any, node: ast.FuncCall) -> Any:
-        names = [n.sval for n in node.funcname or ()]
+        names = [n.sval or "" for n in node.funcname or ()]
         pgml = _pgml_name(node.funcname)
         if pgml is not None:
             return self._pgml(pgml, node)
-        _check_function(names[-1] or "")
-        if names[-1] in catalog.FUNCTIONS and names[:-1] in ([], ["pg_catalog"]):
-            node.funcname = (ast.String(catalog.SCHEMA), ast.String(names[-1]))
+        name, qualifier = names[-1], names[:-1]
+        if qualifier not in ([], ["pg_catalog"]):
+            return None
+        if name in catalog.FUNCTIONS:
+            node.funcname = (ast.String(catalog.SCHEMA), ast.String(name))
+        elif name.lower() == "current_setting":
+            return ast.A_Const(val=ast.String(_setting_value(node)))
+        elif qualifier and not (
+            name in SQL_SYNTAX_FUNCTIONS and node.funcformat == enums.CoercionForm.COERCE_SQL_SYNTAX
+        ):
+            # DuckDB reads pg_catalog.lower(x) as lower(pg_catalog), a column
+            node.funcname = (ast.String(_DUCKDB_NAMES.get(name, name)),)
+        elif name in _DUCKDB_NAMES and not qualifier:
+            node.funcname = (ast.String(_DUCKDB_NAMES[name]),)
         return None
 
     def visit_RangeVar(self, ancestors: Any, node: ast.RangeVar) -> None:
         if node.relname in catalog.TABLES and node.schemaname in (None, "pg_catalog"):
             node.schemaname = catalog.SCHEMA
-
-    def visit_RangeFunction(self, ancestors: Any, node: ast.RangeFunction) -> None:
-        for item in node.functions or ():
-            call = item[0]
-            if isinstance(call, ast.FuncCall) and _pgml_name(call.funcname) is None:
-                _check_function((call.funcname or (ast.String(""),))[-1].sval or "")
 
     def visit_ResTarget(self, ancestors: Any, node: ast.ResTarget) -> Any:
         value = node.val
@@ -417,14 +523,16 @@ def _type(name: str, *, array: bool = False) -> ast.TypeName:
     return ast.TypeName(names=(ast.String(name),), arrayBounds=bounds)
 
 
-def _check_function(name: str) -> None:
-    lowered = name.lower()
-    if lowered in _REFUSED_FUNCTIONS or lowered.startswith(_REFUSED_PREFIXES):
-        raise StatementError(
-            f"function {name} is not allowed here: the endpoint reads the mirror only, never"
-            " files or other databases",
-            sqlstate="42501",
-        )
+def _setting_value(node: ast.FuncCall) -> str:
+    """The value of ``current_setting('<read-only setting>')`` (the allow-list let only those
+    through), as the session reports it at startup."""
+    from predictor.execution import DEFAULT_SETTINGS  # the session's module imports this one
+
+    first = (node.args or ())[0]
+    assert isinstance(first, ast.A_Const) and isinstance(first.val, ast.String)
+    name = (first.val.sval or "").lower()
+    assert name in READ_ONLY_SETTINGS
+    return DEFAULT_SETTINGS[name]
 
 
 def version() -> str:

@@ -82,6 +82,7 @@ def serve(args: argparse.Namespace) -> int:
     trainer = Trainer(mirror.con, artifact_home(mirror.path))
     try:
         endpoint = SqlEndpoint(settings, mirror.con, trainer)
+        mirror.lock_down(allowed_directories=[trainer.home])  # set up: lock DuckDB before clients
         port = endpoint.start()
         trainer.worker.warm()
         print(f"serving {mirror.path} on {settings.host}:{port}; psql -h {settings.host}"

@@ -283,6 +283,8 @@ class Daemon:
         """Start every part; return at once."""
         self.trainer.worker.warm()
         self.monitor.prepare()
+        # set up: lock DuckDB before the first client connects (only the artifacts are files)
+        self.mirror.lock_down(allowed_directories=[self.trainer.home])
         self.endpoint.start()
         self.metrics_server.start()
         for part in self.parts:

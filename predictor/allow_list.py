@@ -1,0 +1,403 @@
+"""What endpoint SQL may call and set: functions, table functions, session settings, statements.
+
+The endpoint runs only what is listed here (:mod:`predictor.statements` checks every statement
+against it before DuckDB sees it). The functions are PostgreSQL's ordinary scalar, aggregate and
+window functions that DuckDB also has under the same name and meaning (math, strings, dates and
+times, JSON, arrays), the catalog functions psql and postgres_fdw call, and the ``pgml`` API.
+Anything else is refused: a name DuckDB uses to read files, run SQL text, show or change its
+configuration, or reach other databases is refused with SQLSTATE 42501 (``permission denied``),
+any other unknown name with 42883, as PostgreSQL answers for a function it does not have.
+
+:func:`check_query` walks a parsed query and raises :class:`Refused` at the first function,
+relation or clause not on the lists; :func:`check_setting` does the same for SET and RESET.
+Relations are checked against what the mirror serves (:class:`predictor.catalog.ServedRelations`)
+and what the caller may read (``readable``: every served relation unless the caller says less).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Collection, Iterable
+from typing import Any
+
+from pglast import ast, enums
+
+from mirror.errors import SidecarError
+from predictor import catalog
+from predictor.catalog import ServedRelation, ServedRelations
+
+
+def _words(text: str) -> frozenset[str]:
+    return frozenset(text.split())
+
+
+Readable = Callable[[str, str], bool] | Collection[tuple[str, str]]
+"""Which mirrored tables and ``pgml_scores`` views a caller may read: a test on ``(schema,
+name)``, or a collection of them (a set, or a mapping keyed by them). It is asked about the
+names as the mirror holds them; a collection is also matched without regard to case, as DuckDB
+resolves names."""
+
+FUNCTIONS = _words(
+    # math
+    "abs acos acosh asin asinh atan atan2 atanh cbrt ceil ceiling cos cosh cot degrees exp"
+    " factorial floor gcd lcm ln log log10 mod pi pow power radians random round setseed sign"
+    " sin sinh sqrt tan tanh trunc bit_count get_bit set_bit"
+    # strings
+    " ascii bit_length btrim char_length character_length chr concat concat_ws decode encode format"
+    " left length like_escape lower lpad ltrim md5 octet_length overlay position regexp_matches"
+    " regexp_replace regexp_split_to_array repeat replace reverse right rpad rtrim sha256"
+    " split_part starts_with string_to_array strpos substr substring to_hex translate upper"
+    # dates and times
+    " age date_part date_trunc isfinite make_date make_time make_timestamp make_timestamptz now"
+    " timezone to_timestamp transaction_timestamp"
+    # json
+    " array_to_json json_array_length json_extract_path json_extract_path_text json_object"
+    " json_strip_nulls row_to_json to_json"
+    # arrays
+    " array_append array_cat array_length array_position array_prepend array_to_string"
+    " cardinality"
+    # aggregates, ordered-set aggregates
+    " array_agg avg bit_and bit_or bit_xor bool_and bool_or corr count covar_pop covar_samp max"
+    " min mode percentile_cont percentile_disc regr_avgx regr_avgy regr_count regr_intercept"
+    " regr_r2 regr_slope regr_sxx regr_sxy regr_syy stddev stddev_pop stddev_samp string_agg sum"
+    " var_pop var_samp variance"
+    # window functions
+    " cume_dist dense_rank first_value lag last_value lead nth_value ntile percent_rank rank"
+    " row_number"
+    # set-returning functions, also as table functions (below)
+    " generate_series generate_subscripts unnest regexp_split_to_table"
+    # enums, uuids, sessions
+    " enum_first enum_last enum_range gen_random_uuid current_database current_query"
+    " current_schema current_schemas current_user session_user version pg_sleep txid_current"
+    # the catalog functions psql and postgres_fdw call (predictor.catalog answers some of them)
+    " col_description obj_description shobj_description format_type pg_get_expr"
+    " pg_get_constraintdef pg_get_viewdef pg_relation_size pg_table_is_visible"
+    " pg_type_is_visible pg_function_is_visible pg_collation_is_visible pg_has_role"
+    " pg_is_other_temp_schema pg_my_temp_schema pg_size_pretty pg_typeof"
+    " pg_postmaster_start_time pg_conf_load_time inet_client_addr inet_client_port"
+    " inet_server_addr inet_server_port has_any_column_privilege has_column_privilege"
+    " has_database_privilege has_function_privilege has_schema_privilege has_sequence_privilege"
+    " has_table_privilege"
+)
+"""Functions a statement may call, unqualified or as ``pg_catalog.<name>``."""
+
+TABLE_FUNCTIONS = _words(
+    "generate_series generate_subscripts unnest regexp_split_to_table json_each"
+    " pg_timezone_names range"
+)
+"""Functions a statement may name in FROM (``range`` is DuckDB's ``generate_series``)."""
+
+SQL_SYNTAX_FUNCTIONS = _words(
+    "btrim ltrim rtrim substring position overlay overlaps timezone extract"
+)
+"""``pg_catalog`` functions the parser makes of SQL syntax (``trim(BOTH FROM x)``,
+``EXTRACT(year FROM t)``, ``t AT TIME ZONE z``); they are printed back as that syntax."""
+
+PGML_FUNCTIONS = _words(
+    "train deploy load_dataset snapshot schedule retrain_on_drift version predict predict_proba"
+)
+"""The ``pgml.*`` API (procedures, predictions, version)."""
+
+REFUSED_FUNCTIONS = _words(
+    # files, other databases, SQL text, Python objects
+    "glob query query_table sniff_csv json_execute_serialized_sql json_serialize_sql"
+    " json_deserialize_sql json_serialize_plan summary histogram histogram_values seq_scan"
+    " repeat_row test_all_types test_vector_types"
+    # settings, variables, secrets, extensions, logs, profiling
+    " current_setting set_config getenv getvariable which_secret load_extension"
+    " install_extension extension_versions checkpoint force_checkpoint enable_logging"
+    " disable_logging truncate_duckdb_logs write_log enable_profiling disable_profiling"
+    " enable_profile disable_profile add_parquet_key add_grammar_extension"
+    " remove_grammar_extension register_external_resource register_external_resource_type"
+    " create_external_resource deregister_external_resource destroy_external_resource"
+    # sequences (they would change the registry's ids)
+    " nextval currval setval"
+    # PostgreSQL's own server-side file and administration functions
+    " pg_stat_file pg_file_write pg_file_rename pg_file_unlink pg_logdir_ls pg_reload_conf"
+    " pg_rotate_logfile pg_terminate_backend pg_cancel_backend pg_promote pg_switch_wal"
+)
+"""Known dangerous names: refused with 42501 wherever they appear (and see
+:func:`is_refused_function`)."""
+
+REFUSED_PREFIXES = (
+    "read_", "parquet_", "duckdb_", "pragma_", "sqlite_", "postgres_", "mysql_", "iceberg_",
+    "delta_", "ducklake_", "python_", "pandas_", "arrow_", "pg_read_", "pg_ls_", "lo_", "dblink",
+    "st_read", "http", "s3_", "azure_", "gcs_", "hf_",
+)  # fmt: skip
+REFUSED_SUFFIXES = ("_scan", "_attach", "_query", "_execute")
+
+REFUSED_RELATIONS = _words(
+    "pg_settings pg_file_settings pg_hba_file_rules pg_authid pg_shadow pg_user_mapping"
+    " sqlite_master sqlite_schema sqlite_temp_master sqlite_temp_schema"
+)
+"""Relations that show settings, files or secrets: refused with 42501 (with the prefixes of
+:data:`REFUSED_PREFIXES`, e.g. ``duckdb_settings``)."""
+
+INTERNAL_SCHEMAS = frozenset({"_pgml_sidecar", "_pgml_catalog", "system", "temp"})
+"""The mirror's bookkeeping, the catalog's implementation and DuckDB's own: refused (42501)."""
+
+SESSION_SETTINGS = _words(
+    # what the session reports and answers SHOW for (predictor.execution.DEFAULT_SETTINGS)
+    "server_version server_version_num server_encoding client_encoding datestyle timezone"
+    " intervalstyle integer_datetimes standard_conforming_strings transaction_isolation"
+    " default_transaction_read_only transaction_read_only search_path extra_float_digits"
+    " application_name is_superuser max_identifier_length"
+    # what drivers, poolers, BI tools and postgres_fdw send; kept for SHOW, never given to DuckDB
+    " statement_timeout lock_timeout idle_in_transaction_session_timeout idle_session_timeout"
+    " client_min_messages bytea_output default_transaction_isolation"
+    " default_transaction_deferrable transaction_deferrable jit geqo work_mem lc_messages"
+    " lc_monetary lc_numeric lc_time xmloption escape_string_warning synchronous_commit"
+    " row_security plan_cache_mode join_collapse_limit from_collapse_limit"
+    " enable_seqscan enable_indexscan enable_bitmapscan enable_hashjoin enable_mergejoin"
+    " enable_nestloop enable_sort enable_hashagg enable_material"
+    " enable_partitionwise_join enable_partitionwise_aggregate"
+)
+"""Settings a client may SET, RESET and SHOW (and custom ``prefix.name`` ones); any other name,
+DuckDB's settings among them, is refused with 42501."""
+
+READ_ONLY_SETTINGS = _words(
+    "server_version server_version_num server_encoding integer_datetimes is_superuser"
+    " max_identifier_length"
+)
+"""Settings a client may read but not change (55P02, as PostgreSQL answers)."""
+
+DUCKDB_ONLY_STATEMENTS = _words(
+    "attach detach install force load pragma export import use checkpoint summarize describe"
+    " pivot unpivot copy call create insert update delete drop alter set"
+)
+"""First words of statements that PostgreSQL's grammar cannot parse but DuckDB's can (``ATTACH
+'x'``, ``PRAGMA ...``, ``CREATE SECRET``, ``SET VARIABLE``): refused with 42501, not 42601."""
+
+
+def is_refused_function(name: str) -> bool:
+    """Whether ``name`` (lowercase) is a function that reaches outside the mirror."""
+    return (
+        name in REFUSED_FUNCTIONS
+        or name.startswith(REFUSED_PREFIXES)
+        or name.endswith(REFUSED_SUFFIXES)
+    )
+
+
+def is_refused_relation(name: str) -> bool:
+    """Whether ``name`` (lowercase) is a relation that shows settings, files or secrets."""
+    return name in REFUSED_RELATIONS or name.startswith(("duckdb_", "pragma_"))
+
+
+class Refused(SidecarError):
+    """A statement names something the endpoint does not run: 42501 when it would reach outside
+    the mirror or what the caller may read, 42883 or 42P01 when PostgreSQL has no such thing."""
+
+    sqlstate = "42501"
+
+
+def check_query(
+    node: ast.SelectStmt,
+    *,
+    relations: ServedRelations | None,
+    readable: Readable | None = None,
+) -> tuple[ServedRelation, ...]:
+    """Check every function, relation and clause of ``node``; return the relations it reads.
+
+    Without ``relations`` no mirrored table or registry relation is known (only CTEs and the
+    catalog); without ``readable`` every served relation may be read.
+    """
+    check = _QueryCheck(relations, readable)
+    check.select(node, frozenset())
+    return tuple(check.reads)
+
+
+def check_setting(name: str | None) -> None:
+    """Refuse SET or RESET of ``name`` unless it is a session setting the endpoint keeps."""
+    key = (name or "").lower()
+    if key not in SESSION_SETTINGS and "." not in key:
+        raise Refused(f'permission denied to set parameter "{name}"')
+    if key in READ_ONLY_SETTINGS:
+        raise Refused(f'parameter "{name}" cannot be changed', sqlstate="55P02")
+
+
+def _names(funcname: Iterable[ast.String] | None) -> list[str]:
+    return [(n.sval or "").lower() for n in funcname or ()]
+
+
+_FIELDS: dict[type, tuple[str, ...]] = {}
+
+
+def _fields(kind: type) -> tuple[str, ...]:
+    """The attributes of a pglast node class."""
+    found = _FIELDS.get(kind)
+    if found is None:
+        found = _FIELDS[kind] = tuple(getattr(kind, "__slots__", ()))
+    return found
+
+
+def _looks_like_file(name: str) -> bool:
+    return any(c in name for c in "/\\:*?~.")
+
+
+class _QueryCheck:
+    """One walk over a query: CTE names are in scope where PostgreSQL would see them."""
+
+    def __init__(self, relations: ServedRelations | None, readable: Readable | None) -> None:
+        self.relations = relations
+        self.readable = readable
+        self.reads: list[ServedRelation] = []
+
+    def select(self, node: ast.SelectStmt, scope: frozenset[str]) -> None:
+        if node.intoClause is not None:
+            raise Refused("SELECT INTO is not allowed: the mirror is read-only here")
+        if node.withClause is not None:
+            scope = self._with(node.withClause, scope)
+        for name in _fields(ast.SelectStmt):
+            if name not in ("withClause", "intoClause"):
+                self.walk(getattr(node, name), scope)
+
+    def _with(self, clause: ast.WithClause, scope: frozenset[str]) -> frozenset[str]:
+        ctes = [c for c in clause.ctes or () if isinstance(c, ast.CommonTableExpr)]
+        names = [(c.ctename or "").lower() for c in ctes]
+        visible = scope | frozenset(names) if clause.recursive else scope
+        for cte, name in zip(ctes, names, strict=True):
+            query = cte.ctequery
+            if not isinstance(query, ast.SelectStmt):
+                kind = type(query).__name__.removesuffix("Stmt").upper()  # INSERT, UPDATE, ...
+                raise Refused(f"{kind} is not allowed: the mirror is read-only here")
+            self.select(query, visible)
+            if not clause.recursive:
+                visible = visible | {name}
+        return scope | frozenset(names)
+
+    def walk(self, value: Any, scope: frozenset[str]) -> None:
+        if isinstance(value, tuple | list):
+            for item in value:
+                self.walk(item, scope)
+        elif isinstance(value, ast.Node):
+            handler = _HANDLERS.get(type(value))
+            if handler is not None:
+                handler(self, value, scope)
+            else:
+                self.children(value, scope)
+
+    def children(self, node: ast.Node, scope: frozenset[str]) -> None:
+        for name in _fields(type(node)):
+            value = getattr(node, name)
+            if isinstance(value, ast.Node | tuple | list):
+                self.walk(value, scope)
+
+    # -- relations -------------------------------------------------------------------------------
+
+    def relation(self, node: ast.RangeVar, scope: frozenset[str]) -> None:
+        name, schema = node.relname or "", node.schemaname
+        shown = ".".join(n for n in (node.catalogname, schema, name) if n)
+        if node.catalogname:
+            raise Refused(f"permission denied for table {shown}")
+        if schema is None and name.lower() in scope:
+            return  # a CTE of the statement
+        if schema in (None, "pg_catalog") and name in catalog.TABLES:
+            return  # answered by predictor.catalog
+        folded = (schema or "").lower()
+        if is_refused_relation(name.lower()):
+            raise Refused(f"permission denied for table {shown}")
+        if folded in ("pg_catalog", "information_schema"):
+            raise Refused(f'relation "{shown}" does not exist', sqlstate="42P01")
+        if folded in INTERNAL_SCHEMAS:
+            raise Refused(f"permission denied for schema {schema}")
+        found = self.relations.find(schema or "main", name) if self.relations else None
+        if found is None:
+            if _looks_like_file(name):
+                raise Refused(
+                    f'permission denied for relation "{name}": the endpoint reads the mirror'
+                    " only, never files"
+                )
+            raise Refused(f'relation "{shown}" does not exist', sqlstate="42P01")
+        if found.kind != catalog.REGISTRY and not self._may_read(found):
+            raise Refused(f"permission denied for table {found.qualified}")
+        self.reads.append(found)
+
+    def _may_read(self, relation: ServedRelation) -> bool:
+        readable = self.readable
+        if readable is None:
+            return True
+        if callable(readable):
+            return bool(readable(relation.schema, relation.name))
+        if (relation.schema, relation.name) in readable:
+            return True
+        key = (relation.schema.casefold(), relation.name.casefold())
+        return any((s.casefold(), n.casefold()) == key for s, n in readable)
+
+    def range_function(self, node: ast.RangeFunction, scope: frozenset[str]) -> None:
+        for item in node.functions or ():
+            call = item[0] if isinstance(item, tuple | list) else item
+            if isinstance(call, ast.FuncCall):
+                self.function(call, scope, in_from=True)
+            else:
+                raise Refused("only function calls may appear in FROM here", sqlstate="0A000")
+            self.walk(item[1:] if isinstance(item, tuple | list) else (), scope)
+        self.walk(node.coldeflist, scope)
+
+    # -- functions and operators -----------------------------------------------------------------
+
+    def function(self, node: ast.FuncCall, scope: frozenset[str], *, in_from: bool = False) -> None:
+        names = _names(node.funcname)
+        name, qualifier = names[-1], names[:-1]
+        if qualifier == ["pgml"]:
+            if name not in PGML_FUNCTIONS:
+                raise Refused(f"function pgml.{name} does not exist", sqlstate="42883")
+        elif qualifier not in ([], ["pg_catalog"]):
+            if is_refused_function(name):
+                raise Refused(f"permission denied for function {name}")
+            raise Refused(f"function {'.'.join(names)} does not exist", sqlstate="42883")
+        elif (
+            qualifier
+            and name in SQL_SYNTAX_FUNCTIONS
+            and node.funcformat == enums.CoercionForm.COERCE_SQL_SYNTAX
+        ):
+            pass  # trim(BOTH FROM x), EXTRACT(year FROM t), t AT TIME ZONE z, ...
+        elif name == "current_setting" and not in_from:
+            _current_setting(node)
+        elif in_from and name not in TABLE_FUNCTIONS:
+            if is_refused_function(name):
+                raise Refused(f"permission denied for function {name}")
+            if name in FUNCTIONS:
+                raise Refused(f"function {name} cannot be used in FROM here", sqlstate="0A000")
+            raise Refused(f"function {name} does not exist", sqlstate="42883")
+        elif not in_from and name not in FUNCTIONS and name not in catalog.FUNCTIONS:
+            if is_refused_function(name):
+                raise Refused(f"permission denied for function {name}")
+            raise Refused(f"function {name} does not exist", sqlstate="42883")
+        self.children(node, scope)
+
+    def operator(self, node: ast.A_Expr, scope: frozenset[str]) -> None:
+        names = _names(node.name)
+        if len(names) > 1 and names[:-1] != ["pg_catalog"]:
+            raise Refused(f"operator does not exist: {'.'.join(names)}", sqlstate="42883")
+        self.children(node, scope)
+
+    def unsupported(self, node: ast.Node, scope: frozenset[str]) -> None:
+        kind = type(node).__name__
+        raise Refused(f"{kind} is not supported by pgml-sidecar", sqlstate="0A000")
+
+
+def _current_setting(node: ast.FuncCall) -> None:
+    """``current_setting('server_version')`` is answered; DuckDB's settings are not shown."""
+    args = node.args or ()
+    first = args[0] if args else None
+    if not (isinstance(first, ast.A_Const) and isinstance(first.val, ast.String)):
+        raise Refused("permission denied for function current_setting")
+    name = (first.val.sval or "").lower()
+    if name in READ_ONLY_SETTINGS:
+        return
+    if name in SESSION_SETTINGS:
+        raise Refused(
+            f"current_setting('{name}') is not supported here; use SHOW {name}", sqlstate="0A000"
+        )
+    raise Refused(f'permission denied to examine "{name}"')
+
+
+_HANDLERS: dict[type, Callable[[_QueryCheck, Any, frozenset[str]], None]] = {
+    ast.SelectStmt: _QueryCheck.select,
+    ast.RangeVar: _QueryCheck.relation,
+    ast.RangeFunction: _QueryCheck.range_function,
+    ast.FuncCall: _QueryCheck.function,
+    ast.A_Expr: _QueryCheck.operator,
+    ast.RangeTableFunc: _QueryCheck.unsupported,
+    ast.JsonTable: _QueryCheck.unsupported,
+    ast.IntoClause: _QueryCheck.unsupported,
+}
