@@ -8,6 +8,7 @@ import logging
 import signal
 import threading
 import urllib.request
+from contextlib import nullcontext
 from pathlib import Path
 from typing import Any
 
@@ -32,6 +33,9 @@ def add_parsers(commands: argparse._SubParsersAction) -> None:
         ),
     )
     _add(init, "source", "tables", "publication", "endpoint_dsn")
+    init.add_argument(
+        "--print-sql", action="store_true", help="print the SQL init would run, for a DBA"
+    )
     init.set_defaults(run=_init)
 
     run = commands.add_parser(
@@ -93,10 +97,17 @@ def _init(args: argparse.Namespace) -> int:
     from sidecar import source_schema
 
     settings = _settings(args)
+    if args.print_sql:  # with --source, from the version installed there
+        with source.connect(settings["source"]) if settings["source"] else nullcontext() as found:
+            installed = source_schema.installed_version(found) if found else None
+        print(source_schema.install_script(installed), end="")
+        return 0
     _required(settings, "source")
     with source.connect(settings["source"]) as conn:
         source.check_wal_level(conn)
         version = source_schema.install(conn, endpoint_dsn=settings["endpoint_dsn"])
+        if advice := source_schema.admin_role_advice(conn):
+            print(f"note: {advice}")
         tables = source.resolve_tables(conn, _tables(settings)) if settings["tables"] else []
         source.ensure_publication(
             conn, settings["publication"], [*tables, ("pgml", "training_requests")]

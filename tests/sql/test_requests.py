@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import subprocess
+import sys
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -14,6 +16,7 @@ from psycopg.conninfo import conninfo_to_dict
 from sidecar import source_schema
 from sidecar.local_postgres import LocalPostgres
 from tests.source_roles import MakeRole, as_role, make_role, run
+from tests.sql.test_install import old_install_sql
 
 __all__ = ["make_role"]  # the fixture, used by name
 
@@ -288,3 +291,16 @@ def test_print_sql_is_what_install_runs() -> None:
     assert upgrade.startswith((SQL_DIR / "upgrade" / "2_to_3.sql").read_text())
     current = source_schema.install_script(source_schema.SCHEMA_VERSION)
     assert current.startswith("-- pgml-sidecar schema version 3 is installed already")
+
+
+def test_init_print_sql_runs_nothing(source_dsn: str) -> None:
+    with psycopg.connect(source_dsn, autocommit=True) as conn, conn.transaction():
+        conn.execute(old_install_sql(2))
+    done = subprocess.run(
+        [sys.executable, "-m", "sidecar.cli", "init", "--print-sql", "--source", source_dsn],
+        capture_output=True, text=True, timeout=60, cwd=SQL_DIR.parent,
+    )  # fmt: skip
+    assert done.returncode == 0, done.stderr
+    assert done.stdout == source_schema.install_script(2)
+    with psycopg.connect(source_dsn, autocommit=True) as conn:
+        assert source_schema.installed_version(conn) == 2
