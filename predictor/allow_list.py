@@ -24,6 +24,7 @@ from pglast import ast, enums
 from mirror.errors import SidecarError
 from predictor import catalog
 from predictor.catalog import ServedRelation, ServedRelations
+from trainer.snapshots import SEARCH_SCHEMAS
 
 
 def _words(text: str) -> frozenset[str]:
@@ -205,6 +206,33 @@ def check_query(
     return tuple(check.reads)
 
 
+def check_relation_name(
+    text: str, *, relations: ServedRelations | None, readable: Readable | None = None
+) -> None:
+    """Refuse ``relation_name`` of ``pgml.train`` or ``pgml.snapshot`` if it names a relation the
+    caller may not read, or the mirror's bookkeeping; names as the trainer resolves them.
+
+    A relation the mirror does not serve is left to the trainer (which says it does not exist).
+    """
+    schema, _, name = text.rpartition(".")
+    schema, name = _unquoted(schema), _unquoted(name)
+    for candidate in [schema] if schema else SEARCH_SCHEMAS:
+        folded = candidate.lower()
+        if folded in INTERNAL_SCHEMAS or folded in ("pg_catalog", "information_schema"):
+            raise Refused(f"permission denied for schema {candidate}")
+        found = relations.find(candidate, name) if relations is not None else None
+        if found is not None:
+            if found.kind != catalog.REGISTRY and not _may_read(readable, found):
+                raise Refused(f"permission denied for table {found.qualified}")
+            return
+
+
+def _unquoted(identifier: str) -> str:
+    if len(identifier) >= 2 and identifier[0] == identifier[-1] == '"':
+        return identifier[1:-1].replace('""', '"')
+    return identifier
+
+
 def check_setting(name: str | None) -> None:
     """Refuse SET or RESET of ``name`` unless it is a session setting the endpoint keeps."""
     key = (name or "").lower()
@@ -212,6 +240,17 @@ def check_setting(name: str | None) -> None:
         raise Refused(f'permission denied to set parameter "{name}"')
     if key in READ_ONLY_SETTINGS:
         raise Refused(f'parameter "{name}" cannot be changed', sqlstate="55P02")
+
+
+def _may_read(readable: Readable | None, relation: ServedRelation) -> bool:
+    if readable is None:
+        return True
+    if callable(readable):
+        return bool(readable(relation.schema, relation.name))
+    if (relation.schema, relation.name) in readable:
+        return True
+    key = (relation.schema.casefold(), relation.name.casefold())
+    return any((s.casefold(), n.casefold()) == key for s, n in readable)
 
 
 def _names(funcname: Iterable[ast.String] | None) -> list[str]:
@@ -292,6 +331,8 @@ class _QueryCheck:
             return  # a CTE of the statement
         if schema in (None, "pg_catalog") and name in catalog.TABLES:
             return  # answered by predictor.catalog
+        if schema == "information_schema" and name in catalog.INFORMATION_SCHEMA:
+            return  # the same
         folded = (schema or "").lower()
         if is_refused_relation(name.lower()):
             raise Refused(f"permission denied for table {shown}")
@@ -307,20 +348,9 @@ class _QueryCheck:
                     " only, never files"
                 )
             raise Refused(f'relation "{shown}" does not exist', sqlstate="42P01")
-        if found.kind != catalog.REGISTRY and not self._may_read(found):
+        if found.kind != catalog.REGISTRY and not _may_read(self.readable, found):
             raise Refused(f"permission denied for table {found.qualified}")
         self.reads.append(found)
-
-    def _may_read(self, relation: ServedRelation) -> bool:
-        readable = self.readable
-        if readable is None:
-            return True
-        if callable(readable):
-            return bool(readable(relation.schema, relation.name))
-        if (relation.schema, relation.name) in readable:
-            return True
-        key = (relation.schema.casefold(), relation.name.casefold())
-        return any((s.casefold(), n.casefold()) == key for s, n in readable)
 
     def range_function(self, node: ast.RangeFunction, scope: frozenset[str]) -> None:
         for item in node.functions or ():

@@ -27,6 +27,11 @@ from mirror.duckdb_sql import META, transaction
 SCHEMA = "_pgml_catalog"
 TABLES = ("pg_class", "pg_namespace", "pg_attribute", "pg_attrdef", "pg_collation", "pg_type")
 FUNCTIONS = ("format_type", "pg_get_expr", "pg_relation_size", "pg_table_is_visible")
+INFORMATION_SCHEMA = {
+    name: f"information_schema_{name}" for name in ("tables", "columns", "schemata")
+}
+"""``information_schema`` views answered here (DuckDB's, without the sidecar's own schemas)."""
+_HIDDEN_SCHEMAS = f"('{META}', '{SCHEMA}')"
 
 # (DuckDB type, PostgreSQL oid, PostgreSQL name); arrays get the array oid and "name[]".
 _TYPES = [
@@ -105,6 +110,14 @@ def install(con: duckdb.DuckDBPyConnection) -> None:
             " select coalesce(max(estimated_size), 0) * 64 from duckdb_tables()"
             " where schema_name || '.' || table_name = relation or table_name = relation)",
         ]
+        for name, view in INFORMATION_SCHEMA.items():
+            schema, database = ("schema_name", "catalog_name") if name == "schemata" else (
+                "table_schema", "table_catalog"
+            )  # fmt: skip
+            statements.append(
+                f"create or replace view {SCHEMA}.{view} as select * from information_schema.{name}"
+                f" where {schema} not in {_HIDDEN_SCHEMAS} and {database} = current_database()"
+            )
         for statement in statements:
             cursor.execute(statement)
 

@@ -13,7 +13,8 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import Any
 
-from predictor.statements import Parameter, ProcedureCall, StatementError, version
+from predictor.statements import Parameter, ProcedureCall, StatementError
+from predictor.translation import version
 from trainer.datasets import load_dataset
 from trainer.train import Trainer
 
@@ -88,6 +89,9 @@ def call(trainer: Trainer, procedure: ProcedureCall, params: Sequence[Any] = ())
     if name == "deploy" and len(args) == 1 and not kwargs and _is_model_id(args[0]):
         name = "deploy_model"
     bound = _bind(name, args, kwargs)
+    relation = bound.get("relation_name")
+    if relation is not None and procedure.check_relation is not None:
+        procedure.check_relation(str(relation))  # a table the caller may read, never internal
     run: Callable[[Trainer, dict[str, Any]], ProcedureResult] = _RUNNERS[name]
     result = run(trainer, bound)
     if procedure.expanded or len(result.columns) == 1:

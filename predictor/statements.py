@@ -6,42 +6,34 @@ passed :mod:`predictor.allow_list`; session statements (SET and RESET of the ses
 settings, SHOW, transactions, cursors) are answered by the session itself; ``pgml.train`` and the
 other PostgresML procedures are called by :mod:`predictor.procedures`. Everything else (writes,
 COPY, CALL, DuckDB's own statements, files, extensions, other databases, DuckDB's settings) is
-refused with SQLSTATE 42501 before DuckDB sees it.
-
-Inside queries, ``pgml.predict(project, features)`` becomes the DuckDB function
-``pgml_predict(project, CAST(features AS DOUBLE[]))``, evaluated a vector of rows at a time.
+refused with SQLSTATE 42501 before DuckDB sees it. A query's DuckDB spelling comes from
+:mod:`predictor.translation`.
 """
 
 from __future__ import annotations
 
 import re
-from collections.abc import Iterator
-from dataclasses import dataclass, field
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass, field, replace
+from functools import partial
 from typing import Any
 
 from pglast import ast, enums, parse_sql
 from pglast.parser import ParseError, scan
-from pglast.stream import RawStream
 from pglast.visitors import Visitor
 
 from mirror.errors import SidecarError
-from predictor import catalog
 from predictor.allow_list import (
     DUCKDB_ONLY_STATEMENTS,
-    READ_ONLY_SETTINGS,
-    SQL_SYNTAX_FUNCTIONS,
     Readable,
     check_query,
+    check_relation_name,
     check_setting,
 )
 from predictor.catalog import ServedRelation, ServedRelations
+from predictor.translation import SCALAR_FUNCTIONS, pgml_name, translate
 
 PROCEDURES = ("train", "deploy", "load_dataset", "snapshot", "schedule", "retrain_on_drift")
-SCALAR_FUNCTIONS = {"predict": "pgml_predict", "predict_proba": "pgml_predict_proba"}
-
-_OID_TYPES = [["regclass"], ["regtype"], ["regproc"], ["regnamespace"], ["regprocedure"]]
-_DUCKDB_NAMES = {"btrim": "trim"}
-"""PostgreSQL functions DuckDB has under another name."""
 
 
 class StatementError(SidecarError):
@@ -58,6 +50,9 @@ class ProcedureCall:
     args: tuple[Any, ...]
     kwargs: dict[str, Any]
     expanded: bool  # SELECT * FROM pgml.x(...): one column per field
+    check_relation: Callable[[str], None] | None = field(default=None, compare=False, repr=False)
+    """Refuses a relation the caller may not train on or snapshot (the allow-list's check of
+    ``relation_name``, run once its ``$n`` parameters are known)."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -298,12 +293,13 @@ def _select(node: ast.SelectStmt, text: str, access: _Access) -> Statement:
     params = _Parameters()
     params(node)
     if procedure is not None:
+        check = partial(check_relation_name, relations=access.relations, readable=access.readable)
+        procedure = replace(procedure, check_relation=check)
         return Statement("procedure", text, tag="SELECT", procedure=procedure, params=params.count)
     direct = _direct_prediction(node)
     if direct is not None:
         return Statement("predict", text, tag="SELECT", procedure=direct, params=params.count)
-    _Translator()(node)
-    sql = RawStream(special_functions=True)(node)
+    sql = translate(node)
     return Statement("select", text, sql=sql, tag="SELECT", params=params.count, reads=reads)
 
 
@@ -320,7 +316,7 @@ def _direct_prediction(node: ast.SelectStmt) -> ProcedureCall | None:
     call = target.val
     if not isinstance(call, ast.FuncCall) or target.indirection:
         return None
-    name = _pgml_name(call.funcname)
+    name = pgml_name(call.funcname)
     args = call.args or ()
     if name not in SCALAR_FUNCTIONS or len(args) != 2:
         return None
@@ -331,43 +327,36 @@ def _direct_prediction(node: ast.SelectStmt) -> ProcedureCall | None:
     return ProcedureCall(name, values, {"column": target.name or name}, expanded=False)
 
 
-def _pgml_name(funcname: tuple[ast.String, ...] | None) -> str | None:
-    names = [n.sval for n in funcname or ()]
-    if len(names) == 2 and names[0] == "pgml":
-        return names[1]
-    return None
-
-
 def _procedure(node: ast.SelectStmt) -> ProcedureCall | None:
     """The pgml procedure a statement calls, if it is one of the two forms that call one."""
     targets = node.targetList or ()
     if node.fromClause is None and len(targets) == 1:
         call = targets[0].val
-        if isinstance(call, ast.FuncCall) and _pgml_name(call.funcname) in PROCEDURES:
+        if isinstance(call, ast.FuncCall) and pgml_name(call.funcname) in PROCEDURES:
             return _call(call, expanded=False)
-        if isinstance(call, ast.FuncCall) and _pgml_name(call.funcname) == "version":
+        if isinstance(call, ast.FuncCall) and pgml_name(call.funcname) == "version":
             return _call(call, expanded=False)
     if node.fromClause and len(node.fromClause) == 1:
         item = node.fromClause[0]
         if isinstance(item, ast.RangeFunction) and item.functions:
             call = item.functions[0][0]
-            name = isinstance(call, ast.FuncCall) and _pgml_name(call.funcname)
+            name = isinstance(call, ast.FuncCall) and pgml_name(call.funcname)
             if name in PROCEDURES or name == "version":
                 assert isinstance(call, ast.FuncCall)
                 return _call(call, expanded=True)
     for found in _function_calls(node):
-        if _pgml_name(found.funcname) in PROCEDURES:
+        if pgml_name(found.funcname) in PROCEDURES:
             raise StatementError(
-                f"pgml.{_pgml_name(found.funcname)} must be called on its own, as SELECT"
-                f" pgml.{_pgml_name(found.funcname)}(...) or SELECT * FROM"
-                f" pgml.{_pgml_name(found.funcname)}(...)",
+                f"pgml.{pgml_name(found.funcname)} must be called on its own, as SELECT"
+                f" pgml.{pgml_name(found.funcname)}(...) or SELECT * FROM"
+                f" pgml.{pgml_name(found.funcname)}(...)",
                 sqlstate="0A000",
             )
     return None
 
 
 def _call(call: ast.FuncCall, *, expanded: bool) -> ProcedureCall:
-    name = _pgml_name(call.funcname)
+    name = pgml_name(call.funcname)
     assert name is not None
     args: list[Any] = []
     kwargs: dict[str, Any] = {}
@@ -449,97 +438,3 @@ class _Parameters(Visitor):
 
     def visit_ParamRef(self, ancestors: Any, node: ast.ParamRef) -> None:
         self.count = max(self.count, node.number or 0)
-
-
-class _Translator(Visitor):
-    """Rewrite PostgreSQL-only spellings into DuckDB's (the statement passed the allow-list)."""
-
-    def visit_FuncCall(self, ancestors: Any, node: ast.FuncCall) -> Any:
-        names = [n.sval or "" for n in node.funcname or ()]
-        pgml = _pgml_name(node.funcname)
-        if pgml is not None:
-            return self._pgml(pgml, node)
-        name, qualifier = names[-1], names[:-1]
-        if qualifier not in ([], ["pg_catalog"]):
-            return None
-        if name in catalog.FUNCTIONS:
-            node.funcname = (ast.String(catalog.SCHEMA), ast.String(name))
-        elif name.lower() == "current_setting":
-            return ast.A_Const(val=ast.String(_setting_value(node)))
-        elif qualifier and not (
-            name in SQL_SYNTAX_FUNCTIONS and node.funcformat == enums.CoercionForm.COERCE_SQL_SYNTAX
-        ):
-            # DuckDB reads pg_catalog.lower(x) as lower(pg_catalog), a column
-            node.funcname = (ast.String(_DUCKDB_NAMES.get(name, name)),)
-        elif name in _DUCKDB_NAMES and not qualifier:
-            node.funcname = (ast.String(_DUCKDB_NAMES[name]),)
-        return None
-
-    def visit_RangeVar(self, ancestors: Any, node: ast.RangeVar) -> None:
-        if node.relname in catalog.TABLES and node.schemaname in (None, "pg_catalog"):
-            node.schemaname = catalog.SCHEMA
-
-    def visit_ResTarget(self, ancestors: Any, node: ast.ResTarget) -> Any:
-        value = node.val
-        if node.name is None and isinstance(value, ast.FuncCall):
-            name = _pgml_name(value.funcname)
-            if name is not None:
-                node.name = name  # PostgreSQL names the column after the function
-        return None
-
-    def visit_TypeCast(self, ancestors: Any, node: ast.TypeCast) -> Any:
-        cast_to = node.typeName
-        if cast_to is not None and [n.sval for n in cast_to.names or ()][-1:] in _OID_TYPES:
-            return node.arg  # a name stands for the relation or type it names
-        if cast_to is not None and [n.sval for n in cast_to.names or ()][-1:] == ["jsonb"]:
-            type_name = ast.TypeName(names=(ast.String("json"),), arrayBounds=cast_to.arrayBounds)
-            return ast.TypeCast(arg=node.arg, typeName=type_name)
-        return None
-
-    def visit_SelectStmt(self, ancestors: Any, node: ast.SelectStmt) -> None:
-        node.lockingClause = None  # nothing to lock in a read-only mirror
-
-    def _pgml(self, name: str, node: ast.FuncCall) -> Any:
-        if name == "version":
-            return ast.A_Const(val=ast.String(version()))
-        if name not in SCALAR_FUNCTIONS:
-            raise StatementError(f"function pgml.{name} does not exist", sqlstate="42883")
-        args = list(node.args or ())
-        if len(args) != 2 or any(isinstance(a, ast.NamedArgExpr) for a in args):
-            raise StatementError(
-                f"pgml.{name} takes two arguments: a project name (or model id) and an array"
-                " of features",
-                sqlstate="42883",
-            )
-        project = ast.TypeCast(arg=args[0], typeName=_type("varchar"))
-        features = ast.TypeCast(arg=args[1], typeName=_type("double", array=True))
-        return ast.FuncCall(
-            funcname=(ast.String(SCALAR_FUNCTIONS[name]),), args=(project, features)
-        )
-
-
-def _type(name: str, *, array: bool = False) -> ast.TypeName:
-    bounds = (ast.Integer(-1),) if array else None
-    return ast.TypeName(names=(ast.String(name),), arrayBounds=bounds)
-
-
-def _setting_value(node: ast.FuncCall) -> str:
-    """The value of ``current_setting('<read-only setting>')`` (the allow-list let only those
-    through), as the session reports it at startup."""
-    from predictor.execution import DEFAULT_SETTINGS  # the session's module imports this one
-
-    first = (node.args or ())[0]
-    assert isinstance(first, ast.A_Const) and isinstance(first.val, ast.String)
-    name = (first.val.sval or "").lower()
-    assert name in READ_ONLY_SETTINGS
-    return DEFAULT_SETTINGS[name]
-
-
-def version() -> str:
-    from importlib.metadata import PackageNotFoundError
-    from importlib.metadata import version as package_version
-
-    try:
-        return f"pgml-sidecar {package_version('pgml-sidecar')}"
-    except PackageNotFoundError:
-        return "pgml-sidecar (development)"

@@ -5,7 +5,7 @@ settings or another database, run SQL text, or write: each is sent by psycopg (s
 psql) and must be refused with SQLSTATE 42501, never showing a byte of the file it aimed at.
 Where PostgreSQL itself would answer otherwise the SQLSTATE is its answer, and says so: 42883
 for a function it does not have (``list_value``), 42P01 for a relation that does not exist
-(``information_schema.tables``, which the endpoint does not answer), 55P02 for a setting that
+(``information_schema.views``, which the endpoint does not answer), 55P02 for a setting that
 cannot be changed. Beside the corpus: ordinary queries, psql, dblink and postgres_fdw still work
 on the locked endpoint, the relation hook refuses what a restricted caller may not read, and
 DuckDB itself refuses files when asked directly, as if the allow-list were bypassed.
@@ -26,6 +26,7 @@ import pytest
 
 from mirror.changes import Column, Inserts, Relation, Tuples
 from mirror.store import Mirror
+from predictor import procedures
 from predictor.allow_list import SESSION_SETTINGS, Refused
 from predictor.catalog import ServedRelations
 from predictor.execution import DEFAULT_SETTINGS
@@ -232,11 +233,17 @@ CORPUS: list[tuple[str, str]] = [
     ("insert or replace into public.salaries values (1, 'x', 1)", "42501"),
     ("select nextval('pgml.projects_id_seq')", "42501"),
     ("select * from mirror.public.salaries", "42501"),
+    # the mirror's bookkeeping as a training relation
+    ("select * from pgml.train('x', 'regression', '_pgml_sidecar.positions', 'lsn')", "42501"),
+    ("select * from pgml.snapshot('_pgml_sidecar.tables')", "42501"),
+    ('select pgml.snapshot(\'"_PGML_SIDECAR"."dead_letters"\')', "42501"),
+    ("select * from pgml.snapshot(relation_name => '_pgml_catalog.pg_class')", "42501"),
+    ("select * from pgml.snapshot('information_schema.columns')", "42501"),
     # PostgreSQL's answer: no such function, no such relation
     ("select list_value(1)", "42883"),
     ("select no_such_function()", "42883"),
     ("select * from public.nope", "42P01"),
-    ("select * from information_schema.tables", "42P01"),
+    ("select * from information_schema.views", "42P01"),
 ]
 
 
@@ -399,6 +406,23 @@ def test_ordinary_functions_still_run(target: Target) -> None:
         )
 
 
+def test_information_schema_shows_the_mirror_not_the_sidecars_bookkeeping(target: Target) -> None:
+    with connect(target.endpoint) as conn:
+        tables = conn.execute(
+            "select table_schema || '.' || table_name from information_schema.tables"
+        ).fetchall()
+        schemas = conn.execute("select schema_name from information_schema.schemata").fetchall()
+        columns = conn.execute(
+            "select c.column_name from information_schema.columns c"
+            " where c.table_schema = 'public' and c.table_name = 'salaries'"
+            " order by c.ordinal_position"
+        ).fetchall()
+    assert ("public.salaries",) in tables and ("pgml.projects",) in tables
+    assert not [t for (t,) in tables if t.startswith("_pgml")]
+    assert not [s for (s,) in schemas if s.startswith("_pgml")]
+    assert columns == [("id",), ("dept",), ("salary",)]
+
+
 def test_postgresml_session_through_psql_on_the_locked_endpoint(
     pg_bin: Path, target: Target
 ) -> None:
@@ -500,6 +524,21 @@ def test_a_restricted_caller_reads_only_its_relations(target: Target, readable: 
             check(sql)
         assert caught.value.sqlstate == "42501", sql
         assert "permission denied for table" in str(caught.value)
+
+
+def test_a_restricted_caller_trains_only_on_its_relations(target: Target) -> None:
+    call = "select * from pgml.train('Pay 2', 'regression', 'public.salaries', 'salary')"
+    (statement,) = split(call, relations=target.endpoint.relations, readable={("public", "teams")})
+    assert statement.procedure is not None
+    with pytest.raises(Refused, match=r"permission denied for table public\.salaries"):
+        procedures.call(target.trainer, statement.procedure)
+    assert statement.procedure.check_relation is not None
+    statement.procedure.check_relation("teams")  # a bare name, found as the trainer finds it
+    with connect(target.endpoint) as conn:  # a $1 parameter is checked once bound
+        with pytest.raises(psycopg.errors.InsufficientPrivilege):
+            conn.execute("select * from pgml.snapshot(%s)", ("_pgml_sidecar.tables",))
+        names = conn.execute("select name from pgml.projects order by name").fetchall()
+    assert ("Pay 2",) not in names and ("Pay",) in names
 
 
 def test_by_default_every_mirrored_table_and_score_view_is_readable(target: Target) -> None:

@@ -1,0 +1,139 @@
+"""PostgreSQL's spellings in a checked query rewritten into DuckDB's, and printed back as SQL.
+
+The query passed :mod:`predictor.allow_list` first; this only changes how it is spelled:
+catalog references go to :mod:`predictor.catalog`'s views and functions, ``pg_catalog.f(x)``
+becomes ``f(x)`` (DuckDB would read a column ``pg_catalog``), ``::regclass`` casts fall away,
+``jsonb`` is ``json``, ``current_setting`` of a read-only setting is its value, and
+``pgml.predict(project, features)`` becomes the DuckDB function ``pgml_predict(project,
+CAST(features AS DOUBLE[]))``, evaluated a vector of rows at a time.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from pglast import ast, enums
+from pglast.stream import RawStream
+from pglast.visitors import Visitor
+
+from predictor import catalog
+from predictor.allow_list import READ_ONLY_SETTINGS, SQL_SYNTAX_FUNCTIONS, Refused
+
+SCALAR_FUNCTIONS = {"predict": "pgml_predict", "predict_proba": "pgml_predict_proba"}
+
+_OID_TYPES = [["regclass"], ["regtype"], ["regproc"], ["regnamespace"], ["regprocedure"]]
+_DUCKDB_NAMES = {"btrim": "trim"}
+"""PostgreSQL functions DuckDB has under another name."""
+
+
+def translate(node: ast.SelectStmt) -> str:
+    """The DuckDB SQL of ``node`` (which is rewritten in place)."""
+    _Translator()(node)
+    return RawStream(special_functions=True)(node)
+
+
+def pgml_name(funcname: tuple[ast.String, ...] | None) -> str | None:
+    """``x`` for a function named ``pgml.x``, else None."""
+    names = [n.sval for n in funcname or ()]
+    if len(names) == 2 and names[0] == "pgml":
+        return names[1]
+    return None
+
+
+class _Translator(Visitor):
+    """Rewrite PostgreSQL-only spellings into DuckDB's (the statement passed the allow-list)."""
+
+    def visit_FuncCall(self, ancestors: Any, node: ast.FuncCall) -> Any:
+        names = [n.sval or "" for n in node.funcname or ()]
+        pgml = pgml_name(node.funcname)
+        if pgml is not None:
+            return self._pgml(pgml, node)
+        name, qualifier = names[-1], names[:-1]
+        if qualifier not in ([], ["pg_catalog"]):
+            return None
+        if name in catalog.FUNCTIONS:
+            node.funcname = (ast.String(catalog.SCHEMA), ast.String(name))
+        elif name.lower() == "current_setting":
+            return ast.A_Const(val=ast.String(_setting_value(node)))
+        elif qualifier and not (
+            name in SQL_SYNTAX_FUNCTIONS and node.funcformat == enums.CoercionForm.COERCE_SQL_SYNTAX
+        ):
+            # DuckDB reads pg_catalog.lower(x) as lower(pg_catalog), a column
+            node.funcname = (ast.String(_DUCKDB_NAMES.get(name, name)),)
+        elif name in _DUCKDB_NAMES and not qualifier:
+            node.funcname = (ast.String(_DUCKDB_NAMES[name]),)
+        return None
+
+    def visit_RangeVar(self, ancestors: Any, node: ast.RangeVar) -> None:
+        if node.relname in catalog.TABLES and node.schemaname in (None, "pg_catalog"):
+            node.schemaname = catalog.SCHEMA
+        elif node.schemaname == "information_schema" and node.relname:
+            view = catalog.INFORMATION_SCHEMA.get(node.relname)
+            if view is not None:
+                node.alias = node.alias or ast.Alias(aliasname=node.relname)  # tables.table_name
+                node.schemaname, node.relname = catalog.SCHEMA, view
+
+    def visit_ResTarget(self, ancestors: Any, node: ast.ResTarget) -> Any:
+        value = node.val
+        if node.name is None and isinstance(value, ast.FuncCall):
+            name = pgml_name(value.funcname)
+            if name is not None:
+                node.name = name  # PostgreSQL names the column after the function
+        return None
+
+    def visit_TypeCast(self, ancestors: Any, node: ast.TypeCast) -> Any:
+        cast_to = node.typeName
+        if cast_to is not None and [n.sval for n in cast_to.names or ()][-1:] in _OID_TYPES:
+            return node.arg  # a name stands for the relation or type it names
+        if cast_to is not None and [n.sval for n in cast_to.names or ()][-1:] == ["jsonb"]:
+            type_name = ast.TypeName(names=(ast.String("json"),), arrayBounds=cast_to.arrayBounds)
+            return ast.TypeCast(arg=node.arg, typeName=type_name)
+        return None
+
+    def visit_SelectStmt(self, ancestors: Any, node: ast.SelectStmt) -> None:
+        node.lockingClause = None  # nothing to lock in a read-only mirror
+
+    def _pgml(self, name: str, node: ast.FuncCall) -> Any:
+        if name == "version":
+            return ast.A_Const(val=ast.String(version()))
+        if name not in SCALAR_FUNCTIONS:
+            raise Refused(f"function pgml.{name} does not exist", sqlstate="42883")
+        args = list(node.args or ())
+        if len(args) != 2 or any(isinstance(a, ast.NamedArgExpr) for a in args):
+            raise Refused(
+                f"pgml.{name} takes two arguments: a project name (or model id) and an array"
+                " of features",
+                sqlstate="42883",
+            )
+        project = ast.TypeCast(arg=args[0], typeName=_type("varchar"))
+        features = ast.TypeCast(arg=args[1], typeName=_type("double", array=True))
+        return ast.FuncCall(
+            funcname=(ast.String(SCALAR_FUNCTIONS[name]),), args=(project, features)
+        )
+
+
+def _type(name: str, *, array: bool = False) -> ast.TypeName:
+    bounds = (ast.Integer(-1),) if array else None
+    return ast.TypeName(names=(ast.String(name),), arrayBounds=bounds)
+
+
+def _setting_value(node: ast.FuncCall) -> str:
+    """The value of ``current_setting('<read-only setting>')`` (the allow-list let only those
+    through), as the session reports it at startup."""
+    from predictor.execution import DEFAULT_SETTINGS  # the session's module imports this one
+
+    first = (node.args or ())[0]
+    assert isinstance(first, ast.A_Const) and isinstance(first.val, ast.String)
+    name = (first.val.sval or "").lower()
+    assert name in READ_ONLY_SETTINGS
+    return DEFAULT_SETTINGS[name]
+
+
+def version() -> str:
+    from importlib.metadata import PackageNotFoundError
+    from importlib.metadata import version as package_version
+
+    try:
+        return f"pgml-sidecar {package_version('pgml-sidecar')}"
+    except PackageNotFoundError:
+        return "pgml-sidecar (development)"
