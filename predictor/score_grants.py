@@ -11,17 +11,20 @@ The sidecar's role owns the table.
 
 :func:`grant_score_table` applies this when the write-back prepares a table and records the
 table in the source's ``pgml.projects``; :func:`regrant_score_tables` applies it again to every
-recorded table, to follow GRANT and REVOKE on the relations (the daemon runs it every minute).
+recorded table, to follow GRANT and REVOKE on the relations (the daemon runs it every minute),
+with what the mirror knows of each project.
 """
 
 from __future__ import annotations
 
 import logging
+from collections.abc import Callable
 
 import duckdb
 import psycopg
 from psycopg import sql
 
+from mirror.registry import project_slug
 from predictor.ownership import ProjectOwners
 
 log = logging.getLogger("pgml_sidecar")
@@ -120,22 +123,38 @@ def grant_score_table(
         log.warning("score table %s.%s not recorded: %s", SCORES, table, _first_line(exc))
 
 
-def regrant_score_tables(source: psycopg.Connection) -> int:
-    """Apply the grants again to every score table in ``pgml.projects``; return those changed."""
+def regrant_score_tables(
+    source: psycopg.Connection,
+    mirror: duckdb.DuckDBPyConnection,
+    relation_of: Callable[[str], tuple[str, str] | None],
+) -> int:
+    """Apply the grants again to every score table in ``pgml.projects``; return those changed.
+
+    ``pgml.projects`` only lists them: whom a table is granted to comes from the mirror (the
+    project's owner, and ``relation_of(project)``, the relation its deployed model scores), and
+    only tables the sidecar's role owns, named after their project, are touched. So a row
+    changed by hand in the source grants nothing.
+    """
     try:
         rows = source.execute(
-            "select p.score_table, p.scored_relation, p.owner from pgml.projects p"
-            " where p.score_table is not null and p.scored_relation is not null"
-            " and pg_catalog.to_regclass(pg_catalog.quote_ident(%s) || '.'"
-            " || pg_catalog.quote_ident(p.score_table)) is not null",
+            "select p.project_name, p.score_table from pgml.projects p"
+            " join pg_catalog.pg_class c on c.relname = p.score_table"
+            " and c.relnamespace = pg_catalog.to_regnamespace(%s)"
+            " and c.relowner = (select oid from pg_catalog.pg_roles where rolname = current_user)",
             [SCORES],
         ).fetchall()
     except (psycopg.errors.UndefinedTable, psycopg.errors.InsufficientPrivilege):
         return 0
+    owners = ProjectOwners(mirror)
     changed = 0
-    for table, relation, owner in rows:
-        if apply_score_grants(source, table, relation, owner):
-            log.info("score table %s.%s: grants follow %s again", SCORES, table, relation)
+    for project, table in rows:
+        relation = relation_of(project) if table == project_slug(project) else None
+        if relation is None:
+            continue
+        found = source.execute("select format('%%I.%%I', %s::text, %s::text)", relation)
+        relation_sql = str((found.fetchone() or ("",))[0])
+        if apply_score_grants(source, table, relation_sql, owners.owner(project)):
+            log.info("score table %s.%s: grants follow %s again", SCORES, table, relation_sql)
             changed += 1
     return changed
 

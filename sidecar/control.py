@@ -128,7 +128,7 @@ class ControlRequests:
         try:
             with psycopg.connect(self.source_dsn, autocommit=True) as conn:
                 ownership.publish_owners(conn, self.owners.all())
-                score_grants.regrant_score_tables(conn)
+                score_grants.regrant_score_tables(conn, self.con, self._scored_relation)
         except psycopg.Error as exc:
             log.warning("cannot bring owners and score grants up to date in the source: %s", exc)
 
@@ -235,6 +235,13 @@ class ControlRequests:
                 )
         elif relation.schema == score_grants.SCORES:
             self._check_scores(conn, role, relation.name, depth)
+        elif relation.schema != "pgml":  # the sidecar's own schemas, endpoint users' tables
+            raise SidecarError(
+                f"permission denied for table {relation.name} (a training asked for in the"
+                " source reads a mirrored table, a pgml data set or a pgml_scores table, and"
+                f" {relation.schema}.{relation.name} is none of them)",
+                sqlstate="42501",
+            )
 
     def _check_scores(self, conn: psycopg.Connection, role: str, slug: str, depth: int) -> None:
         """A score view is read by its project's owner and by the readers of its relation."""
@@ -252,6 +259,18 @@ class ControlRequests:
             " owner and by those who may read the relation it scores)",
             sqlstate="42501",
         )
+
+    def _scored_relation(self, project: str) -> tuple[str, str] | None:
+        """The mirror relation the deployed model of ``project`` scores, if any."""
+        try:
+            record, _ = self.trainer.deployed_model(project)
+            snapshot = self.trainer.registry.snapshot(record.snapshot_id)
+            if snapshot is None:
+                return None
+            relation = find_relation(self.con, snapshot.relation_name)
+        except SidecarError:
+            return None
+        return relation.schema, relation.name
 
     def _last_relation(self, project: str) -> str | None:
         found = self.trainer.registry.project(project)

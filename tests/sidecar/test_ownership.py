@@ -170,6 +170,19 @@ def test_a_project_is_its_creators_and_its_scores_its_relations_readers(
     status, error, _ = finished(c.dsn, stolen)
     assert status == "failed" and error is not None
     assert error.startswith("permission denied for table salaries")
+    echo = "pgml.train('Echo', 'regression', 'pgml_scores.pay', 'prediction')"
+    with pytest.raises(psycopg.errors.InsufficientPrivilege, match="table pay"):
+        c.ask(c.analyst, echo)  # the scores of salaries are no way around them
+    echoed = c.slip_in(c.analyst, "train", "Echo", task="regression",
+                       relation_name="pgml_scores.pay", y_column_name="prediction",
+                       algorithm="linear")  # fmt: skip
+    assert finished(c.dsn, echoed)[0] == "failed"
+    assert c.daemon.trainer.registry.project("Echo") is None
+    for inside in ("_pgml_sidecar.tables", "_pgml_sidecar.project_owners"):
+        peek = c.ask(c.analyst, f"pgml.train('Peek', 'regression', '{inside}', 'x')")
+        status, error, _ = finished(c.dsn, peek)
+        assert status == "failed" and error is not None
+        assert error.startswith("permission denied for table"), error
     ghost = c.slip_in("no_such_role", "writeback", "Pay", enabled=False)
     assert finished(c.dsn, ghost)[:2] == ("failed", 'role "no_such_role" does not exist')
     assert c.daemon.trainer.registry.project("Steal") is None
@@ -204,6 +217,17 @@ def test_score_grants_follow_the_relation(company: Company) -> None:
     assert c.may_read_scores(c.app)  # the project's owner still reads its own scores
     with pytest.raises(psycopg.errors.InsufficientPrivilege):
         run(as_role(c.dsn, c.analyst), "delete from pgml_scores.pay")
+
+    # pgml.projects only lists the tables: a row changed by hand in the source grants nothing.
+    run(
+        c.dsn,
+        "create table public.open (id int primary key)",
+        "grant select on public.open to public",
+        f"update pgml.projects set owner = '{c.analyst}', scored_relation = 'public.open'",
+    )
+    c.daemon.control.maintain()
+    assert not c.may_read_scores(c.analyst)
+    assert c.may_read_scores(c.app)
 
 
 def test_a_first_training_that_made_nothing_leaves_the_name_free(company: Company) -> None:
