@@ -68,7 +68,8 @@ class MirroredRelation:
     schema: str
     name: str
     relid: int = 0
-    """The source table's OID; 0 when unknown (then the name is looked up)."""
+    """The source table's OID; 0 when unknown (then the name is looked up). With it, a table
+    answers only while both its OID and its name are the mirrored table's."""
     columns: tuple[str, ...] = ()
     """The mirrored columns; empty when unknown (then every source column counts)."""
 
@@ -114,7 +115,9 @@ mirrored as (
 found as (
     select m.schema_name, m.table_name, c.oid, c.relnamespace, c.relowner, c.relrowsecurity,
            c.relforcerowsecurity
-    from mirrored m join pg_catalog.pg_class c on c.oid = m.wanted
+    from mirrored m
+    join pg_catalog.pg_class c on c.oid = m.wanted and c.relname = m.table_name
+    join pg_catalog.pg_namespace n on n.oid = c.relnamespace and n.nspname = m.schema_name
 )
 select a.rolname, f.schema_name, f.table_name, w.whole,
        case when w.whole then null else array(

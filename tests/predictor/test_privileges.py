@@ -216,3 +216,12 @@ def test_the_query_needs_no_privilege_but_login(shop: Shop) -> None:
     assert answer[shop.app] == {ORDERS: ALL, PEOPLE: frozenset({"id", "name"})}
     assert answer[shop.owner] == {SALARIES: ALL, PEOPLE: ALL, ORDERS: ALL}
     assert "nobody_at_all" not in answer
+
+
+def test_a_renamed_table_answers_under_neither_name_until_the_mirror_follows(shop: Shop) -> None:
+    """Its OID is the mirrored one, but another table may take the mirrored name meanwhile."""
+    privileges = shop.privileges()
+    assert privileges.readable(shop.app)[ORDERS] is ALL
+    shop.as_owner("alter table shop.orders rename to orders_old")
+    assert privileges.refresh()
+    assert ORDERS not in privileges.readable(shop.app)
