@@ -11,9 +11,10 @@ from collections.abc import Sequence
 from pathlib import Path
 
 import duckdb
+import psycopg
 
 from mirror.errors import ConfigError, SidecarError
-from sidecar import cli_daemon, cli_serve, cli_train, cli_users
+from sidecar import cli_daemon, cli_serve, cli_train, cli_users, masking
 
 log = logging.getLogger("pgml_sidecar")
 
@@ -111,6 +112,7 @@ def _replicate(args: argparse.Namespace) -> int:
 
     if not args.mirror:
         raise ConfigError("no mirror file: pass --mirror PATH or set PGML_SIDECAR_MIRROR")
+    masking.remember_settings({"source": args.source, "kafka_config": args.kafka_config})
     tables = [t.strip() for t in args.tables.split(",") if t.strip()]
     replicator: Replicator | KafkaReplicator
     if args.kafka:
@@ -208,14 +210,20 @@ def main(argv: Sequence[str] | None = None) -> int:
         format="%(asctime)s %(levelname)s %(message)s",
         stream=sys.stderr,
     )
+    masking.install()  # every log line and uncaught error goes out masked
+    masking.remember_environment()
     if not hasattr(args, "run"):
         parser.print_help()
         return 2
     try:
         return int(args.run(args))
     except SidecarError as exc:
-        print(f"error: {exc}", file=sys.stderr)
+        print(f"error: {masking.mask(str(exc))}", file=sys.stderr)
         return exc.exit_code
+    except psycopg.Error as exc:  # a connection string libpq refuses, a source that refuses
+        first = (str(exc).strip().splitlines() or [type(exc).__name__])[0]
+        print(f"error: {masking.mask(first)}", file=sys.stderr)
+        return 1
     except duckdb.OutOfMemoryException as exc:
         print(
             f"error: the mirror ran out of memory ({str(exc).splitlines()[0]}); raise"

@@ -7,13 +7,14 @@ import json
 import logging
 import signal
 import threading
+import urllib.error
 import urllib.request
 from contextlib import nullcontext
 from pathlib import Path
 from typing import Any
 
 from mirror.errors import ConfigError
-from sidecar import config
+from sidecar import config, masking
 
 log = logging.getLogger("pgml_sidecar")
 
@@ -76,7 +77,9 @@ def _add(parser: argparse.ArgumentParser, *names: str) -> None:
 
 def _settings(args: argparse.Namespace) -> dict[str, Any]:
     flags = {s.name: getattr(args, s.name, None) for s in config.SETTINGS}
-    return config.load(flags, args.config)
+    settings = config.load(flags, args.config)
+    masking.remember_settings(settings)  # hidden wherever they would show from now on
+    return settings
 
 
 def _required(settings: dict[str, Any], *names: str) -> None:
@@ -234,8 +237,11 @@ def _status(args: argparse.Namespace) -> int:
     try:
         with urllib.request.urlopen(url, timeout=3) as reply:
             report["daemon"] = json.loads(reply.read())
+    except urllib.error.HTTPError as exc:  # 503: degraded, and the body says why
+        report["daemon"] = json.loads(exc.read() or b"{}")
     except OSError as exc:
         report["daemon"] = {"status": "unreachable", "url": url, "error": str(exc)}
+    report = masking.mask_values(report)
     if args.json:
         print(json.dumps(report, indent=2, default=str))
     else:

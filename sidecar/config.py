@@ -10,7 +10,6 @@ or the file named by ``password_file``, the source password from ``PGPASSWORD`` 
 from __future__ import annotations
 
 import os
-import re
 import tomllib
 from collections.abc import Mapping
 from dataclasses import dataclass
@@ -18,6 +17,7 @@ from pathlib import Path
 from typing import Any
 
 from mirror.errors import ConfigError
+from sidecar import masking
 
 ENV_PREFIX = "PGML_SIDECAR_"
 
@@ -54,13 +54,13 @@ SETTINGS = [
     Setting("endpoint_dsn", str, None, "how the source reaches the endpoint (for pgml.predict)"),
 ]
 _BY_NAME = {s.name: s for s in SETTINGS}
-_SECRET = re.compile(r"(password\s*=\s*)('(?:[^'\\]|\\.)*'|\S+)", re.IGNORECASE)
 
 
 def load(flags: Mapping[str, Any], config_file: str | None) -> dict[str, Any]:
     """Resolve every setting: a flag given wins, then the environment, then the file."""
     from_file = _read(Path(config_file)) if config_file else {}
     resolved: dict[str, Any] = {}
+    origins: dict[str, str] = {}
     for setting in SETTINGS:
         value = flags.get(setting.name)
         where = f"--{setting.name.replace('_', '-')}"
@@ -72,15 +72,14 @@ def load(flags: Mapping[str, Any], config_file: str | None) -> dict[str, Any]:
         if value is None:
             value = setting.default
         resolved[setting.name] = _typed(setting, value, where)
-    if (
-        resolved["source"]
-        and _SECRET.search(resolved["source"])
-        and not os.environ.get(ENV_PREFIX + "SOURCE")
-    ):
-        raise ConfigError(
-            "the source connection string holds a password: keep it out of flags and files;"
-            " use PGPASSWORD, ~/.pgpass, or PGML_SIDECAR_SOURCE in the environment"
-        )
+        origins[setting.name] = where
+    for name in ("source", "endpoint_dsn"):
+        dsn, env = resolved[name], ENV_PREFIX + name.upper()
+        if dsn and masking.has_password(dsn) and origins[name] != env:
+            raise ConfigError(
+                f"the {name} connection string holds a password: keep it out of flags and"
+                f" files; use PGPASSWORD, ~/.pgpass, or {env} in the environment"
+            )
     return resolved
 
 
@@ -117,4 +116,4 @@ def _typed(setting: Setting, value: Any, where: str) -> Any:
 
 def masked(dsn: str) -> str:
     """A connection string fit for logs and ``status``: any password replaced."""
-    return _SECRET.sub(r"\1********", dsn)
+    return masking.mask(dsn)

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import logging
+import re
 import socket
 import threading
 from collections.abc import Callable
@@ -26,6 +27,7 @@ from prometheus_client.platform_collector import PlatformCollector
 from prometheus_client.process_collector import ProcessCollector
 
 from mirror.errors import ConfigError
+from sidecar import masking
 
 __all__ = [
     "CHANGE_OPS",
@@ -304,7 +306,8 @@ class _Handler(BaseHTTPRequestHandler):
     def do_GET(self) -> None:
         path = self.path.split("?", 1)[0]
         if path == "/metrics":
-            self._reply(HTTPStatus.OK, CONTENT_TYPE_PLAIN_0_0_4, self.server.metrics.exposition())
+            body = _masked_labels(self.server.metrics.exposition())
+            self._reply(HTTPStatus.OK, CONTENT_TYPE_PLAIN_0_0_4, body)
         elif path == "/healthz":
             status, body = self._health()
             self._reply(status, "application/json", body)
@@ -319,7 +322,8 @@ class _Handler(BaseHTTPRequestHandler):
             log.warning("health check failed: %s", exc)
             report = {"status": "error", "error": str(exc)}
         status = HTTPStatus.OK if report.get("status") == "ok" else HTTPStatus.SERVICE_UNAVAILABLE
-        return status, json.dumps(report, default=str).encode() + b"\n"
+        report = masking.mask_values(json.loads(json.dumps(report, default=str)))
+        return status, json.dumps(report).encode() + b"\n"
 
     def _reply(self, status: HTTPStatus, content_type: str, body: bytes) -> None:
         self.send_response(status)
@@ -331,3 +335,21 @@ class _Handler(BaseHTTPRequestHandler):
 
     def log_message(self, format: str, *args: Any) -> None:
         log.debug("%s %s", self.address_string(), format % args)
+
+
+_LABEL_VALUE = re.compile(rb'="((?:[^"\\\n]|\\.)*)"')
+
+
+def _masked_labels(exposition: bytes) -> bytes:
+    """Prometheus' text format with every label value masked (names and numbers kept)."""
+
+    def hide(match: re.Match[bytes]) -> bytes:
+        escaped = match.group(1).decode()
+        value = re.sub(r"\\(.)", lambda m: "\n" if m.group(1) == "n" else m.group(1), escaped)
+        hidden = masking.mask(value)
+        if hidden == value:
+            return match.group(0)
+        again = hidden.replace("\\", "\\\\").replace('"', '\\"').replace("\n", "\\n")
+        return b'="' + again.encode() + b'"'
+
+    return _LABEL_VALUE.sub(hide, exposition)
