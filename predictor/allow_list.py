@@ -17,6 +17,7 @@ and what the caller may read (``readable``: every served relation unless the cal
 from __future__ import annotations
 
 from collections.abc import Callable, Collection, Iterable
+from dataclasses import dataclass
 from typing import Any
 
 from pglast import ast, enums
@@ -190,20 +191,33 @@ class Refused(SidecarError):
     sqlstate = "42501"
 
 
+@dataclass(frozen=True, slots=True)
+class CheckedQuery:
+    """What the check of a query found on its way (so that nobody walks the query again)."""
+
+    reads: tuple[ServedRelation, ...]
+    """The relations the query reads (CTEs and the catalog aside)."""
+    params: int
+    """The highest ``$n`` in the query (0: none)."""
+    pgml_calls: tuple[str, ...]
+    """The ``pgml.*`` functions it calls, by name."""
+
+
 def check_query(
     node: ast.SelectStmt,
     *,
     relations: ServedRelations | None,
     readable: Readable | None = None,
-) -> tuple[ServedRelation, ...]:
-    """Check every function, relation and clause of ``node``; return the relations it reads.
+) -> CheckedQuery:
+    """Check every function, relation and clause of ``node``; raise :class:`Refused` at the
+    first one not allowed.
 
     Without ``relations`` no mirrored table or registry relation is known (only CTEs and the
     catalog); without ``readable`` every served relation may be read.
     """
     check = _QueryCheck(relations, readable)
     check.select(node, frozenset())
-    return tuple(check.reads)
+    return CheckedQuery(tuple(check.reads), check.params, tuple(check.pgml_calls))
 
 
 def check_relation_name(
@@ -279,6 +293,8 @@ class _QueryCheck:
         self.relations = relations
         self.readable = readable
         self.reads: list[ServedRelation] = []
+        self.params = 0
+        self.pgml_calls: list[str] = []
 
     def select(self, node: ast.SelectStmt, scope: frozenset[str]) -> None:
         if node.intoClause is not None:
@@ -370,6 +386,7 @@ class _QueryCheck:
         if qualifier == ["pgml"]:
             if name not in PGML_FUNCTIONS:
                 raise Refused(f"function pgml.{name} does not exist", sqlstate="42883")
+            self.pgml_calls.append(name)
         elif qualifier not in ([], ["pg_catalog"]):
             if is_refused_function(name):
                 raise Refused(f"permission denied for function {name}")
@@ -400,6 +417,15 @@ class _QueryCheck:
             raise Refused(f"operator does not exist: {'.'.join(names)}", sqlstate="42883")
         self.children(node, scope)
 
+    def sample(self, node: ast.RangeTableSample, scope: frozenset[str]) -> None:
+        method = _names(node.method)
+        if method not in (["system"], ["bernoulli"]):
+            raise Refused(f"tablesample method {'.'.join(method)} does not exist", sqlstate="42704")
+        self.children(node, scope)
+
+    def parameter(self, node: ast.ParamRef, scope: frozenset[str]) -> None:
+        self.params = max(self.params, node.number or 0)
+
     def unsupported(self, node: ast.Node, scope: frozenset[str]) -> None:
         kind = type(node).__name__
         raise Refused(f"{kind} is not supported by pgml-sidecar", sqlstate="0A000")
@@ -427,6 +453,8 @@ _HANDLERS: dict[type, Callable[[_QueryCheck, Any, frozenset[str]], None]] = {
     ast.RangeFunction: _QueryCheck.range_function,
     ast.FuncCall: _QueryCheck.function,
     ast.A_Expr: _QueryCheck.operator,
+    ast.RangeTableSample: _QueryCheck.sample,
+    ast.ParamRef: _QueryCheck.parameter,
     ast.RangeTableFunc: _QueryCheck.unsupported,
     ast.JsonTable: _QueryCheck.unsupported,
     ast.IntoClause: _QueryCheck.unsupported,

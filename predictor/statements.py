@@ -13,14 +13,13 @@ refused with SQLSTATE 42501 before DuckDB sees it. A query's DuckDB spelling com
 from __future__ import annotations
 
 import re
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field, replace
 from functools import partial
 from typing import Any
 
 from pglast import ast, enums, parse_sql
 from pglast.parser import ParseError, scan
-from pglast.visitors import Visitor
 
 from mirror.errors import SidecarError
 from predictor.allow_list import (
@@ -97,7 +96,13 @@ def split(
         end = start + raw.stmt_len if raw.stmt_len else len(encoded)
         text = encoded[start:end].decode().strip()
         assert raw.stmt is not None
-        statements.append(classify(raw.stmt, text, relations=relations, readable=readable))
+        try:
+            statements.append(classify(raw.stmt, text, relations=relations, readable=readable))
+        except RecursionError:  # expressions nested deeper than a check or print can follow
+            raise StatementError(
+                "stack depth limit exceeded: the statement nests expressions too deeply",
+                sqlstate="54001",
+            ) from None
     return statements
 
 
@@ -288,19 +293,32 @@ def _transaction(node: ast.TransactionStmt, text: str) -> Statement:
 
 
 def _select(node: ast.SelectStmt, text: str, access: _Access) -> Statement:
-    reads = check_query(node, relations=access.relations, readable=access.readable)
-    procedure = _procedure(node)
-    params = _Parameters()
-    params(node)
+    direct = _direct_prediction(node)
+    if direct is not None:  # constants only, never given to DuckDB: nothing else to check
+        params = _highest_parameter(direct.args)
+        return Statement("predict", text, tag="SELECT", procedure=direct, params=params)
+    checked = check_query(node, relations=access.relations, readable=access.readable)
+    procedure = _procedure(node, checked.pgml_calls)
     if procedure is not None:
         check = partial(check_relation_name, relations=access.relations, readable=access.readable)
         procedure = replace(procedure, check_relation=check)
-        return Statement("procedure", text, tag="SELECT", procedure=procedure, params=params.count)
-    direct = _direct_prediction(node)
-    if direct is not None:
-        return Statement("predict", text, tag="SELECT", procedure=direct, params=params.count)
+        return Statement(
+            "procedure", text, tag="SELECT", procedure=procedure, params=checked.params
+        )
     sql = translate(node)
-    return Statement("select", text, sql=sql, tag="SELECT", params=params.count, reads=reads)
+    return Statement(
+        "select", text, sql=sql, tag="SELECT", params=checked.params, reads=checked.reads
+    )
+
+
+def _highest_parameter(values: Sequence[Any]) -> int:
+    found = 0
+    for value in values:
+        if isinstance(value, Parameter):
+            found = max(found, value.number)
+        elif isinstance(value, list):
+            found = max(found, _highest_parameter(value))
+    return found
 
 
 def _direct_prediction(node: ast.SelectStmt) -> ProcedureCall | None:
@@ -327,8 +345,9 @@ def _direct_prediction(node: ast.SelectStmt) -> ProcedureCall | None:
     return ProcedureCall(name, values, {"column": target.name or name}, expanded=False)
 
 
-def _procedure(node: ast.SelectStmt) -> ProcedureCall | None:
-    """The pgml procedure a statement calls, if it is one of the two forms that call one."""
+def _procedure(node: ast.SelectStmt, pgml_calls: Sequence[str]) -> ProcedureCall | None:
+    """The pgml procedure a statement calls, if it is one of the two forms that call one
+    (``pgml_calls``: every pgml function the statement calls, by name)."""
     targets = node.targetList or ()
     if node.fromClause is None and len(targets) == 1:
         call = targets[0].val
@@ -344,12 +363,11 @@ def _procedure(node: ast.SelectStmt) -> ProcedureCall | None:
             if name in PROCEDURES or name == "version":
                 assert isinstance(call, ast.FuncCall)
                 return _call(call, expanded=True)
-    for found in _function_calls(node):
-        if pgml_name(found.funcname) in PROCEDURES:
+    for name in pgml_calls:
+        if name in PROCEDURES:
             raise StatementError(
-                f"pgml.{pgml_name(found.funcname)} must be called on its own, as SELECT"
-                f" pgml.{pgml_name(found.funcname)}(...) or SELECT * FROM"
-                f" pgml.{pgml_name(found.funcname)}(...)",
+                f"pgml.{name} must be called on its own, as SELECT pgml.{name}(...) or"
+                f" SELECT * FROM pgml.{name}(...)",
                 sqlstate="0A000",
             )
     return None
@@ -414,27 +432,3 @@ def _constant(node: Any) -> Any:
         "arguments of pgml procedures and SET must be constants or parameters",
         sqlstate="0A000",
     )
-
-
-def _function_calls(node: ast.Node) -> Iterator[ast.FuncCall]:
-    finder = _Finder()
-    finder(node)
-    return iter(finder.calls)
-
-
-class _Finder(Visitor):
-    def __init__(self) -> None:
-        super().__init__()
-        self.calls: list[ast.FuncCall] = []
-
-    def visit_FuncCall(self, ancestors: Any, node: ast.FuncCall) -> None:
-        self.calls.append(node)
-
-
-class _Parameters(Visitor):
-    def __init__(self) -> None:
-        super().__init__()
-        self.count = 0
-
-    def visit_ParamRef(self, ancestors: Any, node: ast.ParamRef) -> None:
-        self.count = max(self.count, node.number or 0)

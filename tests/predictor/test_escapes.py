@@ -32,7 +32,11 @@ from predictor.catalog import ServedRelations
 from predictor.execution import DEFAULT_SETTINGS
 from predictor.server import EndpointSettings, SqlEndpoint
 from predictor.statements import StatementError, split
+from sidecar import source_schema
+from sidecar.daemon import Daemon, DaemonSettings
 from tests.predictor.endpoint_client import connect, dsn
+from tests.replicator.mirror_check import execute
+from tests.sidecar.test_daemon import CREATE, FILL, finished, one
 from trainer.train import Trainer, artifact_home
 from trainer.worker import FitWorker
 
@@ -203,6 +207,11 @@ CORPUS: list[tuple[str, str]] = [
     ("select 1 where exists (select 1 from read_text('{secret}'))", "42501"),
     ("select * from public.teams join read_text('{secret}') r on true", "42501"),
     ("select * from public.teams order by (select content from read_text('{secret}'))", "42501"),
+    (
+        "select * from public.teams tablesample system ((select length(content)"
+        " from read_text('{secret}')))",
+        "42501",
+    ),
     ("explain select * from read_text('{secret}')", "42501"),
     ('select * from (with "x.csv" as (select 1) select 1) s, "{secret}"', "42501"),
     (
@@ -244,6 +253,8 @@ CORPUS: list[tuple[str, str]] = [
     ("select no_such_function()", "42883"),
     ("select * from public.nope", "42P01"),
     ("select * from information_schema.views", "42P01"),
+    ("select * from public.teams tablesample read_text('{secret}')", "42704"),
+    ("show temp_directory", "42704"),
 ]
 
 
@@ -298,6 +309,18 @@ def test_escape_through_psql_is_refused(pg_bin: Path, target: Target, template: 
     assert "ERROR:  42501: " in done.stderr, done.stderr
     assert MARKER not in done.stdout + done.stderr
     assert len(done.stderr.strip().splitlines()) <= 2  # the error line and its LOCATION
+
+
+def test_deeply_nested_statements_are_refused_cleanly(target: Target) -> None:
+    with connect(target.endpoint) as conn:
+        for sql in (
+            "select " + "lower(" * 2000 + "'x'" + ")" * 2000,
+            "select 1 from " + "(select 1 from " * 2000 + "(values (1)) t" + ") s" * 2000,
+        ):
+            with pytest.raises(psycopg.Error) as caught:
+                conn.execute(sql)
+            assert caught.value.sqlstate in ("54001", "42601"), str(caught.value)  # ours, pglast's
+        assert conn.execute("select 1").fetchone() == (1,)
 
 
 def test_files_in_the_artifact_directory_are_not_readable_either(target: Target) -> None:
@@ -479,6 +502,35 @@ def test_a_newly_mirrored_table_is_readable_at_once(target: Target) -> None:
         target.mirror.create_table(relation, state="ready")
         target.mirror.commit("pgml_sidecar", 2)
         assert conn.execute("select count(*) from public.latecomer").fetchone() == (0,)
+
+
+def test_run_locks_duckdb_before_it_serves(source_dsn: str, mirror_path: Path) -> None:
+    execute(source_dsn, CREATE, FILL.format(lo=1, hi=300))
+    with psycopg.connect(source_dsn, autocommit=True) as conn:
+        source_schema.install(conn)
+    daemon = Daemon(
+        DaemonSettings(source_dsn=source_dsn, mirror_path=mirror_path,
+                       tables=["public.accounts"], port=0, metrics_port=0)
+    )  # fmt: skip
+    secret = mirror_path.parent / "beside-the-mirror.txt"
+    secret.write_text(MARKER)
+    daemon.start()
+    try:
+        assert daemon.mirror.locked
+        with pytest.raises(duckdb.PermissionException):
+            daemon.mirror.con.cursor().execute(f"select * from read_text('{secret}')")
+        request = one(
+            source_dsn,
+            "select pgml.train('Churn', 'classification', 'public.accounts', 'churned')",
+        )
+        assert finished(source_dsn, request)[:2] == ("done", None)  # a snapshot under the lock
+        with connect(daemon.endpoint) as conn:
+            count = conn.execute("select count(*) from public.accounts").fetchone()
+            assert count == (300,)
+            with pytest.raises(psycopg.errors.InsufficientPrivilege):
+                conn.execute(f"select * from read_text('{secret}')")
+    finally:
+        daemon.stop()
 
 
 def test_an_unknown_relation_is_refused_at_parse_as_postgresql_does(target: Target) -> None:
