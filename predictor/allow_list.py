@@ -33,10 +33,11 @@ def _words(text: str) -> frozenset[str]:
 
 
 Readable = Callable[[str, str], bool] | Collection[tuple[str, str]]
-"""Which mirrored tables and ``pgml_scores`` views a caller may read: a test on ``(schema,
+"""Which tables and ``pgml_scores`` views of the mirror a caller may read (every served relation
+but the ``pgml`` registry, see :class:`predictor.catalog.ServedRelation`): a test on ``(schema,
 name)``, or a collection of them (a set, or a mapping keyed by them). It is asked about the
 names as the mirror holds them; a collection is also matched without regard to case, as DuckDB
-resolves names."""
+resolves names. Per-user privileges come in here."""
 
 FUNCTIONS = _words(
     # math

@@ -10,7 +10,9 @@ references there.
 
 :class:`ServedRelations` is the other half of the endpoint's catalog: the relations a client may
 name at all (mirrored tables, the registry and data sets in schema ``pgml``, the ``pgml_scores``
-views), read from the mirror and cached, for the allow-list check of every statement.
+views, and tables made in the file by hand before it was served), read from the mirror and
+cached, for the allow-list check of every statement. The sidecar's bookkeeping
+(``_pgml_sidecar``) and this catalog's implementation (``_pgml_catalog``) are never served.
 """
 
 from __future__ import annotations
@@ -122,7 +124,7 @@ def install(con: duckdb.DuckDBPyConnection) -> None:
             cursor.execute(statement)
 
 
-MIRRORED, SCORES, REGISTRY = "mirrored", "scores", "registry"
+MIRRORED, LOCAL, SCORES, REGISTRY = "mirrored", "local", "scores", "registry"
 REFRESH_SECONDS = 1.0
 """How long a lookup trusts the cached relations; a name not found refreshes them at once."""
 
@@ -131,9 +133,12 @@ REFRESH_SECONDS = 1.0
 class ServedRelation:
     """A relation endpoint clients may name, with its kind.
 
-    ``mirrored``: a source table (readable only by who may SELECT it in the source);
-    ``scores``: a ``pgml_scores`` view (the same); ``registry``: the sidecar's own tables, views
-    and loaded data sets in schema ``pgml`` (readable by every endpoint user).
+    ``mirrored``: a source table the replicator keeps; ``local``: a table or view made in the
+    mirror file by other hands before it was served (``serve`` on a DuckDB file built by hand,
+    the benchmarks); ``scores``: a ``pgml_scores`` view. These three are read only by callers
+    whose ``readable`` (see :mod:`predictor.allow_list`) names them. ``registry``: the
+    sidecar's own tables and views and the loaded data sets in schema ``pgml``, readable by
+    every endpoint user.
     """
 
     schema: str
@@ -202,13 +207,17 @@ class ServedRelations:
 
 
 def _served_rows(cursor: duckdb.DuckDBPyConnection) -> list[tuple[str, str, str]]:
+    kind = (
+        f"case schema_name when 'pgml' then '{REGISTRY}' when 'pgml_scores' then '{SCORES}'"
+        f" else '{LOCAL}' end"
+    )
+    where = (
+        "where database_name = current_database() and not internal"
+        f" and schema_name not in ('{META}', '{SCHEMA}', 'information_schema', 'pg_catalog')"
+    )
     own = (
-        f"select schema_name, table_name, '{REGISTRY}' from duckdb_tables()"
-        " where database_name = current_database() and schema_name = 'pgml'"
-        " union all select schema_name, view_name,"
-        f" case schema_name when 'pgml' then '{REGISTRY}' else '{SCORES}' end from duckdb_views()"
-        " where database_name = current_database() and not internal"
-        " and schema_name in ('pgml', 'pgml_scores')"
+        f"select schema_name, table_name, {kind} from duckdb_tables() {where}"
+        f" union all select schema_name, view_name, {kind} from duckdb_views() {where}"
     )
     try:
         mirrored = cursor.execute(

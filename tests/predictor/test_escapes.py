@@ -82,6 +82,7 @@ def target(tmp_path_factory: pytest.TempPathFactory, fit_worker: FitWorker) -> I
     secret.write_text(f"a,b\n{MARKER},1\n")
     mirror = Mirror(workdir / "mirror.duckdb")
     _mirror_tables(mirror)
+    mirror.con.execute("create table public.by_hand as select 7 as a")  # not the replicator's
     trainer = Trainer(mirror.con, artifact_home(mirror.path), worker=fit_worker)
     endpoint = SqlEndpoint(EndpointSettings(port=0), mirror.con, trainer)
     mirror.lock_down(allowed_directories=[trainer.home])
@@ -564,6 +565,7 @@ def test_a_restricted_caller_reads_only_its_relations(target: Target, readable: 
     assert check("select name, task from pgml.projects") == ["pgml.projects"]  # the registry
     for sql in (
         "select * from public.salaries",
+        "select * from public.by_hand",
         'select * from "Public"."Salaries"',
         "select * from public.teams t join public.salaries s using (id)",
         "select (select max(salary) from public.salaries)",
@@ -600,6 +602,10 @@ def test_by_default_every_mirrored_table_and_score_view_is_readable(target: Targ
     )
     reads = {(r.schema, r.name, r.kind) for r in statements[0].reads}
     assert reads == {("public", "salaries", "mirrored"), ("pgml_scores", "pay", "scores")}
+    with connect(target.endpoint) as conn:  # a table made in the file by hand is served too
+        assert conn.execute("select a from public.by_hand").fetchone() == (7,)
+        with pytest.raises(psycopg.errors.InsufficientPrivilege):
+            conn.execute("select * from _pgml_sidecar.tables")
 
 
 def test_without_served_relations_nothing_mirrored_can_be_named() -> None:
