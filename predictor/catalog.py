@@ -17,6 +17,7 @@ cached, for the allow-list check of every statement. The sidecar's bookkeeping
 
 from __future__ import annotations
 
+import logging
 import threading
 import time
 from collections.abc import Callable
@@ -124,6 +125,8 @@ def install(con: duckdb.DuckDBPyConnection) -> None:
             cursor.execute(statement)
 
 
+log = logging.getLogger("pgml_sidecar")
+
 MIRRORED, LOCAL, SCORES, REGISTRY = "mirrored", "local", "scores", "registry"
 REFRESH_SECONDS = 1.0
 """How long a lookup trusts the cached relations; a name not found refreshes them at once."""
@@ -188,13 +191,19 @@ class ServedRelations:
         return list(self._by_name.values())
 
     def refresh(self) -> None:
-        """Read the served relations from the mirror again."""
+        """Read the served relations from the mirror again; on an error keep the last ones."""
         if self._before_refresh is not None:
-            self._before_refresh()
+            try:
+                self._before_refresh()
+            except Exception as exc:  # a view that cannot be made must not stop every query
+                log.warning("served relations: refreshing before a lookup failed: %s", exc)
         with self._lock:
             cursor = self._con.cursor()
             try:
                 rows = _served_rows(cursor)
+            except duckdb.Error as exc:
+                log.warning("served relations: cannot read them from the mirror: %s", exc)
+                return
             finally:
                 cursor.close()
             by_name: dict[tuple[str, str], ServedRelation] = {}
