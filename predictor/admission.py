@@ -112,7 +112,11 @@ class Admission:
         """Serve until :meth:`stop`; every pending connection is closed on the way out."""
         try:
             while not self._stopping:
-                self._turn()
+                try:
+                    self._turn()
+                except Exception:  # the loop must outlive any one connection's trouble
+                    log.exception("SQL endpoint: unexpected error admitting clients")
+                    time.sleep(0.1)
         finally:
             for login in list(self.pending.values()):
                 self._close(login)
@@ -177,7 +181,7 @@ class Admission:
 
     def _accept(self) -> None:
         for _ in range(_ACCEPT_BATCH):
-            if self._full() and not self._make_room():
+            if self._full() and self._stalled(time.monotonic()) is None:
                 return
             try:
                 sock, _address = self.listener.accept()
@@ -188,6 +192,8 @@ class Admission:
                     log.warning("SQL endpoint: cannot accept a connection: %s", exc.strerror)
                     self._paused_until = time.monotonic() + _FD_PAUSE
                 return  # ECONNABORTED and the like: that client is gone
+            if self._full():
+                self._make_room()  # only now: someone did come for the place
             sock.setblocking(False)
             with contextlib.suppress(OSError):
                 sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
@@ -208,18 +214,16 @@ class Admission:
             else:
                 self._refuse(login, "57014", "canceling authentication due to timeout")
 
-    def _make_room(self) -> bool:
-        """All places taken and someone waits in the backlog: drop the longest-silent login."""
+    def _make_room(self) -> None:
+        """All places taken and someone came: drop the login silent longest (if stalled)."""
         now = time.monotonic()
         stalled = self._stalled(now)
-        if stalled is None:
-            return False
-        self._refuse(
-            stalled, "53300", "sorry, too many clients already",
-            detail=f"{len(self.pending)} connections were authenticating; this one had been"
-            f" silent for {now - stalled.heard:.1f} s",
-        )  # fmt: skip
-        return True
+        if stalled is not None:
+            self._refuse(
+                stalled, "53300", "sorry, too many clients already",
+                detail=f"{len(self.pending)} connections were authenticating; this one had been"
+                f" silent for {now - stalled.heard:.1f} s",
+            )  # fmt: skip
 
     def _close(self, login: Login) -> None:
         self.pending.pop(id(login), None)

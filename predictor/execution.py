@@ -97,8 +97,11 @@ class StatementRunner:
     """When the statement running now times out (``time.monotonic()``); None: no timeout."""
     client_fd: int | None = None
     """The client's socket, watched while a statement runs to notice the client leave."""
+    handling: bool = False
+    """A message is being answered: a cancel now is for it (PostgreSQL ignores one when idle)."""
+    interrupted: str | None = None
+    """Why the message being answered is interrupted: 'cancel', 'timeout' or 'disconnect'."""
     _running: duckdb.DuckDBPyConnection | None = None
-    _interrupted: str | None = None
     _interrupt_lock: threading.Lock
 
     def _cursor(self) -> duckdb.DuckDBPyConnection:
@@ -122,13 +125,17 @@ class StatementRunner:
         if deadline is not None and time.monotonic() >= deadline:
             raise self._interrupted_error("timeout")
         with self._interrupt_lock:
-            self._running, self._interrupted = cursor, None
+            reason = self.interrupted  # a cancel that came between two stretches of work
+            if reason is None:
+                self._running = cursor
+        if reason is not None:
+            raise self._interrupted_error(reason)
         watch = self.endpoint.watch
         watch.add(self)
         try:
             yield
         except duckdb.Error as exc:
-            reason = self._interrupted
+            reason = self.interrupted
             raise (self._interrupted_error(reason) if reason else duckdb_error(exc)) from None
         finally:
             watch.discard(self)
@@ -136,17 +143,22 @@ class StatementRunner:
                 self._running = None
 
     def interrupt(self, reason: str) -> None:
-        """Interrupt the DuckDB work running now, if any ('cancel', 'timeout' or 'disconnect').
+        """Interrupt the message being answered ('cancel', 'timeout' or 'disconnect').
 
-        Only work under :meth:`executing` is interrupted: a DuckDB connection interrupted while
-        idle would fail the result it holds for a suspended portal or a cursor.
+        The DuckDB work running now stops; work about to start is refused. Only work under
+        :meth:`executing` is interrupted: a DuckDB connection interrupted while idle would fail
+        the result it holds for a suspended portal or a cursor. DuckDB forgets an interrupt
+        that comes before its query really starts, so the watch repeats it while the reason
+        stands (:class:`~predictor.statement_watch.StatementWatch`).
         """
         with self._interrupt_lock:
-            if self._running is None:
+            if not self.handling:
                 return
-            self._interrupted = reason
-            with contextlib.suppress(duckdb.Error):
-                self._running.interrupt()
+            if self.interrupted is None:
+                self.interrupted = reason
+            if self._running is not None:
+                with contextlib.suppress(duckdb.Error):
+                    self._running.interrupt()
 
     def _interrupted_error(self, reason: str) -> SidecarError:
         if reason == "disconnect":

@@ -16,6 +16,7 @@ from collections.abc import Iterator, Mapping
 from typing import Any
 
 import duckdb
+import pglast.parser
 import pyarrow as pa
 
 from mirror.errors import SidecarError
@@ -24,8 +25,11 @@ from predictor.binary_parameters import parse_binary_param
 from predictor.execution import Endpoint, StatementRunner, checked_setting
 from predictor.results import FETCH_BATCH, Outcome, Portal, Prepared
 from predictor.scram import AuthenticationFailed, ScramExchange
-from predictor.statements import StatementError, split
+from predictor.statements import Statement, StatementError, split
 from predictor.text_parameters import parse_text_param
+
+_SHALLOW = 4096
+"""SQL shorter than this cannot nest deeper than libpg_query allows (one level takes a byte)."""
 
 log = logging.getLogger("pgml_sidecar")
 
@@ -64,16 +68,22 @@ class Session(StatementRunner):
 
     def handle(self, message: Any) -> Iterator[bytes]:
         """The bytes that answer ``message``, in pieces (rows come as they are read)."""
-        if self.state == "startup":
-            yield self._startup(message)
-        elif self.state == "auth":
-            yield self._authenticate(message)
-        elif isinstance(message, wire.Terminate):
-            self.close()
-        elif isinstance(message, wire.Query):
-            yield from self._simple(message.sql)
-        else:
-            yield from self._extended(message)
+        with self._interrupt_lock:
+            self.handling, self.interrupted = True, None
+        try:
+            if self.state == "startup":
+                yield self._startup(message)
+            elif self.state == "auth":
+                yield self._authenticate(message)
+            elif isinstance(message, wire.Terminate):
+                self.close()
+            elif isinstance(message, wire.Query):
+                yield from self._simple(message.sql)
+            else:
+                yield from self._extended(message)
+        finally:
+            with self._interrupt_lock:
+                self.handling, self.interrupted = False, None
 
     def close(self) -> None:
         self.closed = True
@@ -153,7 +163,7 @@ class Session(StatementRunner):
 
     def _simple(self, sql: str) -> Iterator[bytes]:
         try:
-            statements = split(sql, relations=self.endpoint.relations)  # issue 13: readable=
+            statements = self._split(sql)
         except SidecarError as exc:
             yield self._error(exc)
             statements = []
@@ -176,6 +186,14 @@ class Session(StatementRunner):
             finally:
                 self.deadline = None
         yield wire.ready_for_query(self.status)
+
+    def _split(self, sql: str) -> list[Statement]:
+        """The statements of ``sql``, checked against the allow-list."""
+        check_depth(sql)
+        try:
+            return split(sql, relations=self.endpoint.relations)  # issue 13: readable=
+        except RecursionError:  # a tree deep enough for pglast, too deep for Python's walks
+            raise _too_deep() from None
 
     def _send_rows(self, outcome: Outcome, limit: int | None) -> Iterator[bytes]:
         """DataRows of up to ``limit`` rows, then CommandComplete or PortalSuspended."""
@@ -231,7 +249,7 @@ class Session(StatementRunner):
 
     def _extended_step(self, message: Any) -> bytes:
         if isinstance(message, wire.Parse):
-            statements = split(message.sql, relations=self.endpoint.relations)  # readable=
+            statements = self._split(message.sql)
             if len(statements) > 1:
                 raise StatementError("cannot insert multiple commands into a prepared statement")
             statement = statements[0] if statements else None
@@ -349,6 +367,30 @@ class Session(StatementRunner):
             self.status = "E"
         hint = getattr(exc, "hint", None)
         return wire.error_response(sqlstate=exc.sqlstate, message=str(exc), hint=hint)
+
+
+def check_depth(sql: str) -> None:
+    """Refuse SQL nested too deeply for pglast, as PostgreSQL's max_stack_depth does.
+
+    pglast builds its tree recursively without a depth check: ``1+1+...+1`` with some 25,000
+    terms (50 KB) overflows the thread's stack and kills the process. libpg_query checks its
+    stack depth when it serialises a tree, and refuses at a fifth of that depth; long SQL is
+    asked there first.
+    """
+    if len(sql) < _SHALLOW:
+        return
+    try:
+        pglast.parser.parse_sql_protobuf(sql)
+    except pglast.parser.ParseError as exc:
+        if "stack depth" in str(exc) or "nested too deeply" in str(exc):
+            raise _too_deep() from None
+        # other syntax errors are split()'s to report, with their position
+
+
+def _too_deep() -> SidecarError:
+    return SidecarError(
+        "stack depth limit exceeded: the statement nests expressions too deeply", sqlstate="54001"
+    )
 
 
 def _startup_settings(params: Mapping[str, str]) -> dict[str, str]:

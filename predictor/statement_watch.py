@@ -29,6 +29,8 @@ class Watched(Protocol):
     """``time.monotonic()`` at which the statement times out; None: no timeout."""
     client_fd: int | None
     """The client's socket, to notice it hang up; None: not watched for that."""
+    interrupted: str | None
+    """Why it is being interrupted already (the interrupt is repeated until it stops)."""
 
     def interrupt(self, reason: str) -> None:
         """Stop the statement running now (``reason``: 'timeout' or 'disconnect')."""
@@ -93,7 +95,9 @@ class StatementWatch:
         by_fd: dict[int, Watched] = {}
         for statement in running:
             deadline = statement.deadline
-            if deadline is not None and now >= deadline:
+            if statement.interrupted is not None:  # DuckDB may have started after it
+                statement.interrupt(statement.interrupted)
+            elif deadline is not None and now >= deadline:
                 statement.interrupt("timeout")
             elif statement.client_fd is not None:
                 by_fd[statement.client_fd] = statement

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import contextlib
 import os
+import resource
 import socket
 import struct
 import subprocess
@@ -74,6 +75,7 @@ def impatient(mirror: Mirror, trainer: Trainer) -> Iterator[SqlEndpoint]:
 def login(endpoint: SqlEndpoint, **options: str) -> psycopg.Connection:
     if endpoint.settings.password is not None:
         options.setdefault("password", f"'{PASSWORD}'")
+    options.setdefault("connect_timeout", "10")  # a test fails, never hangs, if nobody answers
     return connect(endpoint, **options)
 
 
@@ -281,6 +283,24 @@ def test_a_flood_of_silent_and_slow_sockets_does_not_delay_a_login(guarded: SqlE
         for sock in sockets:
             sock.close()
         slow.join(timeout=5)
+
+
+def test_a_place_is_given_up_only_for_someone_who_came(mirror: Mirror, trainer: Trainer) -> None:
+    settings = EndpointSettings(port=0, password=PASSWORD, max_pending_connections=4)
+    with serve(mirror, trainer, settings) as served:
+        silent = [RawClient(served.port) for _ in range(4)]
+        wait_for(lambda: served.authenticating == 4)
+        time.sleep(0.6)  # all four are stalled now (silent for more than half a second)
+        newcomer = RawClient(served.port)
+        newcomer.send(startup())
+        assert newcomer.read()[0] == b"R"  # let in at once
+        replies, _ = silent[0].until_closed(5)  # the one silent longest made room
+        assert fatal(replies)[0] == "53300"
+        assert served.authenticating == 4  # the other three keep their places
+        for client in silent[1:]:
+            client.sock.setblocking(False)
+            with pytest.raises(BlockingIOError):
+                client.sock.recv(1)  # nothing said to them, and not closed
 
 
 def test_a_flood_of_silent_sockets_on_a_trusting_endpoint(endpoint: SqlEndpoint) -> None:
@@ -594,3 +614,37 @@ def test_run_takes_the_timeouts_from_flags_environment_and_file(
     monkeypatch.setenv("PGML_SIDECAR_STATEMENT_TIMEOUT", "100ms")
     settings = config.load({"authentication_timeout": "1min"}, str(path))
     assert (settings["statement_timeout"], settings["authentication_timeout"]) == ("100ms", "1min")
+
+
+def test_running_out_of_file_descriptors_does_not_end_the_endpoint(
+    endpoint: SqlEndpoint, caplog: pytest.LogCaptureFixture
+) -> None:
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    sockets: list[socket.socket] = []
+    resource.setrlimit(resource.RLIMIT_NOFILE, (len(os.listdir("/proc/self/fd")) + 40, hard))
+    try:
+        with contextlib.suppress(OSError):  # EMFILE: this process (and the endpoint) has no more
+            while len(sockets) < 1000:
+                sockets.append(socket.create_connection(("127.0.0.1", endpoint.port), timeout=5))
+        assert len(sockets) < 1000
+        wait_for(lambda: "cannot accept a connection: Too many open files" in caplog.text)
+        for sock in sockets:
+            sock.close()
+    finally:
+        resource.setrlimit(resource.RLIMIT_NOFILE, (soft, hard))
+    assert query_works(endpoint) < 5
+
+
+@pytest.mark.parametrize("terms", [30_000, 4_900])
+def test_sql_nested_too_deeply_is_refused_and_the_endpoint_lives(
+    endpoint: SqlEndpoint, terms: int
+) -> None:
+    deep = "select " + "+".join(["1"] * terms)  # 30,000 terms overflowed pglast's stack
+    with connect(endpoint) as conn:
+        with pytest.raises(psycopg.Error) as refused:
+            conn.execute(deep)
+        assert refused.value.sqlstate == "54001", refused.value
+        with pytest.raises(psycopg.Error):
+            conn.execute(deep + " where %s", [True])  # the extended protocol: at Parse
+        assert conn.execute("select 1").fetchone() == (1,)
+    assert query_works(endpoint) < 5
