@@ -7,6 +7,7 @@ import logging
 import os
 import signal
 import threading
+import time
 from pathlib import Path
 
 from mirror.errors import ConfigError
@@ -90,6 +91,10 @@ def serve(args: argparse.Namespace) -> int:
         stop.wait()
         log.info("stopping the SQL endpoint")
         endpoint.stop()
+        trainer.worker.close()  # a fit a client waits for is abandoned, not awaited
+        deadline = time.monotonic() + 5
+        while endpoint.sessions and time.monotonic() < deadline:  # out of DuckDB before it closes
+            time.sleep(0.05)
     finally:
         trainer.close()
         mirror.close()

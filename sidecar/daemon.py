@@ -317,9 +317,13 @@ class Daemon:
         self.stop_event.set()
         self.endpoint.stop()
         self.metrics_server.stop()
+        self.trainer.worker.close()  # its own worker: a fit in flight is abandoned, not awaited
         for part in self.parts:
             if part.thread is not None:
                 part.thread.join(timeout=30)
+        deadline = time.monotonic() + 5
+        while self.endpoint.sessions and time.monotonic() < deadline:  # out of DuckDB first
+            time.sleep(0.05)
         self.monitor.close()
         self.trainer.close()
         self.replicator.close()  # closes the mirror

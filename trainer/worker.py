@@ -96,9 +96,15 @@ class FitWorker:
         self.processes = processes
         self._lock = threading.Lock()
         self._pool: ProcessPoolExecutor | None = None
+        self._closed = False
 
     def _executor(self) -> ProcessPoolExecutor:
         with self._lock:
+            if self._closed:
+                raise TrainingError(
+                    "the sidecar is stopping: no training starts now; request it again",
+                    sqlstate="57P01",
+                )
             if self._pool is None:
                 start_forkserver()
                 self._pool = ProcessPoolExecutor(
@@ -123,6 +129,11 @@ class FitWorker:
             return self.submit(job).result()
         except BrokenProcessPool:
             self._discard()
+            if self._closed:
+                raise TrainingError(
+                    "the sidecar stopped while this model trained; request it again",
+                    sqlstate="57P01",
+                ) from None
             raise TrainingError(
                 "the training process died (out of memory or killed); try a smaller relation,"
                 " fewer rows or a lighter algorithm",
@@ -136,10 +147,18 @@ class FitWorker:
             pool.shutdown(wait=False, cancel_futures=True)
 
     def close(self) -> None:
+        """Stop the worker process now. A fit it is running is abandoned (its caller gets a
+        TrainingError), never waited for: stopping takes seconds, not the rest of a training."""
         with self._lock:
-            pool, self._pool = self._pool, None
-        if pool is not None:
-            pool.shutdown(wait=True, cancel_futures=True)
+            pool, self._pool, self._closed = self._pool, None, True
+        if pool is None:
+            return
+        processes = list((getattr(pool, "_processes", None) or {}).values())
+        pool.shutdown(wait=False, cancel_futures=True)
+        for process in processes:
+            process.kill()
+        for process in processes:
+            process.join(timeout=5)
 
 
 @contextmanager

@@ -13,11 +13,13 @@ import signal
 import socket
 import subprocess
 import sys
+import threading
 import time
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
 
+import psycopg
 import pytest
 
 from sidecar.local_postgres import free_port
@@ -131,16 +133,12 @@ def test_kill_9_of_run_while_training(source: str, mirror_path: Path, tmp_path: 
         wait_for(lambda: listening(port), timeout=120, what="the SQL endpoint")
         online = "'Online', 'classification', 'public.accounts', 'churned', 'online_logistic'"
         assert finished(source, one(source, f"select pgml.train({online})"))[0] == "done"
-        registered = set(snapshots.iterdir())
-        slow = one(
-            source,
-            "select pgml.train('Slow', 'classification', 'public.accounts', 'churned',"
-            " 'random_forest', '{\"n_estimators\": 5000, \"n_jobs\": 2}')",
-        )
+        registered = set(snapshots.glob("*.parquet"))
+        slow = one(source, SLOW)
         # Its snapshot is written before the fit starts: then it is fitting.
-        wait_for(lambda: len(set(snapshots.iterdir()) - registered) == 1, timeout=60,
+        wait_for(lambda: len(set(snapshots.glob("*.parquet")) - registered) == 1, timeout=60,
                  what="the slow training's snapshot")  # fmt: skip
-        orphan = (set(snapshots.iterdir()) - registered).pop()
+        orphan = (set(snapshots.glob("*.parquet")) - registered).pop()
         assert request_status(source, slow)[0] == "running"
         # The fork server, the resource tracker, the fit worker and the online learner.
         wait_for(lambda: len(descendants(run.pid)) >= 4, timeout=30, what="the children")
@@ -153,9 +151,76 @@ def test_kill_9_of_run_while_training(source: str, mirror_path: Path, tmp_path: 
     with command(*run_args(source, mirror_path, port), log=log) as run:
         wait_for(lambda: listening(port), timeout=120, what="the SQL endpoint again")
         assert not orphan.exists()  # removed at the start: no registry row names it
-        assert registered <= set(snapshots.iterdir())
+        assert registered <= set(snapshots.glob("*.parquet"))
         status, error, _ = finished(source, slow)
         assert status == "failed" and error is not None and error.startswith("interrupted")
+        children = descendants(run.pid)
+        run.send_signal(signal.SIGTERM)
+        assert run.wait(timeout=60) == 0, log.read_text()[-3000:]
+        assert_all_gone(children, run.pid)
+
+
+SLOW = (
+    "select pgml.train('Slow', 'classification', 'public.accounts', 'churned',"
+    " 'random_forest', '{\"n_estimators\": 5000, \"n_jobs\": 2}')"
+)
+
+
+def fitting(process: subprocess.Popen[bytes]) -> bool:
+    """Whether a fit worker below ``process`` is busy (it has used a second of CPU)."""
+    ticks = os.sysconf("SC_CLK_TCK")
+    for pid in descendants(process.pid):
+        try:
+            stat = Path(f"/proc/{pid}/stat").read_text()
+        except OSError:
+            continue
+        fields = stat[stat.rindex(")") + 2 :].split()
+        if (
+            int(fields[11]) / ticks > 1.0
+            and b"forkserver" in Path(f"/proc/{pid}/cmdline").read_bytes()
+            and int(fields[1]) != process.pid
+        ):
+            return True
+    return False
+
+
+def test_sigterm_of_run_while_training(source: str, mirror_path: Path, tmp_path: Path) -> None:
+    port, log = free_port(), tmp_path / "run.log"
+    with command(*run_args(source, mirror_path, port), log=log) as run:
+        wait_for(lambda: listening(port), timeout=120, what="the SQL endpoint")
+        slow = one(source, SLOW)
+        wait_for(lambda: fitting(run), timeout=60, what="the fit to be under way")
+        children = descendants(run.pid)
+        started = time.monotonic()
+        run.send_signal(signal.SIGTERM)
+        assert run.wait(timeout=60) == 0, log.read_text()[-3000:]
+        assert time.monotonic() - started < 15  # the fit is abandoned, not waited for
+        assert_all_gone(children, run.pid)
+    status, error, _ = request_status(source, slow)
+    assert status in ("failed", "running"), status  # running: failed as interrupted at start
+    assert status == "running" or (error is not None and "stopped" in error), error
+
+
+def test_a_killed_fork_server_is_started_again(
+    source: str, mirror_path: Path, tmp_path: Path
+) -> None:
+    port, log = free_port(), tmp_path / "run.log"
+    train = "select pgml.train('Again', 'classification', 'public.accounts', 'churned')"
+    with command(*run_args(source, mirror_path, port), log=log) as run:
+        wait_for(lambda: listening(port), timeout=120, what="the SQL endpoint")
+        assert finished(source, one(source, train))[0] == "done"
+        servers = {
+            pid for pid in descendants(run.pid)
+            if b"forkserver" in Path(f"/proc/{pid}/cmdline").read_bytes()
+            and processes()[pid][0] == run.pid
+        }  # fmt: skip
+        assert len(servers) == 1
+        old = descendants(next(iter(servers))) | servers
+        os.kill(next(iter(servers)), signal.SIGKILL)
+        assert_all_gone(old, -1)  # the worker and the learner die with it
+        # The next training may hear that its worker died; the one after works.
+        finished(source, one(source, train))
+        assert finished(source, one(source, train))[0] == "done", log.read_text()[-3000:]
         children = descendants(run.pid)
         run.send_signal(signal.SIGTERM)
         assert run.wait(timeout=60) == 0, log.read_text()[-3000:]
@@ -204,3 +269,34 @@ def test_sigterm_at_any_moment_of_the_start_of_serve(
         code = serve.wait(timeout=60)
         assert code in (0, -signal.SIGTERM), log.read_text()[-3000:]
         assert_all_gone(children, serve.pid)
+
+
+def test_sigterm_of_serve_while_training(mirror_path: Path, tmp_path: Path) -> None:
+    port, log = free_port(), tmp_path / "serve.log"
+    errors: list[BaseException] = []
+
+    def train() -> None:
+        dsn = f"host=127.0.0.1 port={port} user=pgml dbname=pgml"
+        try:
+            with psycopg.connect(dsn, autocommit=True) as conn:
+                conn.execute("select * from pgml.load_dataset('iris')")
+                conn.execute(
+                    "select * from pgml.train('Slow', 'classification', 'pgml.iris', 'target',"
+                    " 'random_forest', '{\"n_estimators\": 50000}')"
+                )
+        except psycopg.Error as exc:
+            errors.append(exc)
+
+    with command(*serve_args(mirror_path, port), log=log) as serve:
+        wait_for(lambda: b"serving" in log.read_bytes(), timeout=120, what="the endpoint")
+        client = threading.Thread(target=train, daemon=True)
+        client.start()
+        wait_for(lambda: fitting(serve), timeout=60, what="the fit to be under way")
+        children = descendants(serve.pid)
+        started = time.monotonic()
+        serve.send_signal(signal.SIGTERM)
+        assert serve.wait(timeout=60) == 0, log.read_text()[-3000:]
+        assert time.monotonic() - started < 15  # the fit is abandoned, not waited for
+        assert_all_gone(children, serve.pid)
+        client.join(30)
+    assert errors  # the client heard that its training did not finish
