@@ -192,6 +192,7 @@ def install(handlers: Iterable[logging.Handler] | None = None) -> None:
     for handler in handlers if handlers is not None else logging.getLogger().handlers:
         if not any(isinstance(f, MaskingFilter) for f in handler.filters):
             handler.addFilter(MaskingFilter())
+    logging.captureWarnings(True)  # warnings, too, go out through the filtered handlers
     sys.excepthook = _masked_excepthook
     threading.excepthook = _masked_thread_excepthook
 

@@ -15,6 +15,7 @@ import os
 import signal
 import subprocess
 import sys
+import threading
 import urllib.parse
 import urllib.request
 from collections.abc import Iterator
@@ -274,6 +275,34 @@ def test_known_secrets_are_masked_wherever_they_show(caplog: pytest.LogCaptureFi
         "x", logging.ERROR, __file__, 1, "got %s", ("Remembered-Secret/11",), None
     )
     assert handler.filter(record) and "Remembered" not in record.getMessage()
+
+
+def test_tracebacks_logged_or_uncaught_are_masked(capsys: pytest.CaptureFixture[str]) -> None:
+    masking.remember("Traceback-Secret-12")
+    handler = logging.StreamHandler()
+    handler.addFilter(masking.MaskingFilter())
+    try:
+        raise RuntimeError("connect failed: password=Traceback-Secret-12")
+    except RuntimeError:
+        record = logging.LogRecord("x", logging.ERROR, __file__, 1, "boom", None, sys.exc_info())
+    assert handler.filter(record)
+    assert "Traceback-Secret" not in handler.format(record)
+    assert "RuntimeError: connect failed: password=********" in handler.format(record)
+
+    def fail() -> None:
+        raise RuntimeError("Traceback-Secret-12 in a thread")
+
+    previous = threading.excepthook, sys.excepthook
+    masking.install([])
+    try:
+        thread = threading.Thread(target=fail)
+        thread.start()
+        thread.join()
+    finally:
+        threading.excepthook, sys.excepthook = previous
+        logging.captureWarnings(False)
+    err = capsys.readouterr().err
+    assert "in a thread" in err and "Traceback-Secret" not in err
 
 
 def test_a_short_secret_is_not_masked_everywhere() -> None:
