@@ -68,7 +68,11 @@ class Gate(Protocol):
     def admit(
         self, sock: socket.socket, parser: wire.FrontendParser, session: Session, greeting: bytes
     ) -> bool:
-        """Serve an authenticated session from now on; False if there is no room for it."""
+        """Serve an authenticated session from now on; False if there is no room for it.
+
+        ``greeting`` is the last answer of its authentication, still to send; the session's
+        own thread sends it with what :meth:`Session.begin` gives.
+        """
 
 
 @dataclass(eq=False, slots=True)
@@ -303,7 +307,7 @@ class Admission:
         if session.closed:
             self._send(login, reply)
             self._close(login)
-        elif session.state == "ready":
+        elif session.state == "authenticated":
             self._hand_over(login, session, reply)
         elif not self._send(login, reply):
             self._close(login)

@@ -237,7 +237,7 @@ class SqlEndpoint:
         self, sock: socket.socket, parser: wire.FrontendParser, session: Session, greeting: bytes
     ) -> None:
         try:
-            sock.sendall(greeting)
+            sock.sendall(greeting + session.begin())
             data = b""  # messages the client sent along with its last authentication message
             while not self._stopping.is_set():
                 for message in parser.feed(data):

@@ -121,7 +121,8 @@ class Session(StatementRunner):
             return wire.error_response(sqlstate=exc.sqlstate, message=str(exc), severity="FATAL")
         verifier = self.endpoint.verifier
         if verifier is None:
-            return self._ready_after_auth()
+            self.state = "authenticated"
+            return b""
         self.state = "auth"
         self._scram = ScramExchange(verifier)
         return wire.authentication_sasl([ScramExchange.MECHANISM])
@@ -145,11 +146,19 @@ class Session(StatementRunner):
                 message=f'password authentication failed for user "{self.user}"',
                 severity="FATAL",
             )
-        return wire.authentication_sasl_final(final) + self._ready_after_auth()
+        self.state = "authenticated"
+        return wire.authentication_sasl_final(final)
 
     _scram_started = False
 
-    def _ready_after_auth(self) -> bytes:
+    def begin(self) -> bytes:
+        """Set the authenticated session up; AuthenticationOk and what follows it.
+
+        Startup and authentication run on the endpoint's one admission thread, and must never
+        wait (no query to the source, no lock held by a query); what may wait belongs here,
+        on the session's own thread.
+        """
+        assert self.state == "authenticated"
         self.state = "ready"
         self.cursor = self.endpoint.con.cursor()
         out = [wire.authentication_ok()]

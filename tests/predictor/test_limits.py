@@ -24,6 +24,7 @@ import pytest
 from mirror.errors import ConfigError
 from mirror.store import Mirror
 from predictor.server import EndpointSettings, SqlEndpoint
+from predictor.session import Session
 from tests.predictor.endpoint_client import connect, dsn
 from tests.predictor.raw_client import (
     SYNC,
@@ -301,6 +302,26 @@ def test_a_place_is_given_up_only_for_someone_who_came(mirror: Mirror, trainer: 
             client.sock.setblocking(False)
             with pytest.raises(BlockingIOError):
                 client.sock.recv(1)  # nothing said to them, and not closed
+
+
+def test_a_slow_session_setup_holds_up_no_other_login(
+    guarded: SqlEndpoint, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    begin = Session.begin
+    slow_started = threading.Event()
+
+    def slow_begin(session: Session) -> bytes:  # as a setup asking the source would be
+        if session.user == "slow":
+            slow_started.set()
+            time.sleep(3)
+        return begin(session)
+
+    monkeypatch.setattr(Session, "begin", slow_begin)
+    slow = threading.Thread(target=lambda: login(guarded, user="slow").close())
+    slow.start()
+    assert slow_started.wait(10)
+    assert query_works(guarded) < 1.5  # the admission thread was not the one waiting
+    slow.join(timeout=10)
 
 
 def test_a_flood_of_silent_sockets_on_a_trusting_endpoint(endpoint: SqlEndpoint) -> None:
