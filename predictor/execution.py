@@ -112,7 +112,10 @@ class StatementRunner:
 
     def statement_deadline(self) -> float | None:
         """When a statement starting now times out, from this session's statement_timeout."""
-        ms = STATEMENT_TIMEOUT.parse(self.settings.get("statement_timeout") or "0")
+        value = self.settings.get("statement_timeout")
+        if not value or value == "0":
+            return None
+        ms = STATEMENT_TIMEOUT.parse(value)
         return time.monotonic() + ms / 1000 if ms else None
 
     @contextlib.contextmanager

@@ -68,8 +68,10 @@ class Session(StatementRunner):
 
     def handle(self, message: Any) -> Iterator[bytes]:
         """The bytes that answer ``message``, in pieces (rows come as they are read)."""
-        with self._interrupt_lock:
-            self.handling, self.interrupted = True, None
+        # No lock: a cancel racing these lines is one that came while idle, which PostgreSQL
+        # ignores too; a reason left from the message before is cleared before handling is on.
+        self.interrupted = None
+        self.handling = True
         try:
             if self.state == "startup":
                 yield self._startup(message)
@@ -82,8 +84,7 @@ class Session(StatementRunner):
             else:
                 yield from self._extended(message)
         finally:
-            with self._interrupt_lock:
-                self.handling, self.interrupted = False, None
+            self.handling = False
 
     def close(self) -> None:
         self.closed = True
