@@ -43,13 +43,13 @@ def add_parser(commands: argparse._SubParsersAction) -> None:
     )
     p.add_argument("--tls-cert", type=Path, help="PEM certificate: offer TLS to clients")
     p.add_argument("--tls-key", type=Path, help="PEM private key of --tls-cert")
-    timeouts = (("statement_timeout", "0", "ms"), ("authentication_timeout", "10s", "s"))
-    for name, default, unit in timeouts:
+    timeouts = (("statement_timeout", "0", "'5s', '100ms'; a number is ms"),
+                ("authentication_timeout", "10s", "'10s', '1min'; a number is s"))  # fmt: skip
+    for name, default, values in timeouts:
         env = "PGML_SIDECAR_" + name.upper()
         p.add_argument(
             "--" + name.replace("_", "-"), default=os.environ.get(env, default),
-            help=f"as PostgreSQL's {name} ('5s', '100ms'; a number is {unit}; default"
-            f" %(default)s; env {env})",
+            help=f"as PostgreSQL's {name} ({values}; default %(default)s; env {env})",
         )  # fmt: skip
     p.add_argument(
         "--memory-limit",
