@@ -468,6 +468,26 @@ def test_statement_timeout_while_rows_stream(endpoint: SqlEndpoint) -> None:
     assert kinds(client.until_ready()) == "TDCZ"
 
 
+def test_one_sessions_timeout_leaves_another_sessions_query_alone(endpoint: SqlEndpoint) -> None:
+    medium = "select count(*) from range(25000) a, range(25000) b where a.range + b.range = 7"
+    result: list[object] = []
+
+    def other() -> None:
+        with connect(endpoint) as conn:
+            result.append(conn.execute(medium).fetchone())
+
+    with connect(endpoint) as conn:
+        conn.execute("set statement_timeout = '200ms'")
+        worker = threading.Thread(target=other)
+        worker.start()
+        wait_for(lambda: endpoint.watch.running == 1)
+        for _ in range(3):  # timed out again and again while the other query runs
+            with pytest.raises(psycopg.errors.QueryCanceled):
+                conn.execute(HEAVY)
+        worker.join(timeout=120)
+    assert result == [(8,)]
+
+
 def test_statement_timeout_settings(endpoint: SqlEndpoint) -> None:
     with connect(endpoint) as conn:
         for value, shown in (("'1min'", "1min"), ("'90s'", "90s"), ("1.5", "2ms"), ("0", "0")):
