@@ -57,5 +57,7 @@ def arm_forked() -> None:
 
 
 def mark_parent() -> None:
-    """Name this process as the parent a fork server it starts must die with."""
-    os.environ[PARENT_PID_ENV] = str(os.getpid())
+    """Name this process as the parent a fork server it starts must die with (the environment
+    is written only when it names another process: rarely, as other threads may read it)."""
+    if os.environ.get(PARENT_PID_ENV) != str(os.getpid()):
+        os.environ[PARENT_PID_ENV] = str(os.getpid())

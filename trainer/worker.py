@@ -72,6 +72,7 @@ def start_forkserver() -> None:
     """Start the fork server, if it is not running, from a thread that lasts as long as this
     process: the fork server's death signal fires when the thread that started it ends."""
     multiprocessing.forkserver.set_forkserver_preload(_PRELOAD)
+    lifeline.mark_parent()  # a no-op but in a process forked after this module was imported
 
     def start() -> None:
         with script_hidden():
