@@ -15,7 +15,8 @@ import contextlib
 import threading
 import time
 from collections.abc import Iterator, Sequence
-from typing import Any, Protocol
+from functools import partial
+from typing import TYPE_CHECKING, Any, Protocol
 
 import duckdb
 import numpy as np
@@ -34,6 +35,10 @@ from predictor.statements import Parameter, ProcedureCall, Statement
 from predictor.time_settings import STATEMENT_TIMEOUT
 from predictor.value_text import text_value
 from trainer.train import Trainer
+
+if TYPE_CHECKING:
+    from predictor.access import EndpointAccess
+    from predictor.users import UsersFile
 
 SERVER_VERSION = "16.0"
 _FLOAT8_ARRAY = 1022
@@ -78,6 +83,10 @@ class Endpoint(Protocol):
     """The settings a session starts with (DEFAULT_SETTINGS and the endpoint's own)."""
     relations: ServedRelations
     """The relations clients may name (the allow-list checks each statement against them)."""
+    users: UsersFile | None
+    """Named users and their source roles; None: one password, or trust, for every name."""
+    access: EndpointAccess | None
+    """What each source role may read and change; None without a source."""
 
     def refresh_score_views(self) -> None: ...
 
@@ -86,6 +95,7 @@ class StatementRunner:
     """Runs statements in a session's transaction state; :class:`Session` adds the protocol."""
 
     endpoint: Endpoint
+    role: str
     status: str
     settings: dict[str, str]
     cursor: duckdb.DuckDBPyConnection | None
@@ -203,7 +213,11 @@ class StatementRunner:
             return self._predict(statement.procedure, params)
         if kind == "procedure":
             assert statement.procedure is not None
-            result = procedures.call(self.endpoint.trainer, statement.procedure, params)
+            access = self.endpoint.access
+            changing = None if access is None else partial(access.changing, self.role)
+            result = procedures.call(
+                self.endpoint.trainer, statement.procedure, params, changing=changing
+            )
             return _procedure_outcome(result)
         if kind in ("begin", "commit", "rollback", "savepoint", "release", "rollback_to"):
             return self._transaction(statement)

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import json
 from collections.abc import Callable, Sequence
+from contextlib import AbstractContextManager, nullcontext
 from dataclasses import dataclass
 from typing import Any
 
@@ -81,8 +82,17 @@ class ProcedureResult:
     tag: str = "SELECT 1"
 
 
-def call(trainer: Trainer, procedure: ProcedureCall, params: Sequence[Any] = ()) -> ProcedureResult:
-    """Run ``procedure`` with its ``$n`` arguments taken from ``params``."""
+def call(
+    trainer: Trainer,
+    procedure: ProcedureCall,
+    params: Sequence[Any] = (),
+    *,
+    changing: Callable[[str, str], AbstractContextManager[None]] | None = None,
+) -> ProcedureResult:
+    """Run ``procedure`` with its ``$n`` arguments taken from ``params``.
+
+    ``changing(procedure, project)`` wraps the run: it refuses a caller who may not change the
+    project (:meth:`predictor.access.EndpointAccess.changing`)."""
     name = procedure.name
     args = [_param(a, params) for a in procedure.args]
     kwargs = {k: _param(v, params) for k, v in procedure.kwargs.items()}
@@ -93,13 +103,23 @@ def call(trainer: Trainer, procedure: ProcedureCall, params: Sequence[Any] = ())
     if relation is not None and procedure.check_relation is not None:
         procedure.check_relation(str(relation))  # a table the caller may read, never internal
     run: Callable[[Trainer, dict[str, Any]], ProcedureResult] = _RUNNERS[name]
-    result = run(trainer, bound)
+    guard = nullcontext() if changing is None else changing(name, _project_of(trainer, name, bound))
+    with guard:
+        result = run(trainer, bound)
     if procedure.expanded or len(result.columns) == 1:
         return result
     column = procedure.name
     return ProcedureResult(
         [(column, RECORD)], [(record_text(row),) for row in result.rows], result.tag
     )
+
+
+def _project_of(trainer: Trainer, name: str, bound: dict[str, Any]) -> str:
+    """The project a procedure changes ("" for none, or a model id that names none)."""
+    if name != "deploy_model":
+        return str(bound.get("project_name") or "")
+    model = trainer.registry.model(int(bound["model_id"]))
+    return "" if model is None else trainer.registry.project_by_id(model.project_id).name
 
 
 def _param(value: Any, params: Sequence[Any]) -> Any:

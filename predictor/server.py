@@ -29,6 +29,7 @@ import duckdb
 
 from mirror.errors import ConfigError, SidecarError
 from predictor import catalog, score_views, wire
+from predictor.access import EndpointAccess
 from predictor.admission import Admission, AdmissionLimits
 from predictor.execution import DEFAULT_SETTINGS
 from predictor.scoring import Scorer
@@ -36,6 +37,7 @@ from predictor.scram import ScramVerifier
 from predictor.session import Session
 from predictor.statement_watch import StatementWatch
 from predictor.time_settings import AUTHENTICATION_TIMEOUT, STATEMENT_TIMEOUT, TimeSetting
+from predictor.users import UsersFile
 from trainer.train import Trainer
 
 log = logging.getLogger("pgml_sidecar")
@@ -51,6 +53,10 @@ class EndpointSettings:
     host: str = "127.0.0.1"
     port: int = 6433
     password: str | None = None
+    """One password for every user name (each name acts as the source role of that name)."""
+    users_file: Path | None = None
+    """Named users with their own SCRAM verifiers and source roles (predictor.users); never
+    trust when it is set."""
     tls_cert: Path | None = None
     tls_key: Path | None = None
     max_connections: int = 100
@@ -87,13 +93,26 @@ class SqlEndpoint:
     """Serves PostgresML's SQL over the wire protocol on the mirror's DuckDB connection."""
 
     def __init__(
-        self, settings: EndpointSettings, con: duckdb.DuckDBPyConnection, trainer: Trainer
+        self,
+        settings: EndpointSettings,
+        con: duckdb.DuckDBPyConnection,
+        trainer: Trainer,
+        *,
+        source_dsn: str | None = None,
     ) -> None:
-        if settings.password is None and not is_loopback(settings.host):
+        trusting = settings.password is None and settings.users_file is None
+        if trusting and not is_loopback(settings.host):
             raise ConfigError(
-                f"listening on {settings.host} needs a password: set {PASSWORD_ENV} or pass"
-                " --password-file (without one, the endpoint only listens on 127.0.0.1)"
+                f"listening on {settings.host} needs a password: a users file (--users-file,"
+                f" made with pgml-sidecar adduser) or one password ({PASSWORD_ENV} or"
+                " --password-file); without either, the endpoint only listens on 127.0.0.1"
             )
+        if settings.password is not None and settings.users_file is not None:
+            raise ConfigError(
+                "both a users file and an endpoint password are set: keep the users file (each"
+                f" user has its own password there) and unset {PASSWORD_ENV} / password_file"
+            )
+        self.users = UsersFile(settings.users_file) if settings.users_file else None
         self.settings = settings
         self.limits = AdmissionLimits(
             authentication_timeout=_setting(
@@ -116,8 +135,13 @@ class SqlEndpoint:
         self._views_generation = -1
         self._views_lock = threading.Lock()
         self.refresh_score_views()
-        # issue 13: the relations clients may name, for the allow-list check of each statement
+        # the relations clients may name: the allow-list checks each statement against them
         self.relations = catalog.ServedRelations(con, before_refresh=self.refresh_score_views)
+        self.access = (
+            EndpointAccess(source_dsn, con, self.relations, trainer) if source_dsn else None
+        )
+        """What each session's source role may read and change; None without a source (serve
+        on a mirror file alone: every served relation, for whoever may connect)."""
         self.tls = _tls_context(settings)
         self.watch = StatementWatch()
         self._sessions: dict[tuple[int, int], Session] = {}

@@ -12,7 +12,7 @@ import contextlib
 import logging
 import shlex
 import threading
-from collections.abc import Iterator, Mapping
+from collections.abc import Callable, Iterator, Mapping
 from typing import Any
 
 import duckdb
@@ -53,6 +53,8 @@ class Session(StatementRunner):
         self.pid, self.key = pid, key
         self.state = "startup"
         self.user = ""
+        self.role = ""
+        """The source role this session acts for (set once authenticated)."""
         self.status = "I"  # ReadyForQuery: I idle, T in a transaction, E failed transaction
         self.settings = dict(endpoint.session_defaults)
         self.cursor: duckdb.DuckDBPyConnection | None = None
@@ -120,7 +122,8 @@ class Session(StatementRunner):
         except SidecarError as exc:
             self.closed = True
             return wire.error_response(sqlstate=exc.sqlstate, message=str(exc), severity="FATAL")
-        verifier = self.endpoint.verifier
+        users = self.endpoint.users
+        verifier = users.verifier(self.user) if users is not None else self.endpoint.verifier
         if verifier is None:
             self.state = "authenticated"
             return b""
@@ -161,6 +164,9 @@ class Session(StatementRunner):
         """
         assert self.state == "authenticated"
         self.state = "ready"
+        users = self.endpoint.users
+        known = users.lookup(self.user) if users is not None else None
+        self.role = known.role if known is not None else self.user
         self.cursor = self.endpoint.con.cursor()
         out = [wire.authentication_ok()]
         for name in _REPORTED:
@@ -201,9 +207,14 @@ class Session(StatementRunner):
         """The statements of ``sql``, checked against the allow-list."""
         check_depth(sql)
         try:
-            return split(sql, relations=self.endpoint.relations)  # issue 13: readable=
+            return split(sql, relations=self.endpoint.relations, readable=self._readable())
         except RecursionError:  # a tree deep enough for pglast, too deep for Python's walks
             raise _too_deep() from None
+
+    def _readable(self) -> Callable[[str, str], bool] | None:
+        """What this session's source role may read (None: everything served, no source)."""
+        access = self.endpoint.access
+        return None if access is None else access.readable(self.role)
 
     def _send_rows(self, outcome: Outcome, limit: int | None) -> Iterator[bytes]:
         """DataRows of up to ``limit`` rows, then CommandComplete or PortalSuspended."""

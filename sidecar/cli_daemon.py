@@ -144,6 +144,7 @@ def _run(args: argparse.Namespace) -> int:
             host=settings["host"],
             port=settings["port"],
             password=read_password(password_file),
+            users_file=Path(settings["users_file"]) if settings["users_file"] else None,
             tls_cert=Path(settings["tls_cert"]) if settings["tls_cert"] else None,
             tls_key=Path(settings["tls_key"]) if settings["tls_key"] else None,
             statement_timeout=settings["statement_timeout"],

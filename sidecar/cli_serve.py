@@ -41,6 +41,20 @@ def add_parser(commands: argparse._SubParsersAction) -> None:
         type=Path,
         help="file holding the endpoint password (else env PGML_SIDECAR_ENDPOINT_PASSWORD)",
     )
+    p.add_argument(
+        "--users-file",
+        type=Path,
+        default=os.environ.get("PGML_SIDECAR_USERS_FILE"),
+        help="endpoint users with their own passwords and source roles, written by"
+        " pgml-sidecar adduser (env PGML_SIDECAR_USERS_FILE); never trust when given",
+    )
+    p.add_argument(
+        "--source",
+        default=os.environ.get("PGML_SIDECAR_SOURCE"),
+        help="the source database the mirror copies (env PGML_SIDECAR_SOURCE): each user then"
+        " reads only the tables its source role may SELECT there; without it, every user reads"
+        " every table of the mirror",
+    )
     p.add_argument("--tls-cert", type=Path, help="PEM certificate: offer TLS to clients")
     p.add_argument("--tls-key", type=Path, help="PEM private key of --tls-cert")
     timeouts = (("statement_timeout", "0", "'5s', '100ms'; a number is ms"),
@@ -74,6 +88,7 @@ def serve(args: argparse.Namespace) -> int:
         host=args.host,
         port=args.port,
         password=read_password(args.password_file),
+        users_file=args.users_file,
         tls_cert=args.tls_cert,
         tls_key=args.tls_key,
         statement_timeout=args.statement_timeout,
@@ -82,7 +97,7 @@ def serve(args: argparse.Namespace) -> int:
     mirror = Mirror(args.mirror, memory_limit=args.memory_limit)
     trainer = Trainer(mirror.con, artifact_home(mirror.path))
     try:
-        endpoint = SqlEndpoint(settings, mirror.con, trainer)
+        endpoint = SqlEndpoint(settings, mirror.con, trainer, source_dsn=args.source)
         mirror.lock_down(allowed_directories=[trainer.home])  # set up: lock DuckDB before clients
         port = endpoint.start()
         trainer.worker.warm()

@@ -47,6 +47,7 @@ SETTINGS = [
     Setting("memory_limit", str, "1GB", "memory DuckDB may use"),
     Setting("checkpoint_rows", int, 100_000, "rows an online model learns between checkpoints"),
     Setting("password_file", str, None, "file holding the SQL endpoint's password"),
+    Setting("users_file", str, None, "SQL endpoint users: verifiers and source roles (adduser)"),
     Setting("tls_cert", str, None, "PEM certificate for the SQL endpoint"),
     Setting("tls_key", str, None, "PEM private key of tls_cert"),
     Setting("statement_timeout", str, "0", "SQL endpoint: cancel longer statements ('5s'; 0 off)"),

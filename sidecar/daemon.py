@@ -55,6 +55,7 @@ class DaemonSettings:
     host: str = "127.0.0.1"
     port: int = 6433
     password: str | None = None
+    users_file: Path | None = None
     tls_cert: Path | None = None
     tls_key: Path | None = None
     statement_timeout: str = "0"
@@ -116,6 +117,7 @@ class Daemon:
                 host=settings.host,
                 port=settings.port,
                 password=settings.password,
+                users_file=settings.users_file,
                 tls_cert=settings.tls_cert,
                 tls_key=settings.tls_key,
                 statement_timeout=settings.statement_timeout,
@@ -123,6 +125,7 @@ class Daemon:
             ),
             self.mirror.con,
             self.trainer,
+            source_dsn=settings.source_dsn,  # each session reads what its source role may
         )
         self.metrics = Metrics()
         self.metrics_server = MetricsServer(

@@ -21,7 +21,7 @@ import psycopg
 
 from sidecar import source_schema
 from sidecar.daemon import Daemon, DaemonSettings
-from sidecar.local_postgres import LocalPostgres, free_port
+from sidecar.local_postgres import SUPERUSER, LocalPostgres, free_port
 
 PROJECT = "Customer Churn"
 ALGORITHMS = ("linear", "random_forest", "xgboost")
@@ -167,6 +167,7 @@ def _session(conn: psycopg.Connection, daemon: Daemon, rows: int, port: int) -> 
         print(f"      {model_id:<5} | {algorithm:<14} | {f1:<5} | {accuracy:<8} | {deployed}")
     health = daemon.health()
     print(f"    sidecar: {health['status']}, {health['rows_applied']} row changes applied")
-    _say(f"the SQL endpoint: psql -h 127.0.0.1 -p {port} -U pgml")
+    # each endpoint user reads what the source role of its name may: the demo's superuser
+    _say(f"the SQL endpoint: psql -h 127.0.0.1 -p {port} -U {SUPERUSER}")
     if sys.stdin.isatty():
         input("    press Enter to stop the demo and clean up... ")

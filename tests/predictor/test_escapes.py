@@ -23,6 +23,7 @@ import duckdb
 import psycopg
 import pyarrow as pa
 import pytest
+from psycopg.conninfo import conninfo_to_dict
 
 from mirror.changes import Column, Inserts, Relation, Tuples
 from mirror.store import Mirror
@@ -525,7 +526,8 @@ def test_run_locks_duckdb_before_it_serves(source_dsn: str, mirror_path: Path) -
             "select pgml.train('Churn', 'classification', 'public.accounts', 'churned')",
         )
         assert finished(source_dsn, request)[:2] == ("done", None)  # a snapshot under the lock
-        with connect(daemon.endpoint) as conn:
+        user = conninfo_to_dict(source_dsn)["user"]  # the endpoint user acts for that role
+        with connect(daemon.endpoint, user=str(user)) as conn:
             count = conn.execute("select count(*) from public.accounts").fetchone()
             assert count == (300,)
             with pytest.raises(psycopg.errors.InsufficientPrivilege):

@@ -1,0 +1,170 @@
+"""What one endpoint user may read and change: its source role's privileges and its projects.
+
+Every endpoint session acts for one source role: the role its line in the users file names, or,
+without a users file, the role of its user name (as PostgreSQL's own trust and password
+methods do). The source decides what that role reaches through the endpoint:
+
+- a mirrored table, only if the role may SELECT every column of it in the source
+  (:mod:`predictor.privileges`, refreshed at least every minute: GRANT and REVOKE are followed
+  within one). A table the role may read only some columns of is refused whole: the endpoint
+  cannot hide columns of a table from a query;
+- a ``pgml_scores`` view, only for the project's owner and for roles that may read the
+  relation it scores (as the score tables in the source, :mod:`predictor.score_grants`);
+- a table made in the mirror file by other hands, never (those exist only in ``serve``);
+- the registry in schema ``pgml``, always (see :mod:`predictor.catalog`).
+
+A project belongs to the role whose training made it (:mod:`predictor.ownership`): only it,
+its members and members of ``pgml_admin`` may train it again, deploy, schedule it or change
+its retraining on drift, from the source or from the endpoint. A role that is no source role
+reads no mirrored table and changes nothing.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import threading
+from collections.abc import Callable, Iterator
+
+import duckdb
+import psycopg
+
+from mirror.errors import SidecarError
+from mirror.registry import project_slug
+from predictor import catalog, ownership
+from predictor.catalog import ServedRelations
+from predictor.ownership import ProjectOwners
+from predictor.privileges import AllColumns, Readable, SourcePrivileges
+from trainer.snapshots import find_relation
+from trainer.train import Trainer
+
+CHANGING = ("train", "deploy", "deploy_model", "schedule", "retrain_on_drift")
+"""The pgml procedures that change a project: only its owner may call them."""
+CONNECT_TIMEOUT_S = 5
+
+
+class EndpointAccess:
+    """The source's word on what each endpoint role may read and which projects it may change."""
+
+    def __init__(
+        self,
+        source_dsn: str,
+        con: duckdb.DuckDBPyConnection,
+        relations: ServedRelations,
+        trainer: Trainer,
+        *,
+        privileges: SourcePrivileges | None = None,
+    ) -> None:
+        self.source_dsn = source_dsn
+        self.con = con
+        self.relations = relations
+        self.trainer = trainer
+        self.privileges = privileges or SourcePrivileges(source_dsn, con)
+        self.owners = ProjectOwners(con)
+        self._scored: dict[str, tuple[str, tuple[str, str] | None]] = {}
+        self._scored_generation = -1
+        self._lock = threading.Lock()
+
+    def readable(self, role: str) -> Callable[[str, str], bool]:
+        """Whether ``role`` may read a served relation (by its schema and name as served)."""
+        mirrored = self.privileges.readable(role)
+
+        def may_read(schema: str, name: str) -> bool:
+            found = self.relations.find(schema, name)
+            if found is None:
+                return False
+            if found.kind == catalog.MIRRORED:
+                return self._whole(mirrored, found.schema, found.name)
+            if found.kind == catalog.SCORES:
+                return self._may_read_scores(role, mirrored, found.name)
+            return found.kind == catalog.REGISTRY
+
+        return may_read
+
+    def _may_read_scores(self, role: str, mirrored: Readable, view: str) -> bool:
+        scored = self._scored_relations().get(view.casefold())
+        if scored is None:
+            return False
+        project, relation = scored
+        if relation is not None and self._whole(mirrored, *relation):
+            return True
+        owner = self.owners.owner(project)
+        return owner is not None and owner == role
+
+    def _scored_relations(self) -> dict[str, tuple[str, tuple[str, str] | None]]:
+        """Each score view's project and the mirrored relation it scores (by view name)."""
+        with self._lock:
+            if self._scored_generation == self.trainer.generation:
+                return self._scored
+            generation = self.trainer.generation
+            scored: dict[str, tuple[str, tuple[str, str] | None]] = {}
+            registry = self.trainer.registry
+            for project in registry.projects():
+                deployed = registry.deployed(project.id)
+                snapshot = registry.snapshot(deployed.snapshot_id) if deployed else None
+                relation = None
+                if snapshot is not None:
+                    with contextlib.suppress(SidecarError):
+                        found = find_relation(self.con, snapshot.relation_name)
+                        relation = (found.schema, found.name)
+                scored.setdefault(project_slug(project.name).casefold(), (project.name, relation))
+            self._scored, self._scored_generation = scored, generation
+            return scored
+
+    def _whole(self, readable: Readable, schema: str, name: str) -> bool:
+        """Whether ``readable`` holds every column of the mirrored table ``schema.name``."""
+        allowed = readable.get((schema, name))
+        if allowed is None or isinstance(allowed, AllColumns):
+            return allowed is not None
+        cursor = self.con.cursor()  # column grants: do they cover every mirrored column?
+        try:
+            columns = cursor.execute(
+                "select column_name from duckdb_columns() where database_name ="
+                " current_database() and schema_name = ? and table_name = ?",
+                [schema, name],
+            ).fetchall()
+        finally:
+            cursor.close()
+        return bool(columns) and all(column in allowed for (column,) in columns)
+
+    @contextlib.contextmanager
+    def changing(self, role: str, procedure: str, project: str) -> Iterator[None]:
+        """Around a pgml procedure that may change ``project``: refuse a role that may not
+        change it; a training that makes the project records ``role`` as its owner."""
+        if procedure not in CHANGING or not project:
+            yield
+            return
+        owner = self.owners.owner(project)
+        exists = self.trainer.registry.project(project) is not None
+        claimed = None
+        if owner is not None or exists or procedure != "train":
+            with self._source() as conn:
+                ownership.check_may_change(conn, role, project, owner)
+        else:
+            claimed = self.owners.claim(project, role)
+            if claimed != role:  # made meanwhile by another role: its owner decides
+                with self._source() as conn:
+                    ownership.check_may_change(conn, role, project, claimed)
+                claimed = None
+        try:
+            yield
+        finally:
+            if claimed is not None and self.trainer.registry.project(project) is None:
+                self.owners.release(project, claimed)  # the training made nothing
+
+    @contextlib.contextmanager
+    def _source(self) -> Iterator[psycopg.Connection]:
+        try:
+            conn = psycopg.connect(
+                self.source_dsn,
+                autocommit=True,
+                connect_timeout=CONNECT_TIMEOUT_S,
+                application_name="pgml-sidecar ownership",
+            )
+        except psycopg.Error as exc:
+            raise SidecarError(
+                "cannot ask the source database who may change this project; try again when"
+                f" it is reachable ({str(exc).strip().splitlines()[0] if str(exc) else exc})",
+                sqlstate="08006",
+            ) from None
+        with conn:
+            yield conn

@@ -1,0 +1,197 @@
+"""Endpoint users act for source roles: they read and change only what those roles may.
+
+A real source with real roles (a table owner, the sidecar's REPLICATION role, an application
+role that may SELECT the table, an analyst who may not), the table mirrored by the replicator,
+and the endpoint serving the mirror with that source: queries, ``pgml.train`` and
+``pgml.deploy`` through psycopg, in trust mode and with a users file.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+
+import psycopg
+import pytest
+
+from mirror.store import Mirror
+from predictor.server import EndpointSettings, SqlEndpoint
+from predictor.users import add_user
+from tests.predictor.endpoint_client import connect
+from tests.replicator.mirror_check import catch_up
+from tests.source_roles import MakeRole, as_role, make_role, run
+from trainer.train import Trainer
+from trainer.worker import FitWorker
+
+__all__ = ["make_role"]  # the fixture, used by name
+
+
+@dataclass
+class Company:
+    dsn: str
+    owner: str
+    app: str
+    """May SELECT hr.salaries."""
+    analyst: str
+    """May SELECT nothing."""
+    partial: str
+    """May SELECT two columns of hr.salaries only."""
+    endpoint: SqlEndpoint
+
+
+def _endpoint(
+    source_dsn: str, sidecar: str, mirror: Mirror, trainer: Trainer, **settings: object
+) -> SqlEndpoint:
+    served = SqlEndpoint(
+        EndpointSettings(port=0, **settings),  # type: ignore[arg-type]
+        mirror.con,
+        trainer,
+        source_dsn=as_role(source_dsn, sidecar),
+    )
+    assert served.access is not None
+    served.access.privileges.max_age = 0.5  # GRANT and REVOKE followed at once, for the test
+    return served
+
+
+@pytest.fixture
+def company(
+    source_dsn: str, mirror_path: Path, make_role: MakeRole, fit_worker: FitWorker
+) -> Iterator[tuple[Company, Mirror, Trainer, str]]:
+    owner, sidecar = make_role("owner"), make_role("sidecar", "replication")
+    app, analyst, partial = make_role("app"), make_role("analyst"), make_role("partial")
+    run(source_dsn, f"create schema hr authorization {owner}")
+    run(
+        as_role(source_dsn, owner),
+        "grant usage on schema hr to public",
+        "create table hr.salaries (id int primary key, age int, years int, salary int)",
+        "insert into hr.salaries select i, 20 + i % 40, i % 30, 30000 + 900 * (i % 40)"
+        " + 400 * (i % 30) from generate_series(1, 200) i",
+        f"grant select on hr.salaries to {sidecar}, {app}",
+        f"grant select (id, age) on hr.salaries to {partial}",
+    )
+    catch_up(source_dsn, mirror_path, ["hr.salaries"])
+    mirror = Mirror(mirror_path)
+    trainer = Trainer(mirror.con, mirror_path.parent / "artifacts", worker=fit_worker)
+    served = _endpoint(source_dsn, sidecar, mirror, trainer)
+    served.start()
+    try:
+        yield Company(source_dsn, owner, app, analyst, partial, served), mirror, trainer, sidecar
+    finally:
+        served.stop()
+        trainer.close()
+        mirror.close()
+
+
+def _query(endpoint: SqlEndpoint, user: str, sql: str, **options: str) -> list[tuple]:
+    with connect(endpoint, user=user, **options) as conn:
+        return conn.execute(sql).fetchall()
+
+
+def _refused(endpoint: SqlEndpoint, user: str, sql: str, **options: str) -> str:
+    with pytest.raises(psycopg.errors.InsufficientPrivilege) as caught:
+        _query(endpoint, user, sql, **options)
+    return str(caught.value)
+
+
+def test_each_user_reads_what_its_source_role_may(company: tuple) -> None:
+    c, *_ = company
+    assert _query(c.endpoint, c.app, "select count(*) from hr.salaries") == [(200,)]
+    assert "hr.salaries" in _refused(c.endpoint, c.analyst, "select * from hr.salaries")
+    # two columns granted: the table is refused whole, even for those two columns
+    _refused(c.endpoint, c.partial, "select id, age from hr.salaries")
+    _refused(c.endpoint, "no_such_role_here", "select * from hr.salaries")
+    # through a subquery, a CTE and a join the answer is the same
+    _refused(c.endpoint, c.analyst, "with s as (select * from hr.salaries) select * from s")
+    _refused(c.endpoint, c.analyst, "select 1 where exists (select 1 from hr.salaries)")
+    # the registry is everyone's
+    assert _query(c.endpoint, c.analyst, "select count(*) from pgml.projects") == [(0,)]
+
+
+def test_grant_and_revoke_are_followed(company: tuple) -> None:
+    c, *_ = company
+    _refused(c.endpoint, c.analyst, "select * from hr.salaries")
+    run(as_role(c.dsn, c.owner), f"grant select on hr.salaries to {c.analyst}")
+    _await(lambda: _may(c.endpoint, c.analyst))
+    run(as_role(c.dsn, c.owner), f"revoke select on hr.salaries from {c.analyst}")
+    _await(lambda: not _may(c.endpoint, c.analyst))
+
+
+def _may(endpoint: SqlEndpoint, user: str) -> bool:
+    try:
+        _query(endpoint, user, "select count(*) from hr.salaries")
+    except psycopg.errors.InsufficientPrivilege:
+        return False
+    return True
+
+
+def _await(condition: object, timeout: float = 30.0) -> None:
+    deadline = time.monotonic() + timeout
+    while not condition():  # type: ignore[operator]
+        assert time.monotonic() < deadline, "the endpoint did not follow the source in time"
+        time.sleep(0.1)
+
+
+def test_training_reads_only_what_the_role_may_and_projects_belong_to_their_maker(
+    company: tuple,
+) -> None:
+    c, *_ = company
+    train = "select * from pgml.train('pay', 'regression', 'hr.salaries', 'salary')"
+    assert "hr.salaries" in _refused(c.endpoint, c.analyst, train)
+    assert _query(c.endpoint, c.app, train)[0][0] == "pay"
+    # the project is app's: the analyst can neither retrain nor deploy it
+    assert "must be owner of project pay" in _refused(
+        c.endpoint, c.analyst, "select * from pgml.train('pay')"
+    )
+    _refused(c.endpoint, c.analyst, "select * from pgml.deploy('pay', 'most_recent')")
+    model_id = _query(c.endpoint, c.app, "select id from pgml.models")[0][0]
+    _refused(c.endpoint, c.analyst, f"select * from pgml.deploy({model_id})")
+    assert _query(c.endpoint, c.app, "select * from pgml.deploy('pay', 'most_recent')")
+    # its scores: for the owner and for readers of hr.salaries only
+    scores = "select count(*) from pgml_scores.pay"
+    assert _query(c.endpoint, c.app, scores) == [(200,)]
+    _refused(c.endpoint, c.analyst, scores)
+    run(as_role(c.dsn, c.owner), f"grant select on hr.salaries to {c.partial}")
+    _await(lambda: _query_ok(c.endpoint, c.partial, scores))
+
+
+def _query_ok(endpoint: SqlEndpoint, user: str, sql: str) -> bool:
+    try:
+        _query(endpoint, user, sql)
+    except psycopg.errors.InsufficientPrivilege:
+        return False
+    return True
+
+
+def test_a_users_file_maps_each_login_to_its_role_and_never_trusts(
+    company: tuple, tmp_path: Path
+) -> None:
+    c, mirror, trainer, sidecar = company
+    users = tmp_path / "users.txt"
+    add_user(users, "alice", "alice-secret-1", role=c.app)
+    add_user(users, "bob", "bob-secret-2", role=c.analyst)
+    served = _endpoint(c.dsn, sidecar, mirror, trainer, users_file=users)
+    served.start()
+    try:
+        sql = "select count(*) from hr.salaries"
+        assert _query(served, "alice", sql, password="alice-secret-1") == [(200,)]
+        _refused(served, "bob", sql, password="bob-secret-2")
+        for user, password in (("alice", "bob-secret-2"), ("carol", "x"), (c.app, "anything")):
+            with pytest.raises(psycopg.OperationalError, match="password authentication failed"):
+                _query(served, user, "select 1", password=password)
+        # a role's own name is no login: app's name without a line in the file gets nowhere
+        with pytest.raises(psycopg.OperationalError):
+            _query(served, c.app, sql)
+    finally:
+        served.stop()
+
+
+def test_a_users_file_and_a_shared_password_together_are_refused(
+    company: tuple, tmp_path: Path
+) -> None:
+    c, mirror, trainer, sidecar = company
+    users = tmp_path / "users.txt"
+    add_user(users, "alice", "alice-secret-1", role=c.app)
+    with pytest.raises(Exception, match="both a users file and an endpoint password"):
+        _endpoint(c.dsn, sidecar, mirror, trainer, users_file=users, password="shared")
