@@ -2,8 +2,10 @@
 
 Callers (the CLI, the SQL endpoint, the daemon) hold a :class:`Trainer` on the mirror's DuckDB
 connection. ``train`` checks the whole request before doing any work, materialises a snapshot,
-fits in the worker process and then registers project, snapshot, model and deployment in one
-transaction, so a request that fails leaves no registry row and no file behind. The trainer
+fits in a worker process and then registers project, snapshot, model and deployment in one
+transaction, so a request that fails leaves no registry row and no file behind. Every training
+has a time limit (the trainer's, one hour unless set, which a request may lower): past it the
+fit's process is killed and the training fails with SQLSTATE 57014. The trainer
 also keeps each project's retraining settings (``pgml.schedule``, ``pgml.retrain_on_drift``)
 and serves the online models that keep learning in this process (``live``).
 """
@@ -13,6 +15,7 @@ from __future__ import annotations
 import json
 import logging
 import threading
+import time
 import uuid
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from contextlib import contextmanager
@@ -39,7 +42,7 @@ from trainer.snapshots import (
 )
 from trainer.snapshots import take_snapshot as materialise
 from trainer.split import SAMPLINGS
-from trainer.worker import FitWorker
+from trainer.worker import FitTimeLimit, FitWorker
 
 log = logging.getLogger("pgml_sidecar")
 
@@ -47,6 +50,8 @@ DEFAULT_ALGORITHM = "linear"
 DEFAULT_TEST_SIZE = 0.25
 DEFAULT_TEST_SAMPLING = "stratified"
 DEFAULT_SEED = 0
+DEFAULT_TIME_LIMIT_S = 3600.0
+"""A training that runs longer is stopped: the default of the sidecar's training_time_limit."""
 _UNSUPERVISED = ("clustering", "decomposition")
 
 
@@ -103,12 +108,16 @@ class Trainer:
         home: Path,
         *,
         worker: FitWorker | None = None,
+        time_limit: float = DEFAULT_TIME_LIMIT_S,
     ) -> None:
         self.con = con
         self.home = Path(home)
         self.registry = Registry(con)
         self.worker = worker or FitWorker()
         self._owns_worker = worker is None
+        self.time_limit = _checked_limit(time_limit)
+        """The longest a training may run, in seconds (0: no limit); a request may ask for
+        less, never for more."""
         self._busy: set[str] = set()
         self._lock = threading.Lock()
         self.on_trained: Callable[[str, str, dict[str, float]], None] | None = None
@@ -148,15 +157,18 @@ class Trainer:
         preprocess: Mapping[str, Any] | str | None = None,
         automatic_deploy: bool = True,
         seed: int | None = None,
+        time_limit: float | None = None,
     ) -> TrainResult:
         """Train a model for ``project``; deploy it if it beats the deployed one.
 
         The first training of a project needs ``task``, ``relation`` and (except for
         clustering and decomposition) ``y``; later ones without ``relation`` reuse the
-        project's last snapshot and its split.
+        project's last snapshot and its split. ``time_limit`` (seconds; None or 0: the
+        trainer's) may lower the trainer's limit, never raise it.
         """
         if not project:
             raise TrainingError("project name is empty")
+        limit = self.effective_time_limit(time_limit)
         with self._training(project):
             try:
                 result = self._train(
@@ -174,6 +186,7 @@ class Trainer:
                     preprocess=json_object("preprocess", preprocess),
                     automatic_deploy=automatic_deploy,
                     seed=seed,
+                    time_limit=limit,
                 )
             except SidecarError:
                 if self.on_trained is not None:
@@ -182,6 +195,25 @@ class Trainer:
             if self.on_trained is not None:
                 self.on_trained(project, "successful", result.metrics)
             return result
+
+    def effective_time_limit(self, requested: float | None) -> float:
+        """The limit a training asking for ``requested`` seconds gets: the lower of it and the
+        trainer's (0 and None ask for the trainer's; 0 back: no limit)."""
+        requested = _checked_limit(requested or 0.0)
+        if not requested:
+            return self.time_limit
+        return min(requested, self.time_limit) if self.time_limit else requested
+
+    def _over_time(self, project: str, limit: float) -> TrainingError:
+        if limit < self.time_limit or not self.time_limit:
+            advice = "raise pgml.training_time_limit"
+        else:  # the most this sidecar allows
+            advice = "raise the sidecar's training_time_limit (the most a training may ask for)"
+        return TrainingError(
+            f"canceling training of project {project!r}: it ran past its time limit of"
+            f" {shown_duration(limit)}; {advice} or train on fewer rows / a smaller search",
+            sqlstate="57014",
+        )
 
     @contextmanager
     def _training(self, project: str) -> Iterator[None]:
@@ -215,7 +247,9 @@ class Trainer:
         preprocess: dict[str, Any],
         automatic_deploy: bool,
         seed: int | None,
+        time_limit: float,
     ) -> TrainResult:
+        started = time.monotonic()
         project = self.registry.project(name)
         if project is None and (owner := self.registry.slug_owner(name)) is not None:
             raise name_collision(name, owner.name)  # before any work; registering checks again
@@ -267,7 +301,13 @@ class Trainer:
                 raise TrainingError(
                     f"relation {snapshot.relation_name} has no rows to train on", sqlstate="22000"
                 )
+            left = time_limit - (time.monotonic() - started) if time_limit else None
+            if left is not None and left <= 0:  # the snapshot took all of it
+                raise self._over_time(name, time_limit)
             result = self._fit(
+                name,
+                time_limit,
+                left,
                 FitJob(
                     snapshot_path=str(self.home / snapshot.path),
                     model_path=str(model_path),
@@ -282,7 +322,7 @@ class Trainer:
                     search=search,
                     search_params=search_params,
                     search_args=search_args,
-                )
+                ),
             )
             return self._register(
                 name,
@@ -304,12 +344,15 @@ class Trainer:
                 (self.home / snapshot.path).unlink(missing_ok=True)
             raise
 
-    def _fit(self, job: FitJob) -> FitResult:
+    def _fit(self, project: str, limit: float, left: float | None, job: FitJob) -> FitResult:
+        """Fit ``job`` within the ``left`` seconds of the training's ``limit``."""
         try:
-            result = self.worker.run(job)
+            result = self.worker.run(job, time_limit=left)
             for warning in result.warnings:
                 log.warning("%s: %s", job.algorithm, warning)
             return result
+        except FitTimeLimit:
+            raise self._over_time(project, limit) from None
         except SidecarError:
             raise
         except Exception as exc:
@@ -495,6 +538,26 @@ class Trainer:
         if record is None:
             raise TrainingError(f"project {project!r} has no deployed model", sqlstate="42704")
         return self.model(record.id)
+
+
+def shown_duration(seconds: float) -> str:
+    """Seconds as PostgreSQL shows a setting counted in seconds: ``10min``, ``2h``, ``90s``."""
+    whole = round(seconds)
+    if whole != seconds or whole <= 0:
+        return f"{seconds:g}s"
+    for unit, size in (("d", 86_400), ("h", 3_600), ("min", 60)):
+        if whole % size == 0:
+            return f"{whole // size}{unit}"
+    return f"{whole}s"
+
+
+def _checked_limit(seconds: float) -> float:
+    if not seconds >= 0:  # NaN too
+        raise TrainingError(
+            f"a training time limit is a number of seconds, 0 or more, not {seconds!r}",
+            sqlstate="22023",
+        )
+    return float(seconds)
 
 
 def _label(y: str | Sequence[str] | None) -> str | None:
