@@ -130,6 +130,10 @@ class _Process:
         with script_hidden():
             return self.executor().submit(fit, job)
 
+    def pids(self) -> set[int]:
+        pool = self.pool
+        return set((getattr(pool, "_processes", None) or {}) if pool is not None else ())
+
     def discard(self) -> None:
         """Forget a pool whose process died; the next fit starts a new one."""
         pool, self.pool = self.pool, None
@@ -179,6 +183,11 @@ class FitWorker:
         with self._changed:
             self._check_open()
             self._all[0].start()
+
+    def pids(self) -> set[int]:
+        """The worker processes started and not (yet) known to be gone."""
+        with self._changed:
+            return set().union(*(process.pids() for process in self._all))
 
     def run(self, job: FitJob, *, time_limit: float | None = None) -> FitResult:
         """Fit in a worker process and wait for the result; errors come back as TrainingError.
