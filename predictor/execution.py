@@ -32,7 +32,7 @@ from predictor.scoring import Scorer, scoring_error
 from predictor.scram import ScramVerifier
 from predictor.statement_watch import StatementWatch
 from predictor.statements import Parameter, ProcedureCall, Statement
-from predictor.time_settings import STATEMENT_TIMEOUT
+from predictor.time_settings import STATEMENT_TIMEOUT, TRAINING_TIME_LIMIT
 from predictor.value_text import text_value
 from trainer.train import Trainer
 
@@ -62,7 +62,10 @@ DEFAULT_SETTINGS = {
     "max_identifier_length": "63",
     "statement_timeout": "0",
 }
-_CHECKED_SETTINGS = {"statement_timeout": STATEMENT_TIMEOUT}
+_CHECKED_SETTINGS = {
+    "statement_timeout": STATEMENT_TIMEOUT,
+    "pgml.training_time_limit": TRAINING_TIME_LIMIT,
+}
 """Settings whose values mean something here: checked when set, kept as SHOW gives them."""
 _INTERRUPTED = {
     "cancel": ("canceling statement due to user request", "57014"),
@@ -216,7 +219,11 @@ class StatementRunner:
             access = self.endpoint.access
             changing = None if access is None else partial(access.changing, self.role)
             result = procedures.call(
-                self.endpoint.trainer, statement.procedure, params, changing=changing
+                self.endpoint.trainer,
+                statement.procedure,
+                params,
+                changing=changing,
+                time_limit=self.settings.get("pgml.training_time_limit"),
             )
             return _procedure_outcome(result)
         if kind in ("begin", "commit", "rollback", "savepoint", "release", "rollback_to"):

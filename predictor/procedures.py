@@ -15,6 +15,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from predictor.statements import Parameter, ProcedureCall, StatementError
+from predictor.time_settings import TRAINING_TIME_LIMIT
 from predictor.translation import version
 from trainer.datasets import load_dataset
 from trainer.train import Trainer
@@ -88,17 +89,21 @@ def call(
     params: Sequence[Any] = (),
     *,
     changing: Callable[[str, str], AbstractContextManager[None]] | None = None,
+    time_limit: str | None = None,
 ) -> ProcedureResult:
     """Run ``procedure`` with its ``$n`` arguments taken from ``params``.
 
     ``changing(procedure, project)`` wraps the run: it refuses a caller who may not change the
-    project (:meth:`predictor.access.EndpointAccess.changing`)."""
+    project (:meth:`predictor.access.EndpointAccess.changing`). ``time_limit`` is the session's
+    ``pgml.training_time_limit`` ('10min'), for ``pgml.train``."""
     name = procedure.name
     args = [_param(a, params) for a in procedure.args]
     kwargs = {k: _param(v, params) for k, v in procedure.kwargs.items()}
     if name == "deploy" and len(args) == 1 and not kwargs and _is_model_id(args[0]):
         name = "deploy_model"
     bound = _bind(name, args, kwargs)
+    if name == "train":  # the session's pgml.training_time_limit: '' or unset is the sidecar's
+        bound["time_limit"] = TRAINING_TIME_LIMIT.parse(time_limit) if time_limit else None
     relation = bound.get("relation_name")
     if relation is not None and procedure.check_relation is not None:
         procedure.check_relation(str(relation))  # a table the caller may read, never internal
@@ -182,6 +187,7 @@ def _train(trainer: Trainer, a: dict[str, Any]) -> ProcedureResult:
         test_sampling=a["test_sampling"],
         preprocess=a["preprocess"],
         automatic_deploy=_boolean(a["automatic_deploy"], "automatic_deploy"),
+        time_limit=a["time_limit"],
     )
     return ProcedureResult(
         COLUMNS["train"], [(result.project, result.task, result.algorithm, result.deployed)]

@@ -62,6 +62,9 @@ STATEMENT_TIMEOUT = TimeSetting("statement_timeout", "ms", 0, 2_147_483_647)
 """Cancel a statement that runs longer than this; 0 (the default) is off."""
 AUTHENTICATION_TIMEOUT = TimeSetting("authentication_timeout", "s", 1, 600)
 """Drop a connection that has not authenticated within this; PostgreSQL's range, 1 s to 10 min."""
+TRAINING_TIME_LIMIT = TimeSetting("pgml.training_time_limit", "s", 0, 2_147_483_647)
+"""A session's limit for its trainings (``SET pgml.training_time_limit = '10min'``): at most the
+sidecar's ``training_time_limit``; 0 asks for the sidecar's."""
 
 
 @functools.lru_cache(maxsize=256)

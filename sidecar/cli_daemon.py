@@ -149,6 +149,7 @@ def _run(args: argparse.Namespace) -> int:
             tls_key=Path(settings["tls_key"]) if settings["tls_key"] else None,
             statement_timeout=settings["statement_timeout"],
             authentication_timeout=settings["authentication_timeout"],
+            training_time_limit=settings["training_time_limit"],
             metrics_host=settings["metrics_host"],
             metrics_port=settings["metrics_port"],
             memory_limit=settings["memory_limit"],

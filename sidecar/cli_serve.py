@@ -66,6 +66,13 @@ def add_parser(commands: argparse._SubParsersAction) -> None:
             help=f"as PostgreSQL's {name} ({values}; default %(default)s; env {env})",
         )  # fmt: skip
     p.add_argument(
+        "--training-time-limit",
+        default=os.environ.get("PGML_SIDECAR_TRAINING_TIME_LIMIT", "1h"),
+        help="stop a pgml.train that runs longer ('30min', '2h'; a number is s; 0 none; default"
+        " %(default)s; env PGML_SIDECAR_TRAINING_TIME_LIMIT); a session may ask for less with"
+        " SET pgml.training_time_limit, never for more",
+    )
+    p.add_argument(
         "--memory-limit",
         default=os.environ.get("PGML_SIDECAR_MEMORY_LIMIT", "1GB"),
         help="memory DuckDB may use (default %(default)s; env PGML_SIDECAR_MEMORY_LIMIT)",
@@ -78,6 +85,7 @@ def serve(args: argparse.Namespace) -> int:
     for signum in (signal.SIGINT, signal.SIGTERM):
         signal.signal(signum, lambda *_: stop.set())
     from predictor.server import EndpointSettings, SqlEndpoint, read_password
+    from sidecar.config import training_time_limit
     from trainer.train import Trainer, artifact_home
 
     if not args.mirror:
@@ -94,8 +102,9 @@ def serve(args: argparse.Namespace) -> int:
         statement_timeout=args.statement_timeout,
         authentication_timeout=args.authentication_timeout,
     )
+    time_limit = training_time_limit(args.training_time_limit)
     mirror = Mirror(args.mirror, memory_limit=args.memory_limit)
-    trainer = Trainer(mirror.con, artifact_home(mirror.path))
+    trainer = Trainer(mirror.con, artifact_home(mirror.path), time_limit=time_limit)
     try:
         endpoint = SqlEndpoint(settings, mirror.con, trainer, source_dsn=args.source)
         mirror.lock_down(allowed_directories=[trainer.home])  # set up: lock DuckDB before clients

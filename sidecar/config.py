@@ -16,7 +16,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from mirror.errors import ConfigError
+from mirror.errors import ConfigError, SidecarError
+from predictor.time_settings import InvalidSetting, TimeSetting
 from sidecar import masking
 
 ENV_PREFIX = "PGML_SIDECAR_"
@@ -52,6 +53,7 @@ SETTINGS = [
     Setting("tls_key", str, None, "PEM private key of tls_cert"),
     Setting("statement_timeout", str, "0", "SQL endpoint: cancel longer statements ('5s'; 0 off)"),
     Setting("authentication_timeout", str, "10s", "SQL endpoint: time to authenticate ('10s')"),
+    Setting("training_time_limit", str, "1h", "stop longer trainings ('30min'; 0 none)"),
     Setting("endpoint_dsn", str, None, "how the source reaches the endpoint (for pgml.predict)"),
 ]
 _BY_NAME = {s.name: s for s in SETTINGS}
@@ -113,6 +115,20 @@ def _typed(setting: Setting, value: Any, where: str) -> Any:
         return setting.kind(value)
     except (TypeError, ValueError):
         raise ConfigError(f"{where} must be {setting.kind.__name__}, not {value!r}") from None
+
+
+TRAINING_TIME_LIMIT = TimeSetting("training_time_limit", "s", 0, 2_147_483_647)
+"""The longest a training may run (killed past it): the default and the most a request gets."""
+
+
+def training_time_limit(value: str | int) -> int:
+    """Seconds from a ``training_time_limit`` value ('1h', '30min', 90; 0: no limit)."""
+    try:
+        return TRAINING_TIME_LIMIT.parse(value)
+    except InvalidSetting as exc:
+        raise ConfigError(f"{exc}; {exc.hint}" if exc.hint else str(exc)) from None
+    except SidecarError as exc:
+        raise ConfigError(str(exc)) from None
 
 
 def masked(dsn: str) -> str:

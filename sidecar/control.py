@@ -14,6 +14,11 @@ retrain, write back, schedule or stop it (:mod:`predictor.ownership`). A refused
 with the reason in its row. Every minute the owners are copied to the source's
 ``pgml.projects`` and the score tables' grants follow the relations' again
 (:mod:`predictor.score_grants`).
+
+Requests run one at a time, in id order. A training runs at most the time its request asked
+for (``time_limit``: the session's ``pgml.training_time_limit``) or the sidecar's
+``training_time_limit``, the lower; past it, it fails with SQLSTATE 57014 and the next request
+runs: no request waits behind another for longer than that one's limit.
 """
 
 from __future__ import annotations
@@ -34,6 +39,7 @@ from mirror.errors import SidecarError
 from mirror.registry import project_slug
 from predictor import ownership, privileges, score_grants
 from predictor.ownership import ProjectOwners
+from predictor.time_settings import TRAINING_TIME_LIMIT
 from trainer.snapshots import find_relation
 from trainer.train import Trainer
 
@@ -303,6 +309,7 @@ class ControlRequests:
             hyperparams = request.get("hyperparams") or {}
             if isinstance(hyperparams, str):
                 hyperparams = json.loads(hyperparams)
+            limit = request.get("time_limit")  # the session's pgml.training_time_limit
             result = self.trainer.train(
                 project,
                 task=request.get("task"),
@@ -310,6 +317,7 @@ class ControlRequests:
                 y=request.get("y_column_name"),
                 algorithm=request.get("algorithm"),
                 hyperparams=hyperparams,
+                time_limit=TRAINING_TIME_LIMIT.parse(limit) if limit else None,
             )
         except SidecarError as exc:
             log.warning("request %s for %s failed: %s", request["id"], project, exc)

@@ -27,7 +27,7 @@ from predictor.server import EndpointSettings, SqlEndpoint
 from predictor.writeback import Writeback
 from replicator.kafka import KafkaReplicator, KafkaSettings
 from replicator.replicate import ReplicationSettings, Replicator
-from sidecar import control
+from sidecar import config, control
 from sidecar.control import ControlRequests
 from sidecar.metrics import Metrics, MetricsServer
 from trainer.drift import DriftEvent
@@ -60,6 +60,8 @@ class DaemonSettings:
     tls_key: Path | None = None
     statement_timeout: str = "0"
     authentication_timeout: str = "10s"
+    training_time_limit: str = "1h"
+    """The longest a training may run ('30min', '2h'; 0: no limit); requests may ask for less."""
     metrics_host: str = "127.0.0.1"
     metrics_port: int = 9464
     memory_limit: str = "1GB"
@@ -90,8 +92,11 @@ class Daemon:
     def __init__(self, settings: DaemonSettings) -> None:
         self.settings = settings
         self.stop_event = threading.Event()
+        time_limit = config.training_time_limit(settings.training_time_limit)
         self.mirror = Mirror(settings.mirror_path, memory_limit=settings.memory_limit)
-        self.trainer = Trainer(self.mirror.con, artifact_home(settings.mirror_path))
+        self.trainer = Trainer(
+            self.mirror.con, artifact_home(settings.mirror_path), time_limit=time_limit
+        )
         self.writeback = Writeback(settings.source_dsn, self.mirror.con, self.trainer)
         self.control = ControlRequests(
             settings.source_dsn,

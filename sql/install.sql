@@ -57,8 +57,8 @@ comment on table pgml.settings is
 insert into pgml.settings (name, value) values ('schema_version', '3')
 on conflict (name) do nothing;
 
--- Older databases get cron (version 2), requested_by (version 3) and the three named checks
--- from sql/upgrade/; keep them in step.
+-- Older databases get cron (version 2), requested_by and time_limit (version 3) and the three
+-- named checks from sql/upgrade/; keep them in step.
 create table if not exists pgml.training_requests (
     id bigint generated always as identity primary key,
     kind text not null default 'train',
@@ -77,6 +77,7 @@ create table if not exists pgml.training_requests (
     finished_at timestamptz,
     cron text,
     requested_by name not null default current_user,
+    time_limit text,
     constraint training_requests_kind_check
         check (kind in ('train', 'writeback', 'schedule', 'retrain_on_drift')),
     constraint training_requests_enabled_check
@@ -91,6 +92,9 @@ comment on column pgml.training_requests.cron is
     'schedule requests: a 5-field cron expression, or NULL to clear the schedule';
 comment on column pgml.training_requests.requested_by is
     'the role that asked: the session''s role (after SET ROLE) when a pgml.* function made it';
+comment on column pgml.training_requests.time_limit is
+    'train requests: pgml.training_time_limit as the session had it (''10min''); NULL: the'
+    ' sidecar''s training_time_limit, which is also the most a request gets';
 
 -- Only the pgml.* functions write requests; a grant made by mistake does not change that.
 revoke insert, update, delete, truncate on pgml.training_requests from public;
@@ -299,6 +303,9 @@ as $$
 declare
     requester name := pgml.requesting_role();
     request_id bigint;
+    session_limit text := nullif(btrim(current_setting('pgml.training_time_limit', true)), '');
+    limit_parts text[];
+    limit_seconds numeric;
 begin
     if project_name is null or btrim(project_name) = '' then
         raise exception 'pgml.train needs a project name'
@@ -319,15 +326,39 @@ begin
         raise exception 'pgml.train: hyperparams must be a JSON object, like ''{"alpha": 0.5}'''
             using errcode = 'invalid_parameter_value';
     end if;
+    -- As PostgreSQL checks a setting counted in seconds ('10min', '2h', '90s', a number is s).
+    if session_limit is not null then
+        limit_parts := regexp_match(session_limit,
+            '^([-+]?(?:[0-9]+\.?[0-9]*|\.[0-9]+)(?:[eE][-+]?[0-9]+)?)\s*([a-zA-Z]*)$');
+        if limit_parts is null or limit_parts[2] not in ('', 'us', 'ms', 's', 'min', 'h', 'd')
+        then
+            raise exception 'invalid value for parameter "pgml.training_time_limit": "%"',
+                            session_limit
+                using errcode = 'invalid_parameter_value',
+                      hint = 'Valid units for this parameter are "us", "ms", "s", "min", "h",'
+                             ' and "d".';
+        end if;
+        limit_seconds := round(limit_parts[1]::numeric * case limit_parts[2]
+            when 'us' then 0.000001 when 'ms' then 0.001 when 'min' then 60 when 'h' then 3600
+            when 'd' then 86400 else 1 end);
+        if limit_seconds = 0 and limit_parts[1]::numeric > 0 then
+            limit_seconds := 1;  -- as PostgreSQL: a nonzero value never rounds to zero
+        end if;
+        if limit_seconds not between 0 and 2147483647 then
+            raise exception '% s is outside the valid range for parameter'
+                            ' "pgml.training_time_limit" (0 s .. 2147483647 s)', limit_seconds
+                using errcode = 'invalid_parameter_value';
+        end if;
+    end if;
     perform pgml.check_project(requester, train.project_name);
     if train.relation_name is not null then
         perform pgml.check_relation(requester, train.relation_name);
     end if;
     insert into pgml.training_requests
         (kind, project_name, task, relation_name, y_column_name, algorithm, hyperparams,
-         requested_by)
+         requested_by, time_limit)
     values ('train', train.project_name, train.task, train.relation_name, train.y_column_name,
-            train.algorithm, train.hyperparams, requester)
+            train.algorithm, train.hyperparams, requester, session_limit)
     returning id into request_id;
     return request_id;
 end

@@ -280,10 +280,10 @@ def test_install_upgrades_version_1_keeping_its_requests(source_dsn: str) -> Non
         assert source_schema.installed_version(conn) == 3
         cur = conn.execute("select * from pgml.training_requests order by id")
         assert cur.description is not None
-        assert [c.name for c in cur.description[-2:]] == ["cron", "requested_by"]
+        assert [c.name for c in cur.description[-3:]] == ["cron", "requested_by", "time_limit"]
         after = [dict(zip([c.name for c in cur.description], r, strict=True)) for r in cur]
         done, pending = after
-        assert tuple(done.values())[:-2] == before[0]
+        assert tuple(done.values())[:-3] == before[0]
         assert (done["cron"], done["requested_by"]) == (None, "postgres")
         # Nobody recorded who asked for it: failed rather than carried out as the upgrader.
         assert (pending["status"], pending["enabled"]) == ("failed", False)
