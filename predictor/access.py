@@ -80,15 +80,46 @@ class EndpointAccess:
 
         return may_read
 
-    def _may_read_scores(self, role: str, mirrored: Readable, view: str) -> bool:
-        scored = self._scored_relations().get(view.casefold())
-        if scored is None:
-            return False
-        project, relation = scored
+    def may_score(self, role: str, model: object) -> bool:
+        """Whether ``role`` may score with a project's deployed model (by name) or a model (by
+        id): the same rule as its score view. An unknown one is left to the scorer to report."""
+        registry = self.trainer.registry
+        record = None
+        if isinstance(model, int) or (isinstance(model, str) and model.strip().isdigit()):
+            record = registry.model(int(model))
+            project = registry.project_by_id(record.project_id).name if record else None
+        else:
+            found = registry.project(str(model))
+            project = found.name if found else None
+            record = registry.deployed(found.id) if found else None
+        if project is None:
+            return True
+        relation = None
+        snapshot = registry.snapshot(record.snapshot_id) if record else None
+        if snapshot is not None:
+            with contextlib.suppress(SidecarError):
+                found_relation = find_relation(self.con, snapshot.relation_name)
+                relation = (found_relation.schema, found_relation.name)
+        return self._may_use(role, self.privileges.readable(role), project, relation)
+
+    def _may_use(
+        self, role: str, mirrored: Readable, project: str, relation: tuple[str, str] | None
+    ) -> bool:
+        """A project's scores: for its owner and for those who may read the relation it scores
+        (a pgml data set's are everyone's; a relation no longer found, the owner's only)."""
+        if relation is not None and relation[0] == "pgml":
+            return True
         if relation is not None and self._whole(mirrored, *relation):
             return True
         owner = self.owners.owner(project)
         return owner is not None and owner == role
+
+    def _may_read_scores(self, role: str, mirrored: Readable, view: str) -> bool:
+        scored = self._scored_relations().get(catalog.fold(view))
+        if scored is None:
+            return False
+        project, relation = scored
+        return self._may_use(role, mirrored, project, relation)
 
     def _scored_relations(self) -> dict[str, tuple[str, tuple[str, str] | None]]:
         """Each score view's project and the mirrored relation it scores (by view name)."""
@@ -106,7 +137,8 @@ class EndpointAccess:
                     with contextlib.suppress(SidecarError):
                         found = find_relation(self.con, snapshot.relation_name)
                         relation = (found.schema, found.name)
-                scored.setdefault(project_slug(project.name).casefold(), (project.name, relation))
+                view = catalog.fold(project_slug(project.name))
+                scored.setdefault(view, (project.name, relation))
             self._scored, self._scored_generation = scored, generation
             return scored
 
@@ -140,6 +172,10 @@ class EndpointAccess:
             with self._source() as conn:
                 ownership.check_may_change(conn, role, project, owner)
         else:
+            with self._source() as conn:  # a name that is no source role makes no project
+                known = conn.execute("select 1 from pg_catalog.pg_roles where rolname = %s", [role])
+                if known.fetchone() is None:
+                    raise SidecarError(f'role "{role}" does not exist', sqlstate="42704")
             claimed = self.owners.claim(project, role)
             if claimed != role:  # made meanwhile by another role: its owner decides
                 with self._source() as conn:

@@ -193,6 +193,21 @@ class Refused(SidecarError):
 
 
 @dataclass(frozen=True, slots=True)
+class ScoredModel:
+    """The first argument of a ``pgml.predict`` in a query: which project (or model id) scores.
+
+    ``value`` is a constant; ``param`` a ``$n`` filled in at Bind; neither (``computed``): an
+    expression, known only row by row."""
+
+    value: str | int | None = None
+    param: int = 0
+
+    @property
+    def computed(self) -> bool:
+        return self.value is None and not self.param
+
+
+@dataclass(frozen=True, slots=True)
 class CheckedQuery:
     """What the check of a query found on its way (so that nobody walks the query again)."""
 
@@ -202,6 +217,8 @@ class CheckedQuery:
     """The highest ``$n`` in the query (0: none)."""
     pgml_calls: tuple[str, ...]
     """The ``pgml.*`` functions it calls, by name."""
+    scored: tuple[ScoredModel, ...] = ()
+    """The projects (or model ids) its ``pgml.predict`` and ``predict_proba`` calls score with."""
 
 
 def check_query(
@@ -218,7 +235,9 @@ def check_query(
     """
     check = _QueryCheck(relations, readable)
     check.select(node, frozenset())
-    return CheckedQuery(tuple(check.reads), check.params, tuple(check.pgml_calls))
+    return CheckedQuery(
+        tuple(check.reads), check.params, tuple(check.pgml_calls), tuple(check.scored)
+    )
 
 
 def check_relation_name(
@@ -264,8 +283,8 @@ def _may_read(readable: Readable | None, relation: ServedRelation) -> bool:
         return bool(readable(relation.schema, relation.name))
     if (relation.schema, relation.name) in readable:
         return True
-    key = (relation.schema.casefold(), relation.name.casefold())
-    return any((s.casefold(), n.casefold()) == key for s, n in readable)
+    key = (catalog.fold(relation.schema), catalog.fold(relation.name))
+    return any((catalog.fold(s), catalog.fold(n)) == key for s, n in readable)
 
 
 def _names(funcname: Iterable[ast.String] | None) -> list[str]:
@@ -296,6 +315,7 @@ class _QueryCheck:
         self.reads: list[ServedRelation] = []
         self.params = 0
         self.pgml_calls: list[str] = []
+        self.scored: list[ScoredModel] = []
 
     def select(self, node: ast.SelectStmt, scope: frozenset[str]) -> None:
         if node.intoClause is not None:
@@ -308,7 +328,7 @@ class _QueryCheck:
 
     def _with(self, clause: ast.WithClause, scope: frozenset[str]) -> frozenset[str]:
         ctes = [c for c in clause.ctes or () if isinstance(c, ast.CommonTableExpr)]
-        names = [(c.ctename or "").lower() for c in ctes]
+        names = [catalog.fold(c.ctename or "") for c in ctes]  # as DuckDB matches names
         visible = scope | frozenset(names) if clause.recursive else scope
         for cte, name in zip(ctes, names, strict=True):
             query = cte.ctequery
@@ -344,7 +364,7 @@ class _QueryCheck:
         shown = ".".join(n for n in (node.catalogname, schema, name) if n)
         if node.catalogname:
             raise Refused(f"permission denied for table {shown}")
-        if schema is None and name.lower() in scope:
+        if schema is None and catalog.fold(name) in scope:
             return  # a CTE of the statement
         if schema in (None, "pg_catalog") and name in catalog.TABLES:
             return  # answered by predictor.catalog
@@ -388,6 +408,8 @@ class _QueryCheck:
             if name not in PGML_FUNCTIONS:
                 raise Refused(f"function pgml.{name} does not exist", sqlstate="42883")
             self.pgml_calls.append(name)
+            if name in ("predict", "predict_proba") and node.args:
+                self.scored.append(_scored_model(node.args[0]))
         elif qualifier not in ([], ["pg_catalog"]):
             if is_refused_function(name):
                 raise Refused(f"permission denied for function {name}")
@@ -460,3 +482,18 @@ _HANDLERS: dict[type, Callable[[_QueryCheck, Any, frozenset[str]], None]] = {
     ast.JsonTable: _QueryCheck.unsupported,
     ast.IntoClause: _QueryCheck.unsupported,
 }
+
+
+def _scored_model(node: Any) -> ScoredModel:
+    """What a ``pgml.predict``'s first argument names, as far as the text says."""
+    while isinstance(node, ast.TypeCast):
+        node = node.arg
+    if isinstance(node, ast.ParamRef):
+        return ScoredModel(param=node.number or 0)
+    if isinstance(node, ast.A_Const) and not node.isnull:
+        value = node.val
+        if isinstance(value, ast.Integer):
+            return ScoredModel(value=value.ival)
+        if isinstance(value, ast.String):
+            return ScoredModel(value=value.sval)
+    return ScoredModel()

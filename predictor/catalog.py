@@ -153,6 +153,17 @@ class ServedRelation:
         return f"{self.schema}.{self.name}"
 
 
+_ASCII_LOWER = str.maketrans("ABCDEFGHIJKLMNOPQRSTUVWXYZ", "abcdefghijklmnopqrstuvwxyz")
+
+
+def fold(identifier: str) -> str:
+    """An identifier as DuckDB compares names: A-Z folded to a-z, nothing else.
+
+    Unicode case folding would make ``"ſalaries"`` (long s) or ``"K"`` (Kelvin sign) the same
+    name as ``salaries`` or ``k`` here while DuckDB reads another table under it."""
+    return identifier.translate(_ASCII_LOWER)
+
+
 class ServedRelations:
     """The relations of one mirror that the endpoint serves, cached and looked up by name.
 
@@ -176,7 +187,7 @@ class ServedRelations:
 
     def find(self, schema: str, name: str) -> ServedRelation | None:
         """The served relation ``schema.name`` names, or None."""
-        key = (schema.casefold(), name.casefold())
+        key = (fold(schema), fold(name))
         stale = time.monotonic() - self._loaded_at > REFRESH_SECONDS
         if stale:
             self.refresh()
@@ -208,7 +219,7 @@ class ServedRelations:
                 cursor.close()
             by_name: dict[tuple[str, str], ServedRelation] = {}
             for schema, name, kind in rows:
-                key = (schema.casefold(), name.casefold())
+                key = (fold(schema), fold(name))
                 if key not in by_name or kind == MIRRORED:
                     by_name[key] = ServedRelation(schema, name, kind)
             self._by_name = by_name

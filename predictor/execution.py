@@ -23,7 +23,7 @@ import numpy as np
 import pyarrow as pa
 
 from mirror.errors import SidecarError
-from predictor import procedures, results, scoring, wire
+from predictor import catalog, procedures, results, scoring, wire
 from predictor.catalog import ServedRelations
 from predictor.pg_types import FLOAT8
 from predictor.procedures import ProcedureResult
@@ -207,6 +207,8 @@ class StatementRunner:
 
     def _dispatch(self, statement: Statement, params: list[Any]) -> Outcome:
         kind = statement.kind
+        if kind in ("select", "declare", "predict"):
+            self._check_access(statement, params)
         if kind in ("select", "declare"):
             self.endpoint.refresh_score_views()
         if kind == "select":
@@ -298,6 +300,39 @@ class StatementRunner:
         for outcome in self.cursors.values():
             if outcome.rows is not None:
                 yield outcome.rows
+
+    def _check_access(self, statement: Statement, params: Sequence[Any]) -> None:
+        """Refuse what the session's role may no longer read (a statement prepared before a
+        REVOKE), and a model it may not score with: predictions tell what the rows they were
+        trained on hold, so they are for the project's owner and the relation's readers."""
+        access = self.endpoint.access
+        if access is None:
+            return
+        readable = access.readable(self.role)
+        for relation in statement.reads:
+            if relation.kind != catalog.REGISTRY and not readable(relation.schema, relation.name):
+                raise SidecarError(
+                    f"permission denied for table {relation.qualified}", sqlstate="42501"
+                )
+        models: list[Any] = []
+        if statement.kind == "predict" and statement.procedure is not None:
+            models.append(_resolve(statement.procedure.args[0], params))
+        for scored in statement.scored:
+            if scored.computed:
+                raise SidecarError(
+                    "permission denied for pgml.predict: name its project (or model id) with a"
+                    " constant or a parameter, so the endpoint can check you may use it",
+                    sqlstate="42501",
+                )
+            value = scored.value
+            models.append(value if value is not None else _resolve(Parameter(scored.param), params))
+        for model in models:
+            if model is not None and not access.may_score(self.role, model):
+                raise SidecarError(
+                    f"permission denied for project {model}: its model is for the project's"
+                    " owner and those who may read the relation it was trained on",
+                    sqlstate="42501",
+                )
 
     def _predict(self, call: ProcedureCall, params: Sequence[Any]) -> Outcome:
         """One prediction from constant features, straight from the model (no query plan)."""

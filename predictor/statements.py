@@ -25,6 +25,7 @@ from mirror.errors import SidecarError
 from predictor.allow_list import (
     DUCKDB_ONLY_STATEMENTS,
     Readable,
+    ScoredModel,
     check_query,
     check_relation_name,
     check_setting,
@@ -70,6 +71,8 @@ class Statement:
     param_refs: tuple[int, ...] = field(default_factory=tuple)
     reads: tuple[ServedRelation, ...] = ()
     """The mirrored tables, score views and registry relations the statement reads."""
+    scored: tuple[ScoredModel, ...] = ()
+    """The models its ``pgml.predict`` calls score with (checked against the caller at run)."""
 
 
 def split(
@@ -189,6 +192,7 @@ def classify(
             name=node.portalname,
             params=query.params,
             reads=query.reads,
+            scored=query.scored,
         )
     if isinstance(node, ast.FetchStmt):
         if node.direction != enums.FetchDirection.FETCH_FORWARD:
@@ -206,7 +210,12 @@ def classify(
         if query.kind != "select":
             raise StatementError("EXPLAIN cannot run a pgml procedure", sqlstate="0A000")
         return Statement(
-            "select", text, sql="explain " + query.sql, tag="EXPLAIN", reads=query.reads
+            "select",
+            text,
+            sql="explain " + query.sql,
+            tag="EXPLAIN",
+            reads=query.reads,
+            scored=query.scored,
         )
     raise _refused(node)
 
@@ -307,7 +316,13 @@ def _select(node: ast.SelectStmt, text: str, access: _Access) -> Statement:
         )
     sql = translate(node)
     return Statement(
-        "select", text, sql=sql, tag="SELECT", params=checked.params, reads=checked.reads
+        "select",
+        text,
+        sql=sql,
+        tag="SELECT",
+        params=checked.params,
+        reads=checked.reads,
+        scored=checked.scored,
     )
 
 

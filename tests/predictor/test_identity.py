@@ -70,8 +70,12 @@ def company(
         " + 400 * (i % 30) from generate_series(1, 200) i",
         f"grant select on hr.salaries to {sidecar}, {app}",
         f"grant select (id, age) on hr.salaries to {partial}",
+        # the same name but for Unicode case folding (a long s): another table to DuckDB
+        'create table hr."\u017falaries" (id int primary key, note text)',
+        "insert into hr.\"\u017falaries\" values (1, 'public')",
+        'grant select on hr."\u017falaries" to public',
     )
-    catch_up(source_dsn, mirror_path, ["hr.salaries"])
+    catch_up(source_dsn, mirror_path, ["hr.salaries", "hr.\u017falaries"])
     mirror = Mirror(mirror_path)
     trainer = Trainer(mirror.con, mirror_path.parent / "artifacts", worker=fit_worker)
     served = _endpoint(source_dsn, sidecar, mirror, trainer)
@@ -195,3 +199,60 @@ def test_a_users_file_and_a_shared_password_together_are_refused(
     add_user(users, "alice", "alice-secret-1", role=c.app)
     with pytest.raises(Exception, match="both a users file and an endpoint password"):
         _endpoint(c.dsn, sidecar, mirror, trainer, users_file=users, password="shared")
+
+
+def test_names_equal_only_under_unicode_folding_are_other_tables(company: tuple) -> None:
+    c, *_ = company
+    _refused(c.endpoint, c.analyst, "select * from hr.salaries")
+    assert _query(c.endpoint, c.analyst, 'select note from hr."\u017falaries"') == [("public",)]
+
+
+def test_predictions_are_for_the_owner_and_the_relations_readers(company: tuple) -> None:
+    c, *_ = company
+    _query(
+        c.endpoint, c.app, "select * from pgml.train('pay', 'regression', 'hr.salaries', 'salary')"
+    )
+    model_id = _query(c.endpoint, c.app, "select id from pgml.models")[0][0]
+    one = "select pgml.predict('pay', ARRAY[1, 21, 1])"
+    assert _query(c.endpoint, c.app, one)[0][0] is not None
+    for sql in (
+        one,
+        f"select pgml.predict({model_id}, ARRAY[1, 21, 1])",
+        "select pgml.predict('pay', ARRAY[1, a, 1]) from generate_series(20, 60) t(a)",
+        "select pgml.predict(p, ARRAY[1, 21, 1]) from (values ('pay')) v(p)",
+    ):
+        assert "permission denied" in _refused(c.endpoint, c.analyst, sql)
+    with (
+        connect(c.endpoint, user=c.analyst) as conn,
+        pytest.raises(psycopg.errors.InsufficientPrivilege),
+    ):
+        conn.execute("select pgml.predict(%s, ARRAY[1, a, 1]) from generate_series(20, 21) t(a)",
+                     ["pay"])  # fmt: skip
+    # a project's maker keeps its scores; a computed project name is refused to everyone
+    assert len(_query(c.endpoint, c.app, "select pgml.predict('pay', ARRAY[1, a, 1]) from"
+                      " generate_series(20, 60) t(a)")) == 41  # fmt: skip
+
+
+def test_a_statement_prepared_before_a_revoke_is_refused_after_it(company: tuple) -> None:
+    c, *_ = company
+    run(as_role(c.dsn, c.owner), f"grant select on hr.salaries to {c.analyst}")
+    _await(lambda: _may(c.endpoint, c.analyst))
+    with connect(c.endpoint, user=c.analyst) as conn:
+        sql = "select count(*) from hr.salaries where id > %s"
+        assert conn.execute(sql, [0], prepare=True).fetchone() == (200,)
+        run(as_role(c.dsn, c.owner), f"revoke select on hr.salaries from {c.analyst}")
+        deadline = time.monotonic() + 30
+        while True:
+            try:
+                conn.execute(sql, [0], prepare=True).fetchone()
+            except psycopg.errors.InsufficientPrivilege:
+                break
+            assert time.monotonic() < deadline, "the prepared statement kept reading"
+            time.sleep(0.1)
+
+
+def test_a_name_that_is_no_source_role_makes_no_project(company: tuple) -> None:
+    c, *_ = company
+    with pytest.raises(psycopg.errors.UndefinedObject):
+        _query(c.endpoint, "no_such_role_here", "select * from pgml.train('x', 'regression',"
+               " 'pgml.diabetes', 'target')")  # fmt: skip
