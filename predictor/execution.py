@@ -373,11 +373,11 @@ class StatementRunner:
                 self.status = "T"
             return Outcome(statement.tag)
         if kind in ("commit", "rollback"):
+            self._close_cursor(None)  # first: DuckDB refuses to end a transaction still read
             if self.status != "I":
                 cursor.execute("rollback")  # nothing was written: a read-only transaction
             tag = "ROLLBACK" if self.status == "E" or kind == "rollback" else "COMMIT"
             self.status = "I"
-            self._close_cursor(None)
             return Outcome(tag)
         if self.status == "I":
             raise SidecarError(

@@ -129,3 +129,14 @@ def test_stop_ends_connected_clients(mirror: Mirror, trainer: Trainer) -> None:
     with pytest.raises(psycopg.OperationalError):
         conn.execute("select 2")
     conn.close()
+
+
+def test_commit_with_a_cursor_still_open_closes_it(endpoint: SqlEndpoint) -> None:
+    with connect(endpoint) as conn:
+        conn.execute("begin")
+        conn.execute("declare c1 cursor for select * from range(100000) t(i)")
+        assert conn.execute("fetch 3 from c1").fetchall() == [(0,), (1,), (2,)]
+        conn.execute("commit")
+        with pytest.raises(psycopg.errors.InvalidCursorName):
+            conn.execute("fetch 1 from c1")
+        assert conn.execute("select 1").fetchone() == (1,)
