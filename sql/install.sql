@@ -338,15 +338,20 @@ begin
                       hint = 'Valid units for this parameter are "us", "ms", "s", "min", "h",'
                              ' and "d".';
         end if;
-        limit_seconds := round(limit_parts[1]::numeric * case limit_parts[2]
-            when 'us' then 0.000001 when 'ms' then 0.001 when 'min' then 60 when 'h' then 3600
-            when 'd' then 86400 else 1 end);
-        if limit_seconds = 0 and limit_parts[1]::numeric > 0 then
-            limit_seconds := 1;  -- as PostgreSQL: a nonzero value never rounds to zero
-        end if;
-        if limit_seconds not between 0 and 2147483647 then
+        begin
+            limit_seconds := round(limit_parts[1]::numeric * case limit_parts[2]
+                when 'us' then 0.000001 when 'ms' then 0.001 when 'min' then 60
+                when 'h' then 3600 when 'd' then 86400 else 1 end);
+            if limit_seconds = 0 and limit_parts[1]::numeric > 0 then
+                limit_seconds := 1;  -- as PostgreSQL: a nonzero value never rounds to zero
+            end if;
+        exception when numeric_value_out_of_range then
+            limit_seconds := null;  -- '1e999999': beyond any range
+        end;
+        if limit_seconds is null or limit_seconds not between 0 and 2147483647 then
             raise exception '% s is outside the valid range for parameter'
-                            ' "pgml.training_time_limit" (0 s .. 2147483647 s)', limit_seconds
+                            ' "pgml.training_time_limit" (0 s .. 2147483647 s)',
+                            coalesce(limit_seconds::text, limit_parts[1])
                 using errcode = 'invalid_parameter_value';
         end if;
     end if;

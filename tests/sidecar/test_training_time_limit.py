@@ -106,6 +106,8 @@ def recorded(conn: psycopg.Connection, request_id: int) -> dict[str, Any]:
         ("1s; drop table x", 'invalid value for parameter "pgml.training_time_limit"'),
         ("-1", '-1 s is outside the valid range for parameter "pgml.training_time_limit"'),
         ("100000000d", 'is outside the valid range for parameter "pgml.training_time_limit"'),
+        ("1e400", 'is outside the valid range for parameter "pgml.training_time_limit"'),
+        ("1e999999", 'is outside the valid range for parameter "pgml.training_time_limit"'),
     ],
 )
 def test_pgml_train_refuses_a_limit_that_is_not_one(
@@ -187,6 +189,18 @@ def test_a_training_past_its_limit_from_the_source_fails_and_the_next_one_runs(
         assert (status, error) == ("failed", SIDECARS_LIMIT.format(project=project, limit="4s"))
         assert request_row(source_dsn, request)["took"] < 30.0
     assert leftovers(trainer) == set()
+    # A row written by the table's owner, around pgml.train's check: the sidecar checks again.
+    odd = one(
+        source_dsn,
+        "insert into pgml.training_requests (project_name, task, relation_name, y_column_name,"
+        " requested_by, time_limit) values ('Odd', 'classification', 'public.accounts',"
+        " 'churned', current_user, '2 fortnights') returning id",
+    )
+    status, error, _ = finished(source_dsn, odd)
+    assert (status, error) == (
+        "failed",
+        'invalid value for parameter "pgml.training_time_limit": "2 fortnights"',
+    )
     again = one(source_dsn, SMALL.format(project="'Slow'"))
     assert finished(source_dsn, again)[0] == "done"
 

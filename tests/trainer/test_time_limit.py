@@ -235,3 +235,35 @@ def test_a_drift_retrain_past_the_limit_is_not_asked_again_for_that_model(
     assert leftovers(trainer) == set()
     project = trainer.registry.project("Growing")
     assert project is not None and len(trainer.registry.models(project.id)) == 1
+
+
+def test_closing_the_worker_fails_the_running_and_the_waiting_fits_at_once(
+    mirror: Mirror,
+) -> None:
+    worker = FitWorker(processes=1)
+    trainer = Trainer(mirror.con, artifact_home(mirror.path), worker=worker)
+    try:
+        load_dataset(trainer.con, "iris")
+        long = Training(trainer, "Grid", **GRID)  # the trainer's hour
+        long.start()
+        wait_for(lambda: fitting(trainer, worker), timeout=30, what="the grid search to fit")
+        busy = worker.pids()
+        waiting = Training(trainer, "Queued", **SMALL)
+        waiting.start()
+        wait_for(lambda: len(leftovers(trainer)) == 2, timeout=30, what="the second snapshot")
+        closed = time.monotonic()
+        worker.close()
+        long.join(timeout=10)
+        waiting.join(timeout=10)
+        assert time.monotonic() - closed < 10
+        for training in (long, waiting):
+            assert training.error is not None and training.error.sqlstate == "57P01"
+        assert not any(alive(pid) for pid in busy)
+        assert worker.pids() == set()
+        assert leftovers(trainer) == set()
+        with pytest.raises(TrainingError, match="stopping") as refused:
+            trainer.train("After", **SMALL)
+        assert refused.value.sqlstate == "57P01"
+    finally:
+        trainer.close()
+        worker.close()
