@@ -165,10 +165,10 @@ class FitWorker:
 
     Two processes by default: a small fit then runs beside a long one instead of behind it.
     Measured on 2 shared cores, a linear fit on iris (0.2-0.35 s alone) took 0.2 s beside a
-    random-forest grid search with the second process warm, 1.0 s when it had to start, and
-    18.6 s with one process (the rest of the search, up to its limit). The cost: a second
-    process (about 45 MB of its own, idle; it shares the fork server's pages), started only
-    when two fits run at once, and a second fit's memory while both run.
+    random-forest grid search in one run, 1.0 s in another (starting the second process takes
+    about 30 ms), and 18.6 s with one process (the rest of the search, up to its limit). The
+    cost: a second process (about 45 MB of its own, idle; it shares the fork server's pages),
+    started only when two fits run at once, and a second fit's memory while both run.
     """
 
     def __init__(self, *, processes: int = 2) -> None:
