@@ -75,7 +75,7 @@ def test_kill_9_during_write_back(source_dsn: str, mirror_path: Path, tmp_path: 
 
 def fresh_scores(port: int) -> dict[int, float]:
     """Every row scored now by the deployed model, through the endpoint's score view."""
-    dsn = f"host=127.0.0.1 port={port} user=pgml dbname=pgml"
+    dsn = f"host=127.0.0.1 port={port} user=postgres dbname=pgml"
     wait_for(lambda: _reachable(dsn), what="the SQL endpoint")
     with psycopg.connect(dsn, autocommit=True) as conn:
         rows = conn.execute("select id, prediction from pgml_scores.churn").fetchall()

@@ -66,7 +66,7 @@ def test_kill_9_during_online_learning(source_dsn: str, mirror_path: Path, tmp_p
     process = start(source_dsn, mirror_path, port, metrics, log)
     try:
         wait_for(lambda: health(metrics).get("status") == "ok", timeout=60, what="the daemon")
-        with psycopg.connect(f"host=127.0.0.1 port={port} user=pgml dbname=pgml") as conn:
+        with psycopg.connect(f"host=127.0.0.1 port={port} user=postgres dbname=pgml") as conn:
             conn.execute(
                 "select * from pgml.train('Stream', 'classification', 'public.readings', 'y',"
                 " 'online_hoeffding_tree')"
