@@ -66,16 +66,17 @@ class EndpointAccess:
 
     def readable(self, role: str) -> Callable[[str, str], bool]:
         """Whether ``role`` may read a served relation (by its schema and name as served)."""
-        mirrored = self.privileges.readable(role)
+        self.privileges.readable(role)  # asked once up front: the source's answer, cached
 
         def may_read(schema: str, name: str) -> bool:
             found = self.relations.find(schema, name)
             if found is None:
                 return False
             if found.kind == catalog.MIRRORED:
-                return self._whole(mirrored, found.schema, found.name)
+                table = (found.schema, found.name)
+                return self._whole(self.privileges.readable(role, table), *table)
             if found.kind == catalog.SCORES:
-                return self._may_read_scores(role, mirrored, found.name)
+                return self._may_read_scores(role, found.name)
             return found.kind == catalog.REGISTRY
 
         return may_read
@@ -100,26 +101,25 @@ class EndpointAccess:
             with contextlib.suppress(SidecarError):
                 found_relation = find_relation(self.con, snapshot.relation_name)
                 relation = (found_relation.schema, found_relation.name)
-        return self._may_use(role, self.privileges.readable(role), project, relation)
+        return self._may_use(role, project, relation)
 
-    def _may_use(
-        self, role: str, mirrored: Readable, project: str, relation: tuple[str, str] | None
-    ) -> bool:
+    def _may_use(self, role: str, project: str, relation: tuple[str, str] | None) -> bool:
         """A project's scores: for its owner and for those who may read the relation it scores
         (a pgml data set's are everyone's; a relation no longer found, the owner's only)."""
         if relation is not None and relation[0] == "pgml":
             return True
-        if relation is not None and self._whole(mirrored, *relation):
+        readable = self.privileges.readable(role, relation) if relation else {}
+        if relation is not None and self._whole(readable, *relation):
             return True
         owner = self.owners.owner(project)
         return owner is not None and owner == role
 
-    def _may_read_scores(self, role: str, mirrored: Readable, view: str) -> bool:
+    def _may_read_scores(self, role: str, view: str) -> bool:
         scored = self._scored_relations().get(catalog.fold(view))
         if scored is None:
             return False
         project, relation = scored
-        return self._may_use(role, mirrored, project, relation)
+        return self._may_use(role, project, relation)
 
     def _scored_relations(self) -> dict[str, tuple[str, tuple[str, str] | None]]:
         """Each score view's project and the mirrored relation it scores (by view name)."""

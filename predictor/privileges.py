@@ -33,6 +33,8 @@ log = logging.getLogger("pgml_sidecar")
 
 MAX_AGE_S = 60.0
 RETRY_AFTER_S = 5.0
+UNCOVERED_RETRY_S = 1.0
+"""A table mirrored after a role's answer asks the source again, at most this often."""
 MAX_ROLES = 10_000
 """Roles kept in the cache; the longest unrefreshed ones are forgotten first."""
 APPLICATION_NAME = "pgml-sidecar privileges"
@@ -172,6 +174,8 @@ def read_privileges(
 class _Answer:
     readable: Readable
     at: float
+    covered: frozenset[tuple[str, str]]
+    """The mirrored tables the source was asked about: a table mirrored since is not."""
 
 
 class SourcePrivileges:
@@ -205,12 +209,22 @@ class SourcePrivileges:
         self.refreshes = 0
         """Catalog queries the source answered (tests and metrics read it)."""
 
-    def readable(self, role: str) -> Readable:
-        """The mirrored tables ``role`` may SELECT in the source, each with its columns."""
+    def readable(self, role: str, table: tuple[str, str] | None = None) -> Readable:
+        """The mirrored tables ``role`` may SELECT in the source, each with its columns.
+
+        With ``table`` (schema, name), an answer given before that table was mirrored is asked
+        again (at most every :data:`UNCOVERED_RETRY_S`): a table copied a moment ago is readable
+        at once by those the source lets read it.
+        """
         answer = self._answers.get(role)
         now = self._clock()
         if answer is not None and now - answer.at <= self.max_age:
-            return answer.readable
+            if table is None or table in answer.covered or now - answer.at < UNCOVERED_RETRY_S:
+                return answer.readable
+            if now >= self._retry_at:
+                self.refresh([role], stale_before=now - UNCOVERED_RETRY_S)
+                answer = self._answers.get(role)
+            return answer.readable if answer is not None else NOTHING
         if now >= self._retry_at:
             self.refresh(None if answer is not None else [role], stale_before=now - self.max_age)
             answer = self._answers.get(role)
@@ -218,7 +232,7 @@ class SourcePrivileges:
 
     def may_select(self, role: str, schema: str, table: str, columns: Iterable[str] = ()) -> bool:
         """Whether ``role`` may SELECT these columns (or some column) of a mirrored table."""
-        allowed = self.readable(role).get((schema, table))
+        allowed = self.readable(role, (schema, table)).get((schema, table))
         if allowed is None:
             return False
         return all(c in allowed for c in columns)
@@ -245,9 +259,10 @@ class SourcePrivileges:
                 self._lost(exc)
                 return False
             now = self._clock()
+            covered = frozenset((r.schema, r.name) for r in relations)
             for role in wanted:
                 self._answers.pop(role, None)  # re-inserted last: the oldest answers go first
-                self._answers[role] = _Answer(answer.get(role, {}), now)
+                self._answers[role] = _Answer(answer.get(role, {}), now, covered)
             while len(self._answers) > MAX_ROLES:
                 self._answers.pop(next(iter(self._answers)))
             self.refreshes += 1

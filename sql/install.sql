@@ -76,7 +76,7 @@ create table if not exists pgml.training_requests (
     model_id bigint,
     finished_at timestamptz,
     cron text,
-    requested_by name not null default current_user,
+    requested_by text not null default current_user,
     time_limit text,
     constraint training_requests_kind_check
         check (kind in ('train', 'writeback', 'schedule', 'retrain_on_drift')),

@@ -44,7 +44,7 @@ begin
                    where attrelid = 'pgml.training_requests'::regclass
                      and attname = 'requested_by' and not attisdropped) then
         alter table pgml.training_requests
-            add column requested_by name not null default current_user;
+            add column requested_by text not null default current_user;
         update pgml.training_requests
         set status = 'failed', finished_at = now(),
             error = 'made before pgml-sidecar schema version 3, which records who asks:'

@@ -225,3 +225,27 @@ def test_a_renamed_table_answers_under_neither_name_until_the_mirror_follows(sho
     shop.as_owner("alter table shop.orders rename to orders_old")
     assert privileges.refresh()
     assert ORDERS not in privileges.readable(shop.app)
+
+
+def test_a_table_mirrored_after_the_answer_is_asked_about_again(shop: Shop) -> None:
+    every = mirrored_relations(shop.mirror.con)
+    mirrored = [r for r in every if (r.schema, r.name) == ORDERS]
+    now = [0.0]
+    privileges = SourcePrivileges(
+        as_role(shop.dsn, shop.sidecar), lambda: list(mirrored), clock=lambda: now[0]
+    )
+    assert privileges.readable(shop.owner) == {ORDERS: ALL}
+    mirrored[:] = every  # hr.salaries and hr.people copied a moment later
+    assert privileges.readable(shop.owner, SALARIES) == {ORDERS: ALL}  # asked less than 1 s ago
+    assert privileges.refreshes == 1
+    now[0] = 1.5
+    assert privileges.readable(shop.owner, ORDERS) == {ORDERS: ALL}  # covered: from the cache
+    assert privileges.refreshes == 1
+    assert privileges.may_select(shop.owner, *SALARIES)  # not covered: the source is asked
+    assert privileges.refreshes == 2
+    assert privileges.readable(shop.owner) == {SALARIES: ALL, PEOPLE: ALL, ORDERS: ALL}
+    assert not privileges.may_select(shop.analyst, *SALARIES)
+    assert privileges.refreshes == 3
+    for _ in range(10):  # now covered for every role asked: no more queries
+        privileges.readable(shop.analyst, PEOPLE)
+    assert privileges.refreshes == 3
