@@ -4,10 +4,10 @@ Every endpoint session acts for one source role: the role its line in the users 
 without a users file, the role of its user name (as PostgreSQL's own trust and password
 methods do). The source decides what that role reaches through the endpoint:
 
-- a mirrored table, only if the role may SELECT every column of it in the source
-  (:mod:`predictor.privileges`, refreshed at least every minute: GRANT and REVOKE are followed
-  within one). A table the role may read only some columns of is refused whole: the endpoint
-  cannot hide columns of a table from a query;
+- a mirrored table, only if the role may SELECT it in the source (:mod:`predictor.privileges`,
+  refreshed at least every minute: GRANT and REVOKE are followed within one). A table the role
+  may read only some columns of is read through a subquery of those columns (``*`` is those,
+  another column is not found); a training or a snapshot, which read every column, refuse it;
 - a ``pgml_scores`` view, only for the project's owner and for roles that may read the
   relation it scores (as the score tables in the source, :mod:`predictor.score_grants`);
 - a table made in the mirror file by other hands, never (those exist only in ``serve``);
@@ -31,6 +31,7 @@ import psycopg
 from mirror.errors import SidecarError
 from mirror.registry import project_slug
 from predictor import catalog, ownership
+from predictor.allow_list import Columns
 from predictor.catalog import ServedRelations
 from predictor.ownership import ProjectOwners
 from predictor.privileges import AllColumns, Readable, SourcePrivileges
@@ -64,17 +65,18 @@ class EndpointAccess:
         self._scored_generation = -1
         self._lock = threading.Lock()
 
-    def readable(self, role: str) -> Callable[[str, str], bool]:
-        """Whether ``role`` may read a served relation (by its schema and name as served)."""
+    def readable(self, role: str) -> Callable[[str, str], Columns]:
+        """What ``role`` may read of a served relation (by its schema and name as served): all
+        of it (True), only some columns of a mirrored table (their names), or nothing."""
         self.privileges.readable(role)  # asked once up front: the source's answer, cached
 
-        def may_read(schema: str, name: str) -> bool:
+        def may_read(schema: str, name: str) -> Columns:
             found = self.relations.find(schema, name)
             if found is None:
                 return False
             if found.kind == catalog.MIRRORED:
                 table = (found.schema, found.name)
-                return self._whole(self.privileges.readable(role, table), *table)
+                return self._columns(self.privileges.readable(role, table), *table)
             if found.kind == catalog.SCORES:
                 return self._may_read_scores(role, found.name)
             return found.kind == catalog.REGISTRY
@@ -144,6 +146,11 @@ class EndpointAccess:
 
     def _whole(self, readable: Readable, schema: str, name: str) -> bool:
         """Whether ``readable`` holds every column of the mirrored table ``schema.name``."""
+        return self._columns(readable, schema, name) is True
+
+    def _columns(self, readable: Readable, schema: str, name: str) -> Columns:
+        """What ``readable`` holds of the mirrored table ``schema.name``: every column (True),
+        some of them (in the table's order), or none (False)."""
         allowed = readable.get((schema, name))
         if allowed is None or isinstance(allowed, AllColumns):
             return allowed is not None
@@ -151,12 +158,16 @@ class EndpointAccess:
         try:
             columns = cursor.execute(
                 "select column_name from duckdb_columns() where database_name ="
-                " current_database() and schema_name = ? and table_name = ?",
+                " current_database() and schema_name = ? and table_name = ?"
+                " order by column_index",
                 [schema, name],
             ).fetchall()
         finally:
             cursor.close()
-        return bool(columns) and all(column in allowed for (column,) in columns)
+        if not columns:
+            return False
+        some = tuple(column for (column,) in columns if column in allowed)
+        return True if len(some) == len(columns) else some or False
 
     @contextlib.contextmanager
     def changing(self, role: str, procedure: str, project: str) -> Iterator[None]:

@@ -17,7 +17,7 @@ and what the caller may read (``readable``: every served relation unless the cal
 from __future__ import annotations
 
 from collections.abc import Callable, Collection, Iterable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 from pglast import ast, enums
@@ -32,12 +32,16 @@ def _words(text: str) -> frozenset[str]:
     return frozenset(text.split())
 
 
-Readable = Callable[[str, str], bool] | Collection[tuple[str, str]]
+Columns = bool | tuple[str, ...]
+"""What a caller may read of one relation: True, all of it; a tuple, only these columns (in the
+table's order; the query then reads the table through a subquery of them); False, nothing."""
+
+Readable = Callable[[str, str], Columns] | Collection[tuple[str, str]]
 """Which tables and ``pgml_scores`` views of the mirror a caller may read (every served relation
 but the ``pgml`` registry, see :class:`predictor.catalog.ServedRelation`): a test on ``(schema,
-name)``, or a collection of them (a set, or a mapping keyed by them). It is asked about the
-names as the mirror holds them; a collection is also matched without regard to case, as DuckDB
-resolves names. Per-user privileges come in here."""
+name)`` answering :data:`Columns`, or a collection of them (a set, or a mapping keyed by them;
+all of each). It is asked about the names as the mirror holds them; a collection is also matched
+without regard to case, as DuckDB resolves names. Per-user privileges come in here."""
 
 FUNCTIONS = _words(
     # math
@@ -219,6 +223,12 @@ class CheckedQuery:
     """The ``pgml.*`` functions it calls, by name."""
     scored: tuple[ScoredModel, ...] = ()
     """The projects (or model ids) its ``pgml.predict`` and ``predict_proba`` calls score with."""
+    narrowed: dict[int, tuple[str, ...]] = field(default_factory=dict)
+    """The tables the caller may read only some columns of: ``id()`` of each of their
+    ``RangeVar`` nodes in the query, with those columns (:func:`predictor.translation.translate`
+    reads them through a subquery of the columns)."""
+    columns: dict[tuple[str, str], tuple[str, ...]] = field(default_factory=dict)
+    """The same, by the table's schema and name: what the query was checked against."""
 
 
 def check_query(
@@ -236,7 +246,12 @@ def check_query(
     check = _QueryCheck(relations, readable)
     check.select(node, frozenset())
     return CheckedQuery(
-        tuple(check.reads), check.params, tuple(check.pgml_calls), tuple(check.scored)
+        tuple(check.reads),
+        check.params,
+        tuple(check.pgml_calls),
+        tuple(check.scored),
+        check.narrowed,
+        check.columns,
     )
 
 
@@ -256,8 +271,14 @@ def check_relation_name(
             raise Refused(f"permission denied for schema {candidate}")
         found = relations.find(candidate, name) if relations is not None else None
         if found is not None:
-            if found.kind != catalog.REGISTRY and not _may_read(readable, found):
+            allowed = True if found.kind == catalog.REGISTRY else _may_read(readable, found)
+            if allowed is False:
                 raise Refused(f"permission denied for table {found.qualified}")
+            if allowed is not True:
+                raise Refused(
+                    f"permission denied for table {found.qualified} (a training or a snapshot"
+                    " reads every column, and your role may SELECT only some in the source)"
+                )
             return
 
 
@@ -276,11 +297,12 @@ def check_setting(name: str | None) -> None:
         raise Refused(f'parameter "{name}" cannot be changed', sqlstate="55P02")
 
 
-def _may_read(readable: Readable | None, relation: ServedRelation) -> bool:
+def _may_read(readable: Readable | None, relation: ServedRelation) -> Columns:
     if readable is None:
         return True
     if callable(readable):
-        return bool(readable(relation.schema, relation.name))
+        allowed = readable(relation.schema, relation.name)
+        return allowed if isinstance(allowed, tuple) and allowed else bool(allowed)
     if (relation.schema, relation.name) in readable:
         return True
     key = (catalog.fold(relation.schema), catalog.fold(relation.name))
@@ -316,6 +338,8 @@ class _QueryCheck:
         self.params = 0
         self.pgml_calls: list[str] = []
         self.scored: list[ScoredModel] = []
+        self.narrowed: dict[int, tuple[str, ...]] = {}
+        self.columns: dict[tuple[str, str], tuple[str, ...]] = {}
 
     def select(self, node: ast.SelectStmt, scope: frozenset[str]) -> None:
         if node.intoClause is not None:
@@ -385,8 +409,11 @@ class _QueryCheck:
                     " only, never files"
                 )
             raise Refused(f'relation "{shown}" does not exist', sqlstate="42P01")
-        if found.kind != catalog.REGISTRY and not _may_read(self.readable, found):
+        allowed = True if found.kind == catalog.REGISTRY else _may_read(self.readable, found)
+        if allowed is False:
             raise Refused(f"permission denied for table {found.qualified}")
+        if isinstance(allowed, tuple):
+            self.narrowed[id(node)] = self.columns[(found.schema, found.name)] = allowed
         self.reads.append(found)
 
     def range_function(self, node: ast.RangeFunction, scope: frozenset[str]) -> None:

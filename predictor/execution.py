@@ -310,7 +310,13 @@ class StatementRunner:
             return
         readable = access.readable(self.role)
         for relation in statement.reads:
-            if relation.kind != catalog.REGISTRY and not readable(relation.schema, relation.name):
+            if relation.kind == catalog.REGISTRY:
+                continue
+            allowed = readable(relation.schema, relation.name)
+            if allowed is True:
+                continue
+            checked = statement.columns.get((relation.schema, relation.name))
+            if allowed is False or checked is None or not set(checked) <= set(allowed):
                 raise SidecarError(
                     f"permission denied for table {relation.qualified}", sqlstate="42501"
                 )

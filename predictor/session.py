@@ -12,7 +12,7 @@ import contextlib
 import logging
 import shlex
 import threading
-from collections.abc import Callable, Iterator, Mapping
+from collections.abc import Iterator, Mapping
 from typing import Any
 
 import duckdb
@@ -21,6 +21,7 @@ import pyarrow as pa
 
 from mirror.errors import SidecarError
 from predictor import procedures, results, wire
+from predictor.allow_list import Readable
 from predictor.binary_parameters import parse_binary_param
 from predictor.execution import Endpoint, StatementRunner, checked_setting
 from predictor.results import FETCH_BATCH, Outcome, Portal, Prepared
@@ -211,7 +212,7 @@ class Session(StatementRunner):
         except RecursionError:  # a tree deep enough for pglast, too deep for Python's walks
             raise _too_deep() from None
 
-    def _readable(self) -> Callable[[str, str], bool] | None:
+    def _readable(self) -> Readable | None:
         """What this session's source role may read (None: everything served, no source)."""
         access = self.endpoint.access
         return None if access is None else access.readable(self.role)

@@ -13,7 +13,7 @@ refused with SQLSTATE 42501 before DuckDB sees it. A query's DuckDB spelling com
 from __future__ import annotations
 
 import re
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field, replace
 from functools import partial
 from typing import Any
@@ -73,6 +73,9 @@ class Statement:
     """The mirrored tables, score views and registry relations the statement reads."""
     scored: tuple[ScoredModel, ...] = ()
     """The models its ``pgml.predict`` calls score with (checked against the caller at run)."""
+    columns: Mapping[tuple[str, str], tuple[str, ...]] = field(default_factory=dict)
+    """The tables it reads only some columns of (the caller's role may read no more), with
+    those columns; every other table in ``reads`` it reads whole."""
 
 
 def split(
@@ -193,6 +196,7 @@ def classify(
             params=query.params,
             reads=query.reads,
             scored=query.scored,
+            columns=query.columns,
         )
     if isinstance(node, ast.FetchStmt):
         if node.direction != enums.FetchDirection.FETCH_FORWARD:
@@ -216,6 +220,7 @@ def classify(
             tag="EXPLAIN",
             reads=query.reads,
             scored=query.scored,
+            columns=query.columns,
         )
     raise _refused(node)
 
@@ -314,7 +319,7 @@ def _select(node: ast.SelectStmt, text: str, access: _Access) -> Statement:
         return Statement(
             "procedure", text, tag="SELECT", procedure=procedure, params=checked.params
         )
-    sql = translate(node)
+    sql = translate(node, checked.narrowed)
     return Statement(
         "select",
         text,
@@ -323,6 +328,7 @@ def _select(node: ast.SelectStmt, text: str, access: _Access) -> Statement:
         params=checked.params,
         reads=checked.reads,
         scored=checked.scored,
+        columns=checked.columns,
     )
 
 

@@ -10,6 +10,7 @@ CAST(features AS DOUBLE[]))``, evaluated a vector of rows at a time.
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from typing import Any
 
 from pglast import ast, enums
@@ -26,10 +27,69 @@ _DUCKDB_NAMES = {"btrim": "trim"}
 """PostgreSQL functions DuckDB has under another name."""
 
 
-def translate(node: ast.SelectStmt) -> str:
-    """The DuckDB SQL of ``node`` (which is rewritten in place)."""
-    _Translator()(node)
+def translate(node: ast.SelectStmt, narrowed: Mapping[int, tuple[str, ...]] | None = None) -> str:
+    """The DuckDB SQL of ``node`` (which is rewritten in place).
+
+    ``narrowed``: the tables the caller may read only some columns of, by ``id()`` of their
+    ``RangeVar`` nodes (see :class:`predictor.allow_list.CheckedQuery`); each is read through a
+    subquery of those columns under the table's name or alias, so ``*`` and every other column
+    reference see only them.
+    """
+    narrowed = narrowed or {}
+    if narrowed:
+        _unqualify_narrowed(node, narrowed)
+    _Translator(narrowed)(node)
     return RawStream(special_functions=True)(node)
+
+
+def _unqualify_narrowed(node: ast.SelectStmt, narrowed: Mapping[int, tuple[str, ...]]) -> None:
+    """``schema.table.column`` as ``table.column`` where ``table`` becomes a narrowing subquery
+    without an alias of its own (a subquery's name has no schema)."""
+    tables = [
+        found
+        for found in _nodes(node, ast.RangeVar)
+        if id(found) in narrowed and found.alias is None and found.schemaname
+    ]
+    if not tables:
+        return
+    names = {(catalog.fold(t.schemaname or ""), catalog.fold(t.relname or "")) for t in tables}
+    for ref in _nodes(node, ast.ColumnRef):
+        fields: tuple[Any, ...] = tuple(ref.fields or ())
+        if len(fields) == 3 and all(isinstance(f, ast.String) for f in fields[:2]):
+            qualifier = (catalog.fold(fields[0].sval or ""), catalog.fold(fields[1].sval or ""))
+            if qualifier in names:
+                ref.fields = tuple(fields[1:])
+
+
+def _nodes(node: ast.Node, kind: type[Any]) -> list[Any]:
+    """Every node of ``kind`` in the tree under ``node``."""
+    found: list[Any] = []
+
+    class Collect(Visitor):
+        def visit(self, ancestors: Any, visited: ast.Node) -> None:
+            if isinstance(visited, kind):
+                found.append(visited)
+
+    Collect()(node)
+    return found
+
+
+def _narrowed(node: ast.RangeVar, columns: tuple[str, ...]) -> ast.RangeSubselect:
+    """``(SELECT columns FROM table) AS alias``: the table as a role that may read only
+    ``columns`` of it sees it."""
+    table = ast.RangeVar(
+        schemaname=node.schemaname, relname=node.relname, inh=True, relpersistence="p"
+    )
+    query = ast.SelectStmt(
+        targetList=tuple(
+            ast.ResTarget(val=ast.ColumnRef(fields=(ast.String(c),))) for c in columns
+        ),
+        fromClause=(table,),
+        limitOption=enums.LimitOption.LIMIT_OPTION_DEFAULT,
+        op=enums.SetOperation.SETOP_NONE,
+    )
+    alias = node.alias or ast.Alias(aliasname=node.relname)
+    return ast.RangeSubselect(lateral=False, subquery=query, alias=alias)
 
 
 def pgml_name(funcname: tuple[ast.String, ...] | None) -> str | None:
@@ -42,6 +102,10 @@ def pgml_name(funcname: tuple[ast.String, ...] | None) -> str | None:
 
 class _Translator(Visitor):
     """Rewrite PostgreSQL-only spellings into DuckDB's (the statement passed the allow-list)."""
+
+    def __init__(self, narrowed: Mapping[int, tuple[str, ...]]) -> None:
+        super().__init__()
+        self.narrowed = narrowed
 
     def visit_FuncCall(self, ancestors: Any, node: ast.FuncCall) -> Any:
         names = [n.sval or "" for n in node.funcname or ()]
@@ -64,7 +128,10 @@ class _Translator(Visitor):
             node.funcname = (ast.String(_DUCKDB_NAMES[name]),)
         return None
 
-    def visit_RangeVar(self, ancestors: Any, node: ast.RangeVar) -> None:
+    def visit_RangeVar(self, ancestors: Any, node: ast.RangeVar) -> Any:
+        columns = self.narrowed.get(id(node))
+        if columns is not None:
+            return _narrowed(node, columns)
         if node.relname in catalog.TABLES and node.schemaname in (None, "pg_catalog"):
             node.schemaname = catalog.SCHEMA
         elif node.schemaname == "information_schema" and node.relname:
