@@ -234,6 +234,18 @@ def test_predictions_are_for_the_owner_and_the_relations_readers(company: tuple)
                       " generate_series(20, 60) t(a)")) == 41  # fmt: skip
 
 
+def _refused_soon(conn: psycopg.Connection, sql: str) -> None:
+    """Run the prepared ``sql`` (one parameter, 0) until the endpoint refuses it (30 s)."""
+    deadline = time.monotonic() + 30
+    while True:
+        try:
+            conn.execute(sql, [0], prepare=True).fetchone()
+        except psycopg.errors.InsufficientPrivilege:
+            return
+        assert time.monotonic() < deadline, "the prepared statement kept reading"
+        time.sleep(0.1)  # the REVOKE is seen at the next refresh of the privileges
+
+
 def test_a_statement_prepared_before_a_revoke_is_refused_after_it(company: tuple) -> None:
     c, *_ = company
     run(as_role(c.dsn, c.owner), f"grant select on hr.salaries to {c.analyst}")
@@ -242,14 +254,7 @@ def test_a_statement_prepared_before_a_revoke_is_refused_after_it(company: tuple
         sql = "select count(*) from hr.salaries where id > %s"
         assert conn.execute(sql, [0], prepare=True).fetchone() == (200,)
         run(as_role(c.dsn, c.owner), f"revoke select on hr.salaries from {c.analyst}")
-        deadline = time.monotonic() + 30
-        while True:
-            try:
-                conn.execute(sql, [0], prepare=True).fetchone()
-            except psycopg.errors.InsufficientPrivilege:
-                break
-            assert time.monotonic() < deadline, "the prepared statement kept reading"
-            time.sleep(0.1)
+        _refused_soon(conn, sql)
 
 
 def test_a_role_with_some_columns_reads_those_and_no_other(company: tuple) -> None:
@@ -296,14 +301,7 @@ def test_a_statement_prepared_with_some_columns_is_refused_once_one_is_revoked(
         sql = "select sum(age) from hr.salaries where id > %s"
         assert conn.execute(sql, [0], prepare=True).fetchone() == (7900,)
         run(as_role(c.dsn, c.owner), f"revoke select (age) on hr.salaries from {c.partial}")
-        deadline = time.monotonic() + 30
-        while True:
-            try:
-                conn.execute(sql, [0], prepare=True).fetchone()
-            except psycopg.errors.InsufficientPrivilege:
-                break
-            assert time.monotonic() < deadline, "the prepared statement kept reading"
-            time.sleep(0.1)
+        _refused_soon(conn, sql)
 
 
 def test_a_name_that_is_no_source_role_makes_no_project(company: tuple) -> None:
