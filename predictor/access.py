@@ -23,6 +23,7 @@ from __future__ import annotations
 
 import contextlib
 import threading
+import time
 from collections.abc import Callable, Iterator
 
 import duckdb
@@ -41,6 +42,9 @@ from trainer.train import Trainer
 CHANGING = ("train", "deploy", "deploy_model", "schedule", "retrain_on_drift")
 """The pgml procedures that change a project: only its owner may call them."""
 CONNECT_TIMEOUT_S = 5
+SCORE_ANSWER_S = 5.0
+"""How long :meth:`EndpointAccess.may_score` keeps an answer at most."""
+MAX_SCORE_ANSWERS = 10_000
 
 
 class EndpointAccess:
@@ -63,6 +67,7 @@ class EndpointAccess:
         self.owners = ProjectOwners(con)
         self._scored: dict[str, tuple[str, tuple[str, str] | None]] = {}
         self._scored_generation = -1
+        self._score_answers: dict[tuple[str, str], tuple[int, Readable, float, bool]] = {}
         self._lock = threading.Lock()
 
     def readable(self, role: str) -> Callable[[str, str], Columns]:
@@ -85,7 +90,25 @@ class EndpointAccess:
 
     def may_score(self, role: str, model: object) -> bool:
         """Whether ``role`` may score with a project's deployed model (by name) or a model (by
-        id): the same rule as its score view. An unknown one is left to the scorer to report."""
+        id): the same rule as its score view. An unknown one is left to the scorer to report.
+
+        Answers are kept until a deployment, a new answer from the source for the role, or
+        :data:`SCORE_ANSWER_S` (a one-row ``pgml.predict`` asks this at every execution).
+        """
+        key = (role, str(model))
+        readable = self.privileges.readable(role)
+        now = time.monotonic()
+        kept = self._score_answers.get(key)
+        generation = self.trainer.generation
+        if kept is not None and kept[0] == generation and kept[1] is readable and now < kept[2]:
+            return kept[3]
+        allowed = self._may_score(role, model)
+        if len(self._score_answers) >= MAX_SCORE_ANSWERS:
+            self._score_answers.clear()
+        self._score_answers[key] = (generation, readable, now + SCORE_ANSWER_S, allowed)
+        return allowed
+
+    def _may_score(self, role: str, model: object) -> bool:
         registry = self.trainer.registry
         record = None
         if isinstance(model, int) or (isinstance(model, str) and model.strip().isdigit()):

@@ -234,6 +234,21 @@ def test_predictions_are_for_the_owner_and_the_relations_readers(company: tuple)
                       " generate_series(20, 60) t(a)")) == 41  # fmt: skip
 
 
+def test_a_reader_who_loses_the_relation_loses_its_predictions(company: tuple) -> None:
+    c, *_ = company
+    _query(
+        c.endpoint, c.app, "select * from pgml.train('pay', 'regression', 'hr.salaries', 'salary')"
+    )
+    run(as_role(c.dsn, c.owner), f"grant select on hr.salaries to {c.analyst}")
+    _await(lambda: _may(c.endpoint, c.analyst))
+    with connect(c.endpoint, user=c.analyst) as conn:
+        sql = "select pgml.predict('pay', ARRAY[1, %s, 1])"
+        for _ in range(3):  # answered again from what was decided
+            assert conn.execute(sql, [0], prepare=True).fetchone() != (None,)
+        run(as_role(c.dsn, c.owner), f"revoke select on hr.salaries from {c.analyst}")
+        _refused_soon(conn, sql)
+
+
 def _refused_soon(conn: psycopg.Connection, sql: str) -> None:
     """Run the prepared ``sql`` (one parameter, 0) until the endpoint refuses it (30 s)."""
     deadline = time.monotonic() + 30
