@@ -309,6 +309,9 @@ class StatementRunner:
         if access is None:
             return
         readable = access.readable(self.role)
+        registry = [r for r in statement.reads if r.kind == catalog.REGISTRY]
+        if registry:  # decided here, not inside the query's own tests of each row
+            access.may_see(self.role)
         for relation in statement.reads:
             if relation.kind == catalog.REGISTRY:
                 continue

@@ -385,7 +385,7 @@ def test_the_upgrade_by_hand_gives_what_a_fresh_install_gives(
         "training_requests",
         16,
         "requested_by",
-        "name",
+        "text",
         "NO",
         "CURRENT_USER",
         "NO",
