@@ -100,18 +100,7 @@ class SqlEndpoint:
         *,
         source_dsn: str | None = None,
     ) -> None:
-        trusting = settings.password is None and settings.users_file is None
-        if trusting and not is_loopback(settings.host):
-            raise ConfigError(
-                f"listening on {settings.host} needs a password: a users file (--users-file,"
-                f" made with pgml-sidecar adduser) or one password ({PASSWORD_ENV} or"
-                " --password-file); without either, the endpoint only listens on 127.0.0.1"
-            )
-        if settings.password is not None and settings.users_file is not None:
-            raise ConfigError(
-                "both a users file and an endpoint password are set: keep the users file (each"
-                f" user has its own password there) and unset {PASSWORD_ENV} / password_file"
-            )
+        check_settings(settings)
         self.users = UsersFile(settings.users_file) if settings.users_file else None
         self.settings = settings
         self.limits = AdmissionLimits(
@@ -142,7 +131,7 @@ class SqlEndpoint:
         )
         """What each session's source role may read and change; None without a source (serve
         on a mirror file alone: every served relation, for whoever may connect)."""
-        self.tls = _tls_context(settings)
+        self.tls = tls_context(settings)
         self.watch = StatementWatch()
         self._sessions: dict[tuple[int, int], Session] = {}
         self._clients: set[socket.socket] = set()
@@ -307,6 +296,25 @@ def _refuse(sock: socket.socket, sqlstate: str, message: str) -> None:
         sock.close()
 
 
+def check_settings(settings: EndpointSettings) -> None:
+    """Refuse settings the endpoint cannot start with, each with a `ConfigError` saying why:
+    trust off loopback, both a users file and a password, a time setting out of range."""
+    trusting = settings.password is None and settings.users_file is None
+    if trusting and not is_loopback(settings.host):
+        raise ConfigError(
+            f"listening on {settings.host} needs a password: a users file (--users-file,"
+            f" made with pgml-sidecar adduser) or one password ({PASSWORD_ENV} or"
+            " --password-file); without either, the endpoint only listens on 127.0.0.1"
+        )
+    if settings.password is not None and settings.users_file is not None:
+        raise ConfigError(
+            "both a users file and an endpoint password are set: keep the users file (each"
+            f" user has its own password there) and unset {PASSWORD_ENV} / password_file"
+        )
+    _setting(AUTHENTICATION_TIMEOUT, settings.authentication_timeout)
+    _setting(STATEMENT_TIMEOUT, settings.statement_timeout)
+
+
 def _setting(setting: TimeSetting, value: str | int) -> int:
     try:
         return setting.parse(value)
@@ -314,7 +322,8 @@ def _setting(setting: TimeSetting, value: str | int) -> int:
         raise ConfigError(f"{setting.name}: {exc}") from None
 
 
-def _tls_context(settings: EndpointSettings) -> ssl.SSLContext | None:
+def tls_context(settings: EndpointSettings) -> ssl.SSLContext | None:
+    """The server's TLS context from ``tls_cert`` and ``tls_key``; None without a certificate."""
     if settings.tls_cert is None:
         return None
     context = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)

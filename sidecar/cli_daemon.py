@@ -11,10 +11,13 @@ import urllib.error
 import urllib.request
 from contextlib import nullcontext
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from mirror.errors import ConfigError
 from sidecar import config, masking
+
+if TYPE_CHECKING:
+    from sidecar.daemon import DaemonSettings
 
 log = logging.getLogger("pgml_sidecar")
 
@@ -49,6 +52,12 @@ def add_parsers(commands: argparse._SubParsersAction) -> None:
         ),
     )
     _add(run, *(s.name for s in config.SETTINGS if s.name != "endpoint_dsn"))
+    run.add_argument(
+        "--check",
+        action="store_true",
+        help="check the settings (file, environment, flags) and the files they name, print"
+        " them with secrets masked, and exit without connecting to anything",
+    )
     run.set_defaults(run=_run)
 
     status = commands.add_parser(
@@ -127,41 +136,13 @@ def _init(args: argparse.Namespace) -> int:
 
 def _run(args: argparse.Namespace) -> int:
     stopping = StopSignals()  # first: a SIGTERM while it starts stops it, never half-way
-    from predictor.server import read_password
-    from replicator.kafka import read_client_properties
-    from sidecar.daemon import Daemon, DaemonSettings
+    from sidecar.daemon import Daemon
 
     settings = _settings(args)
     _required(settings, "source", "mirror")
-    password_file = Path(settings["password_file"]) if settings["password_file"] else None
-    daemon = Daemon(
-        DaemonSettings(
-            source_dsn=settings["source"],
-            mirror_path=Path(settings["mirror"]),
-            tables=_tables(settings),
-            publication=settings["publication"],
-            slot=settings["slot"],
-            host=settings["host"],
-            port=settings["port"],
-            password=read_password(password_file),
-            users_file=Path(settings["users_file"]) if settings["users_file"] else None,
-            tls_cert=Path(settings["tls_cert"]) if settings["tls_cert"] else None,
-            tls_key=Path(settings["tls_key"]) if settings["tls_key"] else None,
-            statement_timeout=settings["statement_timeout"],
-            authentication_timeout=settings["authentication_timeout"],
-            training_time_limit=settings["training_time_limit"],
-            metrics_host=settings["metrics_host"],
-            metrics_port=settings["metrics_port"],
-            memory_limit=settings["memory_limit"],
-            checkpoint_rows=settings["checkpoint_rows"],
-            kafka=settings["kafka"],
-            topic_prefix=settings["topic_prefix"],
-            group_id=settings["group_id"],
-            kafka_config=read_client_properties(Path(settings["kafka_config"]))
-            if settings["kafka_config"]
-            else {},
-        )
-    )
+    if args.check:
+        return _check(settings)
+    daemon = Daemon(_daemon_settings(settings))
     stopping.relay(daemon.stop_event)
     log.info(
         "running: source %s, mirror %s, SQL on %s:%d",
@@ -173,6 +154,62 @@ def _run(args: argparse.Namespace) -> int:
     else:
         daemon.run()
     log.info("stopped")
+    return 0
+
+
+def _daemon_settings(settings: dict[str, Any]) -> DaemonSettings:
+    """What the daemon needs from resolved settings: the files they name are read here."""
+    from predictor.server import read_password
+    from replicator.kafka import read_client_properties
+    from sidecar.daemon import DaemonSettings
+
+    password_file = Path(settings["password_file"]) if settings["password_file"] else None
+    return DaemonSettings(
+        source_dsn=settings["source"],
+        mirror_path=Path(settings["mirror"]),
+        tables=_tables(settings),
+        publication=settings["publication"],
+        slot=settings["slot"],
+        host=settings["host"],
+        port=settings["port"],
+        password=read_password(password_file),
+        users_file=Path(settings["users_file"]) if settings["users_file"] else None,
+        tls_cert=Path(settings["tls_cert"]) if settings["tls_cert"] else None,
+        tls_key=Path(settings["tls_key"]) if settings["tls_key"] else None,
+        statement_timeout=settings["statement_timeout"],
+        authentication_timeout=settings["authentication_timeout"],
+        training_time_limit=settings["training_time_limit"],
+        metrics_host=settings["metrics_host"],
+        metrics_port=settings["metrics_port"],
+        memory_limit=settings["memory_limit"],
+        checkpoint_rows=settings["checkpoint_rows"],
+        kafka=settings["kafka"],
+        topic_prefix=settings["topic_prefix"],
+        group_id=settings["group_id"],
+        kafka_config=read_client_properties(Path(settings["kafka_config"]))
+        if settings["kafka_config"]
+        else {},
+    )
+
+
+def _check(settings: dict[str, Any]) -> int:
+    """``run --check``: refuse what ``run`` would refuse before it connects, print the rest."""
+    from predictor.server import check_settings, tls_context
+    from predictor.users import read_users
+
+    daemon = _daemon_settings(settings)  # reads the password and Kafka properties files
+    config.training_time_limit(daemon.training_time_limit)
+    if daemon.kafka and not daemon.topic_prefix:
+        raise ConfigError("kafka needs topic_prefix: the Debezium connector's topic.prefix")
+    endpoint = daemon.endpoint()
+    check_settings(endpoint)
+    if endpoint.users_file is not None:
+        read_users(endpoint.users_file)
+    tls_context(endpoint)
+    for name, value in settings.items():
+        if name != "endpoint_dsn":  # init's, not run's
+            print(f"{name} = {json.dumps(masking.mask_values(value))}")
+    print("the settings are valid (nothing was connected to)")
     return 0
 
 

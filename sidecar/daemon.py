@@ -72,6 +72,19 @@ class DaemonSettings:
     group_id: str = "pgml-sidecar"
     kafka_config: Mapping[str, str] = field(default_factory=dict)
 
+    def endpoint(self) -> EndpointSettings:
+        """The SQL endpoint's share of these settings."""
+        return EndpointSettings(
+            host=self.host,
+            port=self.port,
+            password=self.password,
+            users_file=self.users_file,
+            tls_cert=self.tls_cert,
+            tls_key=self.tls_key,
+            statement_timeout=self.statement_timeout,
+            authentication_timeout=self.authentication_timeout,
+        )
+
 
 @dataclass
 class Part:
@@ -118,16 +131,7 @@ class Daemon:
         self.mirror.on_commit = self._committed
         self.replicator: Replicator | KafkaReplicator = self._replicator()
         self.endpoint = SqlEndpoint(
-            EndpointSettings(
-                host=settings.host,
-                port=settings.port,
-                password=settings.password,
-                users_file=settings.users_file,
-                tls_cert=settings.tls_cert,
-                tls_key=settings.tls_key,
-                statement_timeout=settings.statement_timeout,
-                authentication_timeout=settings.authentication_timeout,
-            ),
+            settings.endpoint(),
             self.mirror.con,
             self.trainer,
             source_dsn=settings.source_dsn,  # each session reads what its source role may
