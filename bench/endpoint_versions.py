@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import argparse
 import contextlib
+import math
 import re
 import shutil
 import statistics
@@ -153,7 +154,8 @@ def scan_rounds(sides: dict[str, Server], rounds: int) -> dict[tuple[str, str], 
     conns = {s: psycopg.connect(DSN.format(port=v.port), autocommit=True) for s, v in sides.items()}
     try:
         sums = {side: conn.execute(SCAN_SUM_SQL).fetchone() for side, conn in conns.items()}
-        if sums["before"] != sums["after"]:
+        (count_b, sum_b), (count_a, sum_a) = sums["before"], sums["after"]
+        if count_b != count_a or not math.isclose(sum_b, sum_a, rel_tol=1e-9, abs_tol=1e-6):
             raise w.BenchError(f"the two sides' sums differ: {sums}")
         for index in range(rounds):
             order = ("before", "after") if index % 2 == 0 else ("after", "before")
@@ -194,8 +196,9 @@ def report(
 
     rows = []
     for count in CLIENT_COUNTS:
-        b = {what: median("before", count, what) for what in ("p50_ms", "p99_ms", "per_second")}
-        a = {what: median("after", count, what) for what in ("p50_ms", "p99_ms", "per_second")}
+        measures = ("p50_ms", "p99_ms", "per_second", "server_cpu_ms")
+        b = {what: median("before", count, what) for what in measures}
+        a = {what: median("after", count, what) for what in measures}
         rows.append(
             [
                 str(count),
@@ -204,10 +207,13 @@ def report(
                 f"{b['per_second']:,.0f} / {a['per_second']:,.0f}",
                 f"**{a['per_second'] / b['per_second']:.3f}**",
                 f"{a['p50_ms'] / b['p50_ms']:.3f}",
+                f"{b['server_cpu_ms']:.3f} / {a['server_cpu_ms']:.3f}",
+                f"**{a['server_cpu_ms'] / b['server_cpu_ms']:.3f}**",
             ]
         )
     headers = ["clients", "p50 ms before / after", "p99 ms before / after"]
     headers += ["req/s before / after", "throughput after/before", "p50 after/before"]
+    headers += ["server CPU ms/req before / after", "server CPU after/before"]
     return (
         f"**one-row pgml.predict, {args.before[:12]} vs this checkout"
         f"{' with --source' if args.source else ''}** ({served.dataset}, {served.algorithm};"
