@@ -153,7 +153,9 @@ def scan_rounds(sides: dict[str, Server], rounds: int) -> dict[tuple[str, str], 
     timed: dict[tuple[str, str], list[float]] = {}
     conns = {s: psycopg.connect(DSN.format(port=v.port), autocommit=True) for s, v in sides.items()}
     try:
-        sums = {side: conn.execute(SCAN_SUM_SQL).fetchone() for side, conn in conns.items()}
+        sums = {
+            side: conn.execute(SCAN_SUM_SQL).fetchone() or (0, 0.0) for side, conn in conns.items()
+        }
         (count_b, sum_b), (count_a, sum_a) = sums["before"], sums["after"]
         if count_b != count_a or not math.isclose(sum_b, sum_a, rel_tol=1e-9, abs_tol=1e-6):
             raise w.BenchError(f"the two sides' sums differ: {sums}")
