@@ -135,6 +135,175 @@ def ensure_publication(
         ) from None
 
 
+@dataclass(frozen=True, slots=True)
+class NoReplicaIdentity:
+    """A table whose UPDATE and DELETE a publication makes fail: it has no replica identity.
+
+    The table is a leaf (a plain table, or a partition: its own identity counts, not its
+    parent's); ``partition_of`` names its partitioned root; ``quoted`` is its name as SQL.
+    """
+
+    schema: str
+    table: str
+    quoted: str
+    reason: str
+    partition_of: str | None = None
+
+    @property
+    def name(self) -> str:
+        return f"{self.schema}.{self.table}"
+
+    def describe_reason(self) -> str:
+        where = f"a partition of {self.partition_of}; " if self.partition_of else ""
+        return where + self.reason
+
+    def describe(self) -> str:
+        return f"{self.name} ({self.describe_reason()})"
+
+
+_LEAVES_WITHOUT_IDENTITY = """
+select n.nspname, c.relname, quote_ident(n.nspname) || '.' || quote_ident(c.relname),
+       case c.relreplident
+           when 'n' then 'REPLICA IDENTITY NOTHING'
+           when 'i' then 'its replica identity index was dropped'
+           else 'no primary key'
+       end,
+       case when root.oid <> c.oid then rn.nspname || '.' || root.relname end
+from (select r.oid as relid from unnest(%s::oid[]) as r(oid)
+      union
+      select t.relid from unnest(%s::oid[]) as r(oid)
+      cross join lateral pg_partition_tree(r.oid) as t where t.isleaf) as leaf
+join pg_class c on c.oid = leaf.relid
+join pg_namespace n on n.oid = c.relnamespace
+join pg_class root on root.oid = coalesce(pg_partition_root(c.oid), c.oid)
+join pg_namespace rn on rn.oid = root.relnamespace
+where c.relkind = 'r' and c.relreplident <> 'f'
+  and not exists (
+      select from pg_index i
+      where i.indrelid = c.oid and i.indisvalid
+        and ((c.relreplident = 'd' and i.indisprimary)
+             or (c.relreplident = 'i' and i.indisreplident)))
+order by 1, 2
+"""
+"""The leaves of the given relations (a plain table is its own leaf) whose UPDATE or DELETE
+PostgreSQL refuses once they are published: its rules (CheckCmdReplicaIdentity) in SQL."""
+
+
+def tables_without_replica_identity(
+    conn: psycopg.Connection, tables: Sequence[tuple[str, str]]
+) -> list[NoReplicaIdentity]:
+    """The tables, or leaf partitions of them, that have no replica identity."""
+    if not tables:
+        return []
+    oids = conn.execute(
+        "select array_agg(format('%%I.%%I', s, t)::regclass::oid)"
+        " from unnest(%s::text[], %s::text[]) as x(s, t)",
+        [[s for s, _ in tables], [t for _, t in tables]],
+    ).fetchone()
+    return _leaves_without_identity(conn, oids[0] if oids else [])
+
+
+def published_without_replica_identity(
+    conn: psycopg.Connection, publication: str
+) -> list[NoReplicaIdentity]:
+    """The tables of a publication of UPDATEs or DELETEs that have no replica identity."""
+    oids = conn.execute(
+        "select array_agg(format('%%I.%%I', t.schemaname, t.tablename)::regclass::oid)"
+        " from pg_publication p join pg_publication_tables t on t.pubname = p.pubname"
+        " where p.pubname = %s and (p.pubupdate or p.pubdelete)",
+        [publication],
+    ).fetchone()
+    return _leaves_without_identity(conn, oids[0] if oids else [])
+
+
+def _leaves_without_identity(
+    conn: psycopg.Connection, oids: Sequence[int] | None
+) -> list[NoReplicaIdentity]:
+    if not oids:
+        return []
+    rows = conn.execute(_LEAVES_WITHOUT_IDENTITY, [list(oids), list(oids)]).fetchall()
+    return [NoReplicaIdentity(*row) for row in rows]
+
+
+def replica_identity_advice(missing: Sequence[NoReplicaIdentity], *, published: bool) -> str:
+    """One line: which tables lack a replica identity, what that breaks, the two fixes."""
+    one = len(missing) == 1
+    them = "it" if one else "them"
+    harm = (
+        f"published, the application's UPDATE and DELETE on {them} fail"
+        if published
+        else f"once published, the application's UPDATE and DELETE on {them} would fail"
+    )
+    alter = "; ".join(f"ALTER TABLE {m.quoted} REPLICA IDENTITY FULL" for m in missing)
+    what = (
+        f"{missing[0].name} has no replica identity ({missing[0].describe_reason()})"
+        if one
+        else f"{', '.join(m.describe() for m in missing)} have no replica identity"
+    )
+    return (
+        f"{what}: {harm}; add a primary key{'' if one else ' to each'}, or run {alter}"
+        " (every UPDATE and DELETE then writes the whole old row to the WAL)"
+    )
+
+
+@dataclass(frozen=True, slots=True)
+class ReplicaIdentityCheck:
+    """What :func:`check_replica_identity` found and did."""
+
+    set_full: list[NoReplicaIdentity]
+    """Tables it set REPLICA IDENTITY FULL on (asked to)."""
+    published: list[NoReplicaIdentity]
+    """Tables already in the publication without one, left as they are (not asked to)."""
+
+
+def check_replica_identity(
+    conn: psycopg.Connection,
+    publication: str,
+    tables: Sequence[tuple[str, str]],
+    *,
+    set_full: bool = False,
+) -> ReplicaIdentityCheck:
+    """Refuse to publish a table without a replica identity, or give it FULL if ``set_full``.
+
+    Publishing such a table makes the application's UPDATE and DELETE on it fail, so a table
+    not yet in the publication is refused (SourceSetupError, naming the fixes). One already
+    in it is returned instead: the sidecar did not put it there, and refusing to start would
+    not help the application. With ``set_full`` both get REPLICA IDENTITY FULL.
+    """
+    published = published_without_replica_identity(conn, publication)
+    already = {m.name for m in published}
+    missing = [m for m in tables_without_replica_identity(conn, tables) if m.name not in already]
+    if set_full:
+        fix = sorted([*missing, *published], key=lambda m: (m.schema, m.table))
+        set_replica_identity_full(conn, fix)
+        return ReplicaIdentityCheck(set_full=fix, published=[])
+    if missing:
+        raise SourceSetupError(
+            replica_identity_advice(missing, published=False)
+            + ", or pass --replica-identity-full to have pgml-sidecar run it"
+        )
+    return ReplicaIdentityCheck(set_full=[], published=published)
+
+
+def set_replica_identity_full(
+    conn: psycopg.Connection, missing: Sequence[NoReplicaIdentity]
+) -> None:
+    """``ALTER TABLE ... REPLICA IDENTITY FULL`` on each; a clear error if not the owner."""
+    for table in missing:
+        try:
+            conn.execute(
+                sql.SQL("alter table {} replica identity full").format(
+                    sql.Identifier(table.schema, table.table)
+                )
+            )
+        except psycopg.errors.InsufficientPrivilege as exc:
+            raise SourceSetupError(
+                f"cannot set REPLICA IDENTITY FULL on {table.name}: {first_line(exc)}; have its"
+                f" owner run ALTER TABLE {table.quoted} REPLICA IDENTITY FULL (or add a primary"
+                " key), then start again"
+            ) from None
+
+
 def slot_info(conn: psycopg.Connection, slot: str) -> SlotInfo | None:
     row = conn.execute(
         "select slot_name, plugin, database, active_pid, confirmed_flush_lsn::text"

@@ -36,7 +36,7 @@ def add_parsers(commands: argparse._SubParsersAction) -> None:
             " extension."
         ),
     )
-    _add(init, "source", "tables", "publication", "endpoint_dsn")
+    _add(init, "source", "tables", "publication", "endpoint_dsn", "replica_identity_full")
     init.add_argument(
         "--print-sql", action="store_true", help="print the SQL init would run, for a DBA"
     )
@@ -77,6 +77,12 @@ def _add(parser: argparse.ArgumentParser, *names: str) -> None:
         setting = next(s for s in config.SETTINGS if s.name == name)
         flag = "--" + name.replace("_", "-")
         env = config.ENV_PREFIX + name.upper()
+        if setting.kind is bool:  # a switch: on when given, else the environment or file
+            parser.add_argument(
+                flag, dest=name, action="store_const", const=True, default=None,
+                help=f"{setting.help} (env {env}=1)",
+            )  # fmt: skip
+            continue
         default = f"; default {setting.default}" if setting.default not in (None, "") else ""
         parser.add_argument(
             flag, dest=name, type=setting.kind, default=None,
@@ -117,13 +123,22 @@ def _init(args: argparse.Namespace) -> int:
     _required(settings, "source")
     with source.connect(settings["source"]) as conn:
         source.check_wal_level(conn)
-        version = source_schema.install(conn, endpoint_dsn=settings["endpoint_dsn"])
+        with conn.transaction():  # all or nothing: a refused init leaves nothing behind
+            tables = source.resolve_tables(conn, _tables(settings)) if settings["tables"] else []
+            checked = source.check_replica_identity(
+                conn, settings["publication"], tables,
+                set_full=settings["replica_identity_full"],
+            )  # fmt: skip
+            version = source_schema.install(conn, endpoint_dsn=settings["endpoint_dsn"])
+            source.ensure_publication(
+                conn, settings["publication"], [*tables, source_schema.CONTROL_TABLE]
+            )
         if advice := source_schema.admin_role_advice(conn):
             print(f"note: {advice}")
-        tables = source.resolve_tables(conn, _tables(settings)) if settings["tables"] else []
-        source.ensure_publication(
-            conn, settings["publication"], [*tables, ("pgml", "training_requests")]
-        )
+    if checked.set_full:
+        print(f"set REPLICA IDENTITY FULL on {', '.join(m.name for m in checked.set_full)}")
+    if checked.published:
+        print(f"warning: {source.replica_identity_advice(checked.published, published=True)}")
     print(
         f"installed pgml schema version {version} in {config.masked(settings['source'])};"
         f" publication {settings['publication']} covers"
@@ -183,6 +198,7 @@ def _daemon_settings(settings: dict[str, Any]) -> DaemonSettings:
         metrics_port=settings["metrics_port"],
         memory_limit=settings["memory_limit"],
         checkpoint_rows=settings["checkpoint_rows"],
+        replica_identity_full=settings["replica_identity_full"],
         kafka=settings["kafka"],
         topic_prefix=settings["topic_prefix"],
         group_id=settings["group_id"],
@@ -310,6 +326,12 @@ def _print_status(report: dict[str, Any]) -> None:
         )
     print(f"daemon:  {daemon.get('status')}" + (f" ({daemon.get('error')})"
           if daemon.get("status") == "unreachable" else ""))  # fmt: skip
+    if unidentified := daemon.get("tables_without_replica_identity"):
+        print(
+            f"tables:  without replica identity: {', '.join(unidentified)}: the application's"
+            " UPDATE and DELETE on them fail; add a primary key, or ALTER TABLE ... REPLICA"
+            " IDENTITY FULL"
+        )
     for project in report.get("projects", []):
         line = f"project: {project['project']}: {project['last_request']} {project['status']}"
         if project["model_id"]:
