@@ -129,9 +129,9 @@ def ensure_publication(
             )
     except psycopg.errors.InsufficientPrivilege as exc:
         raise SourceSetupError(
-            f"cannot create or change publication {publication}: {first_line(exc)};"
-            " run as the tables' owner, or have an owner run"
-            f" CREATE PUBLICATION {publication} FOR TABLE ..."
+            f"cannot create or change publication {publication}: {first_line(exc)}; have the"
+            " tables' owner run what `pgml-sidecar init --print-sql` prints (with the same"
+            " --source and --tables) through psql, then start again"
         ) from None
 
 
@@ -256,6 +256,17 @@ class ReplicaIdentityCheck:
     """Tables already in the publication without one, left as they are (not asked to)."""
 
 
+def replica_identity_plan(
+    conn: psycopg.Connection, publication: str, tables: Sequence[tuple[str, str]]
+) -> ReplicaIdentityCheck:
+    """Which tables would newly be published without a replica identity (``set_full``, the
+    ones to refuse or fix) and which already are (``published``); changes nothing."""
+    published = published_without_replica_identity(conn, publication)
+    already = {m.name for m in published}
+    missing = [m for m in tables_without_replica_identity(conn, tables) if m.name not in already]
+    return ReplicaIdentityCheck(set_full=missing, published=published)
+
+
 def check_replica_identity(
     conn: psycopg.Connection,
     publication: str,
@@ -270,19 +281,17 @@ def check_replica_identity(
     in it is returned instead: the sidecar did not put it there, and refusing to start would
     not help the application. With ``set_full`` both get REPLICA IDENTITY FULL.
     """
-    published = published_without_replica_identity(conn, publication)
-    already = {m.name for m in published}
-    missing = [m for m in tables_without_replica_identity(conn, tables) if m.name not in already]
+    plan = replica_identity_plan(conn, publication, tables)
     if set_full:
-        fix = sorted([*missing, *published], key=lambda m: (m.schema, m.table))
+        fix = sorted([*plan.set_full, *plan.published], key=lambda m: (m.schema, m.table))
         set_replica_identity_full(conn, fix)
         return ReplicaIdentityCheck(set_full=fix, published=[])
-    if missing:
+    if plan.set_full:
         raise SourceSetupError(
-            replica_identity_advice(missing, published=False)
+            replica_identity_advice(plan.set_full, published=False)
             + ", or pass --replica-identity-full to have pgml-sidecar run it"
         )
-    return ReplicaIdentityCheck(set_full=[], published=published)
+    return ReplicaIdentityCheck(set_full=[], published=plan.published)
 
 
 def set_replica_identity_full(
@@ -302,6 +311,53 @@ def set_replica_identity_full(
                 f" owner run ALTER TABLE {table.quoted} REPLICA IDENTITY FULL (or add a primary"
                 " key), then start again"
             ) from None
+
+
+def publication_script(
+    conn: psycopg.Connection | None, publication: str, tables: Sequence[tuple[str, str]]
+) -> str:
+    """The SQL that makes ``publication`` cover ``tables``, for their owner to run.
+
+    With a connection it says what is missing from the publication as it is (nothing, ALTER
+    PUBLICATION ... ADD TABLE, or CREATE PUBLICATION); without one, CREATE PUBLICATION.
+    """
+    row = None
+    present: set[tuple[str, str]] = set()
+    if conn is not None:
+        row = conn.execute(
+            "select puballtables, pg_get_userbyid(pubowner) from pg_publication where pubname = %s",
+            [publication],
+        ).fetchone()
+        if row is not None and row[0]:
+            raise SourceSetupError(
+                f"publication {publication} is FOR ALL TABLES, so the sidecar's own writes would"
+                " come back to it; drop it, or give the sidecar another --publication"
+            )
+        if row is not None:
+            present = set(publication_tables(conn, publication))
+    name = quoted_name(conn, publication)
+    missing = ", ".join(quoted_name(conn, s, t) for s, t in tables if (s, t) not in present)
+    if conn is None or row is None:
+        return f"create publication {name} for table {missing};\n"
+    if not missing:
+        return f"-- publication {publication} covers them all already\n"
+    return (
+        f"-- publication {publication} belongs to role {row[1]}: run this as it (or a member)\n"
+        f"alter publication {name} add table {missing};\n"
+    )
+
+
+def quoted_name(conn: psycopg.Connection | None, *parts: str) -> str:
+    """A (qualified) name as SQL needs it: quoted only where the server would quote it."""
+    if conn is None:
+        return sql.Identifier(*parts).as_string(None)
+    row = conn.execute(
+        "select string_agg(quote_ident(p), '.' order by n) from unnest(%s::text[])"
+        " with ordinality as x(p, n)",
+        [list(parts)],
+    ).fetchone()
+    assert row is not None
+    return str(row[0])
 
 
 def slot_info(conn: psycopg.Connection, slot: str) -> SlotInfo | None:

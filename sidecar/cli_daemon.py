@@ -32,13 +32,23 @@ def add_parsers(commands: argparse._SubParsersAction) -> None:
             "Install sql/install.sql into the source (schema pgml with the control table"
             " pgml.training_requests and the functions pgml.train, pgml.writeback and"
             " pgml.predict; schema pgml_scores), idempotently; create the publication for the"
-            " tables and the control table. Needs CREATE on the database, no superuser and no"
-            " extension."
+            " tables and the control table. All in one transaction: a refused init leaves"
+            " nothing behind. Run as the tables' owner (it needs CREATE on the database and"
+            " ownership of the tables, no superuser, no extension), or least-privilege: give"
+            " --print-sql the sidecar role's --source and the --tables, have the tables' owner"
+            " run what it prints through psql, then run init as the sidecar's role, which"
+            " then only checks. A table without a replica identity is refused (see"
+            " --replica-identity-full)."
         ),
     )
     _add(init, "source", "tables", "publication", "endpoint_dsn", "replica_identity_full")
     init.add_argument(
-        "--print-sql", action="store_true", help="print the SQL init would run, for a DBA"
+        "--print-sql",
+        action="store_true",
+        help="print, and run nothing, the SQL the tables' owner runs so that the role of"
+        " --source needs nothing but REPLICATION: schemas pgml and pgml_scores, the grants"
+        " that role needs, the publication of --tables and the control table, in that order"
+        " (with --source, fitted to what the database already has)",
     )
     init.set_defaults(run=_init)
 
@@ -115,10 +125,19 @@ def _init(args: argparse.Namespace) -> int:
     from sidecar import source_schema
 
     settings = _settings(args)
-    if args.print_sql:  # with --source, from the version installed there
+    if args.print_sql:  # with --source, fitted to the database as it is
         with source.connect(settings["source"]) if settings["source"] else nullcontext() as found:
-            installed = source_schema.installed_version(found) if found else None
-        print(source_schema.install_script(installed), end="")
+            names = _tables(settings)
+            script = source_schema.setup_script(
+                found,
+                role=found.info.user if found else source_schema.DEFAULT_ROLE,
+                publication=settings["publication"],
+                tables=source.resolve_tables(found, names)
+                if found
+                else [source.split_table_name(n) for n in names],
+                replica_identity_full=settings["replica_identity_full"],
+            )
+        print(script, end="")
         return 0
     _required(settings, "source")
     with source.connect(settings["source"]) as conn:
