@@ -378,6 +378,45 @@ def drop_slot(conn: psycopg.Connection, slot: str) -> None:
 
 
 @dataclass(frozen=True, slots=True)
+class SlotUse:
+    """A logical replication slot of the database, and the WAL it keeps the server from
+    recycling (pg_current_wal_lsn() minus its restart_lsn)."""
+
+    name: str
+    plugin: str
+    active_pid: int | None
+    retained_wal_bytes: int
+
+
+def database_slots(conn: psycopg.Connection) -> list[SlotUse]:
+    """Every logical replication slot of the connected database, by name."""
+    rows = conn.execute(
+        "select slot_name, coalesce(plugin, ''), active_pid,"
+        " coalesce(pg_wal_lsn_diff(pg_current_wal_lsn(), restart_lsn), 0)::bigint"
+        " from pg_replication_slots"
+        " where slot_type = 'logical' and database = current_database() and not temporary"
+        " order by slot_name"
+    ).fetchall()
+    return [SlotUse(r[0], r[1], r[2], max(int(r[3]), 0)) for r in rows]
+
+
+def may_replicate(conn: psycopg.Connection, role: str) -> bool:
+    """Whether ``role`` may use replication slots: REPLICATION, superuser, or RDS's
+    rds_replication."""
+    row = conn.execute(
+        "select rolreplication or rolsuper or case when to_regrole('rds_replication') is null"
+        " then false else pg_has_role(oid, 'rds_replication', 'member') end"
+        " from pg_roles where rolname = %s",
+        [role],
+    ).fetchone()
+    return bool(row and row[0])
+
+
+def drop_publication(conn: psycopg.Connection, publication: str) -> None:
+    conn.execute(sql.SQL("drop publication if exists {}").format(sql.Identifier(publication)))
+
+
+@dataclass(frozen=True, slots=True)
 class CatchUpTarget:
     """The end of the WAL inserted so far: every transaction committed before lies below it."""
 

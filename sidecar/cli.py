@@ -14,7 +14,7 @@ import duckdb
 import psycopg
 
 from mirror.errors import ConfigError, SidecarError
-from sidecar import cli_daemon, cli_serve, cli_train, cli_users, masking
+from sidecar import cli_daemon, cli_serve, cli_train, cli_uninstall, cli_users, masking
 
 log = logging.getLogger("pgml_sidecar")
 
@@ -215,6 +215,7 @@ def build_parser() -> argparse.ArgumentParser:
     cli_serve.add_parser(commands)
     cli_daemon.add_parsers(commands)
     cli_users.add_parsers(commands)
+    cli_uninstall.add_parsers(commands)
     _demo_parser(commands)
     return parser
 

@@ -297,6 +297,7 @@ def _status(args: argparse.Namespace) -> int:
                  "retained_wal_bytes": slot[2]}
                 if slot else {"name": settings["slot"], "missing": True}
             )  # fmt: skip
+        report["other_slots"] = _other_slots(conn, settings["slot"])
         if conn.execute("select to_regclass('pgml.training_requests')").fetchone() != (None,):
             rows = conn.execute(
                 "select distinct on (project_name) project_name, kind, status, error, model_id,"
@@ -323,6 +324,18 @@ def _status(args: argparse.Namespace) -> int:
     return 0
 
 
+def _other_slots(conn: Any, slot: str) -> list[dict[str, Any]]:
+    """Logical slots of the database but the sidecar's: left by earlier runs (another --slot),
+    or someone else's; each keeps WAL on the source while it exists."""
+    from replicator import source
+
+    return [
+        {"name": s.name, "plugin": s.plugin, "active": s.active_pid is not None,
+         "retained_wal_bytes": s.retained_wal_bytes}
+        for s in source.database_slots(conn) if s.name != slot
+    ]  # fmt: skip
+
+
 def _print_status(report: dict[str, Any]) -> None:
     print(f"source:  {report['source']}")
     daemon = report["daemon"]
@@ -343,6 +356,14 @@ def _print_status(report: dict[str, Any]) -> None:
             f"slot:    {slot['name']} {'active' if slot['active'] else 'INACTIVE'},"
             f" lag {slot['lag_bytes']} bytes, retains {slot['retained_wal_bytes']} bytes of WAL"
         )
+    for other in report.get("other_slots", []):
+        print(
+            f"slot:    {other['name']} (another slot in this database)"
+            f" {'active' if other['active'] else 'INACTIVE'}, retains"
+            f" {other['retained_wal_bytes']} bytes of WAL"
+            + ("" if other["active"] else "; if nothing uses it: SELECT"
+               f" pg_drop_replication_slot('{other['name']}')")
+        )  # fmt: skip
     print(f"daemon:  {daemon.get('status')}" + (f" ({daemon.get('error')})"
           if daemon.get("status") == "unreachable" else ""))  # fmt: skip
     if unidentified := daemon.get("tables_without_replica_identity"):

@@ -201,7 +201,7 @@ def _setup_header(
         f"--     psql -d {database} -v ON_ERROR_STOP=1 --single-transaction -f this-file.sql",
         f"-- then, as {role}: pgml-sidecar init (it checks all of this) and pgml-sidecar run.",
     ]
-    if conn is None or not _may_replicate(conn, role):
+    if conn is None or not source.may_replicate(conn, role):
         lines += [
             f"-- {role} also needs the REPLICATION attribute, which only an administrator gives:",
             f"--     ALTER ROLE {role} REPLICATION;  -- RDS, Aurora: GRANT rds_replication TO"
@@ -224,16 +224,6 @@ def _owners(
         [[s for s, _ in tables], [t for _, t in tables], publication],
     ).fetchall()
     return [str(r[0]) for r in rows]
-
-
-def _may_replicate(conn: psycopg.Connection, role: str) -> bool:
-    row = conn.execute(
-        "select rolreplication or rolsuper or case when to_regrole('rds_replication') is null"
-        " then false else pg_has_role(oid, 'rds_replication', 'member') end"
-        " from pg_roles where rolname = %s",
-        [role],
-    ).fetchone()
-    return bool(row and row[0])
 
 
 def _grants_sql(
@@ -296,6 +286,11 @@ def uninstall(conn: psycopg.Connection) -> None:
             conn.execute(script)
     except psycopg.errors.InsufficientPrivilege as exc:
         raise SourceSetupError(_privilege_advice(conn, "uninstall", exc)) from None
+
+
+def uninstall_script() -> str:
+    """The SQL :func:`uninstall` runs, for the owner of schema pgml to run by hand."""
+    return _read(SQL_DIR / "uninstall.sql")
 
 
 def add_control_table(conn: psycopg.Connection, publication: str) -> bool:
