@@ -58,7 +58,9 @@ def add_parsers(commands: argparse._SubParsersAction) -> None:
         description=(
             "Mirror the tables, carry out pgml.train() and pgml.writeback() requests made in the"
             " source, keep pgml_scores.<project> in the source up to date, serve the SQL endpoint"
-            " and Prometheus metrics, until SIGINT or SIGTERM."
+            " and Prometheus metrics, until SIGINT or SIGTERM. A table without a replica"
+            " identity is refused at start (see --replica-identity-full); one that loses it"
+            " while published shows in /healthz, status and the metrics."
         ),
     )
     _add(run, *(s.name for s in config.SETTINGS if s.name != "endpoint_dsn"))
@@ -73,7 +75,11 @@ def add_parsers(commands: argparse._SubParsersAction) -> None:
     status = commands.add_parser(
         "status",
         help="replication slot (or Kafka) lag, requests and projects, and the daemon's health",
-        description="Read the source and the running daemon's /healthz; print a summary.",
+        description=(
+            "Read the source and the running daemon's /healthz; print a summary: the slot,"
+            " the database's other slots with the WAL they retain, published tables without a"
+            " replica identity, each project's last request."
+        ),
     )
     _add(status, "source", "slot", "kafka", "topic_prefix", "group_id", "metrics_host",
          "metrics_port")  # fmt: skip
