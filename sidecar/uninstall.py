@@ -149,7 +149,12 @@ def survey(
     found.may_drop_schemas = all(bool(r[2]) for r in rows)
     found.score_tables = sum(int(r[3]) for r in rows if r[0] == "pgml_scores")
     if mirror is not None:
-        candidates = [mirror, mirror.with_name(mirror.name + ".wal"), artifact_home(mirror)]
+        candidates = [
+            mirror,
+            mirror.with_name(mirror.name + ".wal"),
+            mirror.with_name(mirror.name + ".tmp"),  # DuckDB's spill directory, after a crash
+            artifact_home(mirror),
+        ]
         found.files = [path for path in candidates if path.exists()]
     return found
 
@@ -164,7 +169,7 @@ def check_idle(found: Leftovers, mirror: Path | None) -> None:
         )
     if mirror is not None and mirror.exists():
         try:
-            duckdb.connect(str(mirror)).close()
+            duckdb.connect(str(mirror), read_only=True).close()
         except duckdb.IOException:
             raise SidecarError(
                 f"the mirror {mirror} is open in another process (pgml-sidecar run, serve or"
@@ -217,6 +222,8 @@ def owner_script(conn: psycopg.Connection | None, *, publication: str) -> str:
 
 
 def _file_line(path: Path) -> str:
+    if path.name.endswith(".tmp"):
+        return f"{path}/ (the mirror's temporary files)"
     if path.is_dir():
         return f"{path}/ (snapshots and models)"
     if path.name.endswith(".wal"):

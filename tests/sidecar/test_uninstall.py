@@ -87,6 +87,20 @@ def test_uninstall_says_what_it_drops_and_asks(source_dsn: str, set_up: Path) ->
     assert no_answer.returncode == 1 and "--yes" in no_answer.stderr
     assert installed(source_dsn) == EVERYTHING
 
+    holder = subprocess.Popen(  # another process with the mirror open, as serve would have it
+        [sys.executable, "-c", "import duckdb, sys; c = duckdb.connect(sys.argv[1]);"
+         " print('open', flush=True); sys.stdin.read()", str(mirror)],
+        stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True,
+    )  # fmt: skip
+    try:
+        assert holder.stdout is not None and holder.stdout.readline() == "open\n"
+        refused = cli(*args, "--yes")
+        assert refused.returncode == 1
+        assert f"error: the mirror {mirror} is open in another process" in refused.stderr
+        assert installed(source_dsn) == EVERYTHING and mirror.exists()
+    finally:
+        holder.communicate(timeout=60)
+
     dropped = cli(*args, answer="y\n")
     assert dropped.returncode == 0, dropped.stderr
     assert installed(source_dsn) == NOTHING
