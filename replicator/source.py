@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from collections.abc import Iterable, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import psycopg
 from psycopg import sql
@@ -248,23 +248,30 @@ def replica_identity_advice(missing: Sequence[NoReplicaIdentity], *, published: 
 
 @dataclass(frozen=True, slots=True)
 class ReplicaIdentityCheck:
-    """What :func:`check_replica_identity` found and did."""
+    """Tables without a replica identity: what :func:`replica_identity_plan` found and
+    :func:`check_replica_identity` did."""
 
-    set_full: list[NoReplicaIdentity]
-    """Tables it set REPLICA IDENTITY FULL on (asked to)."""
-    published: list[NoReplicaIdentity]
-    """Tables already in the publication without one, left as they are (not asked to)."""
+    new: list[NoReplicaIdentity] = field(default_factory=list)
+    """Not yet in the publication: publishing them would break the application."""
+    published: list[NoReplicaIdentity] = field(default_factory=list)
+    """Already in the publication, left as they are."""
+    set_full: list[NoReplicaIdentity] = field(default_factory=list)
+    """Given REPLICA IDENTITY FULL (asked to)."""
+
+    def to_fix(self) -> list[NoReplicaIdentity]:
+        """Every table found, in name order."""
+        return sorted([*self.new, *self.published], key=lambda m: (m.schema, m.table))
 
 
 def replica_identity_plan(
     conn: psycopg.Connection, publication: str, tables: Sequence[tuple[str, str]]
 ) -> ReplicaIdentityCheck:
-    """Which tables would newly be published without a replica identity (``set_full``, the
-    ones to refuse or fix) and which already are (``published``); changes nothing."""
+    """Find the tables without a replica identity among ``tables`` and in the publication;
+    change nothing."""
     published = published_without_replica_identity(conn, publication)
     already = {m.name for m in published}
-    missing = [m for m in tables_without_replica_identity(conn, tables) if m.name not in already]
-    return ReplicaIdentityCheck(set_full=missing, published=published)
+    new = [m for m in tables_without_replica_identity(conn, tables) if m.name not in already]
+    return ReplicaIdentityCheck(new=new, published=published)
 
 
 def check_replica_identity(
@@ -278,20 +285,20 @@ def check_replica_identity(
 
     Publishing such a table makes the application's UPDATE and DELETE on it fail, so a table
     not yet in the publication is refused (SourceSetupError, naming the fixes). One already
-    in it is returned instead: the sidecar did not put it there, and refusing to start would
+    in it is reported instead: the sidecar did not put it there, and refusing to start would
     not help the application. With ``set_full`` both get REPLICA IDENTITY FULL.
     """
     plan = replica_identity_plan(conn, publication, tables)
     if set_full:
-        fix = sorted([*plan.set_full, *plan.published], key=lambda m: (m.schema, m.table))
+        fix = plan.to_fix()
         set_replica_identity_full(conn, fix)
-        return ReplicaIdentityCheck(set_full=fix, published=[])
-    if plan.set_full:
+        return ReplicaIdentityCheck(set_full=fix)
+    if plan.new:
         raise SourceSetupError(
-            replica_identity_advice(plan.set_full, published=False)
+            replica_identity_advice(plan.new, published=False)
             + ", or pass --replica-identity-full to have pgml-sidecar run it"
         )
-    return ReplicaIdentityCheck(set_full=[], published=plan.published)
+    return plan
 
 
 def set_replica_identity_full(

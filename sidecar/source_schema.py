@@ -151,12 +151,12 @@ def setup_script(
     identity = ""
     if conn is not None:
         plan = source.replica_identity_plan(conn, publication, tables)
-        if plan.set_full and not replica_identity_full:
+        if plan.new and not replica_identity_full:
             raise SourceSetupError(
-                source.replica_identity_advice(plan.set_full, published=False)
+                source.replica_identity_advice(plan.new, published=False)
                 + ", or pass --replica-identity-full to have that in the printed SQL"
             )
-        fix = [*plan.set_full, *plan.published] if replica_identity_full else []
+        fix = plan.to_fix() if replica_identity_full else []
         identity = "".join(f"alter table {m.quoted} replica identity full;\n" for m in fix)
     elif replica_identity_full:
         raise ConfigError(
