@@ -32,13 +32,23 @@ def add_parsers(commands: argparse._SubParsersAction) -> None:
             "Install sql/install.sql into the source (schema pgml with the control table"
             " pgml.training_requests and the functions pgml.train, pgml.writeback and"
             " pgml.predict; schema pgml_scores), idempotently; create the publication for the"
-            " tables and the control table. Needs CREATE on the database, no superuser and no"
-            " extension."
+            " tables and the control table. All in one transaction: a refused init leaves"
+            " nothing behind. Run as the tables' owner (it needs CREATE on the database and"
+            " ownership of the tables, no superuser, no extension), or least-privilege: give"
+            " --print-sql the sidecar role's --source and the --tables, have the tables' owner"
+            " run what it prints through psql, then run init as the sidecar's role, which"
+            " then only checks. A table without a replica identity is refused (see"
+            " --replica-identity-full)."
         ),
     )
-    _add(init, "source", "tables", "publication", "endpoint_dsn")
+    _add(init, "source", "tables", "publication", "endpoint_dsn", "replica_identity_full")
     init.add_argument(
-        "--print-sql", action="store_true", help="print the SQL init would run, for a DBA"
+        "--print-sql",
+        action="store_true",
+        help="print, and run nothing, the SQL the tables' owner runs so that the role of"
+        " --source needs nothing but REPLICATION: schemas pgml and pgml_scores, the grants"
+        " that role needs, the publication of --tables and the control table, in that order"
+        " (with --source, fitted to what the database already has)",
     )
     init.set_defaults(run=_init)
 
@@ -48,7 +58,9 @@ def add_parsers(commands: argparse._SubParsersAction) -> None:
         description=(
             "Mirror the tables, carry out pgml.train() and pgml.writeback() requests made in the"
             " source, keep pgml_scores.<project> in the source up to date, serve the SQL endpoint"
-            " and Prometheus metrics, until SIGINT or SIGTERM."
+            " and Prometheus metrics, until SIGINT or SIGTERM. A table without a replica"
+            " identity is refused at start (see --replica-identity-full); one that loses it"
+            " while published shows in /healthz, status and the metrics."
         ),
     )
     _add(run, *(s.name for s in config.SETTINGS if s.name != "endpoint_dsn"))
@@ -63,7 +75,11 @@ def add_parsers(commands: argparse._SubParsersAction) -> None:
     status = commands.add_parser(
         "status",
         help="replication slot (or Kafka) lag, requests and projects, and the daemon's health",
-        description="Read the source and the running daemon's /healthz; print a summary.",
+        description=(
+            "Read the source and the running daemon's /healthz; print a summary: the slot,"
+            " the database's other slots with the WAL they retain, published tables without a"
+            " replica identity, each project's last request."
+        ),
     )
     _add(status, "source", "slot", "kafka", "topic_prefix", "group_id", "metrics_host",
          "metrics_port")  # fmt: skip
@@ -77,6 +93,12 @@ def _add(parser: argparse.ArgumentParser, *names: str) -> None:
         setting = next(s for s in config.SETTINGS if s.name == name)
         flag = "--" + name.replace("_", "-")
         env = config.ENV_PREFIX + name.upper()
+        if setting.kind is bool:  # a switch: on when given, else the environment or file
+            parser.add_argument(
+                flag, dest=name, action="store_const", const=True, default=None,
+                help=f"{setting.help} (env {env}=1)",
+            )  # fmt: skip
+            continue
         default = f"; default {setting.default}" if setting.default not in (None, "") else ""
         parser.add_argument(
             flag, dest=name, type=setting.kind, default=None,
@@ -109,21 +131,39 @@ def _init(args: argparse.Namespace) -> int:
     from sidecar import source_schema
 
     settings = _settings(args)
-    if args.print_sql:  # with --source, from the version installed there
+    if args.print_sql:  # with --source, fitted to the database as it is
         with source.connect(settings["source"]) if settings["source"] else nullcontext() as found:
-            installed = source_schema.installed_version(found) if found else None
-        print(source_schema.install_script(installed), end="")
+            names = _tables(settings)
+            script = source_schema.setup_script(
+                found,
+                role=found.info.user if found else source_schema.DEFAULT_ROLE,
+                publication=settings["publication"],
+                tables=source.resolve_tables(found, names)
+                if found
+                else [source.split_table_name(n) for n in names],
+                replica_identity_full=settings["replica_identity_full"],
+            )
+        print(script, end="")
         return 0
     _required(settings, "source")
     with source.connect(settings["source"]) as conn:
         source.check_wal_level(conn)
-        version = source_schema.install(conn, endpoint_dsn=settings["endpoint_dsn"])
+        with conn.transaction():  # all or nothing: a refused init leaves nothing behind
+            tables = source.resolve_tables(conn, _tables(settings)) if settings["tables"] else []
+            checked = source.check_replica_identity(
+                conn, settings["publication"], tables,
+                set_full=settings["replica_identity_full"],
+            )  # fmt: skip
+            version = source_schema.install(conn, endpoint_dsn=settings["endpoint_dsn"])
+            source.ensure_publication(
+                conn, settings["publication"], [*tables, source_schema.CONTROL_TABLE]
+            )
         if advice := source_schema.admin_role_advice(conn):
             print(f"note: {advice}")
-        tables = source.resolve_tables(conn, _tables(settings)) if settings["tables"] else []
-        source.ensure_publication(
-            conn, settings["publication"], [*tables, ("pgml", "training_requests")]
-        )
+    if checked.set_full:
+        print(f"set REPLICA IDENTITY FULL on {', '.join(m.name for m in checked.set_full)}")
+    if checked.published:
+        print(f"warning: {source.replica_identity_advice(checked.published, published=True)}")
     print(
         f"installed pgml schema version {version} in {config.masked(settings['source'])};"
         f" publication {settings['publication']} covers"
@@ -183,6 +223,7 @@ def _daemon_settings(settings: dict[str, Any]) -> DaemonSettings:
         metrics_port=settings["metrics_port"],
         memory_limit=settings["memory_limit"],
         checkpoint_rows=settings["checkpoint_rows"],
+        replica_identity_full=settings["replica_identity_full"],
         kafka=settings["kafka"],
         topic_prefix=settings["topic_prefix"],
         group_id=settings["group_id"],
@@ -262,6 +303,7 @@ def _status(args: argparse.Namespace) -> int:
                  "retained_wal_bytes": slot[2]}
                 if slot else {"name": settings["slot"], "missing": True}
             )  # fmt: skip
+        report["other_slots"] = _other_slots(conn, settings["slot"])
         if conn.execute("select to_regclass('pgml.training_requests')").fetchone() != (None,):
             rows = conn.execute(
                 "select distinct on (project_name) project_name, kind, status, error, model_id,"
@@ -288,6 +330,18 @@ def _status(args: argparse.Namespace) -> int:
     return 0
 
 
+def _other_slots(conn: Any, slot: str) -> list[dict[str, Any]]:
+    """Logical slots of the database but the sidecar's: left by earlier runs (another --slot),
+    or someone else's; each keeps WAL on the source while it exists."""
+    from replicator import source
+
+    return [
+        {"name": s.name, "plugin": s.plugin, "active": s.active_pid is not None,
+         "retained_wal_bytes": s.retained_wal_bytes}
+        for s in source.database_slots(conn) if s.name != slot
+    ]  # fmt: skip
+
+
 def _print_status(report: dict[str, Any]) -> None:
     print(f"source:  {report['source']}")
     daemon = report["daemon"]
@@ -308,8 +362,22 @@ def _print_status(report: dict[str, Any]) -> None:
             f"slot:    {slot['name']} {'active' if slot['active'] else 'INACTIVE'},"
             f" lag {slot['lag_bytes']} bytes, retains {slot['retained_wal_bytes']} bytes of WAL"
         )
+    for other in report.get("other_slots", []):
+        print(
+            f"slot:    {other['name']} (another slot in this database)"
+            f" {'active' if other['active'] else 'INACTIVE'}, retains"
+            f" {other['retained_wal_bytes']} bytes of WAL"
+            + ("" if other["active"] else "; if nothing uses it: SELECT"
+               f" pg_drop_replication_slot('{other['name']}')")
+        )  # fmt: skip
     print(f"daemon:  {daemon.get('status')}" + (f" ({daemon.get('error')})"
           if daemon.get("status") == "unreachable" else ""))  # fmt: skip
+    if unidentified := daemon.get("tables_without_replica_identity"):
+        print(
+            f"tables:  without replica identity: {', '.join(unidentified)}: the application's"
+            " UPDATE and DELETE on them fail; add a primary key, or ALTER TABLE ... REPLICA"
+            " IDENTITY FULL"
+        )
     for project in report.get("projects", []):
         line = f"project: {project['project']}: {project['last_request']} {project['status']}"
         if project["model_id"]:

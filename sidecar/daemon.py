@@ -21,12 +21,13 @@ import psycopg
 
 from mirror.change_log import Touched
 from mirror.changes import Lsn
-from mirror.errors import ConfigError
+from mirror.errors import ConfigError, SourceError
 from mirror.store import Mirror
 from predictor.server import EndpointSettings, SqlEndpoint
 from predictor.writeback import Writeback
+from replicator import source
 from replicator.kafka import KafkaReplicator, KafkaSettings
-from replicator.replicate import ReplicationSettings, Replicator
+from replicator.replicate import ReplicationSettings, Replicator, check_source
 from sidecar import config, control
 from sidecar.control import ControlRequests
 from sidecar.metrics import Metrics, MetricsServer
@@ -66,6 +67,8 @@ class DaemonSettings:
     metrics_port: int = 9464
     memory_limit: str = "1GB"
     checkpoint_rows: int = 100_000
+    replica_identity_full: bool = False
+    """Give mirrored tables without a replica identity FULL instead of refusing to start."""
     kafka: str | None = None
     """Kafka bootstrap servers: mirror from Debezium's topics instead of a replication slot."""
     topic_prefix: str | None = None
@@ -106,6 +109,10 @@ class Daemon:
         self.settings = settings
         self.stop_event = threading.Event()
         time_limit = config.training_time_limit(settings.training_time_limit)
+        if not settings.kafka:  # before the mirror file: a refused start leaves none
+            _check_source(self._replication_settings())
+        self.without_replica_identity: list[str] = []
+        """Published tables whose UPDATE and DELETE fail in the source (sampled)."""
         self.mirror = Mirror(settings.mirror_path, memory_limit=settings.memory_limit)
         self.trainer = Trainer(
             self.mirror.con, artifact_home(settings.mirror_path), time_limit=time_limit
@@ -191,6 +198,7 @@ class Daemon:
                         dead_seen[topic] = count
                 else:
                     behind = self._sample_slot(conn)
+                    self._sample_replica_identity(conn)
                 last = replicator.stats.last_commit_time
                 m.replication_lag_seconds.set(
                     max(time.time() - last, 0.0) if behind and last else 0.0
@@ -222,12 +230,38 @@ class Daemon:
         m.slot_retained_wal_bytes.set(max(int(row[1] or 0), 0))
         return lag > _IDLE_BYTES
 
+    def _mirrored_tables(self) -> list[str]:
+        tables = list(self.settings.tables)
+        if _has_control_table(self.settings.source_dsn) and "pgml.training_requests" not in tables:
+            tables.append("pgml.training_requests")
+        return tables
+
+    def _replication_settings(self) -> ReplicationSettings:
+        s = self.settings
+        return ReplicationSettings(
+            source_dsn=s.source_dsn,
+            mirror_path=s.mirror_path,
+            tables=self._mirrored_tables(),
+            publication=s.publication,
+            slot=s.slot,
+            memory_limit=s.memory_limit,
+            replica_identity_full=s.replica_identity_full,
+        )
+
+    def _sample_replica_identity(self, conn: psycopg.Connection) -> None:
+        """Record the published tables whose UPDATE and DELETE the source now refuses."""
+        missing = source.published_without_replica_identity(conn, self.settings.publication)
+        names = [m.name for m in missing]
+        new = [m for m in missing if m.name not in self.without_replica_identity]
+        if new:
+            log.error("%s", source.replica_identity_advice(new, published=True))
+        self.without_replica_identity = names
+        self.metrics.tables_without_replica_identity.set(len(names))
+
     def _replicator(self) -> Replicator | KafkaReplicator:
         s = self.settings
-        tables = list(s.tables)
-        if _has_control_table(s.source_dsn) and "pgml.training_requests" not in tables:
-            tables.append("pgml.training_requests")
         if s.kafka:
+            tables = self._mirrored_tables()
             if not s.topic_prefix:
                 raise ConfigError("kafka needs topic_prefix: the Debezium connector's topic.prefix")
             return KafkaReplicator(
@@ -242,17 +276,7 @@ class Daemon:
                 ),
                 mirror=self.mirror,
             )
-        return Replicator(
-            ReplicationSettings(
-                source_dsn=s.source_dsn,
-                mirror_path=s.mirror_path,
-                tables=tables,
-                publication=s.publication,
-                slot=s.slot,
-                memory_limit=s.memory_limit,
-            ),
-            mirror=self.mirror,
-        )
+        return Replicator(self._replication_settings(), mirror=self.mirror)
 
     def _committed(self, lsn: Lsn, touched: dict[tuple[str, str], Touched]) -> None:
         self.control.on_commit(lsn, touched)
@@ -360,6 +384,7 @@ class Daemon:
             "watching": sorted(self.monitor.watches),
             "flushed_lsn": self.replicator.stats.flushed_lsn,
             "rows_applied": self.replicator.stats.rows_applied,
+            "tables_without_replica_identity": list(self.without_replica_identity),
         }
         if isinstance(self.replicator, KafkaReplicator):
             health["kafka"] = {
@@ -368,6 +393,18 @@ class Daemon:
                 "dead_letters": sum(self.replicator.stats.dead_letters.values()),
             }
         return health
+
+
+def _check_source(settings: ReplicationSettings) -> None:
+    """Refuse at once what the replicator would refuse at its start (a table without a replica
+    identity, an unknown table, wal_level); an unreachable source is the replicator's to retry."""
+    try:
+        conn = source.connect(settings.source_dsn)
+    except SourceError as exc:
+        log.warning("%s; the replicator will keep trying", exc)
+        return
+    with conn:
+        check_source(conn, settings)
 
 
 def _has_control_table(dsn: str) -> bool:

@@ -234,6 +234,7 @@ def test_alert_rules_cover_the_required_cases() -> None:
         "absent(pgml_sidecar_replicator_up)",
         'pgml_sidecar_training_runs_total{status="failed"}',
         "pgml_sidecar_writeback_lag_seconds",
+        "pgml_sidecar_tables_without_replica_identity > 0",
     ):
         assert needle in exprs, needle
     for rule in rules:
