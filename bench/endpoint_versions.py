@@ -133,7 +133,7 @@ def run(args: argparse.Namespace) -> str:
             client.close()
         pool = ClientPool(max(CLIENT_COUNTS))
         stack.callback(pool.close)
-        for index in range(args.rounds):
+        for index in range(0 if args.skip_latency else args.rounds):
             for count in CLIENT_COUNTS:
                 order = ("before", "after") if index % 2 == 0 else ("after", "before")
                 for side in order:
@@ -145,7 +145,8 @@ def run(args: argparse.Namespace) -> str:
                     )
         if scan:
             scans = scan_rounds(sides, args.rounds)
-    return report(args, served, loads, same) + (scan_report(args, scans) if scan else "")
+    latency = "" if args.skip_latency else report(args, served, loads, same)
+    return latency + (scan_report(args, scans) if scan else "")
 
 
 def scan_rounds(sides: dict[str, Server], rounds: int) -> dict[tuple[str, str], list[float]]:
@@ -229,6 +230,7 @@ def parser() -> argparse.ArgumentParser:
     p = w.base_parser("bench.endpoint_versions", __doc__ or "", seed=False)
     p.add_argument("--before", required=True, help="the git revision to compare with")
     p.add_argument("--requests", type=int, default=10_000, help="requests per side and count")
+    p.add_argument("--skip-latency", action="store_true", help="the scan only")
     p.add_argument(
         "--scan-rows",
         type=int,
