@@ -37,7 +37,7 @@ from predictor.scram import ScramVerifier
 from predictor.session import Session
 from predictor.statement_watch import StatementWatch
 from predictor.time_settings import AUTHENTICATION_TIMEOUT, STATEMENT_TIMEOUT, TimeSetting
-from predictor.users import UsersFile
+from predictor.users import UsersFile, read_users
 from trainer.train import Trainer
 
 log = logging.getLogger("pgml_sidecar")
@@ -89,6 +89,29 @@ def is_loopback(host: str) -> bool:
         return False
 
 
+def check_settings(settings: EndpointSettings) -> None:
+    """Raise the `ConfigError` the endpoint would refuse ``settings`` with, before anything is
+    opened: no password off loopback, two kinds of password, a timeout that is none, a users
+    file or TLS certificate that cannot be read."""
+    trusting = settings.password is None and settings.users_file is None
+    if trusting and not is_loopback(settings.host):
+        raise ConfigError(
+            f"listening on {settings.host} needs a password: a users file (--users-file,"
+            f" made with pgml-sidecar adduser) or one password ({PASSWORD_ENV} or"
+            " --password-file); without either, the endpoint only listens on 127.0.0.1"
+        )
+    if settings.password is not None and settings.users_file is not None:
+        raise ConfigError(
+            "both a users file and an endpoint password are set: keep the users file (each"
+            f" user has its own password there) and unset {PASSWORD_ENV} / password_file"
+        )
+    _setting(AUTHENTICATION_TIMEOUT, settings.authentication_timeout)
+    _setting(STATEMENT_TIMEOUT, settings.statement_timeout)
+    if settings.users_file is not None:
+        read_users(settings.users_file)
+    _tls_context(settings)
+
+
 class SqlEndpoint:
     """Serves PostgresML's SQL over the wire protocol on the mirror's DuckDB connection."""
 
@@ -100,18 +123,7 @@ class SqlEndpoint:
         *,
         source_dsn: str | None = None,
     ) -> None:
-        trusting = settings.password is None and settings.users_file is None
-        if trusting and not is_loopback(settings.host):
-            raise ConfigError(
-                f"listening on {settings.host} needs a password: a users file (--users-file,"
-                f" made with pgml-sidecar adduser) or one password ({PASSWORD_ENV} or"
-                " --password-file); without either, the endpoint only listens on 127.0.0.1"
-            )
-        if settings.password is not None and settings.users_file is not None:
-            raise ConfigError(
-                "both a users file and an endpoint password are set: keep the users file (each"
-                f" user has its own password there) and unset {PASSWORD_ENV} / password_file"
-            )
+        check_settings(settings)
         self.users = UsersFile(settings.users_file) if settings.users_file else None
         self.settings = settings
         self.limits = AdmissionLimits(

@@ -218,6 +218,7 @@ class KafkaReplicator:
         except KafkaException as exc:
             raise ConfigError(f"bad Kafka consumer settings: {exc.args[0].str()}") from None
         self._consumer = consumer
+        self.stats.prepared = True
         consumer.subscribe(
             sorted(self.topics),
             on_assign=self._on_assign,

@@ -81,6 +81,9 @@ class ReplicationStats:
     reconnects: int = 0
     flushed_lsn: Lsn = 0
     copied_rows: dict[str, int] = field(default_factory=dict)
+    prepared: bool = False
+    """Whether the start got through: the source checked, the slot (or the Kafka consumer)
+    and the mirror set up. An error that retrying cannot fix ends ``run`` only before."""
 
 
 class Replicator:
@@ -114,20 +117,31 @@ class Replicator:
 
     # -- set-up --------------------------------------------------------------------------------
 
-    def prepare(self) -> tuple[ReplicationConnection, Lsn]:
-        """Check the source, create publication and slot, copy what needs copying."""
+    def check(self) -> None:
+        """Raise what would stop :meth:`prepare` whatever the retries, changing nothing: a
+        login the source refuses, wal_level, a table that does not exist, no REPLICATION."""
+        self._checked_tables()
+        ReplicationConnection(self.settings.source_dsn).close()
+
+    def _checked_tables(self) -> list[tuple[str, str]]:
         s = self.settings
         conn = self._catalog_conn()
         source.check_wal_level(conn)
         if s.tables:
-            tables = source.resolve_tables(conn, s.tables)
-        else:
-            tables = source.publication_tables(conn, s.publication)
-            if not tables:
-                raise SourceSetupError(
-                    f"publication {s.publication} has no tables; name the tables to mirror"
-                    " with --tables schema.table,..."
-                )
+            return source.resolve_tables(conn, s.tables)
+        tables = source.publication_tables(conn, s.publication)
+        if not tables:
+            raise SourceSetupError(
+                f"publication {s.publication} has no tables; name the tables to mirror"
+                " with --tables schema.table,..."
+            )
+        return tables
+
+    def prepare(self) -> tuple[ReplicationConnection, Lsn]:
+        """Check the source, create publication and slot, copy what needs copying."""
+        s = self.settings
+        tables = self._checked_tables()
+        conn = self._catalog_conn()
         repl = ReplicationConnection(s.source_dsn)  # proves the REPLICATION privilege
         try:
             return repl, self._prepare_slot_and_mirror(conn, repl, tables)
@@ -314,6 +328,7 @@ class Replicator:
         """Prepare, then stream until stopped (or caught up); reconnect when the source drops."""
         repl: ReplicationConnection | None
         repl, start = self.prepare()
+        self.stats.prepared = True
         delay = 0.5
         while repl is not None:
             try:

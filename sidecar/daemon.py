@@ -4,7 +4,8 @@ Every part runs in a thread of this process (training in its worker process) aro
 Data flows one way: the replicator commits batches to the mirror and hands the touched keys to
 the control requests and the write-back, which never hold up the stream. A part that crashes is
 logged and restarted with backoff; SIGTERM stops them all, the replicator committing what it
-has applied, within seconds.
+has applied, within seconds. What retrying cannot fix (a login refused, wal_level, a missing
+table or privilege, bad settings) ends it at start instead, with one line.
 """
 
 from __future__ import annotations
@@ -21,10 +22,17 @@ import psycopg
 
 from mirror.change_log import Touched
 from mirror.changes import Lsn
-from mirror.errors import ConfigError
+from mirror.errors import (
+    ConfigError,
+    MirrorError,
+    SlotBusyError,
+    SourceConnectionLost,
+    SourceSetupError,
+)
 from mirror.store import Mirror
-from predictor.server import EndpointSettings, SqlEndpoint
+from predictor.server import EndpointSettings, SqlEndpoint, check_settings
 from predictor.writeback import Writeback
+from replicator import source
 from replicator.kafka import KafkaReplicator, KafkaSettings
 from replicator.replicate import ReplicationSettings, Replicator
 from sidecar import config, control
@@ -92,7 +100,21 @@ class Daemon:
     def __init__(self, settings: DaemonSettings) -> None:
         self.settings = settings
         self.stop_event = threading.Event()
+        self.fatal: Exception | None = None
+        """What ended the daemon at start, if retrying could not fix it."""
         time_limit = config.training_time_limit(settings.training_time_limit)
+        endpoint_settings = EndpointSettings(
+            host=settings.host,
+            port=settings.port,
+            password=settings.password,
+            users_file=settings.users_file,
+            tls_cert=settings.tls_cert,
+            tls_key=settings.tls_key,
+            statement_timeout=settings.statement_timeout,
+            authentication_timeout=settings.authentication_timeout,
+        )
+        check_settings(endpoint_settings)  # settings first, then the source, then the mirror
+        check_source(settings)
         self.mirror = Mirror(settings.mirror_path, memory_limit=settings.memory_limit)
         self.trainer = Trainer(
             self.mirror.con, artifact_home(settings.mirror_path), time_limit=time_limit
@@ -118,16 +140,7 @@ class Daemon:
         self.mirror.on_commit = self._committed
         self.replicator: Replicator | KafkaReplicator = self._replicator()
         self.endpoint = SqlEndpoint(
-            EndpointSettings(
-                host=settings.host,
-                port=settings.port,
-                password=settings.password,
-                users_file=settings.users_file,
-                tls_cert=settings.tls_cert,
-                tls_key=settings.tls_key,
-                statement_timeout=settings.statement_timeout,
-                authentication_timeout=settings.authentication_timeout,
-            ),
+            endpoint_settings,
             self.mirror.con,
             self.trainer,
             source_dsn=settings.source_dsn,  # each session reads what its source role may
@@ -220,9 +233,7 @@ class Daemon:
 
     def _replicator(self) -> Replicator | KafkaReplicator:
         s = self.settings
-        tables = list(s.tables)
-        if _has_control_table(s.source_dsn) and "pgml.training_requests" not in tables:
-            tables.append("pgml.training_requests")
+        tables = _mirrored_tables(s)
         if s.kafka:
             if not s.topic_prefix:
                 raise ConfigError("kafka needs topic_prefix: the Debezium connector's topic.prefix")
@@ -238,17 +249,7 @@ class Daemon:
                 ),
                 mirror=self.mirror,
             )
-        return Replicator(
-            ReplicationSettings(
-                source_dsn=s.source_dsn,
-                mirror_path=s.mirror_path,
-                tables=tables,
-                publication=s.publication,
-                slot=s.slot,
-                memory_limit=s.memory_limit,
-            ),
-            mirror=self.mirror,
-        )
+        return Replicator(_replication_settings(s, tables), mirror=self.mirror)
 
     def _committed(self, lsn: Lsn, touched: dict[tuple[str, str], Touched]) -> None:
         self.control.on_commit(lsn, touched)
@@ -310,6 +311,10 @@ class Daemon:
                 part.target(self.stop_event)
             except Exception as exc:
                 part.last_error = f"{type(exc).__name__}: {exc}"
+                if self._cannot_start(part, exc):
+                    self.fatal = exc
+                    self.stop_event.set()  # run() stops everything, then raises it
+                    return
                 log.error("%s stopped: %s", part.name, part.last_error)
             finally:
                 part.running = False
@@ -319,6 +324,15 @@ class Daemon:
             part.restarts += 1
             log.warning("restarting %s in %.0f s (restart %d)", part.name, delay, part.restarts)
             self.stop_event.wait(delay)
+
+    def _cannot_start(self, part: Part, exc: Exception) -> bool:
+        """Whether ``exc`` ends the daemon: the replicator's, before its start got through,
+        and of a kind that retrying cannot fix."""
+        return (
+            part.name == "replicator"
+            and not self.replicator.stats.prepared
+            and isinstance(exc, CANNOT_HEAL)
+        )
 
     def stop(self) -> None:
         """Stop every part and close the mirror; the replicator commits what it applied."""
@@ -337,12 +351,18 @@ class Daemon:
         self.replicator.close()  # closes the mirror
 
     def run(self) -> None:
-        """Start, wait for :meth:`stop` (from a signal handler), stop."""
+        """Start, wait for :meth:`stop` (from a signal handler), stop.
+
+        Raise the error that ended it when the replicator could not start for a reason
+        retrying cannot fix (`CANNOT_HEAL`).
+        """
         self.start()
         try:
             self.stop_event.wait()
         finally:
             self.stop()
+        if self.fatal is not None:
+            raise self.fatal
 
     def health(self) -> dict[str, Any]:
         parts = {
@@ -364,6 +384,53 @@ class Daemon:
                 "dead_letters": sum(self.replicator.stats.dead_letters.values()),
             }
         return health
+
+
+CANNOT_HEAL = (
+    SourceSetupError,
+    SlotBusyError,
+    ConfigError,
+    MirrorError,
+    psycopg.errors.InsufficientPrivilege,
+)
+"""Errors retrying cannot fix: raised by the replicator before its start got through, they
+end ``run`` (see `check_source`); later they are retried with backoff like any other."""
+
+
+def check_source(settings: DaemonSettings) -> None:
+    """Raise, before anything starts, what about the source retrying cannot fix, as the one
+    line ``replicate`` prints for it: a login refused, wal_level, a missing table, a role
+    without REPLICATION. A source that does not answer yet is only logged: the parts retry."""
+    try:
+        if settings.kafka:  # Debezium reads the source; the write-back still logs in to it
+            source.connect(settings.source_dsn).close()
+            return
+        checker = Replicator(_replication_settings(settings, _mirrored_tables(settings)))
+        try:
+            checker.check()
+        finally:
+            checker.close()
+    except SourceConnectionLost as exc:
+        log.warning("%s; starting anyway, and retrying with backoff", exc)
+
+
+def _mirrored_tables(settings: DaemonSettings) -> list[str]:
+    """The tables named, and the control table when the source has it."""
+    tables = list(settings.tables)
+    if _has_control_table(settings.source_dsn) and "pgml.training_requests" not in tables:
+        tables.append("pgml.training_requests")
+    return tables
+
+
+def _replication_settings(settings: DaemonSettings, tables: list[str]) -> ReplicationSettings:
+    return ReplicationSettings(
+        source_dsn=settings.source_dsn,
+        mirror_path=settings.mirror_path,
+        tables=tables,
+        publication=settings.publication,
+        slot=settings.slot,
+        memory_limit=settings.memory_limit,
+    )
 
 
 def _has_control_table(dsn: str) -> bool:
