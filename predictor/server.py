@@ -76,7 +76,10 @@ def read_password(password_file: Path | None) -> str | None:
         try:
             return password_file.read_text().strip() or None
         except OSError as exc:
-            raise ConfigError(f"cannot read the password file {password_file}: {exc}") from None
+            raise ConfigError(
+                f"cannot read the password file {password_file}: {exc.strerror or exc}; write"
+                " the endpoint's password in it, or fix --password-file (password_file)"
+            ) from None
     return os.environ.get(PASSWORD_ENV) or None
 
 
@@ -320,10 +323,8 @@ def _refuse(sock: socket.socket, sqlstate: str, message: str) -> None:
 
 
 def _setting(setting: TimeSetting, value: str | int) -> int:
-    try:
-        return setting.parse(value)
-    except SidecarError as exc:
-        raise ConfigError(f"{setting.name}: {exc}") from None
+    examples = "'5s' or '100ms'" if setting.unit == "ms" else "'10s' or '1min'"
+    return setting.parse_setting(value, examples)
 
 
 def _tls_context(settings: EndpointSettings) -> ssl.SSLContext | None:
@@ -333,5 +334,9 @@ def _tls_context(settings: EndpointSettings) -> ssl.SSLContext | None:
     try:
         context.load_cert_chain(settings.tls_cert, settings.tls_key)
     except (OSError, ssl.SSLError) as exc:
-        raise ConfigError(f"cannot load the TLS certificate {settings.tls_cert}: {exc}") from None
+        reason = exc.strerror if isinstance(exc, OSError) and exc.strerror else exc
+        raise ConfigError(
+            f"cannot load the TLS certificate {settings.tls_cert}: {reason}; give --tls-cert"
+            " and --tls-key PEM files this user can read"
+        ) from None
     return context

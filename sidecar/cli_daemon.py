@@ -18,6 +18,8 @@ from sidecar import config, masking
 
 log = logging.getLogger("pgml_sidecar")
 
+STATUS_UNKNOWN = 3
+"""Exit code of ``status`` when it cannot look: a bad flag or setting (1 degraded, 2 down)."""
 _CONFIG_HELP = "TOML file with the settings (flags and PGML_SIDECAR_* variables win over it)"
 
 
@@ -59,7 +61,7 @@ def add_parsers(commands: argparse._SubParsersAction) -> None:
     _add(status, "source", "slot", "kafka", "topic_prefix", "group_id", "metrics_host",
          "metrics_port")  # fmt: skip
     status.add_argument("--json", action="store_true", help="print JSON")
-    status.set_defaults(run=_status)
+    status.set_defaults(run=_status, usage_exit_code=STATUS_UNKNOWN)
 
 
 def _add(parser: argparse.ArgumentParser, *names: str) -> None:
@@ -127,12 +129,12 @@ def _init(args: argparse.Namespace) -> int:
 
 def _run(args: argparse.Namespace) -> int:
     stopping = StopSignals()  # first: a SIGTERM while it starts stops it, never half-way
+    settings = _settings(args)  # a bad setting is said at once, before the long imports
+    _required(settings, "source", "mirror")
     from predictor.server import read_password
     from replicator.kafka import read_client_properties
     from sidecar.daemon import Daemon, DaemonSettings
 
-    settings = _settings(args)
-    _required(settings, "source", "mirror")
     password_file = Path(settings["password_file"]) if settings["password_file"] else None
     daemon = Daemon(
         DaemonSettings(
@@ -198,12 +200,16 @@ class StopSignals:
 
 
 def _status(args: argparse.Namespace) -> int:
-    import psycopg
+    from replicator import source
 
-    settings = _settings(args)
-    _required(settings, "source")
+    try:
+        settings = _settings(args)
+        _required(settings, "source")
+    except ConfigError as exc:
+        exc.exit_code = STATUS_UNKNOWN  # not "down": status could not look
+        raise
     report: dict[str, Any] = {"source": config.masked(settings["source"])}
-    with psycopg.connect(settings["source"], autocommit=True) as conn:
+    with source.connect(settings["source"]) as conn:
         if settings["kafka"]:  # Debezium's slot is not the sidecar's: Kafka's lag is
             report["kafka"] = {
                 "bootstrap": settings["kafka"], "topic_prefix": settings["topic_prefix"],
