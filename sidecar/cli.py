@@ -26,7 +26,7 @@ pgml-sidecar mirrors production tables into a local DuckDB file through logical 
 """
 EXIT_CODES = (
     "Exit codes: 0 done; 1 an error, printed as one line 'error: ...' that says what to do"
-    " next; 2 a bad flag or setting; 130 interrupted."
+    " next; 2 a bad flag or setting; 130 interrupted (status has its own: see status --help)."
 )
 
 

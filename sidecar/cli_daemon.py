@@ -6,6 +6,7 @@ import argparse
 import json
 import logging
 import signal
+import sys
 import threading
 import urllib.error
 import urllib.request
@@ -13,11 +14,14 @@ from contextlib import nullcontext
 from pathlib import Path
 from typing import Any
 
-from mirror.errors import ConfigError
+from mirror.errors import ConfigError, SourceError
 from sidecar import config, masking
+from sidecar.metrics import REPLICATION_LAG_ALERT_SECONDS, RETAINED_WAL_ALERT_BYTES
 
 log = logging.getLogger("pgml_sidecar")
 
+DEFAULT_SLOT = "pgml_sidecar"
+"""Slots whose names start with it (or with --slot) and that nothing uses are leftovers."""
 STATUS_UNKNOWN = 3
 """Exit code of ``status`` when it cannot look: a bad flag or setting (1 degraded, 2 down)."""
 _CONFIG_HELP = "TOML file with the settings (flags and PGML_SIDECAR_* variables win over it)"
@@ -56,7 +60,19 @@ def add_parsers(commands: argparse._SubParsersAction) -> None:
     status = commands.add_parser(
         "status",
         help="replication slot (or Kafka) lag, requests and projects, and the daemon's health",
-        description="Read the source and the running daemon's /healthz; print a summary.",
+        description=(
+            "Read the source (the slot, slots earlier runs left behind, each project's last"
+            " request) and the running daemon's /healthz (its parts, lag, deployed models);"
+            " print a summary ending with a verdict, or JSON with --json."
+        ),
+        epilog=(
+            "Exit codes: 0 ok: the daemon answers and all its parts run, the slot is active,"
+            f" replication lag is under {REPLICATION_LAG_ALERT_SECONDS} s and the slot retains"
+            f" under {RETAINED_WAL_ALERT_BYTES // 1024**3} GiB of WAL (the alerts' thresholds);"
+            " 1 degraded: the daemon answers but one of those is not so, or the source does not"
+            " answer; 2 down: no daemon answers at --metrics-host:--metrics-port; 3 status"
+            " could not look (a bad flag or setting)."
+        ),
     )
     _add(status, "source", "slot", "kafka", "topic_prefix", "group_id", "metrics_host",
          "metrics_port")  # fmt: skip
@@ -200,7 +216,7 @@ class StopSignals:
 
 
 def _status(args: argparse.Namespace) -> int:
-    from replicator import source
+    from sidecar import status_report
 
     try:
         settings = _settings(args)
@@ -209,80 +225,105 @@ def _status(args: argparse.Namespace) -> int:
         exc.exit_code = STATUS_UNKNOWN  # not "down": status could not look
         raise
     report: dict[str, Any] = {"source": config.masked(settings["source"])}
+    if settings["kafka"]:  # Debezium's slot is not the sidecar's: Kafka's lag is
+        report["kafka"] = {
+            "bootstrap": settings["kafka"], "topic_prefix": settings["topic_prefix"],
+            "group_id": settings["group_id"],
+        }  # fmt: skip
+    url = f"http://{settings['metrics_host']}:{settings['metrics_port']}/healthz"
+    report["daemon"] = _read_health(url)
+    # with the Debezium source (as the daemon says, if not the flags) the sidecar has no slot
+    slot = None if settings["kafka"] or "kafka" in report["daemon"] else settings["slot"]
+    try:
+        report |= _read_source(settings, slot)
+    except SourceError as exc:  # the daemon may still answer: status goes on
+        report["source_error"] = str(exc)
+    _add_deployed(report)
+    status_report.judge(report)
+    report = masking.mask_values(report)
+    if args.json:
+        print(json.dumps(report, indent=2, default=str))
+    else:
+        print("\n".join(status_report.lines(report)))
+    if "source_error" in report:
+        print(f"error: {report['source_error']}", file=sys.stderr)
+    return int(report["exit_code"])
+
+
+def _read_source(settings: dict[str, Any], own: str | None) -> dict[str, Any]:
+    """The slot ``own`` (None: none), the slots earlier runs left, each project's last
+    request."""
+    from replicator import source
+
+    found: dict[str, Any] = {}
     with source.connect(settings["source"]) as conn:
-        if settings["kafka"]:  # Debezium's slot is not the sidecar's: Kafka's lag is
-            report["kafka"] = {
-                "bootstrap": settings["kafka"], "topic_prefix": settings["topic_prefix"],
-                "group_id": settings["group_id"],
-            }  # fmt: skip
-        slot = (
-            None
-            if settings["kafka"]
-            else conn.execute(
+        if own is not None:
+            slot = conn.execute(
                 "select active, pg_wal_lsn_diff(pg_current_wal_lsn(), confirmed_flush_lsn)::bigint,"
                 " pg_wal_lsn_diff(pg_current_wal_lsn(), restart_lsn)::bigint"
                 " from pg_replication_slots where slot_name = %s",
-                (settings["slot"],),
+                (own,),
             ).fetchone()
-        )
-        if not settings["kafka"]:
-            report["slot"] = (
-                {"name": settings["slot"], "active": slot[0], "lag_bytes": slot[1],
+            found["slot"] = (
+                {"name": own, "active": slot[0], "lag_bytes": slot[1],
                  "retained_wal_bytes": slot[2]}
-                if slot else {"name": settings["slot"], "missing": True}
+                if slot else {"name": own, "missing": True}
             )  # fmt: skip
+        found["leftover_slots"] = [
+            {"name": name, "retained_wal_bytes": retained}
+            for name, retained in conn.execute(
+                "select slot_name, pg_wal_lsn_diff(pg_current_wal_lsn(), restart_lsn)::bigint"
+                " from pg_replication_slots where database = current_database()"
+                " and slot_type = 'logical' and not active and slot_name is distinct from %s"
+                " and exists (select from unnest(%s::text[]) p where starts_with(slot_name, p))"
+                " order by slot_name",
+                (own, sorted({settings["slot"], DEFAULT_SLOT})),
+            ).fetchall()
+        ]
         if conn.execute("select to_regclass('pgml.training_requests')").fetchone() != (None,):
             rows = conn.execute(
                 "select distinct on (project_name) project_name, kind, status, error, model_id,"
                 " requested_at from pgml.training_requests order by project_name, id desc"
             ).fetchall()
-            report["projects"] = [
+            found["projects"] = [
                 {"project": r[0], "last_request": r[1], "status": r[2], "error": r[3],
                  "model_id": r[4], "requested_at": r[5].isoformat()}
                 for r in rows
             ]  # fmt: skip
-    url = f"http://{settings['metrics_host']}:{settings['metrics_port']}/healthz"
+    return found
+
+
+def _read_health(url: str) -> dict[str, Any]:
+    """The daemon's /healthz (503 while degraded: the body says why), or why there is none."""
     try:
         with urllib.request.urlopen(url, timeout=3) as reply:
-            report["daemon"] = json.loads(reply.read())
-    except urllib.error.HTTPError as exc:  # 503: degraded, and the body says why
-        report["daemon"] = json.loads(exc.read() or b"{}")
+            body = reply.read()
+    except urllib.error.HTTPError as exc:
+        with exc:
+            body = exc.read()
     except OSError as exc:
-        report["daemon"] = {"status": "unreachable", "url": url, "error": str(exc)}
-    report = masking.mask_values(report)
-    if args.json:
-        print(json.dumps(report, indent=2, default=str))
-    else:
-        _print_status(report)
-    return 0
+        reason = getattr(exc, "reason", None) or exc
+        return {"status": "unreachable", "url": url, "error": str(reason)}
+    try:
+        health = json.loads(body)
+    except ValueError:
+        health = None
+    if not isinstance(health, dict) or "status" not in health:
+        return {"status": "unreachable", "url": url, "error": "the answer is no pgml-sidecar's"}
+    return health
 
 
-def _print_status(report: dict[str, Any]) -> None:
-    print(f"source:  {report['source']}")
-    daemon = report["daemon"]
-    if "kafka" in report:
-        kafka = report["kafka"]
-        live = daemon.get("kafka", {})
-        print(
-            f"kafka:   {kafka['topic_prefix']}.* on {kafka['bootstrap']}, group"
-            f" {kafka['group_id']}: {live.get('lag_messages', '?')} messages behind,"
-            f" {live.get('dead_letters', '?')} dead letters,"
-            f" partitions {', '.join(live.get('partitions', [])) or '-'}"
-        )
-    slot = report.get("slot", {})
-    if slot.get("missing"):
-        print(f"slot:    {slot['name']} does not exist (run pgml-sidecar run)")
-    elif slot:
-        print(
-            f"slot:    {slot['name']} {'active' if slot['active'] else 'INACTIVE'},"
-            f" lag {slot['lag_bytes']} bytes, retains {slot['retained_wal_bytes']} bytes of WAL"
-        )
-    print(f"daemon:  {daemon.get('status')}" + (f" ({daemon.get('error')})"
-          if daemon.get("status") == "unreachable" else ""))  # fmt: skip
-    for project in report.get("projects", []):
-        line = f"project: {project['project']}: {project['last_request']} {project['status']}"
-        if project["model_id"]:
-            line += f", model {project['model_id']}"
-        if project["error"]:
-            line += f", error: {project['error']}"
-        print(line)
+def _add_deployed(report: dict[str, Any]) -> None:
+    """Give each project the model the daemon has deployed for it (when the daemon says)."""
+    deployed = report["daemon"].get("deployed")
+    if deployed is None:
+        return
+    projects = report.setdefault("projects", [])
+    named = {p["project"] for p in projects}
+    projects += [
+        {"project": name, "last_request": None, "status": None, "error": None, "model_id": None,
+         "requested_at": None}
+        for name in sorted(set(deployed) - named)
+    ]  # fmt: skip
+    for project in projects:
+        project["deployed"] = deployed.get(project["project"])

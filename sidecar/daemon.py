@@ -29,6 +29,7 @@ from mirror.errors import (
     SourceConnectionLost,
     SourceSetupError,
 )
+from mirror.registry import ModelRecord
 from mirror.store import Mirror
 from predictor.server import EndpointSettings, SqlEndpoint, check_settings
 from predictor.writeback import Writeback
@@ -102,6 +103,8 @@ class Daemon:
         self.stop_event = threading.Event()
         self.fatal: Exception | None = None
         """What ended the daemon at start, if retrying could not fix it."""
+        self.lag_seconds = 0.0
+        """Replication lag as last sampled (``pgml_sidecar_replication_lag_seconds``)."""
         time_limit = config.training_time_limit(settings.training_time_limit)
         endpoint_settings = EndpointSettings(
             host=settings.host,
@@ -201,9 +204,8 @@ class Daemon:
                 else:
                     behind = self._sample_slot(conn)
                 last = replicator.stats.last_commit_time
-                m.replication_lag_seconds.set(
-                    max(time.time() - last, 0.0) if behind and last else 0.0
-                )
+                self.lag_seconds = max(time.time() - last, 0.0) if behind and last else 0.0
+                m.replication_lag_seconds.set(self.lag_seconds)
                 applied = dict(self.mirror.changes_applied)
                 for op, count in applied.items():
                     if count > seen.get(op, 0):
@@ -383,7 +385,22 @@ class Daemon:
                 "lag_messages": self.replicator.lag_messages,
                 "dead_letters": sum(self.replicator.stats.dead_letters.values()),
             }
+        health["replication_lag_seconds"] = round(self.lag_seconds, 3)
+        health["deployed"] = {
+            name: {"model_id": model.id, "algorithm": model.algorithm}
+            for name, model in self.deployed_models().items()
+        }
         return health
+
+    def deployed_models(self) -> dict[str, ModelRecord]:
+        """Each project's deployed model, by project name (projects without one left out)."""
+        registry = self.trainer.registry
+        found = {}
+        for project in registry.projects():
+            model = registry.deployed(project.id)
+            if model is not None:
+                found[project.name] = model
+        return found
 
 
 CANNOT_HEAL = (

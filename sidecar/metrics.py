@@ -32,6 +32,8 @@ from sidecar import masking
 __all__ = [
     "CHANGE_OPS",
     "PREDICTION_LATENCY_BUCKETS",
+    "REPLICATION_LAG_ALERT_SECONDS",
+    "RETAINED_WAL_ALERT_BYTES",
     "TRAINING_STATUSES",
     "Metrics",
     "MetricsServer",
@@ -65,6 +67,14 @@ PREDICTION_LATENCY_BUCKETS = (
     5.0,
 )
 """Seconds: from a one-row predict answered from a loaded model to a large batch."""
+
+REPLICATION_LAG_ALERT_SECONDS = 60
+"""Replication lag over which the PgmlSidecarReplicationLagHigh alert fires (after 5 minutes)
+and ``status`` says degraded (deploy/prometheus/alerts.yml holds the same number)."""
+
+RETAINED_WAL_ALERT_BYTES = 5 * 1024**3
+"""WAL the slot may retain before PgmlSidecarRetainedWalHigh fires and ``status`` says
+degraded."""
 
 
 def _version() -> str:

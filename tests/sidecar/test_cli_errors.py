@@ -50,6 +50,7 @@ BASELINE: dict[str, dict[str, list[str]]] = {
     "run": {"tables": ["t"], "port": ["0"], "metrics_port": ["0"]},
     "serve": {"port": ["0"]},
     "adduser": {"users_file": ["{tmp}/users"]},
+    "status": {"metrics_port": ["{closed}"]},  # no daemon: 2 (down), never 3
 }
 """What each command needs besides a source, a mirror and its positional arguments to work:
 with nothing broken it would succeed, or run until stopped ([]: a flag without a value)."""
