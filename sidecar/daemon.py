@@ -18,6 +18,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+import duckdb
 import psycopg
 
 from mirror.change_log import Touched
@@ -103,6 +104,7 @@ class Daemon:
         self.stop_event = threading.Event()
         self.fatal: Exception | None = None
         """What ended the daemon at start, if retrying could not fix it."""
+        self._exported_generation = -1
         self.lag_seconds = 0.0
         """Replication lag as last sampled (``pgml_sidecar_replication_lag_seconds``)."""
         time_limit = config.training_time_limit(settings.training_time_limit)
@@ -169,22 +171,52 @@ class Daemon:
         m = self.metrics
 
         def trained(project: str, status: str, metrics: dict[str, float]) -> None:
+            m.add_project(project)
             m.training_runs.labels(project=project, status=status).inc()
-            for name, value in metrics.items():
-                if not name.endswith("_time"):
-                    m.model_score.labels(project=project, metric=name).set(value)
+            self._export_projects()  # the deployed model's scores, whether or not it is new
 
         def scored(key: str, rows: int, seconds: float) -> None:
             m.predictions.labels(project=key).inc(rows)
             m.prediction_latency.observe(seconds)
 
-        def written(project: str, rows: int, lag: float) -> None:
+        def written(project: str, rows: int, lag: float | None) -> None:
             m.writeback_rows.labels(project=project).inc(rows)
-            m.writeback_lag_seconds.set(lag)
+            if lag is not None:  # None: every row scored again, no change to measure from
+                m.writeback_lag_seconds.set(lag)
 
         self.trainer.on_trained = trained
         self.endpoint.scorer.on_scored = scored
         self.writeback.on_written = written
+        if isinstance(self.replicator, KafkaReplicator):  # each topic's dead letters from 0
+            for topic in sorted(self.replicator.topics):
+                m.dead_letters.labels(topic=topic)
+
+    def _export_projects(self) -> None:
+        """Every project known, in the registry or in a request, with its counters at zero
+        until they count; each deployed model's scores as ``model_score``."""
+        generation = self.trainer.generation
+        names = {p.name for p in self.trainer.registry.projects()} | self._requested_projects()
+        for name in sorted(names):
+            self.metrics.add_project(name)
+        for name, model in self.deployed_models().items():
+            self.metrics.show_scores(
+                name, {k: v for k, v in model.metrics.items() if not k.endswith("_time")}
+            )
+        self._exported_generation = generation
+
+    def _requested_projects(self) -> set[str]:
+        """The projects named in the mirrored control table (a project whose trainings all
+        failed is in no registry)."""
+        cursor = self.mirror.con.cursor()
+        try:
+            rows = cursor.execute(
+                "select distinct project_name from pgml.training_requests"
+            ).fetchall()
+        except duckdb.CatalogException:  # not mirrored (yet)
+            return set()
+        finally:
+            cursor.close()
+        return {r[0] for r in rows}
 
     def _sample(self, stop: threading.Event) -> None:
         """Every few seconds: replication lag (the slot's, or Kafka's), changes applied,
@@ -194,6 +226,8 @@ class Daemon:
         dead_seen: dict[str, int] = {}
         with psycopg.connect(self.settings.source_dsn, autocommit=True) as conn:
             while not stop.wait(SAMPLE_SECONDS):
+                if self._exported_generation != self.trainer.generation:
+                    self._export_projects()  # a deployment by the endpoint or a retrain
                 replicator = self.replicator
                 if isinstance(replicator, KafkaReplicator):
                     behind = replicator.lag_messages > 0
@@ -297,6 +331,7 @@ class Daemon:
         # set up: lock DuckDB before the first client connects (only the artifacts are files)
         self.mirror.lock_down(allowed_directories=[self.trainer.home])
         self.endpoint.start()
+        self._export_projects()  # before the first scrape
         self.metrics_server.start()
         for part in self.parts:
             self._launch(part)
