@@ -128,11 +128,24 @@ class Server:
                 self.process.wait()
 
 
-def _start(label: str, command: list[str], log: Path, ready: re.Pattern[str]) -> Server:
+def _start(
+    label: str,
+    command: list[str],
+    log: Path,
+    ready: re.Pattern[str],
+    env: dict[str, str] | None = None,
+    cwd: Path | None = None,
+) -> Server:
     """Start ``command``; wait for the stdout line matching ``ready`` (group 1: the port)."""
     err = log.open("w")
     process = subprocess.Popen(
-        command, stdout=subprocess.PIPE, stderr=err, stdin=subprocess.DEVNULL, env=_env(), text=True
+        command,
+        stdout=subprocess.PIPE,
+        stderr=err,
+        stdin=subprocess.DEVNULL,
+        env=env or _env(),
+        cwd=cwd,
+        text=True,
     )
     err.close()
     assert process.stdout is not None
@@ -149,11 +162,14 @@ def _start(label: str, command: list[str], log: Path, ready: re.Pattern[str]) ->
     raise w.BenchError(f"{label} did not start: {' '.join(command)}\n--- {log} ---\n{tail}")
 
 
-def start_endpoint(mirror: Path, log: Path) -> Server:
-    """``pgml-sidecar serve --mirror PATH --port 0``, as a user runs it."""
+def start_endpoint(mirror: Path, log: Path, source: str | None = None) -> Server:
+    """``pgml-sidecar serve --mirror PATH --port 0`` (``--source DSN`` when given), as a user
+    runs it."""
     script = Path(sys.executable).parent / "pgml-sidecar"
     program = [str(script)] if script.exists() else [sys.executable, "-m", "sidecar.cli"]
     command = [*program, "serve", "--mirror", str(mirror), "--port", "0"]
+    if source is not None:
+        command += ["--source", source]
     return _start("pgml-sidecar serve", command, log, re.compile(r"^serving .* on [^ ]+:(\d+);"))
 
 
@@ -554,27 +570,45 @@ def served_models(args: argparse.Namespace) -> list[Served]:
 
 
 @contextlib.contextmanager
-def servers(mirror: Path, scratch: Path) -> Iterator[tuple[Server, list[Server]]]:
-    """The endpoint, and a list the caller appends the FastAPI server to; all stopped after."""
-    endpoint = start_endpoint(mirror, scratch / "serve.log")
-    others: list[Server] = []
-    try:
-        yield endpoint, others
-    finally:
-        for server in [*others, endpoint]:
-            server.stop()
+def servers(
+    mirror: Path, scratch: Path, with_source: bool = False
+) -> Iterator[tuple[Server, list[Server]]]:
+    """The endpoint, and a list the caller appends the FastAPI server to; all stopped after.
+
+    ``with_source``: the endpoint asks a throwaway PostgreSQL (role ``pgml``) what its user may
+    read and score with, as ``run`` does, so every statement goes through the privilege checks.
+    """
+    with contextlib.ExitStack() as stack:
+        source = None
+        if with_source:
+            from sidecar.local_postgres import LocalPostgres
+
+            w.say("starting a throwaway PostgreSQL as the endpoint's source")
+            pg = stack.enter_context(LocalPostgres(scratch / "source"))
+            with psycopg.connect(pg.dsn(), autocommit=True) as conn:
+                conn.execute("create role pgml login")
+            source = pg.dsn()
+        endpoint = start_endpoint(mirror, scratch / "serve.log", source)
+        others: list[Server] = []
+        try:
+            yield endpoint, others
+        finally:
+            for server in [*others, endpoint]:
+                server.stop()
 
 
-def train_all(conn: psycopg.Connection[Any], served: list[Served]) -> None:
+def train_all(conn: psycopg.Connection[Any], served: list[Served], scan: bool = True) -> None:
     for s in served:
         conn.execute("select * from pgml.load_dataset(%s)", [s.dataset])
         conn.execute(
             "select * from pgml.train(%s, 'classification', %s, 'target', %s)",
             [s.project, f"pgml.{s.dataset}", s.algorithm],
         )
-    conn.execute(
-        f"select * from pgml.train('{SCAN_PROJECT}', 'regression', '{SCAN_TABLE}', 'y', 'linear')"
-    )
+    if scan:
+        conn.execute(
+            f"select * from pgml.train('{SCAN_PROJECT}', 'regression', '{SCAN_TABLE}', 'y',"
+            " 'linear')"
+        )
 
 
 def compare_latency(
@@ -617,17 +651,18 @@ def run(args: argparse.Namespace) -> list[LatencyComparison | ScanComparison]:
     results: list[LatencyComparison | ScanComparison] = []
     pool = ClientPool(max(CLIENT_COUNTS)) if not args.skip_latency else None
     try:
-        with servers(mirror, scratch) as (endpoint, others):
+        with servers(mirror, scratch, args.source) as (endpoint, others):
             conn = psycopg.connect(DSN.format(port=endpoint.port), autocommit=True)
             w.say("training over the wire")
-            train_all(conn, served)
+            scan = not args.skip_scan and not args.source  # its table is no source table
+            train_all(conn, served, scan)
             if pool is not None:
                 home = artifact_home(mirror)
                 files = {s.project: deployed_file(conn, home, s.project) for s in served}
                 others.append(start_fastapi(files, scratch / "fastapi.log"))
                 sides = {"ours": endpoint, "ref": others[0]}
                 results += [compare_latency(pool, conn, sides, s, args.rounds) for s in served]
-            if not args.skip_scan:
+            if scan:
                 results.append(compare_scan(conn, artifact_home(mirror), matrix, args.rounds))
             conn.close()
     finally:
@@ -652,6 +687,12 @@ def parser() -> argparse.ArgumentParser:
     p.add_argument("--rows", type=int, default=1_000_000, help="rows of the scanned table")
     p.add_argument("--skip-latency", action="store_true", help="part 2 only")
     p.add_argument("--skip-scan", action="store_true", help="part 1 only")
+    p.add_argument(
+        "--source",
+        action="store_true",
+        help="serve with --source (a throwaway PostgreSQL): every statement passes the privilege"
+        " checks, as under run; part 2 is skipped (its table is made in the mirror, not mirrored)",
+    )
     p.add_argument("--fastapi", help=argparse.SUPPRESS)
     return p
 

@@ -11,7 +11,8 @@ methods do). The source decides what that role reaches through the endpoint:
 - a ``pgml_scores`` view, only for the project's owner and for roles that may read the
   relation it scores (as the score tables in the source, :mod:`predictor.score_grants`);
 - a table made in the mirror file by other hands, never (those exist only in ``serve``);
-- the registry in schema ``pgml``, always (see :mod:`predictor.catalog`).
+- the registry in schema ``pgml``: the loaded data sets always, and the rows of the projects
+  whose scores it may use (:mod:`predictor.registry_rows`).
 
 A project belongs to the role whose training made it (:mod:`predictor.ownership`): only it,
 its members and members of ``pgml_admin`` may train it again, deploy, schedule it or change
@@ -23,14 +24,17 @@ from __future__ import annotations
 
 import contextlib
 import threading
+import time
 from collections.abc import Callable, Iterator
+from dataclasses import dataclass
+from typing import Any
 
 import duckdb
 import psycopg
 
 from mirror.errors import SidecarError
 from mirror.registry import project_slug
-from predictor import catalog, ownership
+from predictor import catalog, ownership, registry_rows
 from predictor.allow_list import Columns
 from predictor.catalog import ServedRelations
 from predictor.ownership import ProjectOwners
@@ -41,6 +45,21 @@ from trainer.train import Trainer
 CHANGING = ("train", "deploy", "deploy_model", "schedule", "retrain_on_drift")
 """The pgml procedures that change a project: only its owner may call them."""
 CONNECT_TIMEOUT_S = 5
+ANSWER_KEPT_S = 5.0
+"""How long :meth:`EndpointAccess.may_score` and :meth:`~EndpointAccess.may_see` keep an
+answer at most."""
+MAX_KEPT_ANSWERS = 10_000
+_Kept = tuple[int, Readable, float, Any]
+"""An answer kept: the deployment generation and the source's answer it was made with, until
+when it is kept, the answer."""
+
+
+@dataclass(frozen=True, slots=True)
+class _ProjectFacts:
+    id: int
+    name: str
+    relation: tuple[str, str] | None
+    """The mirrored relation its deployed model was trained on (None: none found)."""
 
 
 class EndpointAccess:
@@ -61,8 +80,13 @@ class EndpointAccess:
         self.trainer = trainer
         self.privileges = privileges or SourcePrivileges(source_dsn, con)
         self.owners = ProjectOwners(con)
-        self._scored: dict[str, tuple[str, tuple[str, str] | None]] = {}
         self._scored_generation = -1
+        self._score_answers: dict[Any, _Kept] = {}
+        self._visible: dict[Any, _Kept] = {}
+        self._facts: list[_ProjectFacts] = []
+        registry_rows.register(
+            con, lambda role: self.may_see(role)[0], lambda role: self.may_see(role)[1]
+        )
         self._lock = threading.Lock()
 
     def readable(self, role: str) -> Callable[[str, str], Columns]:
@@ -85,7 +109,74 @@ class EndpointAccess:
 
     def may_score(self, role: str, model: object) -> bool:
         """Whether ``role`` may score with a project's deployed model (by name) or a model (by
-        id): the same rule as its score view. An unknown one is left to the scorer to report."""
+        id): the same rule as its score view. An unknown one is left to the scorer to report.
+
+        Answers are kept until a deployment, a new answer from the source for the role, or
+        :data:`ANSWER_KEPT_S` (a one-row ``pgml.predict`` asks this at every execution).
+        """
+        return bool(
+            self._kept(
+                self._score_answers, (role, str(model)), role, lambda: self._may_score(role, model)
+            )
+        )
+
+    def may_see(self, role: str) -> tuple[frozenset[int], frozenset[int]]:
+        """The projects (by id) whose registry rows ``role`` sees: those whose scores it may
+        use; and the snapshots: those of its visible projects and of relations it may read
+        (see :mod:`predictor.registry_rows`). Kept as :meth:`may_score`'s answers are."""
+        return self._kept(self._visible, role, role, lambda: self._may_see(role))
+
+    def _may_see(self, role: str) -> tuple[frozenset[int], frozenset[int]]:
+        projects = frozenset(
+            f.id for f in self._project_facts() if self._may_use(role, f.name, f.relation)
+        )
+        cursor = self.con.cursor()
+        try:
+            rows = cursor.execute(
+                "select s.id, s.relation_name, list(m.project_id) from pgml.snapshots s"
+                " left join pgml.models m on m.snapshot_id = s.id group by all"
+            ).fetchall()
+        finally:
+            cursor.close()
+        relations: dict[str, bool] = {}
+        snapshots = set()
+        for snapshot_id, relation_name, project_ids in rows:
+            if any(p in projects for p in project_ids or ()):
+                snapshots.add(int(snapshot_id))
+                continue
+            if relation_name not in relations:
+                relations[relation_name] = self._may_read_relation(role, relation_name)
+            if relations[relation_name]:
+                snapshots.add(int(snapshot_id))
+        return projects, frozenset(snapshots)
+
+    def _may_read_relation(self, role: str, relation_name: str) -> bool:
+        """Whether ``role`` may read all of the relation a snapshot was taken of."""
+        relation = self._relation(relation_name)
+        if relation is None:
+            return False
+        if relation[0] == "pgml":
+            return True
+        return self._whole(self.privileges.readable(role, relation), *relation)
+
+    def _kept(
+        self, cache: dict[Any, _Kept], key: Any, role: str, compute: Callable[[], Any]
+    ) -> Any:
+        """``compute()``, kept in ``cache`` under ``key`` until a deployment, a new answer
+        from the source for ``role``, or :data:`ANSWER_KEPT_S`."""
+        readable = self.privileges.readable(role)
+        now = time.monotonic()
+        generation = self.trainer.generation
+        kept = cache.get(key)
+        if kept is not None and kept[0] == generation and kept[1] is readable and now < kept[2]:
+            return kept[3]
+        value = compute()
+        if len(cache) >= MAX_KEPT_ANSWERS:
+            cache.clear()
+        cache[key] = (generation, readable, now + ANSWER_KEPT_S, value)
+        return value
+
+    def _may_score(self, role: str, model: object) -> bool:
         registry = self.trainer.registry
         record = None
         if isinstance(model, int) or (isinstance(model, str) and model.strip().isdigit()):
@@ -97,12 +188,8 @@ class EndpointAccess:
             record = registry.deployed(found.id) if found else None
         if project is None:
             return True
-        relation = None
         snapshot = registry.snapshot(record.snapshot_id) if record else None
-        if snapshot is not None:
-            with contextlib.suppress(SidecarError):
-                found_relation = find_relation(self.con, snapshot.relation_name)
-                relation = (found_relation.schema, found_relation.name)
+        relation = self._relation(snapshot.relation_name) if snapshot else None
         return self._may_use(role, project, relation)
 
     def _may_use(self, role: str, project: str, relation: tuple[str, str] | None) -> bool:
@@ -125,24 +212,35 @@ class EndpointAccess:
 
     def _scored_relations(self) -> dict[str, tuple[str, tuple[str, str] | None]]:
         """Each score view's project and the mirrored relation it scores (by view name)."""
+        facts = self._project_facts()
+        scored: dict[str, tuple[str, tuple[str, str] | None]] = {}
+        for f in facts:
+            scored.setdefault(catalog.fold(project_slug(f.name)), (f.name, f.relation))
+        return scored
+
+    def _project_facts(self) -> list[_ProjectFacts]:
+        """Each project with the relation its deployed model was trained on."""
         with self._lock:
             if self._scored_generation == self.trainer.generation:
-                return self._scored
+                return self._facts
             generation = self.trainer.generation
-            scored: dict[str, tuple[str, tuple[str, str] | None]] = {}
             registry = self.trainer.registry
+            facts = []
             for project in registry.projects():
                 deployed = registry.deployed(project.id)
                 snapshot = registry.snapshot(deployed.snapshot_id) if deployed else None
-                relation = None
-                if snapshot is not None:
-                    with contextlib.suppress(SidecarError):
-                        found = find_relation(self.con, snapshot.relation_name)
-                        relation = (found.schema, found.name)
-                view = catalog.fold(project_slug(project.name))
-                scored.setdefault(view, (project.name, relation))
-            self._scored, self._scored_generation = scored, generation
-            return scored
+                relation = self._relation(snapshot.relation_name) if snapshot else None
+                facts.append(_ProjectFacts(project.id, project.name, relation))
+            self._facts, self._scored_generation = facts, generation
+            return facts
+
+    def _relation(self, relation_name: str) -> tuple[str, str] | None:
+        """The served relation a snapshot's relation name resolves to, if any."""
+        try:
+            found = find_relation(self.con, relation_name)
+        except SidecarError:
+            return None
+        return (found.schema, found.name)
 
     def _whole(self, readable: Readable, schema: str, name: str) -> bool:
         """Whether ``readable`` holds every column of the mirrored table ``schema.name``."""

@@ -229,6 +229,10 @@ class CheckedQuery:
     reads them through a subquery of the columns)."""
     columns: dict[tuple[str, str], tuple[str, ...]] = field(default_factory=dict)
     """The same, by the table's schema and name: what the query was checked against."""
+    registry: dict[int, str] = field(default_factory=dict)
+    """The registry relations the query reads: ``id()`` of each ``RangeVar`` with the name of
+    the relation in schema ``pgml`` (:func:`predictor.translation.translate` shows a caller
+    only the rows of the projects it may see)."""
 
 
 def check_query(
@@ -252,6 +256,7 @@ def check_query(
         tuple(check.scored),
         check.narrowed,
         check.columns,
+        check.registry,
     )
 
 
@@ -340,6 +345,7 @@ class _QueryCheck:
         self.scored: list[ScoredModel] = []
         self.narrowed: dict[int, tuple[str, ...]] = {}
         self.columns: dict[tuple[str, str], tuple[str, ...]] = {}
+        self.registry: dict[int, str] = {}
 
     def select(self, node: ast.SelectStmt, scope: frozenset[str]) -> None:
         if node.intoClause is not None:
@@ -414,6 +420,8 @@ class _QueryCheck:
             raise Refused(f"permission denied for table {found.qualified}")
         if isinstance(allowed, tuple):
             self.narrowed[id(node)] = self.columns[(found.schema, found.name)] = allowed
+        if found.kind == catalog.REGISTRY:
+            self.registry[id(node)] = found.name
         self.reads.append(found)
 
     def range_function(self, node: ast.RangeFunction, scope: frozenset[str]) -> None:

@@ -92,29 +92,6 @@ def is_loopback(host: str) -> bool:
         return False
 
 
-def check_settings(settings: EndpointSettings) -> None:
-    """Raise the `ConfigError` the endpoint would refuse ``settings`` with, before anything is
-    opened: no password off loopback, two kinds of password, a timeout that is none, a users
-    file or TLS certificate that cannot be read."""
-    trusting = settings.password is None and settings.users_file is None
-    if trusting and not is_loopback(settings.host):
-        raise ConfigError(
-            f"listening on {settings.host} needs a password: a users file (--users-file,"
-            f" made with pgml-sidecar adduser) or one password ({PASSWORD_ENV} or"
-            " --password-file); without either, the endpoint only listens on 127.0.0.1"
-        )
-    if settings.password is not None and settings.users_file is not None:
-        raise ConfigError(
-            "both a users file and an endpoint password are set: keep the users file (each"
-            f" user has its own password there) and unset {PASSWORD_ENV} / password_file"
-        )
-    _setting(AUTHENTICATION_TIMEOUT, settings.authentication_timeout)
-    _setting(STATEMENT_TIMEOUT, settings.statement_timeout)
-    if settings.users_file is not None:
-        read_users(settings.users_file)
-    _tls_context(settings)
-
-
 class SqlEndpoint:
     """Serves PostgresML's SQL over the wire protocol on the mirror's DuckDB connection."""
 
@@ -157,7 +134,7 @@ class SqlEndpoint:
         )
         """What each session's source role may read and change; None without a source (serve
         on a mirror file alone: every served relation, for whoever may connect)."""
-        self.tls = _tls_context(settings)
+        self.tls = tls_context(settings)
         self.watch = StatementWatch()
         self._sessions: dict[tuple[int, int], Session] = {}
         self._clients: set[socket.socket] = set()
@@ -322,12 +299,36 @@ def _refuse(sock: socket.socket, sqlstate: str, message: str) -> None:
         sock.close()
 
 
+def check_settings(settings: EndpointSettings) -> None:
+    """Refuse settings the endpoint cannot start with, each with a `ConfigError` saying why:
+    trust off loopback, both a users file and a password, a time setting out of range, a users
+    file or TLS certificate that cannot be read. Nothing is opened but those files."""
+    trusting = settings.password is None and settings.users_file is None
+    if trusting and not is_loopback(settings.host):
+        raise ConfigError(
+            f"listening on {settings.host} needs a password: a users file (--users-file,"
+            f" made with pgml-sidecar adduser) or one password ({PASSWORD_ENV} or"
+            " --password-file); without either, the endpoint only listens on 127.0.0.1"
+        )
+    if settings.password is not None and settings.users_file is not None:
+        raise ConfigError(
+            "both a users file and an endpoint password are set: keep the users file (each"
+            f" user has its own password there) and unset {PASSWORD_ENV} / password_file"
+        )
+    _setting(AUTHENTICATION_TIMEOUT, settings.authentication_timeout)
+    _setting(STATEMENT_TIMEOUT, settings.statement_timeout)
+    if settings.users_file is not None:
+        read_users(settings.users_file)
+    tls_context(settings)
+
+
 def _setting(setting: TimeSetting, value: str | int) -> int:
     examples = "'5s' or '100ms'" if setting.unit == "ms" else "'10s' or '1min'"
     return setting.parse_setting(value, examples)
 
 
-def _tls_context(settings: EndpointSettings) -> ssl.SSLContext | None:
+def tls_context(settings: EndpointSettings) -> ssl.SSLContext | None:
+    """The server's TLS context from ``tls_cert`` and ``tls_key``; None without a certificate."""
     if settings.tls_cert is None:
         return None
     context = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)

@@ -208,7 +208,10 @@ class Session(StatementRunner):
         """The statements of ``sql``, checked against the allow-list."""
         check_depth(sql)
         try:
-            return split(sql, relations=self.endpoint.relations, readable=self._readable())
+            viewer = None if self.endpoint.access is None else self.role
+            return split(
+                sql, relations=self.endpoint.relations, readable=self._readable(), viewer=viewer
+            )
         except RecursionError:  # a tree deep enough for pglast, too deep for Python's walks
             raise _too_deep() from None
 

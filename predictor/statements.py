@@ -83,13 +83,15 @@ def split(
     *,
     relations: ServedRelations | None = None,
     readable: Readable | None = None,
+    viewer: str | None = None,
 ) -> list[Statement]:
     """Parse and check ``sql`` (one or more statements); an empty string gives none.
 
     ``relations`` are the relations the mirror serves (without them only the catalog and CTEs
     can be named); ``readable`` says which mirrored tables and score views the caller may read
     (a test on ``(schema, name)`` or a set of them; every served one when None). Per-user
-    privileges come in through ``readable``.
+    privileges come in through ``readable``, and ``viewer`` (a source role) sees only its
+    projects' rows of the registry (all of them when None).
     """
     try:
         raws = parse_sql(sql)
@@ -103,7 +105,9 @@ def split(
         text = encoded[start:end].decode().strip()
         assert raw.stmt is not None
         try:
-            statements.append(classify(raw.stmt, text, relations=relations, readable=readable))
+            statements.append(
+                classify(raw.stmt, text, relations=relations, readable=readable, viewer=viewer)
+            )
         except RecursionError:  # expressions nested deeper than a check or print can follow
             raise StatementError(
                 "stack depth limit exceeded: the statement nests expressions too deeply",
@@ -169,9 +173,10 @@ def classify(
     *,
     relations: ServedRelations | None = None,
     readable: Readable | None = None,
+    viewer: str | None = None,
 ) -> Statement:
     """What kind of statement ``node`` is, checked, and for queries its DuckDB translation."""
-    access = _Access(relations, readable)
+    access = _Access(relations, readable, viewer)
     if isinstance(node, ast.SelectStmt):
         return _select(node, text, access)
     if isinstance(node, ast.TransactionStmt):
@@ -229,6 +234,7 @@ def classify(
 class _Access:
     relations: ServedRelations | None
     readable: Readable | None
+    viewer: str | None
 
 
 # Statements that change nothing and reach nothing, but that the endpoint does not implement.
@@ -319,7 +325,7 @@ def _select(node: ast.SelectStmt, text: str, access: _Access) -> Statement:
         return Statement(
             "procedure", text, tag="SELECT", procedure=procedure, params=checked.params
         )
-    sql = translate(node, checked.narrowed)
+    sql = translate(node, checked.narrowed, checked.registry, access.viewer)
     return Statement(
         "select",
         text,

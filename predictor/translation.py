@@ -17,7 +17,7 @@ from pglast import ast, enums
 from pglast.stream import RawStream
 from pglast.visitors import Visitor
 
-from predictor import catalog
+from predictor import catalog, registry_rows
 from predictor.allow_list import READ_ONLY_SETTINGS, SQL_SYNTAX_FUNCTIONS, Refused
 
 SCALAR_FUNCTIONS = {"predict": "pgml_predict", "predict_proba": "pgml_predict_proba"}
@@ -27,18 +27,25 @@ _DUCKDB_NAMES = {"btrim": "trim"}
 """PostgreSQL functions DuckDB has under another name."""
 
 
-def translate(node: ast.SelectStmt, narrowed: Mapping[int, tuple[str, ...]] | None = None) -> str:
+def translate(
+    node: ast.SelectStmt,
+    narrowed: Mapping[int, tuple[str, ...]] | None = None,
+    registry: Mapping[int, str] | None = None,
+    viewer: str | None = None,
+) -> str:
     """The DuckDB SQL of ``node`` (which is rewritten in place).
 
     ``narrowed``: the tables the caller may read only some columns of, by ``id()`` of their
     ``RangeVar`` nodes (see :class:`predictor.allow_list.CheckedQuery`); each is read through a
     subquery of those columns under the table's name or alias, so ``*`` and every other column
-    reference see only them.
+    reference see only them. ``registry``: the registry relations the query reads, the same
+    way; with ``viewer`` (a source role) each shows only the rows that role may see
+    (:mod:`predictor.registry_rows`).
     """
     narrowed = narrowed or {}
     if narrowed:
         _unqualify_narrowed(node, narrowed)
-    _Translator(narrowed)(node)
+    _Translator(narrowed, (registry or {}) if viewer is not None else {}, viewer or "")(node)
     return RawStream(special_functions=True)(node)
 
 
@@ -103,9 +110,13 @@ def pgml_name(funcname: tuple[ast.String, ...] | None) -> str | None:
 class _Translator(Visitor):
     """Rewrite PostgreSQL-only spellings into DuckDB's (the statement passed the allow-list)."""
 
-    def __init__(self, narrowed: Mapping[int, tuple[str, ...]]) -> None:
+    def __init__(
+        self, narrowed: Mapping[int, tuple[str, ...]], registry: Mapping[int, str], viewer: str
+    ) -> None:
         super().__init__()
         self.narrowed = narrowed
+        self.registry = registry
+        self.viewer = viewer
 
     def visit_FuncCall(self, ancestors: Any, node: ast.FuncCall) -> Any:
         names = [n.sval or "" for n in node.funcname or ()]
@@ -132,6 +143,9 @@ class _Translator(Visitor):
         columns = self.narrowed.get(id(node))
         if columns is not None:
             return _narrowed(node, columns)
+        relation = self.registry.get(id(node))
+        if relation is not None:
+            return registry_rows.filtered(node, relation, self.viewer)
         if node.relname in catalog.TABLES and node.schemaname in (None, "pg_catalog"):
             node.schemaname = catalog.SCHEMA
         elif node.schemaname == "information_schema" and node.relname:

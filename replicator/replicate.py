@@ -63,6 +63,9 @@ class ReplicationSettings:
     """DuckDB's memory for the mirror in this process; raise it for very large tables."""
     slot_wait: float = 5.0
     """Seconds to wait at start for a slot still held by a previous run's walsender."""
+    replica_identity_full: bool = False
+    """Set REPLICA IDENTITY FULL on mirrored tables that have no replica identity, instead of
+    refusing them (publishing them as they are would break the application's UPDATEs)."""
 
 
 @dataclass
@@ -84,6 +87,32 @@ class ReplicationStats:
     prepared: bool = False
     """Whether the start got through: the source checked, the slot (or the Kafka consumer)
     and the mirror set up. An error that retrying cannot fix ends ``run`` only before."""
+
+
+def check_source(conn: psycopg.Connection, settings: ReplicationSettings) -> list[tuple[str, str]]:
+    """Check wal_level, the tables and their replica identity; return the tables to mirror.
+
+    Nothing that would be published may lack a replica identity (the application's UPDATEs
+    would fail): refused, or given REPLICA IDENTITY FULL with ``replica_identity_full``.
+    """
+    source.check_wal_level(conn)
+    if settings.tables:
+        tables = source.resolve_tables(conn, settings.tables)
+    else:
+        tables = source.publication_tables(conn, settings.publication)
+        if not tables:
+            raise SourceSetupError(
+                f"publication {settings.publication} has no tables; name the tables to mirror"
+                " with --tables schema.table,..."
+            )
+    checked = source.check_replica_identity(
+        conn, settings.publication, tables, set_full=settings.replica_identity_full
+    )
+    if checked.set_full:
+        log.info("set REPLICA IDENTITY FULL on %s", ", ".join(m.name for m in checked.set_full))
+    if checked.published:
+        log.warning("%s", source.replica_identity_advice(checked.published, published=True))
+    return tables
 
 
 class Replicator:
@@ -118,30 +147,17 @@ class Replicator:
     # -- set-up --------------------------------------------------------------------------------
 
     def check(self) -> None:
-        """Raise what would stop :meth:`prepare` whatever the retries, changing nothing: a
-        login the source refuses, wal_level, a table that does not exist, no REPLICATION."""
-        self._checked_tables()
+        """Raise what would stop :meth:`prepare` whatever the retries: a login the source
+        refuses, wal_level, a missing table or one without a replica identity, no REPLICATION.
+        It changes nothing, except REPLICA IDENTITY FULL where asked for, as prepare would."""
+        check_source(self._catalog_conn(), self.settings)
         ReplicationConnection(self.settings.source_dsn).close()
-
-    def _checked_tables(self) -> list[tuple[str, str]]:
-        s = self.settings
-        conn = self._catalog_conn()
-        source.check_wal_level(conn)
-        if s.tables:
-            return source.resolve_tables(conn, s.tables)
-        tables = source.publication_tables(conn, s.publication)
-        if not tables:
-            raise SourceSetupError(
-                f"publication {s.publication} has no tables; name the tables to mirror"
-                " with --tables schema.table,..."
-            )
-        return tables
 
     def prepare(self) -> tuple[ReplicationConnection, Lsn]:
         """Check the source, create publication and slot, copy what needs copying."""
         s = self.settings
-        tables = self._checked_tables()
         conn = self._catalog_conn()
+        tables = check_source(conn, s)
         repl = ReplicationConnection(s.source_dsn)  # proves the REPLICATION privilege
         try:
             return repl, self._prepare_slot_and_mirror(conn, repl, tables)

@@ -15,7 +15,7 @@ import duckdb
 import psycopg
 
 from mirror.errors import ConfigError, SidecarError
-from sidecar import cli_daemon, cli_serve, cli_train, cli_users, config, masking
+from sidecar import cli_daemon, cli_serve, cli_train, cli_uninstall, cli_users, config, masking
 
 log = logging.getLogger("pgml_sidecar")
 
@@ -30,6 +30,15 @@ EXIT_CODES = (
 )
 
 
+REPLICA_IDENTITY_HELP = (
+    "set REPLICA IDENTITY FULL on a mirrored table that has no replica identity (no primary"
+    " key, REPLICA IDENTITY NOTHING, or each such partition), instead of refusing it: once"
+    " published, such a table refuses the application's UPDATE and DELETE. FULL writes the"
+    " whole old row to the WAL on every UPDATE and DELETE; a primary key is cheaper"
+    " (env PGML_SIDECAR_REPLICA_IDENTITY_FULL=1)"
+)
+
+
 def _replicate_parser(commands: argparse._SubParsersAction) -> None:
     p = commands.add_parser(
         "replicate",
@@ -39,7 +48,9 @@ def _replicate_parser(commands: argparse._SubParsersAction) -> None:
             " copy the tables under the slot's snapshot, then stream every change into the"
             " DuckDB mirror. Each batch of changes is committed with the source position it"
             " ends at, so a restart (or kill -9) resumes exactly where it stopped. The source"
-            " needs wal_level = logical and a user with the REPLICATION attribute."
+            " needs wal_level = logical and a user with the REPLICATION attribute. A table"
+            " without a replica identity (no primary key) is refused: once published, it would"
+            " refuse the application's UPDATE and DELETE (see --replica-identity-full)."
         ),
     )
     p.add_argument(
@@ -70,6 +81,12 @@ def _replicate_parser(commands: argparse._SubParsersAction) -> None:
         default=os.environ.get("PGML_SIDECAR_MEMORY_LIMIT", "256MB"),
         help="memory DuckDB may use for the mirror in this process (default %(default)s; env"
         " PGML_SIDECAR_MEMORY_LIMIT); raise it if DuckDB reports it is out of memory",
+    )
+    p.add_argument(
+        "--replica-identity-full",
+        action="store_true",
+        default=os.environ.get("PGML_SIDECAR_REPLICA_IDENTITY_FULL", "") in ("1", "true"),
+        help=REPLICA_IDENTITY_HELP,
     )
     p.add_argument(
         "--catch-up",
@@ -140,7 +157,7 @@ def _replicate(args: argparse.Namespace) -> int:
             ReplicationSettings(
                 source_dsn=args.source, mirror_path=Path(args.mirror), tables=tables,
                 publication=args.publication, slot=args.slot, catch_up=args.catch_up,
-                memory_limit=args.memory_limit,
+                memory_limit=args.memory_limit, replica_identity_full=args.replica_identity_full,
             )
         )  # fmt: skip
     _stop_on_signals(replicator.stopping.set)
@@ -224,6 +241,7 @@ def build_parser() -> argparse.ArgumentParser:
     cli_serve.add_parser(commands)
     cli_daemon.add_parsers(commands)
     cli_users.add_parsers(commands)
+    cli_uninstall.add_parsers(commands)
     _demo_parser(commands)
     return parser
 

@@ -12,16 +12,17 @@ import urllib.error
 import urllib.request
 from contextlib import nullcontext
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from mirror.errors import ConfigError, SourceError
 from sidecar import config, masking
 from sidecar.metrics import REPLICATION_LAG_ALERT_SECONDS, RETAINED_WAL_ALERT_BYTES
 
+if TYPE_CHECKING:
+    from sidecar.daemon import DaemonSettings
+
 log = logging.getLogger("pgml_sidecar")
 
-DEFAULT_SLOT = "pgml_sidecar"
-"""Slots whose names start with it (or with --slot) and that nothing uses are leftovers."""
 STATUS_UNKNOWN = 3
 """Exit code of ``status`` when it cannot look: a bad flag or setting (1 degraded, 2 down)."""
 _CONFIG_HELP = "TOML file with the settings (flags and PGML_SIDECAR_* variables win over it)"
@@ -35,13 +36,23 @@ def add_parsers(commands: argparse._SubParsersAction) -> None:
             "Install sql/install.sql into the source (schema pgml with the control table"
             " pgml.training_requests and the functions pgml.train, pgml.writeback and"
             " pgml.predict; schema pgml_scores), idempotently; create the publication for the"
-            " tables and the control table. Needs CREATE on the database, no superuser and no"
-            " extension."
+            " tables and the control table. All in one transaction: a refused init leaves"
+            " nothing behind. Run as the tables' owner (it needs CREATE on the database and"
+            " ownership of the tables, no superuser, no extension), or least-privilege: give"
+            " --print-sql the sidecar role's --source and the --tables, have the tables' owner"
+            " run what it prints through psql, then run init as the sidecar's role, which"
+            " then only checks. A table without a replica identity is refused (see"
+            " --replica-identity-full)."
         ),
     )
-    _add(init, "source", "tables", "publication", "endpoint_dsn")
+    _add(init, "source", "tables", "publication", "endpoint_dsn", "replica_identity_full")
     init.add_argument(
-        "--print-sql", action="store_true", help="print the SQL init would run, for a DBA"
+        "--print-sql",
+        action="store_true",
+        help="print, and run nothing, the SQL the tables' owner runs so that the role of"
+        " --source needs nothing but REPLICATION: schemas pgml and pgml_scores, the grants"
+        " that role needs, the publication of --tables and the control table, in that order"
+        " (with --source, fitted to what the database already has)",
     )
     init.set_defaults(run=_init)
 
@@ -51,27 +62,37 @@ def add_parsers(commands: argparse._SubParsersAction) -> None:
         description=(
             "Mirror the tables, carry out pgml.train() and pgml.writeback() requests made in the"
             " source, keep pgml_scores.<project> in the source up to date, serve the SQL endpoint"
-            " and Prometheus metrics, until SIGINT or SIGTERM."
+            " and Prometheus metrics, until SIGINT or SIGTERM. A table without a replica"
+            " identity is refused at start (see --replica-identity-full); one that loses it"
+            " while published shows in /healthz, status and the metrics."
         ),
     )
     _add(run, *(s.name for s in config.SETTINGS if s.name != "endpoint_dsn"))
+    run.add_argument(
+        "--check",
+        action="store_true",
+        help="check the settings (file, environment, flags) and the files they name, print"
+        " them with secrets masked, and exit without connecting to anything",
+    )
     run.set_defaults(run=_run)
 
     status = commands.add_parser(
         "status",
         help="replication slot (or Kafka) lag, requests and projects, and the daemon's health",
         description=(
-            "Read the source (the slot, slots earlier runs left behind, each project's last"
-            " request) and the running daemon's /healthz (its parts, lag, deployed models);"
-            " print a summary ending with a verdict, or JSON with --json."
+            "Read the source (the slot, the database's other slots with the WAL they retain,"
+            " each project's last request) and the running daemon's /healthz (its parts, lag,"
+            " published tables without a replica identity, deployed models); print a summary"
+            " ending with a verdict, or JSON with --json."
         ),
         epilog=(
             "Exit codes: 0 ok: the daemon answers and all its parts run, the slot is active,"
             f" replication lag is under {REPLICATION_LAG_ALERT_SECONDS} s and the slot retains"
-            f" under {RETAINED_WAL_ALERT_BYTES // 1024**3} GiB of WAL (the alerts' thresholds);"
-            " 1 degraded: the daemon answers but one of those is not so, or the source does not"
-            " answer; 2 down: no daemon answers at --metrics-host:--metrics-port; 3 status"
-            " could not look (a bad flag or setting)."
+            f" under {RETAINED_WAL_ALERT_BYTES // 1024**3} GiB of WAL (the alerts' thresholds),"
+            " every published table has a replica identity; 1 degraded: the daemon answers but"
+            " one of those is not so, or the source does not answer; 2 down: no daemon answers"
+            " at --metrics-host:--metrics-port; 3 status could not look (a bad flag or"
+            " setting)."
         ),
     )
     _add(status, "source", "slot", "kafka", "topic_prefix", "group_id", "metrics_host",
@@ -86,6 +107,12 @@ def _add(parser: argparse.ArgumentParser, *names: str) -> None:
         setting = next(s for s in config.SETTINGS if s.name == name)
         flag = "--" + name.replace("_", "-")
         env = config.ENV_PREFIX + name.upper()
+        if setting.kind is bool:  # a switch: on when given, else the environment or file
+            parser.add_argument(
+                flag, dest=name, action="store_const", const=True, default=None,
+                help=f"{setting.help} (env {env}=1)",
+            )  # fmt: skip
+            continue
         default = f"; default {setting.default}" if setting.default not in (None, "") else ""
         parser.add_argument(
             flag, dest=name, type=setting.kind, default=None,
@@ -118,21 +145,39 @@ def _init(args: argparse.Namespace) -> int:
     from sidecar import source_schema
 
     settings = _settings(args)
-    if args.print_sql:  # with --source, from the version installed there
+    if args.print_sql:  # with --source, fitted to the database as it is
         with source.connect(settings["source"]) if settings["source"] else nullcontext() as found:
-            installed = source_schema.installed_version(found) if found else None
-        print(source_schema.install_script(installed), end="")
+            names = _tables(settings)
+            script = source_schema.setup_script(
+                found,
+                role=found.info.user if found else source_schema.DEFAULT_ROLE,
+                publication=settings["publication"],
+                tables=source.resolve_tables(found, names)
+                if found
+                else [source.split_table_name(n) for n in names],
+                replica_identity_full=settings["replica_identity_full"],
+            )
+        print(script, end="")
         return 0
     _required(settings, "source")
     with source.connect(settings["source"]) as conn:
         source.check_wal_level(conn)
-        version = source_schema.install(conn, endpoint_dsn=settings["endpoint_dsn"])
+        with conn.transaction():  # all or nothing: a refused init leaves nothing behind
+            tables = source.resolve_tables(conn, _tables(settings)) if settings["tables"] else []
+            checked = source.check_replica_identity(
+                conn, settings["publication"], tables,
+                set_full=settings["replica_identity_full"],
+            )  # fmt: skip
+            version = source_schema.install(conn, endpoint_dsn=settings["endpoint_dsn"])
+            source.ensure_publication(
+                conn, settings["publication"], [*tables, source_schema.CONTROL_TABLE]
+            )
         if advice := source_schema.admin_role_advice(conn):
             print(f"note: {advice}")
-        tables = source.resolve_tables(conn, _tables(settings)) if settings["tables"] else []
-        source.ensure_publication(
-            conn, settings["publication"], [*tables, ("pgml", "training_requests")]
-        )
+    if checked.set_full:
+        print(f"set REPLICA IDENTITY FULL on {', '.join(m.name for m in checked.set_full)}")
+    if checked.published:
+        print(f"warning: {source.replica_identity_advice(checked.published, published=True)}")
     print(
         f"installed pgml schema version {version} in {config.masked(settings['source'])};"
         f" publication {settings['publication']} covers"
@@ -147,39 +192,11 @@ def _run(args: argparse.Namespace) -> int:
     stopping = StopSignals()  # first: a SIGTERM while it starts stops it, never half-way
     settings = _settings(args)  # a bad setting is said at once, before the long imports
     _required(settings, "source", "mirror")
-    from predictor.server import read_password
-    from replicator.kafka import read_client_properties
-    from sidecar.daemon import Daemon, DaemonSettings
+    if args.check:
+        return _check(settings)
+    from sidecar.daemon import Daemon
 
-    password_file = Path(settings["password_file"]) if settings["password_file"] else None
-    daemon = Daemon(
-        DaemonSettings(
-            source_dsn=settings["source"],
-            mirror_path=Path(settings["mirror"]),
-            tables=_tables(settings),
-            publication=settings["publication"],
-            slot=settings["slot"],
-            host=settings["host"],
-            port=settings["port"],
-            password=read_password(password_file),
-            users_file=Path(settings["users_file"]) if settings["users_file"] else None,
-            tls_cert=Path(settings["tls_cert"]) if settings["tls_cert"] else None,
-            tls_key=Path(settings["tls_key"]) if settings["tls_key"] else None,
-            statement_timeout=settings["statement_timeout"],
-            authentication_timeout=settings["authentication_timeout"],
-            training_time_limit=settings["training_time_limit"],
-            metrics_host=settings["metrics_host"],
-            metrics_port=settings["metrics_port"],
-            memory_limit=settings["memory_limit"],
-            checkpoint_rows=settings["checkpoint_rows"],
-            kafka=settings["kafka"],
-            topic_prefix=settings["topic_prefix"],
-            group_id=settings["group_id"],
-            kafka_config=read_client_properties(Path(settings["kafka_config"]))
-            if settings["kafka_config"]
-            else {},
-        )
-    )
+    daemon = Daemon(_daemon_settings(settings))
     stopping.relay(daemon.stop_event)
     log.info(
         "running: source %s, mirror %s, SQL on %s:%d",
@@ -191,6 +208,63 @@ def _run(args: argparse.Namespace) -> int:
     else:
         daemon.run()
     log.info("stopped")
+    return 0
+
+
+def _daemon_settings(settings: dict[str, Any]) -> DaemonSettings:
+    """What the daemon needs from resolved settings: the files they name are read here."""
+    from predictor.server import read_password
+    from replicator.kafka import read_client_properties
+    from sidecar.daemon import DaemonSettings
+
+    password_file = Path(settings["password_file"]) if settings["password_file"] else None
+    return DaemonSettings(
+        source_dsn=settings["source"],
+        mirror_path=Path(settings["mirror"]),
+        tables=_tables(settings),
+        publication=settings["publication"],
+        slot=settings["slot"],
+        host=settings["host"],
+        port=settings["port"],
+        password=read_password(password_file),
+        users_file=Path(settings["users_file"]) if settings["users_file"] else None,
+        tls_cert=Path(settings["tls_cert"]) if settings["tls_cert"] else None,
+        tls_key=Path(settings["tls_key"]) if settings["tls_key"] else None,
+        statement_timeout=settings["statement_timeout"],
+        authentication_timeout=settings["authentication_timeout"],
+        training_time_limit=settings["training_time_limit"],
+        metrics_host=settings["metrics_host"],
+        metrics_port=settings["metrics_port"],
+        memory_limit=settings["memory_limit"],
+        checkpoint_rows=settings["checkpoint_rows"],
+        replica_identity_full=settings["replica_identity_full"],
+        kafka=settings["kafka"],
+        topic_prefix=settings["topic_prefix"],
+        group_id=settings["group_id"],
+        kafka_config=read_client_properties(Path(settings["kafka_config"]))
+        if settings["kafka_config"]
+        else {},
+    )
+
+
+def _check(settings: dict[str, Any]) -> int:
+    """``run --check``: refuse what ``run`` would refuse before it connects, print the rest."""
+    from predictor.server import check_settings, tls_context
+    from predictor.users import read_users
+
+    daemon = _daemon_settings(settings)  # reads the password and Kafka properties files
+    config.training_time_limit(daemon.training_time_limit)
+    if daemon.kafka and not daemon.topic_prefix:
+        raise ConfigError("kafka needs topic_prefix: the Debezium connector's topic.prefix")
+    endpoint = daemon.endpoint()
+    check_settings(endpoint)
+    if endpoint.users_file is not None:
+        read_users(endpoint.users_file)
+    tls_context(endpoint)
+    for name, value in settings.items():
+        if name != "endpoint_dsn":  # init's, not run's
+            print(f"{name} = {json.dumps(masking.mask_values(value))}")
+    print("the settings are valid (nothing was connected to)")
     return 0
 
 
@@ -251,7 +325,7 @@ def _status(args: argparse.Namespace) -> int:
 
 
 def _read_source(settings: dict[str, Any], own: str | None) -> dict[str, Any]:
-    """The slot ``own`` (None: none), the slots earlier runs left, each project's last
+    """The slot ``own`` (None: none), the database's other slots, each project's last
     request."""
     from replicator import source
 
@@ -269,17 +343,7 @@ def _read_source(settings: dict[str, Any], own: str | None) -> dict[str, Any]:
                  "retained_wal_bytes": slot[2]}
                 if slot else {"name": own, "missing": True}
             )  # fmt: skip
-        found["leftover_slots"] = [
-            {"name": name, "retained_wal_bytes": retained}
-            for name, retained in conn.execute(
-                "select slot_name, pg_wal_lsn_diff(pg_current_wal_lsn(), restart_lsn)::bigint"
-                " from pg_replication_slots where database = current_database()"
-                " and slot_type = 'logical' and not active and slot_name is distinct from %s"
-                " and exists (select from unnest(%s::text[]) p where starts_with(slot_name, p))"
-                " order by slot_name",
-                (own, sorted({settings["slot"], DEFAULT_SLOT})),
-            ).fetchall()
-        ]
+        found["other_slots"] = _other_slots(conn, own)
         if conn.execute("select to_regclass('pgml.training_requests')").fetchone() != (None,):
             rows = conn.execute(
                 "select distinct on (project_name) project_name, kind, status, error, model_id,"
@@ -327,3 +391,16 @@ def _add_deployed(report: dict[str, Any]) -> None:
     ]  # fmt: skip
     for project in projects:
         project["deployed"] = deployed.get(project["project"])
+
+
+def _other_slots(conn: Any, slot: str | None) -> list[dict[str, Any]]:
+    """Logical slots of the database but the sidecar's ``slot`` (None: it has none): left by
+    earlier runs (another --slot), or someone else's; each keeps WAL on the source while it
+    exists."""
+    from replicator import source
+
+    return [
+        {"name": s.name, "plugin": s.plugin, "active": s.active_pid is not None,
+         "retained_wal_bytes": s.retained_wal_bytes}
+        for s in source.database_slots(conn) if s.name != slot
+    ]  # fmt: skip

@@ -58,6 +58,15 @@ SETTINGS = [
     Setting("authentication_timeout", str, "10s", "SQL endpoint: time to authenticate ('10s')"),
     Setting("training_time_limit", str, "1h", "stop longer trainings ('30min'; 0 none)"),
     Setting("endpoint_dsn", str, None, "how the source reaches the endpoint (for pgml.predict)"),
+    Setting(
+        "replica_identity_full",
+        bool,
+        False,
+        "set REPLICA IDENTITY FULL on a mirrored table without a replica identity (no primary"
+        " key), instead of refusing it: published as it is, it refuses the application's UPDATE"
+        " and DELETE. FULL writes each UPDATE's and DELETE's whole old row to the WAL; a primary"
+        " key is cheaper",
+    ),
 ]
 _BY_NAME = {s.name: s for s in SETTINGS}
 
@@ -130,11 +139,24 @@ def _typed(setting: Setting, value: Any, where: str) -> Any:
         return None
     if setting.name == "tables" and isinstance(value, list):
         value = ",".join(str(v) for v in value)
+    if setting.kind is bool:
+        return _boolean(value, where)
     try:
         return setting.kind(value)
     except (TypeError, ValueError):
         wanted = "a whole number" if setting.kind is int else f"a {setting.kind.__name__}"
         raise ConfigError(f"{where} must be {wanted}, not {value!r}; give {wanted}") from None
+
+
+def _boolean(value: Any, where: str) -> bool:
+    if isinstance(value, bool):
+        return value
+    text = str(value).strip().lower()
+    if text in ("1", "true", "yes", "on"):
+        return True
+    if text in ("0", "false", "no", "off", ""):
+        return False
+    raise ConfigError(f"{where} must be true or false, not {value!r}")
 
 
 TRAINING_TIME_LIMIT = TimeSetting("training_time_limit", "s", 0, 2_147_483_647)

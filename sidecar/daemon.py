@@ -76,11 +76,26 @@ class DaemonSettings:
     metrics_port: int = 9464
     memory_limit: str = "1GB"
     checkpoint_rows: int = 100_000
+    replica_identity_full: bool = False
+    """Give mirrored tables without a replica identity FULL instead of refusing to start."""
     kafka: str | None = None
     """Kafka bootstrap servers: mirror from Debezium's topics instead of a replication slot."""
     topic_prefix: str | None = None
     group_id: str = "pgml-sidecar"
     kafka_config: Mapping[str, str] = field(default_factory=dict)
+
+    def endpoint(self) -> EndpointSettings:
+        """The SQL endpoint's share of these settings."""
+        return EndpointSettings(
+            host=self.host,
+            port=self.port,
+            password=self.password,
+            users_file=self.users_file,
+            tls_cert=self.tls_cert,
+            tls_key=self.tls_key,
+            statement_timeout=self.statement_timeout,
+            authentication_timeout=self.authentication_timeout,
+        )
 
 
 @dataclass
@@ -108,18 +123,10 @@ class Daemon:
         self.lag_seconds = 0.0
         """Replication lag as last sampled (``pgml_sidecar_replication_lag_seconds``)."""
         time_limit = config.training_time_limit(settings.training_time_limit)
-        endpoint_settings = EndpointSettings(
-            host=settings.host,
-            port=settings.port,
-            password=settings.password,
-            users_file=settings.users_file,
-            tls_cert=settings.tls_cert,
-            tls_key=settings.tls_key,
-            statement_timeout=settings.statement_timeout,
-            authentication_timeout=settings.authentication_timeout,
-        )
-        check_settings(endpoint_settings)  # settings first, then the source, then the mirror
-        check_source(settings)
+        check_settings(settings.endpoint())  # settings first, then the source, then the mirror
+        self._check_source()
+        self.without_replica_identity: list[str] = []
+        """Published tables whose UPDATE and DELETE fail in the source (sampled)."""
         self.mirror = Mirror(settings.mirror_path, memory_limit=settings.memory_limit)
         self.trainer = Trainer(
             self.mirror.con, artifact_home(settings.mirror_path), time_limit=time_limit
@@ -145,7 +152,7 @@ class Daemon:
         self.mirror.on_commit = self._committed
         self.replicator: Replicator | KafkaReplicator = self._replicator()
         self.endpoint = SqlEndpoint(
-            endpoint_settings,
+            settings.endpoint(),
             self.mirror.con,
             self.trainer,
             source_dsn=settings.source_dsn,  # each session reads what its source role may
@@ -237,6 +244,7 @@ class Daemon:
                         dead_seen[topic] = count
                 else:
                     behind = self._sample_slot(conn)
+                    self._sample_replica_identity(conn)
                 last = replicator.stats.last_commit_time
                 self.lag_seconds = max(time.time() - last, 0.0) if behind and last else 0.0
                 m.replication_lag_seconds.set(self.lag_seconds)
@@ -267,10 +275,55 @@ class Daemon:
         m.slot_retained_wal_bytes.set(max(int(row[1] or 0), 0))
         return lag > _IDLE_BYTES
 
+    def _check_source(self) -> None:
+        """Raise, before anything starts (the mirror file included), what about the source
+        retrying cannot fix, as the one line ``replicate`` prints for it: a login refused,
+        wal_level, a missing table or one without a replica identity, a role without
+        REPLICATION. A source that does not answer yet is only logged: the parts retry it."""
+        try:
+            if self.settings.kafka:  # Debezium reads the source; the write-back logs in to it
+                source.connect(self.settings.source_dsn).close()
+                return
+            checker = Replicator(self._replication_settings())
+            try:
+                checker.check()
+            finally:
+                checker.close()
+        except SourceConnectionLost as exc:
+            log.warning("%s; starting anyway, and retrying with backoff", exc)
+
+    def _mirrored_tables(self) -> list[str]:
+        tables = list(self.settings.tables)
+        if _has_control_table(self.settings.source_dsn) and "pgml.training_requests" not in tables:
+            tables.append("pgml.training_requests")
+        return tables
+
+    def _replication_settings(self) -> ReplicationSettings:
+        s = self.settings
+        return ReplicationSettings(
+            source_dsn=s.source_dsn,
+            mirror_path=s.mirror_path,
+            tables=self._mirrored_tables(),
+            publication=s.publication,
+            slot=s.slot,
+            memory_limit=s.memory_limit,
+            replica_identity_full=s.replica_identity_full,
+        )
+
+    def _sample_replica_identity(self, conn: psycopg.Connection) -> None:
+        """Record the published tables whose UPDATE and DELETE the source now refuses."""
+        missing = source.published_without_replica_identity(conn, self.settings.publication)
+        names = [m.name for m in missing]
+        new = [m for m in missing if m.name not in self.without_replica_identity]
+        if new:
+            log.error("%s", source.replica_identity_advice(new, published=True))
+        self.without_replica_identity = names
+        self.metrics.tables_without_replica_identity.set(len(names))
+
     def _replicator(self) -> Replicator | KafkaReplicator:
         s = self.settings
-        tables = _mirrored_tables(s)
         if s.kafka:
+            tables = self._mirrored_tables()
             if not s.topic_prefix:
                 raise ConfigError("kafka needs topic_prefix: the Debezium connector's topic.prefix")
             return KafkaReplicator(
@@ -285,7 +338,7 @@ class Daemon:
                 ),
                 mirror=self.mirror,
             )
-        return Replicator(_replication_settings(s, tables), mirror=self.mirror)
+        return Replicator(self._replication_settings(), mirror=self.mirror)
 
     def _committed(self, lsn: Lsn, touched: dict[tuple[str, str], Touched]) -> None:
         self.control.on_commit(lsn, touched)
@@ -413,6 +466,7 @@ class Daemon:
             "watching": sorted(self.monitor.watches),
             "flushed_lsn": self.replicator.stats.flushed_lsn,
             "rows_applied": self.replicator.stats.rows_applied,
+            "tables_without_replica_identity": list(self.without_replica_identity),
         }
         if isinstance(self.replicator, KafkaReplicator):
             health["kafka"] = {
@@ -446,43 +500,7 @@ CANNOT_HEAL = (
     psycopg.errors.InsufficientPrivilege,
 )
 """Errors retrying cannot fix: raised by the replicator before its start got through, they
-end ``run`` (see `check_source`); later they are retried with backoff like any other."""
-
-
-def check_source(settings: DaemonSettings) -> None:
-    """Raise, before anything starts, what about the source retrying cannot fix, as the one
-    line ``replicate`` prints for it: a login refused, wal_level, a missing table, a role
-    without REPLICATION. A source that does not answer yet is only logged: the parts retry."""
-    try:
-        if settings.kafka:  # Debezium reads the source; the write-back still logs in to it
-            source.connect(settings.source_dsn).close()
-            return
-        checker = Replicator(_replication_settings(settings, _mirrored_tables(settings)))
-        try:
-            checker.check()
-        finally:
-            checker.close()
-    except SourceConnectionLost as exc:
-        log.warning("%s; starting anyway, and retrying with backoff", exc)
-
-
-def _mirrored_tables(settings: DaemonSettings) -> list[str]:
-    """The tables named, and the control table when the source has it."""
-    tables = list(settings.tables)
-    if _has_control_table(settings.source_dsn) and "pgml.training_requests" not in tables:
-        tables.append("pgml.training_requests")
-    return tables
-
-
-def _replication_settings(settings: DaemonSettings, tables: list[str]) -> ReplicationSettings:
-    return ReplicationSettings(
-        source_dsn=settings.source_dsn,
-        mirror_path=settings.mirror_path,
-        tables=tables,
-        publication=settings.publication,
-        slot=settings.slot,
-        memory_limit=settings.memory_limit,
-    )
+end ``run`` (see `Daemon._check_source`); later they are retried with backoff like any other."""
 
 
 def _has_control_table(dsn: str) -> bool:

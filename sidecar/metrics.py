@@ -139,6 +139,13 @@ class Metrics:
             namespace=ns,
             registry=reg,
         )
+        self.tables_without_replica_identity = Gauge(
+            "tables_without_replica_identity",
+            "Published tables without a replica identity: the source refuses the application's"
+            " UPDATE and DELETE on them (/healthz lists them).",
+            namespace=ns,
+            registry=reg,
+        )
         self.replicator_up = Gauge(
             "replicator_up",
             "1 while the replicator is connected and streaming, 0 otherwise.",

@@ -1,11 +1,11 @@
 """What ``status`` makes of what it read: a verdict with its reasons, and lines for people.
 
 The report is the JSON ``status --json`` prints: ``source`` (the masked DSN) and, when the
-source does not answer, ``source_error``; ``slot`` (or ``kafka``); ``leftover_slots``, inactive
-slots of earlier runs in the database; ``daemon``, its ``/healthz`` (or ``status``
-``"unreachable"`` with the ``url`` tried and the ``error``); ``projects``, each project's last
-request and the model it has deployed. :func:`judge` adds ``status``, ``problems`` and
-``exit_code``.
+source does not answer, ``source_error``; ``slot`` (or ``kafka``); ``other_slots``, the
+database's other logical slots (left by earlier runs, or someone else's) with the WAL each
+retains; ``daemon``, its ``/healthz`` (or ``status`` ``"unreachable"`` with the ``url`` tried
+and the ``error``); ``projects``, each project's last request and the model it has deployed.
+:func:`judge` adds ``status``, ``problems`` and ``exit_code``.
 """
 
 from __future__ import annotations
@@ -22,9 +22,9 @@ def judge(report: dict[str, Any]) -> int:
     """Set ``status``, ``problems`` and ``exit_code`` in ``report``; return the exit code.
 
     Ok only when the daemon answers and is ok, the slot is active, and lag and retained WAL are
-    under the alerts' thresholds; down when no daemon answers; degraded otherwise. A failed
-    training whose project still has a deployed model, and leftover slots, are shown but are
-    no problem of this sidecar's.
+    under the alerts' thresholds, and no published table lacks a replica identity; down when no
+    daemon answers; degraded otherwise. A failed training whose project still has a deployed
+    model, and the database's other slots, are shown but are no problem of this sidecar's.
     """
     daemon = report.get("daemon", {})
     problems: list[str] = []
@@ -48,6 +48,8 @@ def judge(report: dict[str, Any]) -> int:
             f"slot {slot['name']} retains {human_bytes(slot['retained_wal_bytes'])} of WAL, over"
             f" the alert's {human_bytes(RETAINED_WAL_ALERT_BYTES)}"
         )
+    if unidentified := daemon.get("tables_without_replica_identity"):
+        problems.append("published without a replica identity: " + ", ".join(unidentified))
     lag = daemon.get("replication_lag_seconds")
     if isinstance(lag, int | float) and lag > REPLICATION_LAG_ALERT_SECONDS:
         problems.append(
@@ -76,6 +78,12 @@ def lines(report: dict[str, Any]) -> list[str]:
         )
     shown += _slot_lines(report)
     shown.append(_daemon_line(daemon))
+    if unidentified := daemon.get("tables_without_replica_identity"):
+        shown.append(
+            f"tables:  without replica identity: {', '.join(unidentified)}: the application's"
+            " UPDATE and DELETE on them fail; add a primary key, or ALTER TABLE ... REPLICA"
+            " IDENTITY FULL"
+        )
     shown += [_project_line(p) for p in report.get("projects", [])]
     verdict = f"status:  {report['status']}"
     if report["problems"]:
@@ -95,12 +103,15 @@ def _slot_lines(report: dict[str, Any]) -> list[str]:
             f" lag {human_bytes(slot['lag_bytes'])},"
             f" retains {human_bytes(slot['retained_wal_bytes'])} of WAL"
         )
-    for left in report.get("leftover_slots", []):
-        shown.append(
-            f"leftover slot: {left['name']}, inactive, retains"
-            f" {human_bytes(left['retained_wal_bytes'])} of WAL; if no sidecar uses it any more:"
-            f" SELECT pg_drop_replication_slot('{left['name']}')"
+    for other in report.get("other_slots", []):
+        line = (
+            f"slot:    {other['name']} (another slot in this database)"
+            f" {'active' if other['active'] else 'INACTIVE'}, retains"
+            f" {human_bytes(other['retained_wal_bytes'])} of WAL"
         )
+        if not other["active"]:
+            line += f"; if nothing uses it: SELECT pg_drop_replication_slot('{other['name']}')"
+        shown.append(line)
     return shown
 
 

@@ -234,6 +234,21 @@ def test_predictions_are_for_the_owner_and_the_relations_readers(company: tuple)
                       " generate_series(20, 60) t(a)")) == 41  # fmt: skip
 
 
+def test_a_reader_who_loses_the_relation_loses_its_predictions(company: tuple) -> None:
+    c, *_ = company
+    _query(
+        c.endpoint, c.app, "select * from pgml.train('pay', 'regression', 'hr.salaries', 'salary')"
+    )
+    run(as_role(c.dsn, c.owner), f"grant select on hr.salaries to {c.analyst}")
+    _await(lambda: _may(c.endpoint, c.analyst))
+    with connect(c.endpoint, user=c.analyst) as conn:
+        sql = "select pgml.predict('pay', ARRAY[1, %s, 1])"
+        for _ in range(3):  # answered again from what was decided
+            assert conn.execute(sql, [0], prepare=True).fetchone() != (None,)
+        run(as_role(c.dsn, c.owner), f"revoke select on hr.salaries from {c.analyst}")
+        _refused_soon(conn, sql)
+
+
 def _refused_soon(conn: psycopg.Connection, sql: str) -> None:
     """Run the prepared ``sql`` (one parameter, 0) until the endpoint refuses it (30 s)."""
     deadline = time.monotonic() + 30
@@ -309,3 +324,60 @@ def test_a_name_that_is_no_source_role_makes_no_project(company: tuple) -> None:
     with pytest.raises(psycopg.errors.UndefinedObject):
         _query(c.endpoint, "no_such_role_here", "select * from pgml.train('x', 'regression',"
                " 'pgml.diabetes', 'target')")  # fmt: skip
+
+
+def test_the_registry_shows_a_role_only_the_projects_it_may_see(company: tuple) -> None:
+    c, *_ = company
+    _query(
+        c.endpoint, c.app, "select * from pgml.train('pay', 'regression', 'hr.salaries', 'salary')"
+    )
+    _query(c.endpoint, c.analyst, "select * from pgml.load_dataset('iris')")
+    _query(
+        c.endpoint,
+        c.analyst,
+        "select * from pgml.train('flowers', 'classification', 'pgml.iris', 'target')",
+    )
+    every = {
+        "projects": "select name from pgml.projects order by 1",
+        "models": "select distinct p.name from pgml.models m join pgml.projects p"
+        " on p.id = m.project_id order by 1",
+        "snapshots": "select relation_name from pgml.snapshots order by 1",
+        "trained_models": "select distinct name from pgml.trained_models order by 1",
+        "overview": "select name from pgml.overview order by 1",
+        "deployed_models": "select name from pgml.deployed_models order by 1",
+        "deployments": "select count(distinct project_id) from pgml.deployments",
+    }
+    mine = {
+        c.app: [("flowers",), ("pay",)],  # iris is a data set: everyone's
+        c.analyst: [("flowers",)],
+        "no_such_role_here": [("flowers",)],
+    }
+    for user, projects in mine.items():
+        assert _query(c.endpoint, user, every["projects"]) == projects, user
+        assert _query(c.endpoint, user, every["models"]) == projects, user
+        assert _query(c.endpoint, user, every["trained_models"]) == projects, user
+        assert _query(c.endpoint, user, every["overview"]) == projects, user
+        assert _query(c.endpoint, user, every["deployed_models"]) == projects, user
+        assert _query(c.endpoint, user, every["deployments"]) == [(len(projects),)], user
+        snapshots = [r for (r,) in _query(c.endpoint, user, every["snapshots"])]
+        assert ("hr.salaries" in snapshots) == (user == c.app), (user, snapshots)
+    # the salaries' statistics never reach the analyst, however the registry is asked
+    for sql in (
+        "select count(*) from pgml.snapshots s where s.relation_name = 'hr.salaries'",
+        "select count(*) from (select * from pgml.snapshots) x where relation_name like 'hr%'",
+        "with s as (select * from pgml.snapshots) select count(*) from s"
+        " where relation_name like 'hr%'",
+        "select count(*) from pgml.models m join pgml.snapshots s on s.id = m.snapshot_id"
+        " where s.relation_name like 'hr%'",
+        "select count(*) from pgml.progress",
+        "select count(*) from pgml.drift_events",
+    ):
+        assert _query(c.endpoint, c.analyst, sql) == [(0,)], sql
+    # a reader of the relation sees its project, as its scores; and loses it on REVOKE
+    run(as_role(c.dsn, c.owner), f"grant select on hr.salaries to {c.analyst}")
+    _await(lambda: _query(c.endpoint, c.analyst, every["projects"]) == mine[c.app])
+    with connect(c.endpoint, user=c.analyst) as conn:
+        sql = "select count(*) from pgml.snapshots where relation_name = 'hr.salaries' and 0 = %s"
+        assert conn.execute(sql, [0], prepare=True).fetchone() == (1,)
+        run(as_role(c.dsn, c.owner), f"revoke select on hr.salaries from {c.analyst}")
+        _await(lambda: conn.execute(sql, [0], prepare=True).fetchone() == (0,))

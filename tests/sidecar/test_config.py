@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import os
+import subprocess
+import sys
 from pathlib import Path
 
 import pytest
@@ -52,3 +55,34 @@ def test_bad_files_and_values(tmp_path: Path) -> None:
         config.load({}, write(tmp_path, 'port = "many"\n'))
     with pytest.raises(ConfigError, match="cannot read the config file"):
         config.load({}, str(tmp_path / "missing.toml"))
+
+
+def run_check(config_file: str, env: dict[str, str]) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        [sys.executable, "-m", "sidecar.cli", "run", "--config", config_file, "--check"],
+        env={**os.environ, **env}, capture_output=True, text=True, timeout=120,
+    )  # fmt: skip
+
+
+def test_run_check_reads_everything_and_connects_to_nothing(tmp_path: Path) -> None:
+    """The source is a port nothing listens on: --check never tries it."""
+    password_file = tmp_path / "endpoint-password"
+    password_file.write_text("file-Secret-1\n")
+    path = write(
+        tmp_path,
+        f'mirror = "{tmp_path / "m.duckdb"}"\ntables = ["public.a"]\n'
+        f'password_file = "{password_file}"\nhost = "0.0.0.0"\n',
+    )
+    env = {"PGML_SIDECAR_SOURCE": "host=127.0.0.1 port=1 user=x password=dsn-Secret-2"}
+    checked = run_check(path, env)
+    assert checked.returncode == 0, checked.stderr
+    assert 'source = "host=127.0.0.1 port=1 user=x password=********"' in checked.stdout
+    assert 'tables = "public.a"' in checked.stdout and "the settings are valid" in checked.stdout
+    for secret in ("file-Secret-1", "dsn-Secret-2"):
+        assert secret not in checked.stdout + checked.stderr
+    assert not (tmp_path / "m.duckdb").exists()
+
+    refused = run_check(path, {**env, "PGML_SIDECAR_TRAINING_TIME_LIMIT": "a fortnight"})
+    assert refused.returncode != 0 and refused.stdout == ""
+    assert refused.stderr.startswith("error: ") and "training_time_limit" in refused.stderr
+    assert len(refused.stderr.splitlines()) == 1

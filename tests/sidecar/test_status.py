@@ -56,7 +56,7 @@ def daemon(source_dsn: str, mirror_path: Path) -> Iterator[Daemon]:
 
 
 def leave_slots(dsn: str) -> None:
-    """An inactive slot an earlier run left, one of another program, and one in use."""
+    """An inactive slot an earlier run left, and one of another program."""
     execute(
         dsn,
         "select pg_create_logical_replication_slot('pgml_sidecar_old', 'pgoutput')",
@@ -85,8 +85,10 @@ def test_ok_then_a_failed_training_beside_the_deployed_model_then_degraded(
     assert (churn["project"], churn["status"]) == ("Churn", "failed")
     assert "column 'nope' does not exist" in churn["error"]
     assert churn["deployed"] == {"model_id": 1, "algorithm": "linear"}
-    (left,) = report["leftover_slots"]
-    assert left["name"] == "pgml_sidecar_old" and left["retained_wal_bytes"] >= 0
+    others = {slot["name"]: slot for slot in report["other_slots"]}
+    assert set(others) == {"pgml_sidecar_old", "other_app"}
+    assert others["pgml_sidecar_old"]["active"] is False
+    assert others["pgml_sidecar_old"]["retained_wal_bytes"] >= 0
 
     text = status(source_dsn, port)
     assert text.returncode == 0, text.stderr
@@ -95,10 +97,10 @@ def test_ok_then_a_failed_training_beside_the_deployed_model_then_degraded(
     churn_line = next(line for line in lines if line.startswith("project: Churn:"))
     assert "train failed" in churn_line and "column 'nope' does not exist" in churn_line
     assert churn_line.endswith("; model 1 (linear) still deployed")
-    leftover = next(line for line in lines if line.startswith("leftover slot:"))
-    assert "pgml_sidecar_old" in leftover and "of WAL" in leftover
-    assert "SELECT pg_drop_replication_slot('pgml_sidecar_old')" in leftover
-    assert "other_app" not in text.stdout
+    old = "slot:    pgml_sidecar_old (another slot in this database) INACTIVE, retains "
+    leftover = next(line for line in lines if line.startswith(old))
+    assert leftover.endswith("of WAL; if nothing uses it: SELECT"
+                             " pg_drop_replication_slot('pgml_sidecar_old')")  # fmt: skip
 
     def broken(stop: threading.Event) -> None:
         raise RuntimeError("cannot reach something")
@@ -124,7 +126,7 @@ def test_down_says_which_url_it_tried(source_dsn: str) -> None:
     code, report = status_json(source_dsn, port)
     assert (code, report["status"]) == (2, "down")
     assert report["daemon"]["url"] == url
-    assert report["leftover_slots"][0]["name"] == "pgml_sidecar_old"
+    assert {slot["name"] for slot in report["other_slots"]} == {"pgml_sidecar_old", "other_app"}
     text = status(source_dsn, port)
     assert text.returncode == 2
     assert f"daemon:  unreachable at {url} (" in text.stdout
@@ -168,6 +170,8 @@ def report(**changes: Any) -> dict[str, Any]:
         ({"slot": {"retained_wal_bytes": RETAINED_WAL_ALERT_BYTES + 1}}, 1,
          "slot pgml_sidecar retains 5.0 GiB of WAL, over the alert's 5.0 GiB"),
         ({"slot": {"missing": True}}, 1, "slot pgml_sidecar does not exist"),
+        ({"daemon": {"tables_without_replica_identity": ["public.t"]}}, 1,
+         "published without a replica identity: public.t"),
         ({"daemon": {"status": "unreachable", "url": "http://h:1/healthz"}}, 2,
          "no daemon answers at http://h:1/healthz: start pgml-sidecar run, or give the"
          " --metrics-host and --metrics-port it serves on"),
