@@ -69,6 +69,23 @@ client does not scan Python objects by name either (a connection's own
 ``python_enable_replacements`` would not reach its cursors)."""
 
 
+def _why_not_opened(exc: duckdb.Error) -> str:
+    """DuckDB's reason a mirror file did not open, and what to do about it."""
+    text = (str(exc).strip().splitlines() or [type(exc).__name__])[0]
+    if "lock" in text.lower():
+        advice = (
+            "another process (replicate, run or serve) has it open; stop it first, or train"
+            " through the SQL endpoint"
+        )
+    elif "Memory" in text or "memory" in text:
+        advice = "set --memory-limit to a size such as 1GB"
+    elif "No such file or directory" in text:
+        advice = "create its directory, or fix --mirror"
+    else:
+        advice = "check --mirror: it must be a DuckDB file that pgml-sidecar wrote"
+    return f"{text}; {advice}"
+
+
 class Mirror:
     """A DuckDB mirror file, opened for the replicator."""
 
@@ -80,7 +97,7 @@ class Mirror:
         try:
             self.con = duckdb.connect(str(self.path), read_only=read_only, config=config)
         except duckdb.Error as exc:
-            raise MirrorError(f"cannot open mirror {self.path}: {exc}") from None
+            raise MirrorError(f"cannot open mirror {self.path}: {_why_not_opened(exc)}") from None
         self.source_types: dict[int, SourceType] = {}
         self.tables: dict[tuple[str, str], MirroredTable] = {}
         self._in_transaction = False

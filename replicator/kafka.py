@@ -117,7 +117,10 @@ def read_client_properties(path: Path) -> dict[str, str]:
     try:
         text = path.read_text()
     except OSError as exc:
-        raise ConfigError(f"cannot read Kafka client properties {path}: {exc.strerror}") from None
+        raise ConfigError(
+            f"cannot read Kafka client properties {path}: {exc.strerror}; fix --kafka-config"
+            " (kafka_config)"
+        ) from None
     settings = {}
     for number, line in enumerate(text.splitlines(), 1):
         line = line.strip()
@@ -218,6 +221,7 @@ class KafkaReplicator:
         except KafkaException as exc:
             raise ConfigError(f"bad Kafka consumer settings: {exc.args[0].str()}") from None
         self._consumer = consumer
+        self.stats.prepared = True
         consumer.subscribe(
             sorted(self.topics),
             on_assign=self._on_assign,

@@ -84,6 +84,9 @@ class ReplicationStats:
     reconnects: int = 0
     flushed_lsn: Lsn = 0
     copied_rows: dict[str, int] = field(default_factory=dict)
+    prepared: bool = False
+    """Whether the start got through: the source checked, the slot (or the Kafka consumer)
+    and the mirror set up. An error that retrying cannot fix ends ``run`` only before."""
 
 
 def check_source(conn: psycopg.Connection, settings: ReplicationSettings) -> list[tuple[str, str]]:
@@ -142,6 +145,13 @@ class Replicator:
             self._catalog = None
 
     # -- set-up --------------------------------------------------------------------------------
+
+    def check(self) -> None:
+        """Raise what would stop :meth:`prepare` whatever the retries: a login the source
+        refuses, wal_level, a missing table or one without a replica identity, no REPLICATION.
+        It changes nothing, except REPLICA IDENTITY FULL where asked for, as prepare would."""
+        check_source(self._catalog_conn(), self.settings)
+        ReplicationConnection(self.settings.source_dsn).close()
 
     def prepare(self) -> tuple[ReplicationConnection, Lsn]:
         """Check the source, create publication and slot, copy what needs copying."""
@@ -334,6 +344,7 @@ class Replicator:
         """Prepare, then stream until stopped (or caught up); reconnect when the source drops."""
         repl: ReplicationConnection | None
         repl, start = self.prepare()
+        self.stats.prepared = True
         delay = 0.5
         while repl is not None:
             try:

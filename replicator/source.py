@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import re
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
 
@@ -11,7 +12,12 @@ from psycopg.conninfo import conninfo_to_dict, make_conninfo
 
 from mirror.changes import Column, Lsn, Relation, parse_lsn
 from mirror.column_types import SourceType, parse_array_literal
-from mirror.errors import SourceError, SourceSetupError
+from mirror.errors import (
+    ConfigError,
+    SidecarError,
+    SourceConnectionLost,
+    SourceSetupError,
+)
 
 SESSION_OPTIONS = (
     "-c DateStyle=ISO -c IntervalStyle=postgres -c TimeZone=UTC"
@@ -34,11 +40,52 @@ def source_conninfo(dsn: str, **extra: str) -> str:
 
 
 def connect(dsn: str) -> psycopg.Connection:
-    """A regular autocommit connection to the source, with a clear error if it fails."""
+    """A regular autocommit connection to the source, with a clear error if it fails
+    (see :func:`connection_error`)."""
     try:
         return psycopg.connect(source_conninfo(dsn), autocommit=True)
-    except psycopg.OperationalError as exc:
-        raise SourceError(f"cannot connect to the source database: {first_line(exc)}") from None
+    except psycopg.Error as exc:
+        raise connection_error(exc, "cannot connect to the source database") from None
+
+
+_CANNOT_HEAL = (
+    (r"password authentication failed|no password supplied",
+     "check the user and its password (PGPASSWORD or ~/.pgpass)"),
+    (r"authentication failed", "check the user and how the source authenticates it"),
+    (r'role ".*" does not exist', "check user= in the connection string"),
+    (r'role ".*" is not permitted to log in', "ALTER ROLE ... LOGIN in the source"),
+    (r'database ".*" does not exist', "check dbname= in the connection string"),
+    (r"pg_hba\.conf", "allow this host and user in the source's pg_hba.conf (on a managed"
+     " service: its network and user settings)"),
+    (r"permission denied for database|does not have CONNECT privilege",
+     "GRANT CONNECT ON DATABASE ... TO the user"),
+    (r"does not support SSL", "set sslmode=prefer in the connection string, or enable SSL"
+     " on the source"),
+)  # fmt: skip
+"""What a server or libpq says when a login cannot succeed however often it is retried, and
+what to do about it."""
+
+
+def connection_error(exc: psycopg.Error, doing: str) -> SidecarError:
+    """What a failed connection to the source means, as one line saying what to do next.
+
+    A malformed connection string is a `ConfigError`; a refused login (password, role,
+    database, pg_hba.conf, CONNECT) a `SourceSetupError`, which retrying cannot fix; anything
+    else (server down, starting, out of connection slots, network) a `SourceConnectionLost`,
+    which retrying may fix.
+    """
+    text = first_line(exc)
+    if not isinstance(exc, psycopg.OperationalError):  # libpq refused the string itself
+        return ConfigError(
+            f"the source connection string is not valid: {text}; write it as key=value pairs"
+            " (host=db dbname=shop user=sidecar) or as a postgresql:// URI"
+        )
+    for pattern, advice in _CANNOT_HEAL:
+        if re.search(pattern, text):
+            return SourceSetupError(f"{doing}: {text}; {advice}")
+    return SourceConnectionLost(
+        f"{doing}: {text}; check that the source runs and that host and port are right"
+    )
 
 
 def first_line(exc: BaseException) -> str:

@@ -16,7 +16,7 @@ from psycopg import pq
 
 from mirror.changes import Lsn, format_lsn, parse_lsn
 from mirror.errors import SlotBusyError, SourceConnectionLost, SourceError, SourceSetupError
-from replicator.source import source_conninfo
+from replicator.source import connection_error, source_conninfo
 
 _EPOCH_OFFSET_US = 946_684_800_000_000  # 2000-01-01 in Unix microseconds
 XLOG_DATA = ord("w")
@@ -53,18 +53,14 @@ class ReplicationConnection:
             self.conn = psycopg.connect(
                 source_conninfo(dsn), replication="database", autocommit=True
             )
-        except psycopg.OperationalError as exc:
+        except psycopg.Error as exc:
             text = _message(exc)
             if "replication" in text and ("permission" in text or "must be" in text):
                 raise SourceSetupError(
                     f"the source refused a replication connection: {text}; grant it with"
                     " ALTER ROLE <user> WITH REPLICATION (on RDS: GRANT rds_replication TO <user>)"
                 ) from None
-            if "pg_hba.conf" in text:
-                raise SourceSetupError(
-                    f"the source refused a replication connection: {text}; allow it in pg_hba.conf"
-                ) from None
-            raise SourceConnectionLost(f"cannot connect for replication: {text}") from None
+            raise connection_error(exc, "cannot connect for replication") from None
         self.pgconn = self.conn.pgconn
 
     def _command(self, command: str) -> pq.abc.PGresult:

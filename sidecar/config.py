@@ -16,8 +16,11 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from mirror.errors import ConfigError, SidecarError
-from predictor.time_settings import InvalidSetting, TimeSetting
+import psycopg
+from psycopg.conninfo import conninfo_to_dict
+
+from mirror.errors import ConfigError
+from predictor.time_settings import TimeSetting
 from sidecar import masking
 
 ENV_PREFIX = "PGML_SIDECAR_"
@@ -85,6 +88,8 @@ def load(flags: Mapping[str, Any], config_file: str | None) -> dict[str, Any]:
             value = setting.default
         resolved[setting.name] = _typed(setting, value, where)
         origins[setting.name] = where
+    if resolved["source"]:
+        check_dsn(resolved["source"], origins["source"])
     for name in ("source", "endpoint_dsn"):
         dsn, env = resolved[name], ENV_PREFIX + name.upper()
         if dsn and masking.has_password(dsn) and origins[name] != env:
@@ -95,11 +100,25 @@ def load(flags: Mapping[str, Any], config_file: str | None) -> dict[str, Any]:
     return resolved
 
 
+def check_dsn(dsn: str, where: str = "--source") -> None:
+    """Refuse a connection string libpq cannot read, saying how to write one."""
+    try:
+        conninfo_to_dict(dsn)
+    except psycopg.Error as exc:
+        reason = (str(exc).strip().splitlines() or [type(exc).__name__])[0]
+        raise ConfigError(
+            f"{where} is not a valid connection string: {reason}; write it as key=value pairs"
+            " (host=db dbname=shop user=sidecar) or as a postgresql:// URI"
+        ) from None
+
+
 def _read(path: Path) -> dict[str, Any]:
     try:
         data = tomllib.loads(path.read_text())
     except OSError as exc:
-        raise ConfigError(f"cannot read the config file {path}: {exc.strerror}") from None
+        raise ConfigError(
+            f"cannot read the config file {path}: {exc.strerror}; fix the path given to --config"
+        ) from None
     except tomllib.TOMLDecodeError as exc:
         raise ConfigError(f"{path} is not valid TOML: {exc}") from None
     for key in data:
@@ -125,7 +144,8 @@ def _typed(setting: Setting, value: Any, where: str) -> Any:
     try:
         return setting.kind(value)
     except (TypeError, ValueError):
-        raise ConfigError(f"{where} must be {setting.kind.__name__}, not {value!r}") from None
+        wanted = "a whole number" if setting.kind is int else f"a {setting.kind.__name__}"
+        raise ConfigError(f"{where} must be {wanted}, not {value!r}; give {wanted}") from None
 
 
 def _boolean(value: Any, where: str) -> bool:
@@ -145,12 +165,7 @@ TRAINING_TIME_LIMIT = TimeSetting("training_time_limit", "s", 0, 2_147_483_647)
 
 def training_time_limit(value: str | int) -> int:
     """Seconds from a ``training_time_limit`` value ('1h', '30min', 90; 0: no limit)."""
-    try:
-        return TRAINING_TIME_LIMIT.parse(value)
-    except InvalidSetting as exc:
-        raise ConfigError(f"{exc}; {exc.hint}" if exc.hint else str(exc)) from None
-    except SidecarError as exc:
-        raise ConfigError(str(exc)) from None
+    return TRAINING_TIME_LIMIT.parse_setting(value, "'30min', '2h' or 0 (none)")
 
 
 def masked(dsn: str) -> str:

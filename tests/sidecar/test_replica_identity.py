@@ -175,11 +175,14 @@ def test_a_table_that_loses_its_key_is_reported(daemon: Daemon, source_dsn: str)
     )
     assert gauge(port) == 2
     status = cli("status", "--source", source_dsn, "--metrics-port", str(port))
-    assert status.returncode == 0, status.stderr
+    assert status.returncode == 1, status.stderr  # degraded
     assert (
         "without replica identity: public.keyed, public.parted_2: the application's UPDATE and"
         " DELETE on them fail; add a primary key, or ALTER TABLE ... REPLICA IDENTITY FULL"
     ) in status.stdout
+    assert status.stdout.splitlines()[-1] == (
+        "status:  degraded: published without a replica identity: public.keyed, public.parted_2"
+    )
 
     execute(source_dsn, "alter table keyed replica identity full",
             "alter table parted_2 replica identity default")  # fmt: skip

@@ -250,8 +250,9 @@ def test_a_bad_training_time_limit_stops_the_start_with_one_line(
     )  # fmt: skip
     assert done.returncode == 2, done.stderr
     assert done.stderr.strip().splitlines() == [
-        'error: invalid value for parameter "training_time_limit": "soon"; Valid units for this'
-        ' parameter are "us", "ms", "s", "min", "h", and "d".'
+        'error: invalid value for parameter "training_time_limit": "soon"; give a time such as'
+        ' \'30min\', \'2h\' or 0 (none) (valid units for this parameter are "us", "ms", "s",'
+        ' "min", "h", and "d")'
     ]
     assert not mirror.exists()
 
