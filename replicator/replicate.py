@@ -92,7 +92,6 @@ class Replicator:
         self.stats = ReplicationStats()
         self.stopping = threading.Event()
         self._catalog: psycopg.Connection | None = None
-        self._session: StreamSession | None = None
 
     @property
     def mirror(self) -> Mirror:
@@ -227,7 +226,7 @@ class Replicator:
                     mirror.commit_step()
 
                 load = self._loader(table, commit_each=in_steps)
-                rows = copy_table(conn, relation, load, progress=progress, tick=self._answer_stream)
+                rows = copy_table(conn, relation, load, progress=progress)
                 mirror.add_primary_key(table)
                 mirror.set_state(table, state, until)
                 if in_steps:
@@ -354,19 +353,12 @@ class Replicator:
         s = self.settings
         try:
             streaming = s.stream_large_transactions and repl.server_version() >= 140000
+            timeout = repl.sender_timeout()
             repl.start(s.slot, start, s.publication, streaming=streaming)
         except SlotBusyError as exc:
             raise SourceConnectionLost(str(exc)) from None  # an old walsender is still exiting
         target = source.catch_up_target(self._catalog_conn()) if s.catch_up else None
         log.info("streaming from %s", format_lsn(start))
-        self._session = StreamSession(self, repl, start)
-        try:
-            self._session.loop(target)
-        finally:
-            self._session = None
-
-    def _answer_stream(self) -> None:
-        """While a copy holds up the stream, keep its server from timing the connection out."""
-        session = self._session
-        if session is not None and time.monotonic() - session.last_status >= 1.0:
-            session.send_status()
+        # A quarter of the server's timeout leaves room for a thread slow to be scheduled.
+        every = min(s.status_interval, timeout / 4) if timeout else s.status_interval
+        StreamSession(self, repl, start, status_every=every).loop(target)

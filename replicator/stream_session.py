@@ -31,8 +31,8 @@ from replicator.stream import (
     XLOG_HEADER,
     Keepalive,
     ReplicationConnection,
+    StatusReporter,
     parse_keepalive,
-    standby_status,
 )
 
 if TYPE_CHECKING:
@@ -57,7 +57,14 @@ class _Stopped(Exception):
 class StreamSession:
     """The state of one START_REPLICATION: pending messages, open transactions, positions."""
 
-    def __init__(self, replicator: Replicator, repl: ReplicationConnection, start: Lsn) -> None:
+    def __init__(
+        self,
+        replicator: Replicator,
+        repl: ReplicationConnection,
+        start: Lsn,
+        *,
+        status_every: float,
+    ) -> None:
         self.r = replicator
         self.repl = repl
         self.resume_lsn = start
@@ -84,18 +91,24 @@ class StreamSession:
         self.stream: _StreamedTransaction | None = None
         self.flushed = start
         self.server_sent = 0
-        self.last_status = time.monotonic()
+        self.status = StatusReporter(repl, start, interval=status_every)
+        """Reports positions; answers the server while the mirror holds this thread up."""
 
     def loop(self, target: source.CatchUpTarget | None) -> None:
         """Receive, apply and report until stopped or caught up; on a stop, commit first."""
         try:
-            with contextlib.suppress(_Stopped):
-                self._loop(target)
+            try:
+                with contextlib.suppress(_Stopped):
+                    self._loop(target)
+            finally:
+                for streamed in self.streams.values():
+                    streamed.discard()
+            if self.pending_end is not None and not (
+                self.partially_applied and self.in_transaction
+            ):
+                self.flush()
         finally:
-            for streamed in self.streams.values():
-                streamed.discard()
-        if self.pending_end is not None and not (self.partially_applied and self.in_transaction):
-            self.flush()
+            self.status.close()
 
     def _loop(self, target: source.CatchUpTarget | None) -> None:
         try:
@@ -155,7 +168,7 @@ class StreamSession:
                     format_lsn(target.lsn),
                 )
                 return
-            if now - self.last_status >= settings.status_interval:
+            if now - self.status.last >= settings.status_interval:
                 self.send_status()
             repl.wait(wait)
 
@@ -224,12 +237,13 @@ class StreamSession:
             if streamed is not None:
                 self.partially_applied = True  # from here on the mirror transaction holds it
                 try:
-                    for changes in streamed.blocks():
-                        if not applies:
-                            changes = [c for c in changes if isinstance(c, SchemaChange)]
-                        applied = self.apply(changes, done.commit_lsn)
-                        self.applied_uncommitted += applied
-                        self.r.stats.rows_applied += applied
+                    with self.status.away():
+                        for changes in streamed.blocks():
+                            if not applies:
+                                changes = [c for c in changes if isinstance(c, SchemaChange)]
+                            applied = self.apply(changes, done.commit_lsn)
+                            self.applied_uncommitted += applied
+                            self.r.stats.rows_applied += applied
                 finally:
                     streamed.discard()
                 self.decoder.adopt(streamed.decoder)  # the server takes these shapes as sent
@@ -285,6 +299,10 @@ class StreamSession:
         pending = self.pending if upto is None else self.pending[:upto]
         if not pending:
             return
+        with self.status.away():
+            self._apply_pending(pending)
+
+    def _apply_pending(self, pending: list[bytes | memoryview]) -> None:
         shapes = self.decoder.state()
         changes = self.decoder.decode(pending, offset=XLOG_HEADER)
         if self.r.mirror.catching_up or self.r.may_copy(changes):
@@ -345,8 +363,9 @@ class StreamSession:
         last; messages of a transaction still arriving stay pending."""
         end = self.pending_end
         assert end is not None
-        self.apply_pending(self.pending_complete)
-        self.r.mirror.commit(self.r.settings.slot, end)
+        with self.status.away():
+            self.apply_pending(self.pending_complete)
+            self.r.mirror.commit(self.r.settings.slot, end)
         self.r.stats.transactions += self.pending_transactions
         self.r.stats.batches += 1
         self.r.stats.flushed_lsn = end
@@ -373,8 +392,7 @@ class StreamSession:
         position = self.flushed
         if self.idle:
             position = max(position, self.server_sent)
-        self.repl.send(standby_status(position, position))
-        self.last_status = time.monotonic()
+        self.status.report(position)
 
 
 class _StreamedTransaction:

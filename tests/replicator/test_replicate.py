@@ -14,6 +14,7 @@ from tests.replicator.mirror_check import (
     catch_up,
     current_lsn,
     execute,
+    holds_for,
     mirror_columns,
     mirror_rows,
     query,
@@ -331,3 +332,54 @@ def test_a_long_copy_while_streaming_keeps_the_connection(source_dsn: str, mirro
     assert query(mirror_path, "select count(*), count(r) from public.wide") == [
         (3_000_001, 3_000_001)
     ]
+
+
+def test_the_server_hears_from_a_replicator_held_up_longer_than_its_timeout(
+    source_dsn: str, mirror_path: Path
+):
+    dbname = psycopg.conninfo.conninfo_to_dict(source_dsn)["dbname"]
+    execute(
+        source_dsn,
+        f"alter database \"{dbname}\" set wal_sender_timeout = '2s'",
+        "create table held (id int primary key, v text)",
+        "insert into held values (1, 'one')",
+    )
+    catch_up(source_dsn, mirror_path, ["held"])
+    with (
+        Running(source_dsn, mirror_path, ["held"]) as running,
+        psycopg.connect(source_dsn, autocommit=True) as open_transaction,
+    ):
+        wait_for(lambda: streaming(source_dsn), what="the replicator to stream")
+        open_transaction.execute("begin")
+        open_transaction.execute("select pg_current_xact_id()")
+        execute(
+            source_dsn,
+            # The mirror copies the table again, under a slot whose creation waits for every
+            # transaction open now: the replicator is held up until the test commits.
+            "alter table held add column r float default random()",
+            "insert into held values (2, 'two', 0.5)",
+        )
+        wait_for(lambda: copy_slot_waits(source_dsn), what="the copy to wait")
+        holds_for(  # three times wal_sender_timeout
+            lambda: streaming(source_dsn), seconds=6, what="the stream of a held-up replicator"
+        )
+        open_transaction.execute("commit")
+        target = current_lsn(source_dsn)
+        wait_for(lambda: slot_confirmed(source_dsn) >= target, what="the copy")
+        stats = running.stop()
+    assert stats.reconnects == 0
+    assert query(mirror_path, "select id, v, r is not null from public.held order by id") == [
+        (1, "one", True),
+        (2, "two", True),
+    ]
+
+
+def copy_slot_waits(dsn: str) -> bool:
+    """Whether a walsender creating a slot waits for a transaction to end."""
+    with psycopg.connect(dsn) as conn:
+        row = conn.execute(
+            "select count(*) from pg_locks l join pg_stat_activity a using (pid)"
+            " where l.locktype = 'transactionid' and not l.granted"
+            " and a.backend_type = 'walsender'"
+        ).fetchone()
+    return bool(row and row[0])
