@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import random
 from pathlib import Path
 
 import psycopg
@@ -305,6 +306,41 @@ def test_batch_size_does_not_change_the_result(
     )
     catch_up(source_dsn, mirror_path, batch_messages=batch_messages)
     assert assert_same_rows(source_dsn, mirror_path, "public.m", "id") == 91
+
+
+ONE_F_ROW = "{} where ctid = (select ctid from f where a = %s order by b limit 1)"
+
+
+def test_small_transactions_across_tables_apply_in_their_order(source_dsn: str, mirror_path: Path):
+    execute(
+        source_dsn,
+        "create table k (id int primary key, v text)",
+        "create table f (a int, b text)",
+        "alter table f replica identity full",
+    )
+    catch_up(source_dsn, mirror_path, ["k", "f"])
+    rng = random.Random(14)
+    with psycopg.connect(source_dsn, autocommit=True) as conn:
+        for i in range(600):  # one batch of interleaved runs, each key touched many times
+            key, other = rng.randrange(8), rng.randrange(8)
+            with conn.transaction():
+                conn.execute(
+                    "insert into k values (%s, %s) on conflict (id) do update set v = excluded.v",
+                    [key, f"v{i}"],
+                )
+                conn.execute("insert into f values (%s, %s)", [key, f"b{i % 3}"])
+                if i % 3 == 0:
+                    conn.execute("delete from k where id = %s", [other])
+                    conn.execute(ONE_F_ROW.format("update f set b = %s"), [f"u{i}", other])
+                if i % 5 == 0:
+                    conn.execute(ONE_F_ROW.format("delete from f"), [key])
+                    conn.execute("update k set id = id + 10 where id = %s", [other])
+                    conn.execute("delete from k where id >= 10")
+    stats = catch_up(source_dsn, mirror_path, behind_after=3600, max_delay=60)
+    assert stats.transactions == 600
+    assert stats.batches < 60  # many transactions to a batch
+    assert assert_same_rows(source_dsn, mirror_path, "public.k", "id") > 0
+    assert assert_same_rows(source_dsn, mirror_path, "public.f", "a, b") > 100
 
 
 def test_a_long_copy_while_streaming_keeps_the_connection(source_dsn: str, mirror_path: Path):
