@@ -13,7 +13,7 @@ from pathlib import Path
 import duckdb
 import psycopg
 
-from mirror.errors import ConfigError, SidecarError
+from mirror.errors import ConfigError, MirrorOutOfMemory, SidecarError
 from sidecar import cli_daemon, cli_serve, cli_train, cli_users, masking
 
 log = logging.getLogger("pgml_sidecar")
@@ -217,6 +217,12 @@ def main(argv: Sequence[str] | None = None) -> int:
         return 2
     try:
         return int(args.run(args))
+    except MirrorOutOfMemory as exc:
+        print(
+            f"error: {exc}; raise --memory-limit (or PGML_SIDECAR_MEMORY_LIMIT) and run again",
+            file=sys.stderr,
+        )
+        return exc.exit_code
     except SidecarError as exc:
         print(f"error: {masking.mask(str(exc))}", file=sys.stderr)
         return exc.exit_code
