@@ -8,6 +8,7 @@ exactly after the last commit.
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import os
 import threading
@@ -16,21 +17,32 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
+import duckdb
 import psycopg
 import pyarrow as pa
 from psycopg import sql
 
 from mirror.changes import Change, Lsn, Relation, SchemaChange, format_lsn
-from mirror.errors import SlotBusyError, SourceConnectionLost, SourceError, SourceSetupError
+from mirror.errors import (
+    MirrorOutOfMemory,
+    SlotBusyError,
+    SourceConnectionLost,
+    SourceError,
+    SourceSetupError,
+)
 from mirror.store import Mirror
 from mirror.tables import MirroredTable
 from replicator import source
 from replicator.initial_copy import Progress, copy_table
 from replicator.source import first_line
 from replicator.stream import ReplicationConnection
-from replicator.stream_session import StreamSession, touched_relations
+from replicator.stream_session import BatchLimits, StreamSession, touched_relations
 
 log = logging.getLogger("pgml_sidecar.replicator")
+
+MIN_BATCH_BYTES = 256 << 10
+"""Below this, a batch that runs the mirror out of memory is not split further: the error
+stands (one source transaction may need more than the memory limit)."""
 
 
 @dataclass
@@ -52,6 +64,10 @@ class ReplicationSettings:
     catch_up_messages: int = 250_000
     catch_up_delay: float = 1.0
     """Batch limits while catching up: throughput over latency."""
+    batch_bytes: int | None = None
+    """Message bytes one batch may hold, pending and applied: its decoded rows take a few times
+    that in this process, DuckDB's work on them some more. Default: an eighth of the mirror's
+    memory limit. A batch DuckDB runs out of memory on is streamed again in halves."""
     min_delay: float = 0.02
     """When the server pauses, commit only changes that have waited this long, so that under
     a steady stream each commit carries several transactions."""
@@ -82,6 +98,8 @@ class ReplicationStats:
     transactions: int = 0
     batches: int = 0
     reconnects: int = 0
+    memory_retries: int = 0
+    """Batches streamed again in halves after the mirror ran out of memory applying them."""
     flushed_lsn: Lsn = 0
     copied_rows: dict[str, int] = field(default_factory=dict)
     prepared: bool = False
@@ -121,10 +139,14 @@ class Replicator:
     def __init__(self, settings: ReplicationSettings, mirror: Mirror | None = None) -> None:
         self.settings = settings
         self._mirror = mirror
+        self._owns_mirror = mirror is None
         self.stats = ReplicationStats()
         self.stopping = threading.Event()
         self._catalog: psycopg.Connection | None = None
-        self._session: StreamSession | None = None
+        self.batch_scale = 1.0
+        """Batch limits as a share of the settings': halved each time the mirror runs out of
+        memory applying a batch, whole again once the stream is near the present."""
+        self._memory_limit: int | None = None
 
     @property
     def mirror(self) -> Mirror:
@@ -137,12 +159,17 @@ class Replicator:
         return self._mirror
 
     def close(self) -> None:
-        if self._mirror is not None:
-            self._mirror.close()
-            self._mirror = None
+        self.close_mirror()
         if self._catalog is not None:
             self._catalog.close()
             self._catalog = None
+
+    def close_mirror(self) -> None:
+        """Close the mirror; it opens again when next used."""
+        if self._mirror is not None:
+            mirror, self._mirror = self._mirror, None
+            with contextlib.suppress(duckdb.FatalException):  # DuckDB gave up on it
+                mirror.close()
 
     # -- set-up --------------------------------------------------------------------------------
 
@@ -257,7 +284,7 @@ class Replicator:
                     mirror.commit_step()
 
                 load = self._loader(table, commit_each=in_steps)
-                rows = copy_table(conn, relation, load, progress=progress, tick=self._answer_stream)
+                rows = copy_table(conn, relation, load, progress=progress)
                 mirror.add_primary_key(table)
                 mirror.set_state(table, state, until)
                 if in_steps:
@@ -358,10 +385,44 @@ class Replicator:
                     break
                 self.stats.reconnects += 1
                 log.warning("%s; reconnecting in %.1fs", first_line(exc), delay)
+            except MirrorOutOfMemory as exc:
+                self._after_out_of_memory(exc)
+                if self.stopping.is_set():
+                    break
             finally:
                 repl.close()
             repl, start = self._reconnect(delay)
         return self.stats
+
+    def batch_limits(self) -> BatchLimits:
+        """The limits a stream session batches by, as they stand now."""
+        s = self.settings
+        if self._memory_limit is None:
+            self._memory_limit = self.mirror.memory_limit_bytes
+        budget = s.batch_bytes or self._memory_limit // 8
+        scale = self.batch_scale
+        return BatchLimits(
+            messages=max(1, int(s.batch_messages * scale)),
+            catch_up_messages=max(1, int(s.catch_up_messages * scale)),
+            bytes=max(1, int(budget * scale)),
+        )
+
+    def _after_out_of_memory(self, exc: MirrorOutOfMemory) -> None:
+        """The mirror ran out of memory on a batch, and committed none of it: stream it again
+        from the stored position in batches half as big, on the mirror opened afresh (DuckDB
+        may be left unusable). Below ``MIN_BATCH_BYTES``, or on a mirror this replicator was
+        handed and DuckDB gave up on, the error stands."""
+        self.mirror.rollback()
+        if self._owns_mirror:
+            self.close_mirror()
+        elif exc.invalidated:
+            raise exc
+        size = self.batch_limits().bytes
+        if size <= MIN_BATCH_BYTES:
+            raise MirrorOutOfMemory(f"{exc} even in batches of {size >> 10} KiB") from None
+        self.batch_scale /= 2
+        self.stats.memory_retries += 1
+        log.warning("%s; streaming it again in batches of at most %d KiB", exc, size >> 11)
 
     def _reconnect(self, delay: float) -> tuple[ReplicationConnection | None, Lsn]:
         """Connect again with growing pauses; (None, 0) once asked to stop."""
@@ -385,19 +446,13 @@ class Replicator:
         s = self.settings
         try:
             streaming = s.stream_large_transactions and repl.server_version() >= 140000
+            timeout = repl.sender_timeout()
             repl.start(s.slot, start, s.publication, streaming=streaming)
         except SlotBusyError as exc:
             raise SourceConnectionLost(str(exc)) from None  # an old walsender is still exiting
         target = source.catch_up_target(self._catalog_conn()) if s.catch_up else None
         log.info("streaming from %s", format_lsn(start))
-        self._session = StreamSession(self, repl, start)
-        try:
-            self._session.loop(target)
-        finally:
-            self._session = None
-
-    def _answer_stream(self) -> None:
-        """While a copy holds up the stream, keep its server from timing the connection out."""
-        session = self._session
-        if session is not None and time.monotonic() - session.last_status >= 1.0:
-            session.send_status()
+        # A quarter of the server's timeout leaves room for a thread slow to be scheduled.
+        every = min(s.status_interval, timeout / 4) if timeout else s.status_interval
+        session = StreamSession(self, repl, start, status_every=every, limits=self.batch_limits())
+        session.loop(target)

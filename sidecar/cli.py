@@ -14,7 +14,7 @@ from typing import Any, NoReturn
 import duckdb
 import psycopg
 
-from mirror.errors import ConfigError, SidecarError
+from mirror.errors import ConfigError, MirrorOutOfMemory, SidecarError
 from sidecar import cli_daemon, cli_serve, cli_train, cli_uninstall, cli_users, config, masking
 
 log = logging.getLogger("pgml_sidecar")
@@ -261,6 +261,9 @@ def main(argv: Sequence[str] | None = None) -> int:
         return 2
     try:
         return int(args.run(args))
+    except MirrorOutOfMemory as exc:
+        _print_error(f"{exc}; raise --memory-limit (or PGML_SIDECAR_MEMORY_LIMIT) and run again")
+        return exc.exit_code
     except SidecarError as exc:
         _print_error(str(exc))
         return exc.exit_code
