@@ -263,13 +263,14 @@ def _status(args: argparse.Namespace) -> int:
                 if slot else {"name": settings["slot"], "missing": True}
             )  # fmt: skip
         if conn.execute("select to_regclass('pgml.training_requests')").fetchone() != (None,):
-            rows = conn.execute(
+            rows = conn.execute(  # notice: not in early installs of schema version 3
                 "select distinct on (project_name) project_name, kind, status, error, model_id,"
-                " requested_at from pgml.training_requests order by project_name, id desc"
+                " requested_at, to_jsonb(r)->>'notice' from pgml.training_requests r"
+                " order by project_name, id desc"
             ).fetchall()
             report["projects"] = [
                 {"project": r[0], "last_request": r[1], "status": r[2], "error": r[3],
-                 "model_id": r[4], "requested_at": r[5].isoformat()}
+                 "model_id": r[4], "requested_at": r[5].isoformat(), "notice": r[6]}
                 for r in rows
             ]  # fmt: skip
     url = f"http://{settings['metrics_host']}:{settings['metrics_port']}/healthz"
@@ -317,3 +318,5 @@ def _print_status(report: dict[str, Any]) -> None:
         if project["error"]:
             line += f", error: {project['error']}"
         print(line)
+        for notice in (project.get("notice") or "").splitlines():
+            print(f"         notice: {notice}")
