@@ -345,13 +345,14 @@ def _read_source(settings: dict[str, Any], own: str | None) -> dict[str, Any]:
             )  # fmt: skip
         found["other_slots"] = _other_slots(conn, own)
         if conn.execute("select to_regclass('pgml.training_requests')").fetchone() != (None,):
-            rows = conn.execute(
+            rows = conn.execute(  # notice: not in early installs of schema version 3
                 "select distinct on (project_name) project_name, kind, status, error, model_id,"
-                " requested_at from pgml.training_requests order by project_name, id desc"
+                " requested_at, to_jsonb(r)->>'notice' from pgml.training_requests r"
+                " order by project_name, id desc"
             ).fetchall()
             found["projects"] = [
                 {"project": r[0], "last_request": r[1], "status": r[2], "error": r[3],
-                 "model_id": r[4], "requested_at": r[5].isoformat()}
+                 "model_id": r[4], "requested_at": r[5].isoformat(), "notice": r[6]}
                 for r in rows
             ]  # fmt: skip
     return found
@@ -386,7 +387,7 @@ def _add_deployed(report: dict[str, Any]) -> None:
     named = {p["project"] for p in projects}
     projects += [
         {"project": name, "last_request": None, "status": None, "error": None, "model_id": None,
-         "requested_at": None}
+         "requested_at": None, "notice": None}
         for name in sorted(set(deployed) - named)
     ]  # fmt: skip
     for project in projects:

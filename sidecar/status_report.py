@@ -84,7 +84,9 @@ def lines(report: dict[str, Any]) -> list[str]:
             " UPDATE and DELETE on them fail; add a primary key, or ALTER TABLE ... REPLICA"
             " IDENTITY FULL"
         )
-    shown += [_project_line(p) for p in report.get("projects", [])]
+    for project in report.get("projects", []):
+        shown.append(_project_line(project))
+        shown += [f"         notice: {n}" for n in (project.get("notice") or "").splitlines()]
     verdict = f"status:  {report['status']}"
     if report["problems"]:
         verdict += ": " + "; ".join(report["problems"])

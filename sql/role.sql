@@ -55,7 +55,7 @@ from unnest(string_to_array(:'tables', ',')) as t(name) \gexec
 select format('grant usage on schema pgml to %I', :'role')
 where to_regnamespace('pgml') is not null \gexec
 
-select format('grant select, update (status, error, model_id, finished_at)'
+select format('grant select, update (status, error, model_id, finished_at, notice)'
               ' on table pgml.training_requests to %I', :'role')
 where to_regclass('pgml.training_requests') is not null \gexec
 
