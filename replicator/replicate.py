@@ -98,6 +98,10 @@ class ReplicationStats:
     transactions: int = 0
     batches: int = 0
     reconnects: int = 0
+    connected: bool = True
+    """False while the source is out of reach and the replicator tries again (pgoutput)."""
+    connection_error: str | None = None
+    """Why the replicator lost the source, while it tries again."""
     memory_retries: int = 0
     """Batches streamed again in halves after the mirror ran out of memory applying them."""
     flushed_lsn: Lsn = 0
@@ -384,6 +388,8 @@ class Replicator:
                 if self.stopping.is_set():
                     break
                 self.stats.reconnects += 1
+                self.stats.connected = False
+                self.stats.connection_error = first_line(exc)
                 log.warning("%s; reconnecting in %.1fs", first_line(exc), delay)
             except MirrorOutOfMemory as exc:
                 self._after_out_of_memory(exc)
@@ -438,6 +444,7 @@ class Replicator:
                 continue
             position = self.mirror.position(self.settings.slot)
             assert position is not None
+            self.stats.connected, self.stats.connection_error = True, None
             return repl, position
         return None, 0
 

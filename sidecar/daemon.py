@@ -231,7 +231,8 @@ class Daemon:
         m = self.metrics
         seen = dict(self.mirror.changes_applied)
         dead_seen: dict[str, int] = {}
-        with psycopg.connect(self.settings.source_dsn, autocommit=True) as conn:
+        conn: psycopg.Connection | None = None
+        try:
             while not stop.wait(SAMPLE_SECONDS):
                 if self._exported_generation != self.trainer.generation:
                     self._export_projects()  # a deployment by the endpoint or a retrain
@@ -243,8 +244,7 @@ class Daemon:
                         m.dead_letters.labels(topic=topic).inc(count - dead_seen.get(topic, 0))
                         dead_seen[topic] = count
                 else:
-                    behind = self._sample_slot(conn)
-                    self._sample_replica_identity(conn)
+                    behind, conn = self._sample_source(conn)
                 last = replicator.stats.last_commit_time
                 self.lag_seconds = max(time.time() - last, 0.0) if behind and last else 0.0
                 m.replication_lag_seconds.set(self.lag_seconds)
@@ -253,11 +253,33 @@ class Daemon:
                     if count > seen.get(op, 0):
                         m.replication_changes.labels(op=op).inc(count - seen.get(op, 0))
                 seen = applied
-                m.replicator_up.set(1 if self.parts[0].running else 0)
+                connected = getattr(replicator.stats, "connected", True)
+                m.replicator_up.set(1 if self.parts[0].running and connected else 0)
                 for watch in list(self.monitor.watches.values()):
                     for feature, score in watch.features.scores.items():
                         if score == score:  # NaN until the window holds enough rows
                             m.drift_score.labels(project=watch.project, feature=feature).set(score)
+        finally:
+            if conn is not None:
+                conn.close()
+
+    def _sample_source(
+        self, conn: psycopg.Connection | None
+    ) -> tuple[bool, psycopg.Connection | None]:
+        """The slot's lag and the tables' replica identity from the source; whether changes
+        are waiting, and the connection to use next time (None: the source did not answer, and
+        the lag is counted on as the source's silence goes on)."""
+        try:
+            if conn is None or conn.closed or conn.broken:
+                conn = psycopg.connect(self.settings.source_dsn, autocommit=True, connect_timeout=5)
+            behind = self._sample_slot(conn)
+            self._sample_replica_identity(conn)
+            return behind, conn
+        except psycopg.Error as exc:
+            log.debug("metrics: the source does not answer: %s", exc)
+            if conn is not None:
+                conn.close()
+            return True, None
 
     def _sample_slot(self, conn: psycopg.Connection) -> bool:
         """Record the slot's lag and retained WAL; whether changes are waiting."""
@@ -459,7 +481,10 @@ class Daemon:
             p.name: {"running": p.running, "restarts": p.restarts, "last_error": p.last_error}
             for p in self.parts
         }
-        ok = all(p.running for p in self.parts)
+        stats = self.replicator.stats
+        if not getattr(stats, "connected", True):  # running, but the source is out of reach
+            parts[self.parts[0].name].update(connected=False, last_error=stats.connection_error)
+        ok = all(p.running for p in self.parts) and getattr(stats, "connected", True)
         health: dict[str, Any] = {
             "status": "ok" if ok else "degraded",
             "parts": parts,

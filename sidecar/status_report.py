@@ -126,6 +126,8 @@ def _daemon_line(daemon: dict[str, Any]) -> str:
     for name, part in daemon.get("parts", {}).items():
         if not part["running"]:
             line += f"; {name} not running (restarts: {part['restarts']}): {part['last_error']}"
+        elif part.get("connected") is False:
+            line += f"; {name} reconnecting to the source: {part['last_error']}"
     return line
 
 

@@ -186,6 +186,19 @@ def health(port: int) -> dict[str, Any]:
         return {}
 
 
+def replicator_up(port: int) -> float | None:
+    """``pgml_sidecar_replicator_up`` as /metrics shows it now (None: no answer)."""
+    try:
+        with urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=5) as reply:
+            text = reply.read().decode()
+    except OSError:
+        return None
+    for line in text.splitlines():
+        if line.startswith("pgml_sidecar_replicator_up "):
+            return float(line.split()[1])
+    return None
+
+
 def test_a_source_down_at_start_and_later_is_retried_and_caught_up(
     spare: LocalPostgres, tmp_path: Path
 ) -> None:
@@ -213,15 +226,19 @@ def test_a_source_down_at_start_and_later_is_retried_and_caught_up(
         wait_for(lambda: streaming(spare.dsn("shop")), timeout=60, what="streaming after start")
         wait_for(lambda: health(port).get("status") == "ok", timeout=60, what="/healthz ok")
 
+        wait_for(lambda: replicator_up(port) == 1.0, timeout=30, what="replicator_up")
         spare.stop()  # while it streams
         wait_for(lambda: health(port).get("status") == "degraded", timeout=60,
                  what="the lost source to show")  # fmt: skip
+        wait_for(lambda: replicator_up(port) == 0.0, timeout=60,
+                 what="replicator_up to say the source is lost (the alert's series)")  # fmt: skip
         spare.start()
         execute(spare.dsn("shop"), "insert into t select g, 'after' from"
                 " generate_series(101, 150) g")  # fmt: skip
         wait_for(lambda: health(port).get("rows_applied", 0) >= 50, timeout=90,
                  what="the rows written after the restart")  # fmt: skip
         wait_for(lambda: health(port).get("status") == "ok", timeout=60, what="/healthz ok")
+        wait_for(lambda: replicator_up(port) == 1.0, timeout=30, what="replicator_up again")
         assert process.poll() is None
     finally:
         if process.poll() is None:
