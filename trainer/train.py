@@ -297,7 +297,7 @@ class Trainer:
 
         model_path = self.home / "models" / f"{uuid.uuid4().hex}.pickle"
         try:
-            if snapshot.num_rows == 0:
+            if snapshot.num_rows == 0 and not algorithms.is_online(algorithm):
                 raise TrainingError(
                     f"relation {snapshot.relation_name} has no rows to train on", sqlstate="22000"
                 )
