@@ -14,6 +14,7 @@ from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 
 import duckdb
+import numpy as np
 import pyarrow as pa
 
 from mirror.changes import Deletes, Lsn, RowChange, Updates
@@ -68,13 +69,7 @@ def rows_for_keys(
     """The committed rows of ``schema.table`` whose key columns (text) are in ``keys``."""
     cursor = con.cursor()
     try:
-        types = dict(
-            cursor.execute(
-                "select column_name, data_type from duckdb_columns()"
-                " where schema_name = ? and table_name = ?",
-                [schema, table],
-            ).fetchall()
-        )
+        types = _column_types(cursor, schema, table)
         cursor.register("_pgml_touched", keys)
         # The text keys are cast to the column's type, not the column to text, so the key's
         # index and statistics serve the join instead of a cast of every row.
@@ -90,6 +85,46 @@ def rows_for_keys(
         ).to_arrow_table()
     finally:
         cursor.close()
+
+
+_ORDER = "_pgml_sidecar_order"
+
+
+def rows_in_change_order(
+    con: duckdb.DuckDBPyConnection, schema: str, table: str, keys: pa.Table, columns: list[str]
+) -> pa.Table:
+    """The committed rows of ``schema.table`` whose keys (text) are in ``keys``, which lists
+    them in the order they changed (repeats allowed): each row once, in the order of its last
+    change. Online learning reads rows this way, so the same changes always give the same
+    model: a join alone returns rows in no promised order (DuckDB's threads reorder them)."""
+    ordered = keys.append_column(_ORDER, pa.array(np.arange(keys.num_rows, dtype=np.int64)))
+    cursor = con.cursor()
+    try:
+        types = _column_types(cursor, schema, table)
+        cursor.register("_pgml_touched", ordered)
+        names = ", ".join(quote(k) for k in keys.column_names)
+        match = " and ".join(
+            f"r.{quote(k)} = try_cast(t.{quote(k)} as {types.get(k, 'varchar')})"
+            for k in keys.column_names
+        )
+        listed = ", ".join(f"r.{quote(c)}" for c in columns)
+        return cursor.sql(
+            f"select {listed} from {quote(schema)}.{quote(table)} r join (select {names},"
+            f" max({_ORDER}) as {_ORDER} from _pgml_touched group by {names}) t on {match}"
+            f" order by t.{_ORDER}"
+        ).to_arrow_table()
+    finally:
+        cursor.close()
+
+
+def _column_types(cursor: duckdb.DuckDBPyConnection, schema: str, table: str) -> dict[str, str]:
+    return dict(
+        cursor.execute(
+            "select column_name, data_type from duckdb_columns()"
+            " where schema_name = ? and table_name = ?",
+            [schema, table],
+        ).fetchall()
+    )
 
 
 def create_change_log(con: duckdb.DuckDBPyConnection) -> None:
