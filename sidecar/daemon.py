@@ -170,9 +170,19 @@ class Daemon:
             m.writeback_rows.labels(project=project).inc(rows)
             m.writeback_lag_seconds.set(lag)
 
+        def progressed(project: str, model_id: int, rows: int, progressive: dict) -> None:
+            m.online_rows_learned.labels(project=project).set(rows)
+            for name, value in progressive.items():
+                m.progressive_score.labels(project=project, metric=name).set(value)
+
+        def failed(project: str, model_id: int, reason: str) -> None:
+            m.model_failed.labels(project=project, model_id=str(model_id), reason=reason).set(1)
+
         self.trainer.on_trained = trained
         self.endpoint.scorer.on_scored = scored
         self.writeback.on_written = written
+        self.monitor.on_progress = progressed
+        self.monitor.on_failed = failed
 
     def _sample(self, stop: threading.Event) -> None:
         """Every few seconds: replication lag (the slot's, or Kafka's), changes applied,
@@ -202,7 +212,8 @@ class Daemon:
                 seen = applied
                 m.replicator_up.set(1 if self.parts[0].running else 0)
                 for watch in list(self.monitor.watches.values()):
-                    for feature, score in watch.features.scores.items():
+                    scores = watch.features.scores if watch.features is not None else {}
+                    for feature, score in scores.items():
                         if score == score:  # NaN until the window holds enough rows
                             m.drift_score.labels(project=watch.project, feature=feature).set(score)
 
@@ -358,6 +369,10 @@ class Daemon:
             "status": "ok" if ok else "degraded",
             "parts": parts,
             "watching": sorted(self.monitor.watches),
+            "failed": {
+                project: f"model {model_id}: {reason}"
+                for model_id, (project, reason) in sorted(self.monitor.failed.items())
+            },
             "flushed_lsn": self.replicator.stats.flushed_lsn,
             "rows_applied": self.replicator.stats.rows_applied,
         }
