@@ -128,6 +128,8 @@ class Daemon:
         )
         self.mirror.watched = [control_tables, self.writeback.watched, self.monitor.watched]
         self.trainer.before_snapshot = self.monitor.expect
+        # retraining on drift and pgml.deploy's best_recent_score judge on the rows it sees
+        self.retrainer.recent_rows = self.trainer.recent_rows = self.monitor.recent_rows
         self.mirror.on_commit = self._committed
         self.replicator: Replicator | KafkaReplicator = self._replicator()
         self.endpoint = SqlEndpoint(
