@@ -73,7 +73,8 @@ ProgressListener = Callable[[str, int, int, dict[str, float]], None]
 """Called with (project, model id, rows learned, progressive metrics) as an online model learns."""
 SYNC_COST_SHARE = 20
 """An online model's serving copy is fetched from the learner at most every ``sync_seconds``,
-and at most every 20 times what the last fetch took."""
+and at most every 20 times what the last fetches of all online models took together: fetching
+takes at most a twentieth of the time, however many models there are."""
 SWITCH_INTERVAL = 0.0005
 """Seconds a thread may hold the GIL while another waits, while the monitor runs."""
 DEATHS = 2
@@ -527,10 +528,11 @@ class Monitor:
 
     def _sync_due(self) -> None:
         now = time.monotonic()
-        for watch in list(self.watches.values()):
-            # fetching takes at most a twentieth of the time (a large tree takes a while)
-            interval = max(self.sync_seconds, SYNC_COST_SHARE * watch.sync_cost)
-            if watch.unsynced and not watch.failed and now - watch.synced_at >= interval:
+        watches = [w for w in self.watches.values() if w.online and not w.failed]
+        # fetching takes at most a twentieth of the time (a large tree takes a while)
+        interval = max(self.sync_seconds, SYNC_COST_SHARE * sum(w.sync_cost for w in watches))
+        for watch in watches:
+            if watch.unsynced and now - watch.synced_at >= interval:
                 self._sync(watch)
 
     def _sync(self, watch: Watch) -> State | None:
