@@ -149,6 +149,8 @@ class Daemon:
         )
         self.mirror.watched = [control_tables, self.writeback.watched, self.monitor.watched]
         self.trainer.before_snapshot = self.monitor.expect
+        # retraining on drift and pgml.deploy's best_recent_score judge on the rows it sees
+        self.retrainer.recent_rows = self.trainer.recent_rows = self.monitor.recent_rows
         self.mirror.on_commit = self._committed
         self.replicator: Replicator | KafkaReplicator = self._replicator()
         self.endpoint = SqlEndpoint(
@@ -191,9 +193,19 @@ class Daemon:
             if lag is not None:  # None: every row scored again, no change to measure from
                 m.writeback_lag_seconds.set(lag)
 
+        def progressed(project: str, model_id: int, rows: int, progressive: dict) -> None:
+            m.online_rows_learned.labels(project=project).set(rows)
+            for name, value in progressive.items():
+                m.progressive_score.labels(project=project, metric=name).set(value)
+
+        def failed(project: str, model_id: int, reason: str) -> None:
+            m.model_failed.labels(project=project, model_id=str(model_id), reason=reason).set(1)
+
         self.trainer.on_trained = trained
         self.endpoint.scorer.on_scored = scored
         self.writeback.on_written = written
+        self.monitor.on_progress = progressed
+        self.monitor.on_failed = failed
         if isinstance(self.replicator, KafkaReplicator):  # each topic's dead letters from 0
             for topic in sorted(self.replicator.topics):
                 m.dead_letters.labels(topic=topic)
@@ -256,7 +268,8 @@ class Daemon:
                 connected = getattr(replicator.stats, "connected", True)
                 m.replicator_up.set(1 if self.parts[0].running and connected else 0)
                 for watch in list(self.monitor.watches.values()):
-                    for feature, score in watch.features.scores.items():
+                    scores = watch.features.scores if watch.features is not None else {}
+                    for feature, score in scores.items():
                         if score == score:  # NaN until the window holds enough rows
                             m.drift_score.labels(project=watch.project, feature=feature).set(score)
         finally:
@@ -489,6 +502,10 @@ class Daemon:
             "status": "ok" if ok else "degraded",
             "parts": parts,
             "watching": sorted(self.monitor.watches),
+            "failed": {
+                project: f"model {model_id}: {reason}"
+                for model_id, (project, reason) in sorted(self.monitor.failed.items())
+            },
             "flushed_lsn": self.replicator.stats.flushed_lsn,
             "rows_applied": self.replicator.stats.rows_applied,
             "tables_without_replica_identity": list(self.without_replica_identity),

@@ -209,6 +209,29 @@ class Metrics:
             namespace=ns,
             registry=reg,
         )
+        self.progressive_score = Gauge(
+            "progressive_score",
+            "An online model's progressive metrics as it learns (predicted before learning each"
+            " row: accuracy, f1, log_loss; mae, rmse, r2).",
+            ["project", "metric"],
+            namespace=ns,
+            registry=reg,
+        )
+        self.online_rows_learned = Gauge(
+            "online_rows_learned",
+            "Labelled rows an online model has learned, its training rows included.",
+            ["project"],
+            namespace=ns,
+            registry=reg,
+        )
+        self.model_failed = Gauge(
+            "model_failed",
+            "1 for a deployed model quarantined because it failed (to load, learn, predict or"
+            " be checkpointed), with the reason; it learns no more, the others go on.",
+            ["project", "model_id", "reason"],
+            namespace=ns,
+            registry=reg,
+        )
         self.dead_letters = Counter(
             "dead_letters",
             "Messages set aside as unreadable, by source topic.",

@@ -26,7 +26,7 @@ import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
 from mirror.errors import TrainingError
-from trainer.algorithms import default_scale, make_estimator
+from trainer.algorithms import default_scale, is_online, make_estimator
 from trainer.column_kinds import feature_columns
 from trainer.metrics import evaluate
 from trainer.model import Model, save_model
@@ -81,19 +81,25 @@ def fit(job: FitJob) -> FitResult:
     """Fit, score and save the model ``job`` describes."""
     started = time.perf_counter()
     table = pq.read_table(job.snapshot_path)
-    features, y, classes = _label(table, job)
-    if features.num_rows == 0:
+    # An online model learns every row in order, prequentially, from the first (an empty table
+    # too): none is held out, and its metrics are the progressive ones.
+    online = is_online(job.algorithm)
+    features, y, classes = _label(table, job, online=online)
+    if features.num_rows == 0 and not online:
         raise TrainingError("the relation has no rows to train on", sqlstate="22000")
-    train, test = split(
-        features.num_rows,
-        test_size=job.test_size,
-        sampling=job.test_sampling,
-        seed=job.seed,
-        labels=y if job.task == "classification" else None,
-    )
+    if online:
+        train, test = np.arange(features.num_rows), np.arange(0)
+    else:
+        train, test = split(
+            features.num_rows,
+            test_size=job.test_size,
+            sampling=job.test_sampling,
+            seed=job.seed,
+            labels=y if job.task == "classification" else None,
+        )
     y_train = None if y is None else y[train]
     y_test = None if y is None else y[test]
-    if classes is not None and y_train is not None and len(np.unique(y_train)) < 2:
+    if classes is not None and y_train is not None and len(np.unique(y_train)) < 2 and not online:
         raise TrainingError(
             "the training rows hold one class only; classification needs at least two",
             sqlstate="22000",
@@ -114,10 +120,10 @@ def fit(job: FitJob) -> FitResult:
         estimator, hyperparams, results = _fit(job, x_train, y_train)
     fitted = time.perf_counter()
     scored_on = (x_test, y_test) if len(test) else (x_train, y_train)
-    metrics = evaluate(job.task, estimator, *scored_on)
+    metrics = estimator.metrics() if online else evaluate(job.task, estimator, *scored_on)
     notes = preprocessor.description()
     notices = preprocessor.notices()
-    if y_train is not None and scored_on[1] is not None:
+    if not online and y_train is not None and scored_on[1] is not None:
         notes["baseline"], notice = _baseline(job.task, metrics, y_train, scored_on[1], classes)
         notices += [notice] if notice else []
     scored = time.perf_counter()
@@ -183,8 +189,14 @@ def _baseline(
     )
 
 
-def _label(table: pa.Table, job: FitJob) -> tuple[pa.Table, np.ndarray | None, np.ndarray | None]:
-    """Split off the label: (feature table, y, classes); rows without a label are left out."""
+def _label(
+    table: pa.Table, job: FitJob, *, online: bool = False
+) -> tuple[pa.Table, np.ndarray | None, np.ndarray | None]:
+    """Split off the label: (feature table, y, classes); rows without a label are left out.
+
+    An online classifier may start with fewer than two classes (they are added as they come);
+    a boolean label's classes are then always False and True, so True is River's positive
+    class."""
     if job.label is None:
         return table, None, None
     column = table[job.label]
@@ -204,8 +216,10 @@ def _label(table: pa.Table, job: FitJob) -> tuple[pa.Table, np.ndarray | None, n
         return features, column.cast(pa.float64()).to_numpy(), None
     if job.task == "classification":
         values = column.to_numpy(zero_copy_only=False)
+        if online and pa.types.is_boolean(column.type):
+            return features, values.astype(np.int64), np.array([False, True])
         classes, y = np.unique(values, return_inverse=True)
-        if len(classes) < 2:
+        if len(classes) < 2 and not online:
             raise TrainingError(
                 f"label column {job.label!r} holds one class only; classification needs at"
                 " least two",
