@@ -11,7 +11,9 @@ grow; the latest deployment of a project (highest id) is the deployed model.
   ``test_sampling``, ``seed``), row count, per-column statistics and the mirror's source
   positions when it was taken.
 - ``models``: one row per trained model: algorithm, hyperparameters, metrics, search settings
-  and results, and its artifact file with ``sha256``.
+  and results, and its artifact file with ``sha256``; ``notes`` (the sidecar's own) says how
+  each column was used, which were left out of the features and why, the trivial model's
+  score, and the notices the training gave.
 - ``deployments``: one row per deployment (strategy ``new_score``, ``most_recent``,
   ``best_score``, ``rollback`` or ``specific``).
 - ``drift_events``: each drift a monitor detected (detector, feature, statistic, threshold),
@@ -97,11 +99,13 @@ create table if not exists pgml.models (
     search_args json,
     search_results json,
     preprocess json,
+    notes json,
     path varchar not null,
     sha256 varchar not null,
     created_at timestamptz not null default current_timestamp,
     updated_at timestamptz not null default current_timestamp
 );
+alter table pgml.models add column if not exists notes json;
 create table if not exists pgml.deployments (
     id bigint primary key default nextval('pgml.deployments_id_seq'),
     project_id bigint not null,
@@ -240,6 +244,7 @@ class ModelRecord:
     search_args: dict[str, Any] = field(default_factory=dict)
     search_results: list[dict[str, Any]] = field(default_factory=list)
     preprocess: dict[str, Any] = field(default_factory=dict)
+    notes: dict[str, Any] = field(default_factory=dict)
     status: str = "successful"
     created_at: datetime | None = None
 
@@ -272,7 +277,7 @@ class Deployment:
 
 _MODEL_COLUMNS = (
     "id, project_id, snapshot_id, algorithm, hyperparams, metrics, num_features, path, sha256,"
-    " search, search_params, search_args, search_results, preprocess, status, created_at"
+    " search, search_params, search_args, search_results, preprocess, status, created_at, notes"
 )
 _SNAPSHOT_COLUMNS = (
     "id, relation_name, y_column_name, test_size, test_sampling, seed, num_rows, columns,"
@@ -288,7 +293,8 @@ def _model(row: tuple[Any, ...]) -> ModelRecord:
     (id_, project_id, snapshot_id, algorithm, hyperparams, metrics, num_features, path, sha) = row[
         :9
     ]
-    search, search_params, search_args, search_results, preprocess, status, created_at = row[9:]
+    search, search_params, search_args, search_results, preprocess, status, created_at = row[9:16]
+    notes = row[16]
     return ModelRecord(
         id=id_,
         project_id=project_id,
@@ -304,6 +310,7 @@ def _model(row: tuple[Any, ...]) -> ModelRecord:
         search_args=_json(search_args) or {},
         search_results=_json(search_results) or [],
         preprocess=_json(preprocess) or {},
+        notes=_json(notes) or {},
         status=status,
         created_at=created_at,
     )
@@ -512,7 +519,8 @@ class Registry:
         row = self.con.execute(
             "insert into pgml.models (project_id, snapshot_id, num_features, algorithm,"
             " hyperparams, status, metrics, search, search_params, search_args, search_results,"
-            " preprocess, path, sha256) values (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)"
+            " preprocess, notes, path, sha256)"
+            " values (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)"
             " returning id, created_at",
             [
                 model.project_id,
@@ -527,6 +535,7 @@ class Registry:
                 json.dumps(model.search_args),
                 json.dumps(model.search_results),
                 json.dumps(model.preprocess),
+                json.dumps(model.notes),
                 model.path,
                 model.sha256,
             ],

@@ -3,8 +3,11 @@
 The source's control table ``pgml.training_requests`` is replicated like any other table. When
 a commit touches it, the pending rows the mirror now holds are claimed in the source
 (``status = 'running'``, only if still pending, so a request runs once), carried out, and
-finished with ``done`` and the model id, or ``failed`` and the error. The sidecar's own updates
-come back through the stream as rows that are no longer pending, and are ignored.
+finished with ``done``, the model id and the training's ``notice`` (columns it left out of the
+features and why, a model no better than the trivial one), or ``failed`` and the error. A
+training takes every argument of PostgresML's ``pgml.train`` the request row holds (search,
+test split, ``preprocess``, ``automatic_deploy``). The sidecar's own updates come back through
+the stream as rows that are no longer pending, and are ignored.
 
 Each request is carried out for the role that asked (``requested_by``, stamped by the source's
 ``pgml.*`` functions), whatever the source checked already: a training needs that role to
@@ -15,19 +18,21 @@ with the reason in its row. Every minute the owners are copied to the source's
 ``pgml.projects`` and the score tables' grants follow the relations' again
 (:mod:`predictor.score_grants`).
 
-Requests run one at a time, in id order. A training runs at most the time its request asked
-for (``time_limit``: the session's ``pgml.training_time_limit``) or the sidecar's
-``training_time_limit``, the lower; past it, it fails with SQLSTATE 57014 and the next request
-runs: no request waits behind another for longer than that one's limit.
+A project's requests run one at a time, in id order; two projects' run side by side
+(:data:`LANES`). A training runs at most the time its request asked for (``time_limit``: the
+session's ``pgml.training_time_limit``) or the sidecar's ``training_time_limit``, the lower;
+past it, it fails with SQLSTATE 57014 and the next request runs: no request waits behind
+another for longer than that one's limit.
 """
 
 from __future__ import annotations
 
-import json
 import logging
 import threading
 import time
 from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass, field
 from typing import Any
 
 import duckdb
@@ -48,10 +53,15 @@ log = logging.getLogger("pgml_sidecar")
 TABLE = ("pgml", "training_requests")
 MAINTENANCE_S = 60.0
 """How often owners are copied to the source and score tables granted again."""
+LANES = 2
+"""Projects whose requests are carried out at once (the fit worker's processes)."""
 
 
 class ControlRequests:
-    """Carries out the source's pending training and write-back requests, one at a time."""
+    """Carries out the source's pending training and write-back requests: each project's in
+    the order they came, one at a time, and :data:`LANES` projects at once, so a project's
+    request never waits behind another project's long training for more than its time limit
+    while a lane is free."""
 
     def __init__(
         self,
@@ -74,6 +84,9 @@ class ControlRequests:
         self.handled = 0
         self.owners = ProjectOwners(con)
         self._maintained_at = float("-inf")
+        self._busy: set[str] = set()
+        """Projects with a request being carried out (their next ones wait for it)."""
+        self._lanes = ThreadPoolExecutor(LANES, thread_name_prefix="pgml-sidecar-request")
 
     def on_commit(self, lsn: Lsn, touched: dict[tuple[str, str], Touched]) -> None:
         if TABLE in touched:
@@ -91,8 +104,24 @@ class ControlRequests:
             self.wake.clear()
             for request in self._pending():
                 if stop.is_set():
-                    return
-                self._carry_out(request)
+                    break
+                project = str(request["project_name"])
+                if project in self._busy:
+                    continue  # after the one running: its end wakes this loop again
+                self._busy.add(project)
+                self._claimed.add(int(request["id"]))
+                self._lanes.submit(self._lane, project, request)
+        self._lanes.shutdown(wait=False, cancel_futures=True)  # the trainer's close ends the rest
+
+    def _lane(self, project: str, request: dict[str, Any]) -> None:
+        try:
+            self._carry_out(request)
+        except Exception:  # a lane must never die silently: the request stays to be retried
+            log.exception("request %s for %s failed unexpectedly", request["id"], project)
+            self._claimed.discard(int(request["id"]))
+        finally:
+            self._busy.discard(project)
+            self.wake.set()  # the project's next request, if any
 
     def _pending(self) -> list[dict[str, Any]]:
         cursor = self.con.cursor()
@@ -145,32 +174,49 @@ class ControlRequests:
             with psycopg.connect(self.source_dsn, autocommit=True) as conn:
                 if not self._claim(conn, request_id):
                     return
-                status, error, model_id, metrics = self._authorized_run(conn, request)
-                conn.execute(
-                    "update pgml.training_requests set status = %s, error = %s, model_id = %s,"
-                    " finished_at = now() where id = %s",
-                    (status, error, model_id, request_id),
-                )
+                outcome = self._authorized_run(conn, request)
+                self._finish(conn, request, outcome)
         except psycopg.Error as exc:
             log.warning("request %d: the source refused its status update: %s", request_id, exc)
             self._claimed.discard(request_id)  # try again at the next wake-up
             return
         if request.get("kind", "train") == "train" and self.on_finished is not None:
-            self.on_finished(str(request["project_name"]), status, metrics)
+            self.on_finished(str(request["project_name"]), outcome.status, outcome.metrics)
         with self.finished:
             self.handled += 1
             self.finished.notify_all()
 
-    def _authorized_run(
-        self, conn: psycopg.Connection, request: dict[str, Any]
-    ) -> tuple[str, str | None, int | None, dict]:
+    def _finish(self, conn: psycopg.Connection, request: dict[str, Any], outcome: Outcome) -> None:
+        """Write the request's outcome, with its notice where the source has the column."""
+        values = (outcome.status, outcome.error, outcome.model_id)
+        finish = "finished_at = now() where id = %s"
+        if "notice" in request:  # schema version 3 as released; not in its early installs
+            try:
+                conn.execute(
+                    "update pgml.training_requests set status = %s, error = %s, model_id = %s,"
+                    f" notice = %s, {finish}",
+                    (*values, outcome.notice, request["id"]),
+                )
+                return
+            except psycopg.errors.InsufficientPrivilege as exc:
+                log.warning(
+                    "request %s: cannot write its notice (%s): grant the sidecar's role UPDATE"
+                    " (notice) on pgml.training_requests, as sql/role.sql does",
+                    request["id"], exc,
+                )  # fmt: skip
+        conn.execute(
+            f"update pgml.training_requests set status = %s, error = %s, model_id = %s, {finish}",
+            (*values, request["id"]),
+        )
+
+    def _authorized_run(self, conn: psycopg.Connection, request: dict[str, Any]) -> Outcome:
         """Run the request if the role that asked may; otherwise fail it with the reason."""
         project = str(request["project_name"])
         try:
             claimed = self._authorize(conn, request)
         except SidecarError as exc:
             log.warning("request %s for %s refused: %s", request["id"], project, exc)
-            return "failed", str(exc), None, {}
+            return Outcome("failed", str(exc))
         outcome = self._run(request)
         if claimed is not None:
             if self.trainer.registry.project(project) is None:
@@ -289,7 +335,7 @@ class ControlRequests:
         except psycopg.Error as exc:
             log.warning("cannot record the owner of %s in the source: %s", project, exc)
 
-    def _run(self, request: dict[str, Any]) -> tuple[str, str | None, int | None, dict]:
+    def _run(self, request: dict[str, Any]) -> Outcome:
         project = str(request["project_name"])
         try:
             kind = request.get("kind", "train")
@@ -297,36 +343,53 @@ class ControlRequests:
             if kind == "writeback":
                 self.writeback(project, True if enabled is None else bool(enabled))
                 log.info("write-back of %s %s", project, "on" if enabled is not False else "off")
-                return "done", None, None, {}
+                return Outcome("done")
             if kind == "schedule":
                 cron = request.get("cron")
                 self.trainer.set_schedule(project, cron)
                 log.info("schedule of %s: %s", project, cron or "none")
-                return "done", None, None, {}
+                return Outcome("done")
             if kind == "retrain_on_drift":
                 self.trainer.set_retrain_on_drift(project, enabled is not False)
-                return "done", None, None, {}
-            hyperparams = request.get("hyperparams") or {}
-            if isinstance(hyperparams, str):
-                hyperparams = json.loads(hyperparams)
+                return Outcome("done")
             limit = request.get("time_limit")  # the session's pgml.training_time_limit
+            test_size = request.get("test_size")  # real: 0.2 arrives as 0.20000000298...
             result = self.trainer.train(
                 project,
                 task=request.get("task"),
                 relation=request.get("relation_name"),
                 y=request.get("y_column_name"),
                 algorithm=request.get("algorithm"),
-                hyperparams=hyperparams,
+                hyperparams=request.get("hyperparams") or {},
+                search=request.get("search"),
+                search_params=request.get("search_params") or {},
+                search_args=request.get("search_args") or {},
+                test_size=None if test_size is None else float(f"{test_size:.7g}"),
+                test_sampling=request.get("test_sampling"),
+                preprocess=request.get("preprocess") or {},
+                automatic_deploy=request.get("automatic_deploy") is not False,
                 time_limit=TRAINING_TIME_LIMIT.parse(limit) if limit else None,
             )
         except SidecarError as exc:
             log.warning("request %s for %s failed: %s", request["id"], project, exc)
-            return "failed", str(exc), None, {}
+            return Outcome("failed", str(exc))
         except Exception as exc:  # a bug must not stop the other projects
             log.exception("request %s for %s failed", request["id"], project)
-            return "failed", f"internal error: {type(exc).__name__}: {exc}", None, {}
+            return Outcome("failed", f"internal error: {type(exc).__name__}: {exc}")
         log.info(
             "trained %s: model %d (%s)%s", project, result.model_id, result.algorithm,
             ", deployed" if result.deployed else "",
         )  # fmt: skip
-        return "done", None, result.model_id, result.metrics
+        notice = "\n".join(result.notices) or None
+        return Outcome("done", None, result.model_id, result.metrics, notice)
+
+
+@dataclass(frozen=True, slots=True)
+class Outcome:
+    """How a request ended: its status, error, model and metrics, and the training's notice."""
+
+    status: str
+    error: str | None = None
+    model_id: int | None = None
+    metrics: dict[str, float] = field(default_factory=dict)
+    notice: str | None = None

@@ -8,7 +8,9 @@
 --   password  its password (optional; `\password <role>` in psql keeps it out of the logs)
 --   tables    comma-separated tables to mirror, schema-qualified (optional; SELECT on each)
 -- Running it again changes nothing that is already in place. Run it after install.sql when
--- the database owner installs the pgml schema, so the grants on it are made too.
+-- the database owner installs the pgml schema, so the grants on it are made too. Where the
+-- sidecar's role has REPLICATION and nothing else, `pgml-sidecar init --print-sql` prints the
+-- same grants (without CREATE on the database) for the tables' owner to run instead.
 
 \set ON_ERROR_STOP on
 
@@ -53,7 +55,7 @@ from unnest(string_to_array(:'tables', ',')) as t(name) \gexec
 select format('grant usage on schema pgml to %I', :'role')
 where to_regnamespace('pgml') is not null \gexec
 
-select format('grant select, update (status, error, model_id, finished_at)'
+select format('grant select, update (status, error, model_id, finished_at, notice)'
               ' on table pgml.training_requests to %I', :'role')
 where to_regclass('pgml.training_requests') is not null \gexec
 

@@ -262,6 +262,42 @@ _ALGORITHMS: dict[str, dict[str, _Estimator]] = {
 # Names PostgresML accepts for an algorithm besides its own: its docs spelled this one wrong.
 _ALIASES = {"orthoganl_matching_pursuit": "orthogonal_matching_pursuit"}
 
+# Algorithms that learn by gradient steps, penalties, distances or kernels: on features of very
+# different sizes they converge slowly, penalise unevenly or let the largest feature decide, so
+# their features are standardised unless preprocess says otherwise. Trees and boosting need no
+# scaling; the online linear models scale inside (trainer.online); PCA's explained variance is
+# that of the columns as they are.
+_SCALED = frozenset(
+    {
+        "linear",
+        "ridge",
+        "lasso",
+        "elastic_net",
+        "least_angle",
+        "lasso_least_angle",
+        "orthogonal_matching_pursuit",
+        "bayesian_ridge",
+        "automatic_relevance_determination",
+        "stochastic_gradient_descent",
+        "perceptron",
+        "passive_aggressive",
+        "ransac",
+        "theil_sen",
+        "huber",
+        "quantile",
+        "svm",
+        "nu_svm",
+        "linear_svm",
+        "kernel_ridge",
+        "gaussian_process",
+        "kmeans",
+        "mini_batch_kmeans",
+        "birch",
+        "affinity_propagation",
+        "mean_shift",
+    }
+)
+
 
 def algorithm_names(task: str | None = None) -> list[str]:
     """Every algorithm name (sorted), or those that support ``task``."""
@@ -276,6 +312,12 @@ def algorithm_names(task: str | None = None) -> list[str]:
 def supports(algorithm: str, task: str) -> bool:
     """Whether ``algorithm`` (or an alias of it) can be trained for ``task``."""
     return task in (_tasks(_ALIASES.get(algorithm, algorithm)) or ())
+
+
+def default_scale(algorithm: str) -> str:
+    """How ``algorithm``'s features are scaled when preprocess does not say: a preprocess
+    ``scale``, "standard" for the algorithms that need it and "preserve" for the others."""
+    return "standard" if _ALIASES.get(algorithm, algorithm) in _SCALED else "preserve"
 
 
 def is_online(algorithm: str) -> bool:

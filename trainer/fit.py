@@ -2,6 +2,11 @@
 
 This runs in a worker process (``trainer.worker``): it reads only the snapshot's Parquet file
 and writes only the model file, so it never touches the mirror.
+
+Besides the metrics, a fit reports notes (how each column was used, the columns left out and
+why, the score of the trivial model on the same rows) and notices for the user: each column
+left out, and a model that scores no better than predicting the most frequent class (or the
+mean) for every row.
 """
 
 from __future__ import annotations
@@ -21,7 +26,7 @@ import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
 from mirror.errors import TrainingError
-from trainer.algorithms import is_online, make_estimator
+from trainer.algorithms import default_scale, is_online, make_estimator
 from trainer.column_kinds import feature_columns
 from trainer.metrics import evaluate
 from trainer.model import Model, save_model
@@ -49,6 +54,7 @@ class FitJob:
     search: str | None = None
     search_params: dict[str, Any] = field(default_factory=dict)
     search_args: dict[str, Any] = field(default_factory=dict)
+    key: list[str] = field(default_factory=list)  # the relation's primary key: not a feature
 
 
 @dataclass(frozen=True, slots=True)
@@ -64,6 +70,11 @@ class FitResult:
     test_rows: int
     timings: dict[str, float]
     warnings: list[str] = field(default_factory=list)
+    notes: dict[str, Any] = field(default_factory=dict)
+    """How the columns were used and which were left out (``Preprocessor.description``), and
+    ``baseline``: the key metric of the trivial model on the rows the model was scored on."""
+    notices: list[str] = field(default_factory=list)
+    """What the user should know: columns left out, a model no better than the trivial one."""
 
 
 def fit(job: FitJob) -> FitResult:
@@ -93,7 +104,13 @@ def fit(job: FitJob) -> FitResult:
             "the training rows hold one class only; classification needs at least two",
             sqlstate="22000",
         )
-    preprocessor = Preprocessor(feature_columns(features.schema), job.preprocess or None)
+    preprocessor = Preprocessor(
+        feature_columns(features.schema),
+        job.preprocess or None,
+        key=job.key,
+        scale=default_scale(job.algorithm),
+        classes=None if classes is None else classes.tolist(),
+    )
     x_train = preprocessor.fit_transform(features.take(train), y_train)
     x_test = preprocessor.transform(features.take(test)) if len(test) else x_train[:0]
     loaded = time.perf_counter()
@@ -104,6 +121,11 @@ def fit(job: FitJob) -> FitResult:
     fitted = time.perf_counter()
     scored_on = (x_test, y_test) if len(test) else (x_train, y_train)
     metrics = estimator.metrics() if online else evaluate(job.task, estimator, *scored_on)
+    notes = preprocessor.description()
+    notices = preprocessor.notices()
+    if not online and y_train is not None and scored_on[1] is not None:
+        notes["baseline"], notice = _baseline(job.task, metrics, y_train, scored_on[1], classes)
+        notices += [notice] if notice else []
     scored = time.perf_counter()
 
     model = Model(job.task, job.algorithm, preprocessor, estimator, job.label, classes)
@@ -126,6 +148,44 @@ def fit(job: FitJob) -> FitResult:
             "worker_pid": os.getpid(),
         },
         warnings=sorted({str(w.message).splitlines()[0] for w in caught}),
+        notes=notes,
+        notices=notices,
+    )
+
+
+def _baseline(
+    task: str,
+    metrics: dict[str, float],
+    y_train: np.ndarray,
+    y_test: np.ndarray,
+    classes: np.ndarray | None,
+) -> tuple[dict[str, Any], str | None]:
+    """The trivial model's score on the test rows, and a notice if the model is no better.
+
+    The trivial model predicts the training rows' most frequent class (classification) or
+    their mean (regression) for every row.
+    """
+    from sklearn.metrics import f1_score, r2_score
+
+    if task == "classification":
+        majority = int(np.bincount(y_train.astype(np.int64)).argmax())
+        guess = np.full(len(y_test), majority)
+        score = float(f1_score(y_test, guess, average="macro", zero_division=0))
+        shown = classes[majority] if classes is not None else majority
+        metric, what = "f1", f"the most frequent class ({_plain(shown)!r})"
+    else:
+        mean = float(np.mean(y_train))
+        score = float(r2_score(y_test, np.full(len(y_test), mean))) if len(y_test) > 1 else 0.0
+        metric, what = "r2", f"the training mean ({mean:.6g})"
+    baseline = {"predicts": _plain(shown) if task == "classification" else mean, metric: score}
+    ours = metrics.get(metric)
+    if ours is None or not math.isfinite(ours) or ours > score + 1e-9:
+        return baseline, None
+    return baseline, (
+        f"the model scores no better than predicting {what} for every row: {metric}"
+        f" {ours:.3f}, and that {score:.3f}; the features may not tell the rows apart"
+        " (pgml.models.notes shows how each column was used), or the algorithm needs other"
+        " hyperparameters or scaled features"
     )
 
 

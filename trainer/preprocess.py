@@ -4,25 +4,36 @@ Every column becomes one or more float64 features:
 
 - ``number`` (integers, floats, decimals; dates, times, timestamps and intervals as seconds since
   the epoch, since midnight or in total, a month as 30 days; Parquet's intervals, which pyarrow
-  reads as fixed_size_binary[12], included): one feature, as is.
+  reads as fixed_size_binary[12], included): one feature, as is. A date or timestamp that
+  ``preprocess`` gives no encode also has its parts: ``year(d)``, ``month(d)``, ``day(d)``,
+  ``dayofweek(d)`` (0 is Sunday) and, for timestamps, ``hour(d)`` (UTC).
 - ``boolean``: one feature, 0 or 1.
-- ``text`` (strings, and every type that is not one of the others, cast to text): one-hot by
-  default, a feature per category seen in training, plus ``<column> IS NULL`` if training saw
-  NULL; a category not seen in training (or NULL, if training saw none) gives all zeros.
+- ``text`` (strings, and every type that is not one of the others, cast to text): one-hot up to
+  :data:`~trainer.column_roles.ONE_HOT_AUTO` distinct values, a feature per category seen in
+  training, plus ``<column> IS NULL`` if training saw NULL; a category not seen in training (or
+  NULL, if training saw none) gives all zeros. Beyond that, target encoded: the label's mean
+  per category (per class, for more than two classes), shrunk towards the overall mean as
+  scikit-learn's TargetEncoder does, and for the training rows themselves computed out of fold
+  (from the other four fifths of the rows), so that no row's feature holds its own label.
 - ``array`` (lists of numbers or booleans): one feature per element up to the longest list seen
   in training; shorter lists are padded with NULL, longer ones cut.
 
+Columns that name rows rather than describe them are left out unless ``preprocess`` names them
+(:mod:`trainer.column_roles`): the primary key, text that identifies rows. :attr:`Preprocessor
+.left_out` says which and why.
+
 Then, per resulting feature, NULL (and NaN or infinity) is imputed with a statistic learned in
 training (the mean unless ``preprocess`` says otherwise; 0 for a feature that was all NULL), and
-the feature is scaled. The fitted :class:`Preprocessor` is pickled with the model, so prediction
-takes raw column values.
+the feature is scaled: as ``preprocess`` says, or else with the preprocessor's default scale
+(standard for the algorithms that need it), one-hot features excepted. The fitted
+:class:`Preprocessor` is pickled with the model, so prediction takes raw column values.
 """
 
 from __future__ import annotations
 
 import warnings
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass, replace
+from dataclasses import dataclass, fields, replace
 from typing import Any
 
 import numpy as np
@@ -30,14 +41,18 @@ import pyarrow as pa
 import pyarrow.compute as pc
 
 from mirror.errors import TrainingError
-from trainer import column_kinds, raw_values
+from trainer import column_kinds, column_roles, raw_values
 from trainer.column_kinds import KINDS, FeatureColumn, is_list_type
 from trainer.prediction_input import flat_names, is_list, python_array
-from trainer.preprocess_options import parse_preprocess
+from trainer.preprocess_options import SCALES, parse_preprocess
 
 # More categories than this make a one-hot matrix too wide to hold (1M rows x 1000 features is
 # already 8 GB); such a column must be encoded as ordinal or target instead.
 ONE_HOT_LIMIT = 1000
+TARGET_FOLDS = 5
+"""Training rows get target encodings learned from the other folds' rows."""
+DATE_PARTS = ("year", "month", "day", "dayofweek")
+TIMESTAMP_PARTS = (*DATE_PARTS, "hour")
 
 
 # Saved models pickle Preprocessor, _Plan and FeatureColumn by their names in this module (the
@@ -54,28 +69,59 @@ class _Plan:
     names: list[str]
     categories: pa.Array | None = None  # sorted; large_string, or float64 for numbers
     null_category: bool = False  # one_hot: NULL was seen at fit and has its own feature
-    target_means: np.ndarray | None = None  # per category, then the value for NULL
-    target_default: float = 0.0  # unseen categories
+    # target: per category, then for NULL; one column per class for more than two classes
+    # (models fitted before that hold one value per category, and a float default)
+    target_means: np.ndarray | None = None
+    target_default: float | np.ndarray = 0.0  # unseen categories
     fill: np.ndarray | None = None  # per feature
     center: np.ndarray | None = None
     spread: np.ndarray | None = None
+    parts: tuple[str, ...] = ()  # a date's or timestamp's parts, after its seconds
 
     @property
     def categorical(self) -> bool:
         return self.column.kind == "text" or self.encode != "native"
 
+    def __setstate__(self, state: tuple[None, dict[str, Any]]) -> None:
+        """Unpickle (state is ``(None, {slot: value})``), giving fields added since a model
+        was saved their defaults."""
+        values = state[1]
+        for spec in fields(self):
+            object.__setattr__(self, spec.name, values.get(spec.name, spec.default))
+
 
 class Preprocessor:
-    """Fitted per-column encoding, imputation and scaling; picklable."""
+    """Fitted per-column encoding, imputation and scaling; picklable.
+
+    ``key`` names the relation's primary-key columns, left out unless ``spec`` names them;
+    ``scale`` is the scaling of features ``spec`` says nothing about (one-hot features stay 0
+    or 1); ``classes`` are the class labels when ``y`` holds class indices (classification),
+    which target encoding then encodes per class.
+    """
+
+    # Models saved before these existed unpickle with these values.
+    _key: tuple[str, ...] = ()
+    _scale: str = "preserve"
+    _classes: tuple[str, ...] | None = None
+    _left_out: dict[str, str] | None = None
 
     def __init__(
         self,
         columns: Sequence[FeatureColumn],
         spec: Mapping[str, Mapping[str, str]] | None = None,
+        *,
+        key: Sequence[str] = (),
+        scale: str = "preserve",
+        classes: Sequence[Any] | None = None,
     ) -> None:
         self._columns = list(columns)
         names = [c.name for c in self._columns]
         self._spec = parse_preprocess(spec, names)
+        if scale not in SCALES:
+            raise ValueError(f"unknown scale {scale!r}; use one of {SCALES}")
+        self._key = tuple(key)
+        self._scale = scale
+        self._classes = None if classes is None else tuple(str(c) for c in classes)
         for column in self._columns:
             if column.kind not in KINDS:
                 raise ValueError(f"unknown feature kind {column.kind!r}; use one of {KINDS}")
@@ -90,13 +136,41 @@ class Preprocessor:
 
     @property
     def columns(self) -> list[FeatureColumn]:
-        """The feature columns, with array widths as fitted."""
+        """The feature columns (those left out excepted), with array widths as fitted."""
         return [p.column for p in self._plans] if self._plans is not None else list(self._columns)
 
     @property
     def feature_names(self) -> list[str]:
         """One name per feature: "age", "image[0]".."image[63]", "color=red", "color IS NULL"."""
         return [name for plan in self._fitted() for name in plan.names]
+
+    @property
+    def left_out(self) -> dict[str, str]:
+        """The columns fit left out of the features, with the reason for each."""
+        return dict(self._left_out or {})
+
+    def notices(self) -> list[str]:
+        """What a training tells its user about the columns left out."""
+        kinds = {c.name: c.kind for c in self._columns}
+        return [
+            column_roles.left_out_notice(name, reason, text=kinds.get(name) == "text")
+            for name, reason in self.left_out.items()
+        ]
+
+    def description(self) -> dict[str, Any]:
+        """How fit used each column (encode, impute, scale, number of features) and which it
+        left out, and why: for the model's registry row."""
+        used = {}
+        for plan in self._fitted():
+            used[plan.column.name] = {
+                "encode": plan.encode,
+                "impute": plan.impute,
+                "scale": plan.scale,
+                "features": len(plan.names),
+            }
+            if plan.parts:
+                used[plan.column.name]["parts"] = list(plan.parts)
+        return {"columns": used, "left_out": self.left_out}
 
     def fit(self, table: pa.Table, y: np.ndarray | None = None) -> Preprocessor:
         """Learn categories, widths and statistics from ``table`` (and labels ``y``)."""
@@ -106,15 +180,61 @@ class Preprocessor:
     def fit_transform(self, table: pa.Table, y: np.ndarray | None = None) -> np.ndarray:
         """Fit on ``table`` and return its features."""
         labels = _labels(y, table.num_rows)
+        targets = None if labels is None else _targets(labels, self._classes)
         plans: list[_Plan] = []
         blocks: list[np.ndarray] = []
+        left_out: dict[str, str] = {}
         for column in self._columns:
             raw = raw_values.raw(table, column, self._columns)
-            plan, block = _fit_column(column, self._spec.get(column.name, {}), raw, labels)
+            options, reason = self._options(column, raw, labelled=targets is not None)
+            if reason is not None:
+                left_out[column.name] = reason
+                continue
+            if options["encode"] == "target" and targets is None:
+                needs = "a label column (y)" if labels is None else "a numeric label"
+                raise _target_needs(column.name, needs)
+            plan, block = _fit_column(column, options, raw, targets, self._classes)
             plans.append(plan)
             blocks.append(block)
+        if not plans and left_out:
+            raise TrainingError(
+                "no column is left to learn from: "
+                + "; ".join(f"{name!r}: {why}" for name, why in left_out.items())
+                + '; name a column in preprocess to use it, e.g. {"'
+                + next(iter(left_out))
+                + '": {}}',
+                sqlstate="22000",
+            )
         self._plans = plans
+        self._left_out = left_out
         return _matrix(blocks, table.num_rows)
+
+    def _options(
+        self, column: FeatureColumn, raw: pa.Array, *, labelled: bool
+    ) -> tuple[dict[str, str], str | None]:
+        """The column's encode, impute and scale: as preprocess says, else the defaults; or
+        the reason the column is left out."""
+        given = self._spec.get(column.name)
+        if given is None and column.name in self._key:
+            return {}, column_roles.PRIMARY_KEY
+        options = {"impute": "mean", "scale": self._scale} | dict(given or {})
+        if "encode" in options:
+            pass
+        elif column.kind == "text":
+            keys = raw_values.text(raw)
+            distinct = int(pc.count_distinct(keys).as_py() or 0)
+            rows = len(keys) - keys.null_count
+            encode, why = column_roles.text_encoding(distinct, rows, labelled=labelled)
+            if encode is None and given is None:
+                return {}, why
+            options["encode"] = encode or ("target" if labelled else "one_hot")
+        elif column.kind == "number" and column_kinds.source(raw.type) in ("date", "timestamp"):
+            options["encode"] = "parts"
+        else:
+            options["encode"] = "native"
+        if options["encode"] == "one_hot" and "scale" not in (given or {}):
+            options["scale"] = "preserve"  # 0 or 1, as one-hot features are
+        return options, None
 
     def transform(self, table: pa.Table) -> np.ndarray:
         """Features of ``table``: float64, one row per row, columns as ``feature_names``."""
@@ -227,11 +347,31 @@ def _labels(y: np.ndarray | None, rows: int) -> np.ndarray | None:
     return labels
 
 
+def _targets(labels: np.ndarray, classes: Sequence[str] | None) -> np.ndarray | None:
+    """What target encoding averages, one column each: the label, or for more than two
+    classes whether a row is of each class; None if the labels are not numbers."""
+    try:
+        values = np.asarray(labels, dtype=np.float64)
+    except (TypeError, ValueError):
+        return None
+    if classes is None or len(classes) <= 2:
+        return values[:, None]
+    known = ~np.isnan(values)
+    indices = np.where(known, values, 0).astype(np.int64)
+    targets = (indices[:, None] == np.arange(len(classes))).astype(np.float64)
+    targets[~known] = np.nan
+    return targets
+
+
 # -- fit and transform one column ----------------------------------------------------------------
 
 
 def _fit_column(
-    column: FeatureColumn, options: Mapping[str, str], raw: pa.Array, y: np.ndarray | None
+    column: FeatureColumn,
+    options: Mapping[str, str],
+    raw: pa.Array,
+    targets: np.ndarray | None,
+    classes: Sequence[str] | None,
 ) -> tuple[_Plan, np.ndarray]:
     """Learn how to turn ``raw`` into features; return the plan and the features."""
     source = column_kinds.source(raw.type)
@@ -244,6 +384,10 @@ def _fit_column(
         scale=options.get("scale", "preserve"),
         names=[column.name],
     )
+    if plan.encode == "parts":
+        plan.encode = "native"
+        plan.parts = TIMESTAMP_PARTS if source == "timestamp" else DATE_PARTS
+        plan.names += [f"{part}({column.name})" for part in plan.parts]
     if plan.impute == "error":
         _refuse_nulls(plan, raw)
     if column.kind == "array":
@@ -252,8 +396,11 @@ def _fit_column(
         plan.column = replace(column, width=max(int(longest or 0), 1))
         plan.names = [f"{column.name}[{i}]" for i in range(plan.column.width)]
     elif plan.categorical:
-        _fit_categories(plan, _keys(plan, raw), y)
-    block = _encode(plan, raw)
+        _fit_categories(plan, _keys(plan, raw), targets, classes)
+    if plan.encode == "target":
+        block = _out_of_fold(plan, _keys(plan, raw), targets)
+    else:
+        block = _encode(plan, raw)
     plan.fill = _fill_values(block, plan)
     _impute(plan, block, raw)
     plan.center, plan.spread = _scale_values(block, plan.scale)
@@ -276,7 +423,8 @@ def _encode(plan: _Plan, raw: pa.Array) -> np.ndarray:
     if column.kind == "array":
         return raw_values.elements(column, raw)
     if not plan.categorical:
-        return raw_values.numbers(column, raw, plan.source)[:, None]
+        seconds = raw_values.numbers(column, raw, plan.source)
+        return _with_parts(seconds, plan.parts) if plan.parts else seconds[:, None]
     keys = _keys(plan, raw)
     assert plan.categories is not None
     index = pc.index_in(keys, value_set=plan.categories)
@@ -291,10 +439,36 @@ def _encode(plan: _Plan, raw: pa.Array) -> np.ndarray:
         return block
     if plan.encode == "target":
         assert plan.target_means is not None
-        encoded = np.where(found, plan.target_means[codes], plan.target_default)
-        encoded[np.asarray(keys.is_null())] = plan.target_means[-1]
-        return encoded[:, None]
+        means = plan.target_means.reshape(len(plan.target_means), -1)
+        default = np.broadcast_to(np.asarray(plan.target_default, np.float64), means.shape[1:])
+        encoded = np.where(found[:, None], means[codes], default)
+        encoded[np.asarray(keys.is_null())] = means[-1]
+        return encoded
     return np.where(found, codes.astype(np.float64), np.nan)[:, None]  # ordinal, native
+
+
+def _with_parts(seconds: np.ndarray, parts: Sequence[str]) -> np.ndarray:
+    """Seconds since the epoch, then the parts of each as a date in UTC (NaN stays NaN)."""
+    missing = np.isnan(seconds)
+    whole = np.where(missing, 0.0, np.floor(seconds)).astype(np.int64)
+    days = np.floor_divide(whole, 86_400)
+    date = days.astype("datetime64[D]")
+    block = np.empty((len(seconds), 1 + len(parts)), dtype=np.float64)
+    block[:, 0] = seconds
+    for at, part in enumerate(parts, start=1):
+        if part == "year":
+            value = date.astype("datetime64[Y]").astype(np.int64) + 1970
+        elif part == "month":
+            value = date.astype("datetime64[M]").astype(np.int64) % 12 + 1
+        elif part == "day":
+            value = (date - date.astype("datetime64[M]")).astype(np.int64) + 1
+        elif part == "dayofweek":  # 1970-01-01 was a Thursday; Sunday is 0, as in SQL
+            value = (days + 4) % 7
+        else:  # hour
+            value = whole % 86_400 // 3_600
+        block[:, at] = value
+    block[missing] = np.nan
+    return block
 
 
 def _refuse_nulls(plan: _Plan, raw: pa.Array) -> None:
@@ -386,13 +560,14 @@ def _scale(plan: _Plan, block: np.ndarray) -> None:
 # -- categories ----------------------------------------------------------------------------------
 
 
-def _fit_categories(plan: _Plan, keys: pa.Array, y: np.ndarray | None) -> None:
+def _fit_categories(
+    plan: _Plan, keys: pa.Array, targets: np.ndarray | None, classes: Sequence[str] | None
+) -> None:
     """Learn the sorted categories of ``keys`` (and their label means, for target encoding)."""
     name = plan.column.name
     unique = pc.unique(keys.drop_null())
     categories = unique.take(pc.sort_indices(unique))
     plan.categories = categories
-    shown = [_category_name(plan, value) for value in categories.to_pylist()]
     if plan.encode == "one_hot":
         if len(categories) > ONE_HOT_LIMIT:
             raise TrainingError(
@@ -402,39 +577,88 @@ def _fit_categories(plan: _Plan, keys: pa.Array, y: np.ndarray | None) -> None:
                 " without it",
                 sqlstate="22000",
             )
+        shown = [_category_name(plan, value) for value in categories.to_pylist()]
         plan.null_category = keys.null_count > 0
         plan.names = [f"{name}={value}" for value in shown]
         if plan.null_category:
             plan.names.append(f"{name} IS NULL")
     elif plan.encode == "target":
-        plan.target_means, plan.target_default = _target_means(plan, keys, categories, y)
+        assert targets is not None
+        counts, sums, squares = _target_sums(_codes(keys, categories), targets, len(categories))
+        plan.target_means, plan.target_default = _smoothed_means(counts, sums, squares)
+        if targets.shape[1] > 1 and classes is not None:
+            plan.names = [f"{name} target={label}" for label in classes]
 
 
-def _target_means(
-    plan: _Plan, keys: pa.Array, categories: pa.Array, y: np.ndarray | None
-) -> tuple[np.ndarray, float]:
-    """The mean label per category, then for NULL; and the overall mean (for unseen values)."""
-    name = plan.column.name
-    if y is None:
-        raise TrainingError(
-            f"column {name!r} is target encoded, which needs a label column (y); use encode"
-            " one_hot or ordinal for training without a label",
-            sqlstate="22023",
-        )
-    try:
-        labels = np.asarray(y, dtype=np.float64)
-    except (TypeError, ValueError):
-        raise TrainingError(
-            f"column {name!r} is target encoded, which needs a numeric label", sqlstate="22023"
-        ) from None
-    known = ~np.isnan(labels)
-    overall = float(labels[known].mean()) if known.any() else 0.0
+def _target_needs(name: str, what: str) -> TrainingError:
+    return TrainingError(
+        f"column {name!r} is target encoded, which needs {what}; use encode one_hot or ordinal"
+        " for training without one",
+        sqlstate="22023",
+    )
+
+
+def _codes(keys: pa.Array, categories: pa.Array) -> np.ndarray:
+    """Each key's index in ``categories``; NULL (and keys not among them) ``len(categories)``."""
     index = pc.index_in(keys, value_set=categories)
-    codes = index.fill_null(len(categories)).to_numpy(zero_copy_only=False)[known]
-    sums = np.bincount(codes, weights=labels[known], minlength=len(categories) + 1)
-    counts = np.bincount(codes, minlength=len(categories) + 1)
-    means = np.where(counts > 0, sums / np.maximum(counts, 1), overall)
-    return means.astype(np.float64), overall
+    return index.fill_null(len(categories)).to_numpy(zero_copy_only=False).astype(np.int64)
+
+
+def _target_sums(
+    codes: np.ndarray, targets: np.ndarray, categories: int
+) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Per category (then NULL): the labelled rows, and the sums and sums of squares of each
+    target column over them."""
+    labelled = ~np.isnan(targets).any(axis=1)
+    codes, targets = codes[labelled], targets[labelled]
+    size = categories + 1
+    counts = np.bincount(codes, minlength=size).astype(np.float64)
+    sums = np.empty((size, targets.shape[1]))
+    squares = np.empty((size, targets.shape[1]))
+    for j in range(targets.shape[1]):
+        sums[:, j] = np.bincount(codes, weights=targets[:, j], minlength=size)
+        squares[:, j] = np.bincount(codes, weights=targets[:, j] ** 2, minlength=size)
+    return counts, sums, squares
+
+
+def _smoothed_means(
+    counts: np.ndarray, sums: np.ndarray, squares: np.ndarray
+) -> tuple[np.ndarray, np.ndarray]:
+    """Each category's mean shrunk towards the overall mean (scikit-learn's "auto": by the
+    share of the label's variance the category's own rows explain); and the overall mean."""
+    total = counts.sum()
+    overall = sums.sum(axis=0) / max(total, 1.0)
+    variance = np.maximum(squares.sum(axis=0) / max(total, 1.0) - overall**2, 0.0)
+    rows = np.maximum(counts, 1.0)[:, None]
+    means = sums / rows
+    within = np.maximum(squares / rows - means**2, 0.0)
+    between = variance * counts[:, None]
+    weight = np.divide(between, between + within, out=np.ones_like(means),
+                       where=between + within > 0)  # fmt: skip
+    encoded = weight * means + (1.0 - weight) * overall
+    encoded[counts == 0] = overall
+    return encoded, overall
+
+
+def _out_of_fold(plan: _Plan, keys: pa.Array, targets: np.ndarray | None) -> np.ndarray:
+    """Target encodings of the training rows, each from the rows of the other folds."""
+    assert plan.categories is not None and targets is not None
+    categories = len(plan.categories)
+    codes = _codes(keys, plan.categories)
+    rows = len(codes)
+    folds = min(TARGET_FOLDS, rows)
+    if folds < 2:
+        assert plan.target_means is not None
+        return plan.target_means[codes]
+    fold = np.random.default_rng(0).permutation(rows) % folds
+    counts, sums, squares = _target_sums(codes, targets, categories)
+    encoded = np.empty((rows, targets.shape[1]))
+    for f in range(folds):
+        held = fold == f
+        inside = _target_sums(codes[held], targets[held], categories)
+        means, _ = _smoothed_means(counts - inside[0], sums - inside[1], squares - inside[2])
+        encoded[held] = means[codes[held]]
+    return encoded
 
 
 def _keys(plan: _Plan, raw: pa.Array) -> pa.Array:

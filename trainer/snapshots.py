@@ -200,14 +200,15 @@ def _statistics(
         statistics: dict[str, Any] = {"missing": total - int(count), "distinct": distinct}
         if is_numeric(kind):
             statistics |= {"min": lo, "max": hi, "mean": mean, "stddev": std}
-        stats.append(
-            {
-                "name": name,
-                "type": kind,
-                "position": i + 1,
-                "statistics": json.loads(json.dumps(statistics, default=float)),
-            }
-        )
+        column = {
+            "name": name,
+            "type": kind,
+            "position": i + 1,
+            "statistics": json.loads(json.dumps(statistics, default=float)),
+        }
+        if name in relation.key:
+            column["primary_key"] = True  # not a feature unless preprocess names it
+        stats.append(column)
     return stats, total
 
 

@@ -29,7 +29,7 @@ import pyarrow as pa
 
 from mirror.errors import SidecarError, TrainingError
 from mirror.registry import ModelRecord, Project, Registry, Snapshot, name_collision
-from trainer import algorithms
+from trainer import algorithms, column_roles
 from trainer.challenge import RECENT_STRATEGY, RecentRows, compare
 from trainer.deploy import beats, choose, deployment_stack
 from trainer.fit import SEARCHES, FitJob, FitResult
@@ -70,6 +70,9 @@ class TrainResult:
     snapshot_id: int
     metrics: dict[str, float]
     timings: dict[str, float] = field(default_factory=dict)
+    notices: list[str] = field(default_factory=list)
+    """What the user should know: columns left out of the features and why, a model that
+    scores no better than the trivial one (also in the registry: ``pgml.models.notes``)."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -327,6 +330,7 @@ class Trainer:
                     search=search,
                     search_params=search_params,
                     search_args=search_args,
+                    key=self._key_columns(snapshot),
                 ),
             )
             return self._register(
@@ -349,12 +353,27 @@ class Trainer:
                 (self.home / snapshot.path).unlink(missing_ok=True)
             raise
 
+    def _key_columns(self, snapshot: Snapshot) -> list[str]:
+        """The primary key of the snapshot's relation: recorded with the snapshot, or for a
+        snapshot from before that, the mirrored table's if it still has those columns."""
+        key = column_roles.key_columns(snapshot.columns)
+        if key or any("primary_key" in c for c in snapshot.columns):
+            return key
+        try:
+            relation = find_relation(self.con, snapshot.relation_name)
+        except SidecarError:
+            return []
+        names = {c["name"] for c in snapshot.columns}
+        return relation.key if all(k in names for k in relation.key) else []
+
     def _fit(self, project: str, limit: float, left: float | None, job: FitJob) -> FitResult:
         """Fit ``job`` within the ``left`` seconds of the training's ``limit``."""
         try:
             result = self.worker.run(job, time_limit=left)
             for warning in result.warnings:
                 log.warning("%s: %s", job.algorithm, warning)
+            for notice in result.notices:
+                log.info("%s: %s", project, notice)
             return result
         except FitTimeLimit:
             raise self._over_time(project, limit) from None
@@ -405,6 +424,7 @@ class Trainer:
                     search_args=search_args,
                     search_results=result.search_results,
                     preprocess=preprocess,
+                    notes=result.notes | {"notices": result.notices},
                 )
             )
             deployed = automatic_deploy and beats(task, model, registry.deployed(project.id))
@@ -421,6 +441,7 @@ class Trainer:
             snapshot_id=snapshot.id,
             metrics=result.metrics,
             timings=result.timings,
+            notices=result.notices,
         )
 
     # -- deployment ----------------------------------------------------------------------------

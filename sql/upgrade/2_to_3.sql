@@ -9,8 +9,12 @@
 -- SELECT or a project it does not own; nobody else writes pgml.training_requests (grants of
 -- INSERT, DELETE and TRUNCATE on it are revoked). The sidecar writes each project's owner to
 -- the new table pgml.projects. pgml.train records the session's pgml.training_time_limit in
--- the new column time_limit. Requests still pending were made by a role nobody recorded:
--- they are failed, to be asked again. Running it again, or on version 3, changes nothing.
+-- the new column time_limit, takes the rest of PostgresML's arguments (search, search_params,
+-- search_args, test_size, test_sampling, runtime, automatic_deploy, materialize_snapshot,
+-- preprocess) and records them in columns of those names; the sidecar writes what a finished
+-- training wants known in the new column notice. Requests still pending were made by a role
+-- nobody recorded: they are failed, to be asked again. Running it again, or on version 3,
+-- changes nothing.
 -- What it creates must stay the same as what install.sql creates for version 3.
 
 select pg_advisory_xact_lock(hashtext('pgml-sidecar schema'));
@@ -61,6 +65,29 @@ alter table pgml.training_requests add column if not exists time_limit text;
 comment on column pgml.training_requests.time_limit is
     'train requests: pgml.training_time_limit as the session had it (''10min''); NULL: the'
     ' sidecar''s training_time_limit, which is also the most a request gets';
+
+-- The rest of PostgresML's pgml.train arguments, and what a training wants known.
+alter table pgml.training_requests
+    add column if not exists search text,
+    add column if not exists search_params jsonb not null default '{}'
+        constraint training_requests_search_params_check
+        check (jsonb_typeof(search_params) = 'object'),
+    add column if not exists search_args jsonb not null default '{}'
+        constraint training_requests_search_args_check
+        check (jsonb_typeof(search_args) = 'object'),
+    add column if not exists test_size real,
+    add column if not exists test_sampling text,
+    add column if not exists automatic_deploy boolean,
+    add column if not exists preprocess jsonb not null default '{}'
+        constraint training_requests_preprocess_check
+        check (jsonb_typeof(preprocess) = 'object'),
+    add column if not exists notice text;
+comment on column pgml.training_requests.preprocess is
+    'train requests: PostgresML''s preprocess, per column {"encode", "impute", "scale"}; {}: the'
+    ' sidecar''s defaults';
+comment on column pgml.training_requests.notice is
+    'set by the sidecar: what a finished training wants known (columns it left out of the'
+    ' features and why, a model no better than predicting the most frequent class or the mean)';
 
 -- Version 2 told users to GRANT INSERT on the control table: only the functions write it now.
 do $revoke$
@@ -257,13 +284,31 @@ comment on function pgml.check_project(name, text) is
 revoke execute on function pgml.check_relation(name, text) from public;
 revoke execute on function pgml.check_project(name, text) from public;
 
+-- PostgresML's signature, positions and defaults (test_sampling's is the sidecar's, as on its
+-- endpoint). Versions 1 and 2, and 3 before preprocess, took only the first six arguments.
+do $six_arguments$
+begin
+    if to_regprocedure('pgml.train(text, text, text, text, text, jsonb)') is not null then
+        drop function pgml.train(text, text, text, text, text, jsonb);
+    end if;
+end
+$six_arguments$;
 create or replace function pgml.train(
     project_name text,
     task text default null,
     relation_name text default null,
     y_column_name text default null,
     algorithm text default 'linear',
-    hyperparams jsonb default '{}'
+    hyperparams jsonb default '{}',
+    search text default null,
+    search_params jsonb default '{}',
+    search_args jsonb default '{}',
+    test_size real default 0.25,
+    test_sampling text default 'stratified',
+    runtime text default null,
+    automatic_deploy boolean default true,
+    materialize_snapshot boolean default false,
+    preprocess jsonb default '{}'
 ) returns bigint
 language plpgsql
 security definer
@@ -293,6 +338,47 @@ begin
     end if;
     if hyperparams is null or jsonb_typeof(hyperparams) <> 'object' then
         raise exception 'pgml.train: hyperparams must be a JSON object, like ''{"alpha": 0.5}'''
+            using errcode = 'invalid_parameter_value';
+    end if;
+    if search is not null and search not in ('grid', 'random') then
+        raise exception 'pgml.train: unknown search %', quote_literal(search)
+            using errcode = 'invalid_parameter_value',
+                  hint = 'search is grid, random, or NULL to train once';
+    end if;
+    if search_params is null or jsonb_typeof(search_params) <> 'object' then
+        raise exception 'pgml.train: search_params must be a JSON object, like'
+                        ' ''{"alpha": [0.1, 1]}'''
+            using errcode = 'invalid_parameter_value';
+    end if;
+    if search_args is null or jsonb_typeof(search_args) <> 'object' then
+        raise exception 'pgml.train: search_args must be a JSON object, like ''{"cv": 3}'''
+            using errcode = 'invalid_parameter_value';
+    end if;
+    if test_size is null or not (test_size > 0 and test_size < 'Infinity'::real) then
+        raise exception 'pgml.train: test_size must be a positive number, not %',
+                        coalesce(test_size::text, 'NULL')
+            using errcode = 'invalid_parameter_value',
+                  hint = 'a fraction of the rows to hold out, such as 0.25, or a number of rows';
+    end if;
+    if test_sampling is null or test_sampling not in ('random', 'last', 'stratified') then
+        raise exception 'pgml.train: unknown test_sampling %',
+                        coalesce(quote_literal(test_sampling), 'NULL')
+            using errcode = 'invalid_parameter_value',
+                  hint = 'test_sampling is random, last or stratified';
+    end if;
+    if runtime is not null and runtime <> 'python' then
+        raise exception 'pgml.train: runtime % is not available; pgml-sidecar trains with python',
+                        quote_literal(runtime)
+            using errcode = 'invalid_parameter_value';
+    end if;
+    if automatic_deploy is null then
+        raise exception 'pgml.train: automatic_deploy must be true or false'
+            using errcode = 'invalid_parameter_value';
+    end if;
+    -- materialize_snapshot is accepted and changes nothing: every snapshot is a Parquet file.
+    if preprocess is null or jsonb_typeof(preprocess) <> 'object' then
+        raise exception 'pgml.train: preprocess must be a JSON object, like'
+                        ' ''{"age": {"impute": "median"}}'''
             using errcode = 'invalid_parameter_value';
     end if;
     -- As PostgreSQL checks a setting counted in seconds ('10min', '2h', '90s', a number is s).
@@ -330,14 +416,18 @@ begin
     end if;
     insert into pgml.training_requests
         (kind, project_name, task, relation_name, y_column_name, algorithm, hyperparams,
-         requested_by, time_limit)
+         requested_by, time_limit, search, search_params, search_args, test_size,
+         test_sampling, automatic_deploy, preprocess)
     values ('train', train.project_name, train.task, train.relation_name, train.y_column_name,
-            train.algorithm, train.hyperparams, requester, session_limit)
+            train.algorithm, train.hyperparams, requester, session_limit, train.search,
+            train.search_params, train.search_args, train.test_size, train.test_sampling,
+            train.automatic_deploy, train.preprocess)
     returning id into request_id;
     return request_id;
 end
 $$;
-comment on function pgml.train(text, text, text, text, text, jsonb) is
+comment on function pgml.train(text, text, text, text, text, jsonb, text, jsonb, jsonb, real, text,
+                               text, boolean, boolean, jsonb) is
     'Ask the sidecar to train a model; returns the request id in pgml.training_requests';
 
 create or replace function pgml.writeback(project_name text, enabled boolean default true)

@@ -475,7 +475,7 @@ def test_dblink_and_postgres_fdw_on_the_locked_endpoint(target: Target, source_d
     with psycopg.connect(source_dsn, autocommit=True) as source:
         source.execute("create extension if not exists dblink")
         row = source.execute(
-            "select * from dblink(%s, 'select pgml.predict(''Pay'', ARRAY[1, 0]) > 0')"
+            "select * from dblink(%s, 'select pgml.predict(''Pay'', ARRAY[0]) > 0')"
             " as t(positive bool)",
             (f"host=127.0.0.1 port={port} dbname=pgml user=pgml",),
         ).fetchone()

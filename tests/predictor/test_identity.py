@@ -214,23 +214,23 @@ def test_predictions_are_for_the_owner_and_the_relations_readers(company: tuple)
         c.endpoint, c.app, "select * from pgml.train('pay', 'regression', 'hr.salaries', 'salary')"
     )
     model_id = _query(c.endpoint, c.app, "select id from pgml.models")[0][0]
-    one = "select pgml.predict('pay', ARRAY[1, 21, 1])"
+    one = "select pgml.predict('pay', ARRAY[21, 1])"
     assert _query(c.endpoint, c.app, one)[0][0] is not None
     for sql in (
         one,
-        f"select pgml.predict({model_id}, ARRAY[1, 21, 1])",
-        "select pgml.predict('pay', ARRAY[1, a, 1]) from generate_series(20, 60) t(a)",
-        "select pgml.predict(p, ARRAY[1, 21, 1]) from (values ('pay')) v(p)",
+        f"select pgml.predict({model_id}, ARRAY[21, 1])",
+        "select pgml.predict('pay', ARRAY[a, 1]) from generate_series(20, 60) t(a)",
+        "select pgml.predict(p, ARRAY[21, 1]) from (values ('pay')) v(p)",
     ):
         assert "permission denied" in _refused(c.endpoint, c.analyst, sql)
     with (
         connect(c.endpoint, user=c.analyst) as conn,
         pytest.raises(psycopg.errors.InsufficientPrivilege),
     ):
-        conn.execute("select pgml.predict(%s, ARRAY[1, a, 1]) from generate_series(20, 21) t(a)",
+        conn.execute("select pgml.predict(%s, ARRAY[a, 1]) from generate_series(20, 21) t(a)",
                      ["pay"])  # fmt: skip
     # a project's maker keeps its scores; a computed project name is refused to everyone
-    assert len(_query(c.endpoint, c.app, "select pgml.predict('pay', ARRAY[1, a, 1]) from"
+    assert len(_query(c.endpoint, c.app, "select pgml.predict('pay', ARRAY[a, 1]) from"
                       " generate_series(20, 60) t(a)")) == 41  # fmt: skip
 
 
@@ -242,7 +242,7 @@ def test_a_reader_who_loses_the_relation_loses_its_predictions(company: tuple) -
     run(as_role(c.dsn, c.owner), f"grant select on hr.salaries to {c.analyst}")
     _await(lambda: _may(c.endpoint, c.analyst))
     with connect(c.endpoint, user=c.analyst) as conn:
-        sql = "select pgml.predict('pay', ARRAY[1, %s, 1])"
+        sql = "select pgml.predict('pay', ARRAY[%s, 1])"
         for _ in range(3):  # answered again from what was decided
             assert conn.execute(sql, [0], prepare=True).fetchone() != (None,)
         run(as_role(c.dsn, c.owner), f"revoke select on hr.salaries from {c.analyst}")

@@ -111,7 +111,7 @@ def test_an_older_registry_with_two_such_projects_still_serves(
     try:
         with connect(served) as conn:
             assert conn.execute("select 1").fetchone() == (1,)
-            assert conn.execute("select pgml.predict('Leak', array[1, 20, 3.0])").fetchone()
+            assert conn.execute("select pgml.predict('Leak', array[20, 3.0])").fetchone()
         cursor = mirror.con.cursor()
         rows = cursor.execute(
             "select model_id, count(*) from pgml_scores.leak group by model_id"

@@ -13,7 +13,7 @@ SESSION = """
 SELECT * FROM pgml.load_dataset('diabetes');
 SELECT * FROM pgml.train('Diabetes Progression', 'regression', 'pgml.diabetes', 'target',
                          'linear');
-SELECT pgml.train('Diabetes Progression', algorithm => 'ridge', hyperparams => '{"alpha": 100}');
+SELECT pgml.train('Diabetes Progression', algorithm => 'ridge', hyperparams => '{"alpha": 1000}');
 SELECT * FROM pgml.train(
     project_name => 'Diabetes Progression',
     algorithm => 'lasso',

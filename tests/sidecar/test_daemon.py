@@ -145,6 +145,55 @@ def test_train_and_write_back_from_the_source(daemon: Daemon, source_dsn: str) -
     assert len(daemon.trainer.registry.models(1)) == 2
 
 
+def test_train_takes_postgresmls_arguments_and_says_what_it_left_out(
+    daemon: Daemon, source_dsn: str
+) -> None:
+    request = one(
+        source_dsn,
+        "select pgml.train('Plans', 'classification', 'public.accounts', 'churned', 'linear',"
+        " test_size => 0.2, test_sampling => 'last', automatic_deploy => false,"
+        ' preprocess => \'{"plan": {"encode": "ordinal"}, "age": {"scale":'
+        ' "min_max"}}\')',
+    )
+    status, error, model_id = finished(source_dsn, request)
+    assert (status, error) == ("done", None) and model_id is not None
+    notice = one(source_dsn, "select notice from pgml.training_requests where id = %s", request)
+    assert notice == (
+        "column 'id' left out of the features: the primary key: it names rows, it does not"
+        ' describe them; to use it anyway, name it in preprocess, e.g. {"id": {"encode":'
+        ' "native"}}'
+    )
+    record, model = daemon.trainer.model(model_id)
+    assert record.preprocess == {"plan": {"encode": "ordinal"}, "age": {"scale": "min_max"}}
+    assert record.notes["columns"]["plan"]["encode"] == "ordinal"
+    assert record.notes["columns"]["age"]["scale"] == "min_max"
+    assert record.notes["columns"]["spend"]["scale"] == "standard"  # linear: scaled
+    assert [c.name for c in model.preprocessor.columns] == ["age", "plan", "spend"]
+    snapshot = daemon.trainer.registry.snapshot(record.snapshot_id)
+    assert snapshot is not None
+    assert (snapshot.test_size, snapshot.test_sampling) == (0.2, "last")
+    assert daemon.trainer.registry.deployed(record.project_id) is None  # automatic_deploy false
+
+    search = one(
+        source_dsn,
+        "select pgml.train('Plans', algorithm => 'ridge', search => 'grid',"
+        " search_params => '{\"alpha\": [0.1, 10]}', search_args => '{\"cv\": 2}')",
+    )
+    status, error, model_id = finished(source_dsn, search)
+    assert (status, error) == ("done", None) and model_id is not None
+    searched, _ = daemon.trainer.model(model_id)
+    assert (searched.search, searched.search_args) == ("grid", {"cv": 2})
+    assert [r["params"] for r in searched.search_results] == [{"alpha": 0.1}, {"alpha": 10}]
+    assert searched.preprocess == {}  # a request's preprocess is its own
+    shown = subprocess.run(
+        [sys.executable, "-m", "sidecar.cli", "status", "--source", source_dsn,
+         "--metrics-port", str(daemon.metrics_server.port)],
+        capture_output=True, text=True, check=True,
+    ).stdout  # fmt: skip
+    assert f"project: Plans: train done, model {model_id}\n" in shown
+    assert "\n         notice: column 'id' left out of the features: the primary key" in shown
+
+
 def assert_metrics(daemon: Daemon) -> None:
     """/metrics passes promtool and shows what happened; /healthz says ok."""
     port = daemon.metrics_server.port

@@ -121,7 +121,7 @@ def test_online_model_learns_through_a_concept_shift(daemon: Daemon, source_dsn:
     assert accuracy[1] > accuracy[dip] < accuracy[-1], accuracy
     assert stored is not None and stored[0] >= 1
     # The live model predicts the new concept.
-    assert model.predict_rows([[0, 0.5]])[0] == False  # noqa: E712
+    assert model.predict_rows([[0.5]])[0] == False  # noqa: E712
     with psycopg.connect(source_dsn, autocommit=True) as conn:
         copied = conn.execute("select count(*) from pgml.drift_events").fetchone()
     assert copied is not None and copied[0] >= 1  # in the source too

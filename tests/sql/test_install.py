@@ -159,13 +159,13 @@ def test_database_owner_installs_without_superuser_or_extensions(owner_dsn: str)
         source_schema.uninstall(conn)  # nothing left to drop: no error
 
 
-def test_install_without_create_on_the_database_says_what_to_grant(
+def test_install_without_create_on_the_database_says_what_to_run(
     source_dsn: str, role_name: str
 ) -> None:
     with psycopg.connect(source_dsn, autocommit=True) as conn:
         conn.execute(sql.SQL("create role {} login").format(sql.Identifier(role_name)))
     with psycopg.connect(as_user(source_dsn, role_name), autocommit=True) as conn:
-        with pytest.raises(SourceSetupError, match="GRANT CREATE ON DATABASE") as caught:
+        with pytest.raises(SourceSetupError, match="`pgml-sidecar init --print-sql`") as caught:
             source_schema.install(conn)
         assert role_name in str(caught.value)
         assert schemas(conn) == set()
@@ -280,11 +280,16 @@ def test_install_upgrades_version_1_keeping_its_requests(source_dsn: str) -> Non
         assert source_schema.installed_version(conn) == 3
         cur = conn.execute("select * from pgml.training_requests order by id")
         assert cur.description is not None
-        assert [c.name for c in cur.description[-3:]] == ["cron", "requested_by", "time_limit"]
+        added = [
+            "cron", "requested_by", "time_limit", "search", "search_params", "search_args",
+            "test_size", "test_sampling", "automatic_deploy", "preprocess", "notice",
+        ]  # fmt: skip
+        assert [c.name for c in cur.description[-len(added) :]] == added
         after = [dict(zip([c.name for c in cur.description], r, strict=True)) for r in cur]
         done, pending = after
-        assert tuple(done.values())[:-3] == before[0]
+        assert tuple(done.values())[: -len(added)] == before[0]
         assert (done["cron"], done["requested_by"]) == (None, "postgres")
+        assert (done["preprocess"], done["search_params"], done["notice"]) == ({}, {}, None)
         # Nobody recorded who asked for it: failed rather than carried out as the upgrader.
         assert (pending["status"], pending["enabled"]) == ("failed", False)
         assert "made before pgml-sidecar schema version 3" in str(pending["error"])
@@ -398,9 +403,17 @@ def test_the_upgrade_by_hand_gives_what_a_fresh_install_gives(
         "training_requests_enabled_check",
         "training_requests_hyperparams_check",
         "training_requests_kind_check",
+        "training_requests_preprocess_check",
         "training_requests_project_name_check",
+        "training_requests_search_args_check",
+        "training_requests_search_params_check",
         "training_requests_status_check",
     }
+    trains = [f for f, *_ in upgraded["functions"] if str(f).startswith("pgml.train(")]
+    assert trains == [
+        "pgml.train(text,text,text,text,text,jsonb,text,jsonb,jsonb,real,text,text,boolean,"
+        "boolean,jsonb)"
+    ]
 
 
 def test_upgrade_steps_are_taken_in_order(tmp_path: Path) -> None:
@@ -446,9 +459,51 @@ def test_train_leaves_a_pending_request(source: psycopg.Connection) -> None:
     assert named is not None and request(source, named[0])["algorithm"] == "ridge"
 
 
+def test_train_takes_postgresmls_arguments(source: psycopg.Connection) -> None:
+    named = source.execute(
+        "select pgml.train('churn', 'classification', 'public.customers', 'churned',"
+        ' preprocess => \'{"name": {"encode": "target"}}\', automatic_deploy => false,'
+        " test_size => 0.2, test_sampling => 'last', materialize_snapshot => true)"
+    ).fetchone()
+    assert named is not None
+    row = request(source, named[0])
+    assert row["preprocess"] == {"name": {"encode": "target"}}
+    assert (row["automatic_deploy"], row["test_size"], row["test_sampling"]) == (False, 0.2, "last")
+    assert (row["search"], row["search_params"], row["search_args"]) == (None, {}, {})
+    assert row["notice"] is None
+    # PostgresML's positions: project, task, relation, y, algorithm, hyperparams, search,
+    # search_params, search_args, test_size, test_sampling, runtime, automatic_deploy,
+    # materialize_snapshot, preprocess.
+    positional = source.execute(
+        "select pgml.train('churn', null, null, null, 'ridge', '{}', 'grid',"
+        " '{\"alpha\": [0.1, 1]}', '{\"cv\": 3}', 0.25, 'random', 'python', true, false,"
+        ' \'{"age": {"impute": "median"}}\')'
+    ).fetchone()
+    assert positional is not None
+    row = request(source, positional[0])
+    assert (row["search"], row["search_params"], row["search_args"]) == (
+        "grid", {"alpha": [0.1, 1]}, {"cv": 3}
+    )  # fmt: skip
+    assert row["preprocess"] == {"age": {"impute": "median"}}
+    retrain = source.execute("select pgml.train('churn')").fetchone()
+    assert retrain is not None
+    defaults = request(source, retrain[0])
+    assert (defaults["preprocess"], defaults["automatic_deploy"]) == ({}, True)
+    assert (defaults["test_size"], defaults["test_sampling"]) == (0.25, "stratified")
+
+
 @pytest.mark.parametrize(
     ("call", "message"),
     [
+        ("pgml.train('p', search => 'bayes')", "unknown search 'bayes'"),
+        ("pgml.train('p', search_params => '[]')", "search_params must be a JSON object"),
+        ("pgml.train('p', search_args => null)", "search_args must be a JSON object"),
+        ("pgml.train('p', test_size => 0)", "test_size must be a positive number, not 0"),
+        ("pgml.train('p', test_size => 'NaN')", "test_size must be a positive number, not NaN"),
+        ("pgml.train('p', test_sampling => 'first')", "unknown test_sampling 'first'"),
+        ("pgml.train('p', runtime => 'rust')", "runtime 'rust' is not available"),
+        ("pgml.train('p', automatic_deploy => null)", "automatic_deploy must be true or false"),
+        ("pgml.train('p', preprocess => '\"scale\"')", "preprocess must be a JSON object"),
         ("pgml.train('')", "needs a project name"),
         ("pgml.train('  ')", "needs a project name"),
         ("pgml.train(null)", "needs a project name"),

@@ -4,6 +4,10 @@ from __future__ import annotations
 
 import datetime as dt
 import pickle
+import subprocess
+import sys
+import tarfile
+import textwrap
 from decimal import Decimal
 from pathlib import Path
 from typing import Any
@@ -16,6 +20,7 @@ import pytest
 
 from mirror.errors import TrainingError
 from trainer.column_kinds import FeatureColumn, feature_columns
+from trainer.model import Model
 from trainer.preprocess import ONE_HOT_LIMIT, Preprocessor
 from trainer.preprocess_options import IMPUTES, SCALES, parse_preprocess
 
@@ -167,7 +172,7 @@ def test_decimals_dates_and_timestamps_become_numbers() -> None:
             "took": pa.array([dt.timedelta(seconds=90), dt.timedelta(days=1)], pa.duration("ms")),
         }
     )
-    pre = fitted(table)
+    pre = fitted(table, {"born": {"encode": "native"}, "seen": {"encode": "native"}})
     jan_2024 = 1704067200.0
     expected = [[1.25, 86400, 60, 30, 90], [2.5, jan_2024, jan_2024 + 36000, 34200, 86400]]
     np.testing.assert_array_equal(pre.transform(table), expected)
@@ -215,7 +220,7 @@ def test_null_not_seen_in_training_is_all_zeros() -> None:
 def test_one_hot_refuses_too_many_categories() -> None:
     table = pa.table({"key": [f"k{i}" for i in range(ONE_HOT_LIMIT + 1)]})
     with pytest.raises(TrainingError, match=r"too many to one-hot.*target") as raised:
-        fitted(table)
+        fitted(table, {"key": {"encode": "one_hot"}})
     assert raised.value.sqlstate == "22000"
     assert fitted(table, {"key": {"encode": "ordinal"}}).feature_names == ["key"]
 
@@ -229,14 +234,62 @@ def test_ordinal_codes_are_sorted_category_indices(encode: str) -> None:
     np.testing.assert_array_equal(pre.transform(pa.table({"size": ["xl", "s"]}))[:, 0], [2, 2])
 
 
-def test_target_encoding_is_the_label_mean_per_category() -> None:
+def test_target_encoding_is_the_label_mean_per_category_shrunk_towards_the_mean() -> None:
     table = pa.table({"city": ["paris", "lyon", "paris", None, "lyon", "paris"]})
     y = np.array([10.0, 1.0, 20.0, 7.0, 3.0, 30.0])
     pre = fitted(table, {"city": {"encode": "target"}}, y)
     assert pre.feature_names == ["city"]
-    np.testing.assert_array_equal(pre.transform(table)[:, 0], [20, 2, 20, 7, 2, 20])
+
+    # As scikit-learn's TargetEncoder(smooth="auto") encodes: a category's mean, shrunk
+    # towards the overall mean by how much of the label's variance its rows leave unexplained.
+    from sklearn.preprocessing import TargetEncoder
+
+    named = np.array([0, 1, 2, 4, 5])
+    cities = np.array(table["city"].to_pylist(), dtype=object)[named, None]
+    sklearn = TargetEncoder(smooth="auto", target_type="continuous").fit(cities, y[named])
+    paris, lyon = sklearn.transform(np.array([["paris"], ["lyon"]], dtype=object))[:, 0]
+    alone = fitted(table.take(named), {"city": {"encode": "target"}}, y[named])
+    assert alone.transform(table.take([0, 1]))[:, 0] == pytest.approx([paris, lyon])
+    assert 2 < lyon < paris < 20
+    x = pre.transform(table)[:, 0]
+    assert x[[0, 2, 5]].tolist() == [x[0]] * 3 and x[1] == x[4]
+    assert 2 < x[1] < x[0] < 20 and x[3] == 7  # NULL, seen once, keeps its label
     unseen = pre.transform(pa.table({"city": ["nice"]}))
     assert unseen[0, 0] == y.mean()
+
+
+def test_target_encoding_of_the_training_rows_never_holds_their_own_label() -> None:
+    # A unique column target encoded: at fit, each row's feature comes from the other folds,
+    # which never saw its value, so it holds no label; a model cannot learn a shortcut.
+    rows = 2000
+    rng = np.random.default_rng(3)
+    y = rng.integers(0, 2, rows).astype(np.float64)
+    table = pa.table({"email": [f"user{i}@example.com" for i in range(rows)]})
+    pre = Preprocessor(feature_columns(table.schema), {"email": {"encode": "target"}})
+    x = pre.fit_transform(table, y)[:, 0]
+    assert abs(np.corrcoef(x, y)[0, 1]) < 0.1
+    np.testing.assert_allclose(x, y.mean(), atol=0.02)  # each fold's overall mean
+    # A category seen in the other folds gets their mean: the feature carries its signal.
+    city = np.where(y == 1, rng.choice(["a", "b"], rows, p=[0.8, 0.2]),
+                    rng.choice(["a", "b"], rows, p=[0.2, 0.8]))  # fmt: skip
+    signal = Preprocessor(feature_columns(pa.table({"city": city}).schema),
+                          {"city": {"encode": "target"}})  # fmt: skip
+    x = signal.fit_transform(pa.table({"city": city}), y)[:, 0]
+    assert np.corrcoef(x, y)[0, 1] > 0.5
+
+
+def test_target_encoding_with_more_than_two_classes_has_a_feature_per_class() -> None:
+    table = pa.table({"shop": ["a", "a", "b", "b", "c", "c"] * 20})
+    y = np.array([0, 0, 1, 1, 2, 1] * 20)
+    columns = feature_columns(table.schema)
+    pre = Preprocessor(columns, {"shop": {"encode": "target"}}, classes=["x", "y", "z"])
+    x = pre.fit_transform(table, y)
+    assert pre.feature_names == ["shop target=x", "shop target=y", "shop target=z"]
+    np.testing.assert_allclose(x.sum(axis=1), 1.0, atol=0.05)  # shares of the classes
+    seen = pre.transform(pa.table({"shop": ["a", "c", "new"]}))
+    np.testing.assert_allclose(seen[0], [1, 0, 0], atol=0.01)
+    np.testing.assert_allclose(seen[1], [0, 0.5, 0.5], atol=0.02)
+    np.testing.assert_allclose(seen[2], [1 / 3, 1 / 2, 1 / 6])
 
 
 def test_target_encoding_needs_a_label() -> None:
@@ -422,6 +475,131 @@ def test_table_from_rows_wrong_length_says_what_is_expected() -> None:
     )
 
 
+# -- defaults: what preprocess does not say --------------------------------------------------------
+
+
+def test_dates_and_timestamps_get_their_parts() -> None:
+    table = pa.table(
+        {
+            "born": pa.array([dt.date(2024, 2, 29), None, dt.date(1969, 12, 31)], pa.date32()),
+            "seen": pa.array(
+                [dt.datetime(2024, 1, 7, 13, 5), dt.datetime(1970, 1, 1), None],
+                pa.timestamp("us", tz="UTC"),
+            ),
+        }
+    )
+    pre = fitted(table)
+    assert pre.feature_names == [
+        "born", "year(born)", "month(born)", "day(born)", "dayofweek(born)",
+        "seen", "year(seen)", "month(seen)", "day(seen)", "dayofweek(seen)", "hour(seen)",
+    ]  # fmt: skip
+    x = pre.transform(table)
+    leap_day, new_years_eve = 19782 * 86400.0, -86400.0
+    np.testing.assert_array_equal(x[0, :5], [leap_day, 2024, 2, 29, 4])  # a Thursday
+    np.testing.assert_array_equal(x[2, :5], [new_years_eve, 1969, 12, 31, 3])  # a Wednesday
+    np.testing.assert_array_equal(x[1, :5], (x[0, :5] + x[2, :5]) / 2)  # NULL: the means
+    np.testing.assert_array_equal(x[0, 5:], [1704632700, 2024, 1, 7, 0, 13])  # a Sunday
+    # Prediction takes the same values as text, as pgml.predict passes them.
+    rows = [["2024-02-29", "2024-01-07 14:05:00+01:00"]]
+    np.testing.assert_array_equal(pre.transform(pre.table_from_rows(rows)), x[:1])
+    with duckdb.connect() as con:  # the parts are SQL's
+        assert con.execute(
+            "select year(d), month(d), day(d), dayofweek(d) from (select date '2024-02-29' d)"
+        ).fetchone() == (2024, 2, 29, 4)
+
+
+def test_text_is_one_hot_up_to_a_hundred_values_then_target_encoded() -> None:
+    rows = 3000
+    rng = np.random.default_rng(5)
+    few = rng.choice([f"p{i}" for i in range(100)], rows)
+    many = rng.choice([f"c{i}" for i in range(400)], rows)
+    y = rng.normal(size=rows)
+    table = pa.table({"few": few, "many": many})
+    pre = fitted(table, y=y)
+    assert pre.feature_names == [*sorted(f"few=p{i}" for i in range(100)), "many"]
+    assert pre.description()["columns"]["many"]["encode"] == "target"
+    assert pre.left_out == {}
+    # Without a label there is nothing to target encode with: left out, with the reason.
+    unlabelled = fitted(table)
+    assert unlabelled.feature_names == sorted(f"few=p{i}" for i in range(100))
+    assert unlabelled.left_out == {
+        "many": "400 distinct values in 3,000 rows: too many to one-hot encode, and without a"
+        ' label it cannot be target encoded; set its preprocess to {"encode": "ordinal"} to'
+        " use it"
+    }
+
+
+def test_text_that_identifies_rows_is_left_out_unless_preprocess_names_it() -> None:
+    rows = 1000
+    rng = np.random.default_rng(6)
+    table = pa.table(
+        {
+            "email": [f"u{i}@example.com" for i in range(rows)],
+            "name": [f"name {i % 600}" for i in range(rows)],
+            "plan": rng.choice(["free", "pro"], rows),
+        }
+    )
+    y = rng.integers(0, 2, rows)
+    pre = fitted(table, y=y)
+    assert pre.feature_names == ["plan=free", "plan=pro"]
+    assert [c.name for c in pre.columns] == ["plan"]
+    assert pre.left_out == {
+        "email": "it identifies rows rather than describing them (1,000 distinct values in"
+        " 1,000 rows)",
+        "name": "it identifies rows rather than describing them (600 distinct values in"
+        " 1,000 rows)",
+    }
+    assert pre.notices()[0] == (
+        "column 'email' left out of the features: it identifies rows rather than describing"
+        " them (1,000 distinct values in 1,000 rows); to use it anyway, name it in preprocess,"
+        ' e.g. {"email": {"encode": "target"}}'
+    )
+    # Prediction needs only the columns used.
+    assert pre.transform(pa.table({"plan": ["pro"]})).tolist() == [[0.0, 1.0]]
+    assert pre.transform(pre.table_from_rows([["pro"]])).tolist() == [[0.0, 1.0]]
+    named = fitted(table, {"name": {}}, y)
+    assert named.feature_names == ["name", "plan=free", "plan=pro"]
+    assert named.description()["columns"]["name"]["encode"] == "target"
+    with pytest.raises(TrainingError, match=r"no column is left to learn from: 'email'") as err:
+        fitted(table.select(["email"]), y=y)
+    assert err.value.sqlstate == "22000"
+
+
+def test_the_primary_key_is_left_out_unless_preprocess_names_it() -> None:
+    table = pa.table({"id": pa.array(range(1, 101), pa.int64()), "age": range(100)})
+    columns = feature_columns(table.schema)
+    pre = Preprocessor(columns, key=["id"]).fit(table)
+    assert pre.feature_names == ["age"]
+    assert pre.left_out == {"id": "the primary key: it names rows, it does not describe them"}
+    assert 'name it in preprocess, e.g. {"id": {"encode": "native"}}' in pre.notices()[0]
+    kept = Preprocessor(columns, {"id": {}}, key=["id"]).fit(table)
+    assert kept.feature_names == ["id", "age"] and kept.left_out == {}
+
+
+def test_the_default_scale_spares_one_hot_features_and_yields_to_preprocess() -> None:
+    table = pa.table(
+        {
+            "age": [20.0, 30.0, 40.0, 50.0],
+            "paid": [True, False, True, True],
+            "color": ["red", "blue", "red", "red"],
+            "kept": [1.0, 2.0, 3.0, 4.0],
+        }
+    )
+    pre = Preprocessor(feature_columns(table.schema), {"kept": {"impute": "zero"},
+                       "color": {"scale": "min_max"}}, scale="standard")  # fmt: skip
+    x = pre.fit_transform(table)
+    assert pre.feature_names == ["age", "paid", "color=blue", "color=red", "kept"]
+    np.testing.assert_allclose(x[:, [0, 1, 4]].mean(axis=0), 0, atol=1e-12)
+    np.testing.assert_allclose(x[:, [0, 1, 4]].std(axis=0), 1)
+    np.testing.assert_array_equal(x[:, 2:4], [[0, 1], [1, 0], [0, 1], [0, 1]])
+    described = pre.description()["columns"]
+    assert {name: c["scale"] for name, c in described.items()} == {
+        "age": "standard", "paid": "standard", "color": "min_max", "kept": "standard"
+    }  # fmt: skip
+    with pytest.raises(ValueError, match="unknown scale"):
+        Preprocessor(feature_columns(table.schema), scale="huge")
+
+
 # -- the fitted object ---------------------------------------------------------------------------
 
 
@@ -442,6 +620,71 @@ def test_pickle_round_trip_transforms_identically() -> None:
     assert copy.feature_names == pre.feature_names and copy.columns == pre.columns
     np.testing.assert_array_equal(copy.transform(table), pre.transform(table))
     np.testing.assert_array_equal(pre.transform(table), pre.transform(table))
+
+
+BEFORE_DEFAULTS_COMMIT = "bea37f5"  # the trainer before column defaults, parts, out of fold
+_OLD_MODEL = textwrap.dedent(
+    """
+    import datetime as dt, pickle, sys
+    import numpy as np, pyarrow as pa
+    from sklearn.linear_model import Ridge
+    from trainer.column_kinds import feature_columns
+    from trainer.model import Model
+    from trainer.preprocess import Preprocessor
+
+    rng = np.random.default_rng(2)
+    rows = 300
+    table = pa.table({
+        "id": pa.array(range(rows), pa.int64()),
+        "age": pa.array(rng.normal(40, 9, rows), mask=rng.random(rows) < 0.1),
+        "city": rng.choice(["x", "y", "z"], rows),
+        "shop": rng.choice([f"s{i}" for i in range(150)], rows),
+        "born": pa.array([dt.date(2000, 1, 1) + dt.timedelta(days=int(d))
+                          for d in rng.integers(0, 9000, rows)], pa.date32()),
+        "rooms": pa.array([list(range(i % 4)) for i in range(rows)], pa.list_(pa.int8())),
+    })
+    y = rng.normal(size=rows)
+    pre = Preprocessor(feature_columns(table.schema), {"shop": {"encode": "target"},
+                       "age": {"scale": "standard"}})
+    x = pre.fit_transform(table, y)
+    model = Model("regression", "ridge", pre, Ridge().fit(x, y), "y")
+    with open(sys.argv[1], "wb") as f:
+        pickle.dump((model, table, pre.transform(table), model.predict(table)), f)
+    """
+)
+
+
+def test_models_pickled_before_the_defaults_keep_loading_and_predicting(tmp_path: Path) -> None:
+    root = Path(__file__).resolve().parents[2]
+    archive = subprocess.run(
+        ["git", "-C", str(root), "archive", BEFORE_DEFAULTS_COMMIT, "trainer", "mirror"],
+        capture_output=True, timeout=60, check=False,
+    )  # fmt: skip
+    if archive.returncode != 0:
+        pytest.fail(f"cannot read the trainer at {BEFORE_DEFAULTS_COMMIT}: {archive.stderr!r}")
+    old = tmp_path / "old"
+    (tmp_path / "old.tar").write_bytes(archive.stdout)
+    with tarfile.open(tmp_path / "old.tar") as tar:
+        tar.extractall(old, filter="data")
+    saved = tmp_path / "model.pickle"
+    subprocess.run(
+        [sys.executable, "-c", _OLD_MODEL, str(saved)], cwd=old, env={"PYTHONPATH": str(old)},
+        check=True, timeout=120,
+    )  # fmt: skip
+    model, table, features, predictions = pickle.loads(saved.read_bytes())
+    assert isinstance(model, Model)
+    pre = model.preprocessor
+    assert pre.left_out == {} and [c.name for c in pre.columns][:2] == ["id", "age"]
+    assert pre.feature_names[:6] == ["id", "age", "city=x", "city=y", "city=z", "shop"]
+    np.testing.assert_array_equal(pre.transform(table), features)
+    np.testing.assert_array_equal(model.predict(table), predictions)
+    rows = [list(row.values()) for row in table.slice(0, 2).to_pylist()]
+    np.testing.assert_allclose(model.predict_rows(rows), predictions[:2], rtol=1e-12)
+    assert pre.description()["columns"]["born"] == {
+        "encode": "native", "impute": "mean", "scale": "preserve", "features": 1
+    }  # fmt: skip
+    copy = pickle.loads(pickle.dumps(model))  # and saved again with this code
+    np.testing.assert_array_equal(copy.preprocessor.transform(table), features)
 
 
 def test_a_million_rows_of_twenty_numbers() -> None:

@@ -48,7 +48,7 @@ def test_auto_deploy_gate_and_strategies(trainer: Trainer) -> None:
         relation="pgml.diabetes",
         y="target",
         algorithm="ridge",
-        hyperparams={"alpha": 100},
+        hyperparams={"alpha": 10000},
     )
     assert weak.deployed  # the first model of a project deploys
     linear = trainer.train("d", algorithm="linear")
@@ -201,10 +201,9 @@ def test_nulls_text_and_arrays_train_as_is(trainer: Trainer) -> None:
     )
     assert result.metrics["r2"] > 0.9
     _, model = trainer.model(result.model_id)
-    assert len(model.feature_names) == 1 + 1 + 3 + 3 + 1  # id, area, city one-hot, rooms, garden
-    raw = model.predict_rows(
-        [[1000, 100.0, "paris", [1, 1, 1], True], [1001, None, None, [2], False]]
-    )
+    # area, city one-hot, rooms, garden: the primary key names rows, it is no feature
+    assert len(model.feature_names) == 1 + 3 + 3 + 1
+    raw = model.predict_rows([[100.0, "paris", [1, 1, 1], True], [None, None, [2], False]])
     assert raw.shape == (2,) and np.isfinite(raw).all()
     assert raw[0] == pytest.approx(1000 + 500 + 3 + 1, rel=0.05)
 
@@ -217,7 +216,7 @@ def test_nulls_text_and_arrays_train_as_is(trainer: Trainer) -> None:
         },
     )
     assert trainer.model(scaled.model_id)[0].preprocess["city"] == {"encode": "target"}
-    assert len(trainer.model(scaled.model_id)[1].feature_names) == 1 + 1 + 1 + 3 + 1
+    assert len(trainer.model(scaled.model_id)[1].feature_names) == 1 + 1 + 3 + 1
 
 
 def test_datasets_with_boolean_and_array_columns(trainer: Trainer) -> None:
@@ -385,11 +384,14 @@ def test_cli_train_and_deploy(tmp_path: Path, capsys: pytest.CaptureFixture[str]
 
 
 def test_cli_errors_exit_non_zero_without_traceback(tmp_path: Path) -> None:
-    missing = subprocess.run(
-        [sys.executable, "-m", "sidecar.cli", "train", "p", "--mirror", str(tmp_path / "m.db"),
-         "--task", "regression", "--relation", "public.nope", "--y", "y"],
-        capture_output=True, text=True, check=False,
-    )  # fmt: skip
+    train = [sys.executable, "-m", "sidecar.cli", "train", "p", "--mirror", str(tmp_path / "m.db"),
+             "--task", "regression", "--relation", "public.nope", "--y", "y"]  # fmt: skip
+    no_file = subprocess.run(train, capture_output=True, text=True, check=False)
+    assert no_file.returncode == 2
+    assert no_file.stderr.startswith(f"error: mirror {tmp_path / 'm.db'} does not exist;")
+    assert not (tmp_path / "m.db").exists()  # a mistyped path makes no empty mirror
+    Mirror(tmp_path / "m.db").close()
+    missing = subprocess.run(train, capture_output=True, text=True, check=False)
     assert missing.returncode == 1
     assert "\nerror: relation 'public.nope' does not exist" in missing.stderr
     assert "Traceback" not in missing.stderr
