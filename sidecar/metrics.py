@@ -211,8 +211,8 @@ class Metrics:
         )
         self.progressive_score = Gauge(
             "progressive_score",
-            "An online model's progressive metrics as it learns (predicted before learning each"
-            " row: accuracy, f1, log_loss; mae, rmse, r2).",
+            "An online model's progressive metrics as it learns: each row predicted before it is"
+            " learned, as River's progressive validation scores them.",
             ["project", "metric"],
             namespace=ns,
             registry=reg,

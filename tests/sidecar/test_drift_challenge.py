@@ -4,6 +4,7 @@ against the deployed model on the same rows after its snapshot, and serves when 
 
 from __future__ import annotations
 
+import time
 from pathlib import Path
 from typing import Any
 
@@ -31,16 +32,18 @@ def label(i: int) -> bool:
     return (x_of(i) > 0) if i <= SHIFT else (x_of(i) < 0)
 
 
-def insert(dsn: str, lo: int, hi: int, *, per_transaction: int) -> None:
+def insert(dsn: str, lo: int, hi: int, *, per_transaction: int) -> dict[int, float]:
+    """Insert rows ``lo..hi``; return when each was committed (epoch seconds)."""
     rows = [(i, x_of(i), float(i), label(i)) for i in range(lo, hi + 1)]
+    committed: dict[int, float] = {}
     with psycopg.connect(dsn) as conn:
         for start in range(0, len(rows), per_transaction):
+            part = rows[start : start + per_transaction]
             with conn.cursor() as cursor:
-                cursor.executemany(
-                    f"insert into {TABLE} values (%s, %s, %s, %s)".encode(),
-                    rows[start : start + per_transaction],
-                )
+                cursor.executemany(f"insert into {TABLE} values (%s, %s, %s, %s)".encode(), part)
             conn.commit()
+            committed.update(dict.fromkeys((r[0] for r in part), time.time()))
+    return committed
 
 
 def batches(daemon: Daemon) -> list[tuple[Lsn, list[int]]]:
@@ -81,7 +84,7 @@ def test_a_label_flip_retrains_and_the_challenger_serves(
         _, champion = daemon.trainer.model(first.model_id)
         seen = batches(daemon)
         insert(source_dsn, 1001, SHIFT, per_transaction=50)  # as before: no drift
-        insert(source_dsn, SHIFT + 1, SHIFT + 300, per_transaction=1)  # flipped
+        committed = insert(source_dsn, SHIFT + 1, SHIFT + 300, per_transaction=1)  # flipped
         caught_up(source_dsn)
         wait_for(lambda: "Flip" in daemon.retrainer.challengers or bool(daemon.retrainer.results),
                  timeout=120, what="a retrain on drift")  # fmt: skip
@@ -126,6 +129,8 @@ def test_a_label_flip_retrains_and_the_challenger_serves(
         assert row > SHIFT
         lsn = next(lsn for lsn, keys in seen if row in keys)
         assert detected["lsn"] == format_lsn(lsn)
+        latency = detected["detected_at"].timestamp() - committed[row]
+        assert 0 < latency < 5, latency  # seconds from the row's commit to its registration
 
         # pgml.deploy's best_recent_score judges on the same kind of rows
         daemon.trainer.deploy(model_id=first.model_id)
@@ -156,10 +161,11 @@ def _drift_events(daemon: Daemon, model_id: int) -> list[dict[str, Any]]:
     cursor = daemon.mirror.con.cursor()
     try:
         rows = cursor.execute(
-            "select detector, lsn, rows_since_deployment from pgml.drift_events"
+            "select detector, lsn, rows_since_deployment, detected_at from pgml.drift_events"
             " where model_id = ? order by id",
             [model_id],
         ).fetchall()
     finally:
         cursor.close()
-    return [dict(zip(("detector", "lsn", "rows_since_deployment"), r, strict=True)) for r in rows]
+    names = ("detector", "lsn", "rows_since_deployment", "detected_at")
+    return [dict(zip(names, r, strict=True)) for r in rows]

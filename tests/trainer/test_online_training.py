@@ -65,3 +65,29 @@ def test_an_online_model_learns_every_row_prequentially(trainer: Trainer) -> Non
     here.partial_fit(phishing.x, phishing.y)
     assert here.progressive == progressive
     np.testing.assert_array_equal(model.classes, [False, True])
+
+
+def test_an_online_classifier_learns_classes_as_they_come(trainer: Trainer) -> None:
+    """Text labels, none at first: each new one becomes a class, its index one past the last,
+    and the indices learned never move (pgml.predict's numbers stay those of the labels)."""
+    from predictor.scoring import as_numbers
+
+    create(trainer, "animals", pa.table(
+        {"x": pa.array([], pa.float64()), "kind": pa.array([], pa.string())}
+    ), key=False)  # fmt: skip
+    result = trainer.train(
+        "Animals", task="classification", relation="public.animals", y="kind",
+        algorithm="online_naive_bayes",
+    )  # fmt: skip
+    _, model = trainer.model(result.model_id)
+    labels = np.array(["dog", "cat", "dog", "bird", "cat"] * 20, dtype=object)
+    centre = np.array([{"dog": 5.0, "cat": 1.0, "bird": -3.0}[k] for k in labels])
+    x = (centre + np.random.default_rng(3).normal(scale=0.5, size=len(labels)))[:, None]
+    y = model.label_indices(labels, learn=True)
+    assert model.classes is not None and model.classes.tolist() == ["dog", "cat", "bird"]
+    assert y[:4].tolist() == [0.0, 1.0, 0.0, 2.0]
+    model.estimator.partial_fit(x, y)
+    predicted = model.predict_rows([[5.0], [-3.0], [1.0]])
+    assert predicted.tolist() == ["dog", "bird", "cat"]
+    assert as_numbers(model, predicted).tolist() == [0.0, 2.0, 1.0]
+    assert np.isnan(model.label_indices(np.array(["fish"], dtype=object))).all()
