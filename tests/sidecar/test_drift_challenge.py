@@ -91,6 +91,7 @@ def test_a_label_flip_retrains_and_the_challenger_serves(
         insert(source_dsn, SHIFT + 301, SHIFT + 700, per_transaction=50)
         wait_for(lambda: bool(daemon.retrainer.results), timeout=120,
                  what="champion and challenger judged")  # fmt: skip
+        caught_up(source_dsn)  # the judging may end before the last of these rows is mirrored
         project, reason, result = daemon.retrainer.results[0]
         assert project == "Flip" and reason.startswith("drift (adwin)")
         assert result is not None and result.deployed, daemon.retrainer.results
