@@ -99,7 +99,9 @@ def test_the_primary_key_is_not_a_feature_of_batch_or_online_models(
         record, model = trainer.model(result.model_id)
         assert [c.name for c in model.preprocessor.columns] == ["noise"]
         assert record.notes["left_out"] == {"id": LEFT_OUT["id"]}
-        assert result.metrics["f1"] < 0.6
+        if algorithm == "random_forest":  # an online model's metrics are progressive: over the
+            # rows in key order, where the label switches once, any model errs only for a while
+            assert result.metrics["f1"] < 0.6
         again = trainer.train(algorithm)  # the same snapshot: its key recorded with it
         assert [c.name for c in trainer.model(again.model_id)[1].preprocessor.columns] == ["noise"]
     snapshot = trainer.registry.snapshot(trainer.model(result.model_id)[0].snapshot_id)
