@@ -22,7 +22,7 @@ import duckdb
 import psycopg
 
 from mirror.change_log import Touched
-from mirror.changes import Lsn
+from mirror.changes import Lsn, format_lsn
 from mirror.errors import (
     ConfigError,
     MirrorError,
@@ -389,12 +389,24 @@ class Daemon:
             )
         try:
             with psycopg.connect(self.settings.source_dsn, autocommit=True) as conn:
-                if conn.execute("select to_regclass('pgml.drift_events')").fetchone() != (None,):
+                columns = {
+                    name
+                    for (name,) in conn.execute(
+                        "select attname from pg_attribute where attrelid ="
+                        " to_regclass('pgml.drift_events') and attnum > 0 and not attisdropped"
+                    )
+                }
+                if columns:
+                    where = {"lsn": format_lsn(event.lsn) if event.lsn else None,
+                             "rows_since_deployment": event.rows}  # fmt: skip
+                    kept = {k: v for k, v in where.items() if k in columns}  # schema version 2
+                    names = ", ".join(["project_name", "model_id", "detector", "feature",
+                                       "statistic", "threshold", *kept])  # fmt: skip
                     conn.execute(
-                        "insert into pgml.drift_events (project_name, model_id, detector,"
-                        " feature, statistic, threshold) values (%s, %s, %s, %s, %s, %s)",
+                        f"insert into pgml.drift_events ({names})"  # names from this code
+                        f" values ({', '.join(['%s'] * (6 + len(kept)))})",
                         (project, model_id, event.detector, event.feature,
-                         float(event.statistic), float(event.threshold)),
+                         float(event.statistic), float(event.threshold), *kept.values()),
                     )  # fmt: skip
         except psycopg.Error as exc:
             log.warning("cannot copy a drift event to the source: %s", exc)

@@ -157,10 +157,17 @@ create table if not exists pgml.drift_events (
     feature text,
     statistic double precision not null,
     threshold double precision not null,
-    detected_at timestamptz not null default now()
+    detected_at timestamptz not null default now(),
+    lsn pg_lsn,
+    rows_since_deployment bigint
 );
 comment on table pgml.drift_events is
     'pgml-sidecar: drift its monitors detected in deployed models, written by the sidecar';
+comment on column pgml.drift_events.lsn is
+    'pgml-sidecar: the source commit (replication batch) that brought the row that set it off';
+comment on column pgml.drift_events.rows_since_deployment is
+    'pgml-sidecar: rows the detector had seen since the model was deployed (labelled rows, for'
+    ' error drift) when it detected the drift';
 
 -- Written by the sidecar (its own record of projects is in the mirror); never published.
 create table if not exists pgml.projects (

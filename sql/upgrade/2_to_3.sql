@@ -12,7 +12,8 @@
 -- the new column time_limit, takes the rest of PostgresML's arguments (search, search_params,
 -- search_args, test_size, test_sampling, runtime, automatic_deploy, materialize_snapshot,
 -- preprocess) and records them in columns of those names; the sidecar writes what a finished
--- training wants known in the new column notice. Requests still pending were made by a role
+-- training wants known in the new column notice; drift events record where they were
+-- detected (lsn, rows_since_deployment). Requests still pending were made by a role
 -- nobody recorded: they are failed, to be asked again. Running it again, or on version 3,
 -- changes nothing.
 -- What it creates must stay the same as what install.sql creates for version 3.
@@ -88,6 +89,17 @@ comment on column pgml.training_requests.preprocess is
 comment on column pgml.training_requests.notice is
     'set by the sidecar: what a finished training wants known (columns it left out of the'
     ' features and why, a model no better than predicting the most frequent class or the mean)';
+
+-- Where a drift was detected: the source commit that brought the row, and the rows since
+-- deployment.
+alter table pgml.drift_events
+    add column if not exists lsn pg_lsn,
+    add column if not exists rows_since_deployment bigint;
+comment on column pgml.drift_events.lsn is
+    'pgml-sidecar: the source commit (replication batch) that brought the row that set it off';
+comment on column pgml.drift_events.rows_since_deployment is
+    'pgml-sidecar: rows the detector had seen since the model was deployed (labelled rows, for'
+    ' error drift) when it detected the drift';
 
 -- Version 2 told users to GRANT INSERT on the control table: only the functions write it now.
 do $revoke$

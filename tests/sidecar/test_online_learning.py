@@ -123,8 +123,14 @@ def test_online_model_learns_through_a_concept_shift(daemon: Daemon, source_dsn:
     # The live model predicts the new concept.
     assert model.predict_rows([[0.5]])[0] == False  # noqa: E712
     with psycopg.connect(source_dsn, autocommit=True) as conn:
-        copied = conn.execute("select count(*) from pgml.drift_events").fetchone()
-    assert copied is not None and copied[0] >= 1  # in the source too
+        copied = conn.execute(
+            "select detector, rows_since_deployment, lsn, lsn <= pg_current_wal_lsn()"
+            " from pgml.drift_events order by id"
+        ).fetchall()
+    # In the source too, each where it was detected: the rows since deployment and the
+    # source commit that brought the row.
+    first = next(c for c in copied if c[0] == errors[0].detector)
+    assert first[1] == errors[0].rows and first[2] is not None and first[3] is True, copied
 
 
 def test_drift_retrains_a_batch_model_and_the_better_one_is_deployed(
