@@ -128,11 +128,24 @@ class Server:
                 self.process.wait()
 
 
-def _start(label: str, command: list[str], log: Path, ready: re.Pattern[str]) -> Server:
+def _start(
+    label: str,
+    command: list[str],
+    log: Path,
+    ready: re.Pattern[str],
+    env: dict[str, str] | None = None,
+    cwd: Path | None = None,
+) -> Server:
     """Start ``command``; wait for the stdout line matching ``ready`` (group 1: the port)."""
     err = log.open("w")
     process = subprocess.Popen(
-        command, stdout=subprocess.PIPE, stderr=err, stdin=subprocess.DEVNULL, env=_env(), text=True
+        command,
+        stdout=subprocess.PIPE,
+        stderr=err,
+        stdin=subprocess.DEVNULL,
+        env=env or _env(),
+        cwd=cwd,
+        text=True,
     )
     err.close()
     assert process.stdout is not None

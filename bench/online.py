@@ -2,15 +2,18 @@
 online projects attached vs none; how many rows each drift detector needs after a shift.
 
 Part 1 (learning) runs in this process on a DuckDB mirror holding ``--rows`` new rows of a
-table of 10 numeric features and a numeric label, with one online project trained (by
-``Trainer.train``) on the rows before them. Ours: the daemon's own ``Monitor`` (``on_commit``
-with one ``Touched`` of ``--keys-per-commit`` text keys per commit, all queued, then
-``Monitor.run`` in this thread until it has handled the last one): per batch ``touched_keys`` →
-``rows_for_keys`` (DuckDB) → feature drift → ``Model.features`` → ``RiverEstimator.partial_fit``
-→ error drift → checkpoints every 10,000 rows. The reference: a bare River loop
-(``predict_one`` + ``learn_one``) over the same rows, prepared in advance as dicts of the very
-feature values the model sees, on a deep copy of the deployed River model (same configuration,
-same state).
+table of 10 numeric features and a numeric label, with online projects trained (by
+``Trainer.train``) on the rows before them: one online_linear, one online_hoeffding_tree, then 13
+at once (7 online_linear and 6 online_hoeffding_tree with different hyperparameters, on
+``--many-rows`` rows). Ours: the daemon's own ``Monitor`` (``on_commit`` with one ``Touched`` of
+``--keys-per-commit`` text keys per commit, all queued, then ``Monitor.run`` in this thread until
+it has handled the last one and the learner process has learned every row): per batch
+``touched_keys`` → ``rows_in_change_order`` (DuckDB, once for all the projects of the table) →
+feature drift → ``Model.features`` → the learner process (``RiverEstimator.partial_fit``, error
+drift) → checkpoints (every 100,000 rows or 60 s). The reference: a bare River loop
+(``predict_one`` + ``learn_one``) over the same rows for each project's model in turn, prepared
+in advance as dicts of the very feature values the model sees, on a deep copy of each deployed
+River model (same configuration, same state).
 
 Part 2 (replication) mirrors ``--replication-rows`` rows inserted into a throwaway source with
 the replicator in catch-up mode (``Replicator.run``, as ``pgml-sidecar replicate --catch-up``),
@@ -35,7 +38,6 @@ import copy
 import gc
 import json
 import os
-import pickle
 import shutil
 import statistics
 import subprocess
@@ -58,7 +60,7 @@ from mirror.change_log import Touched
 from mirror.store import Mirror
 from replicator.replicate import ReplicationSettings, Replicator
 from sidecar.local_postgres import LocalPostgres
-from trainer import monitoring
+from trainer import monitoring, pickles
 from trainer.drift import DriftEvent, DriftThresholds, ErrorDrift, FeatureDrift
 from trainer.model import Model
 from trainer.monitoring import Monitor
@@ -71,7 +73,19 @@ SCHEMA = "public"
 TABLE = "readings"
 RELATION = f"{SCHEMA}.{TABLE}"
 FEATURES = [f"x{i}" for i in range(10)]
-LEARNING_ALGORITHMS = ("online_linear", "online_hoeffding_tree")
+ProjectSpec = tuple[str, str, dict[str, Any]]
+"""A project of part 1: name, online algorithm, hyperparameters."""
+LEARNING_SETS: dict[str, list[ProjectSpec]] = {
+    "online_linear": [("learn", "online_linear", {})],
+    "online_hoeffding_tree": [("learn", "online_hoeffding_tree", {})],
+    "13 projects": [
+        *((f"linear_{i}", "online_linear", {"l2": l2})
+          for i, l2 in enumerate((0.0, 1e-4, 1e-3, 1e-2, 0.03, 0.1, 0.3))),
+        *((f"tree_{i}", "online_hoeffding_tree", {"grace_period": grace})
+          for i, grace in enumerate((100, 200, 300, 400, 500, 600))),
+    ],
+}  # fmt: skip
+"""Part 1's project sets: learned one set at a time, each on a mirror of its own."""
 REPLICATION_PROJECTS = (
     ("repl_linear", "online_linear", "regression", "y"),
     ("repl_tree", "online_hoeffding_tree", "regression", "y"),
@@ -139,7 +153,7 @@ def attach_monitor(mirror: Mirror, trainer: Trainer) -> Monitor:
 STAGES = ("keys", "read", "feature_drift", "features", "river", "estimator", "error_drift",
           "checkpoint", "other")  # fmt: skip
 """Where ours spends its time, timed by wrapping what ``Monitor`` calls (all in this thread):
-keys = ``touched_keys``; read = ``rows_for_keys`` (DuckDB semi join); feature_drift =
+keys = ``touched_keys``; read = ``rows_in_change_order`` (DuckDB join, ordered); feature_drift =
 ``FeatureDrift.update``; features = ``Model.features`` (the preprocessor); river = the
 per-row predict + learn loop of ``RiverEstimator`` (``_learn_values``, building each row's dict
 included); estimator = the rest of ``partial_fit`` (checks, ``tolist``, progressive metrics);
@@ -171,7 +185,7 @@ class StageTimer:
     def installed(self) -> Iterator[StageTimer]:
         wrapped: list[tuple[Any, str, str]] = [
             (monitoring, "touched_keys", "keys"),
-            (monitoring, "rows_for_keys", "read"),
+            (monitoring, "rows_in_change_order", "read"),
             (FeatureDrift, "update", "feature_drift"),
             (Model, "features", "features"),
             (RiverEstimator, "_learn_values", "river"),
@@ -260,7 +274,8 @@ class LearningRound:
 
 @dataclass
 class LearningResult:
-    algorithm: str
+    name: str
+    projects: int
     rows: int
     train_rows: int
     keys_per_commit: int
@@ -268,14 +283,15 @@ class LearningResult:
 
     def table(self) -> str:
         ratio = statistics.median(r.ratio for r in self.rounds)
-        ours = self.rows / statistics.median(r.ours_s for r in self.rounds)
-        ref = self.rows / statistics.median(r.ref_s for r in self.rounds)
+        learned = self.rows * self.projects  # rows learned in all, each row by each project
+        ours = learned / statistics.median(r.ours_s for r in self.rounds)
+        ref = learned / statistics.median(r.ref_s for r in self.rounds)
         headers = ["round", "first", "ours s", "River s", "ratio", "ours rows/s", "River rows/s"]
         headers += [f"{s} s" for s in STAGES] + ["gc s (n) ours, River"]
         rows = [
             [
                 str(i), r.first, f"{r.ours_s:.2f}", f"{r.ref_s:.2f}", f"{r.ratio:.2f}",
-                f"{self.rows / r.ours_s:,.0f}", f"{self.rows / r.ref_s:,.0f}",
+                f"{learned / r.ours_s:,.0f}", f"{learned / r.ref_s:,.0f}",
                 *(f"{r.stages[s]:.2f}" for s in STAGES),
                 f"{r.gc_ours.seconds:.2f} ({r.gc_ours.full}), {r.gc_ref.seconds:.2f}"
                 f" ({r.gc_ref.full})",
@@ -285,23 +301,25 @@ class LearningResult:
         match = min(r.predictions_match for r in self.rounds)
         last = self.rounds[-1]
         return (
-            f"**online learning, {self.algorithm}** ({self.rows:,} rows x {self.rounds[0].features}"
-            f" features, {self.keys_per_commit:,} keys per commit, model trained on"
-            f" {self.train_rows:,} rows first): median ratio ours/bare River = **{ratio:.2f}**"
-            f" (target >= 0.8); median rows/s ours {ours:,.0f}, River {ref:,.0f}; after"
-            f" learning, both models predict alike on {match:.1%} of 1,000 rows; ours"
-            f" checkpointed {last.checkpoints} times, the pickled model {last.model_mb:.2f} MB at"
-            " the end; gc = time in the garbage collector, inside the stages (full"
-            " collections)\n\n" + w.markdown_table(headers, rows)
+            f"**online learning, {self.name}** ({self.projects} online project(s), {self.rows:,}"
+            f" rows x {self.rounds[0].features} features, {self.keys_per_commit:,} keys per"
+            f" commit, models trained on {self.train_rows:,} rows first): median ratio ours/bare"
+            f" River = **{ratio:.2f}** (target >= 0.9); median rows/s (rows x projects) ours"
+            f" {ours:,.0f}, River {ref:,.0f}; after learning, every model predicts as its"
+            f" reference on at least {match:.1%} of 1,000 rows; ours checkpointed"
+            f" {last.checkpoints} times, the pickled models {last.model_mb:.2f} MB at the end; gc"
+            " = time in the garbage collector, inside the stages (full collections)\n\n"
+            + w.markdown_table(headers, rows)
         )
 
 
 def build_learning_template(
-    scratch: Path, algorithm: str, worker: FitWorker, args: argparse.Namespace
-) -> Path:
-    """A mirror file with the table and one online project trained on its first rows, then
+    scratch: Path, name: str, projects: list[ProjectSpec], worker: FitWorker,
+    args: argparse.Namespace, rows: int,
+) -> Path:  # fmt: skip
+    """A mirror file with the table and the online projects trained on its first rows, then
     the rows to learn added; copied afresh for every round."""
-    path = scratch / f"template_{algorithm}" / "mirror.duckdb"
+    path = scratch / f"template_{name.replace(' ', '_')}" / "mirror.duckdb"
     path.parent.mkdir(parents=True)
     mirror = Mirror(path)
     try:
@@ -309,14 +327,15 @@ def build_learning_template(
         insert_rows(mirror, feature_rows(1, args.train_rows, args.seed))
         trainer = Trainer(mirror.con, artifact_home(path), worker=worker)
         try:
-            result = trainer.train(
-                "learn", task="regression", relation=RELATION, y="y", algorithm=algorithm,
-                test_sampling="last",
-            )  # fmt: skip
+            for project, algorithm, hyperparams in projects:
+                result = trainer.train(
+                    project, task="regression", relation=RELATION, y="y", algorithm=algorithm,
+                    hyperparams=hyperparams, test_sampling="last",
+                )  # fmt: skip
+                assert result.deployed, result
         finally:
             trainer.registry.close()
-        assert result.deployed, result
-        insert_rows(mirror, feature_rows(args.train_rows + 1, args.rows, args.seed))
+        insert_rows(mirror, feature_rows(args.train_rows + 1, rows, args.seed))
         mirror.con.execute("checkpoint")
     finally:
         mirror.close()
@@ -334,21 +353,21 @@ def copy_mirror(template: Path, target: Path) -> Path:
 
 
 def learning_round(
-    template: Path, scratch: Path, index: int, worker: FitWorker, args: argparse.Namespace
-) -> LearningRound:
+    template: Path, scratch: Path, index: int, worker: FitWorker, args: argparse.Namespace,
+    rows: int,
+) -> LearningRound:  # fmt: skip
     path = copy_mirror(template, scratch / f"round_{index}" / "mirror.duckdb")
     mirror = Mirror(path)
     trainer = Trainer(mirror.con, artifact_home(path), worker=worker)
     try:
-        monitor = attach_monitor(mirror, trainer)  # loads the model: untimed, once at start
-        (watch,) = monitor.watches.values()
-        first_lsn = watch.learned_lsn + 1  # commits at or before it count as learned
-        estimator: RiverEstimator = watch.model.estimator
-        start_learned = estimator.rows_learned
-        river_model = copy.deepcopy(estimator._model)
-        keys = list(estimator._keys)
-        # The reference's input: the rows in order, as the very feature values the model sees.
-        ids = row_ids(args.train_rows + 1, args.rows)
+        monitor = attach_monitor(mirror, trainer)  # loads the models: untimed, once at start
+        watches = list(monitor.watches.values())
+        first_lsn = max(w.learned_lsn for w in watches) + 1  # at or before it: learned
+        start_learned = {w.project: w.model.estimator.rows_learned for w in watches}
+        river_models = [copy.deepcopy(w.model.estimator._model) for w in watches]
+        keys = list(watches[0].model.estimator._keys)
+        # The reference's input: the rows in order, as the very feature values the models see.
+        ids = row_ids(args.train_rows + 1, rows)
         cursor = mirror.con.cursor()
         try:
             cursor.register("_bench_ids", pa.table({"id": ids, "pos": np.arange(len(ids))}))
@@ -357,7 +376,7 @@ def learning_round(
             ).to_arrow_table()
         finally:
             cursor.close()
-        matrix = watch.model.features(stream.select(watch.feature_columns))
+        matrix = watches[0].model.features(stream.select(watches[0].feature_columns))
         dicts = [dict(zip(keys, row, strict=True)) for row in matrix.tolist()]
         targets = stream["y"].to_numpy().tolist()
         batches = [
@@ -381,15 +400,15 @@ def learning_round(
             return seconds, timer.stages(seconds)
 
         def reference() -> float:
-            model = river_model
-            predict, learn = model.predict_one, model.learn_one
-            out: list[float | None] = []
-            append = out.append
             with gc_ref.installed():
                 started = time.perf_counter()
-                for features, target in zip(dicts, targets, strict=True):
-                    append(predict(features))
-                    learn(features, target)
+                for model in river_models:
+                    predict, learn = model.predict_one, model.learn_one
+                    out: list[float | None] = []
+                    append = out.append
+                    for features, target in zip(dicts, targets, strict=True):
+                        append(predict(features))
+                        learn(features, target)
                 return time.perf_counter() - started
 
         order = w.alternate(index)
@@ -400,21 +419,25 @@ def learning_round(
                 seconds["ours"], stages = ours()
             else:
                 seconds["ref"] = reference()
-        estimator = watch.model.estimator  # the learner's state, fetched by settle()
-        learned = estimator.rows_learned - start_learned
-        if learned != args.rows:
-            raise w.BenchError(f"the monitor learned {learned} rows, not {args.rows}")
-        # Same model, same state, same rows: after learning, both models should predict alike.
+        # Same models, same state, same rows: after learning, both should predict alike.
         sample = dicts[-1000:]
-        ours_after = np.array([estimator._model.predict_one(d) for d in sample], dtype=float)
-        ref_after = np.array([river_model.predict_one(d) for d in sample], dtype=float)
-        same = float(np.mean(np.isclose(ours_after, ref_after, rtol=1e-9, atol=1e-12)))
-        model_mb = len(pickle.dumps(watch.model, protocol=pickle.HIGHEST_PROTOCOL)) / 2**20
+        same = 1.0
+        for watch, river_model in zip(watches, river_models, strict=True):
+            estimator = watch.model.estimator  # the learner's state, fetched by settle()
+            learned = estimator.rows_learned - start_learned[watch.project]
+            if learned != rows:
+                raise w.BenchError(f"{watch.project} learned {learned} rows, not {rows}")
+            ours_after = np.array([estimator._model.predict_one(d) for d in sample], dtype=float)
+            ref_after = np.array([river_model.predict_one(d) for d in sample], dtype=float)
+            same = min(same, float(np.mean(np.isclose(ours_after, ref_after, rtol=1e-9,
+                                                      atol=1e-12))))  # fmt: skip
+        model_mb = sum(len(pickles.dumps(watch.model)) for watch in watches) / 2**20
         return LearningRound(
-            order[0], seconds["ours"], seconds["ref"], learned, stages, same, len(keys),
-            gc_ours, gc_ref, timer.calls["checkpoint"], model_mb,
+            order[0], seconds["ours"], seconds["ref"], rows * len(watches), stages, same,
+            len(keys), gc_ours, gc_ref, timer.calls["checkpoint"], model_mb,
         )  # fmt: skip
     finally:
+        monitor.close()
         trainer.registry.close()
         mirror.close()
 
@@ -423,15 +446,18 @@ def run_learning(
     scratch: Path, worker: FitWorker, args: argparse.Namespace
 ) -> list[LearningResult]:
     results = []
-    for algorithm in LEARNING_ALGORITHMS:
-        w.say(f"learning: training {algorithm} on {args.train_rows:,} rows")
-        template = build_learning_template(scratch / "learning", algorithm, worker, args)
-        result = LearningResult(algorithm, args.rows, args.train_rows, args.keys_per_commit)
+    for name, projects in LEARNING_SETS.items():
+        rows = args.rows if len(projects) == 1 else args.many_rows
+        w.say(f"learning {name}: training {len(projects)} project(s) on {args.train_rows:,} rows")
+        template = build_learning_template(scratch / "learning", name, projects, worker, args, rows)
+        result = LearningResult(name, len(projects), rows, args.train_rows, args.keys_per_commit)
         for index in range(args.rounds):
-            done = learning_round(template, scratch / "learning" / algorithm, index, worker, args)
+            done = learning_round(
+                template, scratch / "learning" / name.replace(" ", "_"), index, worker, args, rows
+            )
             result.rounds.append(done)
             w.say(
-                f"learning {algorithm} round {index + 1}: ours {done.ours_s:.2f}s, River"
+                f"learning {name} round {index + 1}: ours {done.ours_s:.2f}s, River"
                 f" {done.ref_s:.2f}s, ratio {done.ratio:.2f}; "
                 + ", ".join(f"{s} {done.stages[s]:.2f}" for s in STAGES)
                 + f"; gc ours {done.gc_ours.seconds:.2f}s, River {done.gc_ref.seconds:.2f}s"
@@ -736,7 +762,7 @@ SHIFTS = {
     " 10/20/30/40%; y = 2 x0 - x1 + noise unchanged; online_linear",
 }
 DETECTORS = (
-    ("ddm", "classification concept"),
+    ("adwin", "classification concept"),
     ("adwin", "regression concept"),
     ("psi", "feature shift"),
     ("jensen_shannon", "feature shift"),
@@ -870,7 +896,12 @@ def parser() -> argparse.ArgumentParser:
     p.add_argument(
         "--parts", default=",".join(PARTS), help=f"parts to run (default {','.join(PARTS)})"
     )
-    p.add_argument("--rows", type=int, default=100_000, help="rows learned in part 1")
+    p.add_argument(
+        "--rows", type=int, default=100_000, help="rows learned by one project in part 1"
+    )
+    p.add_argument(
+        "--many-rows", type=int, default=20_000, help="rows learned by 13 projects in part 1"
+    )
     p.add_argument(
         "--train-rows", type=int, default=10_000,
         help="rows the projects are trained on before (parts 1 and 2)",

@@ -14,7 +14,16 @@ import duckdb
 import numpy as np
 import pyarrow as pa
 
-from mirror.changes import Deletes, Inserts, Lsn, RowChange, Tuples, Updates, slice_change
+from mirror.changes import (
+    Deletes,
+    Inserts,
+    Lsn,
+    RowChange,
+    Tuples,
+    Updates,
+    in_order,
+    slice_change,
+)
 from mirror.duckdb_sql import quote
 from mirror.errors import MirrorError
 from mirror.tables import MirrorColumn, MirroredTable, prepared_value
@@ -31,7 +40,7 @@ def apply_group(
         return insert_all(con, table, group)
     if table.has_primary_key and not _has_unchanged(group):
         return apply_net(con, table, group)
-    return sum(apply_one(con, table, change) for change in group)
+    return sum(apply_one(con, table, change) for change in in_order(group))
 
 
 def apply_one(con: duckdb.DuckDBPyConnection, table: MirroredTable, change: RowChange) -> int:
@@ -64,14 +73,12 @@ def apply_net(
     """Delete every key the changes touch, then insert each key's last row image."""
     names = [c.name for c in table.columns]
     pieces: list[pa.Table] = []
-    seq = 0
-    for change in changes:
+    for change, seq in zip(changes, _event_seqs(changes), strict=True):
         old = None if isinstance(change, Inserts) else change.old
         if old is not None:
             pieces.append(_events(old.values, names, seq, upsert=False))
         if not isinstance(change, Deletes):
-            pieces.append(_events(change.rows.values, names, seq, upsert=True))
-        seq += 2 * change_rows(change)
+            pieces.append(_events(change.rows.values, names, seq + 1, upsert=True))
     events = pa.concat_tables(pieces)
     _register(con, table, events, {})
     keys = ", ".join(quote(c.name) for c in table.keys)
@@ -174,7 +181,8 @@ def _register(
     for name in rows.column_names:
         column = rows.column(name)
         prepare = by_name[name].mirror_type.prepare if name in by_name else None
-        arrays.append(prepare(column.combine_chunks()) if prepare else column)
+        array = column.combine_chunks()
+        arrays.append(prepare(array) if prepare else array)
         names.append(name)
     for name, array in extra.items():
         arrays.append(array)
@@ -246,19 +254,27 @@ def _update_one_row(
         )
 
 
-def _events(values: pa.Table, names: list[str], first_seq: int, *, upsert: bool) -> pa.Table:
-    """Row images as key events: text columns in table order, a sequence number and a kind.
+def _event_seqs(changes: list[RowChange]) -> list[np.ndarray]:
+    """Each change's rows' places among the changes, doubled: an update's delete of its old
+    key sorts before its new image (even for deletes, odd for upserts)."""
+    if all(c.seq is not None for c in changes):
+        return [c.seq * 2 for c in changes if c.seq is not None]
+    if any(c.seq is not None for c in changes):
+        raise ValueError("changes with and without seq cannot be applied together")
+    counts = np.array([change_rows(c) for c in changes], dtype=np.int64)
+    firsts = np.concatenate(([0], np.cumsum(counts)[:-1]))
+    return [2 * np.arange(f, f + n) for f, n in zip(firsts.tolist(), counts.tolist(), strict=True)]
 
-    An update's delete of its old key sorts before its new image (even sequence numbers for
-    deletes, odd for upserts)."""
+
+def _events(values: pa.Table, names: list[str], seq: np.ndarray, *, upsert: bool) -> pa.Table:
+    """Row images as key events: text columns in table order, a sequence number and a kind."""
     count = values.num_rows
     present = set(values.column_names)
     columns = [
         values.column(n) if n in present else pa.nulls(count, pa.large_string()) for n in names
     ]
-    seq = pa.array(np.arange(first_seq + (1 if upsert else 0), first_seq + 2 * count, 2))
     flag = pa.array(np.full(count, upsert))
-    return pa.Table.from_arrays([*columns, seq, flag], names=[*names, "_seq", "_upsert"])
+    return pa.Table.from_arrays([*columns, pa.array(seq), flag], names=[*names, "_seq", "_upsert"])
 
 
 def _has_unchanged(changes: list[RowChange]) -> bool:

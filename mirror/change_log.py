@@ -14,7 +14,9 @@ from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 
 import duckdb
+import numpy as np
 import pyarrow as pa
+import pyarrow.compute as pc
 
 from mirror.changes import Deletes, Lsn, RowChange, Updates
 from mirror.duckdb_sql import META, quote
@@ -68,13 +70,7 @@ def rows_for_keys(
     """The committed rows of ``schema.table`` whose key columns (text) are in ``keys``."""
     cursor = con.cursor()
     try:
-        types = dict(
-            cursor.execute(
-                "select column_name, data_type from duckdb_columns()"
-                " where schema_name = ? and table_name = ?",
-                [schema, table],
-            ).fetchall()
-        )
+        types = _column_types(cursor, schema, table)
         cursor.register("_pgml_touched", keys)
         # The text keys are cast to the column's type, not the column to text, so the key's
         # index and statistics serve the join instead of a cast of every row.
@@ -90,6 +86,57 @@ def rows_for_keys(
         ).to_arrow_table()
     finally:
         cursor.close()
+
+
+_ORDER = "_pgml_sidecar_order"
+
+
+def rows_in_change_order(
+    con: duckdb.DuckDBPyConnection, schema: str, table: str, keys: pa.Table, columns: list[str]
+) -> pa.Table:
+    """The committed rows of ``schema.table`` whose keys (text) are in ``keys``, which lists
+    them in the order they changed (repeats allowed): each row once, in the order of its last
+    change. Online learning reads rows this way, so the same changes always give the same
+    model: a join alone returns rows in no promised order (DuckDB's threads reorder them)."""
+    ordered = keys.append_column(_ORDER, pa.array(np.arange(keys.num_rows, dtype=np.int64)))
+    if pc.count_distinct(_joined(keys)).as_py() < keys.num_rows:  # a key changed twice
+        ordered = ordered.group_by(keys.column_names).aggregate([(_ORDER, "max")])
+        ordered = ordered.rename_columns([*keys.column_names, _ORDER])
+    cursor = con.cursor()
+    try:
+        types = _column_types(cursor, schema, table)
+        cursor.register("_pgml_touched", ordered)
+        match = " and ".join(
+            f"r.{quote(k)} = try_cast(t.{quote(k)} as {types.get(k, 'varchar')})"
+            for k in keys.column_names
+        )
+        listed = ", ".join(f"r.{quote(c)}" for c in columns)
+        found = cursor.sql(
+            f"select {listed}, t.{_ORDER} from {quote(schema)}.{quote(table)} r"
+            f" join _pgml_touched t on {match}"
+        ).to_arrow_table()
+    finally:
+        cursor.close()
+    order = np.argsort(found[_ORDER].to_numpy(), kind="stable")
+    return found.take(order).drop_columns([_ORDER])
+
+
+def _joined(keys: pa.Table) -> pa.Array:
+    """One text value per key (the columns joined by NUL), to count distinct keys."""
+    if keys.num_columns == 1:
+        return keys.column(0).combine_chunks()
+    parts = [pc.fill_null(keys.column(i), "") for i in range(keys.num_columns)]
+    return pc.binary_join_element_wise(*parts, "\x00").combine_chunks()
+
+
+def _column_types(cursor: duckdb.DuckDBPyConnection, schema: str, table: str) -> dict[str, str]:
+    return dict(
+        cursor.execute(
+            "select column_name, data_type from duckdb_columns()"
+            " where schema_name = ? and table_name = ?",
+            [schema, table],
+        ).fetchall()
+    )
 
 
 def create_change_log(con: duckdb.DuckDBPyConnection) -> None:

@@ -3,10 +3,17 @@
 Row values travel as Arrow tables of text (Postgres' text output of each value), one column per
 source column; the mirror casts them to their DuckDB types in bulk. A column whose value was an
 unchanged TOAST datum in an update is NULL in ``values`` and True in ``unchanged[name]``.
+
+A batch lists its changes in order. A decoder may merge the interleaved runs of one kind of
+change to one relation into one change (thousands of small transactions make thousands of
+runs, each an Arrow table of its own otherwise): its rows then carry ``seq``, their places
+among the rows decoded with them, and the rows of one relation apply in ``seq`` order.
 """
 
 from __future__ import annotations
 
+import itertools
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 
 import numpy as np
@@ -103,6 +110,8 @@ class Inserts:
     relation: Relation
     rows: Tuples
     replace: bool = False
+    seq: np.ndarray | None = None
+    """Each row's place in its batch, ascending (see the module's docstring)."""
 
 
 @dataclass(slots=True)
@@ -112,6 +121,7 @@ class Updates:
     relation: Relation
     rows: Tuples
     old: Tuples | None
+    seq: np.ndarray | None = None
 
 
 @dataclass(slots=True)
@@ -120,6 +130,7 @@ class Deletes:
 
     relation: Relation
     old: Tuples
+    seq: np.ndarray | None = None
 
 
 @dataclass(slots=True)
@@ -138,22 +149,42 @@ Change = SchemaChange | RowChange | Truncate
 
 def slice_change(change: RowChange, start: int, stop: int) -> RowChange:
     """The same kind of change for rows ``start`` to ``stop`` (exclusive) only."""
+    seq = None if change.seq is None else change.seq[start:stop]
     if isinstance(change, Inserts):
-        return Inserts(change.relation, change.rows.slice(start, stop), change.replace)
+        return Inserts(change.relation, change.rows.slice(start, stop), change.replace, seq)
     if isinstance(change, Deletes):
-        return Deletes(change.relation, change.old.slice(start, stop))
+        return Deletes(change.relation, change.old.slice(start, stop), seq)
     old = None if change.old is None else change.old.slice(start, stop)
-    return Updates(change.relation, change.rows.slice(start, stop), old)
+    return Updates(change.relation, change.rows.slice(start, stop), old, seq)
+
+
+def in_order(changes: Sequence[RowChange]) -> list[RowChange]:
+    """Changes to one relation as runs in the order their rows happened (their ``seq``), for
+    what must go row by row; changes without ``seq`` are in order already."""
+    if all(c.seq is None for c in changes):
+        return list(changes)
+    if any(c.seq is None for c in changes):
+        raise ValueError("changes with and without seq cannot be ordered together")
+    seqs = [c.seq for c in changes if c.seq is not None]
+    counts = [len(s) for s in seqs]
+    order = np.argsort(np.concatenate(seqs), kind="stable")
+    which = np.repeat(np.arange(len(changes)), counts)[order]
+    row = np.concatenate([np.arange(n) for n in counts])[order]
+    bounds = [0, *(np.flatnonzero(which[1:] != which[:-1]) + 1).tolist(), len(order)]
+    return [
+        slice_change(changes[int(which[a])], int(row[a]), int(row[a]) + b - a)
+        for a, b in itertools.pairwise(bounds)
+    ]
 
 
 def compact(change: Change) -> Change:
     """The change with its values in buffers of their own (view arrays point into a whole
     decoded block; this copies out just the values, for keeping or pickling)."""
     if isinstance(change, Inserts):
-        return Inserts(change.relation, change.rows.compact(), change.replace)
+        return Inserts(change.relation, change.rows.compact(), change.replace, change.seq)
     if isinstance(change, Deletes):
-        return Deletes(change.relation, change.old.compact())
+        return Deletes(change.relation, change.old.compact(), change.seq)
     if isinstance(change, Updates):
         old = None if change.old is None else change.old.compact()
-        return Updates(change.relation, change.rows.compact(), old)
+        return Updates(change.relation, change.rows.compact(), old, change.seq)
     return change

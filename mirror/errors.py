@@ -9,6 +9,7 @@
     │   └── SlotBusyError        another process holds the replication slot
     ├── SourceConnectionLost     the connection dropped; the replicator reconnects and resumes
     ├── MirrorError              the DuckDB mirror cannot be opened or does not match
+    │   └── MirrorOutOfMemory    DuckDB ran out of memory applying or committing a batch
     └── TrainingError            a training or deployment request cannot be carried out
 
 Code above raises these with a message a user understands; the CLI prints ``error: <message>``
@@ -65,6 +66,19 @@ class MirrorError(SidecarError):
     """The DuckDB mirror cannot be opened, or holds something the sidecar did not write."""
 
     sqlstate = "58030"
+
+
+class MirrorOutOfMemory(MirrorError):
+    """DuckDB ran out of memory applying or committing changes; none of them was committed.
+
+    ``invalidated``: it happened in a commit, after which DuckDB refuses every statement until
+    the database is opened again."""
+
+    sqlstate = "53200"
+
+    def __init__(self, message: str, *, invalidated: bool = False) -> None:
+        super().__init__(message)
+        self.invalidated = invalidated
 
 
 class TrainingError(SidecarError):

@@ -16,9 +16,17 @@ grow; the latest deployment of a project (highest id) is the deployed model.
   score, and the notices the training gave.
 - ``deployments``: one row per deployment (strategy ``new_score``, ``most_recent``,
   ``best_score``, ``rollback`` or ``specific``).
-- ``drift_events``: each drift a monitor detected (detector, feature, statistic, threshold).
+- ``drift_events``: each drift a monitor detected (detector, feature, statistic, threshold),
+  once, at the row that set it off: ``lsn``, the mirror commit that brought the row, and
+  ``rows_since_deployment``, the rows the detector had seen since the model was deployed.
 - ``project_settings``: a project's retraining schedule (cron) and whether drift retrains it.
-- ``progress``: an online model's progressive metrics as it learns, with the source position.
+- ``progress``: an online model's progressive metrics as it learns, with the source position:
+  a row per checkpoint (``checkpoint``), and one row kept current in between.
+- ``challenges``: each retrain on drift (or deployment by ``best_recent_score``): champion and
+  challenger scored on the same recent rows, both scores, and whether the challenger won.
+
+A deployed model that fails as it is watched (it cannot be loaded, learn, predict or be
+checkpointed) gets ``status`` failed and the reason in ``failure``.
 
 Rows are written only for trainings that succeeded, in one transaction, so a failed request
 leaves nothing behind.
@@ -84,6 +92,7 @@ create table if not exists pgml.models (
     runtime varchar not null default 'python',
     hyperparams json,
     status varchar not null default 'successful',
+    failure varchar,
     metrics json,
     search varchar,
     search_params json,
@@ -114,7 +123,9 @@ create table if not exists pgml.drift_events (
     feature varchar,
     statistic double not null,
     threshold double not null,
-    detected_at timestamptz not null default current_timestamp
+    detected_at timestamptz not null default current_timestamp,
+    lsn varchar,
+    rows_since_deployment bigint
 );
 create table if not exists pgml.project_settings (
     project_id bigint primary key,
@@ -130,7 +141,25 @@ create table if not exists pgml.progress (
     rows_learned bigint not null,
     metrics json,
     source_position json,
-    recorded_at timestamptz not null default current_timestamp
+    recorded_at timestamptz not null default current_timestamp,
+    checkpoint boolean default true
+);
+create sequence if not exists pgml.challenges_id_seq;
+create table if not exists pgml.challenges (
+    id bigint primary key default nextval('pgml.challenges_id_seq'),
+    project_id bigint not null,
+    champion_id bigint,
+    challenger_id bigint not null,
+    reason varchar not null,
+    after_lsn varchar,
+    num_rows bigint not null,
+    metric varchar not null,
+    champion_score double,
+    challenger_score double,
+    champion_metrics json,
+    challenger_metrics json,
+    deployed boolean not null,
+    decided_at timestamptz not null default current_timestamp
 );
 create or replace view pgml.deployed_models as
 select p.id, p.name, p.task, m.algorithm, m.runtime, d.created_at as deployed_at, m.id as model_id
@@ -164,6 +193,15 @@ join pgml.models m on m.id = d.model_id
 join pgml.snapshots s on s.id = m.snapshot_id
 order by d.created_at desc;
 """
+
+_MIGRATIONS = """
+alter table pgml.drift_events add column if not exists lsn varchar;
+alter table pgml.drift_events add column if not exists rows_since_deployment bigint;
+alter table pgml.models add column if not exists failure varchar;
+alter table pgml.progress add column if not exists checkpoint boolean default true;
+"""
+"""Columns added since the tables were first made: a mirror file from an earlier version gets
+them when it is opened (its progress rows were all checkpoints)."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -209,6 +247,23 @@ class ModelRecord:
     notes: dict[str, Any] = field(default_factory=dict)
     status: str = "successful"
     created_at: datetime | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class Challenge:
+    """A champion and a challenger scored on the same ``num_rows`` recent rows (changed after
+    ``after_lsn``); ``deployed`` when the challenger won on ``metric``."""
+
+    project_id: int
+    champion_id: int | None
+    challenger_id: int
+    reason: str
+    after_lsn: str | None
+    num_rows: int
+    metric: str
+    champion_metrics: dict[str, float]
+    challenger_metrics: dict[str, float]
+    deployed: bool
 
 
 @dataclass(frozen=True, slots=True)
@@ -298,6 +353,7 @@ class Registry:
         self._depth = 0
         self._lock = threading.RLock()
         self.con.execute(_DDL)
+        self.con.execute(_MIGRATIONS)
 
     def close(self) -> None:
         self.con.close()
@@ -501,14 +557,26 @@ class Registry:
     @_locked
     def add_drift_event(
         self, project_id: int, model_id: int, detector: str, feature: str | None,
-        statistic: float, threshold: float,
-    ) -> int:  # fmt: skip
+        statistic: float, threshold: float, *, lsn: str | None = None,
+        rows_since_deployment: int | None = None,
+    ) -> int | None:  # fmt: skip
+        """Record a detection; None (and nothing written) if the model's detector already
+        reported one at that row (a replay detecting again what was recorded)."""
+        if rows_since_deployment is not None:
+            seen = self.con.execute(
+                "select 1 from pgml.drift_events where model_id = ? and detector = ?"
+                " and feature is not distinct from ? and rows_since_deployment = ?",
+                [model_id, detector, feature, rows_since_deployment],
+            ).fetchone()
+            if seen is not None:
+                return None
         row = self.con.execute(
             "insert into pgml.drift_events (project_id, project, model_id, detector, feature,"
-            " statistic, threshold) select ?, name, ?, ?, ?, ?, ? from pgml.projects"
-            " where id = ? returning id",
-            [project_id, model_id, detector, feature, statistic, threshold, project_id],
-        ).fetchone()
+            " statistic, threshold, lsn, rows_since_deployment) select ?, name, ?, ?, ?, ?, ?,"
+            " ?, ? from pgml.projects where id = ? returning id",
+            [project_id, model_id, detector, feature, statistic, threshold, lsn,
+             rows_since_deployment, project_id],
+        ).fetchone()  # fmt: skip
         assert row is not None
         return int(row[0])
 
@@ -540,23 +608,93 @@ class Registry:
     def add_progress(
         self, model_id: int, rows: int, metrics: dict[str, float], position: dict[str, str]
     ) -> None:
+        """Record a checkpoint's progress (the row a restart resumes from)."""
         self.con.execute(
-            "insert into pgml.progress (model_id, rows_learned, metrics, source_position)"
-            " values (?, ?, ?, ?)",
+            "insert into pgml.progress (model_id, rows_learned, metrics, source_position,"
+            " checkpoint) values (?, ?, ?, ?, true)",
             [model_id, rows, json.dumps(metrics), json.dumps(position)],
         )
+
+    @_locked
+    def set_current_progress(
+        self, model_id: int, rows: int, metrics: dict[str, float], position: dict[str, str]
+    ) -> None:
+        """Keep the model's one row of current progress (between checkpoints) up to date."""
+        values = [rows, json.dumps(metrics), json.dumps(position), model_id]
+        updated = self.con.execute(
+            "update pgml.progress set rows_learned = ?, metrics = ?, source_position = ?,"
+            " recorded_at = current_timestamp where model_id = ? and not checkpoint"
+            " returning id",
+            values,
+        ).fetchall()
+        if not updated:
+            self.con.execute(
+                "insert into pgml.progress (rows_learned, metrics, source_position, model_id,"
+                " checkpoint) values (?, ?, ?, ?, false)",
+                values,
+            )
 
     @_locked
     def learned_position(self, model_id: int) -> int | None:
         """The mirror position an online model's last checkpoint had learned up to."""
         row = self.con.execute(
             "select source_position->>'mirror' from pgml.progress where model_id = ?"
-            " order by id desc limit 1",
+            " and checkpoint order by id desc limit 1",
             [model_id],
         ).fetchone()
         if row is None or row[0] is None:
             return None
         return parse_lsn(str(row[0]))
+
+    # -- failures and challenges ---------------------------------------------------------------
+
+    @_locked
+    def mark_failed(self, model_id: int, reason: str) -> None:
+        """Set a model's status to failed, with the reason."""
+        self.con.execute(
+            "update pgml.models set status = 'failed', failure = ?,"
+            " updated_at = current_timestamp where id = ?",
+            [reason, model_id],
+        )
+
+    @_locked
+    def failures(self) -> dict[int, str]:
+        """Every failed model's reason, by model id."""
+        rows = self.con.execute(
+            "select id, coalesce(failure, 'failed') from pgml.models where status = 'failed'"
+        ).fetchall()
+        return {int(i): str(r) for i, r in rows}
+
+    @_locked
+    def add_challenge(self, challenge: Challenge) -> int:
+        """Record champion and challenger scored on the same recent rows."""
+        c = challenge
+        row = self.con.execute(
+            "insert into pgml.challenges (project_id, champion_id, challenger_id, reason,"
+            " after_lsn, num_rows, metric, champion_score, challenger_score, champion_metrics,"
+            " challenger_metrics, deployed) values (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)"
+            " returning id",
+            [c.project_id, c.champion_id, c.challenger_id, c.reason, c.after_lsn, c.num_rows,
+             c.metric, c.champion_metrics.get(c.metric), c.challenger_metrics.get(c.metric),
+             json.dumps(c.champion_metrics), json.dumps(c.challenger_metrics), c.deployed],
+        ).fetchone()  # fmt: skip
+        assert row is not None
+        return int(row[0])
+
+    @_locked
+    def challenges(self, project_id: int) -> list[Challenge]:
+        """The project's challenges, oldest first."""
+        rows = self.con.execute(
+            "select project_id, champion_id, challenger_id, reason, after_lsn, num_rows, metric,"
+            " champion_metrics, challenger_metrics, deployed from pgml.challenges"
+            " where project_id = ? order by id",
+            [project_id],
+        ).fetchall()
+        return [
+            Challenge(p, champion, challenger, reason, after, n, metric, _json(a) or {},
+                      _json(b) or {}, deployed)
+            for p, champion, challenger, reason, after, n, metric, a, b, deployed in rows
+        ]  # fmt: skip
 
     # -- deployments ---------------------------------------------------------------------------
 

@@ -25,6 +25,7 @@ from __future__ import annotations
 
 import contextlib
 import json
+import re
 from collections.abc import Iterable, Mapping
 from dataclasses import asdict
 from pathlib import Path
@@ -48,7 +49,7 @@ from mirror.changes import (
 )
 from mirror.column_types import SourceType
 from mirror.duckdb_sql import META, quote
-from mirror.errors import MirrorError
+from mirror.errors import MirrorError, MirrorOutOfMemory
 from mirror.tables import (
     MirrorColumn,
     MirroredTable,
@@ -69,6 +70,23 @@ client does not scan Python objects by name either (a connection's own
 ``python_enable_replacements`` would not reach its cursors)."""
 
 
+def _why_not_opened(exc: duckdb.Error) -> str:
+    """DuckDB's reason a mirror file did not open, and what to do about it."""
+    text = (str(exc).strip().splitlines() or [type(exc).__name__])[0]
+    if "lock" in text.lower():
+        advice = (
+            "another process (replicate, run or serve) has it open; stop it first, or train"
+            " through the SQL endpoint"
+        )
+    elif "Memory" in text or "memory" in text:
+        advice = "set --memory-limit to a size such as 1GB"
+    elif "No such file or directory" in text:
+        advice = "create its directory, or fix --mirror"
+    else:
+        advice = "check --mirror: it must be a DuckDB file that pgml-sidecar wrote"
+    return f"{text}; {advice}"
+
+
 class Mirror:
     """A DuckDB mirror file, opened for the replicator."""
 
@@ -80,7 +98,7 @@ class Mirror:
         try:
             self.con = duckdb.connect(str(self.path), read_only=read_only, config=config)
         except duckdb.Error as exc:
-            raise MirrorError(f"cannot open mirror {self.path}: {exc}") from None
+            raise MirrorError(f"cannot open mirror {self.path}: {_why_not_opened(exc)}") from None
         self.source_types: dict[int, SourceType] = {}
         self.tables: dict[tuple[str, str], MirroredTable] = {}
         self._in_transaction = False
@@ -137,6 +155,16 @@ class Mirror:
                 schema, name, cols, identity, state, until or 0, relid or 0
             )
 
+    @property
+    def memory_limit_bytes(self) -> int:
+        """DuckDB's memory limit for this database, in bytes."""
+        cursor = self.con.cursor()  # the replicator's thread may be using self.con
+        try:
+            row = cursor.execute("select current_setting('memory_limit')").fetchone()
+        finally:
+            cursor.close()
+        return parse_memory(str(row[0]) if row else "")
+
     def position(self, source: str) -> Lsn | None:
         """The end LSN of the last source transaction applied, or None for a new mirror."""
         row = self.con.execute(
@@ -172,6 +200,21 @@ class Mirror:
         """Store ``lsn`` as the source position (and the Kafka ``offsets`` the batch was
         consumed up to: topic and partition to the next offset) and commit everything applied
         since begin()."""
+        try:
+            self._commit(source, lsn, offsets)
+        except duckdb.Error as exc:
+            self.rollback()  # a refused commit (disk full...) leaves nothing half applied
+            if out_of_memory(exc):
+                raise MirrorOutOfMemory(
+                    f"the mirror ran out of memory committing a batch ({first_line(exc)})",
+                    invalidated=True,
+                ) from None
+            raise
+        touched, self._touched = self._touched, {}
+        if touched and self.on_commit is not None:
+            self.on_commit(lsn, touched)
+
+    def _commit(self, source: str, lsn: Lsn, offsets: Mapping[tuple[str, int], int] | None) -> None:
         self.begin()
         self.con.execute(
             f"insert into {META}.positions values (?, ?, now()) on conflict (source) do update"
@@ -190,15 +233,8 @@ class Mirror:
         # stored with the batch, for consumers that must see each change exactly once across
         # restarts (online learning)
         change_log.log_changes(self.con, lsn, self._touched, self.logged)
-        try:
-            self.con.execute("commit")
-        except duckdb.Error:
-            self.rollback()  # a refused commit (disk full...) leaves nothing half applied
-            raise
+        self.con.execute("commit")
         self._in_transaction = False
-        touched, self._touched = self._touched, {}
-        if touched and self.on_commit is not None:
-            self.on_commit(lsn, touched)
 
     def kafka_offsets(self) -> dict[tuple[str, int], int]:
         """The next offset to consume of each Kafka topic and partition in the mirror."""
@@ -242,10 +278,13 @@ class Mirror:
         self._touched = {}
         if self._in_transaction:
             self._in_transaction = False
-            with contextlib.suppress(duckdb.TransactionException):  # a failed commit ended it
+            # A failed commit ended the transaction; one that ran out of memory may have
+            # invalidated the database, which then refuses everything until opened again.
+            with contextlib.suppress(duckdb.TransactionException, duckdb.FatalException):
                 self.con.execute("rollback")
             self.tables.clear()
-            self._load_tables()
+            with contextlib.suppress(duckdb.FatalException):
+                self._load_tables()
 
     def close(self) -> None:
         self.rollback()
@@ -375,6 +414,14 @@ class Mirror:
         tables copied after it skip them.
         """
         self.begin()
+        try:
+            return self._apply(changes, commit_lsn)
+        except duckdb.OutOfMemoryException as exc:
+            raise MirrorOutOfMemory(
+                f"the mirror ran out of memory applying a batch ({first_line(exc)})"
+            ) from None
+
+    def _apply(self, changes: Iterable[Change], commit_lsn: Lsn | None) -> int:
         touched = 0
         rows: list[RowChange] = []
         counts = self.changes_applied
@@ -431,6 +478,31 @@ class Mirror:
         """Report the whole table as changed at the next commit (after a copy or truncate)."""
         if self._watching((schema, name)):
             self._touched.setdefault((schema, name), Touched()).everything = True
+
+
+_MEMORY = re.compile(r"([\d.]+)\s*([KMGT]i?B|bytes?)?", re.IGNORECASE)
+_UNITS = {"k": 1 << 10, "m": 1 << 20, "g": 1 << 30, "t": 1 << 40}
+
+
+def out_of_memory(exc: BaseException) -> bool:
+    """Whether DuckDB failed for want of memory (a commit says so only in its message)."""
+    if isinstance(exc, duckdb.OutOfMemoryException):
+        return True
+    text = str(exc)
+    return "could not allocate" in text or "failed to pin" in text or "Out of Memory" in text
+
+
+def first_line(exc: BaseException) -> str:
+    return (str(exc).strip().splitlines() or [type(exc).__name__])[0]
+
+
+def parse_memory(text: str) -> int:
+    """Bytes in a size as DuckDB shows it (``122.0 MiB``, ``1.8 GiB``)."""
+    match = _MEMORY.fullmatch(text.strip())
+    if match is None:
+        raise MirrorError(f"cannot read DuckDB's memory limit {text!r}")
+    unit = (match[2] or "b").lower()
+    return int(float(match[1]) * _UNITS.get(unit[0], 1))
 
 
 def _locked(cursor: duckdb.DuckDBPyConnection) -> bool:

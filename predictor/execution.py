@@ -35,6 +35,7 @@ from predictor.statements import Parameter, ProcedureCall, Statement
 from predictor.time_settings import STATEMENT_TIMEOUT, TRAINING_TIME_LIMIT
 from predictor.value_text import text_value
 from trainer.train import Trainer
+from trainer.worker import FitCancelled, cancelled_by
 
 if TYPE_CHECKING:
     from predictor.access import EndpointAccess
@@ -146,17 +147,26 @@ class StatementRunner:
                 self._running = cursor
         if reason is not None:
             raise self._interrupted_error(reason)
-        watch = self.endpoint.watch
-        watch.add(self)
         try:
-            yield
+            with self.watched():
+                yield
         except duckdb.Error as exc:
             reason = self.interrupted
             raise (self._interrupted_error(reason) if reason else duckdb_error(exc)) from None
         finally:
-            watch.discard(self)
             with self._interrupt_lock:
                 self._running = None
+
+    @contextlib.contextmanager
+    def watched(self) -> Iterator[None]:
+        """Inside, the statement watch interrupts this session past its deadline or once its
+        client hangs up (:meth:`interrupt` sets :attr:`interrupted`)."""
+        watch = self.endpoint.watch
+        watch.add(self)
+        try:
+            yield
+        finally:
+            watch.discard(self)
 
     def interrupt(self, reason: str) -> None:
         """Interrupt the message being answered ('cancel', 'timeout' or 'disconnect').
@@ -220,13 +230,17 @@ class StatementRunner:
             assert statement.procedure is not None
             access = self.endpoint.access
             changing = None if access is None else partial(access.changing, self.role)
-            result = procedures.call(
-                self.endpoint.trainer,
-                statement.procedure,
-                params,
-                changing=changing,
-                time_limit=self.settings.get("pgml.training_time_limit"),
-            )
+            try:
+                with self.watched(), cancelled_by(lambda: self.interrupted):
+                    result = procedures.call(
+                        self.endpoint.trainer,
+                        statement.procedure,
+                        params,
+                        changing=changing,
+                        time_limit=self.settings.get("pgml.training_time_limit"),
+                    )
+            except FitCancelled as exc:
+                raise self._interrupted_error(exc.reason) from None
             return _procedure_outcome(result)
         if kind in ("begin", "commit", "rollback", "savepoint", "release", "rollback_to"):
             return self._transaction(statement)

@@ -10,7 +10,7 @@ and a snapshot only if it may see a project trained on it or read its relation.
 visible rows, under the relation's name or alias. The test is a DuckDB function the endpoint
 registers (:func:`register`) that asks for the role at every execution, so a prepared statement
 follows GRANT and REVOKE as a new one does. The loaded data sets (``pgml.iris``...) are
-everyone's and stay as they are.
+everyone's and stay as they are; any other relation of the schema shows no row.
 """
 
 from __future__ import annotations
@@ -22,6 +22,8 @@ import duckdb
 import pyarrow as pa
 from duckdb import func
 from pglast import ast, parse_sql
+
+from trainer.datasets import DATASETS
 
 PROJECT_VISIBLE = "pgml_project_visible"
 SNAPSHOT_VISIBLE = "pgml_snapshot_visible"
@@ -38,6 +40,7 @@ FILTERS = {
     "deployments": _BY_PROJECT.replace("{column}", "project_id"),
     "project_settings": _BY_PROJECT.replace("{column}", "project_id"),
     "drift_events": _BY_PROJECT.replace("{column}", "project_id"),
+    "challenges": _BY_PROJECT.replace("{column}", "project_id"),
     "deployed_models": _BY_PROJECT.replace("{column}", "id"),
     "trained_models": _BY_NAME,
     "overview": _BY_NAME,
@@ -53,12 +56,14 @@ FILTERS = {
 
 def filtered(node: ast.RangeVar, relation: str, role: str) -> ast.RangeSubselect | None:
     """``(SELECT * FROM pgml.relation WHERE <visible to role>) AS alias``, or None for a
-    relation every role sees whole (a data set)."""
-    template = FILTERS.get(relation.lower())
-    if template is None:
+    relation every role sees whole (a loaded data set). A relation of the registry not named
+    in :data:`FILTERS` shows no row: nothing new is shown to everyone by default."""
+    if relation.lower() in DATASETS:
         return None
+    template = FILTERS.get(relation.lower(), "select * from pgml.{name} where false")
     literal = "'" + role.replace("'", "''") + "'"
-    query = parse_sql(template.format(name=relation.lower(), role=literal))[0].stmt
+    name = '"' + relation.replace('"', '""') + '"'
+    query = parse_sql(template.format(name=name, role=literal))[0].stmt
     alias = node.alias or ast.Alias(aliasname=node.relname)
     return ast.RangeSubselect(lateral=False, subquery=query, alias=alias)
 

@@ -196,7 +196,7 @@ def as_numbers(model: Model, predicted: np.ndarray) -> np.ndarray:
     if predicted.dtype.kind in "biuf":
         return predicted.astype(np.float64)
     if model.classes is not None:  # text labels: their index among the classes, as a number
-        return np.searchsorted(model.classes, predicted).astype(np.float64)
+        return model.label_indices(predicted)
     return predicted.astype(np.float64)
 
 

@@ -37,7 +37,7 @@ from predictor.scram import ScramVerifier
 from predictor.session import Session
 from predictor.statement_watch import StatementWatch
 from predictor.time_settings import AUTHENTICATION_TIMEOUT, STATEMENT_TIMEOUT, TimeSetting
-from predictor.users import UsersFile
+from predictor.users import UsersFile, read_users
 from trainer.train import Trainer
 
 log = logging.getLogger("pgml_sidecar")
@@ -76,7 +76,10 @@ def read_password(password_file: Path | None) -> str | None:
         try:
             return password_file.read_text().strip() or None
         except OSError as exc:
-            raise ConfigError(f"cannot read the password file {password_file}: {exc}") from None
+            raise ConfigError(
+                f"cannot read the password file {password_file}: {exc.strerror or exc}; write"
+                " the endpoint's password in it, or fix --password-file (password_file)"
+            ) from None
     return os.environ.get(PASSWORD_ENV) or None
 
 
@@ -298,7 +301,8 @@ def _refuse(sock: socket.socket, sqlstate: str, message: str) -> None:
 
 def check_settings(settings: EndpointSettings) -> None:
     """Refuse settings the endpoint cannot start with, each with a `ConfigError` saying why:
-    trust off loopback, both a users file and a password, a time setting out of range."""
+    trust off loopback, both a users file and a password, a time setting out of range, a users
+    file or TLS certificate that cannot be read. Nothing is opened but those files."""
     trusting = settings.password is None and settings.users_file is None
     if trusting and not is_loopback(settings.host):
         raise ConfigError(
@@ -313,13 +317,14 @@ def check_settings(settings: EndpointSettings) -> None:
         )
     _setting(AUTHENTICATION_TIMEOUT, settings.authentication_timeout)
     _setting(STATEMENT_TIMEOUT, settings.statement_timeout)
+    if settings.users_file is not None:
+        read_users(settings.users_file)
+    tls_context(settings)
 
 
 def _setting(setting: TimeSetting, value: str | int) -> int:
-    try:
-        return setting.parse(value)
-    except SidecarError as exc:
-        raise ConfigError(f"{setting.name}: {exc}") from None
+    examples = "'5s' or '100ms'" if setting.unit == "ms" else "'10s' or '1min'"
+    return setting.parse_setting(value, examples)
 
 
 def tls_context(settings: EndpointSettings) -> ssl.SSLContext | None:
@@ -330,5 +335,9 @@ def tls_context(settings: EndpointSettings) -> ssl.SSLContext | None:
     try:
         context.load_cert_chain(settings.tls_cert, settings.tls_key)
     except (OSError, ssl.SSLError) as exc:
-        raise ConfigError(f"cannot load the TLS certificate {settings.tls_cert}: {exc}") from None
+        reason = exc.strerror if isinstance(exc, OSError) and exc.strerror else exc
+        raise ConfigError(
+            f"cannot load the TLS certificate {settings.tls_cert}: {reason}; give --tls-cert"
+            " and --tls-key PEM files this user can read"
+        ) from None
     return context

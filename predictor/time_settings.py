@@ -12,7 +12,7 @@ import math
 import re
 from dataclasses import dataclass
 
-from mirror.errors import SidecarError
+from mirror.errors import ConfigError, SidecarError
 
 _UNITS_US = {"us": 1, "ms": 1_000, "s": 1_000_000, "min": 60_000_000, "h": 3_600_000_000,
              "d": 86_400_000_000}  # fmt: skip
@@ -56,6 +56,17 @@ class TimeSetting:
     def normalized(self, value: str | int) -> str:
         """The value checked and shown as SHOW gives it."""
         return self.show(self.parse(value))
+
+    def parse_setting(self, value: str | int, examples: str) -> int:
+        """:meth:`parse` for a flag or a config value: a `ConfigError` whose line goes on to
+        say what to give instead (``examples``: "'5s' or '100ms'")."""
+        try:
+            return self.parse(value)
+        except InvalidSetting as exc:
+            if exc.hint:
+                units = exc.hint[0].lower() + exc.hint[1:].rstrip(".")
+                raise ConfigError(f"{exc}; give a time such as {examples} ({units})") from None
+            raise ConfigError(f"{exc}; give a time within that range") from None
 
 
 STATEMENT_TIMEOUT = TimeSetting("statement_timeout", "ms", 0, 2_147_483_647)

@@ -121,9 +121,14 @@ def read_users(path: Path) -> dict[str, EndpointUser]:
     try:
         text = path.read_text(encoding="utf-8")
     except FileNotFoundError:
-        raise ConfigError(f"users file {path} does not exist") from None
+        raise ConfigError(
+            f"users file {path} does not exist; write it with pgml-sidecar adduser NAME"
+            f" --users-file {path}, or fix --users-file"
+        ) from None
     except (OSError, UnicodeDecodeError) as exc:
-        raise ConfigError(f"cannot read users file {path}: {exc}") from None
+        raise ConfigError(
+            f"cannot read users file {path}: {exc}; give this user read access to it"
+        ) from None
     _warn_if_readable_by_others(path)
     return parse_users(text, source=f"users file {path}")
 
@@ -164,7 +169,12 @@ def add_user(
         verifier = ScramVerifier.from_password(password, iterations=iterations)
     except ValueError as exc:
         raise ConfigError(str(exc)) from None
-    existing = path.read_text(encoding="utf-8") if path.exists() else ""
+    try:
+        existing = path.read_text(encoding="utf-8") if path.exists() else ""
+    except (OSError, UnicodeDecodeError) as exc:
+        raise ConfigError(
+            f"cannot read users file {path}: {exc}; give this user read access to it"
+        ) from None
     known = parse_users(existing, source=f"users file {path}")  # never rewrite what is wrong
     if role is None:
         role = known[name].role if name in known else name
@@ -178,7 +188,13 @@ def add_user(
             new = False
     if new:
         lines.append(user.line())
-    _write_private(path, "\n".join(lines) + "\n")
+    try:
+        _write_private(path, "\n".join(lines) + "\n")
+    except OSError as exc:
+        raise ConfigError(
+            f"cannot write users file {path}: {exc.strerror or exc}; create its directory, or"
+            " choose another --users-file"
+        ) from None
     return user, new
 
 

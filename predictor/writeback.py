@@ -97,14 +97,16 @@ class Writeback:
         trainer: Trainer,
         *,
         batch_rows: int = BATCH_ROWS,
-        on_written: Callable[[str, int, float], None] | None = None,
+        on_written: Callable[[str, int, float | None], None] | None = None,
     ) -> None:
         self.source_dsn = source_dsn
         self.con = con
         self.trainer = trainer
         self.batch_rows = batch_rows
         self.on_written = on_written
-        """Called with (project, rows, seconds since the oldest commit they carry)."""
+        """Called with (project, rows, seconds since the oldest commit they carry) after
+        changed rows are written, and with (project, rows, None) after every row was scored
+        again (a backfill, a new deployment, a start)."""
         self.changes: queue.Queue[tuple[Lsn, dict[tuple[str, str], Touched], float]] = queue.Queue()
         self.watched: set[tuple[str, str]] = set()
         """The relations written back: the mirror reports their changed keys."""
@@ -226,7 +228,7 @@ class Writeback:
             finally:
                 request.done.set()
             if request.error is None and target is not None:
-                self._retrying(self._rescore, target)
+                self._backfill(target)
 
     def _switch(self, project: str, enabled: bool) -> Target | None:
         if not enabled:
@@ -266,7 +268,7 @@ class Writeback:
         for target in changed:
             self._carry_out_requests()  # a request never waits for every rescore
             if self._targets.get(target.project) == target:
-                self._retrying(self._rescore, target)
+                self._backfill(target)
         self.rescored.set()
 
     def _target(self, project: str) -> Target:
@@ -297,7 +299,7 @@ class Writeback:
             if entry is None:
                 continue
             if entry.everything:
-                self._retrying(self._rescore, target)
+                self._backfill(target)
             elif entry.keys:
                 keys = touched_keys(entry).select(list(target.keys))
                 rows = self._retrying(self._score_keys, target, keys)
@@ -305,6 +307,12 @@ class Writeback:
                     self.on_written(target.project, rows, time.time() - since)
 
     # -- scoring -------------------------------------------------------------------------------
+
+    def _backfill(self, target: Target) -> None:
+        """Score every row of the target's relation again (:meth:`_rescore`), and say so."""
+        rows = self._retrying(self._rescore, target)
+        if self.on_written is not None:
+            self.on_written(target.project, rows, None)
 
     def _model(self, target: Target) -> Model:
         return self.trainer.model(target.model_id)[1]

@@ -103,11 +103,8 @@ def copy_table(
     sink: Callable[[pa.Table], None],
     *,
     progress: Progress | None = None,
-    tick: Callable[[], None] | None = None,
 ) -> int:
-    """Copy the table into ``sink`` chunk by chunk; return the number of rows.
-
-    ``tick`` is called between chunks (the replicator answers the stream's server with it)."""
+    """Copy the table into ``sink`` chunk by chunk; return the number of rows."""
     columns = copy_columns(relation)
     statement = copy_statement(relation, columns)
     waiting: deque[Future[int]] = deque()
@@ -121,8 +118,6 @@ def copy_table(
     with ThreadPoolExecutor(max_workers=1, thread_name_prefix="pgml-sidecar-copy") as pool:
         try:
             for data, starts in read_chunks(conn, statement):
-                if tick is not None:
-                    tick()
                 waiting.append(pool.submit(load, data, starts))
                 while len(waiting) > IN_FLIGHT:
                     done = waiting.popleft().result()

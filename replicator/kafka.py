@@ -34,7 +34,13 @@ from confluent_kafka import (
 )
 
 from mirror.changes import Change, Column, Lsn, SchemaChange
-from mirror.errors import ConfigError, MirrorError, SidecarError, SourceConnectionLost
+from mirror.errors import (
+    ConfigError,
+    MirrorError,
+    MirrorOutOfMemory,
+    SidecarError,
+    SourceConnectionLost,
+)
 from mirror.store import Mirror
 from replicator.debezium import DebeziumDecoder, Decoded, Message
 from replicator.replicate import ReplicationStats
@@ -80,6 +86,10 @@ class KafkaSettings:
     catch_up: bool = False
     batch_messages: int = 50_000
     """Commit once this many messages wait."""
+    batch_bytes: int | None = None
+    """Commit once the waiting messages hold this many bytes (keys and values). Default: an
+    eighth of the mirror's memory limit. A batch DuckDB runs out of memory on is committed
+    again in halves."""
     max_delay: float = 0.2
     """Commit once the oldest uncommitted message has waited this many seconds."""
     min_delay: float = 0.02
@@ -117,7 +127,10 @@ def read_client_properties(path: Path) -> dict[str, str]:
     try:
         text = path.read_text()
     except OSError as exc:
-        raise ConfigError(f"cannot read Kafka client properties {path}: {exc.strerror}") from None
+        raise ConfigError(
+            f"cannot read Kafka client properties {path}: {exc.strerror}; fix --kafka-config"
+            " (kafka_config)"
+        ) from None
     settings = {}
     for number, line in enumerate(text.splitlines(), 1):
         line = line.strip()
@@ -136,6 +149,8 @@ class KafkaReplicator:
     def __init__(self, settings: KafkaSettings, mirror: Mirror | None = None) -> None:
         self.settings = settings
         self._mirror = mirror
+        self._owns_mirror = mirror is None
+        self._memory_limit: int | None = None
         self.stats = ReplicationStats()
         self.stopping = threading.Event()
         self.tables = parse_tables(settings.tables)
@@ -147,6 +162,7 @@ class KafkaReplicator:
         """Messages in the assigned partitions not yet in the mirror (at the last look)."""
         self._consumer: Any = None
         self._pending: list[Message] = []
+        self._pending_bytes = 0
         self._pending_since = 0.0
         self._next: dict[tuple[str, int], int] = {}
         """Next offset of each assigned partition, as consumed (committed or pending)."""
@@ -218,6 +234,7 @@ class KafkaReplicator:
         except KafkaException as exc:
             raise ConfigError(f"bad Kafka consumer settings: {exc.args[0].str()}") from None
         self._consumer = consumer
+        self.stats.prepared = True
         consumer.subscribe(
             sorted(self.topics),
             on_assign=self._on_assign,
@@ -262,7 +279,7 @@ class KafkaReplicator:
             return False
         s = self.settings
         age = time.monotonic() - self._pending_since
-        if len(self._pending) >= s.batch_messages:
+        if len(self._pending) >= s.batch_messages or self._pending_bytes >= self._batch_bytes():
             return True
         if self._behind:
             return age >= s.catch_up_delay
@@ -306,6 +323,7 @@ class KafkaReplicator:
         if not self._pending:
             self._pending_since = time.monotonic()
         self._pending.append(message)
+        self._pending_bytes += len(message.key or b"") + len(message.value or b"")
         place = (message.topic, message.partition)
         self._next[place] = message.offset + 1
         self._uncommitted[place] = message.offset + 1
@@ -315,10 +333,12 @@ class KafkaReplicator:
         if not self._uncommitted:
             return
         messages, offsets = self._pending, self._uncommitted
-        self._pending, self._uncommitted = [], {}
+        self._pending, self._uncommitted, self._pending_bytes = [], {}, 0
         try:
             decoded = self.decoder.decode(messages)
             self._commit(decoded, messages, offsets)
+        except MirrorOutOfMemory as exc:
+            self._in_halves(messages, exc)
         except (duckdb.Error, SidecarError) as exc:
             self.mirror.rollback()
             self.decoder.forget()
@@ -358,6 +378,39 @@ class KafkaReplicator:
         stats.flushed_lsn = self._lsn
         if decoded.source_time:
             stats.last_commit_time = max(stats.last_commit_time, decoded.source_time)
+
+    def _batch_bytes(self) -> int:
+        if self._memory_limit is None:
+            self._memory_limit = self.mirror.memory_limit_bytes
+        return self.settings.batch_bytes or self._memory_limit // 8
+
+    def _in_halves(self, messages: list[Message], exc: MirrorOutOfMemory) -> None:
+        """Commit a batch DuckDB ran out of memory on (rolled back) in two, each halved again
+        while it does; a single message that still does not fit stands as the error (it is no
+        dead letter: nothing is wrong with it)."""
+        self.mirror.rollback()
+        self.decoder.forget()
+        if exc.invalidated:  # DuckDB refuses everything until the database is opened again
+            if not self._owns_mirror:
+                raise exc
+            self.close()
+        if len(messages) < 2:
+            raise exc
+        self.stats.memory_retries += 1
+        half = len(messages) // 2
+        log.warning("%s; committing its %d messages in halves", exc, len(messages))
+        for part in (messages[:half], messages[half:]):
+            offsets: dict[tuple[str, int], int] = {}
+            for m in part:
+                offsets[(m.topic, m.partition)] = m.offset + 1
+            try:
+                self._commit(self.decoder.decode(part), part, offsets)
+            except MirrorOutOfMemory as again:
+                self._in_halves(part, again)
+            except (duckdb.Error, SidecarError):
+                self.mirror.rollback()
+                self.decoder.forget()
+                self._one_by_one(part, offsets)
 
     def _one_by_one(self, messages: list[Message], offsets: Mapping[tuple[str, int], int]) -> None:
         """Commit each message alone; one that still fails is kept as a dead letter."""

@@ -1,9 +1,10 @@
 """Decode pgoutput messages (protocol 1 and 2) into typed changes: bytes in, changes out.
 
-The stream loop hands the decoder the payloads of XLogData frames in order. Consecutive data
-messages of one kind for one relation form a run, and a run is decoded column by column over
-all its messages at once (numpy offsets into one buffer, Arrow string arrays), which is what
-keeps a Python decoder level with the server.
+The stream loop hands the decoder the payloads of XLogData frames in order. The data messages
+of one kind for one relation between two schema messages are decoded column by column at once
+(numpy offsets into one buffer, Arrow string arrays), which is what keeps a Python decoder level
+with the server, and become one change whose ``seq`` orders its rows among the others: small
+transactions interleave tables, and a change per run would cost more than its rows.
 """
 
 from __future__ import annotations
@@ -27,7 +28,6 @@ from mirror.changes import (
     Truncate,
     Tuples,
     Updates,
-    slice_change,
 )
 from replicator.columnar import be_uint32, padded, views
 
@@ -151,6 +151,8 @@ class Decoder:
         self.types: dict[int, tuple[str, str]] = {}
         self.learnt: set[int] = set()
         """Relation OIDs this decoder was sent a shape for (what ``adopt`` takes over)."""
+        self.decoded = 0
+        """Messages decoded so far: the ``seq`` of the next one."""
 
     def state(self) -> tuple[dict[int, Relation], dict[int, tuple[str, str]]]:
         """The shapes known now, to ``restore`` before decoding the same messages again."""
@@ -178,7 +180,9 @@ class Decoder:
 
         Each message starts ``offset`` bytes into its payload (the XLogData header before it is
         skipped, not sliced off). ``streamed`` messages come from a protocol 2 stream block and
-        carry a transaction id after their type byte.
+        carry a transaction id after their type byte. The data messages of one kind for one
+        relation between schema messages become one change, listed where the first of them
+        was; its ``seq`` numbers them in the order this decoder was given messages.
         """
         count = len(payloads)
         if count == 0:
@@ -197,8 +201,10 @@ class Decoder:
         bounds = np.concatenate(([0], np.flatnonzero(keys[1:] != keys[:-1]) + 1, [count]))
         groups = _Groups(keys, is_data)
         changes: list[Change] = []
-        decoded: dict[int, tuple[RowChange, np.ndarray]] = {}
-        for first, stop in zip(bounds[:-1].tolist(), bounds[1:].tolist(), strict=True):
+        decoded: set[int] = set()
+        first_seq = self.decoded
+        self.decoded += count
+        for first in bounds[:-1].tolist():
             if not is_data[first]:
                 payload = bytes(payloads[first][offset:])
                 if streamed:
@@ -208,19 +214,16 @@ class Decoder:
                     changes.append(change)
                 continue
             group = int(groups.ids[first])
-            if group not in decoded:
-                # Every run of this kind and relation up to the next schema message, at once.
-                members = groups.members(group)
-                whole = self._decode_run(
-                    int(kinds[first]), int(relids[first]), buf, starts[members] + shift
-                )
-                decoded[group] = (whole, members)
-            whole, members = decoded[group]
-            if len(members) == stop - first:
-                changes.append(whole)
-            else:
-                at = int(np.searchsorted(members, first))
-                changes.append(slice_change(whole, at, at + stop - first))
+            if group in decoded:
+                continue
+            decoded.add(group)
+            # Every run of this kind and relation up to the next schema message, at once.
+            members = groups.members(group)
+            whole = self._decode_run(
+                int(kinds[first]), int(relids[first]), buf, starts[members] + shift
+            )
+            whole.seq = members + first_seq
+            changes.append(whole)
         return changes
 
     def _decode_other(self, payload: bytes) -> Change | None:

@@ -8,6 +8,7 @@ exactly after the last commit.
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import os
 import threading
@@ -16,21 +17,32 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
+import duckdb
 import psycopg
 import pyarrow as pa
 from psycopg import sql
 
 from mirror.changes import Change, Lsn, Relation, SchemaChange, format_lsn
-from mirror.errors import SlotBusyError, SourceConnectionLost, SourceError, SourceSetupError
+from mirror.errors import (
+    MirrorOutOfMemory,
+    SlotBusyError,
+    SourceConnectionLost,
+    SourceError,
+    SourceSetupError,
+)
 from mirror.store import Mirror
 from mirror.tables import MirroredTable
 from replicator import source
 from replicator.initial_copy import Progress, copy_table
 from replicator.source import first_line
 from replicator.stream import ReplicationConnection
-from replicator.stream_session import StreamSession, touched_relations
+from replicator.stream_session import BatchLimits, StreamSession, touched_relations
 
 log = logging.getLogger("pgml_sidecar.replicator")
+
+MIN_BATCH_BYTES = 256 << 10
+"""Below this, a batch that runs the mirror out of memory is not split further: the error
+stands (one source transaction may need more than the memory limit)."""
 
 
 @dataclass
@@ -52,6 +64,10 @@ class ReplicationSettings:
     catch_up_messages: int = 250_000
     catch_up_delay: float = 1.0
     """Batch limits while catching up: throughput over latency."""
+    batch_bytes: int | None = None
+    """Message bytes one batch may hold, pending and applied: its decoded rows take a few times
+    that in this process, DuckDB's work on them some more. Default: an eighth of the mirror's
+    memory limit. A batch DuckDB runs out of memory on is streamed again in halves."""
     min_delay: float = 0.02
     """When the server pauses, commit only changes that have waited this long, so that under
     a steady stream each commit carries several transactions."""
@@ -63,6 +79,9 @@ class ReplicationSettings:
     """DuckDB's memory for the mirror in this process; raise it for very large tables."""
     slot_wait: float = 5.0
     """Seconds to wait at start for a slot still held by a previous run's walsender."""
+    replica_identity_full: bool = False
+    """Set REPLICA IDENTITY FULL on mirrored tables that have no replica identity, instead of
+    refusing them (publishing them as they are would break the application's UPDATEs)."""
 
 
 @dataclass
@@ -79,8 +98,43 @@ class ReplicationStats:
     transactions: int = 0
     batches: int = 0
     reconnects: int = 0
+    connected: bool = True
+    """False while the source is out of reach and the replicator tries again (pgoutput)."""
+    connection_error: str | None = None
+    """Why the replicator lost the source, while it tries again."""
+    memory_retries: int = 0
+    """Batches streamed again in halves after the mirror ran out of memory applying them."""
     flushed_lsn: Lsn = 0
     copied_rows: dict[str, int] = field(default_factory=dict)
+    prepared: bool = False
+    """Whether the start got through: the source checked, the slot (or the Kafka consumer)
+    and the mirror set up. An error that retrying cannot fix ends ``run`` only before."""
+
+
+def check_source(conn: psycopg.Connection, settings: ReplicationSettings) -> list[tuple[str, str]]:
+    """Check wal_level, the tables and their replica identity; return the tables to mirror.
+
+    Nothing that would be published may lack a replica identity (the application's UPDATEs
+    would fail): refused, or given REPLICA IDENTITY FULL with ``replica_identity_full``.
+    """
+    source.check_wal_level(conn)
+    if settings.tables:
+        tables = source.resolve_tables(conn, settings.tables)
+    else:
+        tables = source.publication_tables(conn, settings.publication)
+        if not tables:
+            raise SourceSetupError(
+                f"publication {settings.publication} has no tables; name the tables to mirror"
+                " with --tables schema.table,..."
+            )
+    checked = source.check_replica_identity(
+        conn, settings.publication, tables, set_full=settings.replica_identity_full
+    )
+    if checked.set_full:
+        log.info("set REPLICA IDENTITY FULL on %s", ", ".join(m.name for m in checked.set_full))
+    if checked.published:
+        log.warning("%s", source.replica_identity_advice(checked.published, published=True))
+    return tables
 
 
 class Replicator:
@@ -89,10 +143,14 @@ class Replicator:
     def __init__(self, settings: ReplicationSettings, mirror: Mirror | None = None) -> None:
         self.settings = settings
         self._mirror = mirror
+        self._owns_mirror = mirror is None
         self.stats = ReplicationStats()
         self.stopping = threading.Event()
         self._catalog: psycopg.Connection | None = None
-        self._session: StreamSession | None = None
+        self.batch_scale = 1.0
+        """Batch limits as a share of the settings': halved each time the mirror runs out of
+        memory applying a batch, whole again once the stream is near the present."""
+        self._memory_limit: int | None = None
 
     @property
     def mirror(self) -> Mirror:
@@ -105,29 +163,32 @@ class Replicator:
         return self._mirror
 
     def close(self) -> None:
-        if self._mirror is not None:
-            self._mirror.close()
-            self._mirror = None
+        self.close_mirror()
         if self._catalog is not None:
             self._catalog.close()
             self._catalog = None
 
+    def close_mirror(self) -> None:
+        """Close the mirror; it opens again when next used."""
+        if self._mirror is not None:
+            mirror, self._mirror = self._mirror, None
+            with contextlib.suppress(duckdb.FatalException):  # DuckDB gave up on it
+                mirror.close()
+
     # -- set-up --------------------------------------------------------------------------------
+
+    def check(self) -> None:
+        """Raise what would stop :meth:`prepare` whatever the retries: a login the source
+        refuses, wal_level, a missing table or one without a replica identity, no REPLICATION.
+        It changes nothing, except REPLICA IDENTITY FULL where asked for, as prepare would."""
+        check_source(self._catalog_conn(), self.settings)
+        ReplicationConnection(self.settings.source_dsn).close()
 
     def prepare(self) -> tuple[ReplicationConnection, Lsn]:
         """Check the source, create publication and slot, copy what needs copying."""
         s = self.settings
         conn = self._catalog_conn()
-        source.check_wal_level(conn)
-        if s.tables:
-            tables = source.resolve_tables(conn, s.tables)
-        else:
-            tables = source.publication_tables(conn, s.publication)
-            if not tables:
-                raise SourceSetupError(
-                    f"publication {s.publication} has no tables; name the tables to mirror"
-                    " with --tables schema.table,..."
-                )
+        tables = check_source(conn, s)
         repl = ReplicationConnection(s.source_dsn)  # proves the REPLICATION privilege
         try:
             return repl, self._prepare_slot_and_mirror(conn, repl, tables)
@@ -227,7 +288,7 @@ class Replicator:
                     mirror.commit_step()
 
                 load = self._loader(table, commit_each=in_steps)
-                rows = copy_table(conn, relation, load, progress=progress, tick=self._answer_stream)
+                rows = copy_table(conn, relation, load, progress=progress)
                 mirror.add_primary_key(table)
                 mirror.set_state(table, state, until)
                 if in_steps:
@@ -314,6 +375,7 @@ class Replicator:
         """Prepare, then stream until stopped (or caught up); reconnect when the source drops."""
         repl: ReplicationConnection | None
         repl, start = self.prepare()
+        self.stats.prepared = True
         delay = 0.5
         while repl is not None:
             try:
@@ -326,11 +388,47 @@ class Replicator:
                 if self.stopping.is_set():
                     break
                 self.stats.reconnects += 1
+                self.stats.connected = False
+                self.stats.connection_error = first_line(exc)
                 log.warning("%s; reconnecting in %.1fs", first_line(exc), delay)
+            except MirrorOutOfMemory as exc:
+                self._after_out_of_memory(exc)
+                if self.stopping.is_set():
+                    break
             finally:
                 repl.close()
             repl, start = self._reconnect(delay)
         return self.stats
+
+    def batch_limits(self) -> BatchLimits:
+        """The limits a stream session batches by, as they stand now."""
+        s = self.settings
+        if self._memory_limit is None:
+            self._memory_limit = self.mirror.memory_limit_bytes
+        budget = s.batch_bytes or self._memory_limit // 8
+        scale = self.batch_scale
+        return BatchLimits(
+            messages=max(1, int(s.batch_messages * scale)),
+            catch_up_messages=max(1, int(s.catch_up_messages * scale)),
+            bytes=max(1, int(budget * scale)),
+        )
+
+    def _after_out_of_memory(self, exc: MirrorOutOfMemory) -> None:
+        """The mirror ran out of memory on a batch, and committed none of it: stream it again
+        from the stored position in batches half as big, on the mirror opened afresh (DuckDB
+        may be left unusable). Below ``MIN_BATCH_BYTES``, or on a mirror this replicator was
+        handed and DuckDB gave up on, the error stands."""
+        self.mirror.rollback()
+        if self._owns_mirror:
+            self.close_mirror()
+        elif exc.invalidated:
+            raise exc
+        size = self.batch_limits().bytes
+        if size <= MIN_BATCH_BYTES:
+            raise MirrorOutOfMemory(f"{exc} even in batches of {size >> 10} KiB") from None
+        self.batch_scale /= 2
+        self.stats.memory_retries += 1
+        log.warning("%s; streaming it again in batches of at most %d KiB", exc, size >> 11)
 
     def _reconnect(self, delay: float) -> tuple[ReplicationConnection | None, Lsn]:
         """Connect again with growing pauses; (None, 0) once asked to stop."""
@@ -346,6 +444,7 @@ class Replicator:
                 continue
             position = self.mirror.position(self.settings.slot)
             assert position is not None
+            self.stats.connected, self.stats.connection_error = True, None
             return repl, position
         return None, 0
 
@@ -354,19 +453,13 @@ class Replicator:
         s = self.settings
         try:
             streaming = s.stream_large_transactions and repl.server_version() >= 140000
+            timeout = repl.sender_timeout()
             repl.start(s.slot, start, s.publication, streaming=streaming)
         except SlotBusyError as exc:
             raise SourceConnectionLost(str(exc)) from None  # an old walsender is still exiting
         target = source.catch_up_target(self._catalog_conn()) if s.catch_up else None
         log.info("streaming from %s", format_lsn(start))
-        self._session = StreamSession(self, repl, start)
-        try:
-            self._session.loop(target)
-        finally:
-            self._session = None
-
-    def _answer_stream(self) -> None:
-        """While a copy holds up the stream, keep its server from timing the connection out."""
-        session = self._session
-        if session is not None and time.monotonic() - session.last_status >= 1.0:
-            session.send_status()
+        # A quarter of the server's timeout leaves room for a thread slow to be scheduled.
+        every = min(s.status_interval, timeout / 4) if timeout else s.status_interval
+        session = StreamSession(self, repl, start, status_every=every, limits=self.batch_limits())
+        session.loop(target)

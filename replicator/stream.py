@@ -6,9 +6,12 @@ Only socket work lives here; what the frames mean is the decoder's and the strea
 from __future__ import annotations
 
 import contextlib
+import re
 import select
 import struct
+import threading
 import time
+from collections.abc import Iterator
 from dataclasses import dataclass
 
 import psycopg
@@ -16,7 +19,7 @@ from psycopg import pq
 
 from mirror.changes import Lsn, format_lsn, parse_lsn
 from mirror.errors import SlotBusyError, SourceConnectionLost, SourceError, SourceSetupError
-from replicator.source import source_conninfo
+from replicator.source import connection_error, source_conninfo
 
 _EPOCH_OFFSET_US = 946_684_800_000_000  # 2000-01-01 in Unix microseconds
 XLOG_DATA = ord("w")
@@ -41,6 +44,18 @@ def standby_status(written: Lsn, flushed: Lsn, *, reply: bool = False) -> bytes:
     return b"r" + struct.pack(">QQQqB", written, flushed, flushed, now, 1 if reply else 0)
 
 
+_DURATION = re.compile(r"(\d+)\s*(ms|s|min|h|d)?")
+_SECONDS = {"ms": 0.001, "s": 1.0, "min": 60.0, "h": 3600.0, "d": 86400.0}
+
+
+def parse_duration(text: str) -> float | None:
+    """Seconds in a duration as SHOW prints it (``60s``, ``1min``, ``500ms``, ``0``)."""
+    match = _DURATION.fullmatch(text.strip())
+    if match is None:
+        return None
+    return int(match[1]) * _SECONDS[match[2] or "ms"]
+
+
 def _message(exc: BaseException) -> str:
     return (str(exc).strip().splitlines() or [type(exc).__name__])[0]
 
@@ -53,18 +68,14 @@ class ReplicationConnection:
             self.conn = psycopg.connect(
                 source_conninfo(dsn), replication="database", autocommit=True
             )
-        except psycopg.OperationalError as exc:
+        except psycopg.Error as exc:
             text = _message(exc)
             if "replication" in text and ("permission" in text or "must be" in text):
                 raise SourceSetupError(
                     f"the source refused a replication connection: {text}; grant it with"
                     " ALTER ROLE <user> WITH REPLICATION (on RDS: GRANT rds_replication TO <user>)"
                 ) from None
-            if "pg_hba.conf" in text:
-                raise SourceSetupError(
-                    f"the source refused a replication connection: {text}; allow it in pg_hba.conf"
-                ) from None
-            raise SourceConnectionLost(f"cannot connect for replication: {text}") from None
+            raise connection_error(exc, "cannot connect for replication") from None
         self.pgconn = self.conn.pgconn
 
     def _command(self, command: str) -> pq.abc.PGresult:
@@ -114,6 +125,14 @@ class ReplicationConnection:
     def server_version(self) -> int:
         return int(self.pgconn.server_version)
 
+    def sender_timeout(self) -> float | None:
+        """The server's ``wal_sender_timeout`` for this connection in seconds (0: none), or
+        None if it does not say; ask before START_REPLICATION."""
+        result = self.pgconn.exec_(b"SHOW wal_sender_timeout")
+        if result.status != pq.ExecStatus.TUPLES_OK or result.ntuples != 1:
+            return None
+        return parse_duration((result.get_value(0, 0) or b"").decode())
+
     def wait(self, timeout: float) -> None:
         """Block until the socket is readable or ``timeout`` seconds pass, then take input."""
         try:
@@ -141,3 +160,71 @@ class ReplicationConnection:
     def close(self) -> None:
         with contextlib.suppress(Exception):  # closing a broken connection may fail
             self.conn.close()
+
+
+class StatusReporter:
+    """Standby status updates: sent by the reader, and by a thread while the reader is away.
+
+    A walsender ends a connection it has heard nothing from for ``wal_sender_timeout``. The
+    reader reports between frames; while it is away from the connection (applying a batch,
+    committing it, copying a table: seconds, more on a busy machine), a thread repeats its
+    last report every ``interval`` seconds. Only one of them uses the connection at a time:
+    the thread sends only while the reader is away, and the reader comes back only once a
+    send under way has ended.
+    """
+
+    def __init__(self, repl: ReplicationConnection, position: Lsn, *, interval: float) -> None:
+        self.repl = repl
+        self.position = position
+        """The position last reported (written and flushed alike)."""
+        self.interval = interval
+        self.last = time.monotonic()
+        """When a report was last sent."""
+        self._changed = threading.Condition()
+        self._away = 0
+        self._closed = False
+        self._thread: threading.Thread | None = None
+
+    def report(self, position: Lsn) -> None:
+        """Send ``position`` as written and flushed (from the reader, when not away)."""
+        self.repl.send(standby_status(position, position))
+        self.position = position
+        self.last = time.monotonic()
+
+    @contextlib.contextmanager
+    def away(self) -> Iterator[None]:
+        """Leave the connection to the thread for the duration (nesting is fine)."""
+        with self._changed:
+            self._away += 1
+            if self._thread is None:
+                self._thread = threading.Thread(
+                    target=self._answer, name="pgml-sidecar-status", daemon=True
+                )
+                self._thread.start()
+            self._changed.notify()
+        try:
+            yield
+        finally:
+            with self._changed:
+                self._away -= 1
+
+    def _answer(self) -> None:
+        with self._changed:
+            while not self._closed:
+                wait = self.last + self.interval - time.monotonic() if self._away else None
+                if wait is None or wait > 0:
+                    self._changed.wait(wait)
+                    continue
+                try:
+                    self.report(self.position)
+                except SourceConnectionLost:
+                    return  # the reader finds out at its next read
+
+    def close(self) -> None:
+        """Stop the thread (call it from the reader, not away)."""
+        with self._changed:
+            self._closed = True
+            self._changed.notify()
+        if self._thread is not None:
+            self._thread.join()
+            self._thread = None

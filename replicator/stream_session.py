@@ -15,6 +15,7 @@ import pickle
 import tempfile
 import time
 from collections.abc import Iterator
+from dataclasses import dataclass
 from pathlib import Path
 from typing import IO, TYPE_CHECKING
 
@@ -31,8 +32,8 @@ from replicator.stream import (
     XLOG_HEADER,
     Keepalive,
     ReplicationConnection,
+    StatusReporter,
     parse_keepalive,
-    standby_status,
 )
 
 if TYPE_CHECKING:
@@ -50,6 +51,19 @@ def touched_relations(change: Change) -> tuple[Relation, ...]:
     return change.relations if isinstance(change, Truncate) else (change.relation,)
 
 
+@dataclass(frozen=True)
+class BatchLimits:
+    """How much of the stream one mirror transaction takes in (a source transaction whole)."""
+
+    messages: int
+    """Apply pending messages once this many wait (inside a source transaction too)."""
+    catch_up_messages: int
+    """Commit at a transaction's end once the batch holds this many messages, catching up."""
+    bytes: int
+    """Apply pending messages once they hold this many bytes, and commit at a transaction's end
+    once the batch does: the memory a batch needs grows with its bytes, not its messages."""
+
+
 class _Stopped(Exception):
     """Raised inside the stream loop once a stop was asked for at a transaction end."""
 
@@ -57,12 +71,22 @@ class _Stopped(Exception):
 class StreamSession:
     """The state of one START_REPLICATION: pending messages, open transactions, positions."""
 
-    def __init__(self, replicator: Replicator, repl: ReplicationConnection, start: Lsn) -> None:
+    def __init__(
+        self,
+        replicator: Replicator,
+        repl: ReplicationConnection,
+        start: Lsn,
+        *,
+        status_every: float,
+        limits: BatchLimits,
+    ) -> None:
         self.r = replicator
+        self.limits = limits
         self.repl = repl
         self.resume_lsn = start
         self.decoder = po.Decoder()
         self.pending: list[bytes | memoryview] = []
+        self.pending_bytes = 0
         self.txn_starts: list[tuple[int, Lsn | None]] = []
         """Where each transaction's messages begin in ``pending``, with its commit LSN."""
         self.txn_lsn: Lsn | None = None
@@ -73,6 +97,8 @@ class StreamSession:
         """When the first change of the uncommitted batch arrived."""
         self.applied_uncommitted = 0
         """Messages applied to the open mirror transaction, not committed yet."""
+        self.applied_bytes = 0
+        """Their bytes."""
         self.behind = False
         """Whether the last transaction committed on the source long ago (catching up)."""
         self.pending_transactions = 0
@@ -84,18 +110,24 @@ class StreamSession:
         self.stream: _StreamedTransaction | None = None
         self.flushed = start
         self.server_sent = 0
-        self.last_status = time.monotonic()
+        self.status = StatusReporter(repl, start, interval=status_every)
+        """Reports positions; answers the server while the mirror holds this thread up."""
 
     def loop(self, target: source.CatchUpTarget | None) -> None:
         """Receive, apply and report until stopped or caught up; on a stop, commit first."""
         try:
-            with contextlib.suppress(_Stopped):
-                self._loop(target)
+            try:
+                with contextlib.suppress(_Stopped):
+                    self._loop(target)
+            finally:
+                for streamed in self.streams.values():
+                    streamed.discard()
+            if self.pending_end is not None and not (
+                self.partially_applied and self.in_transaction
+            ):
+                self.flush()
         finally:
-            for streamed in self.streams.values():
-                streamed.discard()
-        if self.pending_end is not None and not (self.partially_applied and self.in_transaction):
-            self.flush()
+            self.status.close()
 
     def _loop(self, target: source.CatchUpTarget | None) -> None:
         try:
@@ -109,7 +141,7 @@ class StreamSession:
         settings = self.r.settings
         stopping = self.r.stopping
         pending = self.pending
-        batch_messages = settings.batch_messages
+        batch_messages, batch_bytes = self.limits.messages, self.limits.bytes
         while True:
             size, frame = read(1)
             if size > 0:
@@ -118,10 +150,16 @@ class StreamSession:
                     if frame[XLOG_HEADER] in _ROW_MESSAGES:  # the hot path: one row change
                         stream = self.stream
                         if stream is not None:
-                            stream.raw.append(frame)
+                            stream.add(frame)
                             continue
-                        if not self.skip and pending and len(pending) < batch_messages:
+                        if (
+                            not self.skip
+                            and pending
+                            and len(pending) < batch_messages
+                            and self.pending_bytes < batch_bytes
+                        ):
                             pending.append(frame)  # whole frames: a slice costs more here
+                            self.pending_bytes += size
                             continue
                     self.on_message(frame)
                 elif kind == KEEPALIVE:
@@ -130,6 +168,7 @@ class StreamSession:
             if size < 0:
                 raise repl.lost()
             # Nothing buffered: a natural point to commit, report and check for the end.
+            batch_messages, batch_bytes = self.limits.messages, self.limits.bytes
             now = time.monotonic()
             wait = 0.5
             if self.pending_end is not None and not (
@@ -155,7 +194,7 @@ class StreamSession:
                     format_lsn(target.lsn),
                 )
                 return
-            if now - self.last_status >= settings.status_interval:
+            if now - self.status.last >= settings.status_interval:
                 self.send_status()
             repl.wait(wait)
 
@@ -208,7 +247,12 @@ class StreamSession:
             self.stream = self.streams.get(self.stream_xid)
             if self.stream is None:
                 spool_dir = self.r.settings.mirror_path.parent
-                self.stream = _StreamedTransaction(self.stream_xid, self.decoder.fork(), spool_dir)
+                self.stream = _StreamedTransaction(
+                    self.stream_xid,
+                    self.decoder.fork(),
+                    spool_dir,
+                    memory_budget=self.limits.bytes,
+                )
                 self.streams[self.stream_xid] = self.stream
         elif kind == po.STREAM_STOP:
             if self.stream is not None:
@@ -224,12 +268,14 @@ class StreamSession:
             if streamed is not None:
                 self.partially_applied = True  # from here on the mirror transaction holds it
                 try:
-                    for changes in streamed.blocks():
-                        if not applies:
-                            changes = [c for c in changes if isinstance(c, SchemaChange)]
-                        applied = self.apply(changes, done.commit_lsn)
-                        self.applied_uncommitted += applied
-                        self.r.stats.rows_applied += applied
+                    with self.status.away():
+                        for changes in streamed.blocks():
+                            if not applies:
+                                changes = [c for c in changes if isinstance(c, SchemaChange)]
+                            applied = self.apply(changes, done.commit_lsn)
+                            self.applied_uncommitted += applied
+                            self.r.stats.rows_applied += applied
+                    self.applied_bytes += streamed.held_bytes
                 finally:
                     streamed.discard()
                 self.decoder.adopt(streamed.decoder)  # the server takes these shapes as sent
@@ -248,13 +294,15 @@ class StreamSession:
 
     def stream_message(self, frame: memoryview | bytes) -> None:
         assert self.stream is not None
-        self.stream.raw.append(frame)
+        self.stream.add(frame)
 
     def add_pending(self, frame: memoryview | bytes) -> None:
         if not self.pending and not self.applied_uncommitted:
             self.batch_started = time.monotonic()
         self.pending.append(frame)
-        if len(self.pending) >= self.r.settings.batch_messages and self.in_transaction:
+        self.pending_bytes += len(frame)
+        full = len(self.pending) >= self.limits.messages or self.pending_bytes >= self.limits.bytes
+        if full and self.in_transaction:
             self.apply_pending()  # bound memory inside a large transaction
             self.partially_applied = True
 
@@ -272,11 +320,12 @@ class StreamSession:
         self.r.stats.last_commit_time = committed
         self.behind = time.time() - committed > settings.behind_after
         size = len(self.pending) + self.applied_uncommitted
+        held = self.pending_bytes + self.applied_bytes
         if self.behind:
-            big, old = settings.catch_up_messages, settings.catch_up_delay
+            big, old = self.limits.catch_up_messages, settings.catch_up_delay
         else:
-            big, old = settings.batch_messages // 2, settings.max_delay
-        if size >= big or time.monotonic() - self.batch_started >= old:
+            big, old = self.limits.messages // 2, settings.max_delay
+        if size >= big or held >= self.limits.bytes or time.monotonic() - self.batch_started >= old:
             self.flush()
 
     def apply_pending(self, upto: int | None = None) -> None:
@@ -285,6 +334,10 @@ class StreamSession:
         pending = self.pending if upto is None else self.pending[:upto]
         if not pending:
             return
+        with self.status.away():
+            self._apply_pending(pending)
+
+    def _apply_pending(self, pending: list[bytes | memoryview]) -> None:
         shapes = self.decoder.state()
         changes = self.decoder.decode(pending, offset=XLOG_HEADER)
         if self.r.mirror.catching_up or self.r.may_copy(changes):
@@ -308,7 +361,10 @@ class StreamSession:
         else:
             touched = self.apply(changes, None)
         done = len(pending)
+        done_bytes = sum(map(len, pending))
         self.applied_uncommitted += done
+        self.applied_bytes += done_bytes
+        self.pending_bytes -= done_bytes
         del self.pending[:done]
         self.pending_complete = max(0, self.pending_complete - done)
         kept = [(i - done, lsn) for i, lsn in self.txn_starts if i >= done]
@@ -345,8 +401,9 @@ class StreamSession:
         last; messages of a transaction still arriving stay pending."""
         end = self.pending_end
         assert end is not None
-        self.apply_pending(self.pending_complete)
-        self.r.mirror.commit(self.r.settings.slot, end)
+        with self.status.away():
+            self.apply_pending(self.pending_complete)
+            self.r.mirror.commit(self.r.settings.slot, end)
         self.r.stats.transactions += self.pending_transactions
         self.r.stats.batches += 1
         self.r.stats.flushed_lsn = end
@@ -355,6 +412,10 @@ class StreamSession:
         self.pending_transactions = 0
         self.partially_applied = False
         self.applied_uncommitted = 0
+        self.applied_bytes = 0
+        if not self.behind and self.r.batch_scale < 1:
+            self.r.batch_scale = 1.0  # caught up: the next backlog starts with whole batches
+            self.limits = self.r.batch_limits()
         self.batch_started = time.monotonic()  # for what is left of a transaction under way
         self.send_status()
 
@@ -373,42 +434,52 @@ class StreamSession:
         position = self.flushed
         if self.idle:
             position = max(position, self.server_sent)
-        self.repl.send(standby_status(position, position))
-        self.last_status = time.monotonic()
+        self.status.report(position)
 
 
 class _StreamedTransaction:
     """A large transaction the server streams before it commits (protocol 2).
 
-    Each stream block is decoded when it ends, with a decoder of its own (the shapes it learns
-    become everyone's only at its commit). Past ``memory_budget``, decoded blocks go to a spool
-    file beside the mirror, so memory stays bounded however large the transaction. Once a
-    subtransaction shows up, messages stay raw so that its abort can drop them.
+    Each stream block is decoded when it ends, or once its messages hold ``memory_budget``
+    bytes, with a decoder of its own (the shapes it learns become everyone's only at its
+    commit). Past ``memory_budget``, what is decoded goes to a spool file beside the mirror in
+    parts of at most that, so memory stays bounded however large the transaction and the
+    server's stream blocks. Once a subtransaction shows up, messages stay raw so that its
+    abort can drop them.
     """
 
-    memory_budget = 256 << 20
-    """Message bytes held decoded in memory before blocks go to the spool file: below it the
-    spool only costs time, as DuckDB's own storage for the transaction dominates memory."""
-
-    def __init__(self, xid: int, decoder: po.Decoder, spool_dir: Path) -> None:
+    def __init__(
+        self, xid: int, decoder: po.Decoder, spool_dir: Path, *, memory_budget: int
+    ) -> None:
         self.xid = xid
+        self.memory_budget = memory_budget
+        """Message bytes held decoded in memory before blocks go to the spool file."""
         self.decoder = decoder
         self.held: list[Change] = []
         self.held_bytes = 0
         self.raw: list[bytes | memoryview] = []
+        self.raw_bytes = 0
         self.has_subtransactions = False
         self._spool_dir = spool_dir
         self._spool: IO[bytes] | None = None
 
+    def add(self, frame: bytes | memoryview) -> None:
+        self.raw.append(frame)
+        self.raw_bytes += len(frame)
+        if self.raw_bytes >= self.memory_budget:
+            self.block_done()
+
     def block_done(self) -> None:
+        """Decode the messages received so far (keep them, or spool them past the budget)."""
         if self.has_subtransactions or not self.raw:
             return
         if any(xid != self.xid for xid in po.streamed_xids(self.raw, offset=XLOG_HEADER)):
             self.has_subtransactions = True
             return
-        self.held_bytes += sum(len(m) for m in self.raw)
+        self.held_bytes += self.raw_bytes
         changes = self.decoder.decode(self.raw, offset=XLOG_HEADER, streamed=True)
         self.raw = []
+        self.raw_bytes = 0
         if self.held_bytes <= self.memory_budget:
             self.held.extend(changes)
             return
@@ -426,6 +497,7 @@ class _StreamedTransaction:
             for m, xid in zip(self.raw, xids, strict=True)
             if xid != subxid or m[XLOG_HEADER] in _SCHEMA_MESSAGES
         ]
+        self.raw_bytes = sum(map(len, self.raw))
 
     def blocks(self) -> Iterator[list[Change]]:
         """The transaction's changes block by block, in order; the spool goes afterwards."""
@@ -445,4 +517,5 @@ class _StreamedTransaction:
             self._spool.close()
             self._spool = None
         self.raw = []
+        self.raw_bytes = 0
         self.held = []

@@ -9,12 +9,13 @@ import signal
 import sys
 from collections.abc import Sequence
 from pathlib import Path
+from typing import Any, NoReturn
 
 import duckdb
 import psycopg
 
-from mirror.errors import ConfigError, SidecarError
-from sidecar import cli_daemon, cli_serve, cli_train, cli_users, masking
+from mirror.errors import ConfigError, MirrorOutOfMemory, SidecarError
+from sidecar import cli_daemon, cli_serve, cli_train, cli_uninstall, cli_users, config, masking
 
 log = logging.getLogger("pgml_sidecar")
 
@@ -23,6 +24,19 @@ PostgresML-style machine learning beside a PostgreSQL database that cannot load 
 pgml-sidecar mirrors production tables into a local DuckDB file through logical replication
 (or from Debezium's Kafka topics).
 """
+EXIT_CODES = (
+    "Exit codes: 0 done; 1 an error, printed as one line 'error: ...' that says what to do"
+    " next; 2 a bad flag or setting; 130 interrupted (status has its own: see status --help)."
+)
+
+
+REPLICA_IDENTITY_HELP = (
+    "set REPLICA IDENTITY FULL on a mirrored table that has no replica identity (no primary"
+    " key, REPLICA IDENTITY NOTHING, or each such partition), instead of refusing it: once"
+    " published, such a table refuses the application's UPDATE and DELETE. FULL writes the"
+    " whole old row to the WAL on every UPDATE and DELETE; a primary key is cheaper"
+    " (env PGML_SIDECAR_REPLICA_IDENTITY_FULL=1)"
+)
 
 
 def _replicate_parser(commands: argparse._SubParsersAction) -> None:
@@ -34,7 +48,9 @@ def _replicate_parser(commands: argparse._SubParsersAction) -> None:
             " copy the tables under the slot's snapshot, then stream every change into the"
             " DuckDB mirror. Each batch of changes is committed with the source position it"
             " ends at, so a restart (or kill -9) resumes exactly where it stopped. The source"
-            " needs wal_level = logical and a user with the REPLICATION attribute."
+            " needs wal_level = logical and a user with the REPLICATION attribute. A table"
+            " without a replica identity (no primary key) is refused: once published, it would"
+            " refuse the application's UPDATE and DELETE (see --replica-identity-full)."
         ),
     )
     p.add_argument(
@@ -65,6 +81,12 @@ def _replicate_parser(commands: argparse._SubParsersAction) -> None:
         default=os.environ.get("PGML_SIDECAR_MEMORY_LIMIT", "256MB"),
         help="memory DuckDB may use for the mirror in this process (default %(default)s; env"
         " PGML_SIDECAR_MEMORY_LIMIT); raise it if DuckDB reports it is out of memory",
+    )
+    p.add_argument(
+        "--replica-identity-full",
+        action="store_true",
+        default=os.environ.get("PGML_SIDECAR_REPLICA_IDENTITY_FULL", "") in ("1", "true"),
+        help=REPLICA_IDENTITY_HELP,
     )
     p.add_argument(
         "--catch-up",
@@ -118,23 +140,24 @@ def _replicate(args: argparse.Namespace) -> int:
     if args.kafka:
         if not args.topic_prefix:
             raise ConfigError("--kafka needs --topic-prefix: the Debezium connector's topic.prefix")
-        config = read_client_properties(Path(args.kafka_config)) if args.kafka_config else {}
+        properties = read_client_properties(Path(args.kafka_config)) if args.kafka_config else {}
         replicator = KafkaReplicator(
             KafkaSettings(
                 bootstrap=args.kafka, topic_prefix=args.topic_prefix,
                 mirror_path=Path(args.mirror), tables=tables, group_id=args.group_id,
                 catch_up=args.catch_up, memory_limit=args.memory_limit,
-                consumer_config=config,
+                consumer_config=properties,
             )
         )  # fmt: skip
     else:
         if not args.source:
             raise ConfigError("no source database: pass --source DSN or set PGML_SIDECAR_SOURCE")
+        config.check_dsn(args.source)
         replicator = Replicator(
             ReplicationSettings(
                 source_dsn=args.source, mirror_path=Path(args.mirror), tables=tables,
                 publication=args.publication, slot=args.slot, catch_up=args.catch_up,
-                memory_limit=args.memory_limit,
+                memory_limit=args.memory_limit, replica_identity_full=args.replica_identity_full,
             )
         )  # fmt: skip
     _stop_on_signals(replicator.stopping.set)
@@ -189,15 +212,36 @@ def _stop_on_signals(stop: object) -> None:
     signal.signal(signal.SIGTERM, handler)
 
 
+class CommandLineParser(argparse.ArgumentParser):
+    """argparse, but a usage error is one line that says where the help is.
+
+    It exits with 2, or with the parser's default ``usage_exit_code`` (``status`` has 3).
+    Every command's help ends with the exit codes (unless it has its own epilog) and takes
+    ``-v`` before or after the command.
+    """
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        kwargs.setdefault("epilog", EXIT_CODES)
+        super().__init__(*args, **kwargs)
+        self.add_argument(
+            "-v", "--verbose", action="store_true", default=argparse.SUPPRESS,
+            help="log debugging detail, and the traceback of an unexpected error",
+        )  # fmt: skip
+
+    def error(self, message: str) -> NoReturn:
+        code = self.get_default("usage_exit_code") or 2
+        self.exit(code, masking.mask(f"error: {message}; see {self.prog} --help") + "\n")
+
+
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="pgml-sidecar", description=DESCRIPTION)
-    parser.add_argument("-v", "--verbose", action="store_true", help="log debugging detail")
+    parser = CommandLineParser(prog="pgml-sidecar", description=DESCRIPTION)
     commands = parser.add_subparsers(title="commands", metavar="COMMAND")
     _replicate_parser(commands)
     cli_train.add_parsers(commands)
     cli_serve.add_parser(commands)
     cli_daemon.add_parsers(commands)
     cli_users.add_parsers(commands)
+    cli_uninstall.add_parsers(commands)
     _demo_parser(commands)
     return parser
 
@@ -206,7 +250,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
     logging.basicConfig(
-        level=logging.DEBUG if args.verbose else logging.INFO,
+        level=logging.DEBUG if getattr(args, "verbose", False) else logging.INFO,
         format="%(asctime)s %(levelname)s %(message)s",
         stream=sys.stderr,
     )
@@ -217,22 +261,43 @@ def main(argv: Sequence[str] | None = None) -> int:
         return 2
     try:
         return int(args.run(args))
-    except SidecarError as exc:
-        print(f"error: {masking.mask(str(exc))}", file=sys.stderr)
+    except MirrorOutOfMemory as exc:
+        _print_error(f"{exc}; raise --memory-limit (or PGML_SIDECAR_MEMORY_LIMIT) and run again")
         return exc.exit_code
-    except psycopg.Error as exc:  # a connection string libpq refuses, a source that refuses
-        first = (str(exc).strip().splitlines() or [type(exc).__name__])[0]
-        print(f"error: {masking.mask(first)}", file=sys.stderr)
+    except SidecarError as exc:
+        _print_error(str(exc))
+        return exc.exit_code
+    except psycopg.Error as exc:  # a source that refuses a statement
+        _print_error(f"the source refused: {_first_line(exc)}; grant what it asks for, or see"
+                     " sql/README.md for the privileges the sidecar needs")  # fmt: skip
         return 1
     except duckdb.OutOfMemoryException as exc:
-        print(
-            f"error: the mirror ran out of memory ({str(exc).splitlines()[0]}); raise"
-            " --memory-limit (or PGML_SIDECAR_MEMORY_LIMIT) and run again",
-            file=sys.stderr,
+        _print_error(
+            f"the mirror ran out of memory ({_first_line(exc)}); raise --memory-limit (or"
+            " PGML_SIDECAR_MEMORY_LIMIT) and run again"
         )
+        return 1
+    except OSError as exc:  # a file or a port the command needs
+        where = f" {exc.filename}" if exc.filename else ""
+        _print_error(f"{exc.strerror or exc}:{where}; check the paths and addresses given")
         return 1
     except KeyboardInterrupt:
         return 130
+    except Exception as exc:  # a bug: still one line, the traceback with --verbose
+        log.debug("unexpected error", exc_info=True)
+        _print_error(
+            f"unexpected {type(exc).__name__}: {_first_line(exc)}; run again with --verbose"
+            " for the traceback, and report it"
+        )
+        return 1
+
+
+def _print_error(message: str) -> None:
+    print(f"error: {masking.mask(message)}", file=sys.stderr)
+
+
+def _first_line(exc: BaseException) -> str:
+    return (str(exc).strip().splitlines() or [type(exc).__name__])[0]
 
 
 if __name__ == "__main__":

@@ -6,6 +6,7 @@ import argparse
 import json
 import logging
 import signal
+import sys
 import threading
 import urllib.error
 import urllib.request
@@ -13,14 +14,17 @@ from contextlib import nullcontext
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from mirror.errors import ConfigError
+from mirror.errors import ConfigError, SourceError
 from sidecar import config, masking
+from sidecar.metrics import REPLICATION_LAG_ALERT_SECONDS, RETAINED_WAL_ALERT_BYTES
 
 if TYPE_CHECKING:
     from sidecar.daemon import DaemonSettings
 
 log = logging.getLogger("pgml_sidecar")
 
+STATUS_UNKNOWN = 3
+"""Exit code of ``status`` when it cannot look: a bad flag or setting (1 degraded, 2 down)."""
 _CONFIG_HELP = "TOML file with the settings (flags and PGML_SIDECAR_* variables win over it)"
 
 
@@ -32,13 +36,23 @@ def add_parsers(commands: argparse._SubParsersAction) -> None:
             "Install sql/install.sql into the source (schema pgml with the control table"
             " pgml.training_requests and the functions pgml.train, pgml.writeback and"
             " pgml.predict; schema pgml_scores), idempotently; create the publication for the"
-            " tables and the control table. Needs CREATE on the database, no superuser and no"
-            " extension."
+            " tables and the control table. All in one transaction: a refused init leaves"
+            " nothing behind. Run as the tables' owner (it needs CREATE on the database and"
+            " ownership of the tables, no superuser, no extension), or least-privilege: give"
+            " --print-sql the sidecar role's --source and the --tables, have the tables' owner"
+            " run what it prints through psql, then run init as the sidecar's role, which"
+            " then only checks. A table without a replica identity is refused (see"
+            " --replica-identity-full)."
         ),
     )
-    _add(init, "source", "tables", "publication", "endpoint_dsn")
+    _add(init, "source", "tables", "publication", "endpoint_dsn", "replica_identity_full")
     init.add_argument(
-        "--print-sql", action="store_true", help="print the SQL init would run, for a DBA"
+        "--print-sql",
+        action="store_true",
+        help="print, and run nothing, the SQL the tables' owner runs so that the role of"
+        " --source needs nothing but REPLICATION: schemas pgml and pgml_scores, the grants"
+        " that role needs, the publication of --tables and the control table, in that order"
+        " (with --source, fitted to what the database already has)",
     )
     init.set_defaults(run=_init)
 
@@ -48,7 +62,9 @@ def add_parsers(commands: argparse._SubParsersAction) -> None:
         description=(
             "Mirror the tables, carry out pgml.train() and pgml.writeback() requests made in the"
             " source, keep pgml_scores.<project> in the source up to date, serve the SQL endpoint"
-            " and Prometheus metrics, until SIGINT or SIGTERM."
+            " and Prometheus metrics, until SIGINT or SIGTERM. A table without a replica"
+            " identity is refused at start (see --replica-identity-full); one that loses it"
+            " while published shows in /healthz, status and the metrics."
         ),
     )
     _add(run, *(s.name for s in config.SETTINGS if s.name != "endpoint_dsn"))
@@ -63,12 +79,26 @@ def add_parsers(commands: argparse._SubParsersAction) -> None:
     status = commands.add_parser(
         "status",
         help="replication slot (or Kafka) lag, requests and projects, and the daemon's health",
-        description="Read the source and the running daemon's /healthz; print a summary.",
+        description=(
+            "Read the source (the slot, the database's other slots with the WAL they retain,"
+            " each project's last request) and the running daemon's /healthz (its parts, lag,"
+            " published tables without a replica identity, deployed models); print a summary"
+            " ending with a verdict, or JSON with --json."
+        ),
+        epilog=(
+            "Exit codes: 0 ok: the daemon answers and all its parts run, the slot is active,"
+            f" replication lag is under {REPLICATION_LAG_ALERT_SECONDS} s and the slot retains"
+            f" under {RETAINED_WAL_ALERT_BYTES // 1024**3} GiB of WAL (the alerts' thresholds),"
+            " every published table has a replica identity; 1 degraded: the daemon answers but"
+            " one of those is not so, or the source does not answer; 2 down: no daemon answers"
+            " at --metrics-host:--metrics-port; 3 status could not look (a bad flag or"
+            " setting)."
+        ),
     )
     _add(status, "source", "slot", "kafka", "topic_prefix", "group_id", "metrics_host",
          "metrics_port")  # fmt: skip
     status.add_argument("--json", action="store_true", help="print JSON")
-    status.set_defaults(run=_status)
+    status.set_defaults(run=_status, usage_exit_code=STATUS_UNKNOWN)
 
 
 def _add(parser: argparse.ArgumentParser, *names: str) -> None:
@@ -77,6 +107,12 @@ def _add(parser: argparse.ArgumentParser, *names: str) -> None:
         setting = next(s for s in config.SETTINGS if s.name == name)
         flag = "--" + name.replace("_", "-")
         env = config.ENV_PREFIX + name.upper()
+        if setting.kind is bool:  # a switch: on when given, else the environment or file
+            parser.add_argument(
+                flag, dest=name, action="store_const", const=True, default=None,
+                help=f"{setting.help} (env {env}=1)",
+            )  # fmt: skip
+            continue
         default = f"; default {setting.default}" if setting.default not in (None, "") else ""
         parser.add_argument(
             flag, dest=name, type=setting.kind, default=None,
@@ -109,21 +145,39 @@ def _init(args: argparse.Namespace) -> int:
     from sidecar import source_schema
 
     settings = _settings(args)
-    if args.print_sql:  # with --source, from the version installed there
+    if args.print_sql:  # with --source, fitted to the database as it is
         with source.connect(settings["source"]) if settings["source"] else nullcontext() as found:
-            installed = source_schema.installed_version(found) if found else None
-        print(source_schema.install_script(installed), end="")
+            names = _tables(settings)
+            script = source_schema.setup_script(
+                found,
+                role=found.info.user if found else source_schema.DEFAULT_ROLE,
+                publication=settings["publication"],
+                tables=source.resolve_tables(found, names)
+                if found
+                else [source.split_table_name(n) for n in names],
+                replica_identity_full=settings["replica_identity_full"],
+            )
+        print(script, end="")
         return 0
     _required(settings, "source")
     with source.connect(settings["source"]) as conn:
         source.check_wal_level(conn)
-        version = source_schema.install(conn, endpoint_dsn=settings["endpoint_dsn"])
+        with conn.transaction():  # all or nothing: a refused init leaves nothing behind
+            tables = source.resolve_tables(conn, _tables(settings)) if settings["tables"] else []
+            checked = source.check_replica_identity(
+                conn, settings["publication"], tables,
+                set_full=settings["replica_identity_full"],
+            )  # fmt: skip
+            version = source_schema.install(conn, endpoint_dsn=settings["endpoint_dsn"])
+            source.ensure_publication(
+                conn, settings["publication"], [*tables, source_schema.CONTROL_TABLE]
+            )
         if advice := source_schema.admin_role_advice(conn):
             print(f"note: {advice}")
-        tables = source.resolve_tables(conn, _tables(settings)) if settings["tables"] else []
-        source.ensure_publication(
-            conn, settings["publication"], [*tables, ("pgml", "training_requests")]
-        )
+    if checked.set_full:
+        print(f"set REPLICA IDENTITY FULL on {', '.join(m.name for m in checked.set_full)}")
+    if checked.published:
+        print(f"warning: {source.replica_identity_advice(checked.published, published=True)}")
     print(
         f"installed pgml schema version {version} in {config.masked(settings['source'])};"
         f" publication {settings['publication']} covers"
@@ -136,12 +190,12 @@ def _init(args: argparse.Namespace) -> int:
 
 def _run(args: argparse.Namespace) -> int:
     stopping = StopSignals()  # first: a SIGTERM while it starts stops it, never half-way
-    from sidecar.daemon import Daemon
-
-    settings = _settings(args)
+    settings = _settings(args)  # a bad setting is said at once, before the long imports
     _required(settings, "source", "mirror")
     if args.check:
         return _check(settings)
+    from sidecar.daemon import Daemon
+
     daemon = Daemon(_daemon_settings(settings))
     stopping.relay(daemon.stop_event)
     log.info(
@@ -183,6 +237,7 @@ def _daemon_settings(settings: dict[str, Any]) -> DaemonSettings:
         metrics_port=settings["metrics_port"],
         memory_limit=settings["memory_limit"],
         checkpoint_rows=settings["checkpoint_rows"],
+        replica_identity_full=settings["replica_identity_full"],
         kafka=settings["kafka"],
         topic_prefix=settings["topic_prefix"],
         group_id=settings["group_id"],
@@ -235,88 +290,118 @@ class StopSignals:
 
 
 def _status(args: argparse.Namespace) -> int:
-    import psycopg
+    from sidecar import status_report
 
-    settings = _settings(args)
-    _required(settings, "source")
+    try:
+        settings = _settings(args)
+        _required(settings, "source")
+    except ConfigError as exc:
+        exc.exit_code = STATUS_UNKNOWN  # not "down": status could not look
+        raise
     report: dict[str, Any] = {"source": config.masked(settings["source"])}
-    with psycopg.connect(settings["source"], autocommit=True) as conn:
-        if settings["kafka"]:  # Debezium's slot is not the sidecar's: Kafka's lag is
-            report["kafka"] = {
-                "bootstrap": settings["kafka"], "topic_prefix": settings["topic_prefix"],
-                "group_id": settings["group_id"],
-            }  # fmt: skip
-        slot = (
-            None
-            if settings["kafka"]
-            else conn.execute(
+    if settings["kafka"]:  # Debezium's slot is not the sidecar's: Kafka's lag is
+        report["kafka"] = {
+            "bootstrap": settings["kafka"], "topic_prefix": settings["topic_prefix"],
+            "group_id": settings["group_id"],
+        }  # fmt: skip
+    url = f"http://{settings['metrics_host']}:{settings['metrics_port']}/healthz"
+    report["daemon"] = _read_health(url)
+    # with the Debezium source (as the daemon says, if not the flags) the sidecar has no slot
+    slot = None if settings["kafka"] or "kafka" in report["daemon"] else settings["slot"]
+    try:
+        report |= _read_source(settings, slot)
+    except SourceError as exc:  # the daemon may still answer: status goes on
+        report["source_error"] = str(exc)
+    _add_deployed(report)
+    status_report.judge(report)
+    report = masking.mask_values(report)
+    if args.json:
+        print(json.dumps(report, indent=2, default=str))
+    else:
+        print("\n".join(status_report.lines(report)))
+    if "source_error" in report:
+        print(f"error: {report['source_error']}", file=sys.stderr)
+    return int(report["exit_code"])
+
+
+def _read_source(settings: dict[str, Any], own: str | None) -> dict[str, Any]:
+    """The slot ``own`` (None: none), the database's other slots, each project's last
+    request."""
+    from replicator import source
+
+    found: dict[str, Any] = {}
+    with source.connect(settings["source"]) as conn:
+        if own is not None:
+            slot = conn.execute(
                 "select active, pg_wal_lsn_diff(pg_current_wal_lsn(), confirmed_flush_lsn)::bigint,"
                 " pg_wal_lsn_diff(pg_current_wal_lsn(), restart_lsn)::bigint"
                 " from pg_replication_slots where slot_name = %s",
-                (settings["slot"],),
+                (own,),
             ).fetchone()
-        )
-        if not settings["kafka"]:
-            report["slot"] = (
-                {"name": settings["slot"], "active": slot[0], "lag_bytes": slot[1],
+            found["slot"] = (
+                {"name": own, "active": slot[0], "lag_bytes": slot[1],
                  "retained_wal_bytes": slot[2]}
-                if slot else {"name": settings["slot"], "missing": True}
+                if slot else {"name": own, "missing": True}
             )  # fmt: skip
+        found["other_slots"] = _other_slots(conn, own)
         if conn.execute("select to_regclass('pgml.training_requests')").fetchone() != (None,):
             rows = conn.execute(  # notice: not in early installs of schema version 3
                 "select distinct on (project_name) project_name, kind, status, error, model_id,"
                 " requested_at, to_jsonb(r)->>'notice' from pgml.training_requests r"
                 " order by project_name, id desc"
             ).fetchall()
-            report["projects"] = [
+            found["projects"] = [
                 {"project": r[0], "last_request": r[1], "status": r[2], "error": r[3],
                  "model_id": r[4], "requested_at": r[5].isoformat(), "notice": r[6]}
                 for r in rows
             ]  # fmt: skip
-    url = f"http://{settings['metrics_host']}:{settings['metrics_port']}/healthz"
+    return found
+
+
+def _read_health(url: str) -> dict[str, Any]:
+    """The daemon's /healthz (503 while degraded: the body says why), or why there is none."""
     try:
         with urllib.request.urlopen(url, timeout=3) as reply:
-            report["daemon"] = json.loads(reply.read())
-    except urllib.error.HTTPError as exc:  # 503: degraded, and the body says why
-        report["daemon"] = json.loads(exc.read() or b"{}")
+            body = reply.read()
+    except urllib.error.HTTPError as exc:
+        with exc:
+            body = exc.read()
     except OSError as exc:
-        report["daemon"] = {"status": "unreachable", "url": url, "error": str(exc)}
-    report = masking.mask_values(report)
-    if args.json:
-        print(json.dumps(report, indent=2, default=str))
-    else:
-        _print_status(report)
-    return 0
+        reason = getattr(exc, "reason", None) or exc
+        return {"status": "unreachable", "url": url, "error": str(reason)}
+    try:
+        health = json.loads(body)
+    except ValueError:
+        health = None
+    if not isinstance(health, dict) or "status" not in health:
+        return {"status": "unreachable", "url": url, "error": "the answer is no pgml-sidecar's"}
+    return health
 
 
-def _print_status(report: dict[str, Any]) -> None:
-    print(f"source:  {report['source']}")
-    daemon = report["daemon"]
-    if "kafka" in report:
-        kafka = report["kafka"]
-        live = daemon.get("kafka", {})
-        print(
-            f"kafka:   {kafka['topic_prefix']}.* on {kafka['bootstrap']}, group"
-            f" {kafka['group_id']}: {live.get('lag_messages', '?')} messages behind,"
-            f" {live.get('dead_letters', '?')} dead letters,"
-            f" partitions {', '.join(live.get('partitions', [])) or '-'}"
-        )
-    slot = report.get("slot", {})
-    if slot.get("missing"):
-        print(f"slot:    {slot['name']} does not exist (run pgml-sidecar run)")
-    elif slot:
-        print(
-            f"slot:    {slot['name']} {'active' if slot['active'] else 'INACTIVE'},"
-            f" lag {slot['lag_bytes']} bytes, retains {slot['retained_wal_bytes']} bytes of WAL"
-        )
-    print(f"daemon:  {daemon.get('status')}" + (f" ({daemon.get('error')})"
-          if daemon.get("status") == "unreachable" else ""))  # fmt: skip
-    for project in report.get("projects", []):
-        line = f"project: {project['project']}: {project['last_request']} {project['status']}"
-        if project["model_id"]:
-            line += f", model {project['model_id']}"
-        if project["error"]:
-            line += f", error: {project['error']}"
-        print(line)
-        for notice in (project.get("notice") or "").splitlines():
-            print(f"         notice: {notice}")
+def _add_deployed(report: dict[str, Any]) -> None:
+    """Give each project the model the daemon has deployed for it (when the daemon says)."""
+    deployed = report["daemon"].get("deployed")
+    if deployed is None:
+        return
+    projects = report.setdefault("projects", [])
+    named = {p["project"] for p in projects}
+    projects += [
+        {"project": name, "last_request": None, "status": None, "error": None, "model_id": None,
+         "requested_at": None, "notice": None}
+        for name in sorted(set(deployed) - named)
+    ]  # fmt: skip
+    for project in projects:
+        project["deployed"] = deployed.get(project["project"])
+
+
+def _other_slots(conn: Any, slot: str | None) -> list[dict[str, Any]]:
+    """Logical slots of the database but the sidecar's ``slot`` (None: it has none): left by
+    earlier runs (another --slot), or someone else's; each keeps WAL on the source while it
+    exists."""
+    from replicator import source
+
+    return [
+        {"name": s.name, "plugin": s.plugin, "active": s.active_pid is not None,
+         "retained_wal_bytes": s.retained_wal_bytes}
+        for s in source.database_slots(conn) if s.name != slot
+    ]  # fmt: skip

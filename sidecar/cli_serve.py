@@ -10,8 +10,9 @@ import threading
 import time
 from pathlib import Path
 
-from mirror.errors import ConfigError
+from mirror.errors import ConfigError, SourceConnectionLost
 from mirror.store import Mirror
+from sidecar import config
 
 log = logging.getLogger("pgml_sidecar")
 
@@ -80,18 +81,29 @@ def add_parser(commands: argparse._SubParsersAction) -> None:
     p.set_defaults(run=serve)
 
 
+def _check_source(dsn: str) -> None:
+    """Refuse a source that retrying cannot make answer; warn of one that does not answer yet."""
+    from replicator import source
+
+    config.check_dsn(dsn)
+    try:
+        source.connect(dsn).close()
+    except SourceConnectionLost as exc:
+        log.warning("%s; serving anyway, and asking it again for each session's privileges", exc)
+
+
 def serve(args: argparse.Namespace) -> int:
     stop = threading.Event()  # first: a SIGTERM while it starts stops it, never half-way
     for signum in (signal.SIGINT, signal.SIGTERM):
         signal.signal(signum, lambda *_: stop.set())
-    from predictor.server import EndpointSettings, SqlEndpoint, read_password
+    from predictor.server import EndpointSettings, SqlEndpoint, check_settings, read_password
     from sidecar.config import training_time_limit
     from trainer.train import Trainer, artifact_home
 
     if not args.mirror:
         raise ConfigError("no mirror file: pass --mirror PATH or set PGML_SIDECAR_MIRROR")
     if (args.tls_cert is None) != (args.tls_key is None):
-        raise ConfigError("--tls-cert and --tls-key go together")
+        raise ConfigError("--tls-cert and --tls-key go together; give both, or neither")
     settings = EndpointSettings(
         host=args.host,
         port=args.port,
@@ -103,6 +115,9 @@ def serve(args: argparse.Namespace) -> int:
         authentication_timeout=args.authentication_timeout,
     )
     time_limit = training_time_limit(args.training_time_limit)
+    check_settings(settings)  # settings first, then the source, then the mirror
+    if args.source:
+        _check_source(args.source)
     mirror = Mirror(args.mirror, memory_limit=args.memory_limit)
     trainer = Trainer(mirror.con, artifact_home(mirror.path), time_limit=time_limit)
     try:

@@ -8,6 +8,7 @@ import logging
 import os
 from collections.abc import Iterator
 from contextlib import contextmanager
+from pathlib import Path
 from typing import TYPE_CHECKING
 
 from mirror.errors import ConfigError
@@ -96,6 +97,11 @@ def _trainer(args: argparse.Namespace) -> Iterator[Trainer]:
 
     if not args.mirror:
         raise ConfigError("no mirror file: pass --mirror PATH or set PGML_SIDECAR_MIRROR")
+    if not Path(args.mirror).is_file():  # never a new, empty mirror for a mistyped path
+        raise ConfigError(
+            f"mirror {args.mirror} does not exist; pass the --mirror file that replicate or run"
+            " writes"
+        )
     mirror = Mirror(args.mirror)
     trainer = Trainer(mirror.con, artifact_home(mirror.path))
     try:

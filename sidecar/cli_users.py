@@ -51,7 +51,13 @@ def _adduser(args: argparse.Namespace) -> int:
     if not args.users_file:
         raise ConfigError(f"no users file: pass --users-file FILE or set {USERS_FILE_ENV}")
     if args.iterations < 1:
-        raise ConfigError("--iterations must be at least 1")
+        raise ConfigError("--iterations must be at least 1; leave it out for PostgreSQL's")
+    directory = Path(args.users_file).parent
+    if not directory.is_dir():  # before the password is asked for
+        raise ConfigError(
+            f"cannot write users file {args.users_file}: directory {directory} does not exist;"
+            " create it, or choose another --users-file"
+        )
     password = read_new_password(args.name)
     user, new = add_user(
         Path(args.users_file), args.name, password, role=args.role, iterations=args.iterations
@@ -70,13 +76,16 @@ def read_new_password(name: str) -> str:
             first = getpass.getpass(f"password for endpoint user {name}: ")
             again = getpass.getpass("the same password again: ")
         except EOFError:
-            raise ConfigError("no password given") from None
+            raise ConfigError("no password given; type it at the prompt") from None
         if first != again:
-            raise ConfigError("the two passwords differ; nothing changed")
+            raise ConfigError("the two passwords differ, so nothing changed; run it again")
         password = first
     else:
         line = sys.stdin.readline() if sys.stdin is not None else ""
         password = line.removesuffix("\n").removesuffix("\r")
     if not password:
-        raise ConfigError("the password is empty; nothing changed")
+        raise ConfigError(
+            "the password is empty, so nothing changed; type it at the prompt, or give it on the"
+            " first line of standard input"
+        )
     return password

@@ -16,8 +16,11 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from mirror.errors import ConfigError, SidecarError
-from predictor.time_settings import InvalidSetting, TimeSetting
+import psycopg
+from psycopg.conninfo import conninfo_to_dict
+
+from mirror.errors import ConfigError
+from predictor.time_settings import TimeSetting
 from sidecar import masking
 
 ENV_PREFIX = "PGML_SIDECAR_"
@@ -55,6 +58,15 @@ SETTINGS = [
     Setting("authentication_timeout", str, "10s", "SQL endpoint: time to authenticate ('10s')"),
     Setting("training_time_limit", str, "1h", "stop longer trainings ('30min'; 0 none)"),
     Setting("endpoint_dsn", str, None, "how the source reaches the endpoint (for pgml.predict)"),
+    Setting(
+        "replica_identity_full",
+        bool,
+        False,
+        "set REPLICA IDENTITY FULL on a mirrored table without a replica identity (no primary"
+        " key), instead of refusing it: published as it is, it refuses the application's UPDATE"
+        " and DELETE. FULL writes each UPDATE's and DELETE's whole old row to the WAL; a primary"
+        " key is cheaper",
+    ),
 ]
 _BY_NAME = {s.name: s for s in SETTINGS}
 
@@ -76,6 +88,8 @@ def load(flags: Mapping[str, Any], config_file: str | None) -> dict[str, Any]:
             value = setting.default
         resolved[setting.name] = _typed(setting, value, where)
         origins[setting.name] = where
+    if resolved["source"]:
+        check_dsn(resolved["source"], origins["source"])
     for name in ("source", "endpoint_dsn"):
         dsn, env = resolved[name], ENV_PREFIX + name.upper()
         if dsn and masking.has_password(dsn) and origins[name] != env:
@@ -86,11 +100,25 @@ def load(flags: Mapping[str, Any], config_file: str | None) -> dict[str, Any]:
     return resolved
 
 
+def check_dsn(dsn: str, where: str = "--source") -> None:
+    """Refuse a connection string libpq cannot read, saying how to write one."""
+    try:
+        conninfo_to_dict(dsn)
+    except psycopg.Error as exc:
+        reason = (str(exc).strip().splitlines() or [type(exc).__name__])[0]
+        raise ConfigError(
+            f"{where} is not a valid connection string: {reason}; write it as key=value pairs"
+            " (host=db dbname=shop user=sidecar) or as a postgresql:// URI"
+        ) from None
+
+
 def _read(path: Path) -> dict[str, Any]:
     try:
         data = tomllib.loads(path.read_text())
     except OSError as exc:
-        raise ConfigError(f"cannot read the config file {path}: {exc.strerror}") from None
+        raise ConfigError(
+            f"cannot read the config file {path}: {exc.strerror}; fix the path given to --config"
+        ) from None
     except tomllib.TOMLDecodeError as exc:
         raise ConfigError(f"{path} is not valid TOML: {exc}") from None
     for key in data:
@@ -111,10 +139,24 @@ def _typed(setting: Setting, value: Any, where: str) -> Any:
         return None
     if setting.name == "tables" and isinstance(value, list):
         value = ",".join(str(v) for v in value)
+    if setting.kind is bool:
+        return _boolean(value, where)
     try:
         return setting.kind(value)
     except (TypeError, ValueError):
-        raise ConfigError(f"{where} must be {setting.kind.__name__}, not {value!r}") from None
+        wanted = "a whole number" if setting.kind is int else f"a {setting.kind.__name__}"
+        raise ConfigError(f"{where} must be {wanted}, not {value!r}; give {wanted}") from None
+
+
+def _boolean(value: Any, where: str) -> bool:
+    if isinstance(value, bool):
+        return value
+    text = str(value).strip().lower()
+    if text in ("1", "true", "yes", "on"):
+        return True
+    if text in ("0", "false", "no", "off", ""):
+        return False
+    raise ConfigError(f"{where} must be true or false, not {value!r}")
 
 
 TRAINING_TIME_LIMIT = TimeSetting("training_time_limit", "s", 0, 2_147_483_647)
@@ -123,12 +165,7 @@ TRAINING_TIME_LIMIT = TimeSetting("training_time_limit", "s", 0, 2_147_483_647)
 
 def training_time_limit(value: str | int) -> int:
     """Seconds from a ``training_time_limit`` value ('1h', '30min', 90; 0: no limit)."""
-    try:
-        return TRAINING_TIME_LIMIT.parse(value)
-    except InvalidSetting as exc:
-        raise ConfigError(f"{exc}; {exc.hint}" if exc.hint else str(exc)) from None
-    except SidecarError as exc:
-        raise ConfigError(str(exc)) from None
+    return TRAINING_TIME_LIMIT.parse_setting(value, "'30min', '2h' or 0 (none)")
 
 
 def masked(dsn: str) -> str:

@@ -18,10 +18,11 @@ with the reason in its row. Every minute the owners are copied to the source's
 ``pgml.projects`` and the score tables' grants follow the relations' again
 (:mod:`predictor.score_grants`).
 
-Requests run one at a time, in id order. A training runs at most the time its request asked
-for (``time_limit``: the session's ``pgml.training_time_limit``) or the sidecar's
-``training_time_limit``, the lower; past it, it fails with SQLSTATE 57014 and the next request
-runs: no request waits behind another for longer than that one's limit.
+A project's requests run one at a time, in id order; two projects' run side by side
+(:data:`LANES`). A training runs at most the time its request asked for (``time_limit``: the
+session's ``pgml.training_time_limit``) or the sidecar's ``training_time_limit``, the lower;
+past it, it fails with SQLSTATE 57014 and the next request runs: no request waits behind
+another for longer than that one's limit.
 """
 
 from __future__ import annotations
@@ -30,6 +31,7 @@ import logging
 import threading
 import time
 from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -51,10 +53,15 @@ log = logging.getLogger("pgml_sidecar")
 TABLE = ("pgml", "training_requests")
 MAINTENANCE_S = 60.0
 """How often owners are copied to the source and score tables granted again."""
+LANES = 2
+"""Projects whose requests are carried out at once (the fit worker's processes)."""
 
 
 class ControlRequests:
-    """Carries out the source's pending training and write-back requests, one at a time."""
+    """Carries out the source's pending training and write-back requests: each project's in
+    the order they came, one at a time, and :data:`LANES` projects at once, so a project's
+    request never waits behind another project's long training for more than its time limit
+    while a lane is free."""
 
     def __init__(
         self,
@@ -77,6 +84,9 @@ class ControlRequests:
         self.handled = 0
         self.owners = ProjectOwners(con)
         self._maintained_at = float("-inf")
+        self._busy: set[str] = set()
+        """Projects with a request being carried out (their next ones wait for it)."""
+        self._lanes = ThreadPoolExecutor(LANES, thread_name_prefix="pgml-sidecar-request")
 
     def on_commit(self, lsn: Lsn, touched: dict[tuple[str, str], Touched]) -> None:
         if TABLE in touched:
@@ -94,8 +104,24 @@ class ControlRequests:
             self.wake.clear()
             for request in self._pending():
                 if stop.is_set():
-                    return
-                self._carry_out(request)
+                    break
+                project = str(request["project_name"])
+                if project in self._busy:
+                    continue  # after the one running: its end wakes this loop again
+                self._busy.add(project)
+                self._claimed.add(int(request["id"]))
+                self._lanes.submit(self._lane, project, request)
+        self._lanes.shutdown(wait=False, cancel_futures=True)  # the trainer's close ends the rest
+
+    def _lane(self, project: str, request: dict[str, Any]) -> None:
+        try:
+            self._carry_out(request)
+        except Exception:  # a lane must never die silently: the request stays to be retried
+            log.exception("request %s for %s failed unexpectedly", request["id"], project)
+            self._claimed.discard(int(request["id"]))
+        finally:
+            self._busy.discard(project)
+            self.wake.set()  # the project's next request, if any
 
     def _pending(self) -> list[dict[str, Any]]:
         cursor = self.con.cursor()

@@ -4,7 +4,8 @@ Every part runs in a thread of this process (training in its worker process) aro
 Data flows one way: the replicator commits batches to the mirror and hands the touched keys to
 the control requests and the write-back, which never hold up the stream. A part that crashes is
 logged and restarted with backoff; SIGTERM stops them all, the replicator committing what it
-has applied, within seconds.
+has applied, within seconds. What retrying cannot fix (a login refused, wal_level, a missing
+table or privilege, bad settings) ends it at start instead, with one line.
 """
 
 from __future__ import annotations
@@ -17,14 +18,23 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+import duckdb
 import psycopg
 
 from mirror.change_log import Touched
 from mirror.changes import Lsn
-from mirror.errors import ConfigError
+from mirror.errors import (
+    ConfigError,
+    MirrorError,
+    SlotBusyError,
+    SourceConnectionLost,
+    SourceSetupError,
+)
+from mirror.registry import ModelRecord
 from mirror.store import Mirror
-from predictor.server import EndpointSettings, SqlEndpoint
+from predictor.server import EndpointSettings, SqlEndpoint, check_settings
 from predictor.writeback import Writeback
+from replicator import source
 from replicator.kafka import KafkaReplicator, KafkaSettings
 from replicator.replicate import ReplicationSettings, Replicator
 from sidecar import config, control
@@ -66,6 +76,8 @@ class DaemonSettings:
     metrics_port: int = 9464
     memory_limit: str = "1GB"
     checkpoint_rows: int = 100_000
+    replica_identity_full: bool = False
+    """Give mirrored tables without a replica identity FULL instead of refusing to start."""
     kafka: str | None = None
     """Kafka bootstrap servers: mirror from Debezium's topics instead of a replication slot."""
     topic_prefix: str | None = None
@@ -105,7 +117,16 @@ class Daemon:
     def __init__(self, settings: DaemonSettings) -> None:
         self.settings = settings
         self.stop_event = threading.Event()
+        self.fatal: Exception | None = None
+        """What ended the daemon at start, if retrying could not fix it."""
+        self._exported_generation = -1
+        self.lag_seconds = 0.0
+        """Replication lag as last sampled (``pgml_sidecar_replication_lag_seconds``)."""
         time_limit = config.training_time_limit(settings.training_time_limit)
+        check_settings(settings.endpoint())  # settings first, then the source, then the mirror
+        self._check_source()
+        self.without_replica_identity: list[str] = []
+        """Published tables whose UPDATE and DELETE fail in the source (sampled)."""
         self.mirror = Mirror(settings.mirror_path, memory_limit=settings.memory_limit)
         self.trainer = Trainer(
             self.mirror.con, artifact_home(settings.mirror_path), time_limit=time_limit
@@ -128,6 +149,8 @@ class Daemon:
         )
         self.mirror.watched = [control_tables, self.writeback.watched, self.monitor.watched]
         self.trainer.before_snapshot = self.monitor.expect
+        # retraining on drift and pgml.deploy's best_recent_score judge on the rows it sees
+        self.retrainer.recent_rows = self.trainer.recent_rows = self.monitor.recent_rows
         self.mirror.on_commit = self._committed
         self.replicator: Replicator | KafkaReplicator = self._replicator()
         self.endpoint = SqlEndpoint(
@@ -157,22 +180,62 @@ class Daemon:
         m = self.metrics
 
         def trained(project: str, status: str, metrics: dict[str, float]) -> None:
+            m.add_project(project)
             m.training_runs.labels(project=project, status=status).inc()
-            for name, value in metrics.items():
-                if not name.endswith("_time"):
-                    m.model_score.labels(project=project, metric=name).set(value)
+            self._export_projects()  # the deployed model's scores, whether or not it is new
 
         def scored(key: str, rows: int, seconds: float) -> None:
             m.predictions.labels(project=key).inc(rows)
             m.prediction_latency.observe(seconds)
 
-        def written(project: str, rows: int, lag: float) -> None:
+        def written(project: str, rows: int, lag: float | None) -> None:
             m.writeback_rows.labels(project=project).inc(rows)
-            m.writeback_lag_seconds.set(lag)
+            if lag is not None:  # None: every row scored again, no change to measure from
+                m.writeback_lag_seconds.set(lag)
+
+        def progressed(project: str, model_id: int, rows: int, progressive: dict) -> None:
+            m.online_rows_learned.labels(project=project).set(rows)
+            for name, value in progressive.items():
+                m.progressive_score.labels(project=project, metric=name).set(value)
+
+        def failed(project: str, model_id: int, reason: str) -> None:
+            m.model_failed.labels(project=project, model_id=str(model_id), reason=reason).set(1)
 
         self.trainer.on_trained = trained
         self.endpoint.scorer.on_scored = scored
         self.writeback.on_written = written
+        self.monitor.on_progress = progressed
+        self.monitor.on_failed = failed
+        if isinstance(self.replicator, KafkaReplicator):  # each topic's dead letters from 0
+            for topic in sorted(self.replicator.topics):
+                m.dead_letters.labels(topic=topic)
+
+    def _export_projects(self) -> None:
+        """Every project known, in the registry or in a request, with its counters at zero
+        until they count; each deployed model's scores as ``model_score``."""
+        generation = self.trainer.generation
+        names = {p.name for p in self.trainer.registry.projects()} | self._requested_projects()
+        for name in sorted(names):
+            self.metrics.add_project(name)
+        for name, model in self.deployed_models().items():
+            self.metrics.show_scores(
+                name, {k: v for k, v in model.metrics.items() if not k.endswith("_time")}
+            )
+        self._exported_generation = generation
+
+    def _requested_projects(self) -> set[str]:
+        """The projects named in the mirrored control table (a project whose trainings all
+        failed is in no registry)."""
+        cursor = self.mirror.con.cursor()
+        try:
+            rows = cursor.execute(
+                "select distinct project_name from pgml.training_requests"
+            ).fetchall()
+        except duckdb.CatalogException:  # not mirrored (yet)
+            return set()
+        finally:
+            cursor.close()
+        return {r[0] for r in rows}
 
     def _sample(self, stop: threading.Event) -> None:
         """Every few seconds: replication lag (the slot's, or Kafka's), changes applied,
@@ -180,8 +243,11 @@ class Daemon:
         m = self.metrics
         seen = dict(self.mirror.changes_applied)
         dead_seen: dict[str, int] = {}
-        with psycopg.connect(self.settings.source_dsn, autocommit=True) as conn:
+        conn: psycopg.Connection | None = None
+        try:
             while not stop.wait(SAMPLE_SECONDS):
+                if self._exported_generation != self.trainer.generation:
+                    self._export_projects()  # a deployment by the endpoint or a retrain
                 replicator = self.replicator
                 if isinstance(replicator, KafkaReplicator):
                     behind = replicator.lag_messages > 0
@@ -190,21 +256,43 @@ class Daemon:
                         m.dead_letters.labels(topic=topic).inc(count - dead_seen.get(topic, 0))
                         dead_seen[topic] = count
                 else:
-                    behind = self._sample_slot(conn)
+                    behind, conn = self._sample_source(conn)
                 last = replicator.stats.last_commit_time
-                m.replication_lag_seconds.set(
-                    max(time.time() - last, 0.0) if behind and last else 0.0
-                )
+                self.lag_seconds = max(time.time() - last, 0.0) if behind and last else 0.0
+                m.replication_lag_seconds.set(self.lag_seconds)
                 applied = dict(self.mirror.changes_applied)
                 for op, count in applied.items():
                     if count > seen.get(op, 0):
                         m.replication_changes.labels(op=op).inc(count - seen.get(op, 0))
                 seen = applied
-                m.replicator_up.set(1 if self.parts[0].running else 0)
+                connected = getattr(replicator.stats, "connected", True)
+                m.replicator_up.set(1 if self.parts[0].running and connected else 0)
                 for watch in list(self.monitor.watches.values()):
-                    for feature, score in watch.features.scores.items():
+                    scores = watch.features.scores if watch.features is not None else {}
+                    for feature, score in scores.items():
                         if score == score:  # NaN until the window holds enough rows
                             m.drift_score.labels(project=watch.project, feature=feature).set(score)
+        finally:
+            if conn is not None:
+                conn.close()
+
+    def _sample_source(
+        self, conn: psycopg.Connection | None
+    ) -> tuple[bool, psycopg.Connection | None]:
+        """The slot's lag and the tables' replica identity from the source; whether changes
+        are waiting, and the connection to use next time (None: the source did not answer, and
+        the lag is counted on as the source's silence goes on)."""
+        try:
+            if conn is None or conn.closed or conn.broken:
+                conn = psycopg.connect(self.settings.source_dsn, autocommit=True, connect_timeout=5)
+            behind = self._sample_slot(conn)
+            self._sample_replica_identity(conn)
+            return behind, conn
+        except psycopg.Error as exc:
+            log.debug("metrics: the source does not answer: %s", exc)
+            if conn is not None:
+                conn.close()
+            return True, None
 
     def _sample_slot(self, conn: psycopg.Connection) -> bool:
         """Record the slot's lag and retained WAL; whether changes are waiting."""
@@ -222,12 +310,55 @@ class Daemon:
         m.slot_retained_wal_bytes.set(max(int(row[1] or 0), 0))
         return lag > _IDLE_BYTES
 
+    def _check_source(self) -> None:
+        """Raise, before anything starts (the mirror file included), what about the source
+        retrying cannot fix, as the one line ``replicate`` prints for it: a login refused,
+        wal_level, a missing table or one without a replica identity, a role without
+        REPLICATION. A source that does not answer yet is only logged: the parts retry it."""
+        try:
+            if self.settings.kafka:  # Debezium reads the source; the write-back logs in to it
+                source.connect(self.settings.source_dsn).close()
+                return
+            checker = Replicator(self._replication_settings())
+            try:
+                checker.check()
+            finally:
+                checker.close()
+        except SourceConnectionLost as exc:
+            log.warning("%s; starting anyway, and retrying with backoff", exc)
+
+    def _mirrored_tables(self) -> list[str]:
+        tables = list(self.settings.tables)
+        if _has_control_table(self.settings.source_dsn) and "pgml.training_requests" not in tables:
+            tables.append("pgml.training_requests")
+        return tables
+
+    def _replication_settings(self) -> ReplicationSettings:
+        s = self.settings
+        return ReplicationSettings(
+            source_dsn=s.source_dsn,
+            mirror_path=s.mirror_path,
+            tables=self._mirrored_tables(),
+            publication=s.publication,
+            slot=s.slot,
+            memory_limit=s.memory_limit,
+            replica_identity_full=s.replica_identity_full,
+        )
+
+    def _sample_replica_identity(self, conn: psycopg.Connection) -> None:
+        """Record the published tables whose UPDATE and DELETE the source now refuses."""
+        missing = source.published_without_replica_identity(conn, self.settings.publication)
+        names = [m.name for m in missing]
+        new = [m for m in missing if m.name not in self.without_replica_identity]
+        if new:
+            log.error("%s", source.replica_identity_advice(new, published=True))
+        self.without_replica_identity = names
+        self.metrics.tables_without_replica_identity.set(len(names))
+
     def _replicator(self) -> Replicator | KafkaReplicator:
         s = self.settings
-        tables = list(s.tables)
-        if _has_control_table(s.source_dsn) and "pgml.training_requests" not in tables:
-            tables.append("pgml.training_requests")
         if s.kafka:
+            tables = self._mirrored_tables()
             if not s.topic_prefix:
                 raise ConfigError("kafka needs topic_prefix: the Debezium connector's topic.prefix")
             return KafkaReplicator(
@@ -242,17 +373,7 @@ class Daemon:
                 ),
                 mirror=self.mirror,
             )
-        return Replicator(
-            ReplicationSettings(
-                source_dsn=s.source_dsn,
-                mirror_path=s.mirror_path,
-                tables=tables,
-                publication=s.publication,
-                slot=s.slot,
-                memory_limit=s.memory_limit,
-            ),
-            mirror=self.mirror,
-        )
+        return Replicator(self._replication_settings(), mirror=self.mirror)
 
     def _committed(self, lsn: Lsn, touched: dict[tuple[str, str], Touched]) -> None:
         self.control.on_commit(lsn, touched)
@@ -298,6 +419,7 @@ class Daemon:
         # set up: lock DuckDB before the first client connects (only the artifacts are files)
         self.mirror.lock_down(allowed_directories=[self.trainer.home])
         self.endpoint.start()
+        self._export_projects()  # before the first scrape
         self.metrics_server.start()
         for part in self.parts:
             self._launch(part)
@@ -314,6 +436,10 @@ class Daemon:
                 part.target(self.stop_event)
             except Exception as exc:
                 part.last_error = f"{type(exc).__name__}: {exc}"
+                if self._cannot_start(part, exc):
+                    self.fatal = exc
+                    self.stop_event.set()  # run() stops everything, then raises it
+                    return
                 log.error("%s stopped: %s", part.name, part.last_error)
             finally:
                 part.running = False
@@ -323,6 +449,15 @@ class Daemon:
             part.restarts += 1
             log.warning("restarting %s in %.0f s (restart %d)", part.name, delay, part.restarts)
             self.stop_event.wait(delay)
+
+    def _cannot_start(self, part: Part, exc: Exception) -> bool:
+        """Whether ``exc`` ends the daemon: the replicator's, before its start got through,
+        and of a kind that retrying cannot fix."""
+        return (
+            part.name == "replicator"
+            and not self.replicator.stats.prepared
+            and isinstance(exc, CANNOT_HEAL)
+        )
 
     def stop(self) -> None:
         """Stop every part and close the mirror; the replicator commits what it applied."""
@@ -341,25 +476,39 @@ class Daemon:
         self.replicator.close()  # closes the mirror
 
     def run(self) -> None:
-        """Start, wait for :meth:`stop` (from a signal handler), stop."""
+        """Start, wait for :meth:`stop` (from a signal handler), stop.
+
+        Raise the error that ended it when the replicator could not start for a reason
+        retrying cannot fix (`CANNOT_HEAL`).
+        """
         self.start()
         try:
             self.stop_event.wait()
         finally:
             self.stop()
+        if self.fatal is not None:
+            raise self.fatal
 
     def health(self) -> dict[str, Any]:
         parts = {
             p.name: {"running": p.running, "restarts": p.restarts, "last_error": p.last_error}
             for p in self.parts
         }
-        ok = all(p.running for p in self.parts)
+        stats = self.replicator.stats
+        if not getattr(stats, "connected", True):  # running, but the source is out of reach
+            parts[self.parts[0].name].update(connected=False, last_error=stats.connection_error)
+        ok = all(p.running for p in self.parts) and getattr(stats, "connected", True)
         health: dict[str, Any] = {
             "status": "ok" if ok else "degraded",
             "parts": parts,
             "watching": sorted(self.monitor.watches),
+            "failed": {
+                project: f"model {model_id}: {reason}"
+                for model_id, (project, reason) in sorted(self.monitor.failed.items())
+            },
             "flushed_lsn": self.replicator.stats.flushed_lsn,
             "rows_applied": self.replicator.stats.rows_applied,
+            "tables_without_replica_identity": list(self.without_replica_identity),
         }
         if isinstance(self.replicator, KafkaReplicator):
             health["kafka"] = {
@@ -367,7 +516,33 @@ class Daemon:
                 "lag_messages": self.replicator.lag_messages,
                 "dead_letters": sum(self.replicator.stats.dead_letters.values()),
             }
+        health["replication_lag_seconds"] = round(self.lag_seconds, 3)
+        health["deployed"] = {
+            name: {"model_id": model.id, "algorithm": model.algorithm}
+            for name, model in self.deployed_models().items()
+        }
         return health
+
+    def deployed_models(self) -> dict[str, ModelRecord]:
+        """Each project's deployed model, by project name (projects without one left out)."""
+        registry = self.trainer.registry
+        found = {}
+        for project in registry.projects():
+            model = registry.deployed(project.id)
+            if model is not None:
+                found[project.name] = model
+        return found
+
+
+CANNOT_HEAL = (
+    SourceSetupError,
+    SlotBusyError,
+    ConfigError,
+    MirrorError,
+    psycopg.errors.InsufficientPrivilege,
+)
+"""Errors retrying cannot fix: raised by the replicator before its start got through, they
+end ``run`` (see `Daemon._check_source`); later they are retried with backoff like any other."""
 
 
 def _has_control_table(dsn: str) -> bool:

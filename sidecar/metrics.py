@@ -7,7 +7,7 @@ import logging
 import re
 import socket
 import threading
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from http import HTTPStatus
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from importlib import metadata
@@ -32,6 +32,8 @@ from sidecar import masking
 __all__ = [
     "CHANGE_OPS",
     "PREDICTION_LATENCY_BUCKETS",
+    "REPLICATION_LAG_ALERT_SECONDS",
+    "RETAINED_WAL_ALERT_BYTES",
     "TRAINING_STATUSES",
     "Metrics",
     "MetricsServer",
@@ -66,6 +68,14 @@ PREDICTION_LATENCY_BUCKETS = (
 )
 """Seconds: from a one-row predict answered from a loaded model to a large batch."""
 
+REPLICATION_LAG_ALERT_SECONDS = 60
+"""Replication lag over which the PgmlSidecarReplicationLagHigh alert fires (after 5 minutes)
+and ``status`` says degraded (deploy/prometheus/alerts.yml holds the same number)."""
+
+RETAINED_WAL_ALERT_BYTES = 5 * 1024**3
+"""WAL the slot may retain before PgmlSidecarRetainedWalHigh fires and ``status`` says
+degraded."""
+
 
 def _version() -> str:
     try:
@@ -78,8 +88,9 @@ class Metrics:
     """Every metric the sidecar exports, on a registry of its own.
 
     Counters with a fixed set of label values (``op``) start at zero for each value, so
-    ``rate()`` sees the first change. Call `add_project` when a project becomes known, so
-    its counters exist at zero before the first training, prediction or failure.
+    ``rate()`` sees the first change. Call `add_project` when a project becomes known (the
+    daemon does at start for every project it knows), so its counters exist at zero before its
+    first training, prediction or failure; `show_scores` when a deployment changes.
     """
 
     def __init__(self) -> None:
@@ -125,6 +136,13 @@ class Metrics:
         self.kafka_lag_messages = Gauge(
             "kafka_lag_messages",
             "With the Debezium source: messages in the assigned partitions not yet in the mirror.",
+            namespace=ns,
+            registry=reg,
+        )
+        self.tables_without_replica_identity = Gauge(
+            "tables_without_replica_identity",
+            "Published tables without a replica identity: the source refuses the application's"
+            " UPDATE and DELETE on them (/healthz lists them).",
             namespace=ns,
             registry=reg,
         )
@@ -191,6 +209,29 @@ class Metrics:
             namespace=ns,
             registry=reg,
         )
+        self.progressive_score = Gauge(
+            "progressive_score",
+            "An online model's progressive metrics as it learns: each row predicted before it is"
+            " learned, as River's progressive validation scores them.",
+            ["project", "metric"],
+            namespace=ns,
+            registry=reg,
+        )
+        self.online_rows_learned = Gauge(
+            "online_rows_learned",
+            "Labelled rows an online model has learned, its training rows included.",
+            ["project"],
+            namespace=ns,
+            registry=reg,
+        )
+        self.model_failed = Gauge(
+            "model_failed",
+            "1 for a deployed model quarantined because it failed (to load, learn, predict or"
+            " be checkpointed), with the reason; it learns no more, the others go on.",
+            ["project", "model_id", "reason"],
+            namespace=ns,
+            registry=reg,
+        )
         self.dead_letters = Counter(
             "dead_letters",
             "Messages set aside as unreadable, by source topic.",
@@ -198,6 +239,9 @@ class Metrics:
             namespace=ns,
             registry=reg,
         )
+
+        self._scored: dict[str, set[str]] = {}
+        """The ``metric`` labels of ``model_score`` shown for each project."""
 
         ProcessCollector(registry=reg)
         PlatformCollector(registry=reg)
@@ -210,6 +254,15 @@ class Metrics:
         self.predictions.labels(project=project)
         self.writeback_rows.labels(project=project)
         self.drift_events.labels(project=project)
+
+    def show_scores(self, project: str, scores: Mapping[str, float]) -> None:
+        """Export the metrics of ``project``'s deployed model as ``model_score``, dropping
+        those of the model deployed before that this one lacks."""
+        for metric in self._scored.get(project, set()) - set(scores):
+            self.model_score.remove(project, metric)
+        for metric, score in scores.items():
+            self.model_score.labels(project=project, metric=metric).set(score)
+        self._scored[project] = set(scores)
 
     def exposition(self) -> bytes:
         """Return every metric in Prometheus' text format."""

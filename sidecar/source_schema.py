@@ -14,18 +14,23 @@ SELECT and a project it does not own; members of :data:`ADMIN_ROLE` may change e
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from pathlib import Path
 
 import psycopg
 from psycopg import sql
 
 from mirror.errors import ConfigError, SidecarError, SourceSetupError
+from replicator import source
 
 SCHEMA_VERSION = 3
 """The version ``sql/install.sql`` creates."""
 
 ADMIN_ROLE = "pgml_admin"
 """Members of this role may change every project; install.sql creates it when it may."""
+
+DEFAULT_ROLE = "pgml_sidecar"
+"""The sidecar's role in sql/role.sql's examples, and in ``init --print-sql`` without --source."""
 
 SQL_DIR = Path(__file__).resolve().parent.parent / "sql"
 CONTROL_TABLE = ("pgml", "training_requests")
@@ -111,15 +116,145 @@ def install(conn: psycopg.Connection, *, endpoint_dsn: str | None = None) -> int
 def install_script(installed: int | None) -> str:
     """Return the SQL :func:`install` runs on a database holding version ``installed``.
 
-    For a DBA to read or run by hand (``pgml-sidecar init --print-sql``): the upgrade steps,
-    then install.sql, which also creates role pgml_admin when the role running it may.
+    For a DBA to read or run by hand: the upgrade steps, then install.sql, which also creates
+    role pgml_admin when the role running it may. ``pgml-sidecar init --print-sql`` prints it
+    within :func:`setup_script`.
     """
+    return _schema_sql(installed) + _admin_role_sql()
+
+
+def _schema_sql(installed: int | None) -> str:
     if installed == SCHEMA_VERSION:
-        parts = [f"-- pgml-sidecar schema version {SCHEMA_VERSION} is installed already\n"]
-    else:
-        steps = upgrade_steps(installed) if installed is not None else []
-        parts = [_read(step) for step in steps] + [_read(SQL_DIR / "install.sql")]
-    return "\n".join(parts) + _admin_role_sql()
+        return f"-- pgml-sidecar schema version {SCHEMA_VERSION} is installed already\n"
+    steps = upgrade_steps(installed) if installed is not None else []
+    return "\n".join([_read(step) for step in steps] + [_read(SQL_DIR / "install.sql")])
+
+
+def setup_script(
+    conn: psycopg.Connection | None,
+    *,
+    role: str,
+    publication: str,
+    tables: Sequence[tuple[str, str]],
+    replica_identity_full: bool = False,
+) -> str:
+    """Everything an owner runs so that ``role``, with REPLICATION and nothing more, can run
+    the sidecar: schemas pgml and pgml_scores, REPLICA IDENTITY FULL where asked, the grants
+    ``role`` needs, then the publication of ``tables`` and the control table. In this order,
+    in one transaction (``pgml-sidecar init --print-sql``).
+
+    With a connection (as ``role``) the script fits the database as it is: the upgrade steps
+    it needs, the tables the publication lacks; a table without a replica identity is
+    refused as ``init`` refuses it.
+    """
+    installed = installed_version(conn) if conn is not None else None
+    identity = ""
+    if conn is not None:
+        plan = source.replica_identity_plan(conn, publication, tables)
+        if plan.new and not replica_identity_full:
+            raise SourceSetupError(
+                source.replica_identity_advice(plan.new, published=False)
+                + ", or pass --replica-identity-full to have that in the printed SQL"
+            )
+        fix = plan.to_fix() if replica_identity_full else []
+        identity = "".join(f"alter table {m.quoted} replica identity full;\n" for m in fix)
+    elif replica_identity_full:
+        raise ConfigError(
+            "--print-sql --replica-identity-full needs --source, to find the tables without"
+            " a replica identity"
+        )
+    published = [*tables, CONTROL_TABLE]
+    if identity:
+        identity = "\n-- Tables without a replica identity (--replica-identity-full)\n" + identity
+    parts = [
+        _setup_header(conn, role, publication, tables),
+        "-- 1. Schemas pgml (the control table pgml.training_requests, pgml.train, ...) and"
+        " pgml_scores\n",
+        _schema_sql(installed),
+        identity,
+        f"\n-- 2. What {role} reads and writes\n",
+        _grants_sql(conn, role, tables),
+        "\n-- 3. The publication: the tables and the control table\n",
+        source.publication_script(conn, publication, published),
+        _admin_role_sql(),
+    ]
+    return "".join(parts)
+
+
+def _setup_header(
+    conn: psycopg.Connection | None, role: str, publication: str, tables: Sequence[tuple[str, str]]
+) -> str:
+    names = ", ".join(f"{s}.{t}" for s, t in tables) or "the tables"
+    database = conn.info.dbname if conn is not None else "DATABASE"
+    owners = _owners(conn, publication, tables) if conn is not None else []
+    who = (
+        f"as {owners[0]}, "
+        if len(owners) == 1
+        else f"as a member of each of {', '.join(owners)}, "
+        if owners
+        else ""
+    )
+    lines = [
+        "-- pgml-sidecar init --print-sql: run this in one transaction, stopping at the first"
+        " error,",
+        f"-- {who}the owner of {names} (who may create schemas in the database):",
+        f"--     psql -d {database} -v ON_ERROR_STOP=1 --single-transaction -f this-file.sql",
+        f"-- then, as {role}: pgml-sidecar init (it checks all of this) and pgml-sidecar run.",
+    ]
+    if conn is None or not source.may_replicate(conn, role):
+        lines += [
+            f"-- {role} also needs the REPLICATION attribute, which only an administrator gives:",
+            f"--     ALTER ROLE {role} REPLICATION;  -- RDS, Aurora: GRANT rds_replication TO"
+            f" {role};",
+        ]
+    return "\n".join(lines) + "\n\n"
+
+
+def _owners(
+    conn: psycopg.Connection, publication: str, tables: Sequence[tuple[str, str]]
+) -> list[str]:
+    """The roles that own what the script changes: the tables, the publication, schema pgml."""
+    rows = conn.execute(
+        "select pg_get_userbyid(relowner) from pg_class"
+        " where oid = any(select format('%%I.%%I', s, t)::regclass"
+        "                 from unnest(%s::text[], %s::text[]) as x(s, t))"
+        " union select pg_get_userbyid(pubowner) from pg_publication where pubname = %s"
+        " union select pg_get_userbyid(nspowner) from pg_namespace where nspname = 'pgml'"
+        " order by 1",
+        [[s for s, _ in tables], [t for _, t in tables], publication],
+    ).fetchall()
+    return [str(r[0]) for r in rows]
+
+
+def _grants_sql(
+    conn: psycopg.Connection | None, role: str, tables: Sequence[tuple[str, str]]
+) -> str:
+    """What the sidecar's role needs (sql/role.sql grants the same): SELECT on the tables to
+    mirror, the outcome columns of the requests, the tables in pgml it writes, pgml_scores."""
+    grantee = source.quoted_name(conn, role)
+    lines = [
+        f"grant usage on schema {source.quoted_name(conn, schema)} to {grantee};"
+        for schema in sorted({s for s, _ in tables})
+        if conn is None or not _has_usage(conn, role, schema)
+    ]
+    if tables:
+        names = ", ".join(source.quoted_name(conn, s, t) for s, t in tables)
+        lines.append(f"grant select on table {names} to {grantee};")
+    lines += [
+        f"grant usage on schema pgml to {grantee};",
+        "grant select, update (status, error, model_id, finished_at)"
+        f" on table pgml.training_requests to {grantee};",
+        f"grant select, insert, update, delete on table pgml.projects to {grantee};",
+        f"grant select, insert, update on table pgml.settings to {grantee};",
+        f"grant select, insert on table pgml.drift_events to {grantee};",
+        f"grant usage, create on schema pgml_scores to {grantee};",
+    ]
+    return "\n".join(lines) + "\n"
+
+
+def _has_usage(conn: psycopg.Connection, role: str, schema: str) -> bool:
+    row = conn.execute("select has_schema_privilege(%s, %s, 'usage')", [role, schema]).fetchone()
+    return bool(row and row[0])
 
 
 def admin_role_advice(conn: psycopg.Connection) -> str | None:
@@ -151,6 +286,11 @@ def uninstall(conn: psycopg.Connection) -> None:
             conn.execute(script)
     except psycopg.errors.InsufficientPrivilege as exc:
         raise SourceSetupError(_privilege_advice(conn, "uninstall", exc)) from None
+
+
+def uninstall_script() -> str:
+    """The SQL :func:`uninstall` runs, for the owner of schema pgml to run by hand."""
+    return _read(SQL_DIR / "uninstall.sql")
 
 
 def add_control_table(conn: psycopg.Connection, publication: str) -> bool:
@@ -221,13 +361,16 @@ def _privilege_advice(
     info = conn.info
     user, database = info.user, info.dbname
     reason = _first_line(exc)
-    if "permission denied for database" in reason:
+    if action == "uninstall":
         advice = (
-            f"GRANT CREATE ON DATABASE {database} TO {user}; or have the database owner"
-            " run sql/install.sql"
+            "have the owner of schema pgml run what `pgml-sidecar uninstall --print-sql`"
+            " prints, or grant that role to " + user
         )
-    elif "must be owner" in reason:
-        advice = f"run as the role that owns schema pgml, or grant that role to {user}"
+    elif "permission denied for database" in reason or "must be owner" in reason:
+        advice = (
+            "have the tables' owner run what `pgml-sidecar init --print-sql` prints (with the"
+            " same --source and --tables) through psql, then run init again"
+        )
     else:
         advice = f"see sql/role.sql for the privileges {user} needs"
     where = f"pgml-sidecar's schema in database {database} as {user}"

@@ -8,7 +8,9 @@
 --   password  its password (optional; `\password <role>` in psql keeps it out of the logs)
 --   tables    comma-separated tables to mirror, schema-qualified (optional; SELECT on each)
 -- Running it again changes nothing that is already in place. Run it after install.sql when
--- the database owner installs the pgml schema, so the grants on it are made too.
+-- the database owner installs the pgml schema, so the grants on it are made too. Where the
+-- sidecar's role has REPLICATION and nothing else, `pgml-sidecar init --print-sql` prints the
+-- same grants (without CREATE on the database) for the tables' owner to run instead.
 
 \set ON_ERROR_STOP on
 

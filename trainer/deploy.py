@@ -6,7 +6,8 @@ from mirror.errors import TrainingError
 from mirror.registry import Deployment, ModelRecord
 from trainer.metrics import key_metric
 
-STRATEGIES = ("most_recent", "best_score", "best_fit", "rollback")
+STRATEGIES = ("most_recent", "best_score", "best_fit", "rollback", "best_recent_score")
+"""``best_recent_score`` scores the models on the monitor's recent rows (``trainer.challenge``)."""
 
 
 def beats(task: str, candidate: ModelRecord, deployed: ModelRecord | None) -> bool:

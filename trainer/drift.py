@@ -3,8 +3,9 @@
 Feature drift compares a sliding window of recent rows with the reference (the rows the model
 was trained on), column by column: numbers and booleans by the population stability index
 (PSI) over the reference's deciles, text by the Jensen-Shannon divergence of category
-frequencies. Error drift follows a model's errors where labels arrive: River's ADWIN on the
-absolute error of a regression, DDM on the error (1 = wrong) of a classification.
+frequencies. Error drift follows a model's errors where labels arrive: River's ADWIN with its
+defaults, on the absolute error of a regression and on the error (1 = wrong, 0 = right) of a
+classification.
 
 Both are pure: they take rows and return :class:`DriftEvent` s; the monitor
 (``trainer.monitoring``) feeds them, and the daemon turns the events into metrics and retrainings.
@@ -25,14 +26,15 @@ from mirror.errors import ConfigError, TrainingError
 from trainer import column_kinds, raw_values
 from trainer.column_kinds import FeatureColumn, feature_columns
 
-DETECTORS: tuple[str, ...] = ("psi", "jensen_shannon", "adwin", "ddm")
+DETECTORS: tuple[str, ...] = ("psi", "jensen_shannon", "adwin")
 TASKS: tuple[str, ...] = ("regression", "classification")
 EPSILON = 1e-4  # the proportion PSI gives an empty bin
 TOP_CATEGORIES = 50
-# River's DDM defaults (warm_start 30, drift_threshold 3) raised a false alarm every ~16k rows of
-# a steady 5% error rate (92 in 50 seeded streams of 30k rows); these raised 1, and still found
-# a 5% -> 40% error jump within a median 218 rows (at most 842 in 50 streams).
-DDM_DEFAULTS: dict[str, Any] = {"warm_start": 300, "drift_threshold": 4.0}
+# Classification errors go to ADWIN too, not DDM: River's DDM with its defaults (warm_start 30,
+# drift_threshold 3) raised 23 false alarms in 20 seeded streams of 30k rows of a steady 5% error
+# rate; with warm_start 300 and threshold 4, 1, but a 5% -> 40% jump was found after a median 102
+# rows; River's ADWIN with its defaults raised none and found the jump after a median 39 (20
+# streams; tests/trainer/test_drift.py keeps one of each).
 _DECILES = np.arange(1, 10) / 10
 
 
@@ -41,17 +43,19 @@ class DriftEvent:
     """A detection: which detector, on which feature (None for error drift), how strongly.
 
     ``statistic`` is the score that crossed ``threshold`` (PSI, Jensen-Shannon); for error
-    drift it is the error level when detected (ADWIN: the mean absolute error of its window;
-    DDM: the error rate since the previous detection) and ``threshold`` the detector's
-    sensitivity (ADWIN: delta; DDM: drift_threshold, in standard deviations). ``rows`` counts
-    the rows the monitor had seen when it detected the drift.
+    drift it is the error level when detected (the mean absolute error or the error rate of
+    the mean error of its window) and ``threshold`` the detector's sensitivity (ADWIN's
+    delta). ``rows`` counts the rows the detector had seen since the model was deployed when it
+    detected the drift (labelled rows, for error drift); ``lsn`` is the mirror commit (the
+    replication batch) that brought the row, where the monitor knows it.
     """
 
-    detector: str  # "psi" | "jensen_shannon" | "adwin" | "ddm"
+    detector: str  # "psi" | "jensen_shannon" | "adwin"
     feature: str | None
     statistic: float
     threshold: float
     rows: int
+    lsn: int = 0
 
 
 @dataclass(frozen=True, slots=True)
@@ -301,10 +305,10 @@ class FeatureDrift:
 
 
 class ErrorDrift:
-    """River ADWIN on regression error, DDM on classification error (1 = wrong).
+    """River's ADWIN on a model's errors: the absolute error of a regression, 1 for a wrong
+    class and 0 for a right one in a classification.
 
-    ``detector_params`` go to the detector (ADWIN: delta, clock, ...; DDM: warm_start,
-    warning_threshold, drift_threshold). ADWIN keeps River's defaults; DDM's are DDM_DEFAULTS.
+    ``detector_params`` go to ADWIN (delta, clock, ...); River's defaults otherwise.
     """
 
     def __init__(self, task: str, **detector_params: Any) -> None:
@@ -314,25 +318,17 @@ class ErrorDrift:
                 sqlstate="22023",
             )
         from river import drift  # imported here: River is slow to import and only needed here
-        from river.drift import binary
 
         self.task = task
-        self.detector_name = "adwin" if task == "regression" else "ddm"
-        factory: Any = drift.ADWIN if task == "regression" else binary.DDM
+        self.detector_name = "adwin"
         try:
-            defaults = DDM_DEFAULTS if task == "classification" else {}
-            self._detector = factory(**(defaults | detector_params))
+            self._detector = drift.ADWIN(**detector_params)
         except TypeError as exc:
             raise TrainingError(
-                f"error drift: bad parameter for {factory.__name__}: {exc}", sqlstate="22023"
+                f"error drift: bad parameter for ADWIN: {exc}", sqlstate="22023"
             ) from None
-        if task == "regression":
-            self.threshold = float(self._detector.delta)
-        else:
-            self.threshold = float(self._detector.drift_threshold)
+        self.threshold = float(self._detector.delta)
         self._rows = 0
-        self._errors = 0.0  # DDM: errors and rows since its last detection, as DDM counts
-        self._since = 0
 
     @property
     def rows(self) -> int:
@@ -353,22 +349,19 @@ class ErrorDrift:
         if self.task == "regression":
             errors = np.abs(truth.astype(np.float64) - predicted.astype(np.float64)).tolist()
         else:
-            errors = (truth != predicted).tolist()
-        return [event for error in errors if (event := self._update_one(error)) is not None]
-
-    def _update_one(self, error: float | bool) -> DriftEvent | None:
-        self._rows += 1
-        self._since += 1
-        self._errors += float(error)
-        self._detector.update(error)
-        if not self._detector.drift_detected:
-            return None
-        if self.task == "regression":
-            statistic = float(self._detector.estimation)
-        else:
-            statistic = self._errors / self._since
-        self._errors, self._since = 0.0, 0  # the detector starts afresh with the next row
-        return DriftEvent(self.detector_name, None, statistic, self.threshold, self._rows)
+            errors = (truth != predicted).astype(np.float64).tolist()
+        detector, events = self._detector, []
+        for error in errors:
+            self._rows += 1
+            detector.update(error)
+            if detector.drift_detected:
+                events.append(
+                    DriftEvent(
+                        self.detector_name, None, float(detector.estimation), self.threshold,
+                        self._rows,
+                    )
+                )  # fmt: skip
+        return events
 
 
 def _present(values: np.ndarray) -> np.ndarray:

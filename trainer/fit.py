@@ -85,19 +85,25 @@ def fit(job: FitJob) -> FitResult:
     """Fit, score and save the model ``job`` describes."""
     started = time.perf_counter()
     table = pq.read_table(job.snapshot_path)
-    features, y, classes = _label(table, job)
-    if features.num_rows == 0:
+    # An online model learns every row in order, prequentially, from the first (an empty table
+    # too): none is held out, and its metrics are the progressive ones.
+    online = is_online(job.algorithm)
+    features, y, classes = _label(table, job, online=online)
+    if features.num_rows == 0 and not online:
         raise TrainingError("the relation has no rows to train on", sqlstate="22000")
-    train, test = split(
-        features.num_rows,
-        test_size=job.test_size,
-        sampling=job.test_sampling,
-        seed=job.seed,
-        labels=y if job.task == "classification" else None,
-    )
+    if online:
+        train, test = np.arange(features.num_rows), np.arange(0)
+    else:
+        train, test = split(
+            features.num_rows,
+            test_size=job.test_size,
+            sampling=job.test_sampling,
+            seed=job.seed,
+            labels=y if job.task == "classification" else None,
+        )
     y_train = None if y is None else y[train]
     y_test = None if y is None else y[test]
-    if classes is not None and y_train is not None and len(np.unique(y_train)) < 2:
+    if classes is not None and y_train is not None and len(np.unique(y_train)) < 2 and not online:
         raise TrainingError(
             "the training rows hold one class only; classification needs at least two",
             sqlstate="22000",
@@ -111,15 +117,21 @@ def fit(job: FitJob) -> FitResult:
     }
     train_rows = features.take(train)
     choosing = time.perf_counter()
-    online = is_online(job.algorithm)
     choices = scale_choices(job.algorithm, job.task)
     if scale_choice.explicit(columns, job.preprocess):
         choice = ScaleChoice(choices[0], how="preprocess says how every column is scaled")
     else:
-        choice = scale_choice.by_cross_validation(
-            choices, task=job.task, seed=job.seed, table=train_rows, y=y_train,
-            model=lambda scale: _model(job, options, scale),
-        )  # fmt: skip
+        def model(scale: str) -> tuple[Preprocessor, Any]:
+            return _model(job, options, scale)
+
+        if online:
+            choice = scale_choice.by_progressive_validation(
+                choices, task=job.task, table=train_rows, y=y_train, model=model
+            )
+        else:
+            choice = scale_choice.by_cross_validation(
+                choices, task=job.task, seed=job.seed, table=train_rows, y=y_train, model=model
+            )
     chosen = time.perf_counter()
     preprocessor = Preprocessor(**options, scale="preserve" if online else choice.scale)
     x_train = preprocessor.fit_transform(train_rows, y_train)
@@ -129,13 +141,16 @@ def fit(job: FitJob) -> FitResult:
     with warnings.catch_warnings(record=True) as caught:
         warnings.simplefilter("always")
         scaled = choice.scale == "standard" if online else None
-        estimator, hyperparams, results = _fit(job, x_train, y_train, scaled=scaled)
+        if choice.fitted is not None and job.search is None:  # online, learned every row
+            estimator, hyperparams, results = choice.fitted, dict(job.hyperparams), []
+        else:
+            estimator, hyperparams, results = _fit(job, x_train, y_train, scaled=scaled)
     fitted = time.perf_counter()
     scored_on = (x_test, y_test) if len(test) else (x_train, y_train)
-    metrics = evaluate(job.task, estimator, *scored_on)
+    metrics = estimator.metrics() if online else evaluate(job.task, estimator, *scored_on)
     notes = preprocessor.description() | {"scale": choice.note()}
     notices = preprocessor.notices()
-    if y_train is not None and scored_on[1] is not None:
+    if not online and y_train is not None and scored_on[1] is not None:
         notes["baseline"], notice = _baseline(job.task, metrics, y_train, scored_on[1], classes)
         notices += [notice] if notice else []
     scored = time.perf_counter()
@@ -202,8 +217,14 @@ def _baseline(
     )
 
 
-def _label(table: pa.Table, job: FitJob) -> tuple[pa.Table, np.ndarray | None, np.ndarray | None]:
-    """Split off the label: (feature table, y, classes); rows without a label are left out."""
+def _label(
+    table: pa.Table, job: FitJob, *, online: bool = False
+) -> tuple[pa.Table, np.ndarray | None, np.ndarray | None]:
+    """Split off the label: (feature table, y, classes); rows without a label are left out.
+
+    An online classifier may start with fewer than two classes (they are added as they come);
+    a boolean label's classes are then always False and True, so True is River's positive
+    class."""
     if job.label is None:
         return table, None, None
     column = table[job.label]
@@ -223,8 +244,10 @@ def _label(table: pa.Table, job: FitJob) -> tuple[pa.Table, np.ndarray | None, n
         return features, column.cast(pa.float64()).to_numpy(), None
     if job.task == "classification":
         values = column.to_numpy(zero_copy_only=False)
+        if online and pa.types.is_boolean(column.type):
+            return features, values.astype(np.int64), np.array([False, True])
         classes, y = np.unique(values, return_inverse=True)
-        if len(classes) < 2:
+        if len(classes) < 2 and not online:
             raise TrainingError(
                 f"label column {job.label!r} holds one class only; classification needs at"
                 " least two",

@@ -5,9 +5,14 @@ needs between its short numpy and DuckDB calls, and replication slowed to half i
 three online projects attached. Here the monitor sends each online model's labelled rows (its
 feature matrix and targets, in commit order) and goes on; the learner predicts then learns each
 row (prequentially) and feeds the errors to the model's error-drift detector. Detections come
-back as they happen. Requests are carried out in the order they were sent, so the state the
-monitor fetches includes every row sent before: checkpoints and the copy that serves
-predictions are exact as of then.
+back as they happen, with each batch's progressive metrics. Requests are carried out in the
+order they were sent, so the state the monitor fetches includes every row sent before:
+checkpoints and the copy that serves predictions are exact as of then.
+
+A model that fails (cannot be loaded, raises while learning, cannot be pickled even on a deep
+stack, see ``trainer.pickles``) is dropped from the learner with the reason (:class:`Failed`);
+the others go on. If the process itself dies, :attr:`Learner.culprit` names the model it was
+busy with, if any, so the monitor can tell one model killing it again and again from a kill.
 """
 
 from __future__ import annotations
@@ -16,26 +21,46 @@ import gc
 import multiprocessing
 import pickle
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from multiprocessing.connection import Connection
 from typing import Any
 
 import numpy as np
 
+from mirror.changes import Lsn
 from mirror.errors import TrainingError
-from trainer import lifeline
+from trainer import lifeline, pickles
 from trainer.drift import DriftEvent, ErrorDrift
 from trainer.worker import script_hidden, start_forkserver
+
+IDLE = -1
+"""The learner's busy key while it waits for a request."""
 
 
 @dataclass(frozen=True, slots=True)
 class Learned:
-    """A batch the learner has learned: how many rows, and the error drift it detected."""
+    """A batch the learner has learned: how many labelled rows, the error drift it detected,
+    and the model's progressive metrics after it (``rows_learned`` rows in all)."""
 
     key: int
+    lsn: Lsn
     rows: int
     events: list[DriftEvent]
-    error: str | None = None
+    rows_learned: int
+    progressive: dict[str, float]
+
+
+@dataclass(frozen=True, slots=True)
+class Failed:
+    """A model the learner could not load, learn with or pickle; it is no longer there."""
+
+    key: int
+    reason: str
+
+
+Reply = Learned | Failed
+State = tuple[Any, ErrorDrift | None]
+"""An online model's estimator and its error-drift detector, as the learner holds them."""
 
 
 class LearnerGone(TrainingError):
@@ -44,15 +69,23 @@ class LearnerGone(TrainingError):
 
 
 class Learner:
-    """The learner process and the monitor's end of its pipe (one thread uses it)."""
+    """The learner process and the monitor's end of its pipe (one thread uses it).
 
-    def __init__(self) -> None:
+    ``deep_pickle`` False leaves out the deep-stack retry of ``trainer.pickles``: a model too
+    deep for pickle's default recursion then fails.
+    """
+
+    def __init__(self, *, deep_pickle: bool = True) -> None:
+        self.deep_pickle = deep_pickle
         self._conn: Connection | None = None
         self._process: Any = None
-        self._replies: list[Learned] = []
+        self._busy: Any = None
+        self._replies: list[Reply] = []
         """Replies read but not yet handed out by :meth:`learned`."""
         self.dead = False
         """The process died: everything raises LearnerGone until :meth:`revive`."""
+        self.culprit: int | None = None
+        """The model the process was busy with when it died (None: idle, or alive)."""
 
     def _connection(self) -> Connection:
         if self.dead:
@@ -61,13 +94,15 @@ class Learner:
             start_forkserver()
             context = multiprocessing.get_context("forkserver")
             ours, theirs = context.Pipe()
+            busy = context.RawValue("q", IDLE)
             with script_hidden():
                 process = context.Process(
-                    target=serve, args=(theirs,), name="pgml-sidecar learner", daemon=True
-                )
+                    target=serve, args=(theirs, busy, self.deep_pickle),
+                    name="pgml-sidecar learner", daemon=True,
+                )  # fmt: skip
                 process.start()
             theirs.close()
-            self._conn, self._process = ours, process
+            self._conn, self._process, self._busy = ours, process, busy
         return self._conn
 
     def _send(self, message: tuple[Any, ...]) -> None:
@@ -79,10 +114,14 @@ class Learner:
     def revive(self) -> None:
         """Start afresh (a new process on next use): the caller loads its models again."""
         self.dead = False
+        self.culprit = None
         self._replies = []
 
     def _lost(self) -> None:
+        process, busy = self._process, self._busy
         self.close()
+        if process is not None and busy is not None and process.exitcode is not None:
+            self.culprit = None if busy.value == IDLE else int(busy.value)
         self.dead = True
         raise LearnerGone(
             "the online learning process died; its models resume from their checkpoints"
@@ -90,43 +129,44 @@ class Learner:
 
     def load(self, key: int, estimator: Any, errors: ErrorDrift | None) -> None:
         """Give the learner a model (replacing any under ``key``) and its error detector."""
-        self._send(("load", key, pickle.dumps((estimator, errors), pickle.HIGHEST_PROTOCOL)))
+        self._send(("load", key, pickles.dumps((estimator, errors))))
 
-    def learn(self, key: int, x: np.ndarray, y: np.ndarray) -> None:
-        """Queue rows for ``key`` to learn; returns at once (unless the pipe is full).
+    def learn(self, key: int, lsn: Lsn, x: np.ndarray, y: np.ndarray) -> None:
+        """Queue rows committed at ``lsn`` for ``key`` to learn; returns at once (unless the
+        pipe is full).
 
         The replies waiting are read first: a caller that sends many batches without asking
         for them (a replay) must not leave the learner blocked on a full pipe of replies while
         it waits on a full pipe of requests."""
         self._drain()
-        self._send(("learn", key, x, y))
+        self._send(("learn", key, lsn, x, y))
 
     def drop(self, key: int) -> None:
         self._send(("drop", key))
 
-    def state(self, key: int, on_learned: Callable[[Learned], None]) -> Any:
-        """The model ``key`` as it is after every row sent so far; batches learned meanwhile
-        go to ``on_learned``."""
-        for learned in self.learned():  # the replies read earlier first, in order
-            on_learned(learned)
+    def state(self, key: int, on_reply: Callable[[Reply], None]) -> State | None:
+        """The model ``key`` as it is after every row sent so far, or None if the learner does
+        not have it (a :class:`Failed` reply says why); replies meanwhile go to ``on_reply``."""
+        for reply in self.learned():  # the replies read earlier first, in order
+            on_reply(reply)
         self._send(("state", key))
         while True:
-            reply = self._receive()
-            if reply[0] == "state":
-                return _unpickled(reply[2])
-            on_learned(Learned(*reply[1:]))
+            message = self._receive()
+            if message[0] == "state":
+                return None if message[2] is None else _unpickled(message[2])
+            on_reply(_reply(message))
 
-    def learned(self) -> list[Learned]:
-        """The batches learned since the last call (without waiting)."""
+    def learned(self) -> list[Reply]:
+        """The replies since the last call (without waiting)."""
         self._drain()
         out, self._replies = self._replies, []
         return out
 
     def _drain(self) -> None:
         while self._conn is not None and self._poll():
-            reply = self._receive()
-            assert reply[0] == "learned", reply[0]
-            self._replies.append(Learned(*reply[1:]))
+            message = self._receive()
+            assert message[0] != "state", message[0]
+            self._replies.append(_reply(message))
 
     def _poll(self) -> bool:
         assert self._conn is not None
@@ -154,6 +194,14 @@ class Learner:
             process.join(timeout=5)
             if process.is_alive():
                 process.kill()
+                process.join(timeout=5)
+
+
+def _reply(message: tuple[Any, ...]) -> Reply:
+    if message[0] == "failed":
+        return Failed(*message[1:])
+    assert message[0] == "learned", message[0]
+    return Learned(*message[1:])
 
 
 def _unpickled(data: bytes) -> Any:
@@ -168,43 +216,66 @@ def _unpickled(data: bytes) -> Any:
             gc.enable()
 
 
-def serve(conn: Connection) -> None:
-    """The learner's loop: requests in order until the monitor closes its end."""
+def serve(conn: Connection, busy: Any, deep_pickle: bool = True) -> None:
+    """The learner's loop: requests in order until the monitor closes its end. ``busy`` holds
+    the key of the model a request is about while it is carried out (not while its reply is
+    sent: a caller that has the reply must not find it busy)."""
     lifeline.arm_forked()
-    models: dict[int, tuple[Any, ErrorDrift | None]] = {}
+    models: dict[int, State] = {}
     while True:
         try:
             request = conn.recv()
         except (EOFError, OSError):
             return
         kind, key = request[0], request[1]
+        busy.value = key
+        replies: list[tuple[Any, ...]] = []
         if kind == "load":
-            models[key] = pickle.loads(request[2])
+            try:
+                models[key] = _unpickled(request[2])
+            except Exception as exc:  # the learner must outlive a model's failure
+                models.pop(key, None)
+                replies.append(("failed", key, f"cannot be loaded: {_reason(exc)}"))
         elif kind == "drop":
             models.pop(key, None)
         elif kind == "state":
-            model = models.get(key)
-            state = None if model is None else model[0]
-            conn.send(("state", key, pickle.dumps(state, pickle.HIGHEST_PROTOCOL)))
+            replies += _state(models, key, deep_pickle)
         elif kind == "learn":
-            conn.send(("learned", *_learn(models.get(key), key, request[2], request[3])))
+            replies.append(_learn(models, key, *request[2:]))
+        busy.value = IDLE
+        for reply in replies:
+            conn.send(reply)
+
+
+def _state(models: dict[int, State], key: int, deep: bool) -> list[tuple[Any, ...]]:
+    model = models.get(key)
+    if model is None:
+        return [("state", key, None)]
+    try:
+        return [("state", key, pickles.dumps(model, deep=deep))]
+    except Exception as exc:
+        del models[key]
+        return [("failed", key, f"cannot be pickled: {_reason(exc)}"), ("state", key, None)]
 
 
 def _learn(
-    model: tuple[Any, ErrorDrift | None] | None, key: int, x: np.ndarray, y: np.ndarray
-) -> tuple[int, int, list[DriftEvent], str | None]:
+    models: dict[int, State], key: int, lsn: Lsn, x: np.ndarray, y: np.ndarray
+) -> tuple[Any, ...]:
+    model = models.get(key)
     if model is None:
-        return key, 0, [], f"no model {key} in the learner"
+        return ("failed", key, "not in the learner (it failed before)")
     estimator, errors = model
     try:
         predicted = np.asarray(estimator.partial_fit(x, y), dtype=np.float64)
-    except Exception as exc:  # the learner must outlive a model's failure
-        return (
-            key,
-            0,
-            [],
-            f"{type(exc).__name__}: {exc}" if not isinstance(exc, TrainingError) else str(exc),
-        )
+        events = errors.update(y, predicted) if errors is not None else []
+    except Exception as exc:
+        del models[key]
+        return ("failed", key, f"failed to learn: {_reason(exc)}")
     rows = int(np.count_nonzero(~np.isnan(y)))
-    events = errors.update(y, predicted) if errors is not None else []
-    return key, rows, events, None
+    events = [replace(event, lsn=lsn) for event in events]
+    progressive = dict(getattr(estimator, "progressive", {}))
+    return ("learned", key, lsn, rows, events, int(estimator.rows_learned), progressive)
+
+
+def _reason(exc: BaseException) -> str:
+    return str(exc) if isinstance(exc, TrainingError) else f"{type(exc).__name__}: {exc}"

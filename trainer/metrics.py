@@ -45,7 +45,6 @@ def _classification(estimator: Any, x: np.ndarray, y: Any) -> dict[str, float]:
     from sklearn.metrics import (
         accuracy_score,
         f1_score,
-        log_loss,
         matthews_corrcoef,
         precision_score,
         recall_score,
@@ -61,7 +60,7 @@ def _classification(estimator: Any, x: np.ndarray, y: Any) -> dict[str, float]:
         "mcc": float(matthews_corrcoef(y, predicted)),
     }
     classes = getattr(estimator, "classes_", None)
-    if classes is None or len(classes) != 2 or len(np.unique(y)) != 2:
+    if classes is None or len(classes) < 2:
         return metrics
     if hasattr(estimator, "predict_proba"):
         try:
@@ -69,11 +68,24 @@ def _classification(estimator: Any, x: np.ndarray, y: Any) -> dict[str, float]:
         except AttributeError:  # e.g. SVC without probability=True
             proba = None
         if proba is not None:
-            metrics["roc_auc"] = float(roc_auc_score(y, proba[:, 1]))
-            metrics["log_loss"] = float(log_loss(y, proba, labels=classes))
-            return metrics
-    if hasattr(estimator, "decision_function"):
+            return metrics | _probability_metrics(y, np.asarray(proba), np.asarray(classes))
+    if len(classes) == 2 and len(np.unique(y)) == 2 and hasattr(estimator, "decision_function"):
         metrics["roc_auc"] = float(roc_auc_score(y, estimator.decision_function(x)))
+    return metrics
+
+
+def _probability_metrics(y: Any, proba: np.ndarray, classes: np.ndarray) -> dict[str, float]:
+    """log_loss, and roc_auc when every class is among the rows: as scikit-learn computes them,
+    one-vs-rest (macro average) for more than two classes."""
+    from sklearn.metrics import log_loss, roc_auc_score
+
+    metrics = {"log_loss": float(log_loss(y, proba, labels=classes))}
+    if len(np.unique(y)) < len(classes):
+        return metrics  # a class with no row: its roc_auc is undefined
+    if len(classes) == 2:
+        metrics["roc_auc"] = float(roc_auc_score(y, proba[:, 1]))
+    else:
+        metrics["roc_auc"] = float(roc_auc_score(y, proba, multi_class="ovr", labels=classes))
     return metrics
 
 

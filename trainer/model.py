@@ -11,7 +11,7 @@ import hashlib
 import os
 import pickle
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, fields
 from pathlib import Path
 from typing import Any
 
@@ -19,12 +19,17 @@ import numpy as np
 import pyarrow as pa
 
 from mirror.errors import TrainingError
+from trainer import pickles
 from trainer.preprocess import Preprocessor
 
 
 @dataclass(slots=True)
 class Model:
-    """Preprocessing and estimator fitted together; ``classes`` maps class indices to labels."""
+    """Preprocessing and estimator fitted together; ``classes`` maps class indices to labels.
+
+    ``monitoring`` is what the monitor checkpoints with an online model: its drift detectors'
+    state as of the rows learned, so a replay from the checkpoint detects as the first time.
+    """
 
     task: str
     algorithm: str
@@ -32,6 +37,37 @@ class Model:
     estimator: Any
     label: str | None = None
     classes: np.ndarray | None = None
+    monitoring: dict[str, Any] | None = None
+
+    def __setstate__(self, state: Any) -> None:
+        """Unpickle; a model saved before a field existed gets the field's default."""
+        values = state[1] if isinstance(state, tuple) else state
+        for f in fields(self):
+            setattr(self, f.name, values.get(f.name, f.default))
+
+    def label_indices(self, labels: np.ndarray, *, learn: bool = False) -> np.ndarray:
+        """Class indices of raw labels, as floats; NaN for a label the model does not know.
+
+        With ``learn`` (an online model learning new rows) a label it does not know becomes a
+        new class, its index one past the last: the indices it learned never change, so
+        ``classes`` is sorted only up to the first class added this way.
+        """
+        assert self.classes is not None
+        index = {label: i for i, label in enumerate(self.classes.tolist())}
+        out = np.full(len(labels), np.nan)
+        added: list[Any] = []
+        for row, label in enumerate(labels.tolist()):
+            found = index.get(label)
+            if found is None and learn:
+                found = index[label] = len(index)
+                added.append(label)
+            if found is not None:
+                out[row] = found
+        if added:
+            kind = self.classes.dtype
+            kind = np.dtype(object) if kind.kind in "US" else kind  # no fixed-width truncation
+            self.classes = np.concatenate([self.classes.astype(kind), np.array(added, kind)])
+        return out
 
     @property
     def feature_names(self) -> list[str]:
@@ -81,8 +117,9 @@ class Model:
 
 
 def save_model(model: Model, path: Path) -> str:
-    """Write ``model`` to ``path`` atomically and return its SHA-256."""
-    data = pickle.dumps(model, protocol=pickle.HIGHEST_PROTOCOL)
+    """Write ``model`` to ``path`` atomically and return its SHA-256 (a model too deep for
+    pickle's default recursion is pickled on a deep stack, see ``trainer.pickles``)."""
+    data = pickles.dumps(model)
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_suffix(path.suffix + ".tmp")
     with open(tmp, "wb") as f:

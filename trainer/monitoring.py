@@ -1,26 +1,41 @@
 """Watching deployed models as rows change: online learning, feature drift, error drift.
 
 After each mirror commit, the rows it touched in a deployed model's relation are read from the
-mirror. An online model learns from those with a label, prequentially (its predictions made
-before learning feed the error-drift detector); any model's features are compared with its
-training snapshot (PSI, Jensen-Shannon) and, where labels arrive, its errors are watched
-(ADWIN, DDM). Each detection is registered and handed to ``on_drift``. Online models are
-checkpointed every ``checkpoint_rows`` rows or ``checkpoint_seconds`` (a checkpoint pickles the
-whole model, seconds for a large tree, while a restart replays the logged changes since the
-last one cheaply, so checkpoints are rare by default): their file and hash in
-the registry are replaced, with a progress row (rows learned, progressive metrics, position).
+mirror, in the order they changed (commit order, then the order of the changes within it; a
+row changed twice, at its last change). An online model learns from those with a label,
+prequentially (its predictions made before learning feed the error-drift detector); any
+model's features are compared with its training snapshot (PSI, Jensen-Shannon) and, where
+labels arrive, its errors are watched (ADWIN). Each detection is registered once, with the
+mirror commit that brought the row and the rows since deployment, and handed to ``on_drift``.
+Online models are checkpointed every ``checkpoint_rows`` rows or ``checkpoint_seconds`` (a
+checkpoint pickles the whole model, seconds for a large tree, while a restart replays the
+logged changes since the last one cheaply, so checkpoints are rare by default): their file and
+hash in the registry are replaced, with a progress row (rows learned, progressive metrics,
+position). The checkpoint holds the drift detectors' state too, so a replay from it detects
+what the first pass detected, at the same rows, and those are not registered again. Between
+checkpoints a model's one current progress row is updated every ``progress_seconds``.
+
+A model that fails (it cannot be loaded, learn, predict, or be pickled even on a deep stack)
+is quarantined alone: its status in the registry becomes failed with the reason, it is told to
+``on_failed``, and it learns no more; the others go on. A learner process that dies twice
+while busy with the same model quarantines that model.
 
 This runs in a thread of its own on the commits the replicator hands over: it never holds up
 replication, and a slow model only makes the queue longer. Online models learn in a process of
 their own (``trainer/learner.py``), so River's row-by-row Python does not take the GIL from the
 replicator: this thread reads the rows and sends them; the copy of each online model that
 serves predictions is fetched from the learner every second or so (less often for a model
-that takes long to fetch), and always before a checkpoint.
+that takes long to fetch), and always before a checkpoint. The labelled rows last seen of
+each model (``recent_limit``) are kept for retraining on drift to score champion and challenger
+on (:meth:`Monitor.recent_rows`).
 """
 
 from __future__ import annotations
 
 import atexit
+import collections
+import contextlib
+import dataclasses
 import functools
 import gc
 import logging
@@ -31,7 +46,6 @@ import time
 import uuid
 from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import Any
 
 import duckdb
 import numpy as np
@@ -39,13 +53,13 @@ import pyarrow as pa
 import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
-from mirror.change_log import Touched, rows_for_keys, touched_keys
+from mirror.change_log import Touched, rows_in_change_order, touched_keys
 from mirror.changes import Lsn, format_lsn, parse_lsn
-from mirror.errors import SidecarError
+from mirror.errors import SidecarError, TrainingError
 from mirror.store import Mirror
 from trainer.algorithms import is_online
 from trainer.drift import DriftEvent, DriftThresholds, ErrorDrift, FeatureDrift
-from trainer.learner import Learned, Learner, LearnerGone
+from trainer.learner import Failed, Learned, Learner, LearnerGone, Reply, State
 from trainer.model import Model, save_model
 from trainer.snapshots import find_relation
 from trainer.train import Trainer
@@ -53,11 +67,18 @@ from trainer.train import Trainer
 log = logging.getLogger("pgml_sidecar")
 
 DriftListener = Callable[[str, int, DriftEvent], None]
+FailureListener = Callable[[str, int, str], None]
+"""Called with (project, model id, reason) when a model is quarantined."""
+ProgressListener = Callable[[str, int, int, dict[str, float]], None]
+"""Called with (project, model id, rows learned, progressive metrics) as an online model learns."""
 SYNC_COST_SHARE = 20
 """An online model's serving copy is fetched from the learner at most every ``sync_seconds``,
-and at most every 20 times what the last fetch took."""
+and at most every 20 times what the last fetches of all online models took together: fetching
+takes at most a twentieth of the time, however many models there are."""
 SWITCH_INTERVAL = 0.0005
 """Seconds a thread may hold the GIL while another waits, while the monitor runs."""
+DEATHS = 2
+"""A model the learner process died busy with this many times is quarantined."""
 
 
 @dataclass
@@ -73,11 +94,12 @@ class Watch:
     keys: list[str]
     label: str | None
     feature_columns: list[str]
-    features: FeatureDrift
+    features: FeatureDrift | None
+    """None when the training snapshot had no rows to compare with."""
     errors: ErrorDrift | None
     online: bool
     learned_lsn: Lsn = 0
-    """The mirror position of the last change learned (online models)."""
+    """The mirror position of the last change observed (online models: learned)."""
     learned_since_checkpoint: int = 0
     checkpointed_at: float = field(default_factory=time.monotonic)
     unsynced: bool = False
@@ -85,6 +107,23 @@ class Watch:
     synced_at: float = field(default_factory=time.monotonic)
     sync_cost: float = 0.0
     """Seconds the last fetch from the learner took: a big model is fetched less often."""
+    failed: str | None = None
+    """Quarantined, and why."""
+    rows_learned: int = 0
+    progressive: dict[str, float] = field(default_factory=dict)
+    progress_lsn: Lsn = 0
+    """Online: the learner's count, metrics and position as of its last reply."""
+    progress_saved: float = 0.0
+    """When the current progress row was last written (0: it is up to date)."""
+
+
+@dataclass
+class _Recent:
+    """A project's labelled rows last seen (feature columns and label), by commit, oldest
+    first: kept across its deployments."""
+
+    batches: collections.deque[tuple[Lsn, pa.Table]] = field(default_factory=collections.deque)
+    count: int = 0
 
 
 class Monitor:
@@ -101,6 +140,8 @@ class Monitor:
         checkpoint_rows: int = 100_000,
         checkpoint_seconds: float = 60.0,
         sync_seconds: float = 1.0,
+        progress_seconds: float = 1.0,
+        recent_limit: int = 10_000,
     ) -> None:
         self.con = con
         self.trainer = trainer
@@ -109,17 +150,28 @@ class Monitor:
         """Relations of deployed models: the mirror reports their changed keys."""
         self.thresholds = thresholds or DriftThresholds()
         self.on_drift = on_drift
+        self.on_failed: FailureListener | None = None
+        self.on_progress: ProgressListener | None = None
         self.checkpoint_rows = checkpoint_rows
         self.checkpoint_seconds = checkpoint_seconds
         self.sync_seconds = sync_seconds
         """How stale the copy of an online model that serves predictions may get."""
+        self.progress_seconds = progress_seconds
+        """How stale an online model's current row in pgml.progress may get."""
+        self.recent_limit = recent_limit
+        """Labelled rows kept per model for :meth:`recent_rows`."""
         self.learner = Learner()
         self.changes: queue.Queue[tuple[Lsn, dict[tuple[str, str], Touched]]] = queue.Queue()
         self.watches: dict[str, Watch] = {}
+        self.failed: dict[int, tuple[str, str]] = {}
+        """Quarantined models: model id -> (project, reason)."""
+        self._deaths: collections.Counter[int] = collections.Counter()
         self._generation = -1
         self._expected: set[tuple[str, str]] = set()
         self._loading: dict[int, Watch] = {}
         """Models being loaded (replaying the change log), by model id."""
+        self._recent: dict[str, _Recent] = {}
+        self._recent_lock = threading.Lock()
         self.batches = 0
 
     def on_commit(self, lsn: Lsn, touched: dict[tuple[str, str], Touched]) -> None:
@@ -137,8 +189,7 @@ class Monitor:
                 try:
                     self._step()
                 except LearnerGone as exc:
-                    log.error("%s", exc)
-                    self._reset()
+                    self._learner_died(exc)
                 except Exception:
                     self._reset()  # a batch taken off the queue was not learned
                     raise
@@ -151,17 +202,33 @@ class Monitor:
             try:
                 self._checkpoint_due(force=True)
             except LearnerGone as exc:
-                log.error("%s", exc)
-                self._reset()
+                self._learner_died(exc)
             sys.setswitchinterval(interval)
 
+    def _learner_died(self, exc: LearnerGone) -> None:
+        """Reload the online models from their checkpoints; a model the process died busy
+        with for the second time is quarantined first."""
+        culprit = self.learner.culprit
+        log.error("%s", exc)
+        if culprit is not None:
+            self._deaths[culprit] += 1
+            watch = self._watch_of(culprit)
+            if watch is not None and self._deaths[culprit] >= DEATHS:
+                self._quarantine(
+                    watch, f"the online learning process died {DEATHS} times while busy with it"
+                )
+        self._reset()
+
     def _reset(self) -> None:
-        """Forget the watches and their live models: they load again from their checkpoints
-        and replay the change log from there, so each change is still learned exactly once."""
-        for watch in self.watches.values():
+        """Forget the online models' watches and live copies: they load again from their
+        checkpoints and replay the change log from there, so each change is still learned
+        exactly once (and each drift registered once). Batch models' watches stay."""
+        for name, watch in list(self.watches.items()):
             if watch.online:
                 self.trainer.live.pop(watch.model_id, None)
-        self.watches, self._generation = {}, -1
+                del self.watches[name]
+        self._loading = {}
+        self._generation = -1
         self.learner.revive()
 
     def _step(self) -> None:
@@ -173,27 +240,34 @@ class Monitor:
             pass
         else:
             self._take(lsn, touched)
-        for learned in self.learner.learned():
-            self._on_learned(learned)
+        for reply in self.learner.learned():
+            self._on_reply(reply)
         self._sync_due()
+        self._progress_due()
         self._checkpoint_due(force=False)
 
     def settle(self) -> None:
         """Wait until the learner has learned everything sent, and serve that state."""
         for watch in list(self.watches.values()):
-            if watch.online:
+            if watch.online and not watch.failed:
                 self._sync(watch)
+        self._progress_due(force=True)
 
     def close(self) -> None:
         self.learner.close()
 
     def _take(self, lsn: Lsn, touched: dict[tuple[str, str], Touched]) -> None:
+        by_table: dict[tuple[str, str], list[Watch]] = {}
         for watch in list(self.watches.values()):
             entry = touched.get((watch.schema, watch.table))
-            if entry is None or not entry.keys or lsn <= watch.learned_lsn:
-                continue  # untouched, or learned already (replayed from the log)
-            self._observe(watch, touched_keys(entry).select(watch.keys))
-            watch.learned_lsn = lsn
+            if entry is None or not entry.keys or lsn <= watch.learned_lsn or watch.failed:
+                continue  # untouched, learned already (replayed from the log), or quarantined
+            by_table.setdefault((watch.schema, watch.table), []).append(watch)
+        for (schema, table), watches in by_table.items():
+            keys = touched_keys(touched[(schema, table)], distinct=False)
+            self._observe(watches, lsn, keys.select(watches[0].keys))
+            for watch in watches:
+                watch.learned_lsn = lsn
         self.batches += 1
 
     # -- what is watched -----------------------------------------------------------------------
@@ -213,20 +287,21 @@ class Monitor:
         for old in self.watches.values():
             if watches.get(old.project) is not old:
                 self.trainer.live.pop(old.model_id, None)
-                if old.online:
+                if old.online and not old.failed:
                     self.learner.drop(old.model_id)
         fresh = [w for w in watches.values() if self.watches.get(w.project) is not w]
         # Watch and log the new tables first: a change committed from now on is both queued and
         # logged; the replay learns it and the queue then skips it (by position).
         self.watched.update((w.schema, w.table) for w in watches.values())
         self.mirror.logged.update((w.schema, w.table) for w in watches.values() if w.online)
-        self._loading = {w.model_id: w for w in fresh}  # their replays' detections count
+        self._loading = {w.model_id: w for w in fresh}  # their replays' replies count
         for watch in fresh:
             if watch.online:
                 self.learner.load(watch.model_id, watch.model.estimator, watch.errors)
                 self._replay(watch)
                 self._sync(watch)
-                self.trainer.live[watch.model_id] = watch.model
+                if not watch.failed:
+                    self.trainer.live[watch.model_id] = watch.model
         self.watches = watches  # published once its models are live
         self._loading = {}
         if fresh:
@@ -255,7 +330,9 @@ class Monitor:
     def _replay(self, watch: Watch) -> None:
         """Learn the logged changes the model's last checkpoint has not seen, in order."""
         for lsn, keys in self.mirror.logged_changes(watch.schema, watch.table, watch.learned_lsn):
-            self._observe(watch, keys.select(watch.keys))
+            if watch.failed:
+                return
+            self._observe([watch], lsn, keys.select(watch.keys))
             watch.learned_lsn = lsn
 
     def _watch(self, project: str, project_id: int) -> Watch | None:
@@ -266,14 +343,33 @@ class Monitor:
         current = self.watches.get(project)
         if current is not None and current.model_id == record.id:
             return current
+        if record.status == "failed":
+            reason = registry.failures().get(record.id, "failed")
+            self._failed(project, record.id, reason)
+            return None
         snapshot = registry.snapshot(record.snapshot_id)
         assert snapshot is not None
         relation = find_relation(self.con, snapshot.relation_name)
-        _, model = self.trainer.model(record.id)
+        try:
+            _, model = self.trainer.model(record.id)
+        except Exception as exc:  # a model file that cannot be loaded fails alone
+            reason = f"cannot be loaded: {_reason(exc)}"
+            registry.mark_failed(record.id, reason)
+            self._failed(project, record.id, reason)
+            return None
         label = snapshot.y_column_name[0] if snapshot.y_column_name else None
         reference = pq.read_table(self.trainer.home / snapshot.path)
         features = [c.name for c in model.preprocessor.columns]
-        errors = ErrorDrift(model.task) if label and model.task in _SUPERVISED else None
+        checkpointed = model.monitoring or {}
+        model.monitoring = None  # the detectors' state goes on in this watch, not the copy
+        errors = checkpointed.get("errors")
+        if errors is None and label and model.task in _SUPERVISED:
+            errors = ErrorDrift(model.task)
+        drift = checkpointed.get("features")
+        if drift is None and reference.num_rows:
+            # Keys (serial ids) always drift: they are features, but not watched for drift.
+            columns = [c for c in features if c not in relation.key]
+            drift = FeatureDrift(reference, columns=columns, thresholds=self.thresholds)
         online = is_online(record.algorithm)
         learned = registry.learned_position(record.id) if online else None
         if learned is None:
@@ -289,91 +385,180 @@ class Monitor:
             keys=relation.key or [c for c, _ in relation.columns],
             label=label,
             feature_columns=features,
-            # Keys (serial ids) always drift: they are features, but not watched for drift.
-            features=FeatureDrift(
-                reference,
-                columns=[c for c in features if c not in relation.key],
-                thresholds=self.thresholds,
-            ),
+            features=drift,
             errors=errors,
             online=online,
             learned_lsn=learned,
+            rows_learned=int(getattr(model.estimator, "rows_learned", 0)),
         )
 
     # -- learning and watching -----------------------------------------------------------------
 
-    def _observe(self, watch: Watch, keys: pa.Table) -> None:
-        columns = list(dict.fromkeys([*watch.keys, *watch.feature_columns, *_opt(watch.label)]))
-        rows = rows_for_keys(self.con, watch.schema, watch.table, keys, columns)
+    def _observe(self, watches: list[Watch], lsn: Lsn, keys: pa.Table) -> None:
+        """Read the rows ``keys`` name once for every watch of one table, in change order."""
+        first = watches[0]
+        columns = list(
+            dict.fromkeys(
+                [*first.keys] + [c for w in watches for c in [*w.feature_columns, *_opt(w.label)]]
+            )
+        )
+        rows = rows_in_change_order(self.con, first.schema, first.table, keys, columns)
         if rows.num_rows == 0:
             return
-        events = watch.features.update(rows.select(watch.feature_columns))
+        for watch in watches:
+            try:
+                events = self._watch_rows(watch, lsn, rows)
+            except LearnerGone:
+                raise
+            except Exception as exc:  # a model that fails to predict (or to be watched)
+                self._quarantine(watch, f"failed while watching new rows: {_reason(exc)}")
+                continue
+            for event in events:
+                self._drifted(watch, event)
+
+    def _watch_rows(self, watch: Watch, lsn: Lsn, rows: pa.Table) -> list[DriftEvent]:
+        events: list[DriftEvent] = []
+        if watch.features is not None:
+            found = watch.features.update(rows.select(watch.feature_columns))
+            events += [dataclasses.replace(e, lsn=lsn) for e in found]
         if watch.label is not None:
             labelled = rows.filter(pc.is_valid(rows[watch.label]))
             if labelled.num_rows:
-                events += self._supervised(watch, labelled)
-        for event in events:
-            self._drifted(watch, event)
+                self._remember(watch, lsn, labelled.select([*watch.feature_columns, watch.label]))
+                events += self._supervised(watch, lsn, labelled)
+        return events
 
-    def _supervised(self, watch: Watch, rows: pa.Table) -> list[DriftEvent]:
+    def _supervised(self, watch: Watch, lsn: Lsn, rows: pa.Table) -> list[DriftEvent]:
         assert watch.label is not None
         model = watch.model
         x = model.features(rows.select(watch.feature_columns))
         y_raw = rows[watch.label].to_numpy(zero_copy_only=False)
         if model.classes is not None:
-            index = np.searchsorted(model.classes, y_raw)
-            index = np.clip(index, 0, len(model.classes) - 1)
-            known = model.classes[index] == y_raw
-            y = np.where(known, index, -1).astype(np.float64)
-            y[~known] = np.nan  # a class the model has never seen: not learned, not scored
+            # a class the model has never seen: an online model learns it as a new class; any
+            # other model can predict it never, and its row is not scored
+            y = model.label_indices(y_raw, learn=watch.online)
         else:
             y = y_raw.astype(np.float64)
         if watch.online:  # learned in the learner process; its detections come back later
-            self.learner.learn(watch.model_id, x, y)
+            self.learner.learn(watch.model_id, lsn, x, y)
             watch.learned_since_checkpoint += int(np.count_nonzero(~np.isnan(y)))
             watch.unsynced = True
             return []
         predicted = np.asarray(model.estimator.predict(x), dtype=np.float64)
         if watch.errors is None:
             return []
-        return watch.errors.update(y, predicted)
+        return [dataclasses.replace(e, lsn=lsn) for e in watch.errors.update(y, predicted)]
 
-    def _on_learned(self, learned: Learned) -> None:
-        watch = next((w for w in self.watches.values() if w.model_id == learned.key), None)
-        watch = watch or self._loading.get(learned.key)
-        if watch is None:
+    def _remember(self, watch: Watch, lsn: Lsn, rows: pa.Table) -> None:
+        """Keep the project's last ``recent_limit`` labelled rows, by commit."""
+        with self._recent_lock:
+            recent = self._recent.setdefault(watch.project, _Recent())
+            if recent.batches and recent.batches[-1][0] >= lsn:
+                return  # seen already (a replay)
+            recent.batches.append((lsn, rows))
+            recent.count += rows.num_rows
+            while recent.count - recent.batches[0][1].num_rows >= self.recent_limit:
+                recent.count -= recent.batches.popleft()[1].num_rows
+
+    def recent_rows(self, project: str, after: Lsn = 0) -> pa.Table | None:
+        """The project's labelled rows last seen changing (at most ``recent_limit``), from
+        commits after ``after``, oldest first: its deployed models' feature columns and label,
+        as the relation holds them. None if there are none."""
+        with self._recent_lock:
+            recent = self._recent.get(project)
+            tables = [rows for lsn, rows in recent.batches if lsn > after] if recent else []
+        if not tables:
+            return None
+        return pa.concat_tables(tables, promote_options="permissive")
+
+    def _watch_of(self, model_id: int) -> Watch | None:
+        for watch in list(self.watches.values()):
+            if watch.model_id == model_id:
+                return watch
+        return self._loading.get(model_id)
+
+    def _on_reply(self, reply: Reply) -> None:
+        watch = self._watch_of(reply.key)
+        if watch is None or watch.failed:
             return
-        if learned.error is not None:
-            log.warning("%s: online learning: %s", watch.project, learned.error)
-        for event in learned.events:
+        if isinstance(reply, Failed):
+            self._quarantine(watch, reply.reason)
+            return
+        assert isinstance(reply, Learned)
+        watch.rows_learned, watch.progressive = reply.rows_learned, reply.progressive
+        watch.progress_lsn = reply.lsn
+        if not watch.progress_saved:
+            watch.progress_saved = time.monotonic()  # due in progress_seconds
+        for event in reply.events:
             self._drifted(watch, event)
+        if self.on_progress is not None:
+            self.on_progress(watch.project, watch.model_id, reply.rows_learned, reply.progressive)
+
+    def _progress_due(self, *, force: bool = False) -> None:
+        """Write each online model's current progress row, at most every
+        ``progress_seconds``."""
+        now = time.monotonic()
+        for watch in list(self.watches.values()):
+            due = watch.progress_saved and now - watch.progress_saved >= self.progress_seconds
+            if watch.online and not watch.failed and watch.progress_saved and (force or due):
+                self.trainer.registry.set_current_progress(
+                    watch.model_id, watch.rows_learned, watch.progressive,
+                    {"mirror": format_lsn(watch.progress_lsn)},
+                )  # fmt: skip
+                watch.progress_saved = 0.0
+
+    def _quarantine(self, watch: Watch, reason: str) -> None:
+        """Stop learning and watching with a model that failed; the others go on."""
+        if watch.failed:
+            return
+        watch.failed = reason
+        self.trainer.registry.mark_failed(watch.model_id, reason)
+        if watch.online:
+            with contextlib.suppress(LearnerGone):  # gone with the process: not loaded again
+                self.learner.drop(watch.model_id)
+        self._failed(watch.project, watch.model_id, reason)
+
+    def _failed(self, project: str, model_id: int, reason: str) -> None:
+        if self.failed.get(model_id) == (project, reason):
+            return
+        log.error("%s: model %d is quarantined: %s", project, model_id, reason)
+        self.failed[model_id] = (project, reason)
+        if self.on_failed is not None:
+            self.on_failed(project, model_id, reason)
 
     def _sync_due(self) -> None:
         now = time.monotonic()
-        for watch in list(self.watches.values()):
-            # fetching takes at most a twentieth of the time (a large tree takes a while)
-            interval = max(self.sync_seconds, SYNC_COST_SHARE * watch.sync_cost)
+        watches = [w for w in self.watches.values() if w.online and not w.failed]
+        # fetching takes at most a twentieth of the time (a large tree takes a while)
+        interval = max(self.sync_seconds, SYNC_COST_SHARE * sum(w.sync_cost for w in watches))
+        for watch in watches:
             if watch.unsynced and now - watch.synced_at >= interval:
                 self._sync(watch)
 
-    def _sync(self, watch: Watch) -> None:
-        """Serve the learner's current state of an online model."""
+    def _sync(self, watch: Watch) -> State | None:
+        """Serve the learner's current state of an online model; return it (None if the
+        learner does not have it: it failed, and its reply said why)."""
         started = time.monotonic()
-        estimator = self.learner.state(watch.model_id, self._on_learned)
-        if estimator is not None:  # None: the learner does not have it (it said why)
-            watch.model.estimator = estimator
+        state = self.learner.state(watch.model_id, self._on_reply)
+        if state is not None:
+            watch.model.estimator = state[0]
         watch.unsynced = False
         watch.synced_at = time.monotonic()
         watch.sync_cost = watch.synced_at - started
+        return state
 
     def _drifted(self, watch: Watch, event: DriftEvent) -> None:
-        log.warning(
-            "drift in %s: %s%s, statistic %.3f (threshold %.3f)", watch.project, event.detector,
-            f" on {event.feature}" if event.feature else "", event.statistic, event.threshold,
-        )  # fmt: skip
-        self.trainer.registry.add_drift_event(
+        added = self.trainer.registry.add_drift_event(
             watch.project_id, watch.model_id, event.detector, event.feature,
             float(event.statistic), float(event.threshold),
+            lsn=format_lsn(event.lsn) if event.lsn else None, rows_since_deployment=event.rows,
+        )  # fmt: skip
+        if added is None:
+            return  # registered when first detected: a replay found it again
+        log.warning(
+            "drift in %s: %s%s, statistic %.3f (threshold %.3f), %d rows since deployment",
+            watch.project, event.detector, f" on {event.feature}" if event.feature else "",
+            event.statistic, event.threshold, event.rows,
         )  # fmt: skip
         if self.on_drift is not None:
             self.on_drift(watch.project, watch.model_id, event)
@@ -382,8 +567,8 @@ class Monitor:
 
     def _checkpoint_due(self, *, force: bool) -> None:
         now = time.monotonic()
-        for watch in self.watches.values():
-            if not watch.online or watch.learned_since_checkpoint == 0:
+        for watch in list(self.watches.values()):
+            if not watch.online or watch.failed or watch.learned_since_checkpoint == 0:
                 continue
             if (
                 force
@@ -393,28 +578,25 @@ class Monitor:
                 self._checkpoint(watch)
 
     def _checkpoint(self, watch: Watch) -> None:
-        self._sync(watch)
-        path = self.trainer.home / "models" / f"{uuid.uuid4().hex}.pickle"
-        try:
-            sha = save_model(watch.model, path)
-        except RecursionError:
-            # A tree grown very deep (e.g. split on an ever-increasing key) cannot be pickled:
-            # keep learning, and say so; the last checkpoint stays the one a restart uses.
-            path.with_suffix(path.suffix + ".tmp").unlink(missing_ok=True)
-            log.error(
-                "%s: the online model is too deep to checkpoint; drop ever-increasing columns"
-                " (serial keys, timestamps) from its relation's features", watch.project,
-            )  # fmt: skip
-            watch.learned_since_checkpoint = 0
-            watch.checkpointed_at = time.monotonic()
+        state = self._sync(watch)
+        if state is None or watch.failed:
             return
-        estimator: Any = watch.model.estimator
+        estimator, errors = state
+        path = self.trainer.home / "models" / f"{uuid.uuid4().hex}.pickle"
+        saved = dataclasses.replace(
+            watch.model, monitoring={"errors": errors, "features": watch.features}
+        )
+        try:
+            sha = save_model(saved, path)
+        except Exception as exc:  # deeper than even the deep stack: the model fails alone
+            path.with_suffix(path.suffix + ".tmp").unlink(missing_ok=True)
+            self._quarantine(watch, f"cannot be checkpointed: {_reason(exc)}")
+            return
         registry = self.trainer.registry
+        relative = str(path.relative_to(self.trainer.home))
         with registry.transaction():
             old = registry.model(watch.model_id)
-            registry.update_model_file(
-                watch.model_id, str(path.relative_to(self.trainer.home)), sha
-            )
+            registry.update_model_file(watch.model_id, relative, sha)
             registry.add_progress(
                 watch.model_id,
                 int(getattr(estimator, "rows_learned", 0)),
@@ -425,10 +607,10 @@ class Monitor:
             self.mirror.forget_changes(
                 watch.schema,
                 watch.table,
-                min(w.learned_lsn for w in self.watches.values() if w.online
+                min(w.learned_lsn for w in self.watches.values() if w.online and not w.failed
                     and (w.schema, w.table) == (watch.schema, watch.table)),
             )  # fmt: skip
-        if old is not None and old.path != str(path.relative_to(self.trainer.home)):
+        if old is not None and old.path != relative:
             (self.trainer.home / old.path).unlink(missing_ok=True)
         watch.learned_since_checkpoint = 0
         watch.checkpointed_at = time.monotonic()
@@ -454,3 +636,7 @@ _SUPERVISED = ("regression", "classification")
 
 def _opt(value: str | None) -> list[str]:
     return [] if value is None else [value]
+
+
+def _reason(exc: BaseException) -> str:
+    return str(exc) if isinstance(exc, TrainingError) else f"{type(exc).__name__}: {exc}"

@@ -31,15 +31,18 @@ _BATCH_PREDICT = frozenset({"online_linear", "online_logistic", "online_naive_ba
 _BATCH_ROWS = 512
 
 _CONSTRUCTOR = ("algorithm", "task", "hyperparams", "seed", "scaled")
+_CLAMP = 1e-15  # probabilities in log loss are kept in [1e-15, 1 - 1e-15], as River keeps them
 
 
 class RiverEstimator:
     """A River model behind scikit-learn's fit/predict, learning one row at a time in order.
 
     ``rows_learned`` counts labelled rows learned since ``fit`` began; ``progressive`` holds
-    the metrics of the predictions made before learning each (regression: mae, rmse, r2;
-    classification: accuracy, f1 (macro), log_loss); ``history`` holds a copy of them with
-    ``rows`` every ``history_every`` rows, and last the current state.
+    the metrics of the predictions made before learning each, as River's progressive
+    validation computes them (regression: mae, rmse, r2; classification: accuracy, f1,
+    precision and recall (macro), log_loss); ``history`` holds a copy of them with ``rows``
+    every ``history_every`` rows, and last the current state. The same rows give the same
+    model, to the last bit, however they were split into ``partial_fit`` calls.
     """
 
     history_every: ClassVar[int] = 1000
@@ -110,6 +113,19 @@ class RiverEstimator:
         """
         return self._learn(X, y)
 
+    def metrics(self) -> dict[str, float]:
+        """The progressive metrics under PostgresML's names (the model's registered metrics)."""
+        p = self.progressive
+        if not p:
+            return {}
+        if self.task == "classification":
+            return {name: p[name] for name in ("f1", "precision", "recall", "accuracy", "log_loss")}
+        return {
+            "r2": p["r2"],
+            "mean_squared_error": p["rmse"] ** 2,
+            "mean_absolute_error": p["mae"],
+        }
+
     def predict(self, X: np.ndarray) -> np.ndarray:
         """Regression: one number per row; classification: one class index per row."""
         x = self._features(X)
@@ -162,7 +178,8 @@ class RiverEstimator:
             if self._model is None:
                 self._model = self._build(targets)
             self._check_binary(targets)
-            before, p_true = self._learn_classes(rows, targets.tolist())
+            binary = max(int(targets.max()), int(self.classes_.max(initial=0))) <= 1
+            before, p_true = self._learn_classes(rows, targets.tolist(), binary=binary)
             self.classes_ = np.union1d(self.classes_, targets)
         else:
             targets = y[labelled].astype(np.float64)
@@ -185,19 +202,24 @@ class RiverEstimator:
         return np.array([math.nan if v is None else v for v in before], dtype=np.float64)
 
     def _learn_classes(
-        self, rows: list[list[float]], targets: list[int]
+        self, rows: list[list[float]], targets: list[int], *, binary: bool
     ) -> tuple[np.ndarray, np.ndarray]:
+        """Predict, then learn, each row; return the predicted classes and the probability of
+        each row's true class as River's log loss takes it: with two classes, one less the
+        probability of class 1 for class 0 (River's LogLoss), else the class's own (its
+        CrossEntropy); clamped to [1e-15, 1 - 1e-15]."""
         model, keys = self._model, self._keys
         predict, learn = model.predict_proba_one, model.learn_one
         before: list[float] = []
         p_true: list[float] = []
+        low, high = _CLAMP, 1.0 - _CLAMP
         for row, target in zip(rows, targets, strict=True):
             features = dict(zip(keys, row, strict=True))
             proba = predict(features)
             if proba:
-                top = max(proba.values())
-                before.append(min(k for k, p in proba.items() if p == top))  # lowest on ties
-                p_true.append(proba.get(target, 0.0))
+                before.append(max(proba, key=proba.get))  # as River's predict_one
+                p = min(max(proba.get(1 if binary else target, 0.0), low), high)
+                p_true.append(1.0 - p if binary and target == 0 else p)
             else:
                 before.append(math.nan)
                 p_true.append(math.nan)
@@ -324,7 +346,11 @@ class RiverEstimator:
 
 
 class _Progress:
-    """Progressive metrics, updated with each learned chunk's pre-learning predictions."""
+    """Progressive metrics, updated with each learned chunk's pre-learning predictions.
+
+    Sums are added row after row (``_running``), so they come out the same to the last bit
+    however the rows were split into chunks: the same stream always gives the same model.
+    """
 
     def update(self, y: np.ndarray, before: np.ndarray, p_true: np.ndarray | None) -> None:
         raise NotImplementedError
@@ -333,42 +359,54 @@ class _Progress:
         raise NotImplementedError
 
 
+def _running(total: float, values: np.ndarray) -> float:
+    """``total`` plus ``values`` added one at a time, in order (a cumulative sum is sequential,
+    unlike numpy's pairwise ``sum``)."""
+    if not len(values):
+        return total
+    return float(np.cumsum(np.concatenate(([total], values)))[-1])
+
+
 class _RegressionProgress(_Progress):
-    """MAE, RMSE and R² over every row predicted so far (R² against the running mean)."""
+    """MAE, RMSE and R² over every row predicted so far, as River's metrics compute them (R²
+    against the variance of the labels, summed around the first label for stability)."""
 
     def __init__(self) -> None:
         self.n = 0
         self.absolute = 0.0
         self.squared = 0.0
-        self.mean = 0.0
-        self.m2 = 0.0  # sum of squared deviations of y from its mean
+        self.shift: float | None = None
+        self.deviation = 0.0  # sum of (y - shift)
+        self.deviation_squared = 0.0  # sum of (y - shift)²
 
     def update(self, y: np.ndarray, before: np.ndarray, p_true: np.ndarray | None) -> None:
         scored = ~np.isnan(before)
         y, error = y[scored], y[scored] - before[scored]
         if not len(y):
             return
-        n = self.n + len(y)
-        mean = float(y.mean())
-        delta = mean - self.mean
-        self.m2 += float(((y - mean) ** 2).sum()) + delta * delta * self.n * len(y) / n
-        self.mean += delta * len(y) / n
-        self.n = n
-        self.absolute += float(np.abs(error).sum())
-        self.squared += float((error * error).sum())
+        if self.shift is None:
+            self.shift = float(y[0])
+        centred = y - self.shift
+        self.n += len(y)
+        self.absolute = _running(self.absolute, np.abs(error))
+        self.squared = _running(self.squared, error * error)
+        self.deviation = _running(self.deviation, centred)
+        self.deviation_squared = _running(self.deviation_squared, centred * centred)
 
     def values(self) -> dict[str, float]:
         if not self.n:
             return {}
+        m2 = self.deviation_squared - self.deviation * self.deviation / self.n
         return {
             "mae": self.absolute / self.n,
             "rmse": math.sqrt(self.squared / self.n),
-            "r2": 1.0 - self.squared / self.m2 if self.m2 > 0 else 0.0,
+            "r2": 1.0 - self.squared / m2 if self.n > 1 and m2 > 0 else 0.0,
         }
 
 
 class _ClassificationProgress(_Progress):
-    """Accuracy, macro F1 and log loss over every row predicted so far."""
+    """Accuracy, macro F1, precision and recall, and log loss over every row predicted so far,
+    as River's metrics compute them."""
 
     def __init__(self) -> None:
         self.confusion = np.zeros((0, 0), dtype=np.int64)  # [true class, predicted class]
@@ -386,17 +424,23 @@ class _ClassificationProgress(_Progress):
             self.confusion = grown
         np.add.at(self.confusion, (true, predicted), 1)
         if p_true is not None:
-            self.log_loss -= float(np.log(np.clip(p_true[scored], 1e-15, 1.0)).sum())
+            losses = -np.log(p_true[scored])  # clamped by the learner
+            self.log_loss = _running(self.log_loss, losses)
 
     def values(self) -> dict[str, float]:
         n = int(self.confusion.sum())
         if not n:
             return {}
         hits = np.diag(self.confusion).astype(np.float64)
-        both = self.confusion.sum(axis=0) + self.confusion.sum(axis=1)  # predicted + true
-        present = both > 0
+        predicted = self.confusion.sum(axis=0)
+        true = self.confusion.sum(axis=1)
+        present = (predicted + true) > 0  # the classes River's confusion matrix knows
+        precision = np.divide(hits, predicted, out=np.zeros_like(hits), where=predicted > 0)
+        recall = np.divide(hits, true, out=np.zeros_like(hits), where=true > 0)
         return {
             "accuracy": float(hits.sum()) / n,
-            "f1": float(np.mean(2 * hits[present] / both[present])),
+            "f1": float(np.mean(2 * hits[present] / (predicted + true)[present])),
+            "precision": float(np.mean(precision[present])),
+            "recall": float(np.mean(recall[present])),
             "log_loss": self.log_loss / n,
         }

@@ -1,10 +1,15 @@
 """Retraining without being asked: on a project's cron schedule, and on drift when enabled.
 
 A retrain takes a fresh snapshot of the project's relation with the parameters of its last
-model (algorithm, hyperparameters, label, split), and the usual gate decides whether the new
-model is deployed. The trainer never runs two trainings of one project at once; a retrain that
-fails is logged and counted, and the deployed model keeps serving. Schedules are evaluated
-with an injectable clock; runs missed while the sidecar was down run once at start.
+model (algorithm, hyperparameters, label, split). On schedule, the usual gate decides whether
+the new model is deployed. On drift, the champion (the deployed model) and the challenger are
+scored on the same recent rows, the labelled rows the monitor sees change after the
+challenger's snapshot (after the detection), once ``challenge_rows`` of them have come (or,
+after ``challenge_seconds``, on those there are): the challenger is deployed if it scores
+higher, and both scores are kept in ``pgml.challenges`` (``trainer.challenge``). The trainer
+never runs two trainings of one project at once; a retrain that fails is logged and counted,
+and the deployed model keeps serving. Schedules are evaluated with an injectable clock; runs
+missed while the sidecar was down run once at start.
 
 A retrain has the trainer's time limit. Drift asks at most once at a time per project, and a
 model whose retrain on drift ran past the limit is not retrained on drift again (drift would
@@ -14,13 +19,20 @@ is retrained again on drift once another model is deployed, and on schedule as b
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 import queue
 import threading
+import time
 from collections.abc import Callable
+from dataclasses import dataclass
 from datetime import UTC, datetime
 
+import pyarrow as pa
+
+from mirror.changes import Lsn, parse_lsn
 from mirror.errors import SidecarError
+from trainer.challenge import RecentRows, compare
 from trainer.drift import DriftEvent
 from trainer.schedule import Scheduler
 from trainer.train import Trainer, TrainResult
@@ -28,15 +40,44 @@ from trainer.train import Trainer, TrainResult
 log = logging.getLogger("pgml_sidecar")
 
 Clock = Callable[[], datetime]
+CHALLENGE_ROWS = 200
+"""Recent labelled rows champion and challenger are scored on after drift."""
+CHALLENGE_SECONDS = 3600.0
+"""How long a challenger waits for them before it is judged on those there are."""
+
+
+@dataclass
+class _Challenger:
+    """A model retrained on drift, waiting for recent rows to be judged on."""
+
+    project: str
+    reason: str
+    result: TrainResult
+    after: Lsn
+    """The challenger's snapshot position: it is scored on rows changed after it."""
+    since: float
 
 
 class Retrainer:
     """Retrains projects when their schedule says so or their deployed model drifted."""
 
-    def __init__(self, trainer: Trainer, *, clock: Clock = lambda: datetime.now(UTC)) -> None:
+    def __init__(
+        self,
+        trainer: Trainer,
+        *,
+        clock: Clock = lambda: datetime.now(UTC),
+        recent_rows: RecentRows | None = None,
+        challenge_rows: int = CHALLENGE_ROWS,
+        challenge_seconds: float = CHALLENGE_SECONDS,
+    ) -> None:
         self.trainer = trainer
         self.clock = clock
         self.scheduler = Scheduler(clock)
+        self.recent_rows = recent_rows
+        """Without it (no monitor), a retrain on drift goes through the usual gate."""
+        self.challenge_rows = challenge_rows
+        self.challenge_seconds = challenge_seconds
+        self.challengers: dict[str, _Challenger] = {}
         self.requests: queue.Queue[tuple[str, str]] = queue.Queue()
         self._asked: dict[str, int] = {}
         """Projects with a retrain on drift in ``requests``, and the model that drifted."""
@@ -66,16 +107,77 @@ class Retrainer:
     def run(self, stop: threading.Event) -> None:
         while not stop.is_set():
             self.tick()
+            self.judge()
             try:
                 project, reason = self.requests.get(timeout=1.0)
             except queue.Empty:
                 continue
             with self._lock:
-                drifted = self._asked.pop(project, None)
-            self.retrain(project, reason)
+                drifted = self._asked.get(project)
+            challenging = drifted is not None and self.recent_rows is not None
+            self.retrain(project, reason, challenge=challenging)
+            if project not in self.challengers:
+                with self._lock:
+                    self._asked.pop(project, None)
             if drifted is not None and self._ran_over == project:
                 with self._lock:
                     self._over_time[project] = drifted
+
+    def judge(self, *, now: float | None = None) -> list[str]:
+        """Decide the challengers whose recent rows have come (or whose wait is over):
+        deploy each one that beats the deployed model on them; return their projects."""
+        now = time.monotonic() if now is None else now
+        decided = []
+        for project, waiting in list(self.challengers.items()):
+            assert self.recent_rows is not None
+            rows = self.recent_rows(project, waiting.after)
+            count = 0 if rows is None else rows.num_rows
+            if count < self.challenge_rows and now - waiting.since < self.challenge_seconds:
+                continue
+            del self.challengers[project]
+            with self._lock:
+                self._asked.pop(project, None)
+            decided.append(project)
+            deployed = False
+            try:
+                if rows is not None and count:
+                    deployed = self._challenge(waiting, rows)
+                else:
+                    log.warning("%s: no recent rows to judge model %d on; the deployed model"
+                                " serves on", project, waiting.result.model_id)  # fmt: skip
+            except SidecarError as exc:
+                log.warning("%s: judging model %d failed; the deployed model serves on: %s",
+                            project, waiting.result.model_id, exc)  # fmt: skip
+            result = dataclasses.replace(waiting.result, deployed=deployed)
+            self.results.append((project, waiting.reason, result))
+        return decided
+
+    def _challenge(self, waiting: _Challenger, rows: pa.Table) -> bool:
+        trainer, registry = self.trainer, self.trainer.registry
+        found = registry.project(waiting.project)
+        if found is None:
+            return False
+        deployed = registry.deployed(found.id)
+        champion = trainer.model(deployed.id) if deployed is not None else None
+        challenger = trainer.model(waiting.result.model_id)
+        challenge = compare(
+            found.task, found.id, champion, [challenger], rows, reason=waiting.reason,
+            after=waiting.after,
+        )  # fmt: skip
+        with registry.transaction():
+            registry.add_challenge(challenge)
+            if challenge.deployed:
+                registry.add_deployment(found.id, challenge.challenger_id, "recent_score")
+        if challenge.deployed:
+            trainer.generation += 1
+        metric = challenge.metric
+        log.info(
+            "%s: on %d recent rows, model %d scored %s %s against the deployed model's %s%s",
+            waiting.project, challenge.num_rows, challenge.challenger_id, metric,
+            challenge.challenger_metrics.get(metric), challenge.champion_metrics.get(metric),
+            ": deployed" if challenge.deployed else "; the deployed model serves on",
+        )  # fmt: skip
+        return challenge.deployed
 
     def tick(self) -> list[str]:
         """Load changed schedules, then retrain the projects whose schedule is due."""
@@ -106,8 +208,11 @@ class Retrainer:
                 last = settings["last_scheduled_run"] or settings["schedule_set_at"]
                 self.scheduler.set(name, settings["schedule"], last_run=last)
 
-    def retrain(self, project: str, reason: str) -> TrainResult | None:
-        """Train ``project`` again on fresh rows with its last model's parameters."""
+    def retrain(self, project: str, reason: str, *, challenge: bool = False) -> TrainResult | None:
+        """Train ``project`` again on fresh rows with its last model's parameters.
+
+        With ``challenge`` the new model is not deployed yet: it waits to be scored against the
+        deployed one on rows that change after its snapshot (:meth:`judge`)."""
         registry = self.trainer.registry
         found = registry.project(project)
         if found is None:
@@ -129,6 +234,7 @@ class Retrainer:
                 test_size=snapshot.test_size,
                 test_sampling=snapshot.test_sampling,
                 preprocess=last.preprocess,
+                automatic_deploy=not challenge,
             )
         except SidecarError as exc:
             log.warning("retraining %s (%s) failed; the deployed model serves on: %s",
@@ -137,5 +243,12 @@ class Retrainer:
                 self._ran_over = project
             self.results.append((project, reason, None))
             return None
+        if challenge:
+            taken = registry.snapshot(result.snapshot_id)
+            positions = taken.source_position.values() if taken is not None else []
+            after = max((parse_lsn(p) for p in positions), default=0)
+            waiting = _Challenger(project, reason, result, after, time.monotonic())
+            self.challengers[project] = waiting
+            return result
         self.results.append((project, reason, result))
         return result

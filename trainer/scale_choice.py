@@ -7,12 +7,15 @@ that share one unit, an online model whose running scaler moves under the linear
 leaves. So the trainer does what a careful user does by hand: it tries each scaling and keeps
 the better: the preferred one unless another beats it by more than 2%.
 
-Each is scored by 3-fold cross-validation on the training rows (at most
-:data:`VALIDATION_ROWS` of them, an online model learning its folds' rows in the relation's
-order), with the training's hyperparameters; the key metric (f1 macro, r2) decides. The test
-rows are never used. For batch algorithms the scaling is the preprocessor's; for online ones it
-is River's StandardScaler in front of the model. Clustering and decomposition, which have no
-label to validate with, take the preferred one.
+A batch algorithm's scalings are scored by 3-fold cross-validation on the training rows (at
+most :data:`VALIDATION_ROWS` of them), an online algorithm's as it is scored itself: by
+progressive validation (each row predicted, then learned) over its first
+:data:`VALIDATION_ROWS` rows in order, where a linear model in a regression tree's leaves can
+diverge on raw features before it has seen enough rows. Both use the training's
+hyperparameters; the key metric (f1 macro, r2) decides; the test rows are never used. For
+batch algorithms the scaling is the preprocessor's; for online ones it is River's
+StandardScaler in front of the model. Clustering and decomposition, which have no label to
+validate with, take the preferred one.
 """
 
 from __future__ import annotations
@@ -45,6 +48,9 @@ class ScaleChoice:
     scale: str
     scores: dict[str, float] = field(default_factory=dict)
     how: str = "the only choice"
+    fitted: Any = field(default=None, compare=False, repr=False)
+    """The chosen online estimator, already fitted on every row when the validation covered
+    them all (its progressive metrics are the model's): the training keeps it."""
 
     def note(self) -> dict[str, Any]:
         """For the model's registry notes."""
@@ -55,7 +61,9 @@ def choose(choices: Sequence[str], scores: Mapping[str, float], how: str) -> Sca
     """The preferred (first) choice unless another scores better by more than MARGIN."""
     best = choices[0]
     for scale in choices[1:]:
-        if scores[scale] > scores[best] + max(MARGIN * abs(scores[best]), 1e-9):
+        if scores[best] == -np.inf or scores[scale] > scores[best] + max(
+            MARGIN * abs(scores[best]), 1e-9
+        ):
             best = scale
     shown = {scale: round(float(scores[scale]), 6) for scale in choices}
     return ScaleChoice(best, shown, how)
@@ -89,6 +97,42 @@ def by_cross_validation(
         scores[scale] = float(np.mean(values))
     how = f"{len(folds)}-fold cross-validation on {len(rows):,} training rows"
     return choose(choices, scores, how)
+
+
+def by_progressive_validation(
+    choices: Sequence[str],
+    *,
+    task: str,
+    table: pa.Table,
+    y: np.ndarray | None,
+    model: Callable[[str], tuple[Preprocessor, Any]],
+) -> ScaleChoice:
+    """The scaling whose online model scores best by progressive validation over the first
+    rows of ``table``; ``model(scale)`` makes a fresh preprocessor and online estimator."""
+    if len(choices) == 1 or y is None or task not in ("classification", "regression"):
+        return ScaleChoice(choices[0])
+    if len(y) < _MINIMUM_ROWS:
+        return ScaleChoice(choices[0], how=f"too few training rows to compare ({len(y)})")
+    rows = np.arange(min(len(y), VALIDATION_ROWS))
+    first = table.take(rows)
+    scores, fitted = {}, {}
+    for scale in choices:
+        preprocessor, estimator = model(scale)
+        fitted[scale] = estimator
+        try:
+            with warnings.catch_warnings():
+                warnings.simplefilter("ignore")
+                estimator.fit(preprocessor.fit_transform(first, y[rows]), y[rows])
+            value = float(estimator.metrics().get("f1" if task == "classification" else "r2",
+                                                  -np.inf))  # fmt: skip
+        except (SidecarError, ValueError, TypeError, ArithmeticError):
+            value = -np.inf
+        scores[scale] = value if np.isfinite(value) else -np.inf
+    how = f"progressive validation on the first {len(rows):,} rows"
+    choice = choose(choices, scores, how)
+    if len(rows) < len(y) or not np.isfinite(scores[choice.scale]):
+        return choice
+    return ScaleChoice(choice.scale, choice.scores, how, fitted=fitted[choice.scale])
 
 
 def _folds(task: str, y: np.ndarray, seed: int) -> list[tuple[np.ndarray, np.ndarray]]:

@@ -25,10 +25,12 @@ from pathlib import Path
 from typing import Any
 
 import duckdb
+import pyarrow as pa
 
 from mirror.errors import SidecarError, TrainingError
 from mirror.registry import ModelRecord, Project, Registry, Snapshot, name_collision
 from trainer import algorithms, column_roles
+from trainer.challenge import RECENT_STRATEGY, RecentRows, compare
 from trainer.deploy import beats, choose, deployment_stack
 from trainer.fit import SEARCHES, FitJob, FitResult
 from trainer.model import Model, load_model
@@ -53,6 +55,7 @@ DEFAULT_SEED = 0
 DEFAULT_TIME_LIMIT_S = 3600.0
 """A training that runs longer is stopped: the default of the sidecar's training_time_limit."""
 _UNSUPERVISED = ("clustering", "decomposition")
+_NO_ROWS = pa.table({})
 
 
 @dataclass(frozen=True, slots=True)
@@ -132,6 +135,8 @@ class Trainer:
         """Models that keep learning in this process, by id: used instead of their files."""
         self.generation = 0
         """Bumped at every deployment, so a cache of deployed models knows to look again."""
+        self.recent_rows: RecentRows | None = None
+        """The monitor's recent labelled rows, for the ``best_recent_score`` strategy."""
         self.settings_generation = 0
         """Bumped when a schedule or the retrain-on-drift setting of a project changes."""
         remove_orphans(self.home, self.registry.artifact_paths())
@@ -300,7 +305,7 @@ class Trainer:
 
         model_path = self.home / "models" / f"{uuid.uuid4().hex}.pickle"
         try:
-            if snapshot.num_rows == 0:
+            if snapshot.num_rows == 0 and not algorithms.is_online(algorithm):
                 raise TrainingError(
                     f"relation {snapshot.relation_name} has no rows to train on", sqlstate="22000"
                 )
@@ -450,6 +455,8 @@ class Trainer:
         model_id: int | None = None,
     ) -> DeployResult:
         """Deploy a model of ``project`` chosen by ``strategy``, or the model ``model_id``."""
+        if model_id is None and strategy == RECENT_STRATEGY:
+            return self._deploy_on_recent_rows(project, algorithm)
         registry = self.registry
         with registry.transaction():
             if model_id is not None:
@@ -479,6 +486,42 @@ class Trainer:
         if changed:
             self.generation += 1
         return DeployResult(found.name, strategy, model.algorithm, model.id, changed)
+
+    def _deploy_on_recent_rows(self, project: str | None, algorithm: str | None) -> DeployResult:
+        """Deploy the project's model (of ``algorithm``, if given) that scores highest on the
+        recent labelled rows the monitor saw, unless the deployed one scores as high; record
+        the scores in ``pgml.challenges``."""
+        if not project:
+            raise TrainingError("name a project to deploy, or a model id")
+        found = self._project(project)
+        if self.recent_rows is None:
+            raise TrainingError(
+                f"deployment strategy {RECENT_STRATEGY} scores models on the rows the running"
+                " sidecar's monitor sees change: use it through pgml-sidecar run",
+                sqlstate="55000",
+            )
+        rows = self.recent_rows(found.name, 0)
+        registry = self.registry
+        records = registry.models(found.id, algorithm=algorithm)
+        deployed = registry.deployed(found.id)
+        champion = self.model(deployed.id) if deployed is not None else None
+        others = [self.model(r.id) for r in records if deployed is None or r.id != deployed.id]
+        challenge = compare(
+            found.task, found.id, champion, others, rows if rows is not None else _NO_ROWS,
+            reason=f"pgml.deploy strategy {RECENT_STRATEGY}", after=0,
+        )  # fmt: skip
+        with registry.transaction():
+            registry.add_challenge(challenge)
+            if challenge.deployed:
+                registry.add_deployment(found.id, challenge.challenger_id, RECENT_STRATEGY)
+        if challenge.deployed:
+            self.generation += 1
+        chosen = challenge.challenger_id if challenge.deployed else challenge.champion_id
+        record = registry.model(chosen) if chosen is not None else None
+        assert record is not None
+        return DeployResult(
+            found.name, RECENT_STRATEGY, record.algorithm, record.id, challenge.deployed
+        )
 
     def _project(self, name: str) -> Project:
         project = self.registry.project(name)

@@ -3,7 +3,8 @@
 The processes come from a fork server started before the caller opens many threads, with the
 training modules already imported, so each fit starts in milliseconds. A worker that dies (out
 of memory, killed) fails only the fit it was running; the next fit gets a new process. A fit
-has a time limit: past it, its process is killed and another started in its place.
+has a time limit: past it, its process is killed and another started in its place. A caller
+may also cancel its fit (:func:`cancelled_by`): the same happens at once.
 
 Nothing the worker runs outlives the sidecar (:mod:`trainer.lifeline`): the fork server and
 the worker die with their parent, and a fit's parallel work (``n_jobs``) runs in threads of the
@@ -17,11 +18,13 @@ import multiprocessing.forkserver
 import queue
 import sys
 import threading
+import time
 from collections import deque
 from collections.abc import Callable, Iterator
 from concurrent.futures import Future, ProcessPoolExecutor, wait
 from concurrent.futures.process import BrokenProcessPool
 from contextlib import contextmanager
+from contextvars import ContextVar
 from typing import Any
 
 from mirror.errors import TrainingError
@@ -101,6 +104,33 @@ class FitTimeLimit(TrainingError):
     def __init__(self, limit: float) -> None:
         super().__init__(f"the fit ran past its time limit of {limit:g} s and was stopped")
         self.limit = limit
+
+
+class FitCancelled(TrainingError):
+    """The caller cancelled the fit (``reason``, as :func:`cancelled_by`'s test gave it): its
+    process was killed."""
+
+    sqlstate = "57014"
+
+    def __init__(self, reason: str) -> None:
+        super().__init__(f"the fit was cancelled ({reason}) and stopped")
+        self.reason = reason
+
+
+CANCEL_TICK = 0.1
+"""Seconds between two looks at whether a fit's caller cancelled it."""
+_cancelled: ContextVar[Callable[[], str | None] | None] = ContextVar("fit_cancelled", default=None)
+
+
+@contextmanager
+def cancelled_by(test: Callable[[], str | None]) -> Iterator[None]:
+    """Fits run by this thread inside are cancelled as soon as ``test()`` gives a reason (every
+    :data:`CANCEL_TICK`): their process is killed and :class:`FitCancelled` raised."""
+    token = _cancelled.set(test)
+    try:
+        yield
+    finally:
+        _cancelled.reset(token)
 
 
 class _Process:
@@ -209,9 +239,7 @@ class FitWorker:
             with self._changed:
                 self._check_open()
                 future = process.submit(job)
-            if not wait([future], timeout=time_limit).done:
-                self._kill(process)
-                raise FitTimeLimit(time_limit or 0.0)
+            self._wait(process, future, time_limit, _cancelled.get())
             return future.result()
         except BrokenProcessPool:
             with self._changed:
@@ -226,6 +254,28 @@ class FitWorker:
                 " fewer rows or a lighter algorithm",
                 sqlstate="53200",
             ) from None
+
+    def _wait(
+        self,
+        process: _Process,
+        future: Future[FitResult],
+        time_limit: float | None,
+        cancelled: Callable[[], str | None] | None,
+    ) -> None:
+        """Wait for ``future``; kill its process past ``time_limit`` or once ``cancelled``."""
+        deadline = None if time_limit is None else time.monotonic() + time_limit
+        while True:
+            left = None if deadline is None else max(0.0, deadline - time.monotonic())
+            tick = left if cancelled is None else min(CANCEL_TICK, left or CANCEL_TICK)
+            if wait([future], timeout=tick).done:
+                return
+            reason = cancelled() if cancelled is not None else None
+            if reason:
+                self._kill(process)
+                raise FitCancelled(reason)
+            if deadline is not None and time.monotonic() >= deadline:
+                self._kill(process)
+                raise FitTimeLimit(time_limit or 0.0)
 
     def _kill(self, process: _Process) -> None:
         """Kill the process of a fit past its limit, and start its successor now."""

@@ -7,6 +7,7 @@ from pathlib import Path
 import duckdb
 import pyarrow as pa
 
+from mirror.change_log import rows_in_change_order
 from mirror.changes import Column, Inserts, Relation, Tuples
 from mirror.duckdb_sql import META
 from mirror.store import Mirror
@@ -60,3 +61,19 @@ def test_a_log_of_json_keys_is_converted_on_open(mirror_path: Path) -> None:
         assert kind == ("BLOB",)
     finally:
         mirror.close()
+
+
+def test_rows_come_back_in_the_order_of_their_last_change(mirror_path: Path) -> None:
+    con = duckdb.connect(str(mirror_path))
+    try:
+        con.execute("create table t (a bigint, b varchar, v double, primary key (a, b))")
+        con.execute("insert into t select i % 7, 'k' || (i // 7), i from range(70) r(i)")
+        touched = [(3, "k1"), (1, "k0"), (2, "k9"), (1, "k0"), (6, "k4"), (5, "k5")]
+        keys = pa.table({"a": [str(a) for a, _ in touched], "b": [b for _, b in touched]})
+        rows = rows_in_change_order(con, "main", "t", keys, ["a", "b", "v"])
+        assert list(zip(rows["a"].to_pylist(), rows["b"].to_pylist(), strict=True)) == [
+            (3, "k1"), (2, "k9"), (1, "k0"), (6, "k4"), (5, "k5"),
+        ]  # fmt: skip
+        assert rows["v"].to_pylist() == [10.0, 65.0, 1.0, 34.0, 40.0]
+    finally:
+        con.close()

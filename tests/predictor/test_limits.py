@@ -41,6 +41,7 @@ from tests.predictor.raw_client import (
     ssl_request,
     startup,
 )
+from tests.trainer.test_time_limit import leftovers
 from trainer.train import Trainer
 
 PASSWORD = "limits are freedom"
@@ -221,7 +222,7 @@ def test_authentication_timeout_is_checked(mirror: Mirror, trainer: Trainer) -> 
     for value in ("0", "601", "ten seconds", "10 parsecs"):
         with pytest.raises(ConfigError, match="authentication_timeout"):
             SqlEndpoint(EndpointSettings(authentication_timeout=value), mirror.con, trainer)
-    with pytest.raises(ConfigError, match=r'statement_timeout: invalid value .*"5 sec"'):
+    with pytest.raises(ConfigError, match=r'"statement_timeout": "5 sec"; give a time such as'):
         SqlEndpoint(EndpointSettings(statement_timeout="5 sec"), mirror.con, trainer)
 
 
@@ -689,3 +690,57 @@ def test_sql_nested_too_deeply_is_refused_and_the_endpoint_lives(
             conn.execute(deep + " where %s", [True])  # the extended protocol: at Parse
         assert conn.execute("select 1").fetchone() == (1,)
     assert query_works(endpoint) < 5
+
+
+GRID_SEARCH = (
+    "select * from pgml.train('Grid', 'classification', 'pgml.iris', 'target', 'random_forest',"
+    " search => 'grid', search_params => '{\"n_estimators\": [1000, 2000, 4000],"
+    ' "max_depth": [null, 3, 6]}\')'
+)
+"""Minutes of fitting on two cores."""
+
+
+def fitting(trainer: Trainer) -> bool:
+    """Whether a training is under way: a snapshot or model file no registry row names."""
+    return bool(leftovers(trainer))
+
+
+def test_a_training_stops_at_the_timeout_a_cancel_and_a_hang_up(
+    endpoint: SqlEndpoint, trainer: Trainer
+) -> None:
+    with connect(endpoint) as conn:
+        conn.execute("select * from pgml.load_dataset('iris')")
+        small = "select * from pgml.train('Small', 'classification', 'pgml.iris', 'target')"
+        conn.execute(small)  # the worker's processes are up, as run and serve start them
+        conn.execute("set statement_timeout = '1s'")
+        started = time.monotonic()
+        with pytest.raises(psycopg.errors.QueryCanceled, match="due to statement timeout"):
+            conn.execute(GRID_SEARCH)
+        assert time.monotonic() - started < 5
+        conn.execute("set statement_timeout = 0")
+        assert trainer.registry.project("Grid") is None
+
+        def cancel_soon() -> None:
+            wait_for(lambda: fitting(trainer), timeout=30)
+            conn.cancel_safe()
+
+        canceller = threading.Thread(target=cancel_soon)
+        canceller.start()
+        started = time.monotonic()
+        with pytest.raises(psycopg.errors.QueryCanceled, match="due to user request"):
+            conn.execute(GRID_SEARCH)
+        canceller.join()
+        assert time.monotonic() - started < 30
+        assert conn.execute("select 1").fetchone() == (1,)  # the session goes on
+
+    client = RawClient(endpoint.port)
+    client.login()
+    client.send(query(GRID_SEARCH))
+    wait_for(lambda: fitting(trainer), timeout=30)
+    busy = trainer.worker.pids()
+    client.close()
+    wait_for(lambda: not fitting(trainer), timeout=10)  # the snapshot is gone: it stopped
+    assert trainer.registry.project("Grid") is None
+    assert busy - trainer.worker.pids(), "no fit process was killed"
+    with connect(endpoint) as conn:  # and the next training works
+        assert conn.execute(small).fetchall()[0][:2] == ("Small", "classification")

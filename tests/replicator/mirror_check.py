@@ -102,6 +102,16 @@ def wait_for(condition: Callable[[], bool], *, timeout: float = 30.0, what: str 
         time.sleep(0.05)
 
 
+def holds_for(condition: Callable[[], bool], *, seconds: float, what: str = "") -> None:
+    """Check ``condition`` every 0.2 s for ``seconds``; fail the test the first time it fails."""
+    deadline = time.monotonic() + seconds
+    while time.monotonic() < deadline:
+        assert condition(), (
+            f"{what or condition} ended after {seconds - (deadline - time.monotonic()):.1f}s"
+        )
+        time.sleep(0.2)
+
+
 def slot_confirmed(dsn: str, slot: str = "pgml_sidecar") -> int:
     with psycopg.connect(dsn) as conn:
         row = conn.execute(

@@ -97,3 +97,32 @@ def test_json_of_odd_shapes_is_a_dead_letter_and_the_stream_goes_on(mirror_path:
     assert all("not a Debezium change event" in reason for _, reason in letters), letters
     assert rows == [(7, "seven")]
     assert stored == {(TOPIC, 0): len(odd) + 1}
+
+
+def test_a_batch_too_big_for_the_memory_limit_is_committed_in_halves(mirror_path: Path) -> None:
+    # A batch budget far above the memory limit: DuckDB runs out before the budget does.
+    replicator = KafkaReplicator(
+        KafkaSettings(
+            "127.0.0.1:9", "p", mirror_path, tables=["public.t"], memory_limit="16MB",
+            batch_bytes=1 << 30,
+        )
+    )  # fmt: skip
+    count = 100_000
+    try:
+        apply(
+            replicator,
+            [
+                message(0, i, event(V1, {"id": i, "a": "x" * 200}, 100 + i), key=i)
+                for i in range(count)
+            ],
+        )
+        con = replicator.mirror.con
+        rows = con.execute("select count(*), count(distinct id) from public.t").fetchone()
+        dead = con.execute("select count(*) from _pgml_sidecar.dead_letters").fetchone()
+        stored = replicator.mirror.kafka_offsets()
+    finally:
+        replicator.close()
+    assert replicator.stats.memory_retries >= 1
+    assert rows == (count, count)
+    assert dead == (0,)
+    assert stored == {(TOPIC, 0): count}

@@ -6,7 +6,7 @@ import struct
 
 import pytest
 
-from mirror.changes import Deletes, Inserts, SchemaChange, Truncate, Updates
+from mirror.changes import Deletes, Inserts, SchemaChange, Truncate, Updates, in_order
 from replicator import pgoutput as po
 
 
@@ -80,7 +80,7 @@ def test_consecutive_inserts_become_one_run_with_nulls():
     assert run.rows.values.to_pydict() == {"id": ["1", "2", "3"], "name": ["ann", None, ""]}
 
 
-def test_runs_break_on_kind_and_keep_order():
+def test_one_change_per_kind_and_seq_keeps_the_order():
     decoder = po.Decoder()
     changes = decoder.decode(
         [
@@ -93,14 +93,43 @@ def test_runs_break_on_kind_and_keep_order():
         ]
     )
     kinds = [type(c).__name__ for c in changes]
-    assert kinds == ["SchemaChange", "Inserts", "Updates", "Updates", "Deletes", "Inserts"]
-    assert changes[2].old is None  # type: ignore[union-attr]
-    keyed = changes[3]
+    assert kinds == ["SchemaChange", "Inserts", "Updates", "Updates", "Deletes"]
+    inserts, plain, keyed, deletes = changes[1:]
+    assert isinstance(inserts, Inserts)
+    assert inserts.rows.values.column("name").to_pylist() == ["a", "ü€"]
+    assert inserts.seq is not None and inserts.seq.tolist() == [1, 5]
+    assert isinstance(plain, Updates) and plain.old is None
     assert isinstance(keyed, Updates) and keyed.old is not None
     assert keyed.old.values.column("id").to_pylist() == ["1"]
     assert keyed.rows.values.column("id").to_pylist() == ["2"]
-    assert isinstance(changes[4], Deletes)
-    assert changes[5].rows.values.column("name").to_pylist() == ["ü€"]  # type: ignore[union-attr]
+    assert isinstance(deletes, Deletes) and deletes.seq is not None
+    assert deletes.seq.tolist() == [4]
+    runs = in_order([c for c in changes if not isinstance(c, SchemaChange)])  # type: ignore[misc]
+    assert [(type(r).__name__, r.seq.tolist()) for r in runs] == [  # type: ignore[union-attr]
+        ("Inserts", [1]),
+        ("Updates", [2]),
+        ("Updates", [3]),
+        ("Deletes", [4]),
+        ("Inserts", [5]),
+    ]
+    assert runs[4].rows.values.column("name").to_pylist() == ["ü€"]  # type: ignore[union-attr]
+
+
+def test_interleaved_small_transactions_make_one_change_per_table_and_kind():
+    accounts = relation_message(16385, "public", "accounts", [("id", 23, True), ("n", 23, False)])
+    decoder = po.Decoder()
+    decoder.decode([USERS, accounts])
+    messages = []
+    for i in range(3000):
+        messages += [update(16385, [str(i % 7), str(i)]), insert(16384, [str(i), "u"])]
+    changes = decoder.decode(messages)
+    updates, inserts = changes
+    assert isinstance(updates, Updates) and isinstance(inserts, Inserts)
+    assert updates.seq is not None and inserts.seq is not None
+    assert updates.seq[:3].tolist() == [2, 4, 6]  # two relation messages came before
+    assert inserts.seq[:3].tolist() == [3, 5, 7]
+    assert inserts.rows.values.column("id").to_pylist() == [str(i) for i in range(3000)]
+    assert decoder.decode([insert(16384, ["x", "y"])])[0].seq.tolist() == [6002]  # type: ignore[union-attr]
 
 
 def test_unchanged_toast_is_marked_not_null():

@@ -2,18 +2,20 @@
 
 from __future__ import annotations
 
+import random
 from pathlib import Path
+from typing import Any
 
 import psycopg
 import pytest
 
-from replicator import stream_session
 from tests.replicator.mirror_check import (
     Running,
     assert_same_rows,
     catch_up,
     current_lsn,
     execute,
+    holds_for,
     mirror_columns,
     mirror_rows,
     query,
@@ -184,11 +186,9 @@ def test_table_without_primary_key_uses_replica_identity_full(source_dsn: str, m
 
 
 @pytest.mark.parametrize("spool", [False, True], ids=["in-memory", "spooled"])
-def test_large_transactions_stream_before_commit(
-    source_dsn: str, mirror_path: Path, spool: bool, monkeypatch: pytest.MonkeyPatch
-):
-    if spool:
-        monkeypatch.setattr(stream_session._StreamedTransaction, "memory_budget", 0)
+def test_large_transactions_stream_before_commit(source_dsn: str, mirror_path: Path, spool: bool):
+    # A transaction keeps a batch's bytes decoded in memory, and spools the rest.
+    options: dict[str, Any] = {"batch_bytes": 4096} if spool else {}
     dbname = psycopg.conninfo.conninfo_to_dict(source_dsn)["dbname"]
     execute(
         source_dsn,
@@ -206,7 +206,7 @@ def test_large_transactions_stream_before_commit(
         "insert into big values (50000, 'after')",
         "update big set v = 'streamed without subtransactions' where id % 3 = 0",
     )
-    catch_up(source_dsn, mirror_path)
+    catch_up(source_dsn, mirror_path, **options)
     assert assert_same_rows(source_dsn, mirror_path, "public.big", "id") == 20001
     with psycopg.connect(source_dsn) as conn:
         row = conn.execute(
@@ -306,6 +306,41 @@ def test_batch_size_does_not_change_the_result(
     assert assert_same_rows(source_dsn, mirror_path, "public.m", "id") == 91
 
 
+ONE_F_ROW = "{} where ctid = (select ctid from f where a = %s order by b limit 1)"
+
+
+def test_small_transactions_across_tables_apply_in_their_order(source_dsn: str, mirror_path: Path):
+    execute(
+        source_dsn,
+        "create table k (id int primary key, v text)",
+        "create table f (a int, b text)",
+        "alter table f replica identity full",
+    )
+    catch_up(source_dsn, mirror_path, ["k", "f"])
+    rng = random.Random(14)
+    with psycopg.connect(source_dsn, autocommit=True) as conn:
+        for i in range(600):  # one batch of interleaved runs, each key touched many times
+            key, other = rng.randrange(8), rng.randrange(8)
+            with conn.transaction():
+                conn.execute(
+                    "insert into k values (%s, %s) on conflict (id) do update set v = excluded.v",
+                    [key, f"v{i}"],
+                )
+                conn.execute("insert into f values (%s, %s)", [key, f"b{i % 3}"])
+                if i % 3 == 0:
+                    conn.execute("delete from k where id = %s", [other])
+                    conn.execute(ONE_F_ROW.format("update f set b = %s"), [f"u{i}", other])
+                if i % 5 == 0:
+                    conn.execute(ONE_F_ROW.format("delete from f"), [key])
+                    conn.execute("update k set id = id + 10 where id = %s", [other])
+                    conn.execute("delete from k where id >= 10")
+    stats = catch_up(source_dsn, mirror_path, behind_after=3600, max_delay=60)
+    assert stats.transactions == 600
+    assert stats.batches < 60  # many transactions to a batch
+    assert assert_same_rows(source_dsn, mirror_path, "public.k", "id") > 0
+    assert assert_same_rows(source_dsn, mirror_path, "public.f", "a, b") > 100
+
+
 def test_a_long_copy_while_streaming_keeps_the_connection(source_dsn: str, mirror_path: Path):
     dbname = psycopg.conninfo.conninfo_to_dict(source_dsn)["dbname"]
     execute(
@@ -331,3 +366,54 @@ def test_a_long_copy_while_streaming_keeps_the_connection(source_dsn: str, mirro
     assert query(mirror_path, "select count(*), count(r) from public.wide") == [
         (3_000_001, 3_000_001)
     ]
+
+
+def test_the_server_hears_from_a_replicator_held_up_longer_than_its_timeout(
+    source_dsn: str, mirror_path: Path
+):
+    dbname = psycopg.conninfo.conninfo_to_dict(source_dsn)["dbname"]
+    execute(
+        source_dsn,
+        f"alter database \"{dbname}\" set wal_sender_timeout = '2s'",
+        "create table held (id int primary key, v text)",
+        "insert into held values (1, 'one')",
+    )
+    catch_up(source_dsn, mirror_path, ["held"])
+    with (
+        Running(source_dsn, mirror_path, ["held"]) as running,
+        psycopg.connect(source_dsn, autocommit=True) as open_transaction,
+    ):
+        wait_for(lambda: streaming(source_dsn), what="the replicator to stream")
+        open_transaction.execute("begin")
+        open_transaction.execute("select pg_current_xact_id()")
+        execute(
+            source_dsn,
+            # The mirror copies the table again, under a slot whose creation waits for every
+            # transaction open now: the replicator is held up until the test commits.
+            "alter table held add column r float default random()",
+            "insert into held values (2, 'two', 0.5)",
+        )
+        wait_for(lambda: copy_slot_waits(source_dsn), what="the copy to wait")
+        holds_for(  # three times wal_sender_timeout
+            lambda: streaming(source_dsn), seconds=6, what="the stream of a held-up replicator"
+        )
+        open_transaction.execute("commit")
+        target = current_lsn(source_dsn)
+        wait_for(lambda: slot_confirmed(source_dsn) >= target, what="the copy")
+        stats = running.stop()
+    assert stats.reconnects == 0
+    assert query(mirror_path, "select id, v, r is not null from public.held order by id") == [
+        (1, "one", True),
+        (2, "two", True),
+    ]
+
+
+def copy_slot_waits(dsn: str) -> bool:
+    """Whether a walsender creating a slot waits for a transaction to end."""
+    with psycopg.connect(dsn) as conn:
+        row = conn.execute(
+            "select count(*) from pg_locks l join pg_stat_activity a using (pid)"
+            " where l.locktype = 'transactionid' and not l.granted"
+            " and a.backend_type = 'walsender'"
+        ).fetchone()
+    return bool(row and row[0])

@@ -51,7 +51,7 @@ def test_bad_files_and_values(tmp_path: Path) -> None:
         config.load({}, write(tmp_path, "prot = 1\n"))
     with pytest.raises(ConfigError, match="not valid TOML"):
         config.load({}, write(tmp_path, "port = \n"))
-    with pytest.raises(ConfigError, match="must be int"):
+    with pytest.raises(ConfigError, match="must be a whole number, not 'many'; give"):
         config.load({}, write(tmp_path, 'port = "many"\n'))
     with pytest.raises(ConfigError, match="cannot read the config file"):
         config.load({}, str(tmp_path / "missing.toml"))

@@ -191,7 +191,7 @@ def test_train_takes_postgresmls_arguments_and_says_what_it_left_out(
          "--metrics-port", str(daemon.metrics_server.port)],
         capture_output=True, text=True, check=True,
     ).stdout  # fmt: skip
-    assert f"project: Plans: train done, model {model_id}\n" in shown
+    assert f"project: Plans: train done, model {model_id};" in shown  # and what is deployed
     assert "\n         notice: column 'id' left out of the features: the primary key" in shown
 
 

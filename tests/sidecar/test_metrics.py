@@ -17,7 +17,13 @@ import pytest
 import yaml
 
 from mirror.errors import ConfigError
-from sidecar.metrics import CHANGE_OPS, Metrics, MetricsServer
+from sidecar.metrics import (
+    CHANGE_OPS,
+    REPLICATION_LAG_ALERT_SECONDS,
+    RETAINED_WAL_ALERT_BYTES,
+    Metrics,
+    MetricsServer,
+)
 
 DEPLOY = Path(__file__).resolve().parents[2] / "deploy"
 
@@ -147,6 +153,16 @@ def test_new_project_counters_start_at_zero() -> None:
     assert 'pgml_sidecar_predictions_total{project="churn"} 0.0' in text
 
 
+def test_model_scores_are_the_deployed_models() -> None:
+    m = Metrics()
+    m.show_scores("churn", {"f1": 0.9, "log_loss": 0.3})
+    m.show_scores("churn", {"f1": 0.8, "accuracy": 0.85})  # another model deployed
+    text = m.exposition().decode()
+    assert 'pgml_sidecar_model_score{metric="f1",project="churn"} 0.8' in text
+    assert 'pgml_sidecar_model_score{metric="accuracy",project="churn"} 0.85' in text
+    assert "log_loss" not in text
+
+
 def test_healthz_ok_and_not_ok(server: MetricsServer, health_report: dict[str, Any]) -> None:
     url = f"http://127.0.0.1:{server.port}/healthz"
     status, content_type, body = get(url)
@@ -216,10 +232,52 @@ def test_alert_rules_pass_promtool(promtool: str) -> None:
 
 
 def test_alert_rules_fire_as_tested(promtool: str) -> None:
-    """alerts_test.yml: retained WAL, replicator down and absent, failed training, lag."""
+    """alerts_test.yml: every alert, each from a restart of the sidecar."""
     tested = run_promtool(promtool, "test", "rules", "alerts_test.yml")
     assert tested.returncode == 0, tested.stdout + tested.stderr
     assert "SUCCESS" in tested.stdout
+
+
+def test_each_alert_is_tested_firing_after_a_restart() -> None:
+    """A test of each alert whose series go stale (the old process stops) and come back, and
+    which expects the alert to fire."""
+    rules = yaml.safe_load((DEPLOY / "prometheus" / "alerts.yml").read_text())["groups"][0]
+    tests = yaml.safe_load((DEPLOY / "prometheus" / "alerts_test.yml").read_text())["tests"]
+    restarted = {
+        check["alertname"]
+        for test in tests
+        if any("stale" in series["values"].split() for series in test["input_series"])
+        for check in test["alert_rule_test"]
+        if check["exp_alerts"]
+    }
+    alerts = {rule["alert"] for rule in rules["rules"]}
+    assert alerts <= restarted, alerts - restarted
+
+
+def test_status_judges_by_the_alerts_thresholds() -> None:
+    rules = yaml.safe_load((DEPLOY / "prometheus" / "alerts.yml").read_text())["groups"][0]
+    exprs = {rule["alert"]: rule["expr"] for rule in rules["rules"]}
+
+    def threshold(alert: str) -> float:
+        number = re.fullmatch(r"[a-z_]+ > ([0-9 *^]+)", exprs[alert].strip())
+        assert number is not None, exprs[alert]
+        return float(eval(number.group(1).replace("^", "**")))  # digits, * and ^ only
+
+    assert threshold("PgmlSidecarReplicationLagHigh") == REPLICATION_LAG_ALERT_SECONDS
+    assert threshold("PgmlSidecarRetainedWalHigh") == RETAINED_WAL_ALERT_BYTES
+
+
+def test_alert_texts_say_where_to_look() -> None:
+    rules = yaml.safe_load((DEPLOY / "prometheus" / "alerts.yml").read_text())["groups"][0]
+    described = {rule["alert"]: rule["annotations"]["description"] for rule in rules["rules"]}
+    failed = described["PgmlSidecarTrainingFailed"]
+    for where in ("leaves no row in pgml.models", "pgml-sidecar status",
+                  "pgml.training_requests", "journalctl -u pgml-sidecar"):  # fmt: skip
+        assert where in failed, where
+    assert "pgml.drift_events" in described["PgmlSidecarDriftDetected"]
+    assert "last line of its log" in described["PgmlSidecarAbsent"]
+    assert "parts.replicator.last_error" in described["PgmlSidecarReplicatorDown"]
+    assert "_pgml_sidecar.dead_letters" in described["PgmlSidecarDeadLetters"]
 
 
 def test_alert_rules_cover_the_required_cases() -> None:
@@ -234,6 +292,7 @@ def test_alert_rules_cover_the_required_cases() -> None:
         "absent(pgml_sidecar_replicator_up)",
         'pgml_sidecar_training_runs_total{status="failed"}',
         "pgml_sidecar_writeback_lag_seconds",
+        "pgml_sidecar_tables_without_replica_identity > 0",
     ):
         assert needle in exprs, needle
     for rule in rules:

@@ -103,7 +103,7 @@ def test_online_model_learns_through_a_concept_shift(daemon: Daemon, source_dsn:
     assert 2000 <= errors[0].rows <= 2000 + 1500, errors[0]
 
     with psycopg.connect(
-        f"host=127.0.0.1 port={daemon.endpoint.port} user=pgml dbname=pgml"
+        f"host=127.0.0.1 port={daemon.endpoint.port} user=postgres dbname=pgml"
     ) as endpoint:
         progress = endpoint.execute(
             "select rows_learned, metrics from pgml.progress where model_id = %s order by id",
@@ -191,7 +191,7 @@ def test_a_feature_shift_without_labels_is_psi_not_error_drift(
     wait_for(lambda: any(e.detector == "psi" for e in events), timeout=60, what="PSI")
     assert {(e.detector, e.feature) for e in events} == {("psi", "x")}
     with psycopg.connect(
-        f"host=127.0.0.1 port={daemon.endpoint.port} user=pgml dbname=pgml"
+        f"host=127.0.0.1 port={daemon.endpoint.port} user=postgres dbname=pgml"
     ) as endpoint:
         stored = endpoint.execute(
             "select project, detector, feature from pgml.drift_events"
@@ -215,7 +215,7 @@ def test_rows_arriving_while_an_online_model_trains_are_learned(
         assert "Eager" not in daemon.monitor.watches
     wait_for(lambda: result.model_id in daemon.trainer.live, what="the model to go live")
     model = daemon.trainer.live[result.model_id]
-    expected = 750 + 600  # the training split of the 1,000 snapshot rows, then the new ones
+    expected = 1000 + 600  # the 1,000 snapshot rows (none held out), then the new ones
     wait_for(lambda: model.estimator.rows_learned >= expected, timeout=60,
              what="every row after the snapshot to be learned")  # fmt: skip
     assert model.estimator.rows_learned == expected
@@ -234,7 +234,7 @@ def test_a_killed_learner_resumes_from_the_checkpoint_learning_each_row_once(
     watch = daemon.monitor.watches["Sturdy"]
     wait_for(
         lambda: (
-            daemon.trainer.live[result.model_id].estimator.rows_learned == 750 + 800
+            daemon.trainer.live[result.model_id].estimator.rows_learned == 1000 + 800
             and not watch.unsynced
             and watch.learned_since_checkpoint > 0
         ),
@@ -245,7 +245,7 @@ def test_a_killed_learner_resumes_from_the_checkpoint_learning_each_row_once(
     assert learner is not None and learner.is_alive()
     os.kill(learner.pid, signal.SIGKILL)
     insert(source_dsn, 1801, 2400, shifted=False, chunk=100)
-    expected = 750 + 1400  # the training split of the 1,000 snapshot rows, then the new ones
+    expected = 1000 + 1400  # the 1,000 snapshot rows (none held out), then the new ones
     wait_for(
         lambda: (
             (model := daemon.trainer.live.get(result.model_id)) is not None

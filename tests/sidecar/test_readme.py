@@ -41,8 +41,12 @@ def code_block(text: str, *, after: str, language: str) -> str:
 
 
 def commands(block: str) -> list[list[str]]:
-    """Each command of a shell block, its continuation lines joined, split as sh does."""
-    return [shlex.split(line) for line in block.replace("\\\n", " ").splitlines() if line.strip()]
+    """Each command of a shell block, continuation lines joined, split as sh does (no comments)."""
+    return [
+        shlex.split(line, comments=True)
+        for line in block.replace("\\\n", " ").splitlines()
+        if line.strip()
+    ]
 
 
 def statements(block: str) -> list[str]:
@@ -92,7 +96,8 @@ def test_running_it_for_real_as_the_readme_says(source_dsn: str, tmp_path: Path)
     text = README.read_text()
     steps = commands(code_block(text, after="## Running it for real", language="sh"))
     assert [step[:2] for step in steps] == [
-        ["pgml-sidecar", "init"], ["pgml-sidecar", "run"], ["pgml-sidecar", "status"]
+        ["pgml-sidecar", "init"], ["pgml-sidecar", "run"], ["pgml-sidecar", "status"],
+        ["pgml-sidecar", "uninstall"],
     ]  # fmt: skip
     assert all(EXAMPLE_DSN in step for step in steps) and EXAMPLE_MIRROR in steps[1]
     headline = statements(code_block(text, after="", language="sql"))
@@ -103,7 +108,7 @@ def test_running_it_for_real_as_the_readme_says(source_dsn: str, tmp_path: Path)
     with psycopg.connect(source_dsn, autocommit=True) as conn:
         create_customers(conn)
     mirror = tmp_path / "mirror.duckdb"
-    init, run, status = (as_here(step, source_dsn, mirror) for step in steps)
+    init, run, status, uninstall = (as_here(step, source_dsn, mirror) for step in steps)
     endpoint_port, metrics_port = free_port(), free_port()
     env = os.environ | {
         "PGML_SIDECAR_PORT": str(endpoint_port),
@@ -165,3 +170,12 @@ def test_running_it_for_real_as_the_readme_says(source_dsn: str, tmp_path: Path)
 
         daemon.send_signal(signal.SIGTERM)
         assert daemon.wait(timeout=60) == 0, log.read_text()[-3000:]
+
+    # Leaving: uninstall says what it drops, asks, and drops it.
+    left = subprocess.run(
+        uninstall, env=env, input="y\n", capture_output=True, text=True, timeout=120, check=False
+    )
+    assert left.returncode == 0, left.stdout + left.stderr
+    assert one(source_dsn, "select count(*) from pg_replication_slots") == 0
+    assert one(source_dsn, "select to_regnamespace('pgml')") is None
+    assert not mirror.exists()

@@ -7,6 +7,7 @@ psycopg sessions. Every training killed here would otherwise fit for minutes.
 
 from __future__ import annotations
 
+import contextlib
 import subprocess
 import sys
 import threading
@@ -126,6 +127,19 @@ def test_pgml_train_refuses_a_limit_that_is_not_one(
 @pytest.fixture
 def daemon(source_dsn: str, mirror_path: Path) -> Iterator[Daemon]:
     """A daemon that lets a training run 4 s at most."""
+    with running_daemon(source_dsn, mirror_path, "4s") as running:
+        yield running
+
+
+@pytest.fixture
+def patient_daemon(source_dsn: str, mirror_path: Path) -> Iterator[Daemon]:
+    """A daemon that lets a training run 2 minutes."""
+    with running_daemon(source_dsn, mirror_path, "2min") as running:
+        yield running
+
+
+@contextlib.contextmanager
+def running_daemon(source_dsn: str, mirror_path: Path, limit: str) -> Iterator[Daemon]:
     execute(source_dsn, CREATE, FILL.format(lo=1, hi=ROWS))
     with psycopg.connect(source_dsn, autocommit=True) as conn:
         source_schema.install(conn)
@@ -136,7 +150,7 @@ def daemon(source_dsn: str, mirror_path: Path) -> Iterator[Daemon]:
             tables=["public.accounts"],
             port=0,
             metrics_port=0,
-            training_time_limit="4s",
+            training_time_limit=limit,
         )
     )
     running.start()
@@ -205,6 +219,23 @@ def test_a_training_past_its_limit_from_the_source_fails_and_the_next_one_runs(
     assert finished(source_dsn, again)[0] == "done"
 
 
+def test_two_projects_requests_run_side_by_side_and_one_projects_in_order(
+    patient_daemon: Daemon, source_dsn: str
+) -> None:
+    finished(source_dsn, one(source_dsn, SMALL.format(project="'Warm'")))  # processes up
+    with psycopg.connect(source_dsn, autocommit=True) as conn:
+        conn.execute("set pgml.training_time_limit = '10s'")
+        slow = conn.execute(SLOW.format(project="'Slow'")).fetchone()
+    after = one(source_dsn, SMALL.format(project="'Slow'"))  # the same project: waits for it
+    beside = one(source_dsn, SMALL.format(project="'Beside'"))  # another: does not
+    assert slow is not None
+    assert finished(source_dsn, beside)[0] == "done"
+    assert finished(source_dsn, slow[0])[0] == "failed"  # past its 10 s
+    assert finished(source_dsn, after)[0] == "done"
+    ended = {r: request_row(source_dsn, r)["finished_at"] for r in (slow[0], after, beside)}
+    assert ended[beside] < ended[slow[0]] < ended[after], ended
+
+
 @pytest.mark.parametrize("command", ["run", "serve"])
 def test_a_bad_training_time_limit_stops_the_start_with_one_line(
     command: str, tmp_path: Path
@@ -219,8 +250,9 @@ def test_a_bad_training_time_limit_stops_the_start_with_one_line(
     )  # fmt: skip
     assert done.returncode == 2, done.stderr
     assert done.stderr.strip().splitlines() == [
-        'error: invalid value for parameter "training_time_limit": "soon"; Valid units for this'
-        ' parameter are "us", "ms", "s", "min", "h", and "d".'
+        'error: invalid value for parameter "training_time_limit": "soon"; give a time such as'
+        ' \'30min\', \'2h\' or 0 (none) (valid units for this parameter are "us", "ms", "s",'
+        ' "min", "h", and "d")'
     ]
     assert not mirror.exists()
 

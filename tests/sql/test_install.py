@@ -159,13 +159,13 @@ def test_database_owner_installs_without_superuser_or_extensions(owner_dsn: str)
         source_schema.uninstall(conn)  # nothing left to drop: no error
 
 
-def test_install_without_create_on_the_database_says_what_to_grant(
+def test_install_without_create_on_the_database_says_what_to_run(
     source_dsn: str, role_name: str
 ) -> None:
     with psycopg.connect(source_dsn, autocommit=True) as conn:
         conn.execute(sql.SQL("create role {} login").format(sql.Identifier(role_name)))
     with psycopg.connect(as_user(source_dsn, role_name), autocommit=True) as conn:
-        with pytest.raises(SourceSetupError, match="GRANT CREATE ON DATABASE") as caught:
+        with pytest.raises(SourceSetupError, match="`pgml-sidecar init --print-sql`") as caught:
             source_schema.install(conn)
         assert role_name in str(caught.value)
         assert schemas(conn) == set()

@@ -99,7 +99,9 @@ def test_the_primary_key_is_not_a_feature_of_batch_or_online_models(
         record, model = trainer.model(result.model_id)
         assert [c.name for c in model.preprocessor.columns] == ["noise"]
         assert record.notes["left_out"] == {"id": LEFT_OUT["id"]}
-        assert result.metrics["f1"] < 0.6
+        if algorithm == "random_forest":  # an online model's metrics are progressive: over the
+            # rows in key order, where the label switches once, any model errs only for a while
+            assert result.metrics["f1"] < 0.6
         again = trainer.train(algorithm)  # the same snapshot: its key recorded with it
         assert [c.name for c in trainer.model(again.model_id)[1].preprocessor.columns] == ["noise"]
     snapshot = trainer.registry.snapshot(trainer.model(result.model_id)[0].snapshot_id)
@@ -178,10 +180,10 @@ def test_scaling_is_chosen_by_validation_on_the_training_rows(
     )
 
     # An online regression tree fits linear models in its leaves: River's scaler in front
-    # helps here, and cross-validation (each fold's rows learned in order) says so.
+    # helps here, and progressive validation over the first rows says so.
     tree = trainer.train("diabetes", algorithm="online_hoeffding_tree")
     record, model = trainer.model(tree.model_id)
     scale = record.notes["scale"]
-    assert scale["chosen"] == "standard" and scale["by"].startswith("3-fold cross-validation")
+    assert scale["chosen"] == "standard" and scale["by"].startswith("progressive validation")
     assert scale["scores"]["standard"] > scale["scores"]["preserve"]
-    assert model.estimator.scaled is True and tree.metrics["r2"] > 0.4
+    assert model.estimator.scaled is True and tree.metrics["r2"] > 0.3  # progressive; -0.01 raw

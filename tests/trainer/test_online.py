@@ -12,6 +12,7 @@ from sklearn.datasets import load_diabetes, load_iris
 from sklearn.model_selection import GridSearchCV
 
 from mirror.errors import TrainingError
+from tests.river_streams import learned_state, stream
 from trainer.algorithms import (
     algorithm_names,
     check_search_params,
@@ -273,3 +274,45 @@ def test_prediction_needs_learning_and_the_same_features() -> None:
     estimator.fit(np.zeros((3, 2)), np.zeros(3))
     with pytest.raises(TrainingError, match="2 features, not 3"):
         estimator.predict(np.zeros((1, 3)))
+
+
+# -- the same stream, the same model -------------------------------------------------------------
+
+
+@pytest.mark.parametrize(("name", "task"), PAIRS)
+def test_the_same_rows_give_the_same_model_however_they_are_batched(name: str, task: str) -> None:
+    """One batch or one row at a time: the pickles are equal, byte for byte (but for River's
+    unseeded sampling generators, see ``learned_state``)."""
+    data = stream("TrumpApproval" if task == "regression" else "Phishing", 200)
+    whole = make_estimator(name, task, FAST.get(name))
+    whole.partial_fit(data.x, data.y)
+    single = make_estimator(name, task, FAST.get(name))
+    for row in range(len(data.y)):
+        single.partial_fit(data.x[row : row + 1], data.y[row : row + 1])
+    assert learned_state(single) == learned_state(whole)
+
+
+RIVER_METRICS = {
+    "regression": {"mae": "MAE", "rmse": "RMSE", "r2": "R2"},
+    "classification": {"accuracy": "Accuracy", "f1": "MacroF1", "log_loss": "LogLoss"},
+}
+
+
+@pytest.mark.parametrize(
+    ("name", "task"), [("online_hoeffding_tree", "classification"), ("online_linear", "regression")]
+)
+def test_progressive_metrics_are_rivers_progressive_val_score(name: str, task: str) -> None:
+    from river import evaluate, metrics, preprocessing, tree
+    from river import linear_model as lm
+
+    data = stream("TrumpApproval" if task == "regression" else "Phishing", 400)
+    ours = make_estimator(name, task)
+    ours.partial_fit(data.x, data.y)
+    for key, metric in RIVER_METRICS[task].items():
+        model: Any = (
+            tree.HoeffdingTreeClassifier()
+            if task == "classification"
+            else preprocessing.StandardScaler() | lm.LinearRegression()
+        )
+        expected = evaluate.progressive_val_score(data.rows, model, getattr(metrics, metric)())
+        assert ours.progressive[key] == pytest.approx(expected.get(), abs=1e-9), key

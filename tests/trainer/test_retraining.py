@@ -2,12 +2,17 @@
 
 from __future__ import annotations
 
+import threading
+import time
 from datetime import UTC, datetime, timedelta
 
+import pyarrow as pa
 import pytest
 
 from mirror.errors import TrainingError
+from tests.replicator.mirror_check import wait_for
 from trainer.datasets import load_dataset
+from trainer.drift import DriftEvent
 from trainer.retraining import Retrainer
 from trainer.schedule import Schedule
 from trainer.train import Trainer
@@ -57,3 +62,54 @@ def test_bad_schedules_are_refused(trainer: Trainer) -> None:
         trainer.set_schedule("iris", "every day")
     with pytest.raises(TrainingError, match="does not exist"):
         trainer.set_schedule("nope", "0 3 * * *")
+
+
+def test_a_retrain_on_drift_is_judged_on_recent_rows(trainer: Trainer) -> None:
+    """The challenger waits for rows changed after its snapshot; it serves only if it scores
+    higher on them than the deployed model, and both scores are recorded."""
+    load_dataset(trainer.con, "iris")
+    first = trainer.train("iris", task="classification", relation="pgml.iris", y="target")
+    trainer.set_retrain_on_drift("iris", True)
+    rows = trainer.con.sql("select * from pgml.iris").to_arrow_table()
+    offered: list[pa.Table | None] = [None]
+    asked: list[int] = []
+
+    def recent(project: str, after: int) -> pa.Table | None:
+        asked.append(after)
+        return offered[0]
+
+    retrainer = Retrainer(trainer, recent_rows=recent, challenge_rows=100)
+    retrainer.drifted("iris", first.model_id, DriftEvent("adwin", None, 0.4, 0.002, 90, lsn=7))
+    stop = threading.Event()
+    thread = threading.Thread(target=retrainer.run, args=(stop,))
+    thread.start()
+    try:
+        wait_for(lambda: "iris" in retrainer.challengers, what="the challenger")
+        challenger = retrainer.challengers["iris"].result
+        assert not challenger.deployed and retrainer.results == []
+        wait_for(lambda: len(asked) >= 2, what="the rows to be asked for again")
+        assert retrainer.results == []  # no rows yet: it waits
+        offered[0] = rows  # the same model on the same rows: no better
+        wait_for(lambda: bool(retrainer.results), what="the judgement")
+    finally:
+        stop.set()
+        thread.join(timeout=30)
+    ((project, reason, result),) = retrainer.results
+    assert project == "iris" and reason == f"drift (adwin) of model {first.model_id}"
+    assert result is not None and result.model_id == challenger.model_id and not result.deployed
+    found = trainer.registry.project("iris")
+    assert found is not None
+    (challenge,) = trainer.registry.challenges(found.id)
+    assert (challenge.champion_id, challenge.challenger_id) == (first.model_id, result.model_id)
+    assert challenge.num_rows == rows.num_rows and not challenge.deployed
+    assert challenge.champion_metrics["f1"] == challenge.challenger_metrics["f1"] > 0.9
+    assert trainer.deployed_model("iris")[0].id == first.model_id
+    # asked again on drift once judged; with no rows at all by the deadline, none serves
+    offered[0] = None
+    retrainer.drifted("iris", first.model_id, DriftEvent("adwin", None, 0.4, 0.002, 95))
+    project, reason = retrainer.requests.get_nowait()
+    retrainer.retrain(project, reason, challenge=True)
+    assert retrainer.judge() == []
+    assert retrainer.judge(now=time.monotonic() + retrainer.challenge_seconds) == ["iris"]
+    assert not retrainer.results[-1][2].deployed  # type: ignore[union-attr]
+    assert trainer.deployed_model("iris")[0].id == first.model_id

@@ -230,7 +230,7 @@ def test_datasets_with_boolean_and_array_columns(trainer: Trainer) -> None:
     load_dataset(trainer.con, "digits")
     digits = trainer.train("digits", task="classification", relation="pgml.digits", y="target")
     assert digits.metrics["accuracy"] > 0.85
-    assert "roc_auc" not in digits.metrics  # ten classes
+    assert {"roc_auc", "log_loss"} <= digits.metrics.keys()  # ten classes, one-vs-rest
     _, model = trainer.model(digits.model_id)
     assert len(model.feature_names) == 64
     image = trainer.con.execute("select image, target from pgml.digits limit 1").fetchone()
@@ -384,11 +384,14 @@ def test_cli_train_and_deploy(tmp_path: Path, capsys: pytest.CaptureFixture[str]
 
 
 def test_cli_errors_exit_non_zero_without_traceback(tmp_path: Path) -> None:
-    missing = subprocess.run(
-        [sys.executable, "-m", "sidecar.cli", "train", "p", "--mirror", str(tmp_path / "m.db"),
-         "--task", "regression", "--relation", "public.nope", "--y", "y"],
-        capture_output=True, text=True, check=False,
-    )  # fmt: skip
+    train = [sys.executable, "-m", "sidecar.cli", "train", "p", "--mirror", str(tmp_path / "m.db"),
+             "--task", "regression", "--relation", "public.nope", "--y", "y"]  # fmt: skip
+    no_file = subprocess.run(train, capture_output=True, text=True, check=False)
+    assert no_file.returncode == 2
+    assert no_file.stderr.startswith(f"error: mirror {tmp_path / 'm.db'} does not exist;")
+    assert not (tmp_path / "m.db").exists()  # a mistyped path makes no empty mirror
+    Mirror(tmp_path / "m.db").close()
+    missing = subprocess.run(train, capture_output=True, text=True, check=False)
     assert missing.returncode == 1
     assert "\nerror: relation 'public.nope' does not exist" in missing.stderr
     assert "Traceback" not in missing.stderr
