@@ -121,16 +121,17 @@ def fit(job: FitJob) -> FitResult:
     if scale_choice.explicit(columns, job.preprocess):
         choice = ScaleChoice(choices[0], how="preprocess says how every column is scaled")
     else:
-        def model(scale: str) -> tuple[Preprocessor, Any]:
+
+        def candidate(scale: str) -> tuple[Preprocessor, Any]:
             return _model(job, options, scale)
 
         if online:
             choice = scale_choice.by_progressive_validation(
-                choices, task=job.task, table=train_rows, y=y_train, model=model
+                choices, task=job.task, table=train_rows, y=y_train, model=candidate
             )
         else:
             choice = scale_choice.by_cross_validation(
-                choices, task=job.task, seed=job.seed, table=train_rows, y=y_train, model=model
+                choices, task=job.task, seed=job.seed, table=train_rows, y=y_train, model=candidate
             )
     chosen = time.perf_counter()
     preprocessor = Preprocessor(**options, scale="preserve" if online else choice.scale)
@@ -138,6 +139,7 @@ def fit(job: FitJob) -> FitResult:
     x_test = preprocessor.transform(features.take(test)) if len(test) else x_train[:0]
     loaded = time.perf_counter()
 
+    results: list[dict[str, Any]]
     with warnings.catch_warnings(record=True) as caught:
         warnings.simplefilter("always")
         scaled = choice.scale == "standard" if online else None

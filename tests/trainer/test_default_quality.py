@@ -12,7 +12,8 @@ River, on all rows in the snapshot's order. The default must score within 2% of 
 of the two (f1 macro for classification, r2 for regression), but for the few pairs in
 KNOWN_GAPS, each held to its measured gap; for classification, one more test row wrong is also
 accepted (one of iris' 38 test rows is 2.6%). Batch algorithms whose result turns on their
-seed (perceptron, passive aggressive, SGD) are compared on the mean of five splits and seeds: on a few hundred rows one seed against another moves their score by 10%.
+seed (perceptron, passive aggressive, SGD) are compared on the mean of five splits and seeds:
+on a few hundred rows one seed against another moves their score by 10%.
 
 By hand, the customers table needs what a user would do anyway: drop the key, name and email,
 one-hot encode plan and country, the signup date as a day number, NULL as the mean.
