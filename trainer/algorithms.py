@@ -263,10 +263,11 @@ _ALGORITHMS: dict[str, dict[str, _Estimator]] = {
 _ALIASES = {"orthoganl_matching_pursuit": "orthogonal_matching_pursuit"}
 
 # Algorithms that learn by gradient steps, penalties, distances or kernels: on features of very
-# different sizes they converge slowly, penalise unevenly or let the largest feature decide, so
-# their features are standardised unless preprocess says otherwise. Trees and boosting need no
-# scaling; the online linear models scale inside (trainer.online); PCA's explained variance is
-# that of the columns as they are.
+# different sizes they converge slowly, penalise unevenly or let the largest feature decide, and
+# yet standardising is not always better (a penalty sized for the raw features, an intercept
+# the model lacks): for these the trainer tries both and keeps the better on the training rows
+# (trainer.scale_choice). Trees and boosting need no scaling; PCA's explained variance is that
+# of the columns as they are.
 _SCALED = frozenset(
     {
         "linear",
@@ -314,10 +315,25 @@ def supports(algorithm: str, task: str) -> bool:
     return task in (_tasks(_ALIASES.get(algorithm, algorithm)) or ())
 
 
-def default_scale(algorithm: str) -> str:
-    """How ``algorithm``'s features are scaled when preprocess does not say: a preprocess
-    ``scale``, "standard" for the algorithms that need it and "preserve" for the others."""
-    return "standard" if _ALIASES.get(algorithm, algorithm) in _SCALED else "preserve"
+def scale_choices(algorithm: str, task: str) -> tuple[str, ...]:
+    """The scalings worth trying for ``algorithm`` when preprocess does not say, the preferred
+    first: "standard" and "preserve" for the algorithms sensitive to scale, "preserve" for the
+    others. For online algorithms "standard" is River's StandardScaler in front of the model:
+    the linear ones always have it; the regression trees (linear models in their leaves), the
+    adaptive random forest and naive Bayes (whose Gaussians collapse on a feature constant
+    within a class) may gain from it; the classification trees split on each feature as it
+    comes and do not."""
+    name = _ALIASES.get(algorithm, algorithm)
+    if name in ("online_linear", "online_logistic"):
+        return ("standard",)
+    if is_online(name):
+        sensitive = task == "regression" or name in (
+            "online_naive_bayes", "online_adaptive_random_forest"
+        )  # fmt: skip
+        return ("preserve", "standard") if sensitive else ("preserve",)
+    return ("standard", "preserve") if name in _SCALED and task != "decomposition" else (
+        "preserve",
+    )  # fmt: skip
 
 
 def is_online(algorithm: str) -> bool:

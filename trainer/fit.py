@@ -3,8 +3,10 @@
 This runs in a worker process (``trainer.worker``): it reads only the snapshot's Parquet file
 and writes only the model file, so it never touches the mirror.
 
-Besides the metrics, a fit reports notes (how each column was used, the columns left out and
-why, the score of the trivial model on the same rows) and notices for the user: each column
+Features are scaled as preprocess says or, for the algorithms sensitive to it, as validates
+better on the training rows (:mod:`trainer.scale_choice`). Besides the metrics, a fit reports
+notes (how each column was used, the columns left out and why, the scaling chosen and its
+scores, the score of the trivial model on the same rows) and notices for the user: each column
 left out, and a model that scores no better than predicting the most frequent class (or the
 mean) for every row.
 """
@@ -26,11 +28,13 @@ import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
 from mirror.errors import TrainingError
-from trainer.algorithms import default_scale, is_online, make_estimator
+from trainer import scale_choice
+from trainer.algorithms import is_online, make_estimator, scale_choices
 from trainer.column_kinds import feature_columns
 from trainer.metrics import evaluate
 from trainer.model import Model, save_model
 from trainer.preprocess import Preprocessor
+from trainer.scale_choice import ScaleChoice
 from trainer.split import split
 
 SEARCHES = ("grid", "random")
@@ -104,24 +108,49 @@ def fit(job: FitJob) -> FitResult:
             "the training rows hold one class only; classification needs at least two",
             sqlstate="22000",
         )
-    preprocessor = Preprocessor(
-        feature_columns(features.schema),
-        job.preprocess or None,
-        key=job.key,
-        scale=default_scale(job.algorithm),
-        classes=None if classes is None else classes.tolist(),
-    )
-    x_train = preprocessor.fit_transform(features.take(train), y_train)
+    columns = feature_columns(features.schema)
+    options: dict[str, Any] = {
+        "columns": columns,
+        "spec": job.preprocess or None,
+        "key": job.key,
+        "classes": None if classes is None else classes.tolist(),
+    }
+    train_rows = features.take(train)
+    choosing = time.perf_counter()
+    choices = scale_choices(job.algorithm, job.task)
+    if scale_choice.explicit(columns, job.preprocess):
+        choice = ScaleChoice(choices[0], how="preprocess says how every column is scaled")
+    else:
+
+        def candidate(scale: str) -> tuple[Preprocessor, Any]:
+            return _model(job, options, scale)
+
+        if online:
+            choice = scale_choice.by_progressive_validation(
+                choices, task=job.task, table=train_rows, y=y_train, model=candidate
+            )
+        else:
+            choice = scale_choice.by_cross_validation(
+                choices, task=job.task, seed=job.seed, table=train_rows, y=y_train, model=candidate
+            )
+    chosen = time.perf_counter()
+    preprocessor = Preprocessor(**options, scale="preserve" if online else choice.scale)
+    x_train = preprocessor.fit_transform(train_rows, y_train)
     x_test = preprocessor.transform(features.take(test)) if len(test) else x_train[:0]
     loaded = time.perf_counter()
 
+    results: list[dict[str, Any]]
     with warnings.catch_warnings(record=True) as caught:
         warnings.simplefilter("always")
-        estimator, hyperparams, results = _fit(job, x_train, y_train)
+        scaled = choice.scale == "standard" if online else None
+        if choice.fitted is not None and job.search is None:  # online, learned every row
+            estimator, hyperparams, results = choice.fitted, dict(job.hyperparams), []
+        else:
+            estimator, hyperparams, results = _fit(job, x_train, y_train, scaled=scaled)
     fitted = time.perf_counter()
     scored_on = (x_test, y_test) if len(test) else (x_train, y_train)
     metrics = estimator.metrics() if online else evaluate(job.task, estimator, *scored_on)
-    notes = preprocessor.description()
+    notes = preprocessor.description() | {"scale": choice.note()}
     notices = preprocessor.notices()
     if not online and y_train is not None and scored_on[1] is not None:
         notes["baseline"], notice = _baseline(job.task, metrics, y_train, scored_on[1], classes)
@@ -141,7 +170,8 @@ def fit(job: FitJob) -> FitResult:
         train_rows=len(train),
         test_rows=len(test),
         timings={
-            "load": loaded - started,
+            "load": loaded - started - (chosen - choosing),
+            "choose_scale": chosen - choosing,
             "fit": fitted - loaded,
             "score": scored - fitted,
             "save": saved - scored,
@@ -229,10 +259,23 @@ def _label(
     return features, None, None
 
 
-def _fit(
-    job: FitJob, x: np.ndarray, y: np.ndarray | None
-) -> tuple[Any, dict[str, Any], list[dict[str, Any]]]:
+def _model(job: FitJob, options: dict[str, Any], scale: str) -> tuple[Preprocessor, Any]:
+    """A fresh preprocessor and estimator for ``job`` with features scaled as ``scale`` says
+    (for an online algorithm: with River's StandardScaler or without)."""
     estimator = make_estimator(job.algorithm, job.task, job.hyperparams, seed=job.seed)
+    if is_online(job.algorithm):
+        estimator.set_params(scaled=scale == "standard")
+        return Preprocessor(**options, scale="preserve"), estimator
+    return Preprocessor(**options, scale=scale), estimator
+
+
+def _fit(
+    job: FitJob, x: np.ndarray, y: np.ndarray | None, *, scaled: bool | None = None
+) -> tuple[Any, dict[str, Any], list[dict[str, Any]]]:
+    """Fit (or search) the job's estimator; ``scaled``: an online model's StandardScaler."""
+    estimator = make_estimator(job.algorithm, job.task, job.hyperparams, seed=job.seed)
+    if scaled is not None:
+        estimator.set_params(scaled=scaled)
     try:
         if job.search is None:
             estimator.fit(x, y) if y is not None else estimator.fit(x)

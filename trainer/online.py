@@ -23,13 +23,14 @@ import numpy as np
 from mirror.errors import TrainingError
 from trainer.online_algorithms import constructor_names, river_class, river_path, river_value
 
-# Linear models learn with gradient steps: they see standardised features.
+# Linear models learn with gradient steps: they see standardised features unless told
+# otherwise (``scaled``); the others see them as they come unless told otherwise.
 _SCALED = frozenset({"online_linear", "online_logistic"})
 # Models whose predict_many/predict_proba_many beat a predict_one loop on large inputs.
 _BATCH_PREDICT = frozenset({"online_linear", "online_logistic", "online_naive_bayes"})
 _BATCH_ROWS = 512
 
-_CONSTRUCTOR = ("algorithm", "task", "hyperparams", "seed")
+_CONSTRUCTOR = ("algorithm", "task", "hyperparams", "seed", "scaled")
 _CLAMP = 1e-15  # probabilities in log loss are kept in [1e-15, 1 - 1e-15], as River keeps them
 
 
@@ -46,6 +47,7 @@ class RiverEstimator:
 
     history_every: ClassVar[int] = 1000
     classes_: np.ndarray  # classification: the class indices learned so far
+    scaled: bool | None = None  # models saved before it existed: the algorithm's default
 
     def __init__(
         self,
@@ -54,11 +56,15 @@ class RiverEstimator:
         hyperparams: Mapping[str, Any] | None = None,
         *,
         seed: int = 0,
+        scaled: bool | None = None,
     ) -> None:
         self.algorithm = algorithm
         self.task = task
         self.hyperparams = hyperparams
         self.seed = seed
+        self.scaled = scaled
+        """Whether River's StandardScaler goes in front of the model; None: only for the
+        linear models."""
         self._new_river_estimator()  # rejects unknown names and values River refuses
         self._reset()
 
@@ -267,7 +273,7 @@ class RiverEstimator:
             self._binary = int(targets.max()) <= 1
             if not self._binary:
                 estimator = multiclass.OneVsRestClassifier(estimator)
-        if self.algorithm in _SCALED:
+        if self.algorithm in _SCALED if self.scaled is None else self.scaled:
             return preprocessing.StandardScaler() | estimator
         return estimator
 

@@ -167,7 +167,8 @@ def test_train_takes_postgresmls_arguments_and_says_what_it_left_out(
     assert record.preprocess == {"plan": {"encode": "ordinal"}, "age": {"scale": "min_max"}}
     assert record.notes["columns"]["plan"]["encode"] == "ordinal"
     assert record.notes["columns"]["age"]["scale"] == "min_max"
-    assert record.notes["columns"]["spend"]["scale"] == "standard"  # linear: scaled
+    chosen = record.notes["scale"]["chosen"]  # linear: standard or not, as validates better
+    assert record.notes["columns"]["spend"]["scale"] == chosen in ("standard", "preserve")
     assert [c.name for c in model.preprocessor.columns] == ["age", "plan", "spend"]
     snapshot = daemon.trainer.registry.snapshot(record.snapshot_id)
     assert snapshot is not None

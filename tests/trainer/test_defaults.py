@@ -138,3 +138,52 @@ def test_a_model_no_better_than_the_trivial_one_says_so(mirror: Mirror, trainer:
     load_dataset(trainer.con, "iris")
     good = trainer.train("iris", task="classification", relation="pgml.iris", y="target")
     assert good.notices == []
+
+
+def test_scaling_is_chosen_by_validation_on_the_training_rows(
+    mirror: Mirror, trainer: Trainer
+) -> None:
+    # A target of small spread and a feature of large spread: lasso's default penalty fits the
+    # raw feature and wipes out the standardised one. Standardising is preferred, and loses.
+    rows = 600
+    rng = np.random.default_rng(4)
+    signal = rng.normal(size=rows)
+    table = pa.table({"k": np.arange(rows), "big": signal * 1000 + rng.normal(size=rows) * 100,
+                      "noise": rng.normal(size=rows), "y": 40 + signal * 0.5})  # fmt: skip
+    create_table(mirror.con, "spread", table, "k")
+    lasso = trainer.train(
+        "spread", task="regression", relation="public.spread", y="y", algorithm="lasso"
+    )
+    record, model = trainer.model(lasso.model_id)
+    scale = record.notes["scale"]
+    assert scale["chosen"] == "preserve" and scale["by"].startswith("3-fold cross-validation")
+    assert scale["scores"]["preserve"] > 0.9 > 0.1 > scale["scores"]["standard"]
+    assert record.notes["columns"]["big"]["scale"] == "preserve"
+    assert lasso.metrics["r2"] > 0.9
+
+    load_dataset(trainer.con, "diabetes")  # features of small spread, a target of large
+    net = trainer.train("diabetes", task="regression", relation="pgml.diabetes", y="target",
+                        algorithm="elastic_net")  # fmt: skip
+    scale = trainer.model(net.model_id)[0].notes["scale"]
+    assert scale["chosen"] == "standard" and scale["scores"]["standard"] > 0.3
+    assert net.metrics["r2"] > 0.4  # 0.006 on the raw features
+
+    forest = trainer.train("diabetes", algorithm="random_forest")
+    assert trainer.model(forest.model_id)[0].notes["scale"] == {
+        "chosen": "preserve", "scores": {}, "by": "the only choice"
+    }  # fmt: skip
+    every = {c: {"scale": "robust"} for c in ("age", "sex", "bmi", "bp", "s1", "s2", "s3", "s4",
+                                              "s5", "s6")}  # fmt: skip
+    told = trainer.train("diabetes", algorithm="ridge", preprocess=every)
+    assert trainer.model(told.model_id)[0].notes["scale"]["by"] == (
+        "preprocess says how every column is scaled"
+    )
+
+    # An online regression tree fits linear models in its leaves: River's scaler in front
+    # helps here, and progressive validation over the first rows says so.
+    tree = trainer.train("diabetes", algorithm="online_hoeffding_tree")
+    record, model = trainer.model(tree.model_id)
+    scale = record.notes["scale"]
+    assert scale["chosen"] == "standard" and scale["by"].startswith("progressive validation")
+    assert scale["scores"]["standard"] > scale["scores"]["preserve"]
+    assert model.estimator.scaled is True and tree.metrics["r2"] > 0.3  # progressive; -0.01 raw
