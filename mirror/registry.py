@@ -24,6 +24,8 @@ grow; the latest deployment of a project (highest id) is the deployed model.
   a row per checkpoint (``checkpoint``), and one row kept current in between.
 - ``challenges``: each retrain on drift (or deployment by ``best_recent_score``): champion and
   challenger scored on the same recent rows, both scores, and whether the challenger won.
+- ``pending_challenges``: a challenger retrained on drift and not judged yet, so that a restart
+  goes on waiting for its recent rows instead of forgetting it.
 
 A deployed model that fails as it is watched (it cannot be loaded, learn, predict or be
 checkpointed) gets ``status`` failed and the reason in ``failure``.
@@ -161,6 +163,13 @@ create table if not exists pgml.challenges (
     deployed boolean not null,
     decided_at timestamptz not null default current_timestamp
 );
+create table if not exists pgml.pending_challenges (
+    project_id bigint primary key,
+    challenger_id bigint not null,
+    reason varchar not null,
+    after_lsn varchar,
+    trained_at timestamptz not null default current_timestamp
+);
 create or replace view pgml.deployed_models as
 select p.id, p.name, p.task, m.algorithm, m.runtime, d.created_at as deployed_at, m.id as model_id
 from pgml.projects p
@@ -247,6 +256,18 @@ class ModelRecord:
     notes: dict[str, Any] = field(default_factory=dict)
     status: str = "successful"
     created_at: datetime | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class PendingChallenge:
+    """A model retrained on drift, waiting for recent rows (changed after ``after_lsn``) to be
+    judged on against the deployed one; kept across restarts."""
+
+    project_id: int
+    challenger_id: int
+    reason: str
+    after_lsn: str | None
+    trained_at: datetime
 
 
 @dataclass(frozen=True, slots=True)
@@ -680,6 +701,31 @@ class Registry:
         ).fetchone()  # fmt: skip
         assert row is not None
         return int(row[0])
+
+    @_locked
+    def add_pending_challenge(
+        self, project_id: int, challenger_id: int, reason: str, after_lsn: str | None
+    ) -> None:
+        """Record a challenger waiting for recent rows to be judged on (one per project)."""
+        self.con.execute(
+            "insert or replace into pgml.pending_challenges (project_id, challenger_id, reason,"
+            " after_lsn) values (?, ?, ?, ?)",
+            [project_id, challenger_id, reason, after_lsn],
+        )
+
+    @_locked
+    def drop_pending_challenge(self, project_id: int) -> None:
+        """The project's challenger was judged (or is no longer waiting)."""
+        self.con.execute("delete from pgml.pending_challenges where project_id = ?", [project_id])
+
+    @_locked
+    def pending_challenges(self) -> list[PendingChallenge]:
+        """Every challenger waiting to be judged, oldest first."""
+        rows = self.con.execute(
+            "select project_id, challenger_id, reason, after_lsn, trained_at"
+            " from pgml.pending_challenges order by trained_at, project_id"
+        ).fetchall()
+        return [PendingChallenge(*row) for row in rows]
 
     @_locked
     def challenges(self, project_id: int) -> list[Challenge]:

@@ -41,6 +41,7 @@ FILTERS = {
     "project_settings": _BY_PROJECT.replace("{column}", "project_id"),
     "drift_events": _BY_PROJECT.replace("{column}", "project_id"),
     "challenges": _BY_PROJECT.replace("{column}", "project_id"),
+    "pending_challenges": _BY_PROJECT.replace("{column}", "project_id"),
     "deployed_models": _BY_PROJECT.replace("{column}", "id"),
     "trained_models": _BY_NAME,
     "overview": _BY_NAME,

@@ -6,7 +6,10 @@ the new model is deployed. On drift, the champion (the deployed model) and the c
 scored on the same recent rows, the labelled rows the monitor sees change after the
 challenger's snapshot (after the detection), once ``challenge_rows`` of them have come (or,
 after ``challenge_seconds``, on those there are): the challenger is deployed if it scores
-higher, and both scores are kept in ``pgml.challenges`` (``trainer.challenge``). The trainer
+higher, and both scores are kept in ``pgml.challenges`` (``trainer.challenge``). A challenger
+waiting to be judged is recorded in ``pgml.pending_challenges``: after a restart it goes on
+waiting (its wait counted from when it was trained), and drift does not retrain its project
+again meanwhile. The trainer
 never runs two trainings of one project at once; a retrain that fails is logged and counted,
 and the deployed model keeps serving. Schedules are evaluated with an injectable clock; runs
 missed while the sidecar was down run once at start.
@@ -30,7 +33,7 @@ from datetime import UTC, datetime
 
 import pyarrow as pa
 
-from mirror.changes import Lsn, parse_lsn
+from mirror.changes import Lsn, format_lsn, parse_lsn
 from mirror.errors import SidecarError
 from trainer.challenge import RecentRows, compare
 from trainer.drift import DriftEvent
@@ -89,6 +92,36 @@ class Retrainer:
         """(project, reason, result or None if it failed), for status and tests."""
         self._ran_over: str | None = None
         """The project of the last retrain if it ran past its time limit, else None."""
+        self._resumed = False
+
+    def resume_challengers(self) -> list[str]:
+        """Take back the challengers that were waiting to be judged when the sidecar stopped
+        (once; :meth:`run` calls it first); return their projects."""
+        if self._resumed or self.recent_rows is None:
+            return []
+        self._resumed = True
+        registry = self.trainer.registry
+        resumed = []
+        for pending in registry.pending_challenges():
+            project = registry.project_by_id(pending.project_id)
+            model = registry.model(pending.challenger_id)
+            if model is None or model.status == "failed":
+                registry.drop_pending_challenge(pending.project_id)
+                continue
+            waited = (self.clock() - pending.trained_at).total_seconds()
+            result = TrainResult(project.name, project.task, model.algorithm, False, model.id,
+                                 model.snapshot_id, dict(model.metrics or {}))  # fmt: skip
+            after = parse_lsn(pending.after_lsn) if pending.after_lsn else 0
+            self.challengers[project.name] = _Challenger(
+                project.name, pending.reason, result, after, time.monotonic() - max(waited, 0)
+            )
+            deployed = registry.deployed(project.id)
+            with self._lock:
+                self._asked[project.name] = deployed.id if deployed is not None else 0
+            log.info("%s: model %d, retrained on %s, goes on waiting for recent rows to be"
+                     " judged on", project.name, model.id, pending.reason)  # fmt: skip
+            resumed.append(project.name)
+        return resumed
 
     def drifted(self, project: str, model_id: int, event: DriftEvent) -> None:
         """A monitor saw drift: retrain if the project asked for it (called from its thread)."""
@@ -105,6 +138,7 @@ class Retrainer:
         self.requests.put((project, f"drift ({event.detector}) of model {model_id}"))
 
     def run(self, stop: threading.Event) -> None:
+        self.resume_challengers()
         while not stop.is_set():
             self.tick()
             self.judge()
@@ -135,6 +169,9 @@ class Retrainer:
             if count < self.challenge_rows and now - waiting.since < self.challenge_seconds:
                 continue
             del self.challengers[project]
+            found = self.trainer.registry.project(project)
+            if found is not None:
+                self.trainer.registry.drop_pending_challenge(found.id)
             with self._lock:
                 self._asked.pop(project, None)
             decided.append(project)
@@ -249,6 +286,7 @@ class Retrainer:
             after = max((parse_lsn(p) for p in positions), default=0)
             waiting = _Challenger(project, reason, result, after, time.monotonic())
             self.challengers[project] = waiting
+            registry.add_pending_challenge(found.id, result.model_id, reason, format_lsn(after))
             return result
         self.results.append((project, reason, result))
         return result

@@ -371,6 +371,8 @@ def test_the_registry_shows_a_role_only_the_projects_it_may_see(company: tuple) 
         " where s.relation_name like 'hr%'",
         "select count(*) from pgml.progress",
         "select count(*) from pgml.drift_events",
+        "select count(*) from pgml.challenges",
+        "select count(*) from pgml.pending_challenges",
     ):
         assert _query(c.endpoint, c.analyst, sql) == [(0,)], sql
     # a reader of the relation sees its project, as its scores; and loses it on REVOKE

@@ -113,3 +113,54 @@ def test_a_retrain_on_drift_is_judged_on_recent_rows(trainer: Trainer) -> None:
     assert retrainer.judge(now=time.monotonic() + retrainer.challenge_seconds) == ["iris"]
     assert not retrainer.results[-1][2].deployed  # type: ignore[union-attr]
     assert trainer.deployed_model("iris")[0].id == first.model_id
+
+
+def test_a_challenger_waiting_at_a_restart_goes_on_waiting(trainer: Trainer) -> None:
+    """A challenger retrained on drift and not judged yet is kept in the registry: the next
+    retrainer (the sidecar restarted) judges it once its rows come, counting its wait from when
+    it was trained; drift does not retrain the project again meanwhile."""
+    load_dataset(trainer.con, "iris")
+    first = trainer.train("iris", task="classification", relation="pgml.iris", y="target")
+    trainer.set_retrain_on_drift("iris", True)
+    rows = trainer.con.sql("select * from pgml.iris").to_arrow_table()
+    offered: list[pa.Table | None] = [None]
+
+    def recent(project: str, after: int) -> pa.Table | None:
+        return offered[0]
+
+    before = Retrainer(trainer, recent_rows=recent, challenge_rows=100)
+    before.drifted("iris", first.model_id, DriftEvent("adwin", None, 0.4, 0.002, 90, lsn=7))
+    before.retrain(*before.requests.get_nowait(), challenge=True)
+    challenger = before.challengers["iris"].result
+    assert before.judge() == []  # no recent rows yet; then the sidecar stops
+    found = trainer.registry.project("iris")
+    assert found is not None
+    (pending,) = trainer.registry.pending_challenges()
+    assert (pending.project_id, pending.challenger_id) == (found.id, challenger.model_id)
+
+    trained = pending.trained_at
+    after = Retrainer(trainer, recent_rows=recent, challenge_rows=100,
+                      clock=lambda: trained + timedelta(seconds=600))  # fmt: skip
+    assert after.resume_challengers() == ["iris"] and after.resume_challengers() == []
+    resumed = after.challengers["iris"]
+    assert resumed.result.model_id == challenger.model_id
+    assert resumed.reason == f"drift (adwin) of model {first.model_id}"
+    assert 600 <= time.monotonic() - resumed.since < 660  # its wait goes on
+    after.drifted("iris", first.model_id, DriftEvent("adwin", None, 0.5, 0.002, 99))
+    assert after.requests.empty()  # judged first, retrained on drift later
+    assert after.judge() == []
+    offered[0] = rows
+    assert after.judge() == ["iris"]
+    assert trainer.registry.pending_challenges() == []
+    (challenge,) = trainer.registry.challenges(found.id)
+    assert (challenge.champion_id, challenge.challenger_id) == (first.model_id, challenger.model_id)
+    assert challenge.num_rows == rows.num_rows
+    # judged, it is not taken back again
+    again = Retrainer(trainer, recent_rows=recent)
+    assert again.resume_challengers() == [] and again.challengers == {}
+    # and past the wait, a resumed challenger is judged on what there is
+    before.retrain("iris", "drift (adwin) of model 1", challenge=True)
+    late = Retrainer(trainer, recent_rows=lambda p, a: None,
+                     clock=lambda: datetime.now(UTC) + timedelta(hours=2))  # fmt: skip
+    assert late.resume_challengers() == ["iris"]
+    assert late.judge() == ["iris"] and trainer.registry.pending_challenges() == []
