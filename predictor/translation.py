@@ -5,7 +5,8 @@ catalog references go to :mod:`predictor.catalog`'s views and functions, ``pg_ca
 becomes ``f(x)`` (DuckDB would read a column ``pg_catalog``), ``::regclass`` casts fall away,
 ``jsonb`` is ``json``, ``current_setting`` of a read-only setting is its value, and
 ``pgml.predict(project, features)`` becomes the DuckDB function ``pgml_predict(project,
-CAST(features AS DOUBLE[]))``, evaluated a vector of rows at a time.
+CAST(features AS DOUBLE[]))``, evaluated a vector of rows at a time, and the vector functions
+(``pgml.add``, ``pgml.norm_l2``, ``pgml.sum``, ...) the macros of :mod:`predictor.vectors`.
 """
 
 from __future__ import annotations
@@ -17,7 +18,7 @@ from pglast import ast, enums
 from pglast.stream import RawStream
 from pglast.visitors import Visitor
 
-from predictor import catalog, registry_rows
+from predictor import catalog, registry_rows, vectors
 from predictor.allow_list import READ_ONLY_SETTINGS, SQL_SYNTAX_FUNCTIONS, Refused
 
 SCALAR_FUNCTIONS = {"predict": "pgml_predict", "predict_proba": "pgml_predict_proba"}
@@ -177,6 +178,9 @@ class _Translator(Visitor):
     def _pgml(self, name: str, node: ast.FuncCall) -> Any:
         if name == "version":
             return ast.A_Const(val=ast.String(version()))
+        if name in vectors.FUNCTIONS:
+            node.funcname = tuple(ast.String(part) for part in vectors.duckdb_name(name))
+            return None
         if name not in SCALAR_FUNCTIONS:
             raise Refused(f"function pgml.{name} does not exist", sqlstate="42883")
         args = list(node.args or ())
