@@ -23,7 +23,7 @@ from typing import Any
 from pglast import ast, enums
 
 from mirror.errors import SidecarError
-from predictor import catalog, vectors
+from predictor import catalog, metric_functions, python_environment, vectors
 from predictor.catalog import ServedRelation, ServedRelations
 from trainer.snapshots import SEARCH_SCHEMAS
 
@@ -104,8 +104,11 @@ PGML_FUNCTIONS = (
         "train deploy load_dataset snapshot schedule retrain_on_drift version predict predict_proba"
     )
     | vectors.FUNCTIONS
+    | frozenset(metric_functions.NAMES)
+    | frozenset(python_environment.NAMES)
 )
-"""The ``pgml.*`` API (procedures, predictions, version, vector functions)."""
+"""The ``pgml.*`` API (procedures, predictions, version, vector functions, metrics, what the
+sidecar runs)."""
 
 REFUSED_FUNCTIONS = _words(
     # files, other databases, SQL text, Python objects

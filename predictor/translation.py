@@ -18,7 +18,7 @@ from pglast import ast, enums
 from pglast.stream import RawStream
 from pglast.visitors import Visitor
 
-from predictor import catalog, registry_rows, vectors
+from predictor import catalog, python_environment, registry_rows, vectors
 from predictor.allow_list import READ_ONLY_SETTINGS, SQL_SYNTAX_FUNCTIONS, Refused
 
 SCALAR_FUNCTIONS = {"predict": "pgml_predict", "predict_proba": "pgml_predict_proba"}
@@ -181,6 +181,13 @@ class _Translator(Visitor):
         if name in vectors.FUNCTIONS:
             node.funcname = tuple(ast.String(part) for part in vectors.duckdb_name(name))
             return None
+        if name in python_environment.CONSTANT_NAMES:
+            _arguments(name, node, ())
+            answer = python_environment.constant(name)
+            value = ast.Boolean(answer) if isinstance(answer, bool) else ast.String(answer)
+            return ast.A_Const(val=value)
+        if name in _UDF_ARGUMENTS:
+            return _udf_call(name, node)
         if name not in SCALAR_FUNCTIONS:
             raise Refused(f"function pgml.{name} does not exist", sqlstate="42883")
         args = list(node.args or ())
@@ -195,6 +202,50 @@ class _Translator(Visitor):
         return ast.FuncCall(
             funcname=(ast.String(SCALAR_FUNCTIONS[name]),), args=(project, features)
         )
+
+
+_UDF_ARGUMENTS = {
+    "python_package_version": (("name", "varchar"),),
+    "sklearn_f1_score": (("ground_truth", "real[]"), ("y_hat", "real[]")),
+    "sklearn_r2_score": (("ground_truth", "real[]"), ("y_hat", "real[]")),
+    "sklearn_regression_metrics": (("ground_truth", "real[]"), ("y_hat", "real[]")),
+    "sklearn_classification_metrics": (
+        ("ground_truth", "real[]"), ("y_hat", "real[]"), ("num_classes", "bigint"),
+    ),
+}  # fmt: skip
+"""``pgml.*`` functions answered by a DuckDB function ``pgml_<name>`` of
+:mod:`predictor.metric_functions` or :mod:`predictor.python_environment`: their arguments,
+each cast to the type PostgresML declares."""
+_JSON_RESULTS = ("sklearn_regression_metrics", "sklearn_classification_metrics")
+
+
+def _arguments(name: str, node: ast.FuncCall, parameters: tuple[tuple[str, str], ...]) -> list[Any]:
+    """The arguments of ``pgml.<name>`` in the order of ``parameters`` (positional or
+    ``name => value``)."""
+    given: list[Any] = []
+    named: dict[str, Any] = {}
+    for arg in node.args or ():
+        if isinstance(arg, ast.NamedArgExpr):
+            named[arg.name or ""] = arg.arg
+        else:
+            given.append(arg)
+    names = [p for p, _ in parameters]
+    unknown = [n for n in named if n not in names[len(given) :]]
+    if len(given) + len(named) != len(names) or unknown:
+        shown = ", ".join(f"{p} {t}" for p, t in parameters)
+        raise Refused(f"function pgml.{name} takes ({shown})", sqlstate="42883")
+    return given + [named[n] for n in names[len(given) :]]
+
+
+def _udf_call(name: str, node: ast.FuncCall) -> ast.Node:
+    parameters = _UDF_ARGUMENTS[name]
+    args = _arguments(name, node, parameters)
+    cast = tuple(
+        ast.TypeCast(arg=arg, typeName=_type(t.removesuffix("[]"), array=t.endswith("[]")))
+        for arg, (_, t) in zip(args, parameters, strict=True)
+    )
+    call = ast.FuncCall(funcname=(ast.String(f"pgml_{name}"),), args=cast)
+    return ast.TypeCast(arg=call, typeName=_type("json")) if name in _JSON_RESULTS else call
 
 
 def _type(name: str, *, array: bool = False) -> ast.TypeName:
