@@ -102,6 +102,7 @@ SQL_SYNTAX_FUNCTIONS = _words(
 PGML_FUNCTIONS = (
     _words(
         "train deploy load_dataset snapshot schedule retrain_on_drift version predict predict_proba"
+        " chunk"
     )
     | vectors.FUNCTIONS
     | frozenset(metric_functions.NAMES)
