@@ -23,7 +23,7 @@ from typing import Any
 from pglast import ast, enums
 
 from mirror.errors import SidecarError
-from predictor import catalog
+from predictor import catalog, metric_functions, python_environment, vectors
 from predictor.catalog import ServedRelation, ServedRelations
 from trainer.snapshots import SEARCH_SCHEMAS
 
@@ -99,10 +99,17 @@ SQL_SYNTAX_FUNCTIONS = _words(
 """``pg_catalog`` functions the parser makes of SQL syntax (``trim(BOTH FROM x)``,
 ``EXTRACT(year FROM t)``, ``t AT TIME ZONE z``); they are printed back as that syntax."""
 
-PGML_FUNCTIONS = _words(
-    "train deploy load_dataset snapshot schedule retrain_on_drift version predict predict_proba"
+PGML_FUNCTIONS = (
+    _words(
+        "train deploy load_dataset snapshot schedule retrain_on_drift version predict predict_proba"
+        " chunk"
+    )
+    | vectors.FUNCTIONS
+    | frozenset(metric_functions.NAMES)
+    | frozenset(python_environment.NAMES)
 )
-"""The ``pgml.*`` API (procedures, predictions, version)."""
+"""The ``pgml.*`` API (procedures, predictions, version, vector functions, metrics, what the
+sidecar runs)."""
 
 REFUSED_FUNCTIONS = _words(
     # files, other databases, SQL text, Python objects

@@ -23,7 +23,7 @@ import numpy as np
 import pyarrow as pa
 
 from mirror.errors import SidecarError
-from predictor import catalog, procedures, results, scoring, wire
+from predictor import catalog, procedures, results, scoring, vectors, wire
 from predictor.catalog import ServedRelations
 from predictor.pg_types import FLOAT8
 from predictor.procedures import ProcedureResult
@@ -501,7 +501,7 @@ _DUCKDB_STATES: list[tuple[type[duckdb.Error], str]] = [
 
 def duckdb_error(exc: duckdb.Error) -> SidecarError:
     """A DuckDB error as the endpoint reports it: the SQLSTATE closest to its kind."""
-    found = scoring_error(exc)
+    found = scoring_error(exc) or vectors.argument_error(str(exc))
     if found is not None:
         return found
     if isinstance(exc, duckdb.InterruptException):

@@ -99,7 +99,10 @@ def call(
     name = procedure.name
     args = [_param(a, params) for a in procedure.args]
     kwargs = {k: _param(v, params) for k, v in procedure.kwargs.items()}
-    if name == "deploy" and len(args) == 1 and not kwargs and _is_model_id(args[0]):
+    if name == "deploy" and (
+        (len(args) == 1 and not kwargs and _is_model_id(args[0]))
+        or (not args and list(kwargs) == ["model_id"])
+    ):  # PostgresML's pgml.deploy(model_id bigint)
         name = "deploy_model"
     bound = _bind(name, args, kwargs)
     if name == "train":  # the session's pgml.training_time_limit: '' or unset is the sidecar's

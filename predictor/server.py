@@ -28,7 +28,15 @@ from pathlib import Path
 import duckdb
 
 from mirror.errors import ConfigError, SidecarError
-from predictor import catalog, score_views, wire
+from predictor import (
+    catalog,
+    chunking,
+    metric_functions,
+    python_environment,
+    score_views,
+    vectors,
+    wire,
+)
 from predictor.access import EndpointAccess
 from predictor.admission import Admission, AdmissionLimits
 from predictor.execution import DEFAULT_SETTINGS
@@ -124,6 +132,10 @@ class SqlEndpoint:
         self.scorer = Scorer(trainer)
         self.scorer.register(con)
         catalog.install(con)
+        vectors.install(con)
+        metric_functions.register(con)
+        python_environment.register(con)
+        chunking.register(con)
         self._views_generation = -1
         self._views_lock = threading.Lock()
         self.refresh_score_views()

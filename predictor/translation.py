@@ -5,7 +5,8 @@ catalog references go to :mod:`predictor.catalog`'s views and functions, ``pg_ca
 becomes ``f(x)`` (DuckDB would read a column ``pg_catalog``), ``::regclass`` casts fall away,
 ``jsonb`` is ``json``, ``current_setting`` of a read-only setting is its value, and
 ``pgml.predict(project, features)`` becomes the DuckDB function ``pgml_predict(project,
-CAST(features AS DOUBLE[]))``, evaluated a vector of rows at a time.
+CAST(features AS DOUBLE[]))``, evaluated a vector of rows at a time, and the vector functions
+(``pgml.add``, ``pgml.norm_l2``, ``pgml.sum``, ...) the macros of :mod:`predictor.vectors`.
 """
 
 from __future__ import annotations
@@ -13,11 +14,11 @@ from __future__ import annotations
 from collections.abc import Mapping
 from typing import Any
 
-from pglast import ast, enums
+from pglast import ast, enums, parse_sql
 from pglast.stream import RawStream
 from pglast.visitors import Visitor
 
-from predictor import catalog, registry_rows
+from predictor import catalog, python_environment, registry_rows, vectors
 from predictor.allow_list import READ_ONLY_SETTINGS, SQL_SYNTAX_FUNCTIONS, Refused
 
 SCALAR_FUNCTIONS = {"predict": "pgml_predict", "predict_proba": "pgml_predict_proba"}
@@ -45,6 +46,7 @@ def translate(
     narrowed = narrowed or {}
     if narrowed:
         _unqualify_narrowed(node, narrowed)
+    _ChunkRows()(node)
     _Translator(narrowed, (registry or {}) if viewer is not None else {}, viewer or "")(node)
     return RawStream(special_functions=True)(node)
 
@@ -105,6 +107,18 @@ def pgml_name(funcname: tuple[ast.String, ...] | None) -> str | None:
     if len(names) == 2 and names[0] == "pgml":
         return names[1]
     return None
+
+
+class _ChunkRows(Visitor):
+    """``pgml.chunk(...)`` in FROM as a subquery of its rows (before the translator visits its
+    arguments there)."""
+
+    def visit_RangeFunction(self, ancestors: Any, node: ast.RangeFunction) -> Any:
+        functions = node.functions or ()
+        call = functions[0][0] if len(functions) == 1 else None
+        if isinstance(call, ast.FuncCall) and pgml_name(call.funcname) == "chunk":
+            return _chunk_rows(call, node.alias)
+        return None
 
 
 class _Translator(Visitor):
@@ -177,6 +191,19 @@ class _Translator(Visitor):
     def _pgml(self, name: str, node: ast.FuncCall) -> Any:
         if name == "version":
             return ast.A_Const(val=ast.String(version()))
+        if name in vectors.FUNCTIONS:
+            node.funcname = tuple(ast.String(part) for part in vectors.duckdb_name(name))
+            return None
+        if name in python_environment.CONSTANT_NAMES:
+            _arguments(name, node, ())
+            answer = python_environment.constant(name)
+            value = ast.Boolean(answer) if isinstance(answer, bool) else ast.String(answer)
+            return ast.A_Const(val=value)
+        if name == "chunk":  # in a select list: one row per chunk, shown as a record
+            records = _udf_call(name, node, duckdb_name="pgml_chunk_records")
+            return ast.FuncCall(funcname=(ast.String("unnest"),), args=(records,))
+        if name in _UDF_ARGUMENTS:
+            return _udf_call(name, node)
         if name not in SCALAR_FUNCTIONS:
             raise Refused(f"function pgml.{name} does not exist", sqlstate="42883")
         args = list(node.args or ())
@@ -191,6 +218,73 @@ class _Translator(Visitor):
         return ast.FuncCall(
             funcname=(ast.String(SCALAR_FUNCTIONS[name]),), args=(project, features)
         )
+
+
+_UDF_ARGUMENTS = {
+    "python_package_version": (("name", "varchar"),),
+    "sklearn_f1_score": (("ground_truth", "real[]"), ("y_hat", "real[]")),
+    "sklearn_r2_score": (("ground_truth", "real[]"), ("y_hat", "real[]")),
+    "sklearn_regression_metrics": (("ground_truth", "real[]"), ("y_hat", "real[]")),
+    "sklearn_classification_metrics": (
+        ("ground_truth", "real[]"), ("y_hat", "real[]"), ("num_classes", "bigint"),
+    ),
+    "chunk": (("splitter", "varchar"), ("text", "varchar"), ("kwargs", "varchar")),
+}  # fmt: skip
+"""``pgml.*`` functions answered by a DuckDB function ``pgml_<name>`` of
+:mod:`predictor.metric_functions` or :mod:`predictor.python_environment`: their arguments,
+each cast to the type PostgresML declares."""
+_JSON_RESULTS = ("sklearn_regression_metrics", "sklearn_classification_metrics")
+_DEFAULTS = {("chunk", "kwargs"): "{}"}
+_CHUNK_ROWS = (
+    "select struct_extract(piece, 'chunk_index') as chunk_index,"
+    " struct_extract(piece, 'chunk') as chunk"
+    " from (select unnest(pgml_chunk(null, null, null)) as piece) as pieces"
+)
+
+
+def _chunk_rows(call: ast.FuncCall, alias: ast.Alias | None) -> ast.RangeSubselect:
+    """``pgml.chunk(...)`` in FROM: a lateral subquery of its rows (chunk_index, chunk), under
+    the function's name as PostgreSQL names it."""
+    query = parse_sql(_CHUNK_ROWS)[0].stmt
+    assert isinstance(query, ast.SelectStmt)
+    (inner,) = _nodes(query, ast.FuncCall)[-1:]
+    chunks = _udf_call("chunk", call)
+    inner.funcname, inner.args = chunks.funcname, chunks.args
+    return ast.RangeSubselect(
+        lateral=True, subquery=query, alias=alias or ast.Alias(aliasname="chunk")
+    )
+
+
+def _arguments(name: str, node: ast.FuncCall, parameters: tuple[tuple[str, str], ...]) -> list[Any]:
+    """The arguments of ``pgml.<name>`` in the order of ``parameters`` (positional or
+    ``name => value``)."""
+    given: list[Any] = []
+    named: dict[str, Any] = {}
+    for arg in node.args or ():
+        if isinstance(arg, ast.NamedArgExpr):
+            named[arg.name or ""] = arg.arg
+        else:
+            given.append(arg)
+    names = [p for p, _ in parameters]
+    for (function, parameter), default in _DEFAULTS.items():
+        if function == name and parameter not in named and len(given) < len(names):
+            named[parameter] = ast.A_Const(val=ast.String(default))
+    unknown = [n for n in named if n not in names[len(given) :]]
+    if len(given) + len(named) != len(names) or unknown:
+        shown = ", ".join(f"{p} {t}" for p, t in parameters)
+        raise Refused(f"function pgml.{name} takes ({shown})", sqlstate="42883")
+    return given + [named[n] for n in names[len(given) :]]
+
+
+def _udf_call(name: str, node: ast.FuncCall, *, duckdb_name: str = "") -> Any:
+    parameters = _UDF_ARGUMENTS[name]
+    args = _arguments(name, node, parameters)
+    cast = tuple(
+        ast.TypeCast(arg=arg, typeName=_type(t.removesuffix("[]"), array=t.endswith("[]")))
+        for arg, (_, t) in zip(args, parameters, strict=True)
+    )
+    call = ast.FuncCall(funcname=(ast.String(duckdb_name or f"pgml_{name}"),), args=cast)
+    return ast.TypeCast(arg=call, typeName=_type("json")) if name in _JSON_RESULTS else call
 
 
 def _type(name: str, *, array: bool = False) -> ast.TypeName:

@@ -21,12 +21,12 @@ def connect(endpoint: SqlEndpoint, **options: str) -> psycopg.Connection:
 
 
 def psql(
-    pg_bin: Path, endpoint: SqlEndpoint, script: str, *, check: bool = True
+    pg_bin: Path, endpoint: SqlEndpoint, script: str, *, check: bool = True, user: str = "pgml"
 ) -> subprocess.CompletedProcess[str]:
     """Run ``script`` with psql (unaligned, tuples only, ``|`` between fields, stop on error)."""
     done = subprocess.run(
         [str(pg_bin / "psql"), "-X", "-A", "-t", "-F", "|", "-v", "ON_ERROR_STOP=1",
-         "-h", "127.0.0.1", "-p", str(endpoint.port), "-U", "pgml", "-d", "pgml"],
+         "-h", "127.0.0.1", "-p", str(endpoint.port), "-U", user, "-d", "pgml"],
         input=script, capture_output=True, text=True, timeout=300, check=False,
     )  # fmt: skip
     if check and done.returncode != 0:
