@@ -1,21 +1,18 @@
--- pgml-sidecar: schema version 2 to 3, in the source database.
+-- pgml-sidecar: what the source database gets, schema version 3.
 --
---     psql -v ON_ERROR_STOP=1 --single-transaction -f sql/upgrade/2_to_3.sql
+-- Plain SQL and plpgsql: no superuser, no extension. Run it as a role with CREATE on the
+-- database (its owner, or the sidecar's role from role.sql), in one transaction:
 --
--- Run it as the owner of schema pgml (the role that installed it), in one transaction;
--- `pgml-sidecar init` applies it, then install.sql, by itself. Version 3 records who asks:
--- requests get a column requested_by, the pgml.* functions run as their owner (SECURITY
--- DEFINER), stamp each request with the calling role, and refuse a relation that role may not
--- SELECT or a project it does not own; nobody else writes pgml.training_requests (grants of
--- INSERT, DELETE and TRUNCATE on it are revoked). The sidecar writes each project's owner to
--- the new table pgml.projects. pgml.train records the session's pgml.training_time_limit in
--- the new column time_limit, takes the rest of PostgresML's arguments (search, search_params,
--- search_args, test_size, test_sampling, runtime, automatic_deploy, materialize_snapshot,
--- preprocess) and records them in columns of those names; the sidecar writes what a finished
--- training wants known in the new column notice. Requests still pending were made by a role
--- nobody recorded: they are failed, to be asked again. Running it again, or on version 3,
--- changes nothing.
--- What it creates must stay the same as what install.sql creates for version 3.
+--     psql -v ON_ERROR_STOP=1 --single-transaction -f sidecar/sql/install.sql
+--
+-- or let `pgml-sidecar init` apply it. Running it again on the same version changes nothing
+-- but the function bodies. Upgrades from older versions are sidecar/sql/upgrade/<n>_to_<n+1>.sql.
+--
+-- Who may do what: requests are made only through the pgml.* functions, which run as the role
+-- that installed this (SECURITY DEFINER) and stamp each request with the role that asked
+-- (`requested_by`). pgml.train checks that role may SELECT every column of the relation; a
+-- project belongs to the role that created it, and only it, a member of it, or a member of
+-- pgml_admin may retrain it, write it back, schedule it or stop either.
 
 select pg_advisory_xact_lock(hashtext('pgml-sidecar schema'));
 
@@ -23,88 +20,101 @@ do $guard$
 declare
     installed text;
 begin
-    if to_regclass('pgml.settings') is null then
-        raise exception 'pgml-sidecar is not installed in this database: nothing to upgrade'
-            using errcode = 'object_not_in_prerequisite_state',
-                  hint = 'run sql/install.sql, which creates the current version';
+    if to_regnamespace('pgml') is not null and to_regclass('pgml.settings') is null then
+        raise exception 'schema pgml exists but was not created by pgml-sidecar'
+            using errcode = 'duplicate_schema',
+                  hint = 'PostgresML or another tool owns it: drop or rename it, or install'
+                         ' pgml-sidecar in another database';
     end if;
-    select value into installed from pgml.settings where name = 'schema_version';
-    if installed is null or installed not in ('2', '3') then
-        raise exception 'sql/upgrade/2_to_3.sql upgrades schema version 2, and version % is'
-                        ' installed', coalesce(installed, 'unknown')
-            using errcode = 'object_not_in_prerequisite_state',
-                  hint = 'apply sql/upgrade/<n>_to_<n+1>.sql in order from the installed'
-                         ' version; a newer version needs the pgml-sidecar release that'
-                         ' installed it';
+    if to_regclass('pgml.settings') is not null then
+        select value into installed from pgml.settings where name = 'schema_version';
+        if installed is distinct from '3' then
+            raise exception 'pgml-sidecar schema version % is installed, this is version 3',
+                coalesce(installed, 'unknown')
+                using errcode = 'object_not_in_prerequisite_state',
+                      hint = 'pgml-sidecar init upgrades an older version; by hand, apply'
+                             ' sidecar/sql/upgrade/<n>_to_<n+1>.sql in order. A newer version needs'
+                             ' the pgml-sidecar release that installed it';
+        end if;
     end if;
 end
 $guard$;
 
--- Who asked. Rows made before version 3 get the role running this; those still pending are
--- failed rather than carried out with that role's rights.
-do $requested_by$
-begin
-    if not exists (select from pg_attribute
-                   where attrelid = 'pgml.training_requests'::regclass
-                     and attname = 'requested_by' and not attisdropped) then
-        alter table pgml.training_requests
-            add column requested_by text not null default current_user;
-        update pgml.training_requests
-        set status = 'failed', finished_at = now(),
-            error = 'made before pgml-sidecar schema version 3, which records who asks:'
-                    ' request it again'
-        where status = 'pending';
-    end if;
-end
-$requested_by$;
+create schema if not exists pgml;
+comment on schema pgml is 'pgml-sidecar: training requests and predictions (sidecar/sql/install.sql)';
+
+create schema if not exists pgml_scores;
+comment on schema pgml_scores is
+    'pgml-sidecar: one table of written-back predictions per project, keyed like its relation';
+
+create table if not exists pgml.settings (
+    name text primary key,
+    value text not null
+);
+comment on table pgml.settings is
+    'pgml-sidecar settings: schema_version, endpoint_dsn (a libpq DSN or a foreign server name)';
+
+insert into pgml.settings (name, value) values ('schema_version', '3')
+on conflict (name) do nothing;
+
+-- Older databases get cron (version 2), requested_by, time_limit, pgml.train's other arguments
+-- and notice (version 3) and the named checks from sidecar/sql/upgrade/; keep them in step.
+create table if not exists pgml.training_requests (
+    id bigint generated always as identity primary key,
+    kind text not null default 'train',
+    project_name text not null check (btrim(project_name) <> ''),
+    task text,
+    relation_name text,
+    y_column_name text,
+    algorithm text,
+    hyperparams jsonb not null default '{}' check (jsonb_typeof(hyperparams) = 'object'),
+    enabled boolean,
+    requested_at timestamptz not null default now(),
+    status text not null default 'pending'
+        check (status in ('pending', 'running', 'done', 'failed')),
+    error text,
+    model_id bigint,
+    finished_at timestamptz,
+    cron text,
+    requested_by text not null default current_user,
+    time_limit text,
+    search text,
+    search_params jsonb not null default '{}'
+        constraint training_requests_search_params_check
+        check (jsonb_typeof(search_params) = 'object'),
+    search_args jsonb not null default '{}'
+        constraint training_requests_search_args_check
+        check (jsonb_typeof(search_args) = 'object'),
+    test_size real,
+    test_sampling text,
+    automatic_deploy boolean,
+    preprocess jsonb not null default '{}'
+        constraint training_requests_preprocess_check
+        check (jsonb_typeof(preprocess) = 'object'),
+    notice text,
+    constraint training_requests_kind_check
+        check (kind in ('train', 'writeback', 'schedule', 'retrain_on_drift')),
+    constraint training_requests_enabled_check
+        check ((kind in ('writeback', 'retrain_on_drift')) = (enabled is not null)),
+    constraint training_requests_cron_check check (kind = 'schedule' or cron is null)
+);
+alter table pgml.training_requests replica identity default;
+comment on table pgml.training_requests is
+    'pgml-sidecar requests (pgml.train, pgml.writeback, pgml.schedule, pgml.retrain_on_drift),'
+    ' replicated to the sidecar, which sets status, error, model_id and finished_at';
+comment on column pgml.training_requests.cron is
+    'schedule requests: a 5-field cron expression, or NULL to clear the schedule';
 comment on column pgml.training_requests.requested_by is
     'the role that asked: the session''s role (after SET ROLE) when a pgml.* function made it';
-
--- The session's pgml.training_time_limit when it asked for a training.
-alter table pgml.training_requests add column if not exists time_limit text;
 comment on column pgml.training_requests.time_limit is
     'train requests: pgml.training_time_limit as the session had it (''10min''); NULL: the'
     ' sidecar''s training_time_limit, which is also the most a request gets';
-
--- The rest of PostgresML's pgml.train arguments, and what a training wants known.
-alter table pgml.training_requests
-    add column if not exists search text,
-    add column if not exists search_params jsonb not null default '{}'
-        constraint training_requests_search_params_check
-        check (jsonb_typeof(search_params) = 'object'),
-    add column if not exists search_args jsonb not null default '{}'
-        constraint training_requests_search_args_check
-        check (jsonb_typeof(search_args) = 'object'),
-    add column if not exists test_size real,
-    add column if not exists test_sampling text,
-    add column if not exists automatic_deploy boolean,
-    add column if not exists preprocess jsonb not null default '{}'
-        constraint training_requests_preprocess_check
-        check (jsonb_typeof(preprocess) = 'object'),
-    add column if not exists notice text;
 comment on column pgml.training_requests.preprocess is
     'train requests: PostgresML''s preprocess, per column {"encode", "impute", "scale"}; {}: the'
     ' sidecar''s defaults';
 comment on column pgml.training_requests.notice is
     'set by the sidecar: what a finished training wants known (columns it left out of the'
     ' features and why, a model no better than predicting the most frequent class or the mean)';
-
--- Version 2 told users to GRANT INSERT on the control table: only the functions write it now.
-do $revoke$
-declare
-    grantee text;
-begin
-    for grantee in
-        select distinct a.grantee::regrole::text
-        from pg_class c, aclexplode(c.relacl) a
-        where c.oid = 'pgml.training_requests'::regclass and a.grantee <> 0
-          and a.grantee <> c.relowner and a.privilege_type in ('INSERT', 'DELETE', 'TRUNCATE')
-    loop
-        execute format('revoke insert, delete, truncate on pgml.training_requests from %s',
-                       grantee);
-    end loop;
-end
-$revoke$;
 
 -- Only the pgml.* functions write requests; a grant made by mistake does not change that.
 revoke insert, update, delete, truncate on pgml.training_requests from public;
@@ -137,6 +147,20 @@ begin
     end if;
 end
 $trigger$;
+
+-- Written by the sidecar (the drifts it records in its own registry); never published.
+create table if not exists pgml.drift_events (
+    id bigint generated always as identity primary key,
+    project_name text not null,
+    model_id bigint,
+    detector text not null,
+    feature text,
+    statistic double precision not null,
+    threshold double precision not null,
+    detected_at timestamptz not null default now()
+);
+comment on table pgml.drift_events is
+    'pgml-sidecar: drift its monitors detected in deployed models, written by the sidecar';
 
 -- Written by the sidecar (its own record of projects is in the mirror); never published.
 create table if not exists pgml.projects (
@@ -601,5 +625,3 @@ $$;
 comment on function pgml.predict(text, float8[]) is
     'Predict with a project''s deployed model, answered by the sidecar''s SQL endpoint'
     ' through dblink';
-
-update pgml.settings set value = '3' where name = 'schema_version';
