@@ -116,7 +116,7 @@ def grant_score_table(
     except (psycopg.errors.UndefinedTable, psycopg.errors.InsufficientPrivilege) as exc:
         log.warning(
             "score table %s.%s is granted but not recorded in pgml.projects (%s): run"
-            " pgml-sidecar init (schema version 3) and sql/role.sql again",
+            " pgml-sidecar init (schema version 3) and sidecar/sql/role.sql again",
             SCORES, table, _first_line(exc),
         )  # fmt: skip
     except psycopg.errors.UniqueViolation as exc:

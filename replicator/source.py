@@ -240,27 +240,79 @@ def tables_without_replica_identity(
     conn: psycopg.Connection, tables: Sequence[tuple[str, str]]
 ) -> list[NoReplicaIdentity]:
     """The tables, or leaf partitions of them, that have no replica identity."""
+    return _leaves_without_identity(conn, _oids(conn, tables))
+
+
+def _oids(conn: psycopg.Connection, tables: Sequence[tuple[str, str]]) -> list[int]:
     if not tables:
         return []
-    oids = conn.execute(
+    row = conn.execute(
         "select array_agg(format('%%I.%%I', s, t)::regclass::oid)"
         " from unnest(%s::text[], %s::text[]) as x(s, t)",
         [[s for s, _ in tables], [t for _, t in tables]],
     ).fetchone()
-    return _leaves_without_identity(conn, oids[0] if oids else [])
+    return list(row[0]) if row and row[0] else []
 
 
 def published_without_replica_identity(
-    conn: psycopg.Connection, publication: str
+    conn: psycopg.Connection, publication: str | Sequence[str]
 ) -> list[NoReplicaIdentity]:
-    """The tables of a publication of UPDATEs or DELETEs that have no replica identity."""
+    """The tables of a publication (or of any of several) of UPDATEs or DELETEs that have no
+    replica identity."""
     oids = conn.execute(
-        "select array_agg(format('%%I.%%I', t.schemaname, t.tablename)::regclass::oid)"
+        "select array_agg(distinct format('%%I.%%I', t.schemaname, t.tablename)::regclass::oid)"
         " from pg_publication p join pg_publication_tables t on t.pubname = p.pubname"
-        " where p.pubname = %s and (p.pubupdate or p.pubdelete)",
-        [publication],
+        " where p.pubname = any(%s) and (p.pubupdate or p.pubdelete)",
+        [_names(publication)],
     ).fetchone()
     return _leaves_without_identity(conn, oids[0] if oids else [])
+
+
+def _names(publication: str | Sequence[str]) -> list[str]:
+    return [publication] if isinstance(publication, str) else list(publication)
+
+
+_PUBLICATIONS_OF = """
+select distinct p.pubname
+from pg_publication p
+join pg_publication_tables t on t.pubname = p.pubname
+where (p.pubupdate or p.pubdelete)
+  and format('%%I.%%I', t.schemaname, t.tablename)::regclass in (
+      select r.oid from unnest(%s::oid[]) as r(oid)
+      union
+      select a.relid from unnest(%s::oid[]) as r(oid)
+      cross join lateral pg_partition_ancestors(r.oid) as a
+      union
+      select t.relid from unnest(%s::oid[]) as r(oid)
+      cross join lateral pg_partition_tree(r.oid) as t)
+order by 1
+"""
+"""The publications that publish a table, an ancestor or a partition of it (a partitioned
+table is published as its root or as its leaves, as ``publish_via_partition_root`` says)."""
+
+
+def publications_of(conn: psycopg.Connection, tables: Sequence[tuple[str, str]]) -> list[str]:
+    """The publications of UPDATEs or DELETEs that publish any of ``tables`` (or a partition
+    of one), whoever made them: Debezium's, with the Debezium source, whatever its name."""
+    oids = _oids(conn, tables)
+    if not oids:
+        return []
+    return [r[0] for r in conn.execute(_PUBLICATIONS_OF, [oids, oids, oids]).fetchall()]
+
+
+def existing_tables(conn: psycopg.Connection, names: Iterable[str]) -> list[tuple[str, str]]:
+    """The named tables that exist in the source (plain or partitioned), as (schema, table)."""
+    found = []
+    for name in names:
+        schema, table = split_table_name(name)
+        row = conn.execute(
+            "select from pg_class c join pg_namespace n on n.oid = c.relnamespace"
+            " where n.nspname = %s and c.relname = %s and c.relkind in ('r', 'p')",
+            [schema, table],
+        ).fetchone()
+        if row is not None:
+            found.append((schema, table))
+    return found
 
 
 def _leaves_without_identity(
@@ -311,10 +363,12 @@ class ReplicaIdentityCheck:
 
 
 def replica_identity_plan(
-    conn: psycopg.Connection, publication: str, tables: Sequence[tuple[str, str]]
+    conn: psycopg.Connection,
+    publication: str | Sequence[str],
+    tables: Sequence[tuple[str, str]],
 ) -> ReplicaIdentityCheck:
-    """Find the tables without a replica identity among ``tables`` and in the publication;
-    change nothing."""
+    """Find the tables without a replica identity among ``tables`` and in the publication
+    (or publications); change nothing."""
     published = published_without_replica_identity(conn, publication)
     already = {m.name for m in published}
     new = [m for m in tables_without_replica_identity(conn, tables) if m.name not in already]
@@ -323,7 +377,7 @@ def replica_identity_plan(
 
 def check_replica_identity(
     conn: psycopg.Connection,
-    publication: str,
+    publication: str | Sequence[str],
     tables: Sequence[tuple[str, str]],
     *,
     set_full: bool = False,

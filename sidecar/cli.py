@@ -269,7 +269,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         return exc.exit_code
     except psycopg.Error as exc:  # a source that refuses a statement
         _print_error(f"the source refused: {_first_line(exc)}; grant what it asks for, or see"
-                     " sql/README.md for the privileges the sidecar needs")  # fmt: skip
+                     " sidecar/sql/README.md for the privileges the sidecar needs")  # fmt: skip
         return 1
     except duckdb.OutOfMemoryException as exc:
         _print_error(

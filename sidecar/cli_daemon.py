@@ -33,7 +33,7 @@ def add_parsers(commands: argparse._SubParsersAction) -> None:
         "init",
         help="install schema pgml (control table, pgml.train) and the publication in the source",
         description=(
-            "Install sql/install.sql into the source (schema pgml with the control table"
+            "Install sidecar/sql/install.sql into the source (schema pgml with the control table"
             " pgml.training_requests and the functions pgml.train, pgml.writeback and"
             " pgml.predict; schema pgml_scores), idempotently; create the publication for the"
             " tables and the control table. All in one transaction: a refused init leaves"

@@ -20,7 +20,7 @@ def add_parsers(commands: argparse._SubParsersAction) -> None:
             "Say what pgml-sidecar left behind and drop it, after asking (--yes does not ask):"
             " the replication slot (the source keeps WAL for it while it exists), the"
             " publication, schemas pgml and pgml_scores with every request and score table"
-            " (sql/uninstall.sql), and with --mirror the local state: the mirror file, its"
+            " (sidecar/sql/uninstall.sql), and with --mirror the local state: the mirror file, its"
             " write-ahead log and the snapshots and models beside it. Stop pgml-sidecar run"
             " first: a slot in use is refused, and so is a mirror open elsewhere. What the role"
             " of --source does not own (the publication and the schemas made by the tables'"

@@ -201,7 +201,7 @@ class ControlRequests:
             except psycopg.errors.InsufficientPrivilege as exc:
                 log.warning(
                     "request %s: cannot write its notice (%s): grant the sidecar's role UPDATE"
-                    " (notice) on pgml.training_requests, as sql/role.sql does",
+                    " (notice) on pgml.training_requests, as sidecar/sql/role.sql does",
                     request["id"], exc,
                 )  # fmt: skip
         conn.execute(

@@ -255,6 +255,7 @@ class Daemon:
                     for topic, count in replicator.stats.dead_letters.items():
                         m.dead_letters.labels(topic=topic).inc(count - dead_seen.get(topic, 0))
                         dead_seen[topic] = count
+                    _, conn = self._sample_source(conn)  # the tables' replica identity
                 else:
                     behind, conn = self._sample_source(conn)
                 last = replicator.stats.last_commit_time
@@ -279,13 +280,14 @@ class Daemon:
     def _sample_source(
         self, conn: psycopg.Connection | None
     ) -> tuple[bool, psycopg.Connection | None]:
-        """The slot's lag and the tables' replica identity from the source; whether changes
-        are waiting, and the connection to use next time (None: the source did not answer, and
-        the lag is counted on as the source's silence goes on)."""
+        """The slot's lag (none with the Debezium source) and the tables' replica identity
+        from the source; whether changes are waiting, and the connection to use next time
+        (None: the source did not answer, and the lag is counted on as the source's silence
+        goes on)."""
         try:
             if conn is None or conn.closed or conn.broken:
                 conn = psycopg.connect(self.settings.source_dsn, autocommit=True, connect_timeout=5)
-            behind = self._sample_slot(conn)
+            behind = False if self.settings.kafka else self._sample_slot(conn)
             self._sample_replica_identity(conn)
             return behind, conn
         except psycopg.Error as exc:
@@ -317,7 +319,8 @@ class Daemon:
         REPLICATION. A source that does not answer yet is only logged: the parts retry it."""
         try:
             if self.settings.kafka:  # Debezium reads the source; the write-back logs in to it
-                source.connect(self.settings.source_dsn).close()
+                with source.connect(self.settings.source_dsn) as conn:
+                    self._check_debezium_tables(conn)
                 return
             checker = Replicator(self._replication_settings())
             try:
@@ -326,6 +329,23 @@ class Daemon:
                 checker.close()
         except SourceConnectionLost as exc:
             log.warning("%s; starting anyway, and retrying with backoff", exc)
+
+    def _check_debezium_tables(self, conn: psycopg.Connection) -> None:
+        """With the Debezium source: refuse a mirrored table without a replica identity that
+        no publication has yet (Debezium's publication of it would make the application's
+        UPDATE and DELETE on it fail), or give it FULL with ``replica_identity_full``; one
+        already published is reported, as with a slot of the sidecar's own."""
+        tables = source.existing_tables(conn, self._mirrored_tables())
+        checked = source.check_replica_identity(
+            conn,
+            source.publications_of(conn, tables),
+            tables,
+            set_full=self.settings.replica_identity_full,
+        )
+        if checked.set_full:
+            log.info("set REPLICA IDENTITY FULL on %s", ", ".join(m.name for m in checked.set_full))
+        if checked.published:
+            log.warning("%s", source.replica_identity_advice(checked.published, published=True))
 
     def _mirrored_tables(self) -> list[str]:
         tables = list(self.settings.tables)
@@ -346,12 +366,24 @@ class Daemon:
         )
 
     def _sample_replica_identity(self, conn: psycopg.Connection) -> None:
-        """Record the published tables whose UPDATE and DELETE the source now refuses."""
-        missing = source.published_without_replica_identity(conn, self.settings.publication)
+        """Record the published tables whose UPDATE and DELETE the source now refuses.
+
+        With the Debezium source, the sidecar has no publication: the mirrored tables are
+        sampled, and every table of each publication that has one of them (Debezium's among
+        them, whatever its name).
+        """
+        if isinstance(self.replicator, KafkaReplicator):
+            tables = source.existing_tables(conn, self.replicator.settings.tables)
+            plan = source.replica_identity_plan(conn, source.publications_of(conn, tables), tables)
+            missing, unpublished = plan.to_fix(), {m.name for m in plan.new}
+        else:
+            missing = source.published_without_replica_identity(conn, self.settings.publication)
+            unpublished = set()
         names = [m.name for m in missing]
         new = [m for m in missing if m.name not in self.without_replica_identity]
-        if new:
-            log.error("%s", source.replica_identity_advice(new, published=True))
+        for published in (True, False):
+            if said := [m for m in new if (m.name not in unpublished) == published]:
+                log.error("%s", source.replica_identity_advice(said, published=published))
         self.without_replica_identity = names
         self.metrics.tables_without_replica_identity.set(len(names))
 

@@ -1,6 +1,6 @@
 """What pgml-sidecar installs into the source database: schemas pgml and pgml_scores.
 
-The SQL lives in ``sql/`` at the top of the checkout: ``install.sql`` creates the current
+The SQL ships in the package, in ``sidecar/sql/``: ``install.sql`` creates the current
 version from nothing and is idempotent; ``upgrade/<n>_to_<n+1>.sql`` changes what ``create ...
 if not exists`` cannot (columns, constraints, data) and records version n+1 in
 ``pgml.settings``. :func:`install` applies ``install.sql`` to a fresh database, the upgrade
@@ -15,7 +15,8 @@ SELECT and a project it does not own; members of :data:`ADMIN_ROLE` may change e
 from __future__ import annotations
 
 from collections.abc import Sequence
-from pathlib import Path
+from importlib import resources
+from importlib.resources.abc import Traversable
 
 import psycopg
 from psycopg import sql
@@ -24,15 +25,17 @@ from mirror.errors import ConfigError, SidecarError, SourceSetupError
 from replicator import source
 
 SCHEMA_VERSION = 3
-"""The version ``sql/install.sql`` creates."""
+"""The version ``sidecar/sql/install.sql`` creates."""
 
 ADMIN_ROLE = "pgml_admin"
 """Members of this role may change every project; install.sql creates it when it may."""
 
 DEFAULT_ROLE = "pgml_sidecar"
-"""The sidecar's role in sql/role.sql's examples, and in ``init --print-sql`` without --source."""
+"""The sidecar's role in sidecar/sql/role.sql's examples, and in ``init --print-sql`` without
+--source."""
 
-SQL_DIR = Path(__file__).resolve().parent.parent / "sql"
+SQL_DIR: Traversable = resources.files("sidecar") / "sql"
+"""Package data: install.sql, upgrade/, uninstall.sql, role.sql and their README.md."""
 CONTROL_TABLE = ("pgml", "training_requests")
 SIDECAR_WRITES = (("pgml", "settings"), ("pgml", "drift_events"), ("pgml", "projects"))
 """Tables in schema pgml the sidecar writes: never published (nor any pgml_scores table)."""
@@ -52,19 +55,19 @@ def installed_version(conn: psycopg.Connection) -> int | None:
     except psycopg.errors.InsufficientPrivilege as exc:
         raise SourceSetupError(
             f"cannot read pgml.settings: {_first_line(exc)}; grant SELECT on pgml.settings"
-            " (and USAGE on schema pgml) to the sidecar's role, see sql/role.sql"
+            " (and USAGE on schema pgml) to the sidecar's role, see sidecar/sql/role.sql"
         ) from None
     if found is None or not str(found[0]).isdigit():
         raise SourceSetupError(
             "pgml.settings holds no valid schema_version: the pgml schema was changed by hand;"
-            " run sql/uninstall.sql and install again"
+            " run sidecar/sql/uninstall.sql and install again"
         )
     return int(found[0])
 
 
 def upgrade_steps(
-    installed: int, *, target: int = SCHEMA_VERSION, sql_dir: Path = SQL_DIR
-) -> list[Path]:
+    installed: int, *, target: int = SCHEMA_VERSION, sql_dir: Traversable = SQL_DIR
+) -> list[Traversable]:
     """Return the upgrade scripts that take version ``installed`` to ``target``, in order."""
     if installed > target:
         raise SourceSetupError(
@@ -74,7 +77,7 @@ def upgrade_steps(
     steps = [sql_dir / "upgrade" / f"{n}_to_{n + 1}.sql" for n in range(installed, target)]
     for step in steps:
         if not step.is_file():
-            raise SidecarError(f"{step} is missing: this pgml-sidecar checkout is incomplete")
+            raise SidecarError(f"{step} is missing: this pgml-sidecar install is incomplete")
     return steps
 
 
@@ -84,7 +87,7 @@ def install(conn: psycopg.Connection, *, endpoint_dsn: str | None = None) -> int
     ``endpoint_dsn`` (a libpq DSN, or the name of a foreign server holding it with a user
     mapping) is where ``pgml.predict`` reaches the sidecar's SQL endpoint through dblink. At
     the current version only ``endpoint_dsn`` is written, so a role that did not install the
-    schema (see sql/role.sql) can run this too.
+    schema (see sidecar/sql/role.sql) can run this too.
     """
     if endpoint_dsn is not None and not endpoint_dsn.strip():
         raise ConfigError("the endpoint DSN for pgml.predict is empty")
@@ -109,7 +112,7 @@ def install(conn: psycopg.Connection, *, endpoint_dsn: str | None = None) -> int
     except (psycopg.errors.ObjectNotInPrerequisiteState, psycopg.errors.DuplicateSchema) as exc:
         raise SourceSetupError(_with_hint(exc)) from None
     if version is None:  # pragma: no cover - install.sql always records it
-        raise SidecarError("sql/install.sql recorded no schema_version")
+        raise SidecarError("sidecar/sql/install.sql recorded no schema_version")
     return version
 
 
@@ -229,7 +232,7 @@ def _owners(
 def _grants_sql(
     conn: psycopg.Connection | None, role: str, tables: Sequence[tuple[str, str]]
 ) -> str:
-    """What the sidecar's role needs (sql/role.sql grants the same): SELECT on the tables to
+    """What the sidecar's role needs (sidecar/sql/role.sql grants the same): SELECT on the tables to
     mirror, the outcome columns of the requests, the tables in pgml it writes, pgml_scores."""
     grantee = source.quoted_name(conn, role)
     lines = [
@@ -328,7 +331,7 @@ def add_control_table(conn: psycopg.Connection, publication: str) -> bool:
         if not exists or exists[0] is None:
             raise SourceSetupError(
                 "pgml.training_requests does not exist: install the pgml schema first"
-                " (pgml-sidecar init, or psql -f sql/install.sql)"
+                " (pgml-sidecar init, or psql -f sidecar/sql/install.sql)"
             )
         try:
             conn.execute(
@@ -345,12 +348,13 @@ def add_control_table(conn: psycopg.Connection, publication: str) -> bool:
     return True
 
 
-def _read(path: Path) -> str:
+def _read(path: Traversable) -> str:
     try:
         return path.read_text(encoding="utf-8")
     except FileNotFoundError:
         raise SidecarError(
-            f"{path} is missing: pgml-sidecar reads its SQL from the sql/ folder of its checkout"
+            f"{path} is missing: pgml-sidecar reads its SQL from sidecar/sql/ in its package;"
+            " install it again"
         ) from None
 
 
@@ -372,7 +376,7 @@ def _privilege_advice(
             " same --source and --tables) through psql, then run init again"
         )
     else:
-        advice = f"see sql/role.sql for the privileges {user} needs"
+        advice = f"see sidecar/sql/role.sql for the privileges {user} needs"
     where = f"pgml-sidecar's schema in database {database} as {user}"
     return f"cannot {action} {where}: {reason}; {advice}"
 

@@ -419,10 +419,11 @@ def debezium(
     """Register Debezium connectors for this test; they, their slots and topics go after it.
 
     ``debezium(dsn, tables, prefix=None, schemas=True, partitions=1, snapshot_mode="initial",
-    heartbeat_ms=10000, decimal_mode=None, settings=None, exact_prefix=False)``: ``prefix`` is
-    a stem, made unique (read ``.topic_prefix``), or with ``exact_prefix`` the prefix itself
-    (from ``unique_prefix()``, for a test that creates the topics first); ``settings`` are
-    extra connector properties. Returns once the
+    heartbeat_ms=10000, decimal_mode=None, settings=None, exact_prefix=False,
+    replica_identity_full=False)``: ``prefix`` is a stem, made unique (read ``.topic_prefix``),
+    or with ``exact_prefix`` the prefix itself (from ``unique_prefix()``, for a test that
+    creates the topics first); ``settings`` are extra connector properties;
+    ``replica_identity_full`` passes up.sh's flag of that name. Returns once the
     connector and its task are RUNNING (the snapshot may still be under way).
     """
     created: list[Debezium] = []
@@ -439,6 +440,7 @@ def debezium(
         decimal_mode: str | None = None,
         settings: Mapping[str, str] | None = None,
         exact_prefix: bool = False,
+        replica_identity_full: bool = False,
     ) -> Debezium:
         names = [qualified(t) for t in ([tables] if isinstance(tables, str) else tables)]
         if exact_prefix and not prefix:
@@ -454,6 +456,8 @@ def debezium(
             args += ["--decimal-mode", decimal_mode]
         for key, value in (settings or {}).items():
             args += ["--set", f"{key}={value}"]
+        if replica_identity_full:
+            args.append("--replica-identity-full")
         connector = Debezium(
             stack=kafka_stack,
             name=name,

@@ -46,12 +46,22 @@ Without --pg-dsn/--tables/--topic-prefix (they go together) only the stack is st
   --publication-name N   publication; default the same as the slot name
   --drop-slot-on-stop    slot.drop.on.stop=true: the slot goes when the connector stops
                          (for tests; otherwise it stays so Debezium can resume)
+  --replica-identity-full
+                         give the tables of LIST that have no replica identity REPLICA
+                         IDENTITY FULL (as their owner) instead of refusing them: before
+                         registering, up.sh checks with psql that every table LIST matches
+                         (every partition of a partitioned one) has a primary key or another
+                         replica identity, because once the connector publishes a table
+                         without one, the application's UPDATE and DELETE on it fail. FULL
+                         makes every UPDATE and DELETE write the whole old row to the WAL;
+                         a primary key is the cheaper fix
   --set KEY=VALUE        any other connector property (repeatable; wins over the above)
   --broker-port N        the broker's port; default a free one
   --connect-port N       Kafka Connect's REST port; default a free one
   --timeout SECONDS      how long to wait for each step (broker, Connect, connector); default 120
   --fetch-only           only make sure the jars are in the cache; prints its lib directory
-  --dry-run              only print the connector's configuration JSON (password included)
+  --dry-run              only print the connector's configuration JSON (password included;
+                         connects to nothing, so checks no replica identity)
   --help                 this text
 
 Environment:
@@ -60,14 +70,15 @@ Environment:
                           are fetched with mvn only when that directory is not complete.
   PGML_SIDECAR_KAFKA_HEAP JVM memory options of each process (default -Xms64m -Xmx512m)
 
-Needs java 17+, curl, and mvn the first time (Debian: apt-get install default-jdk-headless
-maven curl). The versions are in deploy/kafka/pom.xml.
+Needs java 17+, curl, psql to register a connector, and mvn the first time (Debian:
+apt-get install default-jdk-headless postgresql-client maven curl). The versions are in
+deploy/kafka/pom.xml.
 EOF
 }
 
 WORKDIR="" PG_DSN="" TABLES="" PREFIX="" SCHEMAS=true SNAPSHOT_MODE=initial PARTITIONS=1
 HEARTBEAT_MS=10000 DECIMAL_MODE=precise SLOT_NAME="" PUBLICATION_NAME="" DROP_SLOT=false
-BROKER_PORT="" CONNECT_PORT="" TIMEOUT=120 FETCH_ONLY=false DRY_RUN=false
+BROKER_PORT="" CONNECT_PORT="" TIMEOUT=120 FETCH_ONLY=false DRY_RUN=false IDENTITY_FULL=false
 EXTRA=()
 
 split_equals "$@"
@@ -79,11 +90,12 @@ while (($#)); do
             usage
             exit 0
             ;;
-        --fetch-only | --drop-slot-on-stop | --dry-run)
+        --fetch-only | --drop-slot-on-stop | --dry-run | --replica-identity-full)
             case $opt in
                 --fetch-only) FETCH_ONLY=true ;;
                 --drop-slot-on-stop) DROP_SLOT=true ;;
                 --dry-run) DRY_RUN=true ;;
+                --replica-identity-full) IDENTITY_FULL=true ;;
             esac
             shift
             continue
@@ -373,6 +385,79 @@ if $DRY_RUN; then
     exit 0
 fi
 
+# --- the tables' replica identity (checked before anything starts) ------------------------
+source_psql() { # source_psql ARGS...: psql into the connector's database, as Debezium logs in
+    local env=(PGHOST="$DB_HOST" PGPORT="$DB_PORT" PGUSER="$DB_USER" PGDATABASE="$DB_NAME"
+        PGCONNECT_TIMEOUT="${PGCONNECT_TIMEOUT:-10}")
+    [[ -n $DB_PASSWORD ]] && env+=(PGPASSWORD="$DB_PASSWORD")
+    [[ -n $DB_SSLMODE ]] && env+=(PGSSLMODE="$DB_SSLMODE")
+    env "${env[@]}" psql -X -q -v ON_ERROR_STOP=1 "$@"
+}
+
+psql_error() { # psql_error FILE: psql's first error line, without its prefixes
+    grep -m 1 -v '^[[:space:]]*$' "$1" | sed 's/^psql:[^ ]* //; s/^error: //; s/^ERROR: *//'
+}
+
+# check_replica_identity: refuse (or with --replica-identity-full fix) the tables that the
+# connector's publication would make refuse the application's UPDATE and DELETE; the wording
+# is that of pgml-sidecar's own check (replicator/source.py: replica_identity_advice).
+check_replica_identity() {
+    need_tool psql "install the PostgreSQL client (Debian: apt-get install postgresql-client): up.sh checks with it that the tables have a replica identity before Debezium publishes them"
+    local err out
+    err=$(mktemp)
+    if ! out=$(source_psql -A -t -F $'\x1f' -v include="$INCLUDE" \
+        -f "$KAFKA_DIR/replica_identity.sql" 2>"$err"); then
+        local why
+        why=$(psql_error "$err")
+        rm -f "$err"
+        die "cannot check the tables' replica identity in database $DB_NAME at $DB_HOST:$DB_PORT as $DB_USER: ${why:-psql failed}"
+    fi
+    [[ -n $out ]] || {
+        rm -f "$err"
+        return 0
+    }
+    local rows row name quoted reason parent names=() reasons=() described=() alters=()
+    local statements=""
+    mapfile -t rows <<<"$out"
+    for row in "${rows[@]}"; do
+        IFS=$'\x1f' read -r name quoted reason parent <<<"$row"
+        [[ -n $parent ]] && reason="a partition of $parent; $reason"
+        names+=("$name")
+        reasons+=("$reason")
+        described+=("$name ($reason)")
+        alters+=("ALTER TABLE $quoted REPLICA IDENTITY FULL")
+        statements+="alter table $quoted replica identity full;"
+    done
+    local what harm each=" to each" alter_list
+    alter_list=$(printf '%s; ' "${alters[@]}")
+    alter_list=${alter_list%; }
+    if ((${#names[@]} == 1)); then
+        what="${names[0]} has no replica identity (${reasons[0]})"
+        harm="once published, the application's UPDATE and DELETE on it would fail"
+        each=""
+    else
+        what="$(printf '%s, ' "${described[@]}")"
+        what="${what%, } have no replica identity"
+        harm="once published, the application's UPDATE and DELETE on them would fail"
+    fi
+    local names_list
+    names_list=$(printf '%s, ' "${names[@]}")
+    names_list=${names_list%, }
+    if ! $IDENTITY_FULL; then
+        rm -f "$err"
+        die "$what: $harm; add a primary key$each, or run $alter_list (every UPDATE and DELETE then writes the whole old row to the WAL), or pass --replica-identity-full to have up.sh run it"
+    fi
+    if ! source_psql -1 -c "$statements" >/dev/null 2>"$err"; then
+        local why
+        why=$(psql_error "$err")
+        rm -f "$err"
+        die "cannot set REPLICA IDENTITY FULL on $names_list: ${why:-psql failed}; have the tables' owner run $alter_list (or add a primary key$each), then run up.sh again"
+    fi
+    rm -f "$err"
+    say "==> set REPLICA IDENTITY FULL on $names_list (every UPDATE and DELETE now writes the whole old row to the WAL)"
+}
+
+[[ -z $PREFIX ]] || check_replica_identity
 check_java
 fetch_jars
 if $FETCH_ONLY; then

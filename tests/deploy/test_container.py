@@ -266,13 +266,14 @@ def test_dockerfile_copies_files_that_exist_and_get_into_the_context() -> None:
 
     pyproject = tomllib.loads((ROOT / "pyproject.toml").read_text())
     packages = pyproject["tool"]["setuptools"]["packages"]
-    assert set(packages) | {"sql", "pyproject.toml", "README.md"} <= copied
+    assert set(packages) | {"pyproject.toml", "README.md"} <= copied
     stubs = next(
         i for i in dockerfile() if i.keyword == "RUN" and "pip install -e ." in i.arguments
     )
     assert f"for package in {' '.join(packages)};" in stubs.arguments
-    # init reads sql/ beside the packages, so the image keeps the checkout's layout
-    assert source_schema.SQL_DIR == ROOT / "sql"
+    # the SQL init runs is package data of sidecar: copied with it
+    assert source_schema.SQL_DIR == ROOT / "sidecar" / "sql"
+    assert (ROOT / "sidecar" / "sql" / "install.sql").is_file()
 
 
 def test_image_runs_as_a_user_of_its_own() -> None:

@@ -31,7 +31,7 @@ class Shop:
     owner: str
     """Owns the schemas and tables."""
     sidecar: str
-    """The sidecar's REPLICATION role, with SELECT on the mirrored tables (sql/role.sql)."""
+    """The sidecar's REPLICATION role, with SELECT on the mirrored tables (sidecar/sql/role.sql)."""
     app: str
     """SELECT on shop.orders, and on two columns of hr.people."""
     analyst: str

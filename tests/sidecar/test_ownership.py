@@ -1,7 +1,7 @@
 """The daemon carries out a request only for a role that may make it: real source, real roles.
 
-The sidecar runs as a least-privilege REPLICATION role made by sql/role.sql. Requests that got
-past the source's own checks (inserted by the control table's owner, or made before the
+The sidecar runs as a least-privilege REPLICATION role made by sidecar/sql/role.sql. Requests
+that got past the source's own checks (inserted by the control table's owner, or made before the
 sidecar copied a project's owner to the source) are judged again, and refused in their row.
 """
 
@@ -25,7 +25,7 @@ from tests.source_roles import MakeRole, as_role, make_role, run
 
 __all__ = ["make_role"]  # the fixture, used by name
 
-SQL_DIR = Path(__file__).resolve().parents[2] / "sql"
+SQL_DIR = Path(__file__).resolve().parents[2] / "sidecar" / "sql"
 ROWS = 300
 
 

@@ -23,7 +23,7 @@ from tests.fix_pg import database_name_for, drop_database, fresh_database
 from tests.source_roles import MakeRole, make_role
 from trainer.train import Trainer
 
-SQL_DIR = Path(__file__).resolve().parents[2] / "sql"
+SQL_DIR = Path(__file__).resolve().parents[2] / "sidecar" / "sql"
 VERSION_1_COMMIT = "f0ec365"  # its sql/install.sql created schema version 1
 VERSION_2_COMMIT = "8428d18"  # and this one's version 2
 IRIS_SETOSA = "array[5.1, 3.5, 1.4, 0.2]"

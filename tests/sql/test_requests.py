@@ -21,7 +21,7 @@ from tests.sql.test_install import old_install_sql
 __all__ = ["make_role"]  # the fixture, used by name
 
 ATTACK = "select pgml.train('x', 'regression', 'public.salaries', 'salary')"
-SQL_DIR = Path(__file__).resolve().parents[2] / "sql"
+SQL_DIR = Path(__file__).resolve().parents[2] / "sidecar" / "sql"
 
 
 @dataclass
@@ -298,7 +298,7 @@ def test_init_print_sql_runs_nothing(source_dsn: str) -> None:
         conn.execute(old_install_sql(2))
     done = subprocess.run(
         [sys.executable, "-m", "sidecar.cli", "init", "--print-sql", "--source", source_dsn],
-        capture_output=True, text=True, timeout=60, cwd=SQL_DIR.parent,
+        capture_output=True, text=True, timeout=60, cwd=SQL_DIR.parents[1],
     )  # fmt: skip
     assert done.returncode == 0, done.stderr
     assert source_schema.install_script(2).split("\n-- Members of pgml_admin")[0] in done.stdout

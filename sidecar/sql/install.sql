@@ -3,10 +3,10 @@
 -- Plain SQL and plpgsql: no superuser, no extension. Run it as a role with CREATE on the
 -- database (its owner, or the sidecar's role from role.sql), in one transaction:
 --
---     psql -v ON_ERROR_STOP=1 --single-transaction -f sql/install.sql
+--     psql -v ON_ERROR_STOP=1 --single-transaction -f sidecar/sql/install.sql
 --
 -- or let `pgml-sidecar init` apply it. Running it again on the same version changes nothing
--- but the function bodies. Upgrades from older versions are sql/upgrade/<n>_to_<n+1>.sql.
+-- but the function bodies. Upgrades from older versions are sidecar/sql/upgrade/<n>_to_<n+1>.sql.
 --
 -- Who may do what: requests are made only through the pgml.* functions, which run as the role
 -- that installed this (SECURITY DEFINER) and stamp each request with the role that asked
@@ -33,7 +33,7 @@ begin
                 coalesce(installed, 'unknown')
                 using errcode = 'object_not_in_prerequisite_state',
                       hint = 'pgml-sidecar init upgrades an older version; by hand, apply'
-                             ' sql/upgrade/<n>_to_<n+1>.sql in order. A newer version needs'
+                             ' sidecar/sql/upgrade/<n>_to_<n+1>.sql in order. A newer version needs'
                              ' the pgml-sidecar release that installed it';
         end if;
     end if;
@@ -41,7 +41,7 @@ end
 $guard$;
 
 create schema if not exists pgml;
-comment on schema pgml is 'pgml-sidecar: training requests and predictions (sql/install.sql)';
+comment on schema pgml is 'pgml-sidecar: training requests and predictions (sidecar/sql/install.sql)';
 
 create schema if not exists pgml_scores;
 comment on schema pgml_scores is
@@ -58,7 +58,7 @@ insert into pgml.settings (name, value) values ('schema_version', '3')
 on conflict (name) do nothing;
 
 -- Older databases get cron (version 2), requested_by, time_limit, pgml.train's other arguments
--- and notice (version 3) and the named checks from sql/upgrade/; keep them in step.
+-- and notice (version 3) and the named checks from sidecar/sql/upgrade/; keep them in step.
 create table if not exists pgml.training_requests (
     id bigint generated always as identity primary key,
     kind text not null default 'train',

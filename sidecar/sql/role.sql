@@ -1,6 +1,6 @@
 -- pgml-sidecar: a least-privilege role for the sidecar, in the database it mirrors.
 --
---     psql -d shop -v role=pgml_sidecar -v tables=public.customers,public.orders -f sql/role.sql
+--     psql -d shop -v role=pgml_sidecar -v tables=public.customers,public.orders -f sidecar/sql/role.sql
 --
 -- Run it as a superuser, or the platform's admin user (RDS/Aurora master user, Cloud SQL
 -- cloudsqlsuperuser, Azure azure_pg_admin). Variables:
@@ -17,7 +17,7 @@
 \if :{?role}
 \else
 do $$ begin
-    raise exception 'sql/role.sql needs -v role=<name>';
+    raise exception 'sidecar/sql/role.sql needs -v role=<name>';
 end $$;
 \endif
 

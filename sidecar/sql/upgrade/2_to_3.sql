@@ -1,6 +1,6 @@
 -- pgml-sidecar: schema version 2 to 3, in the source database.
 --
---     psql -v ON_ERROR_STOP=1 --single-transaction -f sql/upgrade/2_to_3.sql
+--     psql -v ON_ERROR_STOP=1 --single-transaction -f sidecar/sql/upgrade/2_to_3.sql
 --
 -- Run it as the owner of schema pgml (the role that installed it), in one transaction;
 -- `pgml-sidecar init` applies it, then install.sql, by itself. Version 3 records who asks:
@@ -27,14 +27,14 @@ begin
     if to_regclass('pgml.settings') is null then
         raise exception 'pgml-sidecar is not installed in this database: nothing to upgrade'
             using errcode = 'object_not_in_prerequisite_state',
-                  hint = 'run sql/install.sql, which creates the current version';
+                  hint = 'run sidecar/sql/install.sql, which creates the current version';
     end if;
     select value into installed from pgml.settings where name = 'schema_version';
     if installed is null or installed not in ('2', '3') then
-        raise exception 'sql/upgrade/2_to_3.sql upgrades schema version 2, and version % is'
+        raise exception 'sidecar/sql/upgrade/2_to_3.sql upgrades schema version 2, and version % is'
                         ' installed', coalesce(installed, 'unknown')
             using errcode = 'object_not_in_prerequisite_state',
-                  hint = 'apply sql/upgrade/<n>_to_<n+1>.sql in order from the installed'
+                  hint = 'apply sidecar/sql/upgrade/<n>_to_<n+1>.sql in order from the installed'
                          ' version; a newer version needs the pgml-sidecar release that'
                          ' installed it';
     end if;

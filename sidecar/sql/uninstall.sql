@@ -1,6 +1,6 @@
 -- pgml-sidecar: remove what install.sql created, with every written-back score table.
 --
---     psql -v ON_ERROR_STOP=1 --single-transaction -f sql/uninstall.sql
+--     psql -v ON_ERROR_STOP=1 --single-transaction -f sidecar/sql/uninstall.sql
 --
 -- Run it as the owner of schema pgml (the role that installed it). Stop the sidecar first:
 -- pgml.training_requests leaves the publication with its table. A schema pgml that
