@@ -153,14 +153,17 @@ def attach_monitor(mirror: Mirror, trainer: Trainer) -> Monitor:
 STAGES = ("keys", "read", "feature_drift", "features", "river", "estimator", "error_drift",
           "checkpoint", "other")  # fmt: skip
 """Where ours spends its time, timed by wrapping what ``Monitor`` calls (all in this thread):
-keys = ``touched_keys``; read = ``rows_in_change_order`` (DuckDB join, ordered); feature_drift =
+keys = ``touched_keys``; read = ``rows_of_commits`` (DuckDB join, ordered; the commits waiting
+read together); feature_drift =
 ``FeatureDrift.update``; features = ``Model.features`` (the preprocessor); river = the
 per-row predict + learn loop of ``RiverEstimator`` (``_learn_values``, building each row's dict
 included); estimator = the rest of ``partial_fit`` (checks, ``tolist``, progressive metrics);
-error_drift = ``ErrorDrift.update``; checkpoint = ``Monitor._checkpoint`` (pickle, registry);
-other = the rest (queue, label extraction, Arrow filtering, the loop, waiting for the learner).
-Online models learn in the learner process (``trainer/learner.py``): river, estimator and
-error_drift are then spent there, not in this thread, and show as 0 here."""
+error_drift = ``ErrorDrift.update``; checkpoint = ``Monitor._checkpoint`` (requesting one) and
+``Monitor._checkpointed`` (the registry, once written); other = the rest (queue, label
+extraction, Arrow filtering, the loop, waiting for the learner). Online models learn in the
+learner process (``trainer/learner.py``), which also pickles and writes their checkpoints:
+river, estimator, error_drift and most of a checkpoint are then spent there, not in this
+thread, and show as 0 (or little) here."""
 
 
 class StageTimer:
@@ -185,7 +188,7 @@ class StageTimer:
     def installed(self) -> Iterator[StageTimer]:
         wrapped: list[tuple[Any, str, str]] = [
             (monitoring, "touched_keys", "keys"),
-            (monitoring, "rows_in_change_order", "read"),
+            (monitoring, "rows_of_commits", "read"),
             (FeatureDrift, "update", "feature_drift"),
             (Model, "features", "features"),
             (RiverEstimator, "_learn_values", "river"),
@@ -193,6 +196,7 @@ class StageTimer:
             (RiverEstimator, "partial_fit", "partial_fit"),
             (ErrorDrift, "update", "error_drift"),
             (Monitor, "_checkpoint", "checkpoint"),
+            (Monitor, "_checkpointed", "checkpointed"),
         ]
         patches = [
             mock.patch.object(owner, name, self._timed(stage, getattr(owner, name)))
@@ -206,6 +210,7 @@ class StageTimer:
     def stages(self, total: float) -> dict[str, float]:
         spent = dict(self.spent)
         partial_fit = spent.pop("partial_fit", 0.0)
+        spent["checkpoint"] = spent.get("checkpoint", 0.0) + spent.pop("checkpointed", 0.0)
         spent["estimator"] = partial_fit - spent.get("river", 0.0)
         spent["other"] = total - sum(spent.values())
         return {name: spent.get(name, 0.0) for name in STAGES}
@@ -235,20 +240,34 @@ class GcTimer:
             gc.callbacks.remove(self._callback)
 
 
+def cpu_seconds(monitor: Monitor) -> float:
+    """CPU time of this process (all its threads) and of the monitor's learner process."""
+    process = monitor.learner._process
+    learner = 0.0
+    if process is not None:
+        with contextlib.suppress(OSError):
+            fields = Path(f"/proc/{process.pid}/stat").read_text().rsplit(")", 1)[1].split()
+            learner = (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+    return time.process_time() + learner
+
+
 class _StopAfter(threading.Event):
-    """Set once the monitor has handled ``batches`` commits; remembers when that happened."""
+    """Set once the monitor has handled ``batches`` commits; remembers when that happened,
+    and the CPU time then."""
 
     def __init__(self, monitor: Monitor, batches: int) -> None:
         super().__init__()
         self.monitor = monitor
         self.batches = batches
         self.done_at = 0.0
+        self.done_cpu = 0.0
 
     def is_set(self) -> bool:
         if self.monitor.batches >= self.batches:
             if not self.done_at:
                 self.monitor.settle()  # the learner process has learned every row sent
                 self.done_at = time.perf_counter()
+                self.done_cpu = cpu_seconds(self.monitor)
             return True
         return super().is_set()
 
@@ -266,6 +285,8 @@ class LearningRound:
     gc_ref: GcTimer
     checkpoints: int
     model_mb: float  # the pickled model after learning
+    ours_cpu: float = 0.0  # CPU seconds, this process and the learner process
+    ref_cpu: float = 0.0
 
     @property
     def ratio(self) -> float:
@@ -287,11 +308,13 @@ class LearningResult:
         ours = learned / statistics.median(r.ours_s for r in self.rounds)
         ref = learned / statistics.median(r.ref_s for r in self.rounds)
         headers = ["round", "first", "ours s", "River s", "ratio", "ours rows/s", "River rows/s"]
+        headers += ["CPU s ours, River"]
         headers += [f"{s} s" for s in STAGES] + ["gc s (n) ours, River"]
         rows = [
             [
                 str(i), r.first, f"{r.ours_s:.2f}", f"{r.ref_s:.2f}", f"{r.ratio:.2f}",
                 f"{learned / r.ours_s:,.0f}", f"{learned / r.ref_s:,.0f}",
+                f"{r.ours_cpu:.2f}, {r.ref_cpu:.2f}",
                 *(f"{r.stages[s]:.2f}" for s in STAGES),
                 f"{r.gc_ours.seconds:.2f} ({r.gc_ours.full}), {r.gc_ref.seconds:.2f}"
                 f" ({r.gc_ref.full})",
@@ -389,19 +412,19 @@ def learning_round(
 
         timer = StageTimer()
 
-        def ours() -> tuple[float, dict[str, float]]:
+        def ours() -> tuple[float, dict[str, float], float]:
             for lsn, touched in enumerate(batches, first_lsn):
                 monitor.on_commit(lsn, touched)
             stop = _StopAfter(monitor, len(batches))
             with timer.installed(), gc_ours.installed():
-                started = time.perf_counter()
+                started, cpu = time.perf_counter(), cpu_seconds(monitor)
                 monitor.run(stop)
             seconds = stop.done_at - started
-            return seconds, timer.stages(seconds)
+            return seconds, timer.stages(seconds), stop.done_cpu - cpu
 
-        def reference() -> float:
+        def reference() -> tuple[float, float]:
             with gc_ref.installed():
-                started = time.perf_counter()
+                started, cpu = time.perf_counter(), time.process_time()
                 for model in river_models:
                     predict, learn = model.predict_one, model.learn_one
                     out: list[float | None] = []
@@ -409,16 +432,17 @@ def learning_round(
                     for features, target in zip(dicts, targets, strict=True):
                         append(predict(features))
                         learn(features, target)
-                return time.perf_counter() - started
+                return time.perf_counter() - started, time.process_time() - cpu
 
         order = w.alternate(index)
         seconds: dict[str, float] = {}
+        cpu: dict[str, float] = {}
         stages: dict[str, float] = {}
         for side in order:
             if side == "ours":
-                seconds["ours"], stages = ours()
+                seconds["ours"], stages, cpu["ours"] = ours()
             else:
-                seconds["ref"] = reference()
+                seconds["ref"], cpu["ref"] = reference()
         # Same models, same state, same rows: after learning, both should predict alike.
         sample = dicts[-1000:]
         same = 1.0
@@ -434,7 +458,8 @@ def learning_round(
         model_mb = sum(len(pickles.dumps(watch.model)) for watch in watches) / 2**20
         return LearningRound(
             order[0], seconds["ours"], seconds["ref"], rows * len(watches), stages, same,
-            len(keys), gc_ours, gc_ref, timer.calls["checkpoint"], model_mb,
+            len(keys), gc_ours, gc_ref, timer.calls["checkpointed"], model_mb, cpu["ours"],
+            cpu["ref"],
         )  # fmt: skip
     finally:
         monitor.close()
@@ -458,7 +483,8 @@ def run_learning(
             result.rounds.append(done)
             w.say(
                 f"learning {name} round {index + 1}: ours {done.ours_s:.2f}s, River"
-                f" {done.ref_s:.2f}s, ratio {done.ratio:.2f}; "
+                f" {done.ref_s:.2f}s, ratio {done.ratio:.2f}; CPU ours {done.ours_cpu:.2f}s,"
+                f" River {done.ref_cpu:.2f}s; "
                 + ", ".join(f"{s} {done.stages[s]:.2f}" for s in STAGES)
                 + f"; gc ours {done.gc_ours.seconds:.2f}s, River {done.gc_ref.seconds:.2f}s"
             )

@@ -9,6 +9,7 @@ from a model's checkpoint and forgotten once every consumer has taken them.
 
 from __future__ import annotations
 
+import itertools
 import json
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
@@ -89,6 +90,7 @@ def rows_for_keys(
 
 
 _ORDER = "_pgml_sidecar_order"
+_COMMIT = "_pgml_sidecar_commit"
 
 
 def rows_in_change_order(
@@ -98,27 +100,52 @@ def rows_in_change_order(
     them in the order they changed (repeats allowed): each row once, in the order of its last
     change. Online learning reads rows this way, so the same changes always give the same
     model: a join alone returns rows in no promised order (DuckDB's threads reorder them)."""
-    ordered = keys.append_column(_ORDER, pa.array(np.arange(keys.num_rows, dtype=np.int64)))
-    if pc.count_distinct(_joined(keys)).as_py() < keys.num_rows:  # a key changed twice
-        ordered = ordered.group_by(keys.column_names).aggregate([(_ORDER, "max")])
-        ordered = ordered.rename_columns([*keys.column_names, _ORDER])
+    return rows_of_commits(con, schema, table, [keys], columns)[0]
+
+
+def rows_of_commits(
+    con: duckdb.DuckDBPyConnection,
+    schema: str,
+    table: str,
+    commits: list[pa.Table],
+    columns: list[str],
+) -> list[pa.Table]:
+    """:func:`rows_in_change_order` of each commit's keys, read in one join: one table per
+    commit, the same as reading each alone then (a row touched by two commits is in both).
+
+    The join scans the table (a list of keys uses no index), so one for the commits waiting
+    costs what one for a single commit does."""
+    parts = []
+    offset = 0
+    for index, keys in enumerate(commits):
+        order = pa.array(np.arange(offset, offset + keys.num_rows, dtype=np.int64))
+        ordered = keys.append_column(_ORDER, order)
+        if pc.count_distinct(_joined(keys)).as_py() < keys.num_rows:  # a key changed twice
+            ordered = ordered.group_by(keys.column_names).aggregate([(_ORDER, "max")])
+            ordered = ordered.rename_columns([*keys.column_names, _ORDER])
+        commit = pa.array(np.full(ordered.num_rows, index, dtype=np.int64))
+        parts.append(ordered.append_column(_COMMIT, commit))
+        offset += keys.num_rows
+    touched = pa.concat_tables(parts, promote_options="permissive")
+    names = commits[0].column_names
     cursor = con.cursor()
     try:
         types = _column_types(cursor, schema, table)
-        cursor.register("_pgml_touched", ordered)
+        cursor.register("_pgml_touched", touched)
         match = " and ".join(
-            f"r.{quote(k)} = try_cast(t.{quote(k)} as {types.get(k, 'varchar')})"
-            for k in keys.column_names
+            f"r.{quote(k)} = try_cast(t.{quote(k)} as {types.get(k, 'varchar')})" for k in names
         )
         listed = ", ".join(f"r.{quote(c)}" for c in columns)
         found = cursor.sql(
-            f"select {listed}, t.{_ORDER} from {quote(schema)}.{quote(table)} r"
+            f"select {listed}, t.{_ORDER}, t.{_COMMIT} from {quote(schema)}.{quote(table)} r"
             f" join _pgml_touched t on {match}"
         ).to_arrow_table()
     finally:
         cursor.close()
-    order = np.argsort(found[_ORDER].to_numpy(), kind="stable")
-    return found.take(order).drop_columns([_ORDER])
+    found = found.take(np.argsort(found[_ORDER].to_numpy(), kind="stable"))
+    bounds = np.searchsorted(found[_COMMIT].to_numpy(), np.arange(len(commits) + 1))
+    found = found.drop_columns([_ORDER, _COMMIT])
+    return [found.slice(lo, hi - lo) for lo, hi in itertools.pairwise(bounds)]
 
 
 def _joined(keys: pa.Table) -> pa.Array:

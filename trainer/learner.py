@@ -6,23 +6,35 @@ three online projects attached. Here the monitor sends each online model's label
 feature matrix and targets, in commit order) and goes on; the learner predicts then learns each
 row (prequentially) and feeds the errors to the model's error-drift detector. Detections come
 back as they happen, with each batch's progressive metrics. Requests are carried out in the
-order they were sent, so the state the monitor fetches includes every row sent before:
-checkpoints and the copy that serves predictions are exact as of then.
+order they were sent, so the state the monitor fetches includes every row sent before: the copy
+that serves predictions is exact as of then. Checkpoints are written here too, as of the rows
+sent before the request: the model is pickled once, straight into its file, while the monitor
+goes on reading and sending rows (:class:`Checkpointed` says when the file is there).
 
 A model that fails (cannot be loaded, raises while learning, cannot be pickled even on a deep
 stack, see ``trainer.pickles``) is dropped from the learner with the reason (:class:`Failed`);
 the others go on. If the process itself dies, :attr:`Learner.culprit` names the model it was
 busy with, if any, so the monitor can tell one model killing it again and again from a kill.
+
+The process runs at the lowest CPU priority (:data:`NICENESS`): on a machine with few cores,
+learning at full speed took a core the replicator needed, and replication ran at half its
+speed with three online projects attached (bench/online.py, part 2). Learning uses what the
+sidecar's other work leaves; when it falls behind, the monitor's queue grows and the rows
+waiting are read together. Loaded models are kept out of the garbage collector's full scans
+(``gc.freeze``): a tree is hundreds of thousands of objects that live as long as the model.
 """
 
 from __future__ import annotations
 
+import contextlib
 import gc
 import multiprocessing
+import os
 import pickle
 from collections.abc import Callable
 from dataclasses import dataclass, replace
 from multiprocessing.connection import Connection
+from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -31,10 +43,14 @@ from mirror.changes import Lsn
 from mirror.errors import TrainingError
 from trainer import lifeline, pickles
 from trainer.drift import DriftEvent, ErrorDrift
+from trainer.model import Model, save_model
 from trainer.worker import script_hidden, start_forkserver
 
 IDLE = -1
 """The learner's busy key while it waits for a request."""
+NICENESS = 19
+"""Added to the learner process's nice value: it runs when nothing else of the sidecar's
+wants the CPU (within the sidecar's share of the machine, not below other programs')."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -58,7 +74,20 @@ class Failed:
     reason: str
 
 
-Reply = Learned | Failed
+@dataclass(frozen=True, slots=True)
+class Checkpointed:
+    """A checkpoint the learner wrote: the model as of every row sent up to ``lsn``, with
+    its error detector, in ``path`` (SHA-256 ``sha256``), ``rows_learned`` rows in all."""
+
+    key: int
+    lsn: Lsn
+    path: str
+    sha256: str
+    rows_learned: int
+    progressive: dict[str, float]
+
+
+Reply = Learned | Failed | Checkpointed
 State = tuple[Any, ErrorDrift | None]
 """An online model's estimator and its error-drift detector, as the learner holds them."""
 
@@ -141,6 +170,13 @@ class Learner:
         self._drain()
         self._send(("learn", key, lsn, x, y))
 
+    def checkpoint(self, key: int, lsn: Lsn, shell: Model, path: Path) -> None:
+        """Have the learner write ``key`` as of the rows sent so far (``lsn``) to ``path``:
+        ``shell`` (without estimator) with the learner's estimator and error detector put in;
+        returns at once, a :class:`Checkpointed` or :class:`Failed` reply follows."""
+        self._drain()
+        self._send(("checkpoint", key, lsn, pickles.dumps(shell), str(path)))
+
     def drop(self, key: int) -> None:
         self._send(("drop", key))
 
@@ -156,6 +192,18 @@ class Learner:
                 return None if message[2] is None else _unpickled(message[2])
             on_reply(_reply(message))
 
+    def flush(self, on_reply: Callable[[Reply], None]) -> None:
+        """Wait until every request sent so far is carried out; their replies go to
+        ``on_reply``."""
+        for reply in self.learned():
+            on_reply(reply)
+        self._send(("flush", IDLE))
+        while True:
+            message = self._receive()
+            if message[0] == "flushed":
+                return
+            on_reply(_reply(message))
+
     def learned(self) -> list[Reply]:
         """The replies since the last call (without waiting)."""
         self._drain()
@@ -165,7 +213,7 @@ class Learner:
     def _drain(self) -> None:
         while self._conn is not None and self._poll():
             message = self._receive()
-            assert message[0] != "state", message[0]
+            assert message[0] not in ("state", "flushed"), message[0]
             self._replies.append(_reply(message))
 
     def _poll(self) -> bool:
@@ -200,6 +248,8 @@ class Learner:
 def _reply(message: tuple[Any, ...]) -> Reply:
     if message[0] == "failed":
         return Failed(*message[1:])
+    if message[0] == "checkpointed":
+        return Checkpointed(*message[1:])
     assert message[0] == "learned", message[0]
     return Learned(*message[1:])
 
@@ -221,6 +271,8 @@ def serve(conn: Connection, busy: Any, deep_pickle: bool = True) -> None:
     the key of the model a request is about while it is carried out (not while its reply is
     sent: a caller that has the reply must not find it busy)."""
     lifeline.arm_forked()
+    with contextlib.suppress(OSError):
+        os.nice(NICENESS)
     models: dict[int, State] = {}
     while True:
         try:
@@ -236,12 +288,17 @@ def serve(conn: Connection, busy: Any, deep_pickle: bool = True) -> None:
             except Exception as exc:  # the learner must outlive a model's failure
                 models.pop(key, None)
                 replies.append(("failed", key, f"cannot be loaded: {_reason(exc)}"))
+            gc.freeze()  # the model lives on: full collections need not walk it
         elif kind == "drop":
             models.pop(key, None)
         elif kind == "state":
             replies += _state(models, key, deep_pickle)
         elif kind == "learn":
             replies.append(_learn(models, key, *request[2:]))
+        elif kind == "checkpoint":
+            replies.append(_checkpoint(models, key, *request[2:]))
+        elif kind == "flush":
+            replies.append(("flushed", key))
         busy.value = IDLE
         for reply in replies:
             conn.send(reply)
@@ -256,6 +313,28 @@ def _state(models: dict[int, State], key: int, deep: bool) -> list[tuple[Any, ..
     except Exception as exc:
         del models[key]
         return [("failed", key, f"cannot be pickled: {_reason(exc)}"), ("state", key, None)]
+
+
+def _checkpoint(
+    models: dict[int, State], key: int, lsn: Lsn, shell: bytes, path: str
+) -> tuple[Any, ...]:
+    model = models.get(key)
+    if model is None:
+        return ("failed", key, "not in the learner (it failed before)")
+    estimator, errors = model
+    target = Path(path)
+    try:
+        saved = _unpickled(shell)
+        saved.estimator = estimator
+        saved.monitoring = {**(saved.monitoring or {}), "errors": errors}
+        sha = save_model(saved, target)
+    except Exception as exc:  # deeper than even the deep stack, or the disk: it fails alone
+        target.with_suffix(target.suffix + ".tmp").unlink(missing_ok=True)
+        del models[key]
+        return ("failed", key, f"cannot be checkpointed: {_reason(exc)}")
+    progressive = dict(getattr(estimator, "progressive", {}))
+    rows = int(getattr(estimator, "rows_learned", 0))
+    return ("checkpointed", key, lsn, path, sha, rows, progressive)
 
 
 def _learn(

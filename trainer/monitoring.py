@@ -9,11 +9,15 @@ labels arrive, its errors are watched (ADWIN). Each detection is registered once
 mirror commit that brought the row and the rows since deployment, and handed to ``on_drift``.
 Online models are checkpointed every ``checkpoint_rows`` rows or ``checkpoint_seconds`` (a
 checkpoint pickles the whole model, seconds for a large tree, while a restart replays the
-logged changes since the last one cheaply, so checkpoints are rare by default): their file and
-hash in the registry are replaced, with a progress row (rows learned, progressive metrics,
-position). The checkpoint holds the drift detectors' state too, so a replay from it detects
-what the first pass detected, at the same rows, and those are not registered again. Between
-checkpoints a model's one current progress row is updated every ``progress_seconds``.
+logged changes since the last one cheaply, so checkpoints are rare by default): the learner
+process writes the file, as of the rows sent before the request, while this thread goes on;
+when it is written, the model's file and hash in the registry are replaced, with a progress row
+(rows learned, progressive metrics, position), and the logged changes every online model of
+the table has checkpointed are forgotten. One checkpoint is written at a time (unless all are
+due at once, at a stop or a new deployment), so models deployed together do not all stop
+learning together. The checkpoint holds the drift detectors' state too, so a replay from it
+detects what the first pass detected, at the same rows, and those are not registered again.
+Between checkpoints a model's one current progress row is updated every ``progress_seconds``.
 
 A model that fails (it cannot be loaded, learn, predict, or be pickled even on a deep stack)
 is quarantined alone: its status in the registry becomes failed with the reason, it is told to
@@ -53,14 +57,14 @@ import pyarrow as pa
 import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
-from mirror.change_log import Touched, rows_in_change_order, touched_keys
+from mirror.change_log import Touched, rows_of_commits, touched_keys
 from mirror.changes import Lsn, format_lsn, parse_lsn
 from mirror.errors import SidecarError, TrainingError
 from mirror.store import Mirror
 from trainer.algorithms import is_online
 from trainer.drift import DriftEvent, DriftThresholds, ErrorDrift, FeatureDrift
-from trainer.learner import Failed, Learned, Learner, LearnerGone, Reply, State
-from trainer.model import Model, save_model
+from trainer.learner import Checkpointed, Failed, Learned, Learner, LearnerGone, Reply, State
+from trainer.model import Model
 from trainer.snapshots import find_relation
 from trainer.train import Trainer
 
@@ -79,6 +83,9 @@ SWITCH_INTERVAL = 0.0005
 """Seconds a thread may hold the GIL while another waits, while the monitor runs."""
 DEATHS = 2
 """A model the learner process died busy with this many times is quarantined."""
+READ_KEYS = 20_000
+"""Keys of queued commits read in one join at most (each join scans the table)."""
+Commit = tuple[Lsn, dict[tuple[str, str], Touched]]
 
 
 @dataclass
@@ -100,6 +107,8 @@ class Watch:
     online: bool
     learned_lsn: Lsn = 0
     """The mirror position of the last change observed (online models: learned)."""
+    checkpoint_lsn: Lsn = 0
+    """Online: the mirror position its last written checkpoint has learned up to."""
     learned_since_checkpoint: int = 0
     checkpointed_at: float = field(default_factory=time.monotonic)
     unsynced: bool = False
@@ -161,7 +170,7 @@ class Monitor:
         self.recent_limit = recent_limit
         """Labelled rows kept per model for :meth:`recent_rows`."""
         self.learner = Learner()
-        self.changes: queue.Queue[tuple[Lsn, dict[tuple[str, str], Touched]]] = queue.Queue()
+        self.changes: queue.Queue[Commit] = queue.Queue()
         self.watches: dict[str, Watch] = {}
         self.failed: dict[int, tuple[str, str]] = {}
         """Quarantined models: model id -> (project, reason)."""
@@ -172,6 +181,8 @@ class Monitor:
         """Models being loaded (replaying the change log), by model id."""
         self._recent: dict[str, _Recent] = {}
         self._recent_lock = threading.Lock()
+        self._checkpointing: dict[int, list[Watch]] = {}
+        """Checkpoints requested from the learner and not yet written, by model id."""
         self.batches = 0
 
     def on_commit(self, lsn: Lsn, touched: dict[tuple[str, str], Touched]) -> None:
@@ -193,14 +204,12 @@ class Monitor:
                 except Exception:
                     self._reset()  # a batch taken off the queue was not learned
                     raise
-            while True:  # what was committed before the stop is learned before the checkpoint
-                try:
-                    self._take(*self.changes.get_nowait())
-                except queue.Empty:
-                    break
+            while commits := self._waiting():  # committed before the stop: learned first
+                self._take(commits)
         finally:
             try:
                 self._checkpoint_due(force=True)
+                self._checkpoints_written()
             except LearnerGone as exc:
                 self._learner_died(exc)
             sys.setswitchinterval(interval)
@@ -228,6 +237,7 @@ class Monitor:
                 self.trainer.live.pop(watch.model_id, None)
                 del self.watches[name]
         self._loading = {}
+        self._checkpointing = {}  # lost with the process: the registry keeps the last written
         self._generation = -1
         self.learner.revive()
 
@@ -235,11 +245,11 @@ class Monitor:
         if self._generation != self.trainer.generation:
             self._refresh()
         try:
-            lsn, touched = self.changes.get(timeout=0.1)
+            first = self.changes.get(timeout=0.1)
         except queue.Empty:
             pass
         else:
-            self._take(lsn, touched)
+            self._take(self._waiting(first))
         for reply in self.learner.learned():
             self._on_reply(reply)
         self._sync_due()
@@ -256,25 +266,47 @@ class Monitor:
     def close(self) -> None:
         self.learner.close()
 
-    def _take(self, lsn: Lsn, touched: dict[tuple[str, str], Touched]) -> None:
-        by_table: dict[tuple[str, str], list[Watch]] = {}
-        for watch in list(self.watches.values()):
-            entry = touched.get((watch.schema, watch.table))
-            if entry is None or not entry.keys or lsn <= watch.learned_lsn or watch.failed:
-                continue  # untouched, learned already (replayed from the log), or quarantined
-            by_table.setdefault((watch.schema, watch.table), []).append(watch)
-        for (schema, table), watches in by_table.items():
-            keys = touched_keys(touched[(schema, table)], distinct=False)
-            self._observe(watches, lsn, keys.select(watches[0].keys))
-            for watch in watches:
-                watch.learned_lsn = lsn
-        self.batches += 1
+    def _waiting(self, first: Commit | None = None) -> list[Commit]:
+        """``first`` and the commits queued after it, up to about ``READ_KEYS`` keys: read
+        together when the monitor is behind."""
+        commits = [] if first is None else [first]
+        keys = sum(_key_count(touched) for _, touched in commits)
+        while keys < READ_KEYS:
+            try:
+                commits.append(self.changes.get_nowait())
+            except queue.Empty:
+                break
+            keys += _key_count(commits[-1][1])
+        return commits
+
+    def _take(self, commits: list[Commit]) -> None:
+        """Watch the rows of commits taken off the queue, in commit order for each model."""
+        runs: dict[tuple[str, str], list[tuple[list[Watch], list[tuple[Lsn, pa.Table]]]]] = {}
+        for lsn, touched in commits:
+            by_table: dict[tuple[str, str], list[Watch]] = {}
+            for watch in list(self.watches.values()):
+                entry = touched.get((watch.schema, watch.table))
+                if entry is None or not entry.keys or lsn <= watch.learned_lsn or watch.failed:
+                    continue  # untouched, learned already (replayed from the log), quarantined
+                by_table.setdefault((watch.schema, watch.table), []).append(watch)
+            for table, watches in by_table.items():
+                keys = touched_keys(touched[table], distinct=False).select(watches[0].keys)
+                table_runs = runs.setdefault(table, [])
+                if table_runs and _same(table_runs[-1][0], watches):
+                    table_runs[-1][1].append((lsn, keys))  # the same models: read together
+                else:
+                    table_runs.append((watches, [(lsn, keys)]))
+        for table_runs in runs.values():
+            for watches, keyed in table_runs:
+                self._observe(watches, keyed)
+        self.batches += len(commits)
 
     # -- what is watched -----------------------------------------------------------------------
 
     def _refresh(self) -> None:
         generation = self.trainer.generation
         self._checkpoint_due(force=True)
+        self._checkpoints_written()
         watches: dict[str, Watch] = {}
         for project in self.trainer.registry.projects():
             try:
@@ -329,11 +361,18 @@ class Monitor:
 
     def _replay(self, watch: Watch) -> None:
         """Learn the logged changes the model's last checkpoint has not seen, in order."""
+        keyed: list[tuple[Lsn, pa.Table]] = []
+        count = 0
         for lsn, keys in self.mirror.logged_changes(watch.schema, watch.table, watch.learned_lsn):
+            keyed.append((lsn, keys.select(watch.keys)))
+            count += keys.num_rows
+            if count >= READ_KEYS:
+                self._observe([watch], keyed)
+                keyed, count = [], 0
             if watch.failed:
                 return
-            self._observe([watch], lsn, keys.select(watch.keys))
-            watch.learned_lsn = lsn
+        if keyed:
+            self._observe([watch], keyed)
 
     def _watch(self, project: str, project_id: int) -> Watch | None:
         registry = self.trainer.registry
@@ -389,32 +428,40 @@ class Monitor:
             errors=errors,
             online=online,
             learned_lsn=learned,
+            checkpoint_lsn=learned,
             rows_learned=int(getattr(model.estimator, "rows_learned", 0)),
         )
 
     # -- learning and watching -----------------------------------------------------------------
 
-    def _observe(self, watches: list[Watch], lsn: Lsn, keys: pa.Table) -> None:
-        """Read the rows ``keys`` name once for every watch of one table, in change order."""
+    def _observe(self, watches: list[Watch], commits: list[tuple[Lsn, pa.Table]]) -> None:
+        """Read the rows each commit's keys name, for every watch of one table, in one join;
+        watch each commit's rows in change order, commit after commit."""
         first = watches[0]
         columns = list(
             dict.fromkeys(
                 [*first.keys] + [c for w in watches for c in [*w.feature_columns, *_opt(w.label)]]
             )
         )
-        rows = rows_in_change_order(self.con, first.schema, first.table, keys, columns)
-        if rows.num_rows == 0:
+        tables = rows_of_commits(
+            self.con, first.schema, first.table, [keys for _, keys in commits], columns
+        )
+        for (lsn, _), rows in zip(commits, tables, strict=True):
+            for watch in watches:
+                if rows.num_rows and not watch.failed:
+                    self._watch_commit(watch, lsn, rows)
+                watch.learned_lsn = lsn
+
+    def _watch_commit(self, watch: Watch, lsn: Lsn, rows: pa.Table) -> None:
+        try:
+            events = self._watch_rows(watch, lsn, rows)
+        except LearnerGone:
+            raise
+        except Exception as exc:  # a model that fails to predict (or to be watched)
+            self._quarantine(watch, f"failed while watching new rows: {_reason(exc)}")
             return
-        for watch in watches:
-            try:
-                events = self._watch_rows(watch, lsn, rows)
-            except LearnerGone:
-                raise
-            except Exception as exc:  # a model that fails to predict (or to be watched)
-                self._quarantine(watch, f"failed while watching new rows: {_reason(exc)}")
-                continue
-            for event in events:
-                self._drifted(watch, event)
+        for event in events:
+            self._drifted(watch, event)
 
     def _watch_rows(self, watch: Watch, lsn: Lsn, rows: pa.Table) -> list[DriftEvent]:
         events: list[DriftEvent] = []
@@ -478,6 +525,11 @@ class Monitor:
         return self._loading.get(model_id)
 
     def _on_reply(self, reply: Reply) -> None:
+        if isinstance(reply, Checkpointed):
+            self._checkpointed(reply)
+            return
+        if isinstance(reply, Failed) and reply.key in self._checkpointing:
+            del self._checkpointing[reply.key]  # the model is gone from the learner
         watch = self._watch_of(reply.key)
         if watch is None or watch.failed:
             return
@@ -566,10 +618,13 @@ class Monitor:
     # -- checkpoints ---------------------------------------------------------------------------
 
     def _checkpoint_due(self, *, force: bool) -> None:
+        """Request the checkpoints due: all of them with ``force``, else one at a time."""
         now = time.monotonic()
         for watch in list(self.watches.values()):
             if not watch.online or watch.failed or watch.learned_since_checkpoint == 0:
                 continue
+            if not force and self._checkpointing:
+                return  # the learner is writing one: the next waits for it
             if (
                 force
                 or watch.learned_since_checkpoint >= self.checkpoint_rows
@@ -578,42 +633,56 @@ class Monitor:
                 self._checkpoint(watch)
 
     def _checkpoint(self, watch: Watch) -> None:
-        state = self._sync(watch)
-        if state is None or watch.failed:
-            return
-        estimator, errors = state
+        """Have the learner write the model as of the rows sent so far: the model without its
+        estimator and with the feature detector's state, which the learner completes."""
         path = self.trainer.home / "models" / f"{uuid.uuid4().hex}.pickle"
-        saved = dataclasses.replace(
-            watch.model, monitoring={"errors": errors, "features": watch.features}
+        shell = dataclasses.replace(
+            watch.model, estimator=None, monitoring={"errors": None, "features": watch.features}
         )
-        try:
-            sha = save_model(saved, path)
-        except Exception as exc:  # deeper than even the deep stack: the model fails alone
-            path.with_suffix(path.suffix + ".tmp").unlink(missing_ok=True)
-            self._quarantine(watch, f"cannot be checkpointed: {_reason(exc)}")
+        self.learner.checkpoint(watch.model_id, watch.learned_lsn, shell, path)
+        self._checkpointing.setdefault(watch.model_id, []).append(watch)
+        watch.learned_since_checkpoint = 0
+        watch.checkpointed_at = time.monotonic()
+
+    def _checkpoints_written(self) -> None:
+        """Wait until the learner has written every checkpoint requested."""
+        if self._checkpointing:
+            self.learner.flush(self._on_reply)
+
+    def _checkpointed(self, reply: Checkpointed) -> None:
+        """A checkpoint is written: the registry points to it, and the logged changes every
+        online model of the table has checkpointed are forgotten."""
+        waiting = self._checkpointing.get(reply.key)
+        if not waiting:
+            return
+        watch = waiting.pop(0)
+        if not waiting:
+            del self._checkpointing[reply.key]
+        path = self.trainer.home / reply.path
+        if watch.failed:
+            path.unlink(missing_ok=True)
             return
         registry = self.trainer.registry
         relative = str(path.relative_to(self.trainer.home))
         with registry.transaction():
             old = registry.model(watch.model_id)
-            registry.update_model_file(watch.model_id, relative, sha)
+            registry.update_model_file(watch.model_id, relative, reply.sha256)
             registry.add_progress(
-                watch.model_id,
-                int(getattr(estimator, "rows_learned", 0)),
-                dict(getattr(estimator, "progressive", {})),
-                {"mirror": format_lsn(watch.learned_lsn)},
-            )
-        if (watch.schema, watch.table) not in self._expected:  # a model in training needs them
-            self.mirror.forget_changes(
-                watch.schema,
-                watch.table,
-                min(w.learned_lsn for w in self.watches.values() if w.online and not w.failed
-                    and (w.schema, w.table) == (watch.schema, watch.table)),
+                watch.model_id, reply.rows_learned, reply.progressive,
+                {"mirror": format_lsn(reply.lsn)},
             )  # fmt: skip
+        watch.checkpoint_lsn = max(watch.checkpoint_lsn, reply.lsn)
+        if (watch.schema, watch.table) not in self._expected:  # a model in training needs them
+            table = (watch.schema, watch.table)
+            others = [
+                w for w in [*self.watches.values(), watch]
+                if w.online and not w.failed and (w.schema, w.table) == table
+            ]  # fmt: skip
+            self.mirror.forget_changes(
+                watch.schema, watch.table, min(w.checkpoint_lsn for w in others)
+            )
         if old is not None and old.path != relative:
             (self.trainer.home / old.path).unlink(missing_ok=True)
-        watch.learned_since_checkpoint = 0
-        watch.checkpointed_at = time.monotonic()
 
 
 @functools.cache
@@ -632,6 +701,14 @@ def _freeze_long_lived() -> None:
 
 
 _SUPERVISED = ("regression", "classification")
+
+
+def _same(watches: list[Watch], others: list[Watch]) -> bool:
+    return len(watches) == len(others) and all(a is b for a, b in zip(watches, others, strict=True))
+
+
+def _key_count(touched: dict[tuple[str, str], Touched]) -> int:
+    return sum(keys.num_rows for entry in touched.values() for keys in entry.keys)
 
 
 def _opt(value: str | None) -> list[str]:

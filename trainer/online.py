@@ -14,6 +14,7 @@ algorithm name is in ``trainer.online_algorithms``.
 from __future__ import annotations
 
 import difflib
+import itertools
 import math
 from collections.abc import Mapping
 from typing import Any, ClassVar
@@ -191,15 +192,20 @@ class RiverEstimator:
         return predicted
 
     def _learn_values(self, rows: list[list[float]], targets: list[float]) -> np.ndarray:
-        model, keys = self._model, self._keys
+        model = self._model
         predict, learn = model.predict_one, model.learn_one
         before: list[float | None] = []
         append = before.append
-        for row, target in zip(rows, targets, strict=True):
-            features = dict(zip(keys, row, strict=True))
+        for features, target in zip(self._dicts(rows), targets, strict=True):
             append(predict(features))
             learn(features, target)
-        return np.array([math.nan if v is None else v for v in before], dtype=np.float64)
+        if None in before:
+            return np.array([math.nan if v is None else v for v in before], dtype=np.float64)
+        return np.array(before, dtype=np.float64)
+
+    def _dicts(self, rows: list[list[float]]) -> list[dict[str, float]]:
+        """Each row as the dict River takes, keyed by feature name (built in one pass)."""
+        return list(map(dict, map(zip, itertools.repeat(self._keys), rows)))
 
     def _learn_classes(
         self, rows: list[list[float]], targets: list[int], *, binary: bool
@@ -208,13 +214,12 @@ class RiverEstimator:
         each row's true class as River's log loss takes it: with two classes, one less the
         probability of class 1 for class 0 (River's LogLoss), else the class's own (its
         CrossEntropy); clamped to [1e-15, 1 - 1e-15]."""
-        model, keys = self._model, self._keys
+        model = self._model
         predict, learn = model.predict_proba_one, model.learn_one
         before: list[float] = []
         p_true: list[float] = []
         low, high = _CLAMP, 1.0 - _CLAMP
-        for row, target in zip(rows, targets, strict=True):
-            features = dict(zip(keys, row, strict=True))
+        for features, target in zip(self._dicts(rows), targets, strict=True):
             proba = predict(features)
             if proba:
                 before.append(max(proba, key=proba.get))  # as River's predict_one

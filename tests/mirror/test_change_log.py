@@ -7,7 +7,7 @@ from pathlib import Path
 import duckdb
 import pyarrow as pa
 
-from mirror.change_log import rows_in_change_order
+from mirror.change_log import rows_in_change_order, rows_of_commits
 from mirror.changes import Column, Inserts, Relation, Tuples
 from mirror.duckdb_sql import META
 from mirror.store import Mirror
@@ -75,5 +75,26 @@ def test_rows_come_back_in_the_order_of_their_last_change(mirror_path: Path) -> 
             (3, "k1"), (2, "k9"), (1, "k0"), (6, "k4"), (5, "k5"),
         ]  # fmt: skip
         assert rows["v"].to_pylist() == [10.0, 65.0, 1.0, 34.0, 40.0]
+    finally:
+        con.close()
+
+
+def test_commits_read_together_come_back_as_each_alone(mirror_path: Path) -> None:
+    """A row touched twice in a commit comes once, at its last change; touched by two
+    commits, in both; a key without a row, in neither."""
+    con = duckdb.connect(str(mirror_path))
+    try:
+        con.execute("create table t (a bigint primary key, v double)")
+        con.execute("insert into t select i, i / 2 from range(50) r(i)")
+        commits = [
+            pa.table({"a": ["4", "9", "4", "70"]}),
+            pa.table({"a": ["9", "1"]}),
+            pa.table({"a": ["71"]}),
+            pa.table({"a": ["3", "4"]}),
+        ]
+        together = rows_of_commits(con, "main", "t", commits, ["a", "v"])
+        alone = [rows_in_change_order(con, "main", "t", keys, ["a", "v"]) for keys in commits]
+        assert [t.to_pylist() for t in together] == [t.to_pylist() for t in alone]
+        assert [t["a"].to_pylist() for t in together] == [[9, 4], [9, 1], [], [3, 4]]
     finally:
         con.close()
