@@ -13,7 +13,7 @@ import catboost
 import numpy as np
 
 
-class CatBoostClassifier(catboost.CatBoostClassifier):  # type: ignore[misc]
+class CatBoostClassifier(catboost.CatBoostClassifier):
     """CatBoost's classifier, predicting one class per row."""
 
     def predict(self, data: Any, *args: Any, **kwargs: Any) -> Any:

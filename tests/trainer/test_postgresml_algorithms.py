@@ -3,6 +3,8 @@ algorithms that label only the rows they are fitted on, and decomposition's comp
 
 from __future__ import annotations
 
+from typing import Any
+
 import numpy as np
 import pyarrow.parquet as pq
 import pytest
@@ -14,7 +16,7 @@ from trainer.split import split
 from trainer.train import Trainer
 
 
-def _rows(trainer: Trainer, snapshot_id: int, label: str | None) -> tuple[np.ndarray, ...]:
+def _rows(trainer: Trainer, snapshot_id: int, label: str | None) -> tuple[Any, ...]:
     """The snapshot's features (image flattened) and labels, and the trainer's split."""
     snapshot = trainer.registry.snapshot(snapshot_id)
     assert snapshot is not None
@@ -107,14 +109,15 @@ def test_clustering_that_cannot_label_new_rows_is_scored_on_its_own(trainer: Tra
     first = trainer.train("flowers", task="clustering", relation="pgml.iris_features",
                           algorithm="kmeans", hyperparams={"n_clusters": 3})  # fmt: skip
     assert first.metrics["silhouette"] > 0.3  # standardised features
-    for algorithm, hyperparams in [
+    tries: list[tuple[str, dict[str, Any]]] = [
         ("dbscan", {"eps": 0.8}),
         ("optics", {"min_samples": 10}),
         ("spectral", {"n_clusters": 3}),
         ("spectral_bi", {"n_clusters": 3}),
         ("spectral_co", {"n_clusters": 3}),
         ("feature_agglomeration", {"n_clusters": 2}),
-    ]:
+    ]
+    for algorithm, hyperparams in tries:
         result = trainer.train("flowers", algorithm=algorithm, hyperparams=hyperparams)
         record, model = trainer.model(result.model_id)
         x, _, train, _ = _rows(trainer, record.snapshot_id, None)
