@@ -103,7 +103,7 @@ class Model:
     def decompose(self, table: pa.Table) -> np.ndarray:
         """The components of each row of ``table``: a decomposition model's (pca), or a
         feature agglomeration's value per cluster of columns."""
-        if self.task != "decomposition" and not hasattr(self.estimator, "transform"):
+        if self.task != "decomposition" and self.algorithm != "feature_agglomeration":
             raise TrainingError(
                 f"pgml.decompose needs a decomposition model (pca), not {self.task}"
                 f" ({self.algorithm}); use pgml.predict",
