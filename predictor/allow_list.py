@@ -102,7 +102,7 @@ SQL_SYNTAX_FUNCTIONS = _words(
 PGML_FUNCTIONS = (
     _words(
         "train deploy load_dataset snapshot schedule retrain_on_drift version predict predict_proba"
-        " chunk"
+        " decompose chunk"
     )
     | vectors.FUNCTIONS
     | frozenset(metric_functions.NAMES)
@@ -450,7 +450,7 @@ class _QueryCheck:
             if name not in PGML_FUNCTIONS:
                 raise Refused(f"function pgml.{name} does not exist", sqlstate="42883")
             self.pgml_calls.append(name)
-            if name in ("predict", "predict_proba") and node.args:
+            if name in ("predict", "predict_proba", "decompose") and node.args:
                 self.scored.append(_scored_model(node.args[0]))
         elif qualifier not in ([], ["pg_catalog"]):
             if is_refused_function(name):

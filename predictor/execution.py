@@ -33,6 +33,7 @@ from predictor.scram import ScramVerifier
 from predictor.statement_watch import StatementWatch
 from predictor.statements import Parameter, ProcedureCall, Statement
 from predictor.time_settings import STATEMENT_TIMEOUT, TRAINING_TIME_LIMIT
+from predictor.translation import ARRAY_RESULTS
 from predictor.value_text import text_value
 from trainer.train import Trainer
 from trainer.worker import FitCancelled, cancelled_by
@@ -377,12 +378,14 @@ class StatementRunner:
             started = time.perf_counter()
             if call.name == "predict_proba":
                 values = model.predict_proba_matrix(matrix)[0].tolist()
+            elif call.name == "decompose":
+                values = model.decompose_matrix(matrix)[0].tolist()
             else:
                 values = float(scoring.as_numbers(model, model.predict_matrix(matrix))[0])
             scorer.observe(str(key), 1, time.perf_counter() - started)
         field = (
             wire.Field(column, _FLOAT8_ARRAY, -1)
-            if call.name == "predict_proba" else wire.Field(column, FLOAT8.oid, FLOAT8.size)
+            if call.name in ARRAY_RESULTS else wire.Field(column, FLOAT8.oid, FLOAT8.size)
         )  # fmt: skip
         row = wire.data_row([text_value(values)])
         return Outcome("SELECT", [field], Rows(None, encoded=row))
@@ -482,7 +485,7 @@ def _procedure_outcome(result: ProcedureResult) -> Outcome:
     fields = results.fields(result.columns)
     names = [name for name, _ in result.columns]
     table = pa.table({name: [row[i] for row in result.rows] for i, name in enumerate(names)})
-    return Outcome("SELECT", fields, results.given(table))
+    return Outcome("SELECT", fields, results.given(table), notices=list(result.notices))
 
 
 _DUCKDB_STATES: list[tuple[type[duckdb.Error], str]] = [

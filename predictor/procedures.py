@@ -17,6 +17,7 @@ from typing import Any
 from predictor.statements import Parameter, ProcedureCall, StatementError
 from predictor.time_settings import TRAINING_TIME_LIMIT
 from predictor.translation import version
+from trainer import algorithms
 from trainer.datasets import load_dataset
 from trainer.train import Trainer
 
@@ -28,7 +29,7 @@ _SIGNATURES: dict[str, list[tuple[str, Any]]] = {
         ("task", None),
         ("relation_name", None),
         ("y_column_name", None),
-        ("algorithm", "linear"),
+        ("algorithm", None),  # linear; kmeans for clustering, pca for decomposition
         ("hyperparams", "{}"),
         ("search", None),
         ("search_params", "{}"),
@@ -81,6 +82,8 @@ class ProcedureResult:
     columns: list[tuple[str, str]]
     rows: list[tuple[Any, ...]]
     tag: str = "SELECT 1"
+    notices: tuple[str, ...] = ()
+    """What the user should know, sent as NOTICEs before the rows."""
 
 
 def call(
@@ -171,9 +174,10 @@ def _bind(name: str, args: list[Any], kwargs: dict[str, Any]) -> dict[str, Any]:
 
 
 def _train(trainer: Trainer, a: dict[str, Any]) -> ProcedureResult:
-    if a["runtime"] not in (None, "python"):
+    if a["runtime"] not in (None, *algorithms.RUNTIMES):
         raise StatementError(
-            f"runtime {a['runtime']!r} is not available; pgml-sidecar trains with python",
+            f"runtime {a['runtime']!r} does not exist; PostgresML's runtimes are python and"
+            " rust (pgml-sidecar serves both with python)",
             sqlstate="22023",
         )
     result = trainer.train(
@@ -192,8 +196,11 @@ def _train(trainer: Trainer, a: dict[str, Any]) -> ProcedureResult:
         automatic_deploy=_boolean(a["automatic_deploy"], "automatic_deploy"),
         time_limit=a["time_limit"],
     )
+    notices = algorithms.runtime_notices(a["runtime"]) + list(result.notices)
     return ProcedureResult(
-        COLUMNS["train"], [(result.project, result.task, result.algorithm, result.deployed)]
+        COLUMNS["train"],
+        [(result.project, result.task, result.algorithm, result.deployed)],
+        notices=tuple(notices),
     )
 
 

@@ -82,7 +82,7 @@ class Scorer:
         features = duckdb.list_type(duckdb.sqltypes.DOUBLE)
         text = duckdb.sqltypes.VARCHAR
         double = duckdb.sqltypes.DOUBLE
-        for name in ("pgml_predict", "pgml_predict_proba", "pgml_predict_text"):
+        for name in ("pgml_predict", "pgml_predict_proba", "pgml_predict_text", "pgml_decompose"):
             with contextlib.suppress(duckdb.InvalidInputException):
                 con.remove_function(name)
         con.create_function(
@@ -91,6 +91,10 @@ class Scorer:
         )  # fmt: skip
         con.create_function(
             "pgml_predict_proba", self._predict_proba, [text, features], features,
+            type=func.ARROW, null_handling=func.SPECIAL,
+        )  # fmt: skip
+        con.create_function(
+            "pgml_decompose", self._decompose, [text, features], features,
             type=func.ARROW, null_handling=func.SPECIAL,
         )  # fmt: skip
         con.create_function(
@@ -104,13 +108,24 @@ class Scorer:
     def _predict_proba(self, keys: pa.Array, features: pa.Array) -> pa.Array:
         return _guarded(lambda: self._apply(keys, features, proba=True))
 
+    def _decompose(self, keys: pa.Array, features: pa.Array) -> pa.Array:
+        return _guarded(lambda: self._apply(keys, features, proba=True, decompose=True))
+
     def _predict_text(self, keys: pa.Array, features: pa.Array) -> pa.Array:
         """Rows with text features: each value as text, parsed by the model's preprocessing."""
         return _guarded(lambda: self._apply(keys, features, proba=False, text=True))
 
     def _apply(
-        self, keys: pa.Array, features: pa.Array, *, proba: bool, text: bool = False
+        self,
+        keys: pa.Array,
+        features: pa.Array,
+        *,
+        proba: bool,
+        text: bool = False,
+        decompose: bool = False,
     ) -> pa.Array:
+        """One value per row (``proba``: one array per row: the class probabilities, or with
+        ``decompose`` the components)."""
         keys = _plain(keys)
         features = _plain(features)
         rows = len(features)
@@ -127,7 +142,10 @@ class Scorer:
                 result[where] = as_numbers(model, model.predict_rows(rows))
             elif proba:
                 matrix = _matrix(_rows(features, where))
-                probabilities = model.predict_proba_matrix(matrix)
+                probabilities = (
+                    model.decompose_matrix(matrix) if decompose
+                    else model.predict_proba_matrix(matrix)
+                )  # fmt: skip
                 for i, row in zip(where, probabilities, strict=True):
                     out[i] = row
             else:

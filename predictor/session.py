@@ -28,6 +28,7 @@ from predictor.results import FETCH_BATCH, Outcome, Portal, Prepared
 from predictor.scram import AuthenticationFailed, ScramExchange
 from predictor.statements import Statement, StatementError, split
 from predictor.text_parameters import parse_text_param
+from predictor.translation import ARRAY_RESULTS
 
 _SHALLOW = 4096
 """SQL shorter than this cannot nest deeper than libpg_query allows (one level takes a byte)."""
@@ -191,6 +192,7 @@ class Session(StatementRunner):
             self.deadline = self.statement_deadline()  # each statement of a query has its own
             try:
                 outcome = self._run(statement, [])
+                yield from outcome.take_notices()
                 if outcome.fields is not None:
                     yield wire.row_description(outcome.fields)
                 if outcome.rows is not None:
@@ -343,7 +345,7 @@ class Session(StatementRunner):
         if statement.kind == "predict":
             assert statement.procedure is not None
             call = statement.procedure
-            kind = pa.list_(pa.float64()) if call.name == "predict_proba" else pa.float64()
+            kind = pa.list_(pa.float64()) if call.name in ARRAY_RESULTS else pa.float64()
             schema = pa.schema([(call.kwargs["column"], kind)])
             return out + wire.row_description(results.arrow_fields(schema))
         if statement.kind == "select":
@@ -376,6 +378,7 @@ class Session(StatementRunner):
         if portal.done:
             raise SidecarError("portal has been run to completion already", sqlstate="55000")
         outcome = self._portal_outcome(portal)
+        yield from outcome.take_notices()
         if outcome.rows is None:
             portal.done = True
             yield wire.command_complete(outcome.tag)

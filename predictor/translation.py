@@ -21,7 +21,13 @@ from pglast.visitors import Visitor
 from predictor import catalog, python_environment, registry_rows, vectors
 from predictor.allow_list import READ_ONLY_SETTINGS, SQL_SYNTAX_FUNCTIONS, Refused
 
-SCALAR_FUNCTIONS = {"predict": "pgml_predict", "predict_proba": "pgml_predict_proba"}
+SCALAR_FUNCTIONS = {
+    "predict": "pgml_predict",
+    "predict_proba": "pgml_predict_proba",
+    "decompose": "pgml_decompose",
+}
+ARRAY_RESULTS = frozenset({"predict_proba", "decompose"})
+"""The scalar pgml functions that return an array per row."""
 
 _OID_TYPES = [["regclass"], ["regtype"], ["regproc"], ["regnamespace"], ["regprocedure"]]
 _DUCKDB_NAMES = {"btrim": "trim"}

@@ -45,6 +45,7 @@ from mirror.registry import project_slug
 from predictor import ownership, privileges, score_grants
 from predictor.ownership import ProjectOwners
 from predictor.time_settings import TRAINING_TIME_LIMIT
+from trainer import algorithms
 from trainer.snapshots import find_relation
 from trainer.train import Trainer
 
@@ -380,7 +381,8 @@ class ControlRequests:
             "trained %s: model %d (%s)%s", project, result.model_id, result.algorithm,
             ", deployed" if result.deployed else "",
         )  # fmt: skip
-        notice = "\n".join(result.notices) or None
+        notices = algorithms.runtime_notices(request.get("runtime")) + list(result.notices)
+        notice = "\n".join(notices) or None
         return Outcome("done", None, result.model_id, result.metrics, notice)
 
 

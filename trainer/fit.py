@@ -29,7 +29,7 @@ import pyarrow.parquet as pq
 
 from mirror.errors import TrainingError
 from trainer import scale_choice
-from trainer.algorithms import is_online, make_estimator, scale_choices
+from trainer.algorithms import can_predict, is_online, make_estimator, scale_choices
 from trainer.column_kinds import feature_columns
 from trainer.metrics import evaluate
 from trainer.model import Model, save_model
@@ -149,6 +149,8 @@ def fit(job: FitJob) -> FitResult:
             estimator, hyperparams, results = _fit(job, x_train, y_train, scaled=scaled)
     fitted = time.perf_counter()
     scored_on = (x_test, y_test) if len(test) else (x_train, y_train)
+    if not can_predict(job.algorithm):  # it labels only the rows it was fitted on
+        scored_on = (x_train, y_train)
     metrics = estimator.metrics() if online else evaluate(job.task, estimator, *scored_on)
     notes = preprocessor.description() | {"scale": choice.note()}
     notices = preprocessor.notices()

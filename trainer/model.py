@@ -85,10 +85,34 @@ class Model:
         x = self.features(table)
         if self.task == "decomposition":
             return np.asarray(self.estimator.transform(x))
+        if not hasattr(self.estimator, "predict"):
+            raise TrainingError(
+                f"{self.algorithm} cannot predict: it "
+                + ("clusters the columns, not the rows; use pgml.decompose for the row's value"
+                   " per cluster of columns" if hasattr(self.estimator, "transform") else
+                   "labels only the rows it was trained on (PostgresML cannot predict with it"
+                   " either). To predict, train kmeans, mini_batch_kmeans, birch,"
+                   " affinity_propagation or mean_shift"),
+                sqlstate="0A000",
+            )  # fmt: skip
         predicted = np.asarray(self.estimator.predict(x))
         if self.classes is not None:
             return self.classes[predicted.astype(np.int64)]
         return predicted
+
+    def decompose(self, table: pa.Table) -> np.ndarray:
+        """The components of each row of ``table``: a decomposition model's (pca), or a
+        feature agglomeration's value per cluster of columns."""
+        if self.task != "decomposition" and self.algorithm != "feature_agglomeration":
+            raise TrainingError(
+                f"pgml.decompose needs a decomposition model (pca), not {self.task}"
+                f" ({self.algorithm}); use pgml.predict",
+                sqlstate="0A000",
+            )
+        return np.asarray(self.estimator.transform(self.features(table)))
+
+    def decompose_matrix(self, matrix: np.ndarray) -> np.ndarray:
+        return self.decompose(self.preprocessor.table_from_matrix(matrix))
 
     def predict_proba(self, table: pa.Table) -> np.ndarray:
         """Class probabilities per row, columns in the order of ``classes``."""

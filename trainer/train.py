@@ -48,7 +48,6 @@ from trainer.worker import FitTimeLimit, FitWorker
 
 log = logging.getLogger("pgml_sidecar")
 
-DEFAULT_ALGORITHM = "linear"
 DEFAULT_TEST_SIZE = 0.25
 DEFAULT_TEST_SAMPLING = "stratified"
 DEFAULT_SEED = 0
@@ -184,7 +183,7 @@ class Trainer:
                     task=task,
                     relation=relation,
                     y=_label(y),
-                    algorithm=algorithm or DEFAULT_ALGORITHM,
+                    algorithm=algorithm or None,
                     hyperparams=json_object("hyperparams", hyperparams),
                     search=search or None,
                     search_params=json_object("search_params", search_params),
@@ -245,7 +244,7 @@ class Trainer:
         task: str | None,
         relation: str | None,
         y: str | None,
-        algorithm: str,
+        algorithm: str | None,
         hyperparams: dict[str, Any],
         search: str | None,
         search_params: dict[str, Any],
@@ -262,6 +261,8 @@ class Trainer:
         if project is None and (owner := self.registry.slug_owner(name)) is not None:
             raise name_collision(name, owner.name)  # before any work; registering checks again
         task = _task(name, project, task)
+        if algorithm is None or (algorithm == "linear" and task in _UNSUPERVISED):
+            algorithm = algorithms.default_algorithm(task)  # the source's default is linear
         algorithms.make_estimator(algorithm, task, hyperparams)  # rejects bad names and keys
         if search is not None:
             if search not in SEARCHES:
@@ -635,7 +636,12 @@ def _label(y: str | Sequence[str] | None) -> str | None:
     return labels[0] if labels else None
 
 
+TASK_ALIASES = {"cluster": "clustering"}
+"""Task names PostgresML took in earlier versions."""
+
+
 def _task(name: str, project: Project | None, task: str | None) -> str:
+    task = TASK_ALIASES.get(task or "", task)
     if project is not None:
         if task and task != project.task:
             raise TrainingError(
