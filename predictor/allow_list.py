@@ -431,10 +431,7 @@ class _QueryCheck:
             query = cte.ctequery
             if not isinstance(query, ast.SelectStmt):
                 kind = type(query).__name__.removesuffix("Stmt").upper()  # INSERT, UPDATE, ...
-                raise Refused(
-                    f"{kind} in WITH is not supported here: run it as a statement of its own",
-                    sqlstate="0A000",
-                )
+                raise Refused(f"{kind} in WITH is not allowed: run it as a statement of its own")
             self.select(query, visible)
             if not clause.recursive:
                 visible = visible | {name}

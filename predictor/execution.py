@@ -613,8 +613,18 @@ def duckdb_error(exc: duckdb.Error) -> SidecarError:
         return SidecarError("canceling statement due to user request", sqlstate="57014")
     message = str(exc).strip()
     for prefix in ("Catalog Error: ", "Binder Error: ", "Parser Error: ", "Conversion Error: ",
-                   "Invalid Input Error: ", "Out of Range Error: "):  # fmt: skip
+                   "Invalid Input Error: ", "Out of Range Error: ",
+                   "Constraint Error: "):  # fmt: skip
         message = message.removeprefix(prefix)
+    if isinstance(exc, duckdb.ConstraintException):  # a write to the workspace
+        lowered = message.lower()
+        sqlstate = (
+            "23505" if "primary key" in lowered or "unique" in lowered
+            else "23502" if "not null" in lowered
+            else "23514" if "check" in lowered
+            else "23000"
+        )  # fmt: skip
+        return SidecarError(message, sqlstate=sqlstate)
     for kind, sqlstate in _DUCKDB_STATES:
         if isinstance(exc, kind):
             return SidecarError(message, sqlstate=sqlstate)

@@ -291,7 +291,7 @@ def _refused(node: ast.Node, access: _Access) -> StatementError:
     command = command_name(node)
     if isinstance(node, _UNSUPPORTED):
         return StatementError(f"{command} is not supported by pgml-sidecar", sqlstate="0A000")
-    relation = getattr(node, "relation", None)
+    relation = None if isinstance(node, ast.CopyStmt) else getattr(node, "relation", None)
     if isinstance(relation, ast.RangeVar) and access.relations is not None:
         found = access.relations.find(relation.schemaname or "public", relation.relname or "")
         if found is not None:

@@ -25,7 +25,6 @@ from __future__ import annotations
 
 import contextlib
 import hashlib
-import os
 import re
 import threading
 from collections.abc import Iterator, Sequence
@@ -263,7 +262,7 @@ class Workspace:
     def size(self, cursor: duckdb.DuckDBPyConnection) -> int:
         """The bytes the workspace's file holds, rows written but not yet committed included."""
         row = cursor.execute(
-            "select total_blocks * block_size from pragma_database_size() where database_name = ?",
+            "select used_blocks * block_size from pragma_database_size() where database_name = ?",
             [self.catalog],
         ).fetchone()
         return int(row[0]) if row and row[0] is not None else 0
@@ -282,20 +281,26 @@ class Workspace:
 
     @contextlib.contextmanager
     def watched(self, cursor: duckdb.DuckDBPyConnection) -> Iterator[None]:
-        """Interrupt ``cursor`` if the workspace's file grows past the limit meanwhile (a
-        large write reaches the file before it commits), and report that as
+        """Interrupt ``cursor`` if the workspace grows past the limit meanwhile (a large write
+        takes blocks of the file before it commits), and report that as
         :class:`WorkspaceFull`."""
         done = threading.Event()
         over: list[int] = []
+        watcher = self.con.cursor()
 
         def watch() -> None:
-            while not done.wait(SIZE_WATCH_S):
-                size = _file_size(self.path)
-                if size > self.size_limit:
-                    over.append(size)
-                    with contextlib.suppress(duckdb.Error):
-                        cursor.interrupt()
-                    return
+            try:
+                while not done.wait(SIZE_WATCH_S):
+                    size = self.size(watcher)
+                    if size > self.size_limit:
+                        over.append(size)
+                        with contextlib.suppress(duckdb.Error):
+                            cursor.interrupt()
+                        return
+            except duckdb.Error:
+                return  # the database is closing: nothing to watch
+            finally:
+                watcher.close()
 
         thread = threading.Thread(target=watch, name="pgml-workspace-size", daemon=True)
         thread.start()
@@ -308,14 +313,6 @@ class Workspace:
         finally:
             done.set()
             thread.join()
-
-
-def _file_size(path: Path) -> int:
-    total = 0
-    for candidate in (path, path.with_name(path.name + ".wal")):
-        with contextlib.suppress(OSError):
-            total += os.stat(candidate).st_size
-    return total
 
 
 def _shown(size: int) -> str:
