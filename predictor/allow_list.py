@@ -20,16 +20,21 @@ from collections.abc import Callable, Collection, Iterable
 from dataclasses import dataclass, field
 from typing import Any
 
-from pglast import ast, enums
+from pglast import ast, enums, parse_sql
 
 from mirror.errors import SidecarError
 from predictor import catalog, metric_functions, python_environment, vectors
 from predictor.catalog import ServedRelation, ServedRelations
+from predictor.workspace import TABLE, WorkspaceNames, WorkspaceRelation
 from trainer.snapshots import SEARCH_SCHEMAS
 
 
 def _words(text: str) -> frozenset[str]:
     return frozenset(text.split())
+
+
+PROCEDURES = ("train", "deploy", "load_dataset", "snapshot", "schedule", "retrain_on_drift")
+"""The pgml functions that are procedures: called on their own, never inside a query."""
 
 
 Columns = bool | tuple[str, ...]
@@ -240,6 +245,11 @@ class CheckedQuery:
     """The registry relations the query reads: ``id()`` of each ``RangeVar`` with the name of
     the relation in schema ``pgml`` (:func:`predictor.translation.translate` shows a caller
     only the rows of the projects it may see)."""
+    workspace: dict[int, WorkspaceRelation] = field(default_factory=dict)
+    """The caller's workspace tables the query names: ``id()`` of each ``RangeVar``."""
+    views: dict[int, ast.SelectStmt] = field(default_factory=dict)
+    """The caller's workspace views the query reads: ``id()`` of each ``RangeVar`` with the
+    view's query, parsed and checked as part of this one (translated in its place)."""
 
 
 def check_query(
@@ -247,24 +257,41 @@ def check_query(
     *,
     relations: ServedRelations | None,
     readable: Readable | None = None,
+    workspace: WorkspaceNames | None = None,
 ) -> CheckedQuery:
     """Check every function, relation and clause of ``node``; raise :class:`Refused` at the
     first one not allowed.
 
     Without ``relations`` no mirrored table or registry relation is known (only CTEs and the
-    catalog); without ``readable`` every served relation may be read.
+    catalog); without ``readable`` every served relation may be read. ``workspace``: the
+    caller's workspace, whose names come first; each of its views the query reads is checked
+    here as part of the query.
     """
-    check = _QueryCheck(relations, readable)
+    check = _QueryCheck(relations, readable, workspace)
     check.select(node, frozenset())
-    return CheckedQuery(
-        tuple(check.reads),
-        check.params,
-        tuple(check.pgml_calls),
-        tuple(check.scored),
-        check.narrowed,
-        check.columns,
-        check.registry,
-    )
+    return check.result()
+
+
+def check_statement(
+    node: ast.Node,
+    *,
+    skip: Collection[str],
+    relations: ServedRelations | None,
+    readable: Readable | None = None,
+    workspace: WorkspaceNames | None = None,
+) -> CheckedQuery:
+    """Check a statement that writes to the workspace as :func:`check_query` checks a query:
+    every field of ``node`` but those in ``skip`` (the relation it writes to), its WITH
+    clause's queries in scope."""
+    check = _QueryCheck(relations, readable, workspace)
+    scope: frozenset[str] = frozenset()
+    with_clause = getattr(node, "withClause", None)
+    if with_clause is not None:
+        scope = check.with_clause(with_clause, scope)
+    for name in _fields(type(node)):
+        if name not in skip and name != "withClause":
+            check.walk(getattr(node, name), scope)
+    return check.result()
 
 
 def check_relation_name(
@@ -340,12 +367,32 @@ def _looks_like_file(name: str) -> bool:
     return any(c in name for c in "/\\:*?~.")
 
 
+MAX_VIEW_DEPTH = 16
+"""How many workspace views a query may read through, one inside another."""
+
+
+def parse_view(relation: WorkspaceRelation) -> ast.SelectStmt:
+    """A workspace view's query, parsed from the PostgreSQL text it was stored as."""
+    (raw,) = parse_sql(relation.definition or "")
+    assert isinstance(raw.stmt, ast.SelectStmt)
+    return raw.stmt
+
+
 class _QueryCheck:
     """One walk over a query: CTE names are in scope where PostgreSQL would see them."""
 
-    def __init__(self, relations: ServedRelations | None, readable: Readable | None) -> None:
+    def __init__(
+        self,
+        relations: ServedRelations | None,
+        readable: Readable | None,
+        workspace: WorkspaceNames | None = None,
+    ) -> None:
         self.relations = relations
         self.readable = readable
+        self.workspace = workspace
+        self.local: dict[int, WorkspaceRelation] = {}
+        self.views: dict[int, ast.SelectStmt] = {}
+        self._view_depth = 0
         self.reads: list[ServedRelation] = []
         self.params = 0
         self.pgml_calls: list[str] = []
@@ -354,16 +401,29 @@ class _QueryCheck:
         self.columns: dict[tuple[str, str], tuple[str, ...]] = {}
         self.registry: dict[int, str] = {}
 
+    def result(self) -> CheckedQuery:
+        return CheckedQuery(
+            tuple(self.reads),
+            self.params,
+            tuple(self.pgml_calls),
+            tuple(self.scored),
+            self.narrowed,
+            self.columns,
+            self.registry,
+            self.local,
+            self.views,
+        )
+
     def select(self, node: ast.SelectStmt, scope: frozenset[str]) -> None:
         if node.intoClause is not None:
             raise Refused("SELECT INTO is not allowed: the mirror is read-only here")
         if node.withClause is not None:
-            scope = self._with(node.withClause, scope)
+            scope = self.with_clause(node.withClause, scope)
         for name in _fields(ast.SelectStmt):
             if name not in ("withClause", "intoClause"):
                 self.walk(getattr(node, name), scope)
 
-    def _with(self, clause: ast.WithClause, scope: frozenset[str]) -> frozenset[str]:
+    def with_clause(self, clause: ast.WithClause, scope: frozenset[str]) -> frozenset[str]:
         ctes = [c for c in clause.ctes or () if isinstance(c, ast.CommonTableExpr)]
         names = [catalog.fold(c.ctename or "") for c in ctes]  # as DuckDB matches names
         visible = scope | frozenset(names) if clause.recursive else scope
@@ -371,7 +431,7 @@ class _QueryCheck:
             query = cte.ctequery
             if not isinstance(query, ast.SelectStmt):
                 kind = type(query).__name__.removesuffix("Stmt").upper()  # INSERT, UPDATE, ...
-                raise Refused(f"{kind} is not allowed: the mirror is read-only here")
+                raise Refused(f"{kind} in WITH is not allowed: run it as a statement of its own")
             self.select(query, visible)
             if not clause.recursive:
                 visible = visible | {name}
@@ -414,6 +474,10 @@ class _QueryCheck:
             raise Refused(f'relation "{shown}" does not exist', sqlstate="42P01")
         if folded in INTERNAL_SCHEMAS:
             raise Refused(f"permission denied for schema {schema}")
+        own = self.workspace.find(schema, name) if self.workspace is not None else None
+        if own is not None:
+            self.workspace_relation(node, own)
+            return
         found = self.relations.find(schema or "main", name) if self.relations else None
         if found is None:
             if _looks_like_file(name):
@@ -430,6 +494,26 @@ class _QueryCheck:
         if found.kind == catalog.REGISTRY:
             self.registry[id(node)] = found.name
         self.reads.append(found)
+
+    def workspace_relation(self, node: ast.RangeVar, relation: WorkspaceRelation) -> None:
+        """A table of the caller's workspace is the caller's; a view is its query, checked here
+        with the caller's privileges of now (they may have changed since it was made)."""
+        if relation.kind == TABLE:
+            self.local[id(node)] = relation
+            return
+        if self._view_depth >= MAX_VIEW_DEPTH:
+            raise Refused(
+                f"infinite recursion detected in view {relation.qualified}: views read through"
+                f" more than {MAX_VIEW_DEPTH} others",
+                sqlstate="42P17",
+            )
+        query = parse_view(relation)
+        self._view_depth += 1
+        try:
+            self.select(query, frozenset())  # a view sees none of the query's CTEs
+        finally:
+            self._view_depth -= 1
+        self.views[id(node)] = query
 
     def range_function(self, node: ast.RangeFunction, scope: frozenset[str]) -> None:
         for item in node.functions or ():

@@ -19,6 +19,7 @@ from predictor.time_settings import TRAINING_TIME_LIMIT
 from predictor.translation import version
 from trainer import algorithms
 from trainer.datasets import load_dataset
+from trainer.snapshots import RelationColumns
 from trainer.train import Trainer
 
 TEXT, BOOL, INT8, FLOAT4, TEXT_ARRAY, RECORD = "text", "bool", "int8", "float4", "text[]", "record"
@@ -93,12 +94,14 @@ def call(
     *,
     changing: Callable[[str, str], AbstractContextManager[None]] | None = None,
     time_limit: str | None = None,
+    workspace_relation: Callable[[str], RelationColumns | None] | None = None,
 ) -> ProcedureResult:
     """Run ``procedure`` with its ``$n`` arguments taken from ``params``.
 
     ``changing(procedure, project)`` wraps the run: it refuses a caller who may not change the
     project (:meth:`predictor.access.EndpointAccess.changing`). ``time_limit`` is the session's
-    ``pgml.training_time_limit`` ('10min'), for ``pgml.train``."""
+    ``pgml.training_time_limit`` ('10min'), for ``pgml.train``. ``workspace_relation``
+    resolves a relation name in the caller's workspace first (None: not there; the mirror's)."""
     name = procedure.name
     args = [_param(a, params) for a in procedure.args]
     kwargs = {k: _param(v, params) for k, v in procedure.kwargs.items()}
@@ -111,7 +114,9 @@ def call(
     if name == "train":  # the session's pgml.training_time_limit: '' or unset is the sidecar's
         bound["time_limit"] = TRAINING_TIME_LIMIT.parse(time_limit) if time_limit else None
     relation = bound.get("relation_name")
-    if relation is not None and procedure.check_relation is not None:
+    if relation is not None and name in ("train", "snapshot") and workspace_relation is not None:
+        bound["found"] = workspace_relation(str(relation))  # the caller's own, read as it may
+    if relation is not None and procedure.check_relation is not None and not bound.get("found"):
         procedure.check_relation(str(relation))  # a table the caller may read, never internal
     run: Callable[[Trainer, dict[str, Any]], ProcedureResult] = _RUNNERS[name]
     guard = nullcontext() if changing is None else changing(name, _project_of(trainer, name, bound))
@@ -195,6 +200,7 @@ def _train(trainer: Trainer, a: dict[str, Any]) -> ProcedureResult:
         preprocess=a["preprocess"],
         automatic_deploy=_boolean(a["automatic_deploy"], "automatic_deploy"),
         time_limit=a["time_limit"],
+        found=a.get("found"),
     )
     notices = algorithms.runtime_notices(a["runtime"]) + list(result.notices)
     return ProcedureResult(
@@ -235,6 +241,7 @@ def _snapshot(trainer: Trainer, a: dict[str, Any]) -> ProcedureResult:
         a["y_column_name"],
         test_size=_number(a["test_size"], "test_size"),
         test_sampling=a["test_sampling"],
+        found=a.get("found"),
     )
     return ProcedureResult(COLUMNS["snapshot"], [(snapshot.relation_name, snapshot.y_column_name)])
 

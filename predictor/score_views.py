@@ -39,7 +39,9 @@ def refresh(con: duckdb.DuckDBPyConnection, trainer: Trainer) -> list[str]:
         old = {
             name
             for (name,) in cursor.execute(
-                "select view_name from duckdb_views() where schema_name = ?", [SCHEMA]
+                "select view_name from duckdb_views() where database_name = current_database()"
+                " and schema_name = ?",
+                [SCHEMA],
             ).fetchall()
         }
         for slug, project, model_id in _deployed(cursor, trainer):

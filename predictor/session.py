@@ -16,6 +16,7 @@ from collections.abc import Iterator, Mapping
 from typing import Any
 
 import duckdb
+import pglast.ast
 import pglast.parser
 import pyarrow as pa
 
@@ -26,7 +27,7 @@ from predictor.binary_parameters import parse_binary_param
 from predictor.execution import Endpoint, StatementRunner, checked_setting
 from predictor.results import FETCH_BATCH, Outcome, Portal, Prepared
 from predictor.scram import AuthenticationFailed, ScramExchange
-from predictor.statements import Statement, StatementError, split
+from predictor.statements import Statement, StatementError, classify, parse
 from predictor.text_parameters import parse_text_param
 from predictor.translation import ARRAY_RESULTS
 
@@ -181,16 +182,19 @@ class Session(StatementRunner):
 
     def _simple(self, sql: str) -> Iterator[bytes]:
         try:
-            statements = self._split(sql)
+            check_depth(sql)
+            parsed = parse(sql)
         except SidecarError as exc:
             yield self._error(exc)
-            statements = []
+            parsed = []
         else:
-            if not statements:
+            if not parsed:
                 yield wire.empty_query_response()
-        for statement in statements:
+        for node, text in parsed:
             self.deadline = self.statement_deadline()  # each statement of a query has its own
             try:
+                # checked just before it runs: the statement before may have made a name
+                statement = self._classify(node, text)
                 outcome = self._run(statement, [])
                 yield from outcome.take_notices()
                 if outcome.fields is not None:
@@ -210,11 +214,29 @@ class Session(StatementRunner):
         """The statements of ``sql``, checked against the allow-list."""
         check_depth(sql)
         try:
-            viewer = None if self.endpoint.access is None else self.role
-            return split(
-                sql, relations=self.endpoint.relations, readable=self._readable(), viewer=viewer
-            )
+            return [self._classify(node, text) for node, text in parse(sql)]
         except RecursionError:  # a tree deep enough for pglast, too deep for Python's walks
+            raise _too_deep() from None
+
+    def _classify(self, node: Any, text: str) -> Statement:
+        """One parsed statement checked against the allow-list, this session's role and
+        workspace."""
+        if self.status == "E" and not isinstance(node, pglast.ast.TransactionStmt):
+            raise SidecarError(
+                "current transaction is aborted, commands ignored until end of transaction block",
+                sqlstate="25P02",
+            )
+        viewer = None if self.endpoint.access is None else self.role
+        try:
+            return classify(
+                node,
+                text,
+                relations=self.endpoint.relations,
+                readable=self._readable(),
+                viewer=viewer,
+                workspace=self.workspace_names(),
+            )
+        except RecursionError:
             raise _too_deep() from None
 
     def _readable(self) -> Readable | None:

@@ -11,7 +11,7 @@ CAST(features AS DOUBLE[]))``, evaluated a vector of rows at a time, and the vec
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Collection, Mapping
 from typing import Any
 
 from pglast import ast, enums, parse_sql
@@ -20,6 +20,7 @@ from pglast.visitors import Visitor
 
 from predictor import catalog, python_environment, registry_rows, vectors
 from predictor.allow_list import READ_ONLY_SETTINGS, SQL_SYNTAX_FUNCTIONS, Refused
+from predictor.workspace import WorkspaceRelation
 
 SCALAR_FUNCTIONS = {
     "predict": "pgml_predict",
@@ -35,10 +36,13 @@ _DUCKDB_NAMES = {"btrim": "trim"}
 
 
 def translate(
-    node: ast.SelectStmt,
+    node: ast.Node,
     narrowed: Mapping[int, tuple[str, ...]] | None = None,
     registry: Mapping[int, str] | None = None,
     viewer: str | None = None,
+    *,
+    workspace: Mapping[int, WorkspaceRelation] | None = None,
+    views: Mapping[int, ast.SelectStmt] | None = None,
 ) -> str:
     """The DuckDB SQL of ``node`` (which is rewritten in place).
 
@@ -47,19 +51,27 @@ def translate(
     subquery of those columns under the table's name or alias, so ``*`` and every other column
     reference see only them. ``registry``: the registry relations the query reads, the same
     way; with ``viewer`` (a source role) each shows only the rows that role may see
-    (:mod:`predictor.registry_rows`).
+    (:mod:`predictor.registry_rows`). ``workspace`` and ``views``: the caller's workspace
+    tables the query names (each named by its DuckDB catalog) and views it reads (each replaced
+    by its query, translated here as part of this one), the same way.
     """
     narrowed = narrowed or {}
-    if narrowed:
-        _unqualify_narrowed(node, narrowed)
+    workspace, views = workspace or {}, views or {}
+    replaced = set(narrowed) | set(workspace) | set(views)
+    if replaced:
+        for tree in (node, *views.values()):
+            _unqualify_narrowed(tree, replaced)
+    if workspace or views:
+        _WorkspaceNames(workspace, views)(node)
     _ChunkRows()(node)
     _Translator(narrowed, (registry or {}) if viewer is not None else {}, viewer or "")(node)
     return RawStream(special_functions=True)(node)
 
 
-def _unqualify_narrowed(node: ast.SelectStmt, narrowed: Mapping[int, tuple[str, ...]]) -> None:
-    """``schema.table.column`` as ``table.column`` where ``table`` becomes a narrowing subquery
-    without an alias of its own (a subquery's name has no schema)."""
+def _unqualify_narrowed(node: ast.Node, narrowed: Collection[int]) -> None:
+    """``schema.table.column`` as ``table.column`` where ``table`` becomes a narrowing subquery,
+    a view's query or a workspace table without an alias of its own (a subquery's name has no
+    schema)."""
     tables = [
         found
         for found in _nodes(node, ast.RangeVar)
@@ -113,6 +125,40 @@ def pgml_name(funcname: tuple[ast.String, ...] | None) -> str | None:
     if len(names) == 2 and names[0] == "pgml":
         return names[1]
     return None
+
+
+class _WorkspaceNames(Visitor):
+    """The caller's workspace tables named by their DuckDB catalog, its views replaced by their
+    queries (under the view's name or alias), before the translator visits them."""
+
+    def __init__(
+        self, workspace: Mapping[int, WorkspaceRelation], views: Mapping[int, ast.SelectStmt]
+    ) -> None:
+        super().__init__()
+        self.workspace = workspace
+        self.views = views
+
+    def visit_RangeVar(self, ancestors: Any, node: ast.RangeVar) -> Any:
+        alias = node.alias or ast.Alias(aliasname=node.relname)
+        query = self.views.get(id(node))
+        if query is not None:
+            _WorkspaceNames(self.workspace, self.views)(query)  # views read through views
+            return ast.RangeSubselect(lateral=False, subquery=query, alias=alias)
+        relation = self.workspace.get(id(node))
+        if relation is not None:
+            node.catalogname, node.schemaname, node.relname = (
+                relation.catalog, relation.schema, relation.name
+            )  # fmt: skip
+            if not _is_target(ancestors):
+                node.alias = alias
+        return None
+
+
+def _is_target(ancestors: Any) -> bool:
+    """Whether the RangeVar visited is the relation a CREATE TABLE, INSERT, UPDATE or DELETE
+    writes to (its alias, if any, is the statement's own)."""
+    targets = ast.InsertStmt | ast.UpdateStmt | ast.DeleteStmt | ast.CreateStmt
+    return isinstance(ancestors.node, targets) and ancestors.member == "relation"
 
 
 class _ChunkRows(Visitor):

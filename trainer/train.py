@@ -165,13 +165,15 @@ class Trainer:
         automatic_deploy: bool = True,
         seed: int | None = None,
         time_limit: float | None = None,
+        found: RelationColumns | None = None,
     ) -> TrainResult:
         """Train a model for ``project``; deploy it if it beats the deployed one.
 
         The first training of a project needs ``task``, ``relation`` and (except for
         clustering and decomposition) ``y``; later ones without ``relation`` reuse the
         project's last snapshot and its split. ``time_limit`` (seconds; None or 0: the
-        trainer's) may lower the trainer's limit, never raise it.
+        trainer's) may lower the trainer's limit, never raise it. ``found``: what
+        ``relation`` names when it is not the mirror's (an endpoint user's workspace).
         """
         if not project:
             raise TrainingError("project name is empty")
@@ -194,6 +196,7 @@ class Trainer:
                     automatic_deploy=automatic_deploy,
                     seed=seed,
                     time_limit=limit,
+                    found=found,
                 )
             except SidecarError:
                 if self.on_trained is not None:
@@ -255,6 +258,7 @@ class Trainer:
         automatic_deploy: bool,
         seed: int | None,
         time_limit: float,
+        found: RelationColumns | None = None,
     ) -> TrainResult:
         started = time.monotonic()
         project = self.registry.project(name)
@@ -276,7 +280,7 @@ class Trainer:
             )
 
         if relation:
-            found = find_relation(self.con, relation)
+            found = found or find_relation(self.con, relation)
             _check_label(found, task, y)
             parse_preprocess(preprocess, [c for c, _ in found.columns if c != y])
             if self.before_snapshot is not None and algorithms.is_online(algorithm):
@@ -567,9 +571,11 @@ class Trainer:
         test_size: float = DEFAULT_TEST_SIZE,
         test_sampling: str = DEFAULT_TEST_SAMPLING,
         seed: int = DEFAULT_SEED,
+        found: RelationColumns | None = None,
     ) -> Snapshot:
-        """Materialise and register a snapshot of ``relation`` (``pgml.snapshot``)."""
-        found = find_relation(self.con, relation)
+        """Materialise and register a snapshot of ``relation`` (``pgml.snapshot``); ``found``:
+        what it names when it is not the mirror's."""
+        found = found or find_relation(self.con, relation)
         if y:
             check_columns(found, [y])
         snapshot = materialise(
