@@ -25,6 +25,7 @@ from pglast import ast, enums, parse_sql
 from mirror.errors import SidecarError
 from predictor import catalog, metric_functions, python_environment, vectors
 from predictor.catalog import ServedRelation, ServedRelations
+from predictor.error_words import FUNCTION_HINT
 from predictor.workspace import TABLE, WorkspaceNames, WorkspaceRelation
 from trainer.snapshots import SEARCH_SCHEMAS
 
@@ -206,6 +207,19 @@ class Refused(SidecarError):
     the mirror or what the caller may read, 42883 or 42P01 when PostgreSQL has no such thing."""
 
     sqlstate = "42501"
+    location: int | None = None
+    """Where in the query string (a byte offset) the thing refused is named, if known: the
+    session reports it as the error's position, as PostgreSQL does."""
+
+    def at(self, location: int | None) -> Refused:
+        """This error, placed at ``location`` (-1 or None: nowhere)."""
+        self.location = location if location is not None and location >= 0 else None
+        return self
+
+
+SEARCH_PATH = ("public", "main")
+"""Where an unqualified name is looked for after the caller's workspace: PostgreSQL's
+``public``, then DuckDB's ``main`` (tables made in the mirror file by hand)."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -250,6 +264,10 @@ class CheckedQuery:
     views: dict[int, ast.SelectStmt] = field(default_factory=dict)
     """The caller's workspace views the query reads: ``id()`` of each ``RangeVar`` with the
     view's query, parsed and checked as part of this one (translated in its place)."""
+    schemas: dict[int, str] = field(default_factory=dict)
+    """The schema each unqualified name of a served relation was found in along the search
+    path: ``id()`` of each ``RangeVar`` (the translation qualifies it, as DuckDB would look in
+    ``main``)."""
 
 
 def check_query(
@@ -400,6 +418,7 @@ class _QueryCheck:
         self.narrowed: dict[int, tuple[str, ...]] = {}
         self.columns: dict[tuple[str, str], tuple[str, ...]] = {}
         self.registry: dict[int, str] = {}
+        self.schemas: dict[int, str] = {}
 
     def result(self) -> CheckedQuery:
         return CheckedQuery(
@@ -412,6 +431,7 @@ class _QueryCheck:
             self.registry,
             self.local,
             self.views,
+            self.schemas,
         )
 
     def select(self, node: ast.SelectStmt, scope: frozenset[str]) -> None:
@@ -471,21 +491,27 @@ class _QueryCheck:
         if is_refused_relation(name.lower()):
             raise Refused(f"permission denied for table {shown}")
         if folded in ("pg_catalog", "information_schema"):
-            raise Refused(f'relation "{shown}" does not exist', sqlstate="42P01")
+            raise self.placed(
+                Refused(f'relation "{shown}" does not exist', sqlstate="42P01"), node.location
+            )
         if folded in INTERNAL_SCHEMAS:
             raise Refused(f"permission denied for schema {schema}")
         own = self.workspace.find(schema, name) if self.workspace is not None else None
         if own is not None:
             self.workspace_relation(node, own)
             return
-        found = self.relations.find(schema or "main", name) if self.relations else None
+        found = self.served(schema, name)
         if found is None:
             if _looks_like_file(name):
                 raise Refused(
                     f'permission denied for relation "{name}": the endpoint reads the mirror'
                     " only, never files"
                 )
-            raise Refused(f'relation "{shown}" does not exist', sqlstate="42P01")
+            raise self.placed(
+                Refused(f'relation "{shown}" does not exist', sqlstate="42P01"), node.location
+            )
+        if schema is None:
+            self.schemas[id(node)] = found.schema
         allowed = True if found.kind == catalog.REGISTRY else _may_read(self.readable, found)
         if allowed is False:
             raise Refused(f"permission denied for table {found.qualified}")
@@ -494,6 +520,21 @@ class _QueryCheck:
         if found.kind == catalog.REGISTRY:
             self.registry[id(node)] = found.name
         self.reads.append(found)
+
+    def served(self, schema: str | None, name: str) -> ServedRelation | None:
+        """The served relation ``schema.name`` names; an unqualified name along the search
+        path."""
+        if self.relations is None:
+            return None
+        for candidate in [schema] if schema else SEARCH_PATH:
+            found = self.relations.find(candidate, name)
+            if found is not None:
+                return found
+        return None
+
+    def placed(self, error: Refused, location: int | None) -> Refused:
+        """``error`` at ``location`` in the client's query (not in a view's text)."""
+        return error.at(location if self._view_depth == 0 else None)
 
     def workspace_relation(self, node: ast.RangeVar, relation: WorkspaceRelation) -> None:
         """A table of the caller's workspace is the caller's; a view is its query, checked here
@@ -539,7 +580,7 @@ class _QueryCheck:
         elif qualifier not in ([], ["pg_catalog"]):
             if is_refused_function(name):
                 raise Refused(f"permission denied for function {name}")
-            raise Refused(f"function {'.'.join(names)} does not exist", sqlstate="42883")
+            raise self.unknown_function(node, ".".join(names))
         elif (
             qualifier
             and name in SQL_SYNTAX_FUNCTIONS
@@ -553,12 +594,21 @@ class _QueryCheck:
                 raise Refused(f"permission denied for function {name}")
             if name in FUNCTIONS:
                 raise Refused(f"function {name} cannot be used in FROM here", sqlstate="0A000")
-            raise Refused(f"function {name} does not exist", sqlstate="42883")
+            raise self.unknown_function(node, name)
         elif not in_from and name not in FUNCTIONS and name not in catalog.FUNCTIONS:
             if is_refused_function(name):
                 raise Refused(f"permission denied for function {name}")
-            raise Refused(f"function {name} does not exist", sqlstate="42883")
+            raise self.unknown_function(node, name)
         self.children(node, scope)
+
+    def unknown_function(self, node: ast.FuncCall, name: str) -> Refused:
+        """PostgreSQL's error for a function it does not have: ``function f(integer) does not
+        exist``, the argument types as far as the text tells them."""
+        types = [_argument_type(a) for a in node.args or ()]
+        shown = f"{name}({', '.join(t for t in types if t)})" if all(types) else name
+        error = Refused(f"function {shown} does not exist", sqlstate="42883")
+        error.hint = FUNCTION_HINT  # type: ignore[attr-defined]
+        return self.placed(error, node.location)
 
     def operator(self, node: ast.A_Expr, scope: frozenset[str]) -> None:
         names = _names(node.name)
@@ -578,6 +628,31 @@ class _QueryCheck:
     def unsupported(self, node: ast.Node, scope: frozenset[str]) -> None:
         kind = type(node).__name__
         raise Refused(f"{kind} is not supported by pgml-sidecar", sqlstate="0A000")
+
+
+_TYPE_NAMES = {
+    "int2": "smallint", "int4": "integer", "int8": "bigint", "float4": "real",
+    "float8": "double precision", "bool": "boolean", "varchar": "character varying",
+    "bpchar": "character", "timestamptz": "timestamp with time zone",
+    "timestamp": "timestamp without time zone",
+}  # fmt: skip
+
+
+def _argument_type(node: Any) -> str | None:
+    """The type PostgreSQL would give an argument, when its text alone tells (a constant, a
+    cast); None otherwise."""
+    if isinstance(node, ast.TypeCast) and node.typeName is not None:
+        names = node.typeName.names or ()
+        name = names[-1].sval or "" if names else ""
+        return _TYPE_NAMES.get(name, name) + ("[]" if node.typeName.arrayBounds else "")
+    if isinstance(node, ast.A_Const):
+        if node.isnull:
+            return "unknown"
+        value = node.val
+        kinds = {ast.Integer: "integer", ast.Float: "numeric", ast.String: "unknown",
+                 ast.Boolean: "boolean"}  # fmt: skip
+        return kinds.get(type(value))
+    return None
 
 
 def _current_setting(node: ast.FuncCall) -> None:

@@ -23,7 +23,7 @@ import numpy as np
 import pyarrow as pa
 
 from mirror.errors import SidecarError
-from predictor import catalog, procedures, results, scoring, vectors, wire
+from predictor import catalog, error_words, procedures, results, scoring, vectors, wire
 from predictor.catalog import ServedRelations
 from predictor.pg_types import FLOAT8
 from predictor.procedures import ProcedureResult
@@ -608,17 +608,21 @@ _DUCKDB_STATES: list[tuple[type[duckdb.Error], str]] = [
 
 
 def duckdb_error(exc: duckdb.Error) -> SidecarError:
-    """A DuckDB error as the endpoint reports it: the SQLSTATE closest to its kind."""
+    """A DuckDB error as the endpoint reports it: PostgreSQL's words and SQLSTATE where
+    :mod:`predictor.error_words` knows them, else its first line and the SQLSTATE closest to
+    its kind; never DuckDB's catalog names, file paths or excerpts of the translated SQL."""
     found = scoring_error(exc) or vectors.argument_error(str(exc))
     if found is not None:
         return found
     if isinstance(exc, duckdb.InterruptException):
         return SidecarError("canceling statement due to user request", sqlstate="57014")
-    message = str(exc).strip()
-    for prefix in ("Catalog Error: ", "Binder Error: ", "Parser Error: ", "Conversion Error: ",
-                   "Invalid Input Error: ", "Out of Range Error: ",
-                   "Constraint Error: "):  # fmt: skip
-        message = message.removeprefix(prefix)
+    worded = error_words.pg_error(str(exc))
+    if worded is not None:
+        message, sqlstate, hint = worded
+        error = SidecarError(message, sqlstate=sqlstate)
+        error.hint = hint  # type: ignore[attr-defined]
+        return error
+    message = error_words.first_line(str(exc))
     if isinstance(exc, duckdb.ConstraintException):  # a write to the workspace
         lowered = message.lower()
         sqlstate = (

@@ -204,7 +204,7 @@ class Session(StatementRunner):
                 else:
                     yield wire.command_complete(outcome.tag)
             except SidecarError as exc:
-                yield self._error(exc)
+                yield self._error(placed(exc, sql))
                 break
             finally:
                 self.deadline = None
@@ -215,6 +215,8 @@ class Session(StatementRunner):
         check_depth(sql)
         try:
             return [self._classify(node, text) for node, text in parse(sql)]
+        except SidecarError as exc:
+            raise placed(exc, sql) from None
         except RecursionError:  # a tree deep enough for pglast, too deep for Python's walks
             raise _too_deep() from None
 
@@ -416,7 +418,19 @@ class Session(StatementRunner):
         if self.status == "T":
             self.status = "E"
         hint = getattr(exc, "hint", None)
-        return wire.error_response(sqlstate=exc.sqlstate, message=str(exc), hint=hint)
+        position = getattr(exc, "position", None)
+        return wire.error_response(
+            sqlstate=exc.sqlstate, message=str(exc), hint=hint, position=position
+        )
+
+
+def placed(exc: SidecarError, sql: str) -> SidecarError:
+    """``exc`` with the 1-based character position PostgreSQL reports, from the byte offset
+    into ``sql`` the allow-list found the thing it refused at (if it did)."""
+    location = getattr(exc, "location", None)
+    if location is not None and getattr(exc, "position", None) is None:
+        exc.position = len(sql.encode()[:location].decode(errors="ignore")) + 1  # type: ignore[attr-defined]
+    return exc
 
 
 def check_depth(sql: str) -> None:

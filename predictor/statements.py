@@ -173,7 +173,10 @@ def _unparsable(sql: str, exc: ParseError) -> StatementError:
                 sqlstate="42501",
             )
         first = word == ";"
-    return StatementError(f"syntax error: {exc}", sqlstate="42601")
+    message, location = exc.args if len(exc.args) == 2 else (str(exc), None)
+    error = StatementError(str(message), sqlstate="42601")
+    error.position = (location if location is not None else len(sql)) + 1  # type: ignore[attr-defined]
+    return error
 
 
 def classify(
@@ -400,6 +403,7 @@ def _select(node: ast.SelectStmt, text: str, access: _Access) -> Statement:
         access.viewer,
         workspace=checked.workspace,
         views=checked.views,
+        schemas=checked.schemas,
     )
     return Statement(
         "select",

@@ -20,6 +20,7 @@ from pglast.visitors import Visitor
 
 from predictor import catalog, python_environment, registry_rows, vectors
 from predictor.allow_list import READ_ONLY_SETTINGS, SQL_SYNTAX_FUNCTIONS, Refused
+from predictor.column_names import name_columns
 from predictor.workspace import WorkspaceRelation
 
 SCALAR_FUNCTIONS = {
@@ -43,6 +44,7 @@ def translate(
     *,
     workspace: Mapping[int, WorkspaceRelation] | None = None,
     views: Mapping[int, ast.SelectStmt] | None = None,
+    schemas: Mapping[int, str] | None = None,
 ) -> str:
     """The DuckDB SQL of ``node`` (which is rewritten in place).
 
@@ -53,7 +55,8 @@ def translate(
     way; with ``viewer`` (a source role) each shows only the rows that role may see
     (:mod:`predictor.registry_rows`). ``workspace`` and ``views``: the caller's workspace
     tables the query names (each named by its DuckDB catalog) and views it reads (each replaced
-    by its query, translated here as part of this one), the same way.
+    by its query, translated here as part of this one), the same way. ``schemas``: the schema
+    each unqualified name was found in along the search path, by ``id()`` of its ``RangeVar``.
     """
     narrowed = narrowed or {}
     workspace, views = workspace or {}, views or {}
@@ -64,7 +67,9 @@ def translate(
     if workspace or views:
         _WorkspaceNames(workspace, views)(node)
     _ChunkRows()(node)
-    _Translator(narrowed, (registry or {}) if viewer is not None else {}, viewer or "")(node)
+    name_columns(node)  # before the translator renames functions
+    registry = (registry or {}) if viewer is not None else {}
+    _Translator(narrowed, registry, viewer or "", schemas or {})(node)
     return RawStream(special_functions=True)(node)
 
 
@@ -177,9 +182,14 @@ class _Translator(Visitor):
     """Rewrite PostgreSQL-only spellings into DuckDB's (the statement passed the allow-list)."""
 
     def __init__(
-        self, narrowed: Mapping[int, tuple[str, ...]], registry: Mapping[int, str], viewer: str
+        self,
+        narrowed: Mapping[int, tuple[str, ...]],
+        registry: Mapping[int, str],
+        viewer: str,
+        schemas: Mapping[int, str],
     ) -> None:
         super().__init__()
+        self.schemas = schemas
         self.narrowed = narrowed
         self.registry = registry
         self.viewer = viewer
@@ -206,6 +216,9 @@ class _Translator(Visitor):
         return None
 
     def visit_RangeVar(self, ancestors: Any, node: ast.RangeVar) -> Any:
+        schema = self.schemas.get(id(node))
+        if schema is not None:
+            node.schemaname = schema  # found along the search path; DuckDB looks in main
         columns = self.narrowed.get(id(node))
         if columns is not None:
             return _narrowed(node, columns)
@@ -220,13 +233,16 @@ class _Translator(Visitor):
                 node.alias = node.alias or ast.Alias(aliasname=node.relname)  # tables.table_name
                 node.schemaname, node.relname = catalog.SCHEMA, view
 
-    def visit_ResTarget(self, ancestors: Any, node: ast.ResTarget) -> Any:
-        value = node.val
-        if node.name is None and isinstance(value, ast.FuncCall):
-            name = pgml_name(value.funcname)
-            if name is not None:
-                node.name = name  # PostgreSQL names the column after the function
-        return None
+    def visit_SQLValueFunction(self, ancestors: Any, node: ast.SQLValueFunction) -> Any:
+        # as a call: DuckDB reads a bare CURRENT_DATE as a column first, and so as the result
+        # column PostgreSQL names current_date
+        name = node.op.name.removeprefix("SVFOP_").removesuffix("_N").lower() if node.op else ""
+        found = _VALUE_FUNCTIONS.get(name)
+        if found is None:
+            return None
+        function, cast_to = found
+        call = ast.FuncCall(funcname=(ast.String(function),), funcformat=_PLAIN_CALL)
+        return ast.TypeCast(arg=call, typeName=_type(cast_to)) if cast_to else call
 
     def visit_TypeCast(self, ancestors: Any, node: ast.TypeCast) -> Any:
         cast_to = node.typeName
@@ -271,6 +287,17 @@ class _Translator(Visitor):
             funcname=(ast.String(SCALAR_FUNCTIONS[name]),), args=(project, features)
         )
 
+
+_VALUE_FUNCTIONS = {
+    "current_date": ("current_date", ""), "current_timestamp": ("now", ""),
+    "current_time": ("now", "timetz"), "localtimestamp": ("now", "timestamp"),
+    "localtime": ("now", "time"), "current_role": ("current_role", ""),
+    "current_user": ("current_user", ""), "user": ("user", ""),
+    "session_user": ("session_user", ""), "current_catalog": ("current_database", ""),
+    "current_schema": ("current_schema", ""),
+}  # fmt: skip
+_PLAIN_CALL = enums.CoercionForm.COERCE_EXPLICIT_CALL
+"""SQL's value functions (``CURRENT_DATE``, ``CURRENT_USER``) as DuckDB's calls."""
 
 _UDF_ARGUMENTS = {
     "python_package_version": (("name", "varchar"),),

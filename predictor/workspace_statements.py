@@ -87,6 +87,7 @@ class _Context:
             self.viewer,
             workspace=workspace,
             views=checked.views,
+            schemas=checked.schemas,
         )
 
     def served(self, schema: str | None, name: str) -> ServedRelation | None:
