@@ -395,18 +395,16 @@ def scale_choices(algorithm: str, task: str) -> tuple[str, ...]:
     """The scalings worth trying for ``algorithm`` when preprocess does not say, the preferred
     first: "standard" and "preserve" for the algorithms sensitive to scale, "preserve" for the
     others. For online algorithms "standard" is River's StandardScaler in front of the model:
-    the linear ones always have it; the regression trees (linear models in their leaves), the
-    adaptive random forest and naive Bayes (whose Gaussians collapse on a feature constant
-    within a class) may gain from it; the classification trees split on each feature as it
-    comes and do not."""
+    the linear ones always have it; for the others, features as they come are preferred, and
+    the scaler may still gain (the regression trees fit linear models in their leaves, naive
+    Bayes' Gaussians collapse on a feature constant within a class, and a tree's split points
+    are drawn from running ranges the scaler reshapes): progressive validation decides, at the
+    cost of learning the first rows twice."""
     name = _ALIASES.get(algorithm, algorithm)
     if name in ("online_linear", "online_logistic"):
         return ("standard",)
     if is_online(name):
-        sensitive = task == "regression" or name in (
-            "online_naive_bayes", "online_adaptive_random_forest"
-        )  # fmt: skip
-        return ("preserve", "standard") if sensitive else ("preserve",)
+        return ("preserve", "standard")
     return ("standard", "preserve") if name in _SCALED and task != "decomposition" else (
         "preserve",
     )  # fmt: skip

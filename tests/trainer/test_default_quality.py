@@ -49,12 +49,6 @@ KNOWN_GAPS: dict[tuple[str, str], tuple[float, str]] = {
         "standardised features validate within 2% of the raw ones, so they are kept; on the"
         " test rows raw ones are 3% better (mean of five seeds)",
     ),
-    ("digits", "online_hoeffding_adaptive_tree"): (
-        0.03,
-        "a classification tree splits each feature as it comes, so features are not scaled;"
-        " River's StandardScaler in front moves its split points and happens to gain 2.2% on"
-        " digits' 300 rows (and loses 10% on wine)",
-    ),
     ("customers", "knn"): (
         0.04,
         "one-hot features are not standardised (for the linear models a standardised dummy of"
