@@ -447,6 +447,45 @@ def make_estimator(
     return _estimator_class(spec.path)(**params)
 
 
+def joint_estimator(estimator: Any, algorithm: str) -> Any:
+    """``estimator`` made to predict several labels at once, as PostgresML's train_joint does:
+    the algorithms that fit several outputs natively (linear models, trees, forests, knn,
+    xgboost, ...) as they are, the others as one copy per label (scikit-learn's
+    MultiOutputRegressor)."""
+    if is_online(algorithm):
+        raise TrainingError(
+            f"{algorithm} learns one label; a joint model (several labels) needs a batch algorithm",
+            sqlstate="0A000",
+        )
+    if _multi_output(estimator):
+        return estimator
+    from sklearn.multioutput import MultiOutputRegressor
+
+    return MultiOutputRegressor(estimator)
+
+
+def is_wrapped(estimator: Any) -> bool:
+    """Whether ``estimator`` is one copy of an algorithm per label (:func:`joint_estimator`)."""
+    from sklearn.multioutput import MultiOutputRegressor
+
+    return isinstance(estimator, MultiOutputRegressor)
+
+
+_SINGLE_OUTPUT = frozenset({"LGBMRegressor", "CatBoostRegressor", "HistGradientBoostingRegressor"})
+"""Estimators whose tags do not say they take one label only, but do."""
+
+
+def _multi_output(estimator: Any) -> bool:
+    from sklearn.utils import get_tags
+
+    if type(estimator).__name__ in _SINGLE_OUTPUT:
+        return False
+    try:
+        return bool(get_tags(estimator).target_tags.multi_output)
+    except (AttributeError, TypeError, ValueError):
+        return False
+
+
 def check_search_params(algorithm: str, task: str, search_params: Mapping[str, Any]) -> None:
     """Raise TrainingError unless each key is a hyperparameter and each value a non-empty list."""
     valid = _valid(algorithm, task)

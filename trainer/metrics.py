@@ -34,6 +34,8 @@ def _regression(estimator: Any, x: np.ndarray, y: Any) -> dict[str, float]:
     from sklearn.metrics import mean_absolute_error, mean_squared_error, r2_score
 
     predicted = estimator.predict(x)
+    if np.ndim(y) == 2:  # a joint model: every label of every row, as PostgresML scores it
+        y, predicted = np.ravel(y), np.ravel(predicted)
     return {
         "r2": float(r2_score(y, predicted)),
         "mean_squared_error": float(mean_squared_error(y, predicted)),

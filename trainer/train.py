@@ -184,7 +184,7 @@ class Trainer:
                     project,
                     task=task,
                     relation=relation,
-                    y=_label(y),
+                    y=_labels(y),
                     algorithm=algorithm or None,
                     hyperparams=json_object("hyperparams", hyperparams),
                     search=search or None,
@@ -246,7 +246,7 @@ class Trainer:
         *,
         task: str | None,
         relation: str | None,
-        y: str | None,
+        y: list[str],
         algorithm: str | None,
         hyperparams: dict[str, Any],
         search: str | None,
@@ -279,17 +279,19 @@ class Trainer:
                 f"unknown test_sampling {test_sampling!r}; use one of: {', '.join(SAMPLINGS)}"
             )
 
+        if len(y) > 1:
+            _check_joint(task, algorithm)
         if relation:
             found = found or find_relation(self.con, relation)
-            _check_label(found, task, y)
-            parse_preprocess(preprocess, [c for c, _ in found.columns if c != y])
+            _check_labels(found, task, y)
+            parse_preprocess(preprocess, [c for c, _ in found.columns if c not in y])
             if self.before_snapshot is not None and algorithms.is_online(algorithm):
                 self.before_snapshot(found.schema, found.name)
             snapshot = materialise(
                 self.con,
                 found,
                 self.home / "snapshots",
-                y_columns=[y] if y else [],
+                y_columns=y,
                 test_size=DEFAULT_TEST_SIZE if test_size is None else test_size,
                 test_sampling=test_sampling or DEFAULT_TEST_SAMPLING,
                 seed=DEFAULT_SEED if seed is None else seed,
@@ -304,8 +306,11 @@ class Trainer:
             last = self.registry.last_snapshot(project.id)
             assert last is not None, f"project {name} has no snapshot"
             snapshot = last
-            y = snapshot.y_column_name[0] if snapshot.y_column_name else None
-            parse_preprocess(preprocess, [c["name"] for c in snapshot.columns if c["name"] != y])
+            y = list(snapshot.y_column_name)
+            if len(y) > 1:
+                _check_joint(task, algorithm)
+            columns = [c["name"] for c in snapshot.columns]
+            parse_preprocess(preprocess, [c for c in columns if c not in y])
         new_snapshot = snapshot.id == 0
 
         model_path = self.home / "models" / f"{uuid.uuid4().hex}.pickle"
@@ -326,7 +331,7 @@ class Trainer:
                     model_path=str(model_path),
                     task=task,
                     algorithm=algorithm,
-                    label=y,
+                    labels=y,
                     test_size=snapshot.test_size,
                     test_sampling=snapshot.test_sampling,
                     seed=snapshot.seed,
@@ -631,15 +636,24 @@ def _checked_limit(seconds: float) -> float:
     return float(seconds)
 
 
-def _label(y: str | Sequence[str] | None) -> str | None:
+def _labels(y: str | Sequence[str] | None) -> list[str]:
+    """The label columns: a name, or several (``pgml.train_joint``'s array)."""
     if y is None or isinstance(y, str):
-        return y or None
-    labels = list(y)
-    if len(labels) > 1:
+        return [y] if y else []
+    labels = [str(label) for label in y]
+    if len(set(labels)) != len(labels):
+        raise TrainingError(f"a label column is named twice: {', '.join(labels)}", sqlstate="42701")
+    return labels
+
+
+def _check_joint(task: str, algorithm: str) -> None:
+    """Several labels: a joint regression, as PostgresML's train_joint trains."""
+    if task != "regression":
         raise TrainingError(
-            f"one label column is supported, not {len(labels)} ({', '.join(labels)})"
+            f"several label columns (a joint model) are for regression, not {task}",
+            sqlstate="0A000",
         )
-    return labels[0] if labels else None
+    algorithms.joint_estimator(algorithms.make_estimator(algorithm, task), algorithm)
 
 
 TASK_ALIASES = {"cluster": "clustering"}
@@ -666,20 +680,24 @@ def _task(name: str, project: Project | None, task: str | None) -> str:
     return task
 
 
-def _check_label(relation: RelationColumns, task: str, y: str | None) -> None:
-    if y is None:
+def _check_labels(relation: RelationColumns, task: str, labels: list[str]) -> None:
+    if not labels:
         if task not in _UNSUPERVISED:
             raise TrainingError(
                 f"{task} needs a label column (y); the columns of {relation.relation_name} are: "
                 + ", ".join(c for c, _ in relation.columns)
             )
         return
-    check_columns(relation, [y])
-    kind = relation.column_type(y) or ""
-    if task == "regression" and not is_numeric(kind):
+    check_columns(relation, labels)
+    for y in labels:
+        kind = relation.column_type(y) or ""
+        if task == "regression" and not is_numeric(kind):
+            raise TrainingError(
+                f"label column {y!r} is {kind}, not a number; regression needs a numeric label"
+                " (for categories use task classification)"
+            )
+    if len(relation.columns) <= len(labels):
         raise TrainingError(
-            f"label column {y!r} is {kind}, not a number; regression needs a numeric label"
-            " (for categories use task classification)"
+            f"{relation.relation_name} has no columns besides the label"
+            f" {', '.join(repr(y) for y in labels)}"
         )
-    if len(relation.columns) < 2:
-        raise TrainingError(f"{relation.relation_name} has no columns besides the label {y!r}")
