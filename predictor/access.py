@@ -42,7 +42,7 @@ from predictor.privileges import AllColumns, Readable, SourcePrivileges
 from trainer.snapshots import find_relation
 from trainer.train import Trainer
 
-CHANGING = ("train", "deploy", "deploy_model", "schedule", "retrain_on_drift")
+CHANGING = ("train", "train_joint", "deploy", "deploy_model", "schedule", "retrain_on_drift")
 """The pgml procedures that change a project: only its owner may call them."""
 CONNECT_TIMEOUT_S = 5
 ANSWER_KEPT_S = 5.0
@@ -277,7 +277,7 @@ class EndpointAccess:
         owner = self.owners.owner(project)
         exists = self.trainer.registry.project(project) is not None
         claimed = None
-        if owner is not None or exists or procedure != "train":
+        if owner is not None or exists or procedure not in ("train", "train_joint"):
             with self._source() as conn:
                 ownership.check_may_change(conn, role, project, owner)
         else:

@@ -34,7 +34,15 @@ def _words(text: str) -> frozenset[str]:
     return frozenset(text.split())
 
 
-PROCEDURES = ("train", "deploy", "load_dataset", "snapshot", "schedule", "retrain_on_drift")
+PROCEDURES = (
+    "train",
+    "train_joint",
+    "deploy",
+    "load_dataset",
+    "snapshot",
+    "schedule",
+    "retrain_on_drift",
+)
 """The pgml functions that are procedures: called on their own, never inside a query."""
 
 
@@ -107,8 +115,8 @@ SQL_SYNTAX_FUNCTIONS = _words(
 
 PGML_FUNCTIONS = (
     _words(
-        "train deploy load_dataset snapshot schedule retrain_on_drift version predict predict_proba"
-        " decompose chunk"
+        "train train_joint deploy load_dataset snapshot schedule retrain_on_drift version predict"
+        " predict_proba predict_joint predict_batch decompose chunk"
     )
     | vectors.FUNCTIONS
     | frozenset(metric_functions.NAMES)
@@ -116,6 +124,12 @@ PGML_FUNCTIONS = (
 )
 """The ``pgml.*`` API (procedures, predictions, version, vector functions, metrics, what the
 sidecar runs)."""
+
+SCORING_FUNCTIONS = frozenset(
+    {"predict", "predict_proba", "predict_joint", "predict_batch", "decompose"}
+)
+"""The ``pgml.*`` functions that score with a project's model (its name is their first
+argument)."""
 
 REFUSED_FUNCTIONS = _words(
     # files, other databases, SQL text, Python objects
@@ -575,7 +589,7 @@ class _QueryCheck:
             if name not in PGML_FUNCTIONS:
                 raise Refused(f"function pgml.{name} does not exist", sqlstate="42883")
             self.pgml_calls.append(name)
-            if name in ("predict", "predict_proba", "decompose") and node.args:
+            if name in SCORING_FUNCTIONS and node.args:
                 self.scored.append(_scored_model(node.args[0]))
         elif qualifier not in ([], ["pg_catalog"]):
             if is_refused_function(name):

@@ -463,6 +463,8 @@ class StatementRunner:
             started = time.perf_counter()
             if call.name == "predict_proba":
                 values = model.predict_proba_matrix(matrix)[0].tolist()
+            elif call.name == "predict_joint":
+                values = model.predict_joint_matrix(matrix)[0].tolist()
             elif call.name == "decompose":
                 values = model.decompose_matrix(matrix)[0].tolist()
             else:

@@ -57,8 +57,12 @@ _SIGNATURES: dict[str, list[tuple[str, Any]]] = {
 }
 
 
+_SIGNATURES["train_joint"] = _SIGNATURES["train"]
+TRAINING = ("train", "train_joint")
+
 COLUMNS: dict[str, list[tuple[str, str]]] = {
     "train": [("project", TEXT), ("task", TEXT), ("algorithm", TEXT), ("deployed", BOOL)],
+    "train_joint": [("project", TEXT), ("task", TEXT), ("algorithm", TEXT), ("deployed", BOOL)],
     "deploy": [("project", TEXT), ("strategy", TEXT), ("algorithm", TEXT)],
     "load_dataset": [("table_name", TEXT), ("rows", INT8)],
     "snapshot": [("relation", TEXT), ("y_column_name", TEXT_ARRAY)],
@@ -111,10 +115,10 @@ def call(
     ):  # PostgresML's pgml.deploy(model_id bigint)
         name = "deploy_model"
     bound = _bind(name, args, kwargs)
-    if name == "train":  # the session's pgml.training_time_limit: '' or unset is the sidecar's
+    if name in TRAINING:  # the session's pgml.training_time_limit: '' or unset is the sidecar's
         bound["time_limit"] = TRAINING_TIME_LIMIT.parse(time_limit) if time_limit else None
     relation = bound.get("relation_name")
-    if relation is not None and name in ("train", "snapshot") and workspace_relation is not None:
+    if relation is not None and name in (*TRAINING, "snapshot") and workspace_relation is not None:
         bound["found"] = workspace_relation(str(relation))  # the caller's own, read as it may
     if relation is not None and procedure.check_relation is not None and not bound.get("found"):
         procedure.check_relation(str(relation))  # a table the caller may read, never internal
@@ -266,6 +270,7 @@ _RUNNERS: dict[str, Callable[[Trainer, dict[str, Any]], ProcedureResult]] = {
     "schedule": _schedule,
     "retrain_on_drift": _retrain_on_drift,
     "train": _train,
+    "train_joint": _train,
     "deploy": _deploy,
     "deploy_model": _deploy_model,
     "load_dataset": _load_dataset,

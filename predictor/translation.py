@@ -26,10 +26,14 @@ from predictor.workspace import WorkspaceRelation
 SCALAR_FUNCTIONS = {
     "predict": "pgml_predict",
     "predict_proba": "pgml_predict_proba",
+    "predict_joint": "pgml_predict_joint",
     "decompose": "pgml_decompose",
 }
-ARRAY_RESULTS = frozenset({"predict_proba", "decompose"})
+ARRAY_RESULTS = frozenset({"predict_proba", "predict_joint", "decompose"})
 """The scalar pgml functions that return an array per row."""
+ROW_FUNCTIONS = frozenset({"predict", "predict_proba", "predict_joint"})
+"""The scalar pgml functions that also take a whole row as features: ``(a, b, c)``, ``ROW(a,
+b, c)`` or a table's row ``t``, turned into JSON for ``pgml_<name>_row``."""
 
 _OID_TYPES = [["regclass"], ["regtype"], ["regproc"], ["regnamespace"], ["regprocedure"]]
 _DUCKDB_NAMES = {"btrim": "trim"}
@@ -66,10 +70,11 @@ def translate(
             _unqualify_narrowed(tree, replaced)
     if workspace or views:
         _WorkspaceNames(workspace, views)(node)
+    rows = _range_names(node, *views.values())  # before narrowing: what t may name in pgml.predict
     _ChunkRows()(node)
     name_columns(node)  # before the translator renames functions
     registry = (registry or {}) if viewer is not None else {}
-    _Translator(narrowed, registry, viewer or "", schemas or {})(node)
+    _Translator(narrowed, registry, viewer or "", schemas or {}, rows)(node)
     return RawStream(special_functions=True)(node)
 
 
@@ -175,6 +180,8 @@ class _ChunkRows(Visitor):
         call = functions[0][0] if len(functions) == 1 else None
         if isinstance(call, ast.FuncCall) and pgml_name(call.funcname) == "chunk":
             return _chunk_rows(call, node.alias)
+        if isinstance(call, ast.FuncCall) and pgml_name(call.funcname) == "predict_batch":
+            return _batch_rows(call, node.alias)
         return None
 
 
@@ -187,12 +194,15 @@ class _Translator(Visitor):
         registry: Mapping[int, str],
         viewer: str,
         schemas: Mapping[int, str],
+        rows: Collection[str] = (),
     ) -> None:
         super().__init__()
         self.schemas = schemas
         self.narrowed = narrowed
         self.registry = registry
         self.viewer = viewer
+        self.rows = rows
+        """The names a bare ``t`` in pgml.predict's features may mean a whole row of."""
 
     def visit_FuncCall(self, ancestors: Any, node: ast.FuncCall) -> Any:
         names = [n.sval or "" for n in node.funcname or ()]
@@ -272,6 +282,8 @@ class _Translator(Visitor):
             return ast.FuncCall(funcname=(ast.String("unnest"),), args=(records,))
         if name in _UDF_ARGUMENTS:
             return _udf_call(name, node)
+        if name == "predict_batch":  # in a select list: one row per prediction
+            return ast.FuncCall(funcname=(ast.String("unnest"),), args=(_batch_call(node),))
         if name not in SCALAR_FUNCTIONS:
             raise Refused(f"function pgml.{name} does not exist", sqlstate="42883")
         args = list(node.args or ())
@@ -282,10 +294,74 @@ class _Translator(Visitor):
                 sqlstate="42883",
             )
         project = ast.TypeCast(arg=args[0], typeName=_type("varchar"))
+        row = _row_json(args[1], self.rows) if name in ROW_FUNCTIONS else None
+        if row is not None:
+            function = f"{SCALAR_FUNCTIONS[name]}_row"
+            return ast.FuncCall(funcname=(ast.String(function),), args=(project, row))
         features = ast.TypeCast(arg=args[1], typeName=_type("double", array=True))
         return ast.FuncCall(
             funcname=(ast.String(SCALAR_FUNCTIONS[name]),), args=(project, features)
         )
+
+
+def _range_names(*trees: ast.Node) -> frozenset[str]:
+    """The names of the relations, subqueries and functions in the FROM clauses of ``trees``
+    (aliases where given): what a bare name may refer to as a whole row."""
+    names: set[str] = set()
+    for tree in trees:
+        for found in _nodes(tree, ast.RangeVar):
+            names.add(found.alias.aliasname if found.alias else found.relname)
+        for kind in (ast.RangeSubselect, ast.RangeFunction):
+            names.update(f.alias.aliasname for f in _nodes(tree, kind) if f.alias is not None)
+    return frozenset(n for n in names if n)
+
+
+def _row_json(features: Any, rows: Collection[str]) -> Any:
+    """The features of a pgml.predict as JSON text when they are a whole row: ``(a, b, c)``
+    or ``ROW(a, b, c)`` (a JSON array, values in order) or a bare name of a relation in FROM
+    (its row, a JSON object by column name); None for an array of features."""
+    if isinstance(features, ast.RowExpr):
+        values = ast.FuncCall(funcname=(ast.String("json_array"),), args=features.args or ())
+    elif (
+        isinstance(features, ast.ColumnRef)
+        and len(features.fields or ()) == 1
+        and isinstance((features.fields or ())[0], ast.String)
+        and (features.fields or ())[0].sval in rows
+    ):
+        values = ast.FuncCall(funcname=(ast.String("to_json"),), args=(features,))
+    else:
+        return None
+    return ast.TypeCast(arg=values, typeName=_type("varchar"))
+
+
+def _batch_call(node: ast.FuncCall) -> ast.FuncCall:
+    """``pgml_predict_batch(project, features)``: a list of predictions, one per row of the
+    flat features."""
+    args = list(node.args or ())
+    if len(args) != 2 or any(isinstance(a, ast.NamedArgExpr) for a in args):
+        raise Refused(
+            "pgml.predict_batch takes two arguments: a project name (or model id) and an array"
+            " of the features of many rows, one row after another",
+            sqlstate="42883",
+        )
+    project = ast.TypeCast(arg=args[0], typeName=_type("varchar"))
+    features = ast.TypeCast(arg=args[1], typeName=_type("double", array=True))
+    return ast.FuncCall(funcname=(ast.String("pgml_predict_batch"),), args=(project, features))
+
+
+def _batch_rows(call: ast.FuncCall, alias: ast.Alias | None) -> ast.RangeSubselect:
+    """``pgml.predict_batch(...)`` in FROM: a lateral subquery of its rows, one column named
+    after the function, as PostgreSQL names a set-returning function's column."""
+    name = alias.aliasname if alias is not None and alias.aliasname else "predict_batch"
+    column = (alias.colnames or (ast.String(name),))[0] if alias is not None else None
+    column_name = column.sval if isinstance(column, ast.String) else name
+    unnest = ast.FuncCall(funcname=(ast.String("unnest"),), args=(_batch_call(call),))
+    query = ast.SelectStmt(
+        targetList=(ast.ResTarget(name=column_name, val=unnest),),
+        limitOption=enums.LimitOption.LIMIT_OPTION_DEFAULT,
+        op=enums.SetOperation.SETOP_NONE,
+    )
+    return ast.RangeSubselect(lateral=True, subquery=query, alias=ast.Alias(aliasname=name))
 
 
 _VALUE_FUNCTIONS = {
