@@ -42,6 +42,8 @@ PROCEDURES = (
     "snapshot",
     "schedule",
     "retrain_on_drift",
+    "dump_all",
+    "load_all",
 )
 """The pgml functions that are procedures: called on their own, never inside a query."""
 
@@ -116,7 +118,7 @@ SQL_SYNTAX_FUNCTIONS = _words(
 PGML_FUNCTIONS = (
     _words(
         "train train_joint deploy load_dataset snapshot schedule retrain_on_drift version predict"
-        " predict_proba predict_joint predict_batch decompose chunk"
+        " predict_proba predict_joint predict_batch decompose chunk dump_all load_all"
     )
     | vectors.FUNCTIONS
     | frozenset(metric_functions.NAMES)

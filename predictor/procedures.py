@@ -17,7 +17,7 @@ from typing import Any
 from predictor.statements import Parameter, ProcedureCall, StatementError
 from predictor.time_settings import TRAINING_TIME_LIMIT
 from predictor.translation import version
-from trainer import algorithms
+from trainer import algorithms, export
 from trainer.datasets import load_dataset
 from trainer.snapshots import RelationColumns
 from trainer.train import Trainer
@@ -52,6 +52,8 @@ _SIGNATURES: dict[str, list[tuple[str, Any]]] = {
         ("test_sampling", "stratified"),
     ],
     "version": [],
+    "dump_all": [("path", ...)],
+    "load_all": [("path", ...)],
     "schedule": [("project_name", ...), ("cron", ...)],
     "retrain_on_drift": [("project_name", ...), ("enabled", True)],
 }
@@ -67,6 +69,8 @@ COLUMNS: dict[str, list[tuple[str, str]]] = {
     "load_dataset": [("table_name", TEXT), ("rows", INT8)],
     "snapshot": [("relation", TEXT), ("y_column_name", TEXT_ARRAY)],
     "version": [("version", TEXT)],
+    "dump_all": [("table_name", TEXT), ("rows", INT8)],
+    "load_all": [("table_name", TEXT), ("rows", INT8)],
     "schedule": [("project", TEXT), ("schedule", TEXT)],
     "retrain_on_drift": [("project", TEXT), ("retrain_on_drift", BOOL)],
 }
@@ -254,6 +258,18 @@ def _version(trainer: Trainer, a: dict[str, Any]) -> ProcedureResult:
     return ProcedureResult(COLUMNS["version"], [(version(),)])
 
 
+def _dump_all(trainer: Trainer, a: dict[str, Any]) -> ProcedureResult:
+    done = export.dump_all(trainer, str(a["path"] or ""))
+    notice = f"exported the registry and {done.files} files to {done.directory}"
+    return ProcedureResult(COLUMNS["dump_all"], done.report(), notices=(notice,))
+
+
+def _load_all(trainer: Trainer, a: dict[str, Any]) -> ProcedureResult:
+    done = export.load_all(trainer, str(a["path"] or ""))
+    notice = f"loaded the registry and {done.files} files (SHA-256 checked) from {done.directory}"
+    return ProcedureResult(COLUMNS["load_all"], done.report(), notices=(notice,))
+
+
 def _schedule(trainer: Trainer, a: dict[str, Any]) -> ProcedureResult:
     cron = trainer.set_schedule(str(a["project_name"]), a["cron"])
     return ProcedureResult(COLUMNS["schedule"], [(a["project_name"], cron)])
@@ -276,6 +292,8 @@ _RUNNERS: dict[str, Callable[[Trainer, dict[str, Any]], ProcedureResult]] = {
     "load_dataset": _load_dataset,
     "snapshot": _snapshot,
     "version": _version,
+    "dump_all": _dump_all,
+    "load_all": _load_all,
 }
 
 
