@@ -471,15 +471,10 @@ def is_wrapped(estimator: Any) -> bool:
     return isinstance(estimator, MultiOutputRegressor)
 
 
-_SINGLE_OUTPUT = frozenset({"LGBMRegressor", "CatBoostRegressor", "HistGradientBoostingRegressor"})
-"""Estimators whose tags do not say they take one label only, but do."""
-
-
 def _multi_output(estimator: Any) -> bool:
+    """Whether scikit-learn's tags say ``estimator`` fits several outputs at once."""
     from sklearn.utils import get_tags
 
-    if type(estimator).__name__ in _SINGLE_OUTPUT:
-        return False
     try:
         return bool(get_tags(estimator).target_tags.multi_output)
     except (AttributeError, TypeError, ValueError):

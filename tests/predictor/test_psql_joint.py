@@ -3,6 +3,7 @@ metrics PostgresML computes for them, predictions compared with scikit-learn's o
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 
 import numpy as np
@@ -16,6 +17,7 @@ from trainer.train import Trainer
 
 LABELS = ["weight", "waist", "pulse"]
 FEATURES = ["chins", "situps", "jumps"]
+PRESERVE = json.dumps({c: {"scale": "preserve"} for c in FEATURES})
 
 SESSION = """
 SELECT * FROM pgml.load_dataset('linnerud');
@@ -40,9 +42,11 @@ SELECT models.algorithm, models.metrics->>'r2' FROM pgml.models ORDER BY models.
 """
 
 
-def _rows(trainer: Trainer) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
+def _rows(
+    trainer: Trainer, name: str = "Exercise vs Physiology"
+) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
     """The snapshot's rows split as the training split them: x_train, y_train, x_test, y_test."""
-    project = trainer.registry.project("Exercise vs Physiology")
+    project = trainer.registry.project(name)
     assert project is not None
     snapshot = trainer.registry.last_snapshot(project.id)
     assert snapshot is not None and list(snapshot.y_column_name) == LABELS
@@ -108,3 +112,51 @@ SELECT * FROM pgml.train_joint('J', 'regression', 'pgml.linnerud', ARRAY['weight
     statement = "SELECT pgml.predict_joint('Single', ARRAY[1, 2, 3, 4, 5]);"
     done = psql(pg_bin, endpoint, statement, check=False)
     assert "needs a joint model" in done.stderr
+
+
+def test_every_regression_algorithm_trains_jointly(
+    pg_bin: Path, endpoint: SqlEndpoint, trainer: Trainer
+) -> None:
+    from sklearn.multioutput import MultiOutputRegressor
+    from sklearn.svm import SVR
+
+    from trainer import algorithms
+
+    names = [n for n in algorithms.algorithm_names("regression") if not algorithms.is_online(n)]
+    small = {"n_estimators": 5}
+    calls = []
+    for name in names:
+        params = algorithms.hyperparameter_names(name, "regression")
+        hyperparams = {k: v for k, v in small.items() if k in params}
+        if "max_iter" in params:
+            hyperparams["max_iter"] = 100
+        calls.append(
+            f"SELECT * FROM pgml.train_joint('All', algorithm => '{name}',"
+            f" hyperparams => '{json.dumps(hyperparams)}', preprocess => '{PRESERVE}');"
+        )
+    script = (
+        "SELECT * FROM pgml.load_dataset('linnerud');\n"
+        "SELECT * FROM pgml.train_joint('All', 'regression', 'pgml.linnerud',"
+        f" ARRAY['weight', 'waist', 'pulse'], preprocess => '{PRESERVE}');\n"
+        + "\n".join(calls)
+        + "\nSELECT * FROM pgml.deploy('All', 'most_recent', 'svm');"
+        "\nSELECT pgml.predict_joint('All', ARRAY[chins, situps, jumps]) FROM pgml.linnerud"
+        " ORDER BY chins, situps, jumps;"
+    )
+    lines = psql(pg_bin, endpoint, script).stdout.splitlines()
+    trained = [line.split("|")[2] for line in lines[2 : 2 + len(names)]]
+    assert trained == names
+    project = trainer.registry.project("All")
+    assert project is not None
+    for record in trainer.registry.models(project.id):
+        assert all(np.isfinite(record.metrics[m]) for m in ("r2", "mean_squared_error")), record
+    project_model = trainer.registry.models(project.id, algorithm="svm")[-1]
+    x_train, y_train, _, _ = _rows(trainer, "All")
+    reference = MultiOutputRegressor(SVR(max_iter=100)).fit(x_train, y_train)
+    from sklearn.datasets import load_linnerud
+
+    data = load_linnerud().data.astype(np.float64)
+    expected = reference.predict(data[np.lexsort(data.T[::-1])])
+    got = np.array([[float(v) for v in row.strip("{}").split(",")] for row in lines[-20:]])
+    np.testing.assert_allclose(got, expected, rtol=1e-6)
+    assert project_model.hyperparams == {"max_iter": 100}
