@@ -109,6 +109,11 @@ def _view(
     _, model = trainer.model(model_id)
     if not relation.key:
         return None
+    if model.joint:
+        raise SidecarError(
+            "its model predicts several labels; the view holds one prediction per row",
+            sqlstate="0A000",
+        )
     columns = model.preprocessor.columns
     if any(c.kind == "text" for c in columns):
         function = "pgml_predict_text"

@@ -10,8 +10,10 @@ import numpy as np
 import pyarrow.parquet as pq
 import pytest
 
+from mirror.store import Mirror
 from predictor.server import SqlEndpoint
 from tests.predictor.endpoint_client import psql
+from tests.predictor.test_psql_rows import make_houses
 from trainer.split import split
 from trainer.train import Trainer
 
@@ -160,3 +162,21 @@ def test_every_regression_algorithm_trains_jointly(
     got = np.array([[float(v) for v in row.strip("{}").split(",")] for row in lines[-20:]])
     np.testing.assert_allclose(got, expected, rtol=1e-6)
     assert project_model.hyperparams == {"max_iter": 100}
+
+
+def test_a_joint_model_has_no_scores_view(
+    pg_bin: Path, endpoint: SqlEndpoint, mirror: Mirror, trainer: Trainer
+) -> None:
+    make_houses(mirror)
+    script = """
+SELECT * FROM pgml.train_joint('Houses Joint', 'regression', 'public.houses',
+                               ARRAY['price', 'rooms']);
+SELECT * FROM pgml.train('Houses Price', 'regression', 'public.houses', 'price');
+SELECT count(*), count(prediction) FROM pgml_scores.houses_price;
+SELECT array_length(pgml.predict_joint('Houses Joint', h), 1), count(*)
+  FROM public.houses h GROUP BY 1;
+"""
+    lines = psql(pg_bin, endpoint, script).stdout.splitlines()
+    assert lines[2:] == ["120|120", "2|120"]
+    done = psql(pg_bin, endpoint, "SELECT * FROM pgml_scores.houses_joint;", check=False)
+    assert 'relation "pgml_scores.houses_joint" does not exist' in done.stderr

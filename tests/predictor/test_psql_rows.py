@@ -20,7 +20,7 @@ CITIES = ["Lyon", "Nice", "Paris"]
 PRESERVE = '{"area": {"scale": "preserve"}, "rooms": {"scale": "preserve"}}'
 
 
-def _houses(mirror: Mirror, rows: int = 120) -> pa.Table:
+def make_houses(mirror: Mirror, rows: int = 120) -> pa.Table:
     rng = np.random.default_rng(3)
     city = rng.choice(CITIES, rows)
     area = rng.uniform(20, 200, rows).round(1)
@@ -69,7 +69,7 @@ def test_predict_on_rows(
 ) -> None:
     from sklearn.linear_model import LinearRegression
 
-    houses = _houses(mirror)
+    houses = make_houses(mirror)
     script = f"""
 SELECT * FROM pgml.train('Houses', 'regression', 'public.houses', 'price',
                          preprocess => '{PRESERVE}');
@@ -103,7 +103,7 @@ SELECT pgml.predict('Houses', h) FROM (SELECT area, rooms, city FROM public.hous
 def test_predict_proba_on_rows_and_refusals(
     pg_bin: Path, endpoint: SqlEndpoint, mirror: Mirror, trainer: Trainer
 ) -> None:
-    houses = _houses(mirror)
+    houses = make_houses(mirror)
     script = """
 SELECT * FROM pgml.train('Kind', 'classification', 'public.houses', 'kind',
                          algorithm => 'random_forest', hyperparams => '{"n_estimators": 10}');
