@@ -3,8 +3,10 @@
 from __future__ import annotations
 
 from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 
+import duckdb
 import pytest
 
 from mirror.store import Mirror
@@ -41,12 +43,20 @@ def trainer(mirror: Mirror, fit_worker: FitWorker) -> Iterator[Trainer]:
         opened.close()
 
 
-@pytest.fixture
-def endpoint(mirror: Mirror, trainer: Trainer) -> Iterator[SqlEndpoint]:
-    """The SQL endpoint on a fresh mirror, on a free loopback port, without a password."""
-    served = SqlEndpoint(EndpointSettings(port=0), mirror.con, trainer)
+@contextmanager
+def serving(con: duckdb.DuckDBPyConnection, trainer: Trainer) -> Iterator[SqlEndpoint]:
+    """An SQL endpoint over ``con``, on a free loopback port, without a password; stopped
+    after."""
+    served = SqlEndpoint(EndpointSettings(port=0), con, trainer)
     served.start()
     try:
         yield served
     finally:
         served.stop()
+
+
+@pytest.fixture
+def endpoint(mirror: Mirror, trainer: Trainer) -> Iterator[SqlEndpoint]:
+    """The SQL endpoint on a fresh mirror, on a free loopback port, without a password."""
+    with serving(mirror.con, trainer) as served:
+        yield served

@@ -14,6 +14,7 @@ import pytest
 
 from mirror.store import Mirror
 from predictor.server import EndpointSettings, SqlEndpoint
+from tests.fix_sidecar import serving
 from tests.predictor.endpoint_client import psql
 from tests.source_roles import MakeRole, as_role, make_role, run
 from trainer.train import Trainer, artifact_home
@@ -44,12 +45,10 @@ def other_endpoint(tmp_path: Path, fit_worker: FitWorker) -> Iterator[SqlEndpoin
     (tmp_path / "other").mkdir()
     mirror = Mirror(tmp_path / "other" / "mirror.duckdb")
     trainer = Trainer(mirror.con, artifact_home(mirror.path), worker=fit_worker)
-    served = SqlEndpoint(EndpointSettings(port=0), mirror.con, trainer)
-    served.start()
     try:
-        yield served
+        with serving(mirror.con, trainer) as served:
+            yield served
     finally:
-        served.stop()
         trainer.close()
         mirror.close()
 

@@ -14,7 +14,8 @@ from pathlib import Path
 import pytest
 
 from mirror.store import Mirror
-from predictor.server import EndpointSettings, SqlEndpoint
+from predictor.server import SqlEndpoint
+from tests.fix_sidecar import serving
 from tests.predictor.endpoint_client import psql
 from trainer.train import Trainer
 
@@ -32,12 +33,8 @@ def served(mirror: Mirror, trainer: Trainer) -> Iterator[SqlEndpoint]:
     """The endpoint over a mirror holding ``public.customers``."""
     for statement in CUSTOMERS:
         mirror.con.execute(statement)
-    endpoint = SqlEndpoint(EndpointSettings(port=0), mirror.con, trainer)
-    endpoint.start()
-    try:
+    with serving(mirror.con, trainer) as endpoint:
         yield endpoint
-    finally:
-        endpoint.stop()
 
 
 def _psql(pg_bin: Path, endpoint: SqlEndpoint, script: str, *options: str) -> str:
