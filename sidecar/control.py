@@ -13,8 +13,10 @@ Each request is carried out for the role that asked (``requested_by``, stamped b
 ``pgml.*`` functions), whatever the source checked already: a training needs that role to
 SELECT every mirrored column of the relation in the source now; a project belongs to the role
 whose training created it, and only that role, its members or members of ``pgml_admin`` may
-retrain, write back, schedule or stop it (:mod:`predictor.ownership`). A refused request fails
-with the reason in its row. Every minute the owners are copied to the source's
+retrain, write back, schedule or stop it (:mod:`predictor.ownership`). A training on a view of
+the source needs SELECT on the view, as in PostgreSQL; its tables are then mirrored and the view
+made in the mirror (:mod:`sidecar.view_requests`). A refused request fails with the reason in
+its row. Every minute the owners are copied to the source's
 ``pgml.projects`` and the score tables' grants follow the relations' again
 (:mod:`predictor.score_grants`).
 
@@ -45,6 +47,9 @@ from mirror.registry import project_slug
 from predictor import ownership, privileges, score_grants
 from predictor.ownership import ProjectOwners
 from predictor.time_settings import TRAINING_TIME_LIMIT
+from replicator import views
+from sidecar import view_requests
+from sidecar.view_requests import AddTables
 from trainer.snapshots import find_relation
 from trainer.train import Trainer
 
@@ -71,6 +76,7 @@ class ControlRequests:
         *,
         writeback: Callable[[str, bool], None],
         on_finished: Callable[[str, str, dict[str, float]], None] | None = None,
+        add_tables: AddTables | None = None,
     ) -> None:
         self.source_dsn = source_dsn
         self.con = con
@@ -78,6 +84,9 @@ class ControlRequests:
         self.writeback = writeback
         self.on_finished = on_finished
         """Called with (project, status, metrics) after each training request."""
+        self.add_tables = add_tables
+        """Publishes and copies the base tables of a view a training names (None: the
+        replicator cannot, as with the Debezium source)."""
         self.wake = threading.Event()
         self._claimed: set[int] = set()
         self.finished = threading.Condition()
@@ -245,7 +254,12 @@ class ControlRequests:
             ownership.check_may_change(conn, role, project, owner)
         if request.get("kind", "train") != "train":
             return None
-        self._check_relation(conn, role, project, request.get("relation_name"))
+        relation_name = request.get("relation_name")
+        view = views.find_view(conn, relation_name) if relation_name else None
+        if view is not None:
+            self._prepare_view(conn, role, view)
+        else:
+            self._check_relation(conn, role, project, relation_name)
         if owner is not None or exists:
             return None
         now = self.owners.claim(project, role)
@@ -253,6 +267,32 @@ class ControlRequests:
             ownership.check_may_change(conn, role, project, now)
             return None
         return role
+
+    def _prepare_view(
+        self, conn: psycopg.Connection, role: str, view: tuple[str, str, str]
+    ) -> None:
+        """A training on a source view: refused unless ``role`` may read it as PostgreSQL
+        would let it; then its base tables are mirrored and the view made in the mirror."""
+        schema, name, _ = view
+        plan = self._view_plan(conn, role, view)
+        mirrored = {(r.schema, r.name) for r in privileges.mirrored_relations(self.con)}
+        view_requests.mirror_view(
+            conn, self.con, plan, self.add_tables, lambda table: table in mirrored
+        )
+        log.info("view %s.%s mirrored over %s", schema, name,
+                 ", ".join(".".join(t) for t in plan.tables) or "no tables")  # fmt: skip
+
+    def _view_plan(
+        self, conn: psycopg.Connection, role: str, view: tuple[str, str, str]
+    ) -> views.ViewPlan:
+        schema, name, kind = view
+        if kind != "v":
+            raise views.UntranslatableView(
+                f"{schema}.{name} is {views.KINDS.get(kind, 'not a view')}", sqlstate="42809"
+            )
+        plan = views.plan_view(conn, schema, name)
+        view_requests.check_view(conn, role, plan)
+        return plan
 
     def _check_relation(
         self,
@@ -267,6 +307,10 @@ class ControlRequests:
             relation_name = self._last_relation(project)
             if relation_name is None:
                 return  # nothing to read: the trainer says what is missing
+        view = views.find_view(conn, relation_name)
+        if view is not None:  # a view of the source, mirrored by an earlier training
+            self._view_plan(conn, role, view)
+            return
         try:
             relation = find_relation(self.con, relation_name)
         except SidecarError:
