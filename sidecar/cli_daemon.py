@@ -348,7 +348,7 @@ def _read_source(settings: dict[str, Any], own: str | None) -> dict[str, Any]:
             rows = conn.execute(  # notice: not in early installs of schema version 3
                 "select distinct on (project_name) project_name, kind, status, error, model_id,"
                 " requested_at, to_jsonb(r)->>'notice' from pgml.training_requests r"
-                " order by project_name, id desc"
+                " where project_name is not null order by project_name, id desc"
             ).fetchall()
             found["projects"] = [
                 {"project": r[0], "last_request": r[1], "status": r[2], "error": r[3],

@@ -1,4 +1,4 @@
-"""Requests from the source: ``pgml.train()`` and ``pgml.writeback()`` rows, carried out here.
+"""Requests from the source: ``pgml.train()``, ``pgml.deploy()``, ``pgml.writeback()`` rows.
 
 The source's control table ``pgml.training_requests`` is replicated like any other table. When
 a commit touches it, the pending rows the mirror now holds are claimed in the source
@@ -114,13 +114,21 @@ class ControlRequests:
             for request in self._pending():
                 if stop.is_set():
                     break
-                project = str(request["project_name"])
+                project = self._project_of(request)
                 if project in self._busy:
                     continue  # after the one running: its end wakes this loop again
                 self._busy.add(project)
                 self._claimed.add(int(request["id"]))
                 self._lanes.submit(self._lane, project, request)
         self._lanes.shutdown(wait=False, cancel_futures=True)  # the trainer's close ends the rest
+
+    def _project_of(self, request: dict[str, Any]) -> str:
+        """The project a request is for: a deploy of a model by id names none, its model's."""
+        if request.get("project_name") is not None:
+            return str(request["project_name"])
+        model = self.trainer.registry.model(int(request.get("model_id") or 0))
+        found = self.trainer.registry.project_by_id(model.project_id) if model else None
+        return found.name if found is not None else ""
 
     def _lane(self, project: str, request: dict[str, Any]) -> None:
         try:
@@ -197,7 +205,10 @@ class ControlRequests:
 
     def _finish(self, conn: psycopg.Connection, request: dict[str, Any], outcome: Outcome) -> None:
         """Write the request's outcome, with its notice where the source has the column."""
-        values = (outcome.status, outcome.error, outcome.model_id)
+        model_id = outcome.model_id
+        if model_id is None and request.get("project_name") is None:
+            model_id = request.get("model_id")  # pgml.deploy(model_id) failed: keep the id
+        values = (outcome.status, outcome.error, model_id)
         finish = "finished_at = now() where id = %s"
         if "notice" in request:  # schema version 3 as released; not in its early installs
             try:
@@ -220,7 +231,7 @@ class ControlRequests:
 
     def _authorized_run(self, conn: psycopg.Connection, request: dict[str, Any]) -> Outcome:
         """Run the request if the role that asked may; otherwise fail it with the reason."""
-        project = str(request["project_name"])
+        project = self._project_of(request)
         try:
             claimed = self._authorize(conn, request)
         except SidecarError as exc:
@@ -247,7 +258,9 @@ class ControlRequests:
         row = conn.execute("select 1 from pg_catalog.pg_roles where rolname = %s", [role])
         if not role or row.fetchone() is None:
             raise SidecarError(f'role "{role}" does not exist', sqlstate="42704")
-        project = str(request["project_name"])
+        project = self._project_of(request)
+        if not project:  # pgml.deploy(model_id) of a model the registry does not have
+            raise SidecarError(f"model {request.get('model_id')} does not exist", sqlstate="42704")
         owner = self.owners.owner(project)
         exists = self.trainer.registry.project(project) is not None
         if owner is not None or exists:
@@ -380,7 +393,7 @@ class ControlRequests:
             log.warning("cannot record the owner of %s in the source: %s", project, exc)
 
     def _run(self, request: dict[str, Any]) -> Outcome:
-        project = str(request["project_name"])
+        project = self._project_of(request)
         try:
             kind = request.get("kind", "train")
             enabled = request.get("enabled")
@@ -396,6 +409,8 @@ class ControlRequests:
             if kind == "retrain_on_drift":
                 self.trainer.set_retrain_on_drift(project, enabled is not False)
                 return Outcome("done")
+            if kind == "deploy":
+                return self._deploy(project, request)
             limit = request.get("time_limit")  # the session's pgml.training_time_limit
             test_size = request.get("test_size")  # real: 0.2 arrives as 0.20000000298...
             result = self.trainer.train(
@@ -426,6 +441,22 @@ class ControlRequests:
         )  # fmt: skip
         notice = "\n".join(result.notices) or None
         return Outcome("done", None, result.model_id, result.metrics, notice)
+
+    def _deploy(self, project: str, request: dict[str, Any]) -> Outcome:
+        """``pgml.deploy``: by strategy (and algorithm), or the model asked for by id."""
+        by_id = request.get("project_name") is None
+        result = self.trainer.deploy(
+            None if by_id else project,
+            strategy=None if by_id else request.get("strategy"),
+            algorithm=None if by_id else request.get("algorithm"),
+            model_id=int(request["model_id"]) if by_id else None,
+        )
+        log.info(
+            "deployed %s: model %d (%s, %s)%s", result.project, result.model_id, result.algorithm,
+            result.strategy, "" if result.changed else ", deployed already",
+        )  # fmt: skip
+        notice = None if result.changed else f"model {result.model_id} was deployed already"
+        return Outcome("done", None, result.model_id, notice=notice)
 
 
 @dataclass(frozen=True, slots=True)

@@ -232,6 +232,7 @@ class Daemon:
         try:
             rows = cursor.execute(
                 "select distinct project_name from pgml.training_requests"
+                " where project_name is not null"  # pgml.deploy(model_id) names none
             ).fetchall()
         except duckdb.CatalogException:  # not mirrored (yet)
             return set()

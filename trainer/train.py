@@ -171,8 +171,10 @@ class Trainer:
 
         The first training of a project needs ``task``, ``relation`` and (except for
         clustering and decomposition) ``y``; later ones without ``relation`` reuse the
-        project's last snapshot and its split. ``time_limit`` (seconds; None or 0: the
-        trainer's) may lower the trainer's limit, never raise it.
+        project's last snapshot and its split, and, unless given, its last model's
+        ``preprocess``, as PostgresML keeps it with the snapshot (the algorithm,
+        hyperparameters and search are the call's, as there). ``time_limit`` (seconds; None
+        or 0: the trainer's) may lower the trainer's limit, never raise it.
         """
         if not project:
             raise TrainingError("project name is empty")
@@ -300,6 +302,8 @@ class Trainer:
             assert last is not None, f"project {name} has no snapshot"
             snapshot = last
             y = snapshot.y_column_name[0] if snapshot.y_column_name else None
+            if not preprocess:  # PostgresML keeps preprocess with the snapshot it reuses
+                preprocess = self._last_preprocess(project.id)
             parse_preprocess(preprocess, [c["name"] for c in snapshot.columns if c["name"] != y])
         new_snapshot = snapshot.id == 0
 
@@ -352,6 +356,12 @@ class Trainer:
             if new_snapshot:
                 (self.home / snapshot.path).unlink(missing_ok=True)
             raise
+
+    def _last_preprocess(self, project_id: int) -> dict[str, Any]:
+        """The preprocessing of the project's most recent model (the one whose snapshot a
+        training without a relation reuses)."""
+        models = self.registry.models(project_id)
+        return dict(models[-1].preprocess or {}) if models else {}
 
     def _key_columns(self, snapshot: Snapshot) -> list[str]:
         """The primary key of the snapshot's relation: recorded with the snapshot, or for a
