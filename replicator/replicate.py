@@ -395,7 +395,15 @@ class Replicator:
             if checked.set_full:
                 names = ", ".join(m.name for m in checked.set_full)
                 log.info("set REPLICA IDENTITY FULL on %s", names)
-            source.ensure_publication(conn, s.publication, missing)
+            try:
+                source.ensure_publication(conn, s.publication, missing)
+            except SourceSetupError:
+                names = ", ".join(source.quoted_name(conn, *t) for t in missing)
+                raise SourceSetupError(
+                    f"the sidecar's role may not add {names} to publication {s.publication}:"
+                    " have the owner of the tables and of the publication run ALTER"
+                    f" PUBLICATION {s.publication} ADD TABLE {names}, then ask again"
+                ) from None
         log.info("published %s: copying", ", ".join(".".join(t) for t in missing))
         deadline = time.monotonic() + timeout
         with self._copied:

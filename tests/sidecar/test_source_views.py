@@ -9,6 +9,7 @@ source's view.
 from __future__ import annotations
 
 import math
+import subprocess
 from collections.abc import Iterator
 from dataclasses import dataclass
 from decimal import Decimal
@@ -19,6 +20,7 @@ import numpy as np
 import psycopg
 import pyarrow.parquet as pq
 import pytest
+from psycopg.conninfo import conninfo_to_dict
 
 from sidecar import source_schema
 from sidecar.daemon import Daemon, DaemonSettings
@@ -27,6 +29,8 @@ from tests.source_roles import MakeRole, as_role, make_role, run
 from trainer.split import split
 
 __all__ = ["make_role"]  # the fixture, used by name
+
+SQL_DIR = Path(__file__).resolve().parents[2] / "sidecar" / "sql"
 
 CUSTOMERS = 400
 VIEW = """
@@ -177,6 +181,14 @@ def test_training_on_a_source_view_mirrors_it_and_its_tables(shop: Shop) -> None
     assert_same_rows(shop, 7)
     ours, sklearn = sklearn_r2(shop, model_id)
     assert math.isclose(ours, sklearn, rel_tol=1e-6), (ours, sklearn)
+
+    # on the SQL endpoint, the mirrored tables stay the source's to grant: the analyst, who may
+    # read the view only, reads neither of them, nor the mirror's view
+    endpoint = f"host=127.0.0.1 port={shop.daemon.endpoint.port} dbname=pgml user={shop.analyst}"
+    with psycopg.connect(endpoint, autocommit=True) as conn:
+        for relation in ("public.orders", "public.customers", "public.customer_features"):
+            with pytest.raises(psycopg.errors.InsufficientPrivilege):
+                conn.execute(f"select count(*) from {relation}")
 
     # new rows of the table the view added keep coming through the stream
     run(shop.dsn, "insert into public.orders values (5000, 1, 99.5, 3)")
@@ -355,3 +367,81 @@ def test_a_view_over_a_table_with_row_level_security_is_refused(
     status, error, _ = finished(shop.dsn, request)
     assert status == "failed"
     assert error is not None and "row-level security" in error and keeper in error
+
+
+def test_a_view_over_a_view_is_followed_to_its_tables(shop: Shop) -> None:
+    run(
+        shop.dsn,
+        "create view public.busy as select f.score, f.orders, f.spent / 2 as half, f.ltv"
+        " from public.customer_features f where f.orders > 2",
+        f"grant select on public.busy to {shop.analyst}",  # and not on customer_features
+        f"revoke select on public.customer_features from {shop.analyst}",
+    )
+    request = shop.train(shop.analyst, "pgml.train('Busy', 'regression', 'public.busy', 'ltv')")
+    assert finished(shop.dsn, request)[:2] == ("done", None)
+    rows = one(shop.dsn, "select count(*) from public.busy")
+    assert_same_rows(shop, 4, "busy", rows)
+    assert_same_rows(shop, 7)  # the view it reads, made in the mirror too
+
+
+def test_a_sidecar_that_may_not_publish_the_views_tables_says_who_must(
+    pg_bin: Path, source_dsn: str, mirror_path: Path, make_role: MakeRole
+) -> None:
+    """The least-privilege setup: the tables' owner publishes; the sidecar's role may not."""
+    sidecar, analyst = make_role("sidecar"), make_role("analyst")
+    run(
+        source_dsn,
+        "create table public.customers (id bigint primary key, plan text, ltv float8)",
+        "create table public.orders (id bigint primary key, customer_id bigint, qty int)",
+        "insert into public.customers select i, (array['a','b'])[1 + i % 2], i % 7"
+        " from generate_series(1, 50) i",
+        "insert into public.orders select i, 1 + i % 50, i % 4 from generate_series(1, 200) i",
+        "create view public.per_customer as select c.id, c.ltv, sum(o.qty) as qty"
+        " from public.customers c join public.orders o on o.customer_id = c.id group by c.id",
+        f"grant select on public.per_customer to {analyst}",
+    )
+    with psycopg.connect(source_dsn, autocommit=True) as conn:
+        source_schema.install(conn)
+    params = conninfo_to_dict(source_dsn)
+    subprocess.run(
+        [str(pg_bin / "psql"), "-X", "-q", "-h", str(params["host"]), "-p", str(params["port"]),
+         "-U", "postgres", "-d", str(params["dbname"]), "-v", f"role={sidecar}",
+         "-v", "tables=public.customers,public.orders", "-f", str(SQL_DIR / "role.sql")],
+        check=True, capture_output=True, timeout=60,
+    )  # fmt: skip
+    run(
+        source_dsn,
+        f"grant usage on schema pgml to {analyst}",
+        "create publication pgml_sidecar for table public.customers, pgml.training_requests",
+    )
+    daemon = Daemon(
+        DaemonSettings(
+            source_dsn=as_role(source_dsn, sidecar),
+            mirror_path=mirror_path,
+            tables=["public.customers"],
+            port=0,
+            metrics_port=0,
+        )
+    )
+    daemon.start()
+    try:
+        call = "select pgml.train('Qty', 'regression', 'public.per_customer', 'ltv')"
+        status, error, _ = finished(source_dsn, one(as_role(source_dsn, analyst), call))
+        assert status == "failed" and error is not None
+        assert error.startswith(
+            "view public.per_customer reads public.orders, which are not mirrored yet, and the"
+            " sidecar could not add them: the sidecar's role may not add public.orders to"
+            " publication pgml_sidecar: have the owner of the tables and of the publication run"
+            " ALTER PUBLICATION pgml_sidecar ADD TABLE public.orders, then ask again"
+        )
+        run(source_dsn, "alter publication pgml_sidecar add table public.orders")  # its owner
+        status, error, _ = finished(source_dsn, one(as_role(source_dsn, analyst), call))
+        assert (status, error) == ("done", None)
+        query = "select * from public.per_customer order by id"
+        cursor = daemon.mirror.con.cursor()
+        try:
+            assert cursor.execute(query).fetchall() == source_rows(source_dsn, query)
+        finally:
+            cursor.close()
+    finally:
+        daemon.stop()
