@@ -193,7 +193,9 @@ def translate(definition: str, *, view: str, columns: ColumnTypes | None = None)
     """The DuckDB SQL of the view's query; raise :class:`UntranslatableView` naming what has
     no DuckDB form. ``columns``: the types of the columns it reads, to tell integer division."""
     query = parse(definition)
-    rewritten = _Rewriter(view, columns or {}).rewrite(query, ())
+    rewriter = _Rewriter(view, columns or {})
+    rewriter.ctes = _cte_names(query)
+    rewritten = rewriter.rewrite(query, ())
     return str(RawStream(special_functions=True)(rewritten))
 
 
@@ -207,6 +209,8 @@ class _Rewriter:
     def __init__(self, view: str, columns: ColumnTypes) -> None:
         self.view = view
         self.columns = columns
+        self.ctes: set[str] = set()
+        """The names the query's WITH clauses give (unqualified, as the catalogs are)."""
         self.numeric_casts: set[int] = set()
         """Casts that were to PostgreSQL's numeric, by id()."""
 
@@ -240,9 +244,12 @@ class _Rewriter:
     def _RangeVar(self, node: ast.RangeVar, scope: Scope) -> ast.Node:
         if node.catalogname:
             raise self.refuse(f"{node.catalogname}.{node.schemaname}.{node.relname}")
-        if node.schemaname in ("pg_catalog", "information_schema"):
+        schema = node.schemaname
+        if schema is None and node.relname not in self.ctes:
+            schema = "pg_catalog"  # what an empty search_path leaves unqualified
+        if schema in ("pg_catalog", "information_schema"):
             raise self.refuse(
-                f"{node.schemaname}.{node.relname}, a catalog of the source",
+                f"{schema}.{node.relname}, a catalog of the source",
                 "train on a view that reads tables only",
             )
         return node
@@ -455,6 +462,23 @@ class _Rewriter:
     def _SelectStmt(self, node: ast.SelectStmt, scope: Scope) -> ast.Node:
         _complete_group_by(node)
         return node
+
+
+def _cte_names(query: ast.Node) -> set[str]:
+    names: set[str] = set()
+
+    def walk(value: Any) -> None:
+        if isinstance(value, tuple):
+            for item in value:
+                walk(item)
+        elif isinstance(value, ast.Node):
+            if isinstance(value, ast.CommonTableExpr) and value.ctename:
+                names.add(value.ctename)
+            for member in value:
+                walk(getattr(value, member))
+
+    walk(query)
+    return names
 
 
 def _relations_in(from_clause: Any) -> dict[str, tuple[str, str]]:

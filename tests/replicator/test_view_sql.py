@@ -97,6 +97,15 @@ def test_what_duckdb_cannot_run_is_refused_by_name(expression: str, named: str) 
     assert refused.value.sqlstate == "0A000"
 
 
-def test_a_catalog_is_refused() -> None:
+@pytest.mark.parametrize("table", ["pg_catalog.pg_class", "pg_class"])
+def test_a_catalog_is_refused(table: str) -> None:
+    """Under an empty search_path only the catalogs (and CTEs) are named without a schema."""
     with pytest.raises(UntranslatableView, match=r"pg_catalog\.pg_class, a catalog"):
-        view_sql.translate("SELECT relname FROM pg_catalog.pg_class", view="public.v")
+        view_sql.translate(f"SELECT relname FROM {table}", view="public.v")
+
+
+def test_a_cte_is_not_a_catalog(con: duckdb.DuckDBPyConnection) -> None:
+    sql = view_sql.translate(
+        "WITH w AS (SELECT t.n FROM public.t) SELECT w.n FROM w", view="public.v"
+    )
+    assert con.execute(sql.replace("public.t", "t")).fetchall() == [(7,)]
