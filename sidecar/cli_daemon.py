@@ -34,7 +34,7 @@ def add_parsers(commands: argparse._SubParsersAction) -> None:
         help="install schema pgml (control table, pgml.train) and the publication in the source",
         description=(
             "Install sidecar/sql/install.sql into the source (schema pgml with the control table"
-            " pgml.training_requests and the functions pgml.train, pgml.writeback and"
+            " pgml.training_requests and the functions pgml.train, pgml.deploy, pgml.writeback and"
             " pgml.predict; schema pgml_scores), idempotently; create the publication for the"
             " tables and the control table. All in one transaction: a refused init leaves"
             " nothing behind. Run as the tables' owner (it needs CREATE on the database and"
