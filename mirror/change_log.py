@@ -160,7 +160,7 @@ def _column_types(cursor: duckdb.DuckDBPyConnection, schema: str, table: str) ->
     return dict(
         cursor.execute(
             "select column_name, data_type from duckdb_columns()"
-            " where schema_name = ? and table_name = ?",
+            " where database_name = current_database() and schema_name = ? and table_name = ?",
             [schema, table],
         ).fetchall()
     )
@@ -171,7 +171,8 @@ def create_change_log(con: duckdb.DuckDBPyConnection) -> None:
     (keys as JSON) is converted in place, in one transaction."""
     kind = con.execute(
         "select data_type from information_schema.columns where table_schema = ?"
-        " and table_name = 'changes' and column_name = 'keys'",
+        " and table_catalog = current_database() and table_name = 'changes'"
+        " and column_name = 'keys'",
         [META],
     ).fetchone()
     create = (

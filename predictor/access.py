@@ -42,7 +42,9 @@ from predictor.privileges import AllColumns, Readable, SourcePrivileges
 from trainer.snapshots import find_relation
 from trainer.train import Trainer
 
-CHANGING = ("train", "deploy", "deploy_model", "schedule", "retrain_on_drift")
+CHANGING = ("train", "train_joint", "deploy", "deploy_model", "schedule", "retrain_on_drift")
+WHOLE_REGISTRY = ("dump_all", "load_all")
+"""Procedures over every project (export and import): for members of pgml_admin."""
 """The pgml procedures that change a project: only its owner may call them."""
 CONNECT_TIMEOUT_S = 5
 ANSWER_KEPT_S = 5.0
@@ -271,13 +273,23 @@ class EndpointAccess:
     def changing(self, role: str, procedure: str, project: str) -> Iterator[None]:
         """Around a pgml procedure that may change ``project``: refuse a role that may not
         change it; a training that makes the project records ``role`` as its owner."""
+        if procedure in WHOLE_REGISTRY:
+            with self._source() as conn:
+                if not ownership.may_change(conn, role, None):
+                    raise SidecarError(
+                        f"permission denied for function pgml.{procedure}: it reads or writes"
+                        f" every project; only members of {ownership.ADMIN_ROLE} may call it",
+                        sqlstate="42501",
+                    )
+            yield
+            return
         if procedure not in CHANGING or not project:
             yield
             return
         owner = self.owners.owner(project)
         exists = self.trainer.registry.project(project) is not None
         claimed = None
-        if owner is not None or exists or procedure != "train":
+        if owner is not None or exists or procedure not in ("train", "train_joint"):
             with self._source() as conn:
                 ownership.check_may_change(conn, role, project, owner)
         else:

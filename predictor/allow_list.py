@@ -20,16 +20,32 @@ from collections.abc import Callable, Collection, Iterable
 from dataclasses import dataclass, field
 from typing import Any
 
-from pglast import ast, enums
+from pglast import ast, enums, parse_sql
 
 from mirror.errors import SidecarError
 from predictor import catalog, metric_functions, python_environment, vectors
 from predictor.catalog import ServedRelation, ServedRelations
+from predictor.error_words import FUNCTION_HINT
+from predictor.workspace import TABLE, WorkspaceNames, WorkspaceRelation
 from trainer.snapshots import SEARCH_SCHEMAS
 
 
 def _words(text: str) -> frozenset[str]:
     return frozenset(text.split())
+
+
+PROCEDURES = (
+    "train",
+    "train_joint",
+    "deploy",
+    "load_dataset",
+    "snapshot",
+    "schedule",
+    "retrain_on_drift",
+    "dump_all",
+    "load_all",
+)
+"""The pgml functions that are procedures: called on their own, never inside a query."""
 
 
 Columns = bool | tuple[str, ...]
@@ -101,8 +117,8 @@ SQL_SYNTAX_FUNCTIONS = _words(
 
 PGML_FUNCTIONS = (
     _words(
-        "train deploy load_dataset snapshot schedule retrain_on_drift version predict predict_proba"
-        " chunk"
+        "train train_joint deploy load_dataset snapshot schedule retrain_on_drift version predict"
+        " predict_proba predict_joint predict_batch decompose chunk dump_all load_all"
     )
     | vectors.FUNCTIONS
     | frozenset(metric_functions.NAMES)
@@ -110,6 +126,12 @@ PGML_FUNCTIONS = (
 )
 """The ``pgml.*`` API (procedures, predictions, version, vector functions, metrics, what the
 sidecar runs)."""
+
+SCORING_FUNCTIONS = frozenset(
+    {"predict", "predict_proba", "predict_joint", "predict_batch", "decompose"}
+)
+"""The ``pgml.*`` functions that score with a project's model (its name is their first
+argument)."""
 
 REFUSED_FUNCTIONS = _words(
     # files, other databases, SQL text, Python objects
@@ -201,6 +223,19 @@ class Refused(SidecarError):
     the mirror or what the caller may read, 42883 or 42P01 when PostgreSQL has no such thing."""
 
     sqlstate = "42501"
+    location: int | None = None
+    """Where in the query string (a byte offset) the thing refused is named, if known: the
+    session reports it as the error's position, as PostgreSQL does."""
+
+    def at(self, location: int | None) -> Refused:
+        """This error, placed at ``location`` (-1 or None: nowhere)."""
+        self.location = location if location is not None and location >= 0 else None
+        return self
+
+
+SEARCH_PATH = ("public", "main")
+"""Where an unqualified name is looked for after the caller's workspace: PostgreSQL's
+``public``, then DuckDB's ``main`` (tables made in the mirror file by hand)."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -240,6 +275,15 @@ class CheckedQuery:
     """The registry relations the query reads: ``id()`` of each ``RangeVar`` with the name of
     the relation in schema ``pgml`` (:func:`predictor.translation.translate` shows a caller
     only the rows of the projects it may see)."""
+    workspace: dict[int, WorkspaceRelation] = field(default_factory=dict)
+    """The caller's workspace tables the query names: ``id()`` of each ``RangeVar``."""
+    views: dict[int, ast.SelectStmt] = field(default_factory=dict)
+    """The caller's workspace views the query reads: ``id()`` of each ``RangeVar`` with the
+    view's query, parsed and checked as part of this one (translated in its place)."""
+    schemas: dict[int, str] = field(default_factory=dict)
+    """The schema each unqualified name of a served relation was found in along the search
+    path: ``id()`` of each ``RangeVar`` (the translation qualifies it, as DuckDB would look in
+    ``main``)."""
 
 
 def check_query(
@@ -247,24 +291,41 @@ def check_query(
     *,
     relations: ServedRelations | None,
     readable: Readable | None = None,
+    workspace: WorkspaceNames | None = None,
 ) -> CheckedQuery:
     """Check every function, relation and clause of ``node``; raise :class:`Refused` at the
     first one not allowed.
 
     Without ``relations`` no mirrored table or registry relation is known (only CTEs and the
-    catalog); without ``readable`` every served relation may be read.
+    catalog); without ``readable`` every served relation may be read. ``workspace``: the
+    caller's workspace, whose names come first; each of its views the query reads is checked
+    here as part of the query.
     """
-    check = _QueryCheck(relations, readable)
+    check = _QueryCheck(relations, readable, workspace)
     check.select(node, frozenset())
-    return CheckedQuery(
-        tuple(check.reads),
-        check.params,
-        tuple(check.pgml_calls),
-        tuple(check.scored),
-        check.narrowed,
-        check.columns,
-        check.registry,
-    )
+    return check.result()
+
+
+def check_statement(
+    node: ast.Node,
+    *,
+    skip: Collection[str],
+    relations: ServedRelations | None,
+    readable: Readable | None = None,
+    workspace: WorkspaceNames | None = None,
+) -> CheckedQuery:
+    """Check a statement that writes to the workspace as :func:`check_query` checks a query:
+    every field of ``node`` but those in ``skip`` (the relation it writes to), its WITH
+    clause's queries in scope."""
+    check = _QueryCheck(relations, readable, workspace)
+    scope: frozenset[str] = frozenset()
+    with_clause = getattr(node, "withClause", None)
+    if with_clause is not None:
+        scope = check.with_clause(with_clause, scope)
+    for name in _fields(type(node)):
+        if name not in skip and name != "withClause":
+            check.walk(getattr(node, name), scope)
+    return check.result()
 
 
 def check_relation_name(
@@ -340,12 +401,32 @@ def _looks_like_file(name: str) -> bool:
     return any(c in name for c in "/\\:*?~.")
 
 
+MAX_VIEW_DEPTH = 16
+"""How many workspace views a query may read through, one inside another."""
+
+
+def parse_view(relation: WorkspaceRelation) -> ast.SelectStmt:
+    """A workspace view's query, parsed from the PostgreSQL text it was stored as."""
+    (raw,) = parse_sql(relation.definition or "")
+    assert isinstance(raw.stmt, ast.SelectStmt)
+    return raw.stmt
+
+
 class _QueryCheck:
     """One walk over a query: CTE names are in scope where PostgreSQL would see them."""
 
-    def __init__(self, relations: ServedRelations | None, readable: Readable | None) -> None:
+    def __init__(
+        self,
+        relations: ServedRelations | None,
+        readable: Readable | None,
+        workspace: WorkspaceNames | None = None,
+    ) -> None:
         self.relations = relations
         self.readable = readable
+        self.workspace = workspace
+        self.local: dict[int, WorkspaceRelation] = {}
+        self.views: dict[int, ast.SelectStmt] = {}
+        self._view_depth = 0
         self.reads: list[ServedRelation] = []
         self.params = 0
         self.pgml_calls: list[str] = []
@@ -353,17 +434,32 @@ class _QueryCheck:
         self.narrowed: dict[int, tuple[str, ...]] = {}
         self.columns: dict[tuple[str, str], tuple[str, ...]] = {}
         self.registry: dict[int, str] = {}
+        self.schemas: dict[int, str] = {}
+
+    def result(self) -> CheckedQuery:
+        return CheckedQuery(
+            tuple(self.reads),
+            self.params,
+            tuple(self.pgml_calls),
+            tuple(self.scored),
+            self.narrowed,
+            self.columns,
+            self.registry,
+            self.local,
+            self.views,
+            self.schemas,
+        )
 
     def select(self, node: ast.SelectStmt, scope: frozenset[str]) -> None:
         if node.intoClause is not None:
             raise Refused("SELECT INTO is not allowed: the mirror is read-only here")
         if node.withClause is not None:
-            scope = self._with(node.withClause, scope)
+            scope = self.with_clause(node.withClause, scope)
         for name in _fields(ast.SelectStmt):
             if name not in ("withClause", "intoClause"):
                 self.walk(getattr(node, name), scope)
 
-    def _with(self, clause: ast.WithClause, scope: frozenset[str]) -> frozenset[str]:
+    def with_clause(self, clause: ast.WithClause, scope: frozenset[str]) -> frozenset[str]:
         ctes = [c for c in clause.ctes or () if isinstance(c, ast.CommonTableExpr)]
         names = [catalog.fold(c.ctename or "") for c in ctes]  # as DuckDB matches names
         visible = scope | frozenset(names) if clause.recursive else scope
@@ -371,7 +467,7 @@ class _QueryCheck:
             query = cte.ctequery
             if not isinstance(query, ast.SelectStmt):
                 kind = type(query).__name__.removesuffix("Stmt").upper()  # INSERT, UPDATE, ...
-                raise Refused(f"{kind} is not allowed: the mirror is read-only here")
+                raise Refused(f"{kind} in WITH is not allowed: run it as a statement of its own")
             self.select(query, visible)
             if not clause.recursive:
                 visible = visible | {name}
@@ -411,17 +507,27 @@ class _QueryCheck:
         if is_refused_relation(name.lower()):
             raise Refused(f"permission denied for table {shown}")
         if folded in ("pg_catalog", "information_schema"):
-            raise Refused(f'relation "{shown}" does not exist', sqlstate="42P01")
+            raise self.placed(
+                Refused(f'relation "{shown}" does not exist', sqlstate="42P01"), node.location
+            )
         if folded in INTERNAL_SCHEMAS:
             raise Refused(f"permission denied for schema {schema}")
-        found = self.relations.find(schema or "main", name) if self.relations else None
+        own = self.workspace.find(schema, name) if self.workspace is not None else None
+        if own is not None:
+            self.workspace_relation(node, own)
+            return
+        found = self.served(schema, name)
         if found is None:
             if _looks_like_file(name):
                 raise Refused(
                     f'permission denied for relation "{name}": the endpoint reads the mirror'
                     " only, never files"
                 )
-            raise Refused(f'relation "{shown}" does not exist', sqlstate="42P01")
+            raise self.placed(
+                Refused(f'relation "{shown}" does not exist', sqlstate="42P01"), node.location
+            )
+        if schema is None:
+            self.schemas[id(node)] = found.schema
         allowed = True if found.kind == catalog.REGISTRY else _may_read(self.readable, found)
         if allowed is False:
             raise Refused(f"permission denied for table {found.qualified}")
@@ -430,6 +536,41 @@ class _QueryCheck:
         if found.kind == catalog.REGISTRY:
             self.registry[id(node)] = found.name
         self.reads.append(found)
+
+    def served(self, schema: str | None, name: str) -> ServedRelation | None:
+        """The served relation ``schema.name`` names; an unqualified name along the search
+        path."""
+        if self.relations is None:
+            return None
+        for candidate in [schema] if schema else SEARCH_PATH:
+            found = self.relations.find(candidate, name)
+            if found is not None:
+                return found
+        return None
+
+    def placed(self, error: Refused, location: int | None) -> Refused:
+        """``error`` at ``location`` in the client's query (not in a view's text)."""
+        return error.at(location if self._view_depth == 0 else None)
+
+    def workspace_relation(self, node: ast.RangeVar, relation: WorkspaceRelation) -> None:
+        """A table of the caller's workspace is the caller's; a view is its query, checked here
+        with the caller's privileges of now (they may have changed since it was made)."""
+        if relation.kind == TABLE:
+            self.local[id(node)] = relation
+            return
+        if self._view_depth >= MAX_VIEW_DEPTH:
+            raise Refused(
+                f"infinite recursion detected in view {relation.qualified}: views read through"
+                f" more than {MAX_VIEW_DEPTH} others",
+                sqlstate="42P17",
+            )
+        query = parse_view(relation)
+        self._view_depth += 1
+        try:
+            self.select(query, frozenset())  # a view sees none of the query's CTEs
+        finally:
+            self._view_depth -= 1
+        self.views[id(node)] = query
 
     def range_function(self, node: ast.RangeFunction, scope: frozenset[str]) -> None:
         for item in node.functions or ():
@@ -450,12 +591,12 @@ class _QueryCheck:
             if name not in PGML_FUNCTIONS:
                 raise Refused(f"function pgml.{name} does not exist", sqlstate="42883")
             self.pgml_calls.append(name)
-            if name in ("predict", "predict_proba") and node.args:
+            if name in SCORING_FUNCTIONS and node.args:
                 self.scored.append(_scored_model(node.args[0]))
         elif qualifier not in ([], ["pg_catalog"]):
             if is_refused_function(name):
                 raise Refused(f"permission denied for function {name}")
-            raise Refused(f"function {'.'.join(names)} does not exist", sqlstate="42883")
+            raise self.unknown_function(node, ".".join(names))
         elif (
             qualifier
             and name in SQL_SYNTAX_FUNCTIONS
@@ -469,12 +610,21 @@ class _QueryCheck:
                 raise Refused(f"permission denied for function {name}")
             if name in FUNCTIONS:
                 raise Refused(f"function {name} cannot be used in FROM here", sqlstate="0A000")
-            raise Refused(f"function {name} does not exist", sqlstate="42883")
+            raise self.unknown_function(node, name)
         elif not in_from and name not in FUNCTIONS and name not in catalog.FUNCTIONS:
             if is_refused_function(name):
                 raise Refused(f"permission denied for function {name}")
-            raise Refused(f"function {name} does not exist", sqlstate="42883")
+            raise self.unknown_function(node, name)
         self.children(node, scope)
+
+    def unknown_function(self, node: ast.FuncCall, name: str) -> Refused:
+        """PostgreSQL's error for a function it does not have: ``function f(integer) does not
+        exist``, the argument types as far as the text tells them."""
+        types = [_argument_type(a) for a in node.args or ()]
+        shown = f"{name}({', '.join(t for t in types if t)})" if all(types) else name
+        error = Refused(f"function {shown} does not exist", sqlstate="42883")
+        error.hint = FUNCTION_HINT  # type: ignore[attr-defined]
+        return self.placed(error, node.location)
 
     def operator(self, node: ast.A_Expr, scope: frozenset[str]) -> None:
         names = _names(node.name)
@@ -494,6 +644,31 @@ class _QueryCheck:
     def unsupported(self, node: ast.Node, scope: frozenset[str]) -> None:
         kind = type(node).__name__
         raise Refused(f"{kind} is not supported by pgml-sidecar", sqlstate="0A000")
+
+
+_TYPE_NAMES = {
+    "int2": "smallint", "int4": "integer", "int8": "bigint", "float4": "real",
+    "float8": "double precision", "bool": "boolean", "varchar": "character varying",
+    "bpchar": "character", "timestamptz": "timestamp with time zone",
+    "timestamp": "timestamp without time zone",
+}  # fmt: skip
+
+
+def _argument_type(node: Any) -> str | None:
+    """The type PostgreSQL would give an argument, when its text alone tells (a constant, a
+    cast); None otherwise."""
+    if isinstance(node, ast.TypeCast) and node.typeName is not None:
+        names = node.typeName.names or ()
+        name = names[-1].sval or "" if names else ""
+        return _TYPE_NAMES.get(name, name) + ("[]" if node.typeName.arrayBounds else "")
+    if isinstance(node, ast.A_Const):
+        if node.isnull:
+            return "unknown"
+        value = node.val
+        kinds = {ast.Integer: "integer", ast.Float: "numeric", ast.String: "unknown",
+                 ast.Boolean: "boolean"}  # fmt: skip
+        return kinds.get(type(value))
+    return None
 
 
 def _current_setting(node: ast.FuncCall) -> None:

@@ -35,6 +35,11 @@ INFORMATION_SCHEMA = {
 }
 """``information_schema`` views answered here (DuckDB's, without the sidecar's own schemas)."""
 _HIDDEN_SCHEMAS = f"('{META}', '{SCHEMA}')"
+_MIRROR_SCHEMAS = (
+    "select oid from duckdb_schemas() where database_name in (current_database(), 'system')"
+)
+"""The schemas of the mirror and DuckDB's own: the catalog shows no endpoint user's workspace
+(predictor.workspace)."""
 
 # (DuckDB type, PostgreSQL oid, PostgreSQL name); arrays get the array oid and "name[]".
 _TYPES = [
@@ -86,7 +91,8 @@ def install(con: duckdb.DuckDBPyConnection) -> None:
         statements = [
             f"create or replace view {SCHEMA}.pg_namespace as"
             " select oid, nspname, nspowner, nspacl from pg_catalog.pg_namespace",
-            f"create or replace view {SCHEMA}.pg_class as select * from pg_catalog.pg_class",
+            f"create or replace view {SCHEMA}.pg_class as select * from pg_catalog.pg_class"
+            f" where relnamespace in ({_MIRROR_SCHEMAS})",
             f"create or replace view {SCHEMA}.pg_type as select * from pg_catalog.pg_type",
             f"create or replace view {SCHEMA}.pg_attribute as select"
             " table_oid as attrelid, column_name as attname,"
@@ -98,7 +104,7 @@ def install(con: duckdb.DuckDBPyConnection) -> None:
             " false as attisdropped, 0::bigint as attcollation, '' as attgenerated,"
             " -1::integer as attstattarget, (data_type like '%[]')::integer as attndims,"
             " column_default is not null as atthasdef, null::varchar[] as attfdwoptions"
-            " from duckdb_columns()",
+            " from duckdb_columns() where database_name = current_database()",
             f"create or replace view {SCHEMA}.pg_attrdef as select 0::bigint as oid,"
             " 0::bigint as adrelid, 0::smallint as adnum, null::varchar as adbin where false",
             f"create or replace view {SCHEMA}.pg_collation as select 0::bigint as oid,"
@@ -111,7 +117,8 @@ def install(con: duckdb.DuckDBPyConnection) -> None:
             f"create or replace macro {SCHEMA}.pg_table_is_visible(relation) as true",
             f"create or replace macro {SCHEMA}.pg_relation_size(relation) as ("
             " select coalesce(max(estimated_size), 0) * 64 from duckdb_tables()"
-            " where schema_name || '.' || table_name = relation or table_name = relation)",
+            " where database_name = current_database()"
+            " and (schema_name || '.' || table_name = relation or table_name = relation))",
         ]
         for name, view in INFORMATION_SCHEMA.items():
             schema, database = ("schema_name", "catalog_name") if name == "schemata" else (

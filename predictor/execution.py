@@ -23,7 +23,7 @@ import numpy as np
 import pyarrow as pa
 
 from mirror.errors import SidecarError
-from predictor import catalog, procedures, results, scoring, vectors, wire
+from predictor import catalog, error_words, procedures, results, scoring, vectors, wire
 from predictor.catalog import ServedRelations
 from predictor.pg_types import FLOAT8
 from predictor.procedures import ProcedureResult
@@ -33,13 +33,18 @@ from predictor.scram import ScramVerifier
 from predictor.statement_watch import StatementWatch
 from predictor.statements import Parameter, ProcedureCall, Statement
 from predictor.time_settings import STATEMENT_TIMEOUT, TRAINING_TIME_LIMIT
+from predictor.translation import ARRAY_RESULTS
 from predictor.value_text import text_value
+from predictor.workspace import WorkspaceNames
+from predictor.workspace_statements import relation_to_read
+from trainer.snapshots import RelationColumns
 from trainer.train import Trainer
 from trainer.worker import FitCancelled, cancelled_by
 
 if TYPE_CHECKING:
     from predictor.access import EndpointAccess
     from predictor.users import UsersFile
+    from predictor.workspace import Workspaces
 
 SERVER_VERSION = "16.0"
 _FLOAT8_ARRAY = 1022
@@ -91,6 +96,8 @@ class Endpoint(Protocol):
     """Named users and their source roles; None: one password, or trust, for every name."""
     access: EndpointAccess | None
     """What each source role may read and change; None without a source."""
+    workspaces: Workspaces | None
+    """Each source role's workspace; None: nobody writes anywhere."""
 
     def refresh_score_views(self) -> None: ...
 
@@ -115,6 +122,8 @@ class StatementRunner:
     """A message is being answered: a cancel now is for it (PostgreSQL ignores one when idle)."""
     interrupted: str | None = None
     """Why the message being answered is interrupted: 'cancel', 'timeout' or 'disconnect'."""
+    wrote: bool = False
+    """The transaction block open now wrote to the workspace (COMMIT commits it)."""
     _running: duckdb.DuckDBPyConnection | None = None
     _interrupt_lock: threading.Lock
 
@@ -217,12 +226,14 @@ class StatementRunner:
 
     def _dispatch(self, statement: Statement, params: list[Any]) -> Outcome:
         kind = statement.kind
-        if kind in ("select", "declare", "predict"):
+        if kind in ("select", "declare", "predict", "write"):
             self._check_access(statement, params)
-        if kind in ("select", "declare"):
+        if kind in ("select", "declare", "write"):
             self.endpoint.refresh_score_views()
         if kind == "select":
             return self._query(statement.sql, params, statement.tag)
+        if kind == "write":
+            return self._write(statement, params)
         if kind == "predict":
             assert statement.procedure is not None
             return self._predict(statement.procedure, params)
@@ -238,6 +249,7 @@ class StatementRunner:
                         params,
                         changing=changing,
                         time_limit=self.settings.get("pgml.training_time_limit"),
+                        workspace_relation=self._workspace_relation,
                     )
             except FitCancelled as exc:
                 raise self._interrupted_error(exc.reason) from None
@@ -306,6 +318,80 @@ class StatementRunner:
                 owned.close()
             raise
         return Outcome(tag, results.arrow_fields(reader.schema), Rows(reader, cursor=owned))
+
+    def _write(self, statement: Statement, params: Sequence[Any]) -> Outcome:
+        """Run a statement that writes to this session's workspace: in its own transaction,
+        or in the transaction block open now (which COMMIT then commits)."""
+        assert statement.write is not None and self.endpoint.workspaces is not None
+        workspace = self.endpoint.workspaces.of(self.role)
+        workspace.attach()
+        cursor = self._cursor()
+        alone = self.status == "I"
+        with self.executing(cursor):
+            for rows in self._open_rows():
+                if rows.cursor is None:
+                    rows.drain()  # they read through the transaction's cursor
+            if alone:
+                cursor.execute("begin")
+            try:
+                tag = workspace.apply(statement.write, cursor, params)
+                if alone:
+                    cursor.execute("commit")
+            except BaseException:
+                if alone:
+                    with contextlib.suppress(duckdb.Error):
+                        cursor.execute("rollback")
+                raise
+        if not alone:
+            self.wrote = True
+        return Outcome(tag)
+
+    def workspace_names(self) -> WorkspaceNames | None:
+        """This session's workspace as its next statement sees it (None: no workspaces)."""
+        workspaces = self.endpoint.workspaces
+        if workspaces is None:
+            return None
+        workspace = workspaces.of(self.role)
+        if self.status != "T" or self.cursor is None:
+            return workspace.names()
+        for rows in self._open_rows():
+            if rows.cursor is None:
+                rows.drain()
+        try:
+            return workspace.names(self.cursor)  # what the transaction made is seen in it
+        except duckdb.Error as exc:
+            raise duckdb_error(exc) from None
+
+    def _workspace_relation(self, relation_name: str) -> RelationColumns | None:
+        """The relation a ``pgml.train`` or ``pgml.snapshot`` names in this session's workspace,
+        as its role may read it now; None: the workspace has none of that name."""
+        names = self.workspace_names()
+        if names is None or not names.relations:
+            return None
+        access = self.endpoint.access
+        cursor = self.endpoint.con.cursor()
+        try:
+            found = relation_to_read(
+                relation_name,
+                names=names,
+                relations=self.endpoint.relations,
+                readable=None if access is None else access.readable(self.role),
+                viewer=None if access is None else self.role,
+                cursor=cursor,
+            )
+        except duckdb.Error as exc:
+            raise duckdb_error(exc) from None
+        finally:
+            cursor.close()
+        if found is None:
+            return None
+        relation, checked = found
+        if checked.scored:
+            raise SidecarError(
+                f"{relation.relation_name} calls pgml.predict: train on a relation of plain values",
+                sqlstate="0A000",
+            )
+        return relation
 
     def _open_rows(self) -> Iterator[Rows]:
         for portal in self.portals.values():
@@ -377,12 +463,16 @@ class StatementRunner:
             started = time.perf_counter()
             if call.name == "predict_proba":
                 values = model.predict_proba_matrix(matrix)[0].tolist()
+            elif call.name == "predict_joint":
+                values = model.predict_joint_matrix(matrix)[0].tolist()
+            elif call.name == "decompose":
+                values = model.decompose_matrix(matrix)[0].tolist()
             else:
                 values = float(scoring.as_numbers(model, model.predict_matrix(matrix))[0])
             scorer.observe(str(key), 1, time.perf_counter() - started)
         field = (
             wire.Field(column, _FLOAT8_ARRAY, -1)
-            if call.name == "predict_proba" else wire.Field(column, FLOAT8.oid, FLOAT8.size)
+            if call.name in ARRAY_RESULTS else wire.Field(column, FLOAT8.oid, FLOAT8.size)
         )  # fmt: skip
         row = wire.data_row([text_value(values)])
         return Outcome("SELECT", [field], Rows(None, encoded=row))
@@ -397,18 +487,38 @@ class StatementRunner:
             return Outcome(statement.tag)
         if kind in ("commit", "rollback"):
             self._close_cursor(None)  # first: DuckDB refuses to end a transaction still read
-            if self.status != "I":
-                cursor.execute("rollback")  # nothing was written: a read-only transaction
             tag = "ROLLBACK" if self.status == "E" or kind == "rollback" else "COMMIT"
-            self.status = "I"
+            wrote, self.wrote = self.wrote, False
+            if self.status != "I":
+                self.status = "I"
+                self._end_transaction(cursor, commit=wrote and tag == "COMMIT")
             return Outcome(tag)
         if self.status == "I":
             raise SidecarError(
                 f"{statement.tag} can only be used in transaction blocks", sqlstate="25P01"
             )
+        if kind == "rollback_to" and self.wrote:
+            raise SidecarError(
+                "ROLLBACK TO SAVEPOINT cannot undo what this transaction wrote to your"
+                " workspace: ROLLBACK the whole transaction",
+                sqlstate="0A000",
+            )
         if kind == "rollback_to" and self.status == "E":
             self.status = "T"
         return Outcome(statement.tag)
+
+    def _end_transaction(self, cursor: duckdb.DuckDBPyConnection, *, commit: bool) -> None:
+        """Commit what the transaction wrote to the workspace, or roll it back (a read-only
+        transaction has nothing to commit)."""
+        if not commit:
+            cursor.execute("rollback")
+            return
+        try:
+            cursor.execute("commit")
+        except duckdb.Error as exc:
+            with contextlib.suppress(duckdb.Error):
+                cursor.execute("rollback")
+            raise duckdb_error(exc) from None
 
     def _show(self, name: str) -> Outcome:
         key = name.lower()
@@ -482,7 +592,7 @@ def _procedure_outcome(result: ProcedureResult) -> Outcome:
     fields = results.fields(result.columns)
     names = [name for name, _ in result.columns]
     table = pa.table({name: [row[i] for row in result.rows] for i, name in enumerate(names)})
-    return Outcome("SELECT", fields, results.given(table))
+    return Outcome("SELECT", fields, results.given(table), notices=list(result.notices))
 
 
 _DUCKDB_STATES: list[tuple[type[duckdb.Error], str]] = [
@@ -500,16 +610,30 @@ _DUCKDB_STATES: list[tuple[type[duckdb.Error], str]] = [
 
 
 def duckdb_error(exc: duckdb.Error) -> SidecarError:
-    """A DuckDB error as the endpoint reports it: the SQLSTATE closest to its kind."""
+    """A DuckDB error as the endpoint reports it: PostgreSQL's words and SQLSTATE where
+    :mod:`predictor.error_words` knows them, else its first line and the SQLSTATE closest to
+    its kind; never DuckDB's catalog names, file paths or excerpts of the translated SQL."""
     found = scoring_error(exc) or vectors.argument_error(str(exc))
     if found is not None:
         return found
     if isinstance(exc, duckdb.InterruptException):
         return SidecarError("canceling statement due to user request", sqlstate="57014")
-    message = str(exc).strip()
-    for prefix in ("Catalog Error: ", "Binder Error: ", "Parser Error: ", "Conversion Error: ",
-                   "Invalid Input Error: ", "Out of Range Error: "):  # fmt: skip
-        message = message.removeprefix(prefix)
+    worded = error_words.pg_error(str(exc))
+    if worded is not None:
+        message, sqlstate, hint = worded
+        error = SidecarError(message, sqlstate=sqlstate)
+        error.hint = hint  # type: ignore[attr-defined]
+        return error
+    message = error_words.first_line(str(exc))
+    if isinstance(exc, duckdb.ConstraintException):  # a write to the workspace
+        lowered = message.lower()
+        sqlstate = (
+            "23505" if "primary key" in lowered or "unique" in lowered
+            else "23502" if "not null" in lowered
+            else "23514" if "check" in lowered
+            else "23000"
+        )  # fmt: skip
+        return SidecarError(message, sqlstate=sqlstate)
     for kind, sqlstate in _DUCKDB_STATES:
         if isinstance(exc, kind):
             return SidecarError(message, sqlstate=sqlstate)

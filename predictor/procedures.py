@@ -17,7 +17,9 @@ from typing import Any
 from predictor.statements import Parameter, ProcedureCall, StatementError
 from predictor.time_settings import TRAINING_TIME_LIMIT
 from predictor.translation import version
+from trainer import algorithms, export
 from trainer.datasets import load_dataset
+from trainer.snapshots import RelationColumns
 from trainer.train import Trainer
 
 TEXT, BOOL, INT8, FLOAT4, TEXT_ARRAY, RECORD = "text", "bool", "int8", "float4", "text[]", "record"
@@ -28,7 +30,7 @@ _SIGNATURES: dict[str, list[tuple[str, Any]]] = {
         ("task", None),
         ("relation_name", None),
         ("y_column_name", None),
-        ("algorithm", "linear"),
+        ("algorithm", None),  # linear; kmeans for clustering, pca for decomposition
         ("hyperparams", "{}"),
         ("search", None),
         ("search_params", "{}"),
@@ -50,17 +52,25 @@ _SIGNATURES: dict[str, list[tuple[str, Any]]] = {
         ("test_sampling", "stratified"),
     ],
     "version": [],
+    "dump_all": [("path", ...)],
+    "load_all": [("path", ...)],
     "schedule": [("project_name", ...), ("cron", ...)],
     "retrain_on_drift": [("project_name", ...), ("enabled", True)],
 }
 
 
+_SIGNATURES["train_joint"] = _SIGNATURES["train"]
+TRAINING = ("train", "train_joint")
+
 COLUMNS: dict[str, list[tuple[str, str]]] = {
     "train": [("project", TEXT), ("task", TEXT), ("algorithm", TEXT), ("deployed", BOOL)],
+    "train_joint": [("project", TEXT), ("task", TEXT), ("algorithm", TEXT), ("deployed", BOOL)],
     "deploy": [("project", TEXT), ("strategy", TEXT), ("algorithm", TEXT)],
     "load_dataset": [("table_name", TEXT), ("rows", INT8)],
     "snapshot": [("relation", TEXT), ("y_column_name", TEXT_ARRAY)],
     "version": [("version", TEXT)],
+    "dump_all": [("table_name", TEXT), ("rows", INT8)],
+    "load_all": [("table_name", TEXT), ("rows", INT8)],
     "schedule": [("project", TEXT), ("schedule", TEXT)],
     "retrain_on_drift": [("project", TEXT), ("retrain_on_drift", BOOL)],
 }
@@ -81,6 +91,8 @@ class ProcedureResult:
     columns: list[tuple[str, str]]
     rows: list[tuple[Any, ...]]
     tag: str = "SELECT 1"
+    notices: tuple[str, ...] = ()
+    """What the user should know, sent as NOTICEs before the rows."""
 
 
 def call(
@@ -90,12 +102,14 @@ def call(
     *,
     changing: Callable[[str, str], AbstractContextManager[None]] | None = None,
     time_limit: str | None = None,
+    workspace_relation: Callable[[str], RelationColumns | None] | None = None,
 ) -> ProcedureResult:
     """Run ``procedure`` with its ``$n`` arguments taken from ``params``.
 
     ``changing(procedure, project)`` wraps the run: it refuses a caller who may not change the
     project (:meth:`predictor.access.EndpointAccess.changing`). ``time_limit`` is the session's
-    ``pgml.training_time_limit`` ('10min'), for ``pgml.train``."""
+    ``pgml.training_time_limit`` ('10min'), for ``pgml.train``. ``workspace_relation``
+    resolves a relation name in the caller's workspace first (None: not there; the mirror's)."""
     name = procedure.name
     args = [_param(a, params) for a in procedure.args]
     kwargs = {k: _param(v, params) for k, v in procedure.kwargs.items()}
@@ -105,10 +119,12 @@ def call(
     ):  # PostgresML's pgml.deploy(model_id bigint)
         name = "deploy_model"
     bound = _bind(name, args, kwargs)
-    if name == "train":  # the session's pgml.training_time_limit: '' or unset is the sidecar's
+    if name in TRAINING:  # the session's pgml.training_time_limit: '' or unset is the sidecar's
         bound["time_limit"] = TRAINING_TIME_LIMIT.parse(time_limit) if time_limit else None
     relation = bound.get("relation_name")
-    if relation is not None and procedure.check_relation is not None:
+    if relation is not None and name in (*TRAINING, "snapshot") and workspace_relation is not None:
+        bound["found"] = workspace_relation(str(relation))  # the caller's own, read as it may
+    if relation is not None and procedure.check_relation is not None and not bound.get("found"):
         procedure.check_relation(str(relation))  # a table the caller may read, never internal
     run: Callable[[Trainer, dict[str, Any]], ProcedureResult] = _RUNNERS[name]
     guard = nullcontext() if changing is None else changing(name, _project_of(trainer, name, bound))
@@ -171,9 +187,10 @@ def _bind(name: str, args: list[Any], kwargs: dict[str, Any]) -> dict[str, Any]:
 
 
 def _train(trainer: Trainer, a: dict[str, Any]) -> ProcedureResult:
-    if a["runtime"] not in (None, "python"):
+    if a["runtime"] not in (None, *algorithms.RUNTIMES):
         raise StatementError(
-            f"runtime {a['runtime']!r} is not available; pgml-sidecar trains with python",
+            f"runtime {a['runtime']!r} does not exist; PostgresML's runtimes are python and"
+            " rust (pgml-sidecar serves both with python)",
             sqlstate="22023",
         )
     result = trainer.train(
@@ -191,9 +208,13 @@ def _train(trainer: Trainer, a: dict[str, Any]) -> ProcedureResult:
         preprocess=a["preprocess"],
         automatic_deploy=_boolean(a["automatic_deploy"], "automatic_deploy"),
         time_limit=a["time_limit"],
+        found=a.get("found"),
     )
+    notices = algorithms.runtime_notices(a["runtime"]) + list(result.notices)
     return ProcedureResult(
-        COLUMNS["train"], [(result.project, result.task, result.algorithm, result.deployed)]
+        COLUMNS["train"],
+        [(result.project, result.task, result.algorithm, result.deployed)],
+        notices=tuple(notices),
     )
 
 
@@ -228,12 +249,25 @@ def _snapshot(trainer: Trainer, a: dict[str, Any]) -> ProcedureResult:
         a["y_column_name"],
         test_size=_number(a["test_size"], "test_size"),
         test_sampling=a["test_sampling"],
+        found=a.get("found"),
     )
     return ProcedureResult(COLUMNS["snapshot"], [(snapshot.relation_name, snapshot.y_column_name)])
 
 
 def _version(trainer: Trainer, a: dict[str, Any]) -> ProcedureResult:
     return ProcedureResult(COLUMNS["version"], [(version(),)])
+
+
+def _dump_all(trainer: Trainer, a: dict[str, Any]) -> ProcedureResult:
+    done = export.dump_all(trainer, str(a["path"] or ""))
+    notice = f"exported the registry and {done.files} files to {done.directory}"
+    return ProcedureResult(COLUMNS["dump_all"], done.report(), notices=(notice,))
+
+
+def _load_all(trainer: Trainer, a: dict[str, Any]) -> ProcedureResult:
+    done = export.load_all(trainer, str(a["path"] or ""))
+    notice = f"loaded the registry and {done.files} files (SHA-256 checked) from {done.directory}"
+    return ProcedureResult(COLUMNS["load_all"], done.report(), notices=(notice,))
 
 
 def _schedule(trainer: Trainer, a: dict[str, Any]) -> ProcedureResult:
@@ -252,11 +286,14 @@ _RUNNERS: dict[str, Callable[[Trainer, dict[str, Any]], ProcedureResult]] = {
     "schedule": _schedule,
     "retrain_on_drift": _retrain_on_drift,
     "train": _train,
+    "train_joint": _train,
     "deploy": _deploy,
     "deploy_model": _deploy_model,
     "load_dataset": _load_dataset,
     "snapshot": _snapshot,
     "version": _version,
+    "dump_all": _dump_all,
+    "load_all": _load_all,
 }
 
 

@@ -40,6 +40,14 @@ class Outcome:
     tag: str
     fields: list[wire.Field] | None = None
     rows: Rows | None = None
+    notices: list[str] = field(default_factory=list)
+    """What the user should know (a training's columns left out...): sent as NOTICEs, once."""
+
+    def take_notices(self) -> list[bytes]:
+        """The notices as NoticeResponse messages; none the next time."""
+        sent = [wire.notice_response(sqlstate="00000", message=n) for n in self.notices]
+        self.notices = []
+        return sent
 
 
 @dataclass(slots=True)

@@ -39,7 +39,9 @@ def refresh(con: duckdb.DuckDBPyConnection, trainer: Trainer) -> list[str]:
         old = {
             name
             for (name,) in cursor.execute(
-                "select view_name from duckdb_views() where schema_name = ?", [SCHEMA]
+                "select view_name from duckdb_views() where database_name = current_database()"
+                " and schema_name = ?",
+                [SCHEMA],
             ).fetchall()
         }
         for slug, project, model_id in _deployed(cursor, trainer):
@@ -107,6 +109,11 @@ def _view(
     _, model = trainer.model(model_id)
     if not relation.key:
         return None
+    if model.joint:
+        raise SidecarError(
+            "its model predicts several labels; the view holds one prediction per row",
+            sqlstate="0A000",
+        )
     columns = model.preprocessor.columns
     if any(c.kind == "text" for c in columns):
         function = "pgml_predict_text"

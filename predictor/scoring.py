@@ -9,10 +9,12 @@ not a million. ``project`` is a project name or a model id.
 from __future__ import annotations
 
 import contextlib
+import json
 import re
 import threading
 import time
 from collections.abc import Callable
+from typing import Any
 
 import duckdb
 import numpy as np
@@ -78,67 +80,136 @@ class Scorer:
     # -- DuckDB functions ----------------------------------------------------------------------
 
     def register(self, con: duckdb.DuckDBPyConnection) -> None:
-        """Create ``pgml_predict`` and ``pgml_predict_proba`` on the mirror's connection."""
+        """Create ``pgml_predict``, ``pgml_predict_proba`` and the other scoring functions on
+        the mirror's connection."""
         features = duckdb.list_type(duckdb.sqltypes.DOUBLE)
         text = duckdb.sqltypes.VARCHAR
         double = duckdb.sqltypes.DOUBLE
-        for name in ("pgml_predict", "pgml_predict_proba", "pgml_predict_text"):
+        functions: dict[str, tuple[Callable[..., pa.Array], list[Any], Any]] = {
+            "pgml_predict": (self._predict, [text, features], double),
+            "pgml_predict_proba": (self._predict_proba, [text, features], features),
+            "pgml_predict_joint": (self._predict_joint, [text, features], features),
+            "pgml_predict_batch": (self._predict_batch, [text, features], features),
+            "pgml_decompose": (self._decompose, [text, features], features),
+            "pgml_predict_text": (self._predict_text, [text, duckdb.list_type(text)], double),
+            "pgml_predict_row": (self._predict_row, [text, text], double),
+            "pgml_predict_proba_row": (self._predict_proba_row, [text, text], features),
+            "pgml_predict_joint_row": (self._predict_joint_row, [text, text], features),
+        }
+        for name, (function, parameters, result) in functions.items():
             with contextlib.suppress(duckdb.InvalidInputException):
                 con.remove_function(name)
-        con.create_function(
-            "pgml_predict", self._predict, [text, features], double, type=func.ARROW,
-            null_handling=func.SPECIAL,
-        )  # fmt: skip
-        con.create_function(
-            "pgml_predict_proba", self._predict_proba, [text, features], features,
-            type=func.ARROW, null_handling=func.SPECIAL,
-        )  # fmt: skip
-        con.create_function(
-            "pgml_predict_text", self._predict_text, [text, duckdb.list_type(text)], double,
-            type=func.ARROW, null_handling=func.SPECIAL,
-        )  # fmt: skip
+            con.create_function(
+                name, function, parameters, result, type=func.ARROW, null_handling=func.SPECIAL
+            )
 
     def _predict(self, keys: pa.Array, features: pa.Array) -> pa.Array:
-        return _guarded(lambda: self._apply(keys, features, proba=False))
+        return _guarded(lambda: self._apply(keys, features, "predict"))
 
     def _predict_proba(self, keys: pa.Array, features: pa.Array) -> pa.Array:
-        return _guarded(lambda: self._apply(keys, features, proba=True))
+        return _guarded(lambda: self._apply(keys, features, "predict_proba"))
+
+    def _predict_joint(self, keys: pa.Array, features: pa.Array) -> pa.Array:
+        return _guarded(lambda: self._apply(keys, features, "predict_joint"))
+
+    def _decompose(self, keys: pa.Array, features: pa.Array) -> pa.Array:
+        return _guarded(lambda: self._apply(keys, features, "decompose"))
+
+    def _predict_batch(self, keys: pa.Array, features: pa.Array) -> pa.Array:
+        """Each row's array holds the features of many rows one after another: a prediction
+        for each of those rows (PostgresML's pgml.predict_batch)."""
+        return _guarded(lambda: self._apply(keys, features, "predict_batch"))
 
     def _predict_text(self, keys: pa.Array, features: pa.Array) -> pa.Array:
         """Rows with text features: each value as text, parsed by the model's preprocessing."""
-        return _guarded(lambda: self._apply(keys, features, proba=False, text=True))
+        return _guarded(lambda: self._apply(keys, features, "predict", rows=_text_rows))
+
+    def _predict_row(self, keys: pa.Array, features: pa.Array) -> pa.Array:
+        """A whole row (a ROW(...) constructor or a table's row) as JSON: its values by name
+        when it has every feature column, else in order (:func:`trainer.model.Model.row_values`)."""
+        return _guarded(lambda: self._apply(keys, features, "predict", rows=_json_rows))
+
+    def _predict_proba_row(self, keys: pa.Array, features: pa.Array) -> pa.Array:
+        return _guarded(lambda: self._apply(keys, features, "predict_proba", rows=_json_rows))
+
+    def _predict_joint_row(self, keys: pa.Array, features: pa.Array) -> pa.Array:
+        return _guarded(lambda: self._apply(keys, features, "predict_joint", rows=_json_rows))
 
     def _apply(
-        self, keys: pa.Array, features: pa.Array, *, proba: bool, text: bool = False
+        self,
+        keys: pa.Array,
+        features: pa.Array,
+        what: str,
+        *,
+        rows: Callable[[Model, pa.Array], np.ndarray | pa.Table] | None = None,
     ) -> pa.Array:
+        """One value per row for ``predict``; one array per row for the others: the class
+        probabilities, the labels of a joint model, the components, or a batch's predictions.
+        ``rows`` turns the features of some rows into the model's input (default: arrays of
+        numbers, a float matrix)."""
         keys = _plain(keys)
         features = _plain(features)
-        rows = len(features)
+        count = len(features)
         valid = np.asarray(pc.and_(pc.is_valid(keys), pc.is_valid(features)).to_numpy(False))
-        if proba:
-            out: list[pa.Array | None] = [None] * rows
-        else:
-            result = np.full(rows, np.nan)
+        out: list[np.ndarray | None] = [None] * count
+        result = np.full(count, np.nan)
         for key, where in _groups(keys, valid):
             model = self.model(key)
             started = time.perf_counter()
-            if text:
-                rows = features.take(pa.array(where)).to_pylist()
-                result[where] = as_numbers(model, model.predict_rows(rows))
-            elif proba:
-                matrix = _matrix(_rows(features, where))
-                probabilities = model.predict_proba_matrix(matrix)
-                for i, row in zip(where, probabilities, strict=True):
-                    out[i] = row
+            chosen = _rows(features, where)
+            if what == "predict_batch":
+                batches = [_batch(model, row) for row in chosen.to_pylist()]
+                scored = sum(len(b) for b in batches)
+                for i, batch in zip(where, batches, strict=True):
+                    predicted = model.predict_matrix(batch) if len(batch) else np.empty(0)
+                    out[i] = as_numbers(model, predicted)
+                self.observe(key, scored, time.perf_counter() - started)
+                continue
+            given = _matrix(chosen) if rows is None else rows(model, chosen)
+            if what == "predict":
+                result[where] = as_numbers(model, _call(model, "predict", given))
             else:
-                matrix = _matrix(_rows(features, where))
-                result[where] = as_numbers(model, model.predict_matrix(matrix))
+                for i, row in zip(where, _call(model, what, given), strict=True):
+                    out[i] = row
             self.observe(key, len(where), time.perf_counter() - started)
-        if proba:
-            return pa.array(
-                [None if row is None else row.tolist() for row in out], pa.list_(pa.float64())
-            )
-        return pa.array(result, mask=~valid)
+        if what == "predict":
+            return pa.array(result, mask=~valid)
+        return pa.array(
+            [None if row is None else row.tolist() for row in out], pa.list_(pa.float64())
+        )
+
+
+def _call(model: Model, what: str, given: np.ndarray | pa.Table) -> np.ndarray:
+    """``model.<what>`` of a float matrix or of a table of raw values."""
+    if isinstance(given, np.ndarray):
+        given = model.preprocessor.table_from_matrix(given)
+    method: Callable[[pa.Table], np.ndarray] = getattr(model, what)
+    return method(given)
+
+
+def _text_rows(model: Model, features: pa.Array) -> pa.Table:
+    return model.preprocessor.table_from_rows(features.to_pylist())
+
+
+def _json_rows(model: Model, features: pa.Array) -> pa.Table:
+    rows = [model.row_values(json.loads(text)) for text in features.to_pylist()]
+    return model.preprocessor.table_from_rows(rows)
+
+
+def _batch(model: Model, values: list[float | None]) -> np.ndarray:
+    """A flat array of features as one row per prediction: as many values per row as the
+    model has feature columns (or numbers, with arrays flattened)."""
+    columns = model.preprocessor.columns
+    width = sum(c.width for c in columns)
+    flat = np.array([np.nan if v is None else v for v in values], dtype=np.float64)
+    for size in dict.fromkeys((width, len(columns))):
+        if size and len(flat) % size == 0:
+            return flat.reshape(-1, size)
+    raise TrainingError(
+        f"pgml.predict_batch got {len(flat)} feature values, not a whole number of rows of"
+        f" {width} (the model's features: {', '.join(model.feature_names)})",
+        sqlstate="22023",
+    )
 
 
 def _plain(values: pa.Array | pa.ChunkedArray) -> pa.Array:
@@ -191,6 +262,13 @@ def as_numbers(model: Model, predicted: np.ndarray) -> np.ndarray:
     if model.task == "decomposition":
         raise TrainingError(
             "pgml.predict gives one number per row; a decomposition model gives components",
+            sqlstate="0A000",
+        )
+    if model.joint:
+        raise TrainingError(
+            "pgml.predict gives one number per row; a joint model gives one per label ("
+            + ", ".join(model.labels)
+            + "): use pgml.predict_joint",
             sqlstate="0A000",
         )
     if predicted.dtype.kind in "biuf":

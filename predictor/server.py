@@ -36,6 +36,7 @@ from predictor import (
     score_views,
     vectors,
     wire,
+    workspace,
 )
 from predictor.access import EndpointAccess
 from predictor.admission import Admission, AdmissionLimits
@@ -46,6 +47,7 @@ from predictor.session import Session
 from predictor.statement_watch import StatementWatch
 from predictor.time_settings import AUTHENTICATION_TIMEOUT, STATEMENT_TIMEOUT, TimeSetting
 from predictor.users import UsersFile, read_users
+from predictor.workspace import Workspaces
 from trainer.train import Trainer
 
 log = logging.getLogger("pgml_sidecar")
@@ -76,6 +78,8 @@ class EndpointSettings:
     """Time to authenticate, as PostgreSQL's setting ('10s', '1min'; a number is seconds)."""
     statement_timeout: str | int = "0"
     """Each session's default statement_timeout ('5s', '100ms'; a number is ms; 0 is off)."""
+    workspace_size_limit: int = workspace.DEFAULT_SIZE_LIMIT
+    """The most each user's workspace file may hold, in bytes (predictor.workspace)."""
 
 
 def read_password(password_file: Path | None) -> str | None:
@@ -146,6 +150,12 @@ class SqlEndpoint:
         )
         """What each session's source role may read and change; None without a source (serve
         on a mirror file alone: every served relation, for whoever may connect)."""
+        self.workspaces: Workspaces | None = Workspaces(
+            con,
+            trainer.home / workspace.DIRECTORY,
+            size_limit=settings.workspace_size_limit,
+        )
+        """Each source role's workspace, beside the mirror in the sidecar's own directory."""
         self.tls = tls_context(settings)
         self.watch = StatementWatch()
         self._sessions: dict[tuple[int, int], Session] = {}

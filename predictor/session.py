@@ -16,6 +16,7 @@ from collections.abc import Iterator, Mapping
 from typing import Any
 
 import duckdb
+import pglast.ast
 import pglast.parser
 import pyarrow as pa
 
@@ -26,8 +27,9 @@ from predictor.binary_parameters import parse_binary_param
 from predictor.execution import Endpoint, StatementRunner, checked_setting
 from predictor.results import FETCH_BATCH, Outcome, Portal, Prepared
 from predictor.scram import AuthenticationFailed, ScramExchange
-from predictor.statements import Statement, StatementError, split
+from predictor.statements import Statement, StatementError, classify, parse
 from predictor.text_parameters import parse_text_param
+from predictor.translation import ARRAY_RESULTS
 
 _SHALLOW = 4096
 """SQL shorter than this cannot nest deeper than libpg_query allows (one level takes a byte)."""
@@ -180,17 +182,21 @@ class Session(StatementRunner):
 
     def _simple(self, sql: str) -> Iterator[bytes]:
         try:
-            statements = self._split(sql)
+            check_depth(sql)
+            parsed = parse(sql)
         except SidecarError as exc:
             yield self._error(exc)
-            statements = []
+            parsed = []
         else:
-            if not statements:
+            if not parsed:
                 yield wire.empty_query_response()
-        for statement in statements:
+        for node, text in parsed:
             self.deadline = self.statement_deadline()  # each statement of a query has its own
             try:
+                # checked just before it runs: the statement before may have made a name
+                statement = self._classify(node, text)
                 outcome = self._run(statement, [])
+                yield from outcome.take_notices()
                 if outcome.fields is not None:
                     yield wire.row_description(outcome.fields)
                 if outcome.rows is not None:
@@ -198,7 +204,7 @@ class Session(StatementRunner):
                 else:
                     yield wire.command_complete(outcome.tag)
             except SidecarError as exc:
-                yield self._error(exc)
+                yield self._error(placed(exc, sql))
                 break
             finally:
                 self.deadline = None
@@ -208,11 +214,31 @@ class Session(StatementRunner):
         """The statements of ``sql``, checked against the allow-list."""
         check_depth(sql)
         try:
-            viewer = None if self.endpoint.access is None else self.role
-            return split(
-                sql, relations=self.endpoint.relations, readable=self._readable(), viewer=viewer
-            )
+            return [self._classify(node, text) for node, text in parse(sql)]
+        except SidecarError as exc:
+            raise placed(exc, sql) from None
         except RecursionError:  # a tree deep enough for pglast, too deep for Python's walks
+            raise _too_deep() from None
+
+    def _classify(self, node: Any, text: str) -> Statement:
+        """One parsed statement checked against the allow-list, this session's role and
+        workspace."""
+        if self.status == "E" and not isinstance(node, pglast.ast.TransactionStmt):
+            raise SidecarError(
+                "current transaction is aborted, commands ignored until end of transaction block",
+                sqlstate="25P02",
+            )
+        viewer = None if self.endpoint.access is None else self.role
+        try:
+            return classify(
+                node,
+                text,
+                relations=self.endpoint.relations,
+                readable=self._readable(),
+                viewer=viewer,
+                workspace=self.workspace_names(),
+            )
+        except RecursionError:
             raise _too_deep() from None
 
     def _readable(self) -> Readable | None:
@@ -343,7 +369,7 @@ class Session(StatementRunner):
         if statement.kind == "predict":
             assert statement.procedure is not None
             call = statement.procedure
-            kind = pa.list_(pa.float64()) if call.name == "predict_proba" else pa.float64()
+            kind = pa.list_(pa.float64()) if call.name in ARRAY_RESULTS else pa.float64()
             schema = pa.schema([(call.kwargs["column"], kind)])
             return out + wire.row_description(results.arrow_fields(schema))
         if statement.kind == "select":
@@ -376,6 +402,7 @@ class Session(StatementRunner):
         if portal.done:
             raise SidecarError("portal has been run to completion already", sqlstate="55000")
         outcome = self._portal_outcome(portal)
+        yield from outcome.take_notices()
         if outcome.rows is None:
             portal.done = True
             yield wire.command_complete(outcome.tag)
@@ -391,7 +418,19 @@ class Session(StatementRunner):
         if self.status == "T":
             self.status = "E"
         hint = getattr(exc, "hint", None)
-        return wire.error_response(sqlstate=exc.sqlstate, message=str(exc), hint=hint)
+        position = getattr(exc, "position", None)
+        return wire.error_response(
+            sqlstate=exc.sqlstate, message=str(exc), hint=hint, position=position
+        )
+
+
+def placed(exc: SidecarError, sql: str) -> SidecarError:
+    """``exc`` with the 1-based character position PostgreSQL reports, from the byte offset
+    into ``sql`` the allow-list found the thing it refused at (if it did)."""
+    location = getattr(exc, "location", None)
+    if location is not None and getattr(exc, "position", None) is None:
+        exc.position = len(sql.encode()[:location].decode(errors="ignore")) + 1  # type: ignore[attr-defined]
+    return exc
 
 
 def check_depth(sql: str) -> None:

@@ -24,6 +24,7 @@ from pglast.parser import ParseError, scan
 from mirror.errors import SidecarError
 from predictor.allow_list import (
     DUCKDB_ONLY_STATEMENTS,
+    PROCEDURES,
     Readable,
     ScoredModel,
     check_query,
@@ -32,8 +33,10 @@ from predictor.allow_list import (
 )
 from predictor.catalog import ServedRelation, ServedRelations
 from predictor.translation import SCALAR_FUNCTIONS, pgml_name, translate
+from predictor.workspace import WorkspaceNames, WorkspaceWrite
+from predictor.workspace_statements import classify_write, read_only
 
-PROCEDURES = ("train", "deploy", "load_dataset", "snapshot", "schedule", "retrain_on_drift")
+PROCEDURES = PROCEDURES  # the names callers of this module use
 
 
 class StatementError(SidecarError):
@@ -76,6 +79,8 @@ class Statement:
     columns: Mapping[tuple[str, str], tuple[str, ...]] = field(default_factory=dict)
     """The tables it reads only some columns of (the caller's role may read no more), with
     those columns; every other table in ``reads`` it reads whole."""
+    write: WorkspaceWrite | None = None
+    """What a statement writing to the caller's workspace does (kind ``write``)."""
 
 
 def split(
@@ -84,6 +89,7 @@ def split(
     relations: ServedRelations | None = None,
     readable: Readable | None = None,
     viewer: str | None = None,
+    workspace: WorkspaceNames | None = None,
 ) -> list[Statement]:
     """Parse and check ``sql`` (one or more statements); an empty string gives none.
 
@@ -91,29 +97,32 @@ def split(
     can be named); ``readable`` says which mirrored tables and score views the caller may read
     (a test on ``(schema, name)`` or a set of them; every served one when None). Per-user
     privileges come in through ``readable``, and ``viewer`` (a source role) sees only its
-    projects' rows of the registry (all of them when None).
+    projects' rows of the registry (all of them when None). ``workspace``: the caller's
+    workspace, where its names are looked for first and where it may write (None: nowhere).
     """
+    return [
+        classify(
+            node, text, relations=relations, readable=readable, viewer=viewer, workspace=workspace
+        )
+        for node, text in parse(sql)
+    ]
+
+
+def parse(sql: str) -> list[tuple[ast.Node, str]]:
+    """The statements of ``sql``, parsed, each with its text (nothing checked yet: a statement
+    that writes changes the names the next one sees, so each is checked just before it runs)."""
     try:
         raws = parse_sql(sql)
     except ParseError as exc:
         raise _unparsable(sql, exc) from None
     encoded = sql.encode()
-    statements = []
+    parsed = []
     for raw in raws:
         start = raw.stmt_location or 0
         end = start + raw.stmt_len if raw.stmt_len else len(encoded)
-        text = encoded[start:end].decode().strip()
         assert raw.stmt is not None
-        try:
-            statements.append(
-                classify(raw.stmt, text, relations=relations, readable=readable, viewer=viewer)
-            )
-        except RecursionError:  # expressions nested deeper than a check or print can follow
-            raise StatementError(
-                "stack depth limit exceeded: the statement nests expressions too deeply",
-                sqlstate="54001",
-            ) from None
-    return statements
+        parsed.append((raw.stmt, encoded[start:end].decode().strip()))
+    return parsed
 
 
 _CLAUSES_AFTER_FROM = frozenset(
@@ -164,7 +173,10 @@ def _unparsable(sql: str, exc: ParseError) -> StatementError:
                 sqlstate="42501",
             )
         first = word == ";"
-    return StatementError(f"syntax error: {exc}", sqlstate="42601")
+    message, location = exc.args if len(exc.args) == 2 else (str(exc), None)
+    error = StatementError(str(message), sqlstate="42601")
+    error.position = (location if location is not None else len(sql)) + 1  # type: ignore[attr-defined]
+    return error
 
 
 def classify(
@@ -174,9 +186,20 @@ def classify(
     relations: ServedRelations | None = None,
     readable: Readable | None = None,
     viewer: str | None = None,
+    workspace: WorkspaceNames | None = None,
 ) -> Statement:
     """What kind of statement ``node`` is, checked, and for queries its DuckDB translation."""
-    access = _Access(relations, readable, viewer)
+    access = _Access(relations, readable, viewer, workspace)
+    try:
+        return _classify(node, text, access)
+    except RecursionError:  # expressions nested deeper than a check or print can follow
+        raise StatementError(
+            "stack depth limit exceeded: the statement nests expressions too deeply",
+            sqlstate="54001",
+        ) from None
+
+
+def _classify(node: ast.Node, text: str, access: _Access) -> Statement:
     if isinstance(node, ast.SelectStmt):
         return _select(node, text, access)
     if isinstance(node, ast.TransactionStmt):
@@ -227,7 +250,27 @@ def classify(
             scored=query.scored,
             columns=query.columns,
         )
-    raise _refused(node)
+    if access.workspace is not None:
+        written = classify_write(
+            node,
+            relations=access.relations,
+            readable=access.readable,
+            viewer=access.viewer,
+            names=access.workspace,
+        )
+        if written is not None:
+            checked = written.checked
+            return Statement(
+                "write",
+                text,
+                tag=written.write.tag,
+                write=written.write,
+                params=checked.params if checked else 0,
+                reads=checked.reads if checked else (),
+                scored=checked.scored if checked else (),
+                columns=checked.columns if checked else {},
+            )
+    raise _refused(node, access)
 
 
 @dataclass(frozen=True, slots=True)
@@ -235,6 +278,7 @@ class _Access:
     relations: ServedRelations | None
     readable: Readable | None
     viewer: str | None
+    workspace: WorkspaceNames | None = None
 
 
 # Statements that change nothing and reach nothing, but that the endpoint does not implement.
@@ -244,32 +288,57 @@ _UNSUPPORTED = (
 )  # fmt: skip
 
 
-def _refused(node: ast.Node) -> StatementError:
-    """Anything not on the allow-list: 42501, or 0A000 for the few harmless statements."""
-    name = type(node).__name__.removesuffix("Stmt")
+def _refused(node: ast.Node, access: _Access) -> StatementError:
+    """Anything not on the allow-list: 42501, or 0A000 for the few harmless statements; the
+    message names the command as PostgreSQL does (``CREATE FUNCTION``), never a parser node."""
+    command = command_name(node)
     if isinstance(node, _UNSUPPORTED):
-        return StatementError(
-            f"{name} statements are not supported by pgml-sidecar", sqlstate="0A000"
+        return StatementError(f"{command} is not supported by pgml-sidecar", sqlstate="0A000")
+    relation = None if isinstance(node, ast.CopyStmt) else getattr(node, "relation", None)
+    if isinstance(relation, ast.RangeVar) and access.relations is not None:
+        found = access.relations.find(relation.schemaname or "public", relation.relname or "")
+        if found is not None:
+            error = read_only(found)
+            return StatementError(str(error), sqlstate=error.sqlstate)
+    if access.workspace is None:
+        reason = "the mirror is read-only here; change the source database and the replicator"
+        reason += " brings the change"
+    else:
+        reason = (
+            "the endpoint reads the mirror, and in your workspace runs CREATE VIEW, CREATE"
+            " TABLE [AS], INSERT, UPDATE, DELETE, TRUNCATE and DROP TABLE or VIEW"
         )
-    return StatementError(
-        f"{command_name(node)} is not allowed: the mirror is read-only here; change the source"
-        " database and the replicator brings the change",
-        sqlstate="42501",
-    )
+    return StatementError(f"{command} is not allowed: {reason}", sqlstate="42501")
 
 
-_COMMANDS = {"CheckPoint": "CHECKPOINT", "Define": "CREATE", "CompositeType": "CREATE",
-             "Rule": "CREATE", "SecLabel": "SECURITY LABEL", "Createdb": "CREATE",
-             "Dropdb": "DROP", "CreateTableAs": "CREATE"}  # fmt: skip
+_COMMANDS = {
+    "ViewStmt": "CREATE VIEW", "CreateTableAsStmt": "CREATE TABLE AS", "CreateStmt": "CREATE TABLE",
+    "IndexStmt": "CREATE INDEX", "CreatedbStmt": "CREATE DATABASE", "DropdbStmt": "DROP DATABASE",
+    "DefineStmt": "CREATE", "CompositeTypeStmt": "CREATE TYPE", "CreateEnumStmt": "CREATE TYPE",
+    "RuleStmt": "CREATE RULE", "SecLabelStmt": "SECURITY LABEL", "CheckPointStmt": "CHECKPOINT",
+    "CreateFunctionStmt": "CREATE FUNCTION", "DoStmt": "DO", "CopyStmt": "COPY",
+    "VariableSetStmt": "SET", "CreateSeqStmt": "CREATE SEQUENCE", "GrantStmt": "GRANT",
+    "GrantRoleStmt": "GRANT", "RenameStmt": "ALTER ... RENAME", "CreateRoleStmt": "CREATE ROLE",
+    "AlterObjectSchemaStmt": "ALTER ... SET SCHEMA", "CreateTrigStmt": "CREATE TRIGGER",
+    "CreateExtensionStmt": "CREATE EXTENSION", "LoadStmt": "LOAD", "CallStmt": "CALL",
+    "DropStmt": "DROP", "DropRoleStmt": "DROP ROLE", "ExplainStmt": "EXPLAIN",
+    "PrepareStmt": "PREPARE", "ExecuteStmt": "EXECUTE", "ListenStmt": "LISTEN",
+    "UnlistenStmt": "UNLISTEN", "NotifyStmt": "NOTIFY", "VacuumStmt": "VACUUM",
+    "CommentStmt": "COMMENT", "LockStmt": "LOCK", "CreateMatViewStmt": "CREATE MATERIALIZED VIEW",
+    "RefreshMatViewStmt": "REFRESH MATERIALIZED VIEW", "CreateSchemaStmt": "CREATE SCHEMA",
+}  # fmt: skip
 
 
 def command_name(node: ast.Node) -> str:
-    """The SQL command a statement node stands for, as PostgreSQL names it (``INSERT``)."""
-    name = type(node).__name__.removesuffix("Stmt")
-    if name in _COMMANDS:
-        return _COMMANDS[name]
-    match = re.match(r"[A-Z][a-z]*", name)
-    return (match.group(0) if match else name).upper()
+    """The SQL command a statement node stands for, in PostgreSQL's words (``ALTER TABLE``)."""
+    kind = type(node).__name__
+    if kind in _COMMANDS:
+        command = _COMMANDS[kind]
+        if isinstance(node, ast.DropStmt) and node.removeType is not None:
+            command += " " + node.removeType.name.removeprefix("OBJECT_").replace("_", " ")
+        return command
+    words = re.findall(r"[A-Z][a-z]*", kind.removesuffix("Stmt"))
+    return " ".join(words).upper() or kind.upper()
 
 
 def _setting(node: ast.VariableSetStmt, text: str) -> Statement:
@@ -317,7 +386,9 @@ def _select(node: ast.SelectStmt, text: str, access: _Access) -> Statement:
     if direct is not None:  # constants only, never given to DuckDB: nothing else to check
         params = _highest_parameter(direct.args)
         return Statement("predict", text, tag="SELECT", procedure=direct, params=params)
-    checked = check_query(node, relations=access.relations, readable=access.readable)
+    checked = check_query(
+        node, relations=access.relations, readable=access.readable, workspace=access.workspace
+    )
     procedure = _procedure(node, checked.pgml_calls)
     if procedure is not None:
         check = partial(check_relation_name, relations=access.relations, readable=access.readable)
@@ -325,7 +396,15 @@ def _select(node: ast.SelectStmt, text: str, access: _Access) -> Statement:
         return Statement(
             "procedure", text, tag="SELECT", procedure=procedure, params=checked.params
         )
-    sql = translate(node, checked.narrowed, checked.registry, access.viewer)
+    sql = translate(
+        node,
+        checked.narrowed,
+        checked.registry,
+        access.viewer,
+        workspace=checked.workspace,
+        views=checked.views,
+        schemas=checked.schemas,
+    )
     return Statement(
         "select",
         text,

@@ -11,7 +11,7 @@ CAST(features AS DOUBLE[]))``, evaluated a vector of rows at a time, and the vec
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Collection, Mapping
 from typing import Any
 
 from pglast import ast, enums, parse_sql
@@ -20,8 +20,20 @@ from pglast.visitors import Visitor
 
 from predictor import catalog, python_environment, registry_rows, vectors
 from predictor.allow_list import READ_ONLY_SETTINGS, SQL_SYNTAX_FUNCTIONS, Refused
+from predictor.column_names import name_columns
+from predictor.workspace import WorkspaceRelation
 
-SCALAR_FUNCTIONS = {"predict": "pgml_predict", "predict_proba": "pgml_predict_proba"}
+SCALAR_FUNCTIONS = {
+    "predict": "pgml_predict",
+    "predict_proba": "pgml_predict_proba",
+    "predict_joint": "pgml_predict_joint",
+    "decompose": "pgml_decompose",
+}
+ARRAY_RESULTS = frozenset({"predict_proba", "predict_joint", "decompose"})
+"""The scalar pgml functions that return an array per row."""
+ROW_FUNCTIONS = frozenset({"predict", "predict_proba", "predict_joint"})
+"""The scalar pgml functions that also take a whole row as features: ``(a, b, c)``, ``ROW(a,
+b, c)`` or a table's row ``t``, turned into JSON for ``pgml_<name>_row``."""
 
 _OID_TYPES = [["regclass"], ["regtype"], ["regproc"], ["regnamespace"], ["regprocedure"]]
 _DUCKDB_NAMES = {"btrim": "trim"}
@@ -29,10 +41,14 @@ _DUCKDB_NAMES = {"btrim": "trim"}
 
 
 def translate(
-    node: ast.SelectStmt,
+    node: ast.Node,
     narrowed: Mapping[int, tuple[str, ...]] | None = None,
     registry: Mapping[int, str] | None = None,
     viewer: str | None = None,
+    *,
+    workspace: Mapping[int, WorkspaceRelation] | None = None,
+    views: Mapping[int, ast.SelectStmt] | None = None,
+    schemas: Mapping[int, str] | None = None,
 ) -> str:
     """The DuckDB SQL of ``node`` (which is rewritten in place).
 
@@ -41,19 +57,31 @@ def translate(
     subquery of those columns under the table's name or alias, so ``*`` and every other column
     reference see only them. ``registry``: the registry relations the query reads, the same
     way; with ``viewer`` (a source role) each shows only the rows that role may see
-    (:mod:`predictor.registry_rows`).
+    (:mod:`predictor.registry_rows`). ``workspace`` and ``views``: the caller's workspace
+    tables the query names (each named by its DuckDB catalog) and views it reads (each replaced
+    by its query, translated here as part of this one), the same way. ``schemas``: the schema
+    each unqualified name was found in along the search path, by ``id()`` of its ``RangeVar``.
     """
     narrowed = narrowed or {}
-    if narrowed:
-        _unqualify_narrowed(node, narrowed)
+    workspace, views = workspace or {}, views or {}
+    replaced = set(narrowed) | set(workspace) | set(views)
+    if replaced:
+        for tree in (node, *views.values()):
+            _unqualify_narrowed(tree, replaced)
+    if workspace or views:
+        _WorkspaceNames(workspace, views)(node)
+    rows = _range_names(node, *views.values())  # before narrowing: what t may name in pgml.predict
     _ChunkRows()(node)
-    _Translator(narrowed, (registry or {}) if viewer is not None else {}, viewer or "")(node)
+    name_columns(node)  # before the translator renames functions
+    registry = (registry or {}) if viewer is not None else {}
+    _Translator(narrowed, registry, viewer or "", schemas or {}, rows)(node)
     return RawStream(special_functions=True)(node)
 
 
-def _unqualify_narrowed(node: ast.SelectStmt, narrowed: Mapping[int, tuple[str, ...]]) -> None:
-    """``schema.table.column`` as ``table.column`` where ``table`` becomes a narrowing subquery
-    without an alias of its own (a subquery's name has no schema)."""
+def _unqualify_narrowed(node: ast.Node, narrowed: Collection[int]) -> None:
+    """``schema.table.column`` as ``table.column`` where ``table`` becomes a narrowing subquery,
+    a view's query or a workspace table without an alias of its own (a subquery's name has no
+    schema)."""
     tables = [
         found
         for found in _nodes(node, ast.RangeVar)
@@ -109,6 +137,40 @@ def pgml_name(funcname: tuple[ast.String, ...] | None) -> str | None:
     return None
 
 
+class _WorkspaceNames(Visitor):
+    """The caller's workspace tables named by their DuckDB catalog, its views replaced by their
+    queries (under the view's name or alias), before the translator visits them."""
+
+    def __init__(
+        self, workspace: Mapping[int, WorkspaceRelation], views: Mapping[int, ast.SelectStmt]
+    ) -> None:
+        super().__init__()
+        self.workspace = workspace
+        self.views = views
+
+    def visit_RangeVar(self, ancestors: Any, node: ast.RangeVar) -> Any:
+        alias = node.alias or ast.Alias(aliasname=node.relname)
+        query = self.views.get(id(node))
+        if query is not None:
+            _WorkspaceNames(self.workspace, self.views)(query)  # views read through views
+            return ast.RangeSubselect(lateral=False, subquery=query, alias=alias)
+        relation = self.workspace.get(id(node))
+        if relation is not None:
+            node.catalogname, node.schemaname, node.relname = (
+                relation.catalog, relation.schema, relation.name
+            )  # fmt: skip
+            if not _is_target(ancestors):
+                node.alias = alias
+        return None
+
+
+def _is_target(ancestors: Any) -> bool:
+    """Whether the RangeVar visited is the relation a CREATE TABLE, INSERT, UPDATE or DELETE
+    writes to (its alias, if any, is the statement's own)."""
+    targets = ast.InsertStmt | ast.UpdateStmt | ast.DeleteStmt | ast.CreateStmt
+    return isinstance(ancestors.node, targets) and ancestors.member == "relation"
+
+
 class _ChunkRows(Visitor):
     """``pgml.chunk(...)`` in FROM as a subquery of its rows (before the translator visits its
     arguments there)."""
@@ -118,6 +180,8 @@ class _ChunkRows(Visitor):
         call = functions[0][0] if len(functions) == 1 else None
         if isinstance(call, ast.FuncCall) and pgml_name(call.funcname) == "chunk":
             return _chunk_rows(call, node.alias)
+        if isinstance(call, ast.FuncCall) and pgml_name(call.funcname) == "predict_batch":
+            return _batch_rows(call, node.alias)
         return None
 
 
@@ -125,12 +189,20 @@ class _Translator(Visitor):
     """Rewrite PostgreSQL-only spellings into DuckDB's (the statement passed the allow-list)."""
 
     def __init__(
-        self, narrowed: Mapping[int, tuple[str, ...]], registry: Mapping[int, str], viewer: str
+        self,
+        narrowed: Mapping[int, tuple[str, ...]],
+        registry: Mapping[int, str],
+        viewer: str,
+        schemas: Mapping[int, str],
+        rows: Collection[str] = (),
     ) -> None:
         super().__init__()
+        self.schemas = schemas
         self.narrowed = narrowed
         self.registry = registry
         self.viewer = viewer
+        self.rows = rows
+        """The names a bare ``t`` in pgml.predict's features may mean a whole row of."""
 
     def visit_FuncCall(self, ancestors: Any, node: ast.FuncCall) -> Any:
         names = [n.sval or "" for n in node.funcname or ()]
@@ -154,6 +226,9 @@ class _Translator(Visitor):
         return None
 
     def visit_RangeVar(self, ancestors: Any, node: ast.RangeVar) -> Any:
+        schema = self.schemas.get(id(node))
+        if schema is not None:
+            node.schemaname = schema  # found along the search path; DuckDB looks in main
         columns = self.narrowed.get(id(node))
         if columns is not None:
             return _narrowed(node, columns)
@@ -168,13 +243,16 @@ class _Translator(Visitor):
                 node.alias = node.alias or ast.Alias(aliasname=node.relname)  # tables.table_name
                 node.schemaname, node.relname = catalog.SCHEMA, view
 
-    def visit_ResTarget(self, ancestors: Any, node: ast.ResTarget) -> Any:
-        value = node.val
-        if node.name is None and isinstance(value, ast.FuncCall):
-            name = pgml_name(value.funcname)
-            if name is not None:
-                node.name = name  # PostgreSQL names the column after the function
-        return None
+    def visit_SQLValueFunction(self, ancestors: Any, node: ast.SQLValueFunction) -> Any:
+        # as a call: DuckDB reads a bare CURRENT_DATE as a column first, and so as the result
+        # column PostgreSQL names current_date
+        name = node.op.name.removeprefix("SVFOP_").removesuffix("_N").lower() if node.op else ""
+        found = _VALUE_FUNCTIONS.get(name)
+        if found is None:
+            return None
+        function, cast_to = found
+        call = ast.FuncCall(funcname=(ast.String(function),), funcformat=_PLAIN_CALL)
+        return ast.TypeCast(arg=call, typeName=_type(cast_to)) if cast_to else call
 
     def visit_TypeCast(self, ancestors: Any, node: ast.TypeCast) -> Any:
         cast_to = node.typeName
@@ -204,6 +282,8 @@ class _Translator(Visitor):
             return ast.FuncCall(funcname=(ast.String("unnest"),), args=(records,))
         if name in _UDF_ARGUMENTS:
             return _udf_call(name, node)
+        if name == "predict_batch":  # in a select list: one row per prediction
+            return ast.FuncCall(funcname=(ast.String("unnest"),), args=(_batch_call(node),))
         if name not in SCALAR_FUNCTIONS:
             raise Refused(f"function pgml.{name} does not exist", sqlstate="42883")
         args = list(node.args or ())
@@ -214,11 +294,86 @@ class _Translator(Visitor):
                 sqlstate="42883",
             )
         project = ast.TypeCast(arg=args[0], typeName=_type("varchar"))
+        row = _row_json(args[1], self.rows) if name in ROW_FUNCTIONS else None
+        if row is not None:
+            function = f"{SCALAR_FUNCTIONS[name]}_row"
+            return ast.FuncCall(funcname=(ast.String(function),), args=(project, row))
         features = ast.TypeCast(arg=args[1], typeName=_type("double", array=True))
         return ast.FuncCall(
             funcname=(ast.String(SCALAR_FUNCTIONS[name]),), args=(project, features)
         )
 
+
+def _range_names(*trees: ast.Node) -> frozenset[str]:
+    """The names of the relations, subqueries and functions in the FROM clauses of ``trees``
+    (aliases where given): what a bare name may refer to as a whole row."""
+    names: set[str] = set()
+    for tree in trees:
+        for found in _nodes(tree, ast.RangeVar):
+            names.add(found.alias.aliasname if found.alias else found.relname)
+        for kind in (ast.RangeSubselect, ast.RangeFunction):
+            names.update(f.alias.aliasname for f in _nodes(tree, kind) if f.alias is not None)
+    return frozenset(n for n in names if n)
+
+
+def _row_json(features: Any, rows: Collection[str]) -> Any:
+    """The features of a pgml.predict as JSON text when they are a whole row: ``(a, b, c)``
+    or ``ROW(a, b, c)`` (a JSON array, values in order) or a bare name of a relation in FROM
+    (its row, a JSON object by column name); None for an array of features."""
+    if isinstance(features, ast.RowExpr):
+        values = ast.FuncCall(funcname=(ast.String("json_array"),), args=features.args or ())
+    elif (
+        isinstance(features, ast.ColumnRef)
+        and len(features.fields or ()) == 1
+        and isinstance((features.fields or ())[0], ast.String)
+        and (features.fields or ())[0].sval in rows
+    ):
+        values = ast.FuncCall(funcname=(ast.String("to_json"),), args=(features,))
+    else:
+        return None
+    return ast.TypeCast(arg=values, typeName=_type("varchar"))
+
+
+def _batch_call(node: ast.FuncCall) -> ast.FuncCall:
+    """``pgml_predict_batch(project, features)``: a list of predictions, one per row of the
+    flat features."""
+    args = list(node.args or ())
+    if len(args) != 2 or any(isinstance(a, ast.NamedArgExpr) for a in args):
+        raise Refused(
+            "pgml.predict_batch takes two arguments: a project name (or model id) and an array"
+            " of the features of many rows, one row after another",
+            sqlstate="42883",
+        )
+    project = ast.TypeCast(arg=args[0], typeName=_type("varchar"))
+    features = ast.TypeCast(arg=args[1], typeName=_type("double", array=True))
+    return ast.FuncCall(funcname=(ast.String("pgml_predict_batch"),), args=(project, features))
+
+
+def _batch_rows(call: ast.FuncCall, alias: ast.Alias | None) -> ast.RangeSubselect:
+    """``pgml.predict_batch(...)`` in FROM: a lateral subquery of its rows, one column named
+    after the function, as PostgreSQL names a set-returning function's column."""
+    name = alias.aliasname if alias is not None and alias.aliasname else "predict_batch"
+    column = (alias.colnames or (ast.String(name),))[0] if alias is not None else None
+    column_name = column.sval if isinstance(column, ast.String) else name
+    unnest = ast.FuncCall(funcname=(ast.String("unnest"),), args=(_batch_call(call),))
+    query = ast.SelectStmt(
+        targetList=(ast.ResTarget(name=column_name, val=unnest),),
+        limitOption=enums.LimitOption.LIMIT_OPTION_DEFAULT,
+        op=enums.SetOperation.SETOP_NONE,
+    )
+    return ast.RangeSubselect(lateral=True, subquery=query, alias=ast.Alias(aliasname=name))
+
+
+_VALUE_FUNCTIONS = {
+    "current_date": ("current_date", ""), "current_timestamp": ("now", ""),
+    "current_time": ("now", "timetz"), "localtimestamp": ("now", "timestamp"),
+    "localtime": ("now", "time"), "current_role": ("current_role", ""),
+    "current_user": ("current_user", ""), "user": ("user", ""),
+    "session_user": ("session_user", ""), "current_catalog": ("current_database", ""),
+    "current_schema": ("current_schema", ""),
+}  # fmt: skip
+_PLAIN_CALL = enums.CoercionForm.COERCE_EXPLICIT_CALL
+"""SQL's value functions (``CURRENT_DATE``, ``CURRENT_USER``) as DuckDB's calls."""
 
 _UDF_ARGUMENTS = {
     "python_package_version": (("name", "varchar"),),

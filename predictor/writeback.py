@@ -280,6 +280,13 @@ class Writeback:
                 sqlstate="42710",
             )
         record, model = self.trainer.deployed_model(project)
+        if model.joint:
+            raise SidecarError(
+                f"project {project!r} cannot be written back: its model predicts several labels"
+                f" ({', '.join(model.labels)}) and {SCORES} tables hold one prediction per row;"
+                " use pgml.predict_joint on the endpoint",
+                sqlstate="0A000",
+            )
         snapshot = self.trainer.registry.snapshot(record.snapshot_id)
         assert snapshot is not None
         relation = find_relation(self.con, snapshot.relation_name)

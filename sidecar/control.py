@@ -50,6 +50,7 @@ from predictor.time_settings import TRAINING_TIME_LIMIT
 from replicator import views
 from sidecar import view_requests
 from sidecar.view_requests import AddTables
+from trainer import algorithms
 from trainer.snapshots import find_relation
 from trainer.train import Trainer
 
@@ -439,7 +440,8 @@ class ControlRequests:
             "trained %s: model %d (%s)%s", project, result.model_id, result.algorithm,
             ", deployed" if result.deployed else "",
         )  # fmt: skip
-        notice = "\n".join(result.notices) or None
+        notices = algorithms.runtime_notices(request.get("runtime")) + list(result.notices)
+        notice = "\n".join(notices) or None
         return Outcome("done", None, result.model_id, result.metrics, notice)
 
     def _deploy(self, project: str, request: dict[str, Any]) -> Outcome:

@@ -10,6 +10,7 @@ from __future__ import annotations
 import difflib
 import functools
 import importlib
+import inspect
 from collections.abc import Collection, Mapping
 from dataclasses import dataclass, field
 from types import ModuleType
@@ -146,6 +147,19 @@ def _lightgbm(path: str) -> _Estimator:
     )
 
 
+def _catboost(path: str) -> _Estimator:
+    # CatBoost prints every iteration and writes a catboost_info directory into the working
+    # directory unless told otherwise; it names its thread count and seed its own way.
+    return _Estimator(
+        path,
+        defaults={"verbose": False, "allow_writing_files": False, "thread_count": 1},
+        aliases={
+            "random_state": frozenset({"random_seed"}),
+            "verbose": frozenset({"logging_level", "silent", "verbose_eval"}),
+        },
+    )
+
+
 # scikit-learn 1.8 deprecated PassiveAggressiveClassifier/Regressor (removed in 1.10). Its
 # deprecation note gives the replacement: SGD with penalty=None, learning_rate="pa1" (PA-I) or
 # "pa2" (PA-II) and eta0 in the role of C. _passive_aggressive() also accepts the old C and
@@ -251,16 +265,73 @@ _ALGORITHMS: dict[str, dict[str, _Estimator]] = {
         "regression": _lightgbm("lightgbm.LGBMRegressor"),
         "classification": _lightgbm("lightgbm.LGBMClassifier"),
     },
+    "catboost": {
+        "regression": _catboost("catboost.CatBoostRegressor"),
+        "classification": _catboost("trainer.catboost_models.CatBoostClassifier"),
+    },
+    "knn": {
+        "regression": _Estimator("sklearn.neighbors.KNeighborsRegressor"),
+        "classification": _Estimator("sklearn.neighbors.KNeighborsClassifier"),
+    },
     "kmeans": {"clustering": _Estimator("sklearn.cluster.KMeans")},
     "mini_batch_kmeans": {"clustering": _Estimator("sklearn.cluster.MiniBatchKMeans")},
     "birch": {"clustering": _Estimator("sklearn.cluster.Birch")},
     "affinity_propagation": {"clustering": _Estimator("sklearn.cluster.AffinityPropagation")},
     "mean_shift": {"clustering": _Estimator("sklearn.cluster.MeanShift")},
+    # These cluster the rows they are fitted on and cannot assign new rows (TRANSDUCTIVE).
+    "dbscan": {"clustering": _Estimator("sklearn.cluster.DBSCAN")},
+    "optics": {"clustering": _Estimator("sklearn.cluster.OPTICS")},
+    "spectral": {"clustering": _Estimator("sklearn.cluster.SpectralClustering")},
+    "spectral_bi": {"clustering": _Estimator("sklearn.cluster.SpectralBiclustering")},
+    "spectral_co": {"clustering": _Estimator("sklearn.cluster.SpectralCoclustering")},
+    # Clusters the features, not the rows: it reduces each row to one value per cluster.
+    "feature_agglomeration": {"clustering": _Estimator("sklearn.cluster.FeatureAgglomeration")},
     "pca": {"decomposition": _Estimator("sklearn.decomposition.PCA")},
 }
 
 # Names PostgresML accepts for an algorithm besides its own: its docs spelled this one wrong.
 _ALIASES = {"orthoganl_matching_pursuit": "orthogonal_matching_pursuit"}
+
+DEFAULTS = {
+    "regression": "linear",
+    "classification": "linear",
+    "clustering": "kmeans",
+    "decomposition": "pca",
+}
+"""The algorithm a training uses when none is named, as PostgresML chooses it."""
+
+TRANSDUCTIVE = frozenset({"dbscan", "optics", "spectral", "spectral_bi", "spectral_co"})
+"""Clustering algorithms that label the rows they are fitted on and cannot label new ones
+(scikit-learn's estimators have no ``predict``): they are scored on their training rows, and
+asked for a prediction they say so, as PostgresML cannot predict with them either."""
+
+
+RUNTIMES = ("python", "rust")
+"""PostgresML's runtimes: the sidecar serves both with Python's libraries."""
+
+
+def runtime_notices(runtime: str | None) -> list[str]:
+    """What a training asked to run on ``runtime`` should tell the user."""
+    if runtime != "rust":
+        return []
+    return [
+        "runtime rust: pgml-sidecar trains and predicts with Python's libraries (scikit-learn,"
+        " XGBoost, LightGBM, CatBoost, River), the fastest it has for each algorithm: XGBoost"
+        " and LightGBM run the same C++ libraries as PostgresML's rust runtime, and its linfa"
+        " algorithms (linear, svm, ...) are served by their scikit-learn equivalents"
+    ]
+
+
+def default_algorithm(task: str) -> str:
+    """The algorithm PostgresML trains for ``task`` when none is named."""
+    _check_task(task)
+    return DEFAULTS[task]
+
+
+def can_predict(algorithm: str) -> bool:
+    """Whether a model of ``algorithm`` can predict rows it was not fitted on."""
+    return _ALIASES.get(algorithm, algorithm) not in TRANSDUCTIVE | {"feature_agglomeration"}
+
 
 # Algorithms that learn by gradient steps, penalties, distances or kernels: on features of very
 # different sizes they converge slowly, penalise unevenly or let the largest feature decide, and
@@ -291,11 +362,16 @@ _SCALED = frozenset(
         "linear_svm",
         "kernel_ridge",
         "gaussian_process",
+        "knn",
         "kmeans",
         "mini_batch_kmeans",
         "birch",
         "affinity_propagation",
         "mean_shift",
+        "dbscan",
+        "optics",
+        "spectral",
+        "feature_agglomeration",
     }
 )
 
@@ -319,18 +395,16 @@ def scale_choices(algorithm: str, task: str) -> tuple[str, ...]:
     """The scalings worth trying for ``algorithm`` when preprocess does not say, the preferred
     first: "standard" and "preserve" for the algorithms sensitive to scale, "preserve" for the
     others. For online algorithms "standard" is River's StandardScaler in front of the model:
-    the linear ones always have it; the regression trees (linear models in their leaves), the
-    adaptive random forest and naive Bayes (whose Gaussians collapse on a feature constant
-    within a class) may gain from it; the classification trees split on each feature as it
-    comes and do not."""
+    the linear ones always have it; for the others, features as they come are preferred, and
+    the scaler may still gain (the regression trees fit linear models in their leaves, naive
+    Bayes' Gaussians collapse on a feature constant within a class, and a tree's split points
+    are drawn from running ranges the scaler reshapes): progressive validation decides, at the
+    cost of learning the first rows twice."""
     name = _ALIASES.get(algorithm, algorithm)
     if name in ("online_linear", "online_logistic"):
         return ("standard",)
     if is_online(name):
-        sensitive = task == "regression" or name in (
-            "online_naive_bayes", "online_adaptive_random_forest"
-        )  # fmt: skip
-        return ("preserve", "standard") if sensitive else ("preserve",)
+        return ("preserve", "standard")
     return ("standard", "preserve") if name in _SCALED and task != "decomposition" else (
         "preserve",
     )  # fmt: skip
@@ -371,6 +445,40 @@ def make_estimator(
     if _ALIASES.get(algorithm, algorithm) == "passive_aggressive":
         params = _passive_aggressive(params, given)
     return _estimator_class(spec.path)(**params)
+
+
+def joint_estimator(estimator: Any, algorithm: str) -> Any:
+    """``estimator`` made to predict several labels at once, as PostgresML's train_joint does:
+    the algorithms that fit several outputs natively (linear models, trees, forests, knn,
+    xgboost, ...) as they are, the others as one copy per label (scikit-learn's
+    MultiOutputRegressor)."""
+    if is_online(algorithm):
+        raise TrainingError(
+            f"{algorithm} learns one label; a joint model (several labels) needs a batch algorithm",
+            sqlstate="0A000",
+        )
+    if _multi_output(estimator):
+        return estimator
+    from sklearn.multioutput import MultiOutputRegressor
+
+    return MultiOutputRegressor(estimator)
+
+
+def is_wrapped(estimator: Any) -> bool:
+    """Whether ``estimator`` is one copy of an algorithm per label (:func:`joint_estimator`)."""
+    from sklearn.multioutput import MultiOutputRegressor
+
+    return isinstance(estimator, MultiOutputRegressor)
+
+
+def _multi_output(estimator: Any) -> bool:
+    """Whether scikit-learn's tags say ``estimator`` fits several outputs at once."""
+    from sklearn.utils import get_tags
+
+    try:
+        return bool(get_tags(estimator).target_tags.multi_output)
+    except (AttributeError, TypeError, ValueError):
+        return False
 
 
 def check_search_params(algorithm: str, task: str, search_params: Mapping[str, Any]) -> None:
@@ -475,8 +583,12 @@ def _estimator_class(path: str) -> Any:
 
 @functools.cache
 def _default_names(path: str) -> frozenset[str]:
-    """The constructor parameters of the estimator class, as get_params() reports them."""
-    return frozenset(_estimator_class(path)().get_params(deep=False))
+    """The constructor parameters of the estimator class, as get_params() reports them (for
+    CatBoost, whose get_params reports only the parameters given: its constructor's)."""
+    cls = _estimator_class(path)
+    if "catboost" in path:
+        return frozenset(inspect.signature(cls.__init__).parameters) - {"self"}
+    return frozenset(cls().get_params(deep=False))
 
 
 @functools.cache

@@ -38,10 +38,12 @@ def score(model: Model, rows: pa.Table) -> dict[str, float]:
     from sklearn import metrics
 
     assert model.label is not None
-    truth = rows[model.label].to_numpy(zero_copy_only=False)
+    labels = list(model.labels) if model.joint else [model.label]
+    truth = np.column_stack([rows[y].to_numpy(zero_copy_only=False) for y in labels])
+    truth = truth if model.joint else truth[:, 0]
     predicted = model.predict(rows.select([c.name for c in model.preprocessor.columns]))
-    if model.task == "regression":
-        truth, predicted = truth.astype(np.float64), predicted.astype(np.float64)
+    if model.task == "regression":  # a joint model's labels flattened, as its metrics are
+        truth, predicted = truth.astype(np.float64).ravel(), predicted.astype(np.float64).ravel()
         return {
             "r2": float(metrics.r2_score(truth, predicted)) if len(truth) > 1 else math.nan,
             "mean_squared_error": float(metrics.mean_squared_error(truth, predicted)),

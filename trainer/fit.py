@@ -29,7 +29,14 @@ import pyarrow.parquet as pq
 
 from mirror.errors import TrainingError
 from trainer import scale_choice
-from trainer.algorithms import is_online, make_estimator, scale_choices
+from trainer.algorithms import (
+    can_predict,
+    is_online,
+    is_wrapped,
+    joint_estimator,
+    make_estimator,
+    scale_choices,
+)
 from trainer.column_kinds import feature_columns
 from trainer.metrics import evaluate
 from trainer.model import Model, save_model
@@ -49,7 +56,8 @@ class FitJob:
     model_path: str
     task: str
     algorithm: str
-    label: str | None
+    labels: list[str]
+    """The label columns: none (clustering, decomposition), one, or several (a joint model)."""
     test_size: float
     test_sampling: str
     seed: int
@@ -149,6 +157,8 @@ def fit(job: FitJob) -> FitResult:
             estimator, hyperparams, results = _fit(job, x_train, y_train, scaled=scaled)
     fitted = time.perf_counter()
     scored_on = (x_test, y_test) if len(test) else (x_train, y_train)
+    if not can_predict(job.algorithm):  # it labels only the rows it was fitted on
+        scored_on = (x_train, y_train)
     metrics = estimator.metrics() if online else evaluate(job.task, estimator, *scored_on)
     notes = preprocessor.description() | {"scale": choice.note()}
     notices = preprocessor.notices()
@@ -157,7 +167,10 @@ def fit(job: FitJob) -> FitResult:
         notices += [notice] if notice else []
     scored = time.perf_counter()
 
-    model = Model(job.task, job.algorithm, preprocessor, estimator, job.label, classes)
+    label = job.labels[0] if job.labels else None
+    model = Model(
+        job.task, job.algorithm, preprocessor, estimator, label, classes, labels=tuple(job.labels)
+    )
     sha = save_model(model, Path(job.model_path))
     saved = time.perf_counter()
     metrics |= {"fit_time": fitted - loaded, "score_time": scored - fitted}
@@ -203,6 +216,13 @@ def _baseline(
         score = float(f1_score(y_test, guess, average="macro", zero_division=0))
         shown = classes[majority] if classes is not None else majority
         metric, what = "f1", f"the most frequent class ({_plain(shown)!r})"
+    elif y_train.ndim == 2:  # a joint model: each label's training mean, scored flattened
+        means = y_train.mean(axis=0)
+        guess = np.broadcast_to(means, y_test.shape).ravel()
+        score = float(r2_score(y_test.ravel(), guess)) if len(y_test) > 1 else 0.0
+        metric, what = "r2", "each label's training mean (" + ", ".join(f"{m:.6g}" for m in means)
+        what += ")"
+        mean: float | list[float] = [float(m) for m in means]
     else:
         mean = float(np.mean(y_train))
         score = float(r2_score(y_test, np.full(len(y_test), mean))) if len(y_test) > 1 else 0.0
@@ -222,28 +242,29 @@ def _baseline(
 def _label(
     table: pa.Table, job: FitJob, *, online: bool = False
 ) -> tuple[pa.Table, np.ndarray | None, np.ndarray | None]:
-    """Split off the label: (feature table, y, classes); rows without a label are left out.
+    """Split off the labels: (feature table, y, classes); rows without a label are left out.
+    Several labels (a joint regression) give y one column per label.
 
     An online classifier may start with fewer than two classes (they are added as they come);
     a boolean label's classes are then always False and True, so True is River's positive
     class."""
-    if job.label is None:
+    if not job.labels:
         return table, None, None
-    column = table[job.label]
-    if column.null_count:
-        table = table.filter(pc.is_valid(column))
-        column = table[job.label]
-    features = table.drop_columns([job.label])
+    for label in job.labels:
+        if table[label].null_count:
+            table = table.filter(pc.is_valid(table[label]))
+    features = table.drop_columns(job.labels)
     if job.task == "regression":
-        kind = column.type
-        if not (pa.types.is_integer(kind) or pa.types.is_floating(kind)
-                or pa.types.is_decimal(kind) or pa.types.is_boolean(kind)):  # fmt: skip
-            raise TrainingError(
-                f"label column {job.label!r} is {kind}, not a number; regression needs a numeric"
-                " label (for categories use task classification)",
-                sqlstate="22023",
-            )
-        return features, column.cast(pa.float64()).to_numpy(), None
+        values = [_numeric_label(table[label], label) for label in job.labels]
+        if len(values) > 1:  # a joint model: one row of labels per row
+            return features, np.column_stack(values), None
+        return features, values[0], None
+    if len(job.labels) > 1:
+        raise TrainingError(
+            f"several label columns are for regression, not {job.task}", sqlstate="0A000"
+        )
+    (label,) = job.labels
+    column = table[label]
     if job.task == "classification":
         values = column.to_numpy(zero_copy_only=False)
         if online and pa.types.is_boolean(column.type):
@@ -251,29 +272,47 @@ def _label(
         classes, y = np.unique(values, return_inverse=True)
         if len(classes) < 2 and not online:
             raise TrainingError(
-                f"label column {job.label!r} holds one class only; classification needs at"
-                " least two",
+                f"label column {label!r} holds one class only; classification needs at least two",
                 sqlstate="22000",
             )
         return features, y.astype(np.int64), classes
     return features, None, None
 
 
+def _numeric_label(column: pa.ChunkedArray, label: str) -> np.ndarray:
+    kind = column.type
+    if not (pa.types.is_integer(kind) or pa.types.is_floating(kind)
+            or pa.types.is_decimal(kind) or pa.types.is_boolean(kind)):  # fmt: skip
+        raise TrainingError(
+            f"label column {label!r} is {kind}, not a number; regression needs a numeric"
+            " label (for categories use task classification)",
+            sqlstate="22023",
+        )
+    return np.asarray(column.cast(pa.float64()).to_numpy())
+
+
 def _model(job: FitJob, options: dict[str, Any], scale: str) -> tuple[Preprocessor, Any]:
     """A fresh preprocessor and estimator for ``job`` with features scaled as ``scale`` says
     (for an online algorithm: with River's StandardScaler or without)."""
-    estimator = make_estimator(job.algorithm, job.task, job.hyperparams, seed=job.seed)
+    estimator = _estimator(job)
     if is_online(job.algorithm):
         estimator.set_params(scaled=scale == "standard")
         return Preprocessor(**options, scale="preserve"), estimator
     return Preprocessor(**options, scale=scale), estimator
 
 
+def _estimator(job: FitJob) -> Any:
+    """A fresh estimator for ``job``: for several labels, one that predicts them all (see
+    :func:`trainer.algorithms.joint_estimator`)."""
+    estimator = make_estimator(job.algorithm, job.task, job.hyperparams, seed=job.seed)
+    return joint_estimator(estimator, job.algorithm) if len(job.labels) > 1 else estimator
+
+
 def _fit(
     job: FitJob, x: np.ndarray, y: np.ndarray | None, *, scaled: bool | None = None
 ) -> tuple[Any, dict[str, Any], list[dict[str, Any]]]:
     """Fit (or search) the job's estimator; ``scaled``: an online model's StandardScaler."""
-    estimator = make_estimator(job.algorithm, job.task, job.hyperparams, seed=job.seed)
+    estimator = _estimator(job)
     if scaled is not None:
         estimator.set_params(scaled=scaled)
     try:
@@ -307,18 +346,20 @@ def _search(
             sqlstate="22000",
         )
     args.setdefault("scoring", _SCORING[job.task])
+    prefix = "estimator__" if is_wrapped(estimator) else ""  # a joint model's per-label copies
+    grid = {prefix + name: values for name, values in job.search_params.items()}
     if job.search == "grid":
-        search = GridSearchCV(estimator, job.search_params, **args)
+        search = GridSearchCV(estimator, grid, **args)
     elif job.search == "random":
         args.setdefault("random_state", job.seed)
-        search = RandomizedSearchCV(estimator, job.search_params, **args)
+        search = RandomizedSearchCV(estimator, grid, **args)
     else:
         raise TrainingError(f"unknown search {job.search!r}; use one of: {', '.join(SEARCHES)}")
     search.fit(x, y)
     cv = search.cv_results_
     results = [
         {
-            "params": _plain(cv["params"][i]),
+            "params": _plain(_unprefixed(cv["params"][i], prefix)),
             "mean_test_score": _plain(cv["mean_test_score"][i]),
             "std_test_score": _plain(cv["std_test_score"][i]),
             "rank_test_score": int(cv["rank_test_score"][i]),
@@ -326,8 +367,12 @@ def _search(
         }
         for i in range(len(cv["params"]))
     ]
-    best = dict(job.hyperparams) | _plain(search.best_params_)
+    best = dict(job.hyperparams) | _plain(_unprefixed(search.best_params_, prefix))
     return search.best_estimator_, best, results
+
+
+def _unprefixed(params: dict[str, Any], prefix: str) -> dict[str, Any]:
+    return {name.removeprefix(prefix): value for name, value in params.items()}
 
 
 def _plain(value: Any) -> Any:

@@ -34,6 +34,8 @@ def _regression(estimator: Any, x: np.ndarray, y: Any) -> dict[str, float]:
     from sklearn.metrics import mean_absolute_error, mean_squared_error, r2_score
 
     predicted = estimator.predict(x)
+    if np.ndim(y) == 2:  # a joint model: every label of every row, as PostgresML scores it
+        y, predicted = np.ravel(y), np.ravel(predicted)
     return {
         "r2": float(r2_score(y, predicted)),
         "mean_squared_error": float(mean_squared_error(y, predicted)),
@@ -90,9 +92,19 @@ def _probability_metrics(y: Any, proba: np.ndarray, classes: np.ndarray) -> dict
 
 
 def _clustering(estimator: Any, x: np.ndarray) -> dict[str, float]:
+    """The silhouette of the clusters; for the algorithms that cannot label new rows, of the
+    clusters they gave the rows they were fitted on (``x`` must be those rows); for feature
+    agglomeration, which clusters columns, of the clusters of columns."""
     from sklearn.metrics import silhouette_score
 
-    labels = estimator.predict(x)
+    if hasattr(estimator, "predict"):
+        labels = estimator.predict(x)
+    elif hasattr(estimator, "row_labels_"):  # spectral biclustering and coclustering
+        labels = estimator.row_labels_
+    elif hasattr(estimator, "transform"):  # feature agglomeration: clusters of columns
+        x, labels = x.T, estimator.labels_
+    else:
+        labels = estimator.labels_  # dbscan and optics mark noise -1: a cluster of its own
     clusters = len(np.unique(labels))
     if not 2 <= clusters < len(x):
         return {"silhouette": -1.0}  # undefined: one cluster, or one per row

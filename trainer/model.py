@@ -10,7 +10,7 @@ from __future__ import annotations
 import hashlib
 import os
 import pickle
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, fields
 from pathlib import Path
 from typing import Any
@@ -38,6 +38,13 @@ class Model:
     label: str | None = None
     classes: np.ndarray | None = None
     monitoring: dict[str, Any] | None = None
+    labels: tuple[str, ...] = ()
+    """Every label column; several for a joint model (``label`` is the first)."""
+
+    @property
+    def joint(self) -> bool:
+        """Whether the model predicts several labels at once (``pgml.train_joint``)."""
+        return len(self.labels) > 1
 
     def __setstate__(self, state: Any) -> None:
         """Unpickle; a model saved before a field existed gets the field's default."""
@@ -85,10 +92,48 @@ class Model:
         x = self.features(table)
         if self.task == "decomposition":
             return np.asarray(self.estimator.transform(x))
+        if not hasattr(self.estimator, "predict"):
+            raise TrainingError(
+                f"{self.algorithm} cannot predict: it "
+                + ("clusters the columns, not the rows; use pgml.decompose for the row's value"
+                   " per cluster of columns" if hasattr(self.estimator, "transform") else
+                   "labels only the rows it was trained on (PostgresML cannot predict with it"
+                   " either). To predict, train kmeans, mini_batch_kmeans, birch,"
+                   " affinity_propagation or mean_shift"),
+                sqlstate="0A000",
+            )  # fmt: skip
         predicted = np.asarray(self.estimator.predict(x))
         if self.classes is not None:
             return self.classes[predicted.astype(np.int64)]
         return predicted
+
+    def predict_joint(self, table: pa.Table) -> np.ndarray:
+        """Every label's prediction per row (a joint model's), labels in training order."""
+        if not self.joint:
+            one = f"one label, {self.label}" if self.label else "one value"
+            raise TrainingError(
+                "pgml.predict_joint needs a joint model (pgml.train_joint, several labels);"
+                f" this {self.task} model predicts {one}: use pgml.predict",
+                sqlstate="0A000",
+            )
+        return np.asarray(self.estimator.predict(self.features(table)), dtype=np.float64)
+
+    def predict_joint_matrix(self, matrix: np.ndarray) -> np.ndarray:
+        return self.predict_joint(self.preprocessor.table_from_matrix(matrix))
+
+    def decompose(self, table: pa.Table) -> np.ndarray:
+        """The components of each row of ``table``: a decomposition model's (pca), or a
+        feature agglomeration's value per cluster of columns."""
+        if self.task != "decomposition" and self.algorithm != "feature_agglomeration":
+            raise TrainingError(
+                f"pgml.decompose needs a decomposition model (pca), not {self.task}"
+                f" ({self.algorithm}); use pgml.predict",
+                sqlstate="0A000",
+            )
+        return np.asarray(self.estimator.transform(self.features(table)))
+
+    def decompose_matrix(self, matrix: np.ndarray) -> np.ndarray:
+        return self.decompose(self.preprocessor.table_from_matrix(matrix))
 
     def predict_proba(self, table: pa.Table) -> np.ndarray:
         """Class probabilities per row, columns in the order of ``classes``."""
@@ -100,6 +145,10 @@ class Model:
                 " with an algorithm such as linear, random_forest or xgboost"
             )
         return np.asarray(self.estimator.predict_proba(self.features(table)))
+
+    def row_values(self, row: Mapping[str, Any] | Sequence[Any]) -> list[Any]:
+        """A whole row's feature values (:meth:`trainer.preprocess.Preprocessor.row_values`)."""
+        return self.preprocessor.row_values(row)
 
     def predict_rows(self, rows: Sequence[Sequence[Any]]) -> np.ndarray:
         """Predictions for raw feature values given positionally, as in pgml.predict."""

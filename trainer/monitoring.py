@@ -396,7 +396,8 @@ class Monitor:
             registry.mark_failed(record.id, reason)
             self._failed(project, record.id, reason)
             return None
-        label = snapshot.y_column_name[0] if snapshot.y_column_name else None
+        # a joint model's errors (several labels per row) are not watched, its inputs are
+        label = snapshot.y_column_name[0] if len(snapshot.y_column_name) == 1 else None
         reference = pq.read_table(self.trainer.home / snapshot.path)
         features = [c.name for c in model.preprocessor.columns]
         checkpointed = model.monitoring or {}

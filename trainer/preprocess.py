@@ -31,6 +31,7 @@ the feature is scaled: as ``preprocess`` says, or else with the preprocessor's d
 
 from __future__ import annotations
 
+import json
 import warnings
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, fields, replace
@@ -256,6 +257,36 @@ class Preprocessor:
                 column_values.append(value)
         return pa.table({c.name: python_array(c, v) for c, v in zip(columns, values, strict=True)})
 
+    def row_values(self, row: Mapping[str, Any] | Sequence[Any]) -> list[Any]:
+        """The raw values of the feature columns in a whole row, as :meth:`table_from_rows`
+        takes them (``pgml.predict(project, t)``, ``pgml.predict(project, (a, b, c))``).
+
+        A row with names (a table's row) that holds every feature column gives their values
+        by name: the label, the key and other columns are ignored. Otherwise its values count
+        in order: one per feature column used, or one per column the training was given (its
+        columns left out are then skipped).
+        """
+        used = self.columns
+        if isinstance(row, Mapping):
+            if all(c.name in row for c in used):
+                return [_row_value(c, row[c.name]) for c in used]
+            values = list(row.values())
+        else:
+            values = list(row)
+        if len(values) == len(self._columns) != len(used):
+            named = dict(zip((c.name for c in self._columns), values, strict=True))
+            return [_row_value(c, named[c.name]) for c in used]
+        if len(values) != len(used):
+            missing = [c.name for c in used if isinstance(row, Mapping) and c.name not in row]
+            raise TrainingError(
+                f"the row has {len(values)} values; the model takes one per feature column, in"
+                " this order: "
+                + ", ".join(c.name for c in used)
+                + (f" (the row has no column {', '.join(missing)})" if missing else ""),
+                sqlstate="22023",
+            )
+        return [_row_value(c, v) for c, v in zip(used, values, strict=True)]
+
     def table_from_matrix(self, matrix: np.ndarray) -> pa.Table:
         """Raw values given as a float matrix, one row per prediction, as :meth:`table_from_rows`.
 
@@ -324,6 +355,13 @@ class Preprocessor:
         return self._plans
 
 
+def _row_value(column: FeatureColumn, value: Any) -> Any:
+    """A value of a whole row for ``column``: text columns take any value as its text."""
+    if column.kind == "text" and value is not None and not isinstance(value, str):
+        return json.dumps(value) if isinstance(value, dict | list) else str(value)
+    return value
+
+
 def _matrix(blocks: list[np.ndarray], rows: int) -> np.ndarray:
     """The column blocks side by side, row-major; ``blocks`` is emptied as they are copied."""
     # Copying into a column-major matrix and transposing that in one go is about 4x faster
@@ -342,18 +380,23 @@ def _labels(y: np.ndarray | None, rows: int) -> np.ndarray | None:
     if y is None:
         return None
     labels = np.asarray(y)
-    if labels.shape != (rows,):
-        raise ValueError(f"y has shape {labels.shape}; expected one label per row ({rows})")
+    if labels.shape[:1] != (rows,) or labels.ndim > 2:
+        raise ValueError(
+            f"y has shape {labels.shape}; expected one label (or a row of labels) per row ({rows})"
+        )
     return labels
 
 
 def _targets(labels: np.ndarray, classes: Sequence[str] | None) -> np.ndarray | None:
-    """What target encoding averages, one column each: the label, or for more than two
-    classes whether a row is of each class; None if the labels are not numbers."""
+    """What target encoding averages, one column each: the label (each label, for a joint
+    model), or for more than two classes whether a row is of each class; None if the labels
+    are not numbers."""
     try:
         values = np.asarray(labels, dtype=np.float64)
     except (TypeError, ValueError):
         return None
+    if values.ndim == 2:
+        return values
     if classes is None or len(classes) <= 2:
         return values[:, None]
     known = ~np.isnan(values)
@@ -588,6 +631,8 @@ def _fit_categories(
         plan.target_means, plan.target_default = _smoothed_means(counts, sums, squares)
         if targets.shape[1] > 1 and classes is not None:
             plan.names = [f"{name} target={label}" for label in classes]
+        elif targets.shape[1] > 1:  # a joint model: one mean per label
+            plan.names = [f"{name} target[{j}]" for j in range(targets.shape[1])]
 
 
 def _target_needs(name: str, what: str) -> TrainingError:

@@ -265,7 +265,7 @@ class Retrainer:
             result = self.trainer.train(
                 project,
                 relation=snapshot.relation_name,
-                y=snapshot.y_column_name[0] if snapshot.y_column_name else None,
+                y=list(snapshot.y_column_name),
                 algorithm=last.algorithm,
                 hyperparams=last.hyperparams,
                 test_size=snapshot.test_size,

@@ -45,9 +45,15 @@ class RelationColumns:
     name: str
     columns: list[tuple[str, str]]
     key: list[str]
+    source: str | None = None
+    """What to read instead of the mirror's ``schema.name``: DuckDB SQL for a relation of an
+    endpoint user's workspace (a table of its file, or a view's query as that user may read
+    it)."""
 
     @property
     def qualified(self) -> str:
+        if self.source is not None:
+            return self.source
         return f"{quote(self.schema)}.{quote(self.name)}"
 
     @property
@@ -76,13 +82,15 @@ def _find(
     for candidate in schemas:
         rows = con.execute(
             "select column_name, data_type from information_schema.columns"
-            " where table_schema = ? and table_name = ? order by ordinal_position",
+            " where table_catalog = current_database() and table_schema = ? and table_name = ?"
+            " order by ordinal_position",
             [candidate, name],
         ).fetchall()
         if rows:
             key = con.execute(
                 "select constraint_column_names from duckdb_constraints()"
-                " where schema_name = ? and table_name = ? and constraint_type = 'PRIMARY KEY'",
+                " where database_name = current_database() and schema_name = ?"
+                " and table_name = ? and constraint_type = 'PRIMARY KEY'",
                 [candidate, name],
             ).fetchone()
             return RelationColumns(candidate, name, list(rows), list(key[0]) if key else [])

@@ -48,7 +48,6 @@ from trainer.worker import FitTimeLimit, FitWorker
 
 log = logging.getLogger("pgml_sidecar")
 
-DEFAULT_ALGORITHM = "linear"
 DEFAULT_TEST_SIZE = 0.25
 DEFAULT_TEST_SAMPLING = "stratified"
 DEFAULT_SEED = 0
@@ -166,6 +165,7 @@ class Trainer:
         automatic_deploy: bool = True,
         seed: int | None = None,
         time_limit: float | None = None,
+        found: RelationColumns | None = None,
     ) -> TrainResult:
         """Train a model for ``project``; deploy it if it beats the deployed one.
 
@@ -174,7 +174,8 @@ class Trainer:
         project's last snapshot and its split, and, unless given, its last model's
         ``preprocess``, as PostgresML keeps it with the snapshot (the algorithm,
         hyperparameters and search are the call's, as there). ``time_limit`` (seconds; None
-        or 0: the trainer's) may lower the trainer's limit, never raise it.
+        or 0: the trainer's) may lower the trainer's limit, never raise it. ``found``: what
+        ``relation`` names when it is not the mirror's (an endpoint user's workspace).
         """
         if not project:
             raise TrainingError("project name is empty")
@@ -185,8 +186,8 @@ class Trainer:
                     project,
                     task=task,
                     relation=relation,
-                    y=_label(y),
-                    algorithm=algorithm or DEFAULT_ALGORITHM,
+                    y=_labels(y),
+                    algorithm=algorithm or None,
                     hyperparams=json_object("hyperparams", hyperparams),
                     search=search or None,
                     search_params=json_object("search_params", search_params),
@@ -197,6 +198,7 @@ class Trainer:
                     automatic_deploy=automatic_deploy,
                     seed=seed,
                     time_limit=limit,
+                    found=found,
                 )
             except SidecarError:
                 if self.on_trained is not None:
@@ -246,8 +248,8 @@ class Trainer:
         *,
         task: str | None,
         relation: str | None,
-        y: str | None,
-        algorithm: str,
+        y: list[str],
+        algorithm: str | None,
         hyperparams: dict[str, Any],
         search: str | None,
         search_params: dict[str, Any],
@@ -258,12 +260,15 @@ class Trainer:
         automatic_deploy: bool,
         seed: int | None,
         time_limit: float,
+        found: RelationColumns | None = None,
     ) -> TrainResult:
         started = time.monotonic()
         project = self.registry.project(name)
         if project is None and (owner := self.registry.slug_owner(name)) is not None:
             raise name_collision(name, owner.name)  # before any work; registering checks again
         task = _task(name, project, task)
+        if algorithm is None or (algorithm == "linear" and task in _UNSUPERVISED):
+            algorithm = algorithms.default_algorithm(task)  # the source's default is linear
         algorithms.make_estimator(algorithm, task, hyperparams)  # rejects bad names and keys
         if search is not None:
             if search not in SEARCHES:
@@ -276,17 +281,19 @@ class Trainer:
                 f"unknown test_sampling {test_sampling!r}; use one of: {', '.join(SAMPLINGS)}"
             )
 
+        if len(y) > 1:
+            _check_joint(task, algorithm)
         if relation:
-            found = find_relation(self.con, relation)
-            _check_label(found, task, y)
-            parse_preprocess(preprocess, [c for c, _ in found.columns if c != y])
+            found = found or find_relation(self.con, relation)
+            _check_labels(found, task, y)
+            parse_preprocess(preprocess, [c for c, _ in found.columns if c not in y])
             if self.before_snapshot is not None and algorithms.is_online(algorithm):
                 self.before_snapshot(found.schema, found.name)
             snapshot = materialise(
                 self.con,
                 found,
                 self.home / "snapshots",
-                y_columns=[y] if y else [],
+                y_columns=y,
                 test_size=DEFAULT_TEST_SIZE if test_size is None else test_size,
                 test_sampling=test_sampling or DEFAULT_TEST_SAMPLING,
                 seed=DEFAULT_SEED if seed is None else seed,
@@ -301,10 +308,13 @@ class Trainer:
             last = self.registry.last_snapshot(project.id)
             assert last is not None, f"project {name} has no snapshot"
             snapshot = last
-            y = snapshot.y_column_name[0] if snapshot.y_column_name else None
+            y = list(snapshot.y_column_name)
+            if len(y) > 1:
+                _check_joint(task, algorithm)
             if not preprocess:  # PostgresML keeps preprocess with the snapshot it reuses
                 preprocess = self._last_preprocess(project.id)
-            parse_preprocess(preprocess, [c["name"] for c in snapshot.columns if c["name"] != y])
+            columns = [c["name"] for c in snapshot.columns]
+            parse_preprocess(preprocess, [c for c in columns if c not in y])
         new_snapshot = snapshot.id == 0
 
         model_path = self.home / "models" / f"{uuid.uuid4().hex}.pickle"
@@ -325,7 +335,7 @@ class Trainer:
                     model_path=str(model_path),
                     task=task,
                     algorithm=algorithm,
-                    label=y,
+                    labels=y,
                     test_size=snapshot.test_size,
                     test_sampling=snapshot.test_sampling,
                     seed=snapshot.seed,
@@ -576,9 +586,11 @@ class Trainer:
         test_size: float = DEFAULT_TEST_SIZE,
         test_sampling: str = DEFAULT_TEST_SAMPLING,
         seed: int = DEFAULT_SEED,
+        found: RelationColumns | None = None,
     ) -> Snapshot:
-        """Materialise and register a snapshot of ``relation`` (``pgml.snapshot``)."""
-        found = find_relation(self.con, relation)
+        """Materialise and register a snapshot of ``relation`` (``pgml.snapshot``); ``found``:
+        what it names when it is not the mirror's."""
+        found = found or find_relation(self.con, relation)
         if y:
             check_columns(found, [y])
         snapshot = materialise(
@@ -634,18 +646,32 @@ def _checked_limit(seconds: float) -> float:
     return float(seconds)
 
 
-def _label(y: str | Sequence[str] | None) -> str | None:
+def _labels(y: str | Sequence[str] | None) -> list[str]:
+    """The label columns: a name, or several (``pgml.train_joint``'s array)."""
     if y is None or isinstance(y, str):
-        return y or None
-    labels = list(y)
-    if len(labels) > 1:
+        return [y] if y else []
+    labels = [str(label) for label in y]
+    if len(set(labels)) != len(labels):
+        raise TrainingError(f"a label column is named twice: {', '.join(labels)}", sqlstate="42701")
+    return labels
+
+
+def _check_joint(task: str, algorithm: str) -> None:
+    """Several labels: a joint regression, as PostgresML's train_joint trains."""
+    if task != "regression":
         raise TrainingError(
-            f"one label column is supported, not {len(labels)} ({', '.join(labels)})"
+            f"several label columns (a joint model) are for regression, not {task}",
+            sqlstate="0A000",
         )
-    return labels[0] if labels else None
+    algorithms.joint_estimator(algorithms.make_estimator(algorithm, task), algorithm)
+
+
+TASK_ALIASES = {"cluster": "clustering"}
+"""Task names PostgresML took in earlier versions."""
 
 
 def _task(name: str, project: Project | None, task: str | None) -> str:
+    task = TASK_ALIASES.get(task or "", task)
     if project is not None:
         if task and task != project.task:
             raise TrainingError(
@@ -664,20 +690,24 @@ def _task(name: str, project: Project | None, task: str | None) -> str:
     return task
 
 
-def _check_label(relation: RelationColumns, task: str, y: str | None) -> None:
-    if y is None:
+def _check_labels(relation: RelationColumns, task: str, labels: list[str]) -> None:
+    if not labels:
         if task not in _UNSUPERVISED:
             raise TrainingError(
                 f"{task} needs a label column (y); the columns of {relation.relation_name} are: "
                 + ", ".join(c for c, _ in relation.columns)
             )
         return
-    check_columns(relation, [y])
-    kind = relation.column_type(y) or ""
-    if task == "regression" and not is_numeric(kind):
+    check_columns(relation, labels)
+    for y in labels:
+        kind = relation.column_type(y) or ""
+        if task == "regression" and not is_numeric(kind):
+            raise TrainingError(
+                f"label column {y!r} is {kind}, not a number; regression needs a numeric label"
+                " (for categories use task classification)"
+            )
+    if len(relation.columns) <= len(labels):
         raise TrainingError(
-            f"label column {y!r} is {kind}, not a number; regression needs a numeric label"
-            " (for categories use task classification)"
+            f"{relation.relation_name} has no columns besides the label"
+            f" {', '.join(repr(y) for y in labels)}"
         )
-    if len(relation.columns) < 2:
-        raise TrainingError(f"{relation.relation_name} has no columns besides the label {y!r}")

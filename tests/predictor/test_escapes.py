@@ -231,8 +231,10 @@ CORPUS: list[tuple[str, str]] = [
     ("do $$ begin perform 1; end $$", "42501"),
     ("create extension dblink", "42501"),
     # writing through the endpoint
-    ("create table public.copy as select * from public.salaries", "42501"),
-    ("create view public.v as select 1", "42501"),
+    # the caller's workspace takes CREATE TABLE AS and CREATE VIEW, never in another database
+    ("create table mirror.public.copy as select * from public.salaries", "42501"),
+    ("create view system.main.v as select 1", "42501"),
+    ("create view pg_catalog.v as select 1", "42501"),
     ("insert into public.salaries values (999, 'x', 1)", "42501"),
     ("update public.salaries set salary = 0", "42501"),
     ("delete from public.salaries", "42501"),

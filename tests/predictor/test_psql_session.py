@@ -92,10 +92,15 @@ def test_postgresml_session(pg_bin: Path, endpoint: SqlEndpoint) -> None:
 @pytest.mark.parametrize(
     ("statement", "sqlstate_message"),
     [
-        ("INSERT INTO pgml.iris VALUES (1, 2, 3, 4, 0)", "INSERT is not allowed"),
-        ("DELETE FROM pgml.iris", "DELETE is not allowed"),
-        ("DROP TABLE pgml.iris", "DROP is not allowed"),
-        ("CREATE TABLE x (a int)", "CREATE is not allowed"),
+        ("INSERT INTO pgml.iris VALUES (1, 2, 3, 4, 0)", "pgml.iris belongs to the sidecar's"),
+        ("DELETE FROM pgml.iris", "pgml.iris belongs to the sidecar's registry"),
+        ("DROP TABLE pgml.iris", "pgml.iris belongs to the sidecar's registry"),
+        ("ALTER TABLE pgml.iris ADD COLUMN x int", "pgml.iris belongs to the sidecar's"),
+        (
+            "CREATE FUNCTION f() RETURNS int AS 'select 1' LANGUAGE sql",
+            "CREATE FUNCTION is not allowed",
+        ),
+        ("CREATE TABLE pgml.iris (a int)", 'relation "pgml.iris" already exists'),
         ("COPY pgml.iris FROM '/tmp/x.csv'", "COPY is not allowed"),
         ("SELECT * FROM read_csv('/etc/passwd')", "permission denied for function read_csv"),
         ("SELECT count(*) FROM glob('/*')", "permission denied for function glob"),

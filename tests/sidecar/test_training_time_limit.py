@@ -24,7 +24,7 @@ from sidecar import source_schema
 from sidecar.daemon import Daemon, DaemonSettings
 from tests.predictor.endpoint_client import connect
 from tests.replicator.mirror_check import execute, wait_for
-from tests.sidecar.test_daemon import CREATE, FILL, ROWS, finished, one
+from tests.sidecar.test_daemon import CREATE, FILL, ROWS, finished, one, request_status
 from tests.trainer.test_time_limit import alive, leftovers
 from trainer.train import Trainer
 from trainer.worker import FitWorker
@@ -176,8 +176,15 @@ def test_a_training_past_its_limit_from_the_source_fails_and_the_next_one_runs(
         small = conn.execute(SMALL.format(project="'Small'")).fetchone()  # meanwhile
     assert slow is not None and small is not None
     wait_for(lambda: bool(leftovers(trainer)), timeout=60, what="the slow training to fit")
-    busy = trainer.worker.pids()
+    # Every worker process seen while the slow training runs: the one that fits it may start
+    # after its snapshot is written (the other training may have taken the process there was).
+    seen: set[int] = set()
 
+    def slow_finished() -> bool:
+        seen.update(trainer.worker.pids())
+        return request_status(source_dsn, slow[0])[0] in ("done", "failed")
+
+    wait_for(slow_finished, timeout=120, what="the slow training to be stopped")
     status, error, _ = finished(source_dsn, slow[0])
     assert (status, error) == ("failed", OWN_LIMIT.format(project="'Slow'", limit="2s"))
     row = request_row(source_dsn, slow[0])
@@ -186,7 +193,7 @@ def test_a_training_past_its_limit_from_the_source_fails_and_the_next_one_runs(
     # Another project's training asked for meanwhile: done, in a new process.
     assert finished(source_dsn, small[0])[0] == "done"
     assert request_row(source_dsn, small[0])["took"] < 40.0
-    killed = busy - trainer.worker.pids()  # the slow training's process, replaced
+    killed = seen - trainer.worker.pids()  # the slow training's process, replaced
     assert killed and not any(alive(pid) for pid in killed)
     assert trainer.registry.project("Slow") is None
     assert leftovers(trainer) == set()  # no snapshot or model file without its registry row

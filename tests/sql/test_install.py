@@ -505,7 +505,7 @@ def test_train_takes_postgresmls_arguments(source: psycopg.Connection) -> None:
         ("pgml.train('p', test_size => 0)", "test_size must be a positive number, not 0"),
         ("pgml.train('p', test_size => 'NaN')", "test_size must be a positive number, not NaN"),
         ("pgml.train('p', test_sampling => 'first')", "unknown test_sampling 'first'"),
-        ("pgml.train('p', runtime => 'rust')", "runtime 'rust' is not available"),
+        ("pgml.train('p', runtime => 'go')", "runtime 'go' does not exist"),
         ("pgml.train('p', automatic_deploy => null)", "automatic_deploy must be true or false"),
         ("pgml.train('p', preprocess => '\"scale\"')", "preprocess must be a JSON object"),
         ("pgml.train('')", "needs a project name"),

@@ -17,6 +17,7 @@ from mirror.errors import TrainingError
 from trainer.algorithms import (
     TASKS,
     algorithm_names,
+    can_predict,
     check_search_params,
     hyperparameter_names,
     is_online,
@@ -57,6 +58,8 @@ SUPERVISED = {
     "xgboost": ("XGBRegressor", "XGBClassifier"),
     "xgboost_random_forest": ("XGBRFRegressor", "XGBRFClassifier"),
     "lightgbm": ("LGBMRegressor", "LGBMClassifier"),
+    "catboost": ("CatBoostRegressor", "CatBoostClassifier"),
+    "knn": ("KNeighborsRegressor", "KNeighborsClassifier"),
 }
 UNSUPERVISED = {
     ("kmeans", "clustering"): "KMeans",
@@ -64,6 +67,12 @@ UNSUPERVISED = {
     ("birch", "clustering"): "Birch",
     ("affinity_propagation", "clustering"): "AffinityPropagation",
     ("mean_shift", "clustering"): "MeanShift",
+    ("dbscan", "clustering"): "DBSCAN",
+    ("optics", "clustering"): "OPTICS",
+    ("spectral", "clustering"): "SpectralClustering",
+    ("spectral_bi", "clustering"): "SpectralBiclustering",
+    ("spectral_co", "clustering"): "SpectralCoclustering",
+    ("feature_agglomeration", "clustering"): "FeatureAgglomeration",
     ("pca", "decomposition"): "PCA",
 }
 EXPECTED_CLASS = {
@@ -106,9 +115,13 @@ def fit_predict(name: str, task: str, data: dict[str, Any], *, seed: int = 0) ->
     outputs = []
     for x, y in sets:
         estimator = make_estimator(name, task, seed=seed)
-        if task == "decomposition":
+        if task == "decomposition" or name == "feature_agglomeration":
             out = estimator.fit(x).transform(x)
             assert out.shape[0] == len(x) and out.ndim == 2
+        elif not can_predict(name):  # labels the rows it is fitted on only
+            estimator.fit(x)
+            out = getattr(estimator, "row_labels_", getattr(estimator, "labels_", None))
+            assert out is not None and out.shape == (len(x),) and not hasattr(estimator, "predict")
         else:
             out = estimator.fit(x, y).predict(x) if y is not None else estimator.fit(x).predict(x)
             assert out.shape == (len(x),)
@@ -151,9 +164,15 @@ def test_algorithm_names_by_task() -> None:
     assert algorithm_names("clustering") == [
         "affinity_propagation",
         "birch",
+        "dbscan",
+        "feature_agglomeration",
         "kmeans",
         "mean_shift",
         "mini_batch_kmeans",
+        "optics",
+        "spectral",
+        "spectral_bi",
+        "spectral_co",
     ]
     assert algorithm_names("decomposition") == ["pca"]
 

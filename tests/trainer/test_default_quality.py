@@ -49,11 +49,17 @@ KNOWN_GAPS: dict[tuple[str, str], tuple[float, str]] = {
         "standardised features validate within 2% of the raw ones, so they are kept; on the"
         " test rows raw ones are 3% better (mean of five seeds)",
     ),
-    ("digits", "online_hoeffding_adaptive_tree"): (
-        0.03,
-        "a classification tree splits each feature as it comes, so features are not scaled;"
-        " River's StandardScaler in front moves its split points and happens to gain 2.2% on"
-        " digits' 300 rows (and loses 10% on wine)",
+    ("customers", "knn"): (
+        0.04,
+        "one-hot features are not standardised (for the linear models a standardised dummy of"
+        " a rare category would escape the penalty); by hand, standardised dummies weigh a"
+        " rare country more in kNN's distances and score 3.4% better",
+    ),
+    ("ChickWeights", "knn"): (
+        0.05,
+        "standardised features validate within 2% of the raw ones on the training rows, so"
+        " they are kept; on the test rows the raw ones are 4.6% better (time, in days, is the"
+        " feature that matters, and raw it outweighs the chick's number)",
     ),
 }
 """Pairs measured behind by more than 2%, each allowed its measured gap (relative) and why."""

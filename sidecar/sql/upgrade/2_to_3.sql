@@ -356,7 +356,8 @@ begin
             using errcode = 'invalid_parameter_value';
     end if;
     if task is not null
-            and task not in ('regression', 'classification', 'clustering', 'decomposition') then
+            and task not in ('regression', 'classification', 'clustering', 'cluster',
+                             'decomposition') then
         raise exception 'pgml.train: unknown task %', quote_literal(task)
             using errcode = 'invalid_parameter_value',
                   hint = 'task is one of regression, classification, clustering, decomposition,'
@@ -396,10 +397,11 @@ begin
             using errcode = 'invalid_parameter_value',
                   hint = 'test_sampling is random, last or stratified';
     end if;
-    if runtime is not null and runtime <> 'python' then
-        raise exception 'pgml.train: runtime % is not available; pgml-sidecar trains with python',
-                        quote_literal(runtime)
-            using errcode = 'invalid_parameter_value';
+    if runtime is not null and runtime not in ('python', 'rust') then
+        raise exception 'pgml.train: runtime % does not exist', quote_literal(runtime)
+            using errcode = 'invalid_parameter_value',
+                  hint = 'PostgresML''s runtimes are python and rust; pgml-sidecar serves both'
+                         ' with python';
     end if;
     if automatic_deploy is null then
         raise exception 'pgml.train: automatic_deploy must be true or false'
