@@ -111,10 +111,11 @@ def shop(source_dsn: str, mirror_path: Path, make_role: MakeRole) -> Iterator[Sh
         )
     )
     daemon.start()
+    shop = Shop(source_dsn, daemon, analyst, outsider)
     try:
-        yield Shop(source_dsn, daemon, analyst, outsider)
+        yield shop
     finally:
-        daemon.stop()
+        shop.daemon.stop()  # the one running: a test may have started another
 
 
 def source_rows(dsn: str, sql: str) -> list[tuple[Any, ...]]:
@@ -445,3 +446,17 @@ def test_a_sidecar_that_may_not_publish_the_views_tables_says_who_must(
             cursor.close()
     finally:
         daemon.stop()
+
+
+def test_a_views_tables_keep_streaming_after_a_restart(shop: Shop, mirror_path: Path) -> None:
+    request = shop.train(
+        shop.analyst, "pgml.train('LTV', 'regression', 'public.customer_features', 'ltv')"
+    )
+    assert finished(shop.dsn, request)[:2] == ("done", None)
+    shop.daemon.stop()
+    run(shop.dsn, "insert into public.orders values (6000, 2, 10.5, 2)")  # while it is down
+    shop.daemon = Daemon(shop.daemon.settings)  # tables: public.customers only, as before
+    shop.daemon.start()  # the fixture stops this one
+    wait_until_same(shop, 7)
+    run(shop.dsn, "update public.orders set qty = 9 where id = 6000")
+    wait_until_same(shop, 7)
