@@ -151,6 +151,10 @@ class Replicator:
         """Batch limits as a share of the settings': halved each time the mirror runs out of
         memory applying a batch, whole again once the stream is near the present."""
         self._memory_limit: int | None = None
+        self._wanted: set[tuple[str, str]] = set()
+        """Tables published at run time (:meth:`add_tables`), for the stream to copy."""
+        self._copied = threading.Condition()
+        self._copy_error: dict[tuple[str, str], str] = {}
 
     @property
     def mirror(self) -> Mirror:
@@ -368,6 +372,91 @@ class Replicator:
         }
         if unknown:
             self.mirror.source_types.update(source.source_types(self._catalog_conn(), unknown))
+
+    # -- tables asked for at run time ------------------------------------------------------------
+
+    def add_tables(self, tables: Sequence[tuple[str, str]], *, timeout: float = 600.0) -> None:
+        """Publish ``tables`` and have the stream copy them; return once each is in the mirror.
+
+        As a table added to the publication by hand, each is copied under a snapshot of its
+        own while the stream goes on (it does not wait for the table's first change). A table
+        without a replica identity is refused (or given FULL with ``replica_identity_full``),
+        as at start; so is one the sidecar's role may not publish.
+        """
+        missing = [t for t in tables if not self._in_mirror(t)]
+        if not missing:
+            return
+        s = self.settings
+        with source.connect(s.source_dsn) as conn:
+            source.resolve_tables(conn, [f"{schema}.{name}" for schema, name in missing])
+            checked = source.check_replica_identity(
+                conn, s.publication, missing, set_full=s.replica_identity_full
+            )
+            if checked.set_full:
+                names = ", ".join(m.name for m in checked.set_full)
+                log.info("set REPLICA IDENTITY FULL on %s", names)
+            try:
+                source.ensure_publication(conn, s.publication, missing)
+            except SourceSetupError:
+                names = ", ".join(source.quoted_name(conn, *t) for t in missing)
+                raise SourceSetupError(
+                    f"the sidecar's role may not add {names} to publication {s.publication}:"
+                    " have the owner of the tables and of the publication run ALTER"
+                    f" PUBLICATION {s.publication} ADD TABLE {names}, then ask again"
+                ) from None
+        log.info("published %s: copying", ", ".join(".".join(t) for t in missing))
+        deadline = time.monotonic() + timeout
+        with self._copied:
+            for table in missing:
+                self._copy_error.pop(table, None)
+            self._wanted.update(missing)
+            while True:
+                failed = [self._copy_error[t] for t in missing if t in self._copy_error]
+                if failed:
+                    raise SourceError(failed[0])
+                if all(self._in_mirror(t) for t in missing):
+                    return
+                left = deadline - time.monotonic()
+                if left <= 0 or self.stopping.is_set():
+                    raise SourceError(
+                        f"{', '.join('.'.join(t) for t in missing)} not copied into the mirror"
+                        f" within {timeout:.0f} s; the replicator is behind or stopped: ask again"
+                        " later",
+                        sqlstate="57014",
+                    )
+                self._copied.wait(min(left, 1.0))
+
+    def _in_mirror(self, table: tuple[str, str]) -> bool:
+        found = self.mirror.tables.get(table)
+        return found is not None and found.state in ("ready", "catchup")
+
+    def copy_wanted(self) -> None:
+        """Copy the tables :meth:`add_tables` asked for (the stream calls this when nothing
+        is applied and uncommitted), then commit at the stream's position."""
+        with self._copied:
+            wanted = sorted(t for t in self._wanted if not self._in_mirror(t))
+            self._wanted.clear()
+        if not wanted:
+            return
+        position = self.mirror.position(self.settings.slot)
+        try:
+            self.mirror.begin()
+            self._copy_while_streaming(wanted, in_steps=True)
+            if position is not None:
+                self.mirror.commit(self.settings.slot, position)
+        except (psycopg.Error, SourceError) as exc:
+            self.mirror.rollback()
+            with self._copied:
+                for table in wanted:
+                    self._copy_error[table] = f"cannot copy {'.'.join(table)}: {first_line(exc)}"
+                self._copied.notify_all()
+            return
+        with self._copied:
+            self._copied.notify_all()
+
+    @property
+    def wants_copies(self) -> bool:
+        return bool(self._wanted)
 
     # -- running -------------------------------------------------------------------------------
 

@@ -185,6 +185,9 @@ class StreamSession:
             if stopping.is_set():
                 return
             idle = self.idle
+            if idle and self.r.wants_copies:
+                with self.status.away():
+                    self.r.copy_wanted()
             if target is not None and idle and target.reached(max(self.flushed, self.server_sent)):
                 self.send_status()
                 log.info(

@@ -34,7 +34,7 @@ def add_parsers(commands: argparse._SubParsersAction) -> None:
         help="install schema pgml (control table, pgml.train) and the publication in the source",
         description=(
             "Install sidecar/sql/install.sql into the source (schema pgml with the control table"
-            " pgml.training_requests and the functions pgml.train, pgml.writeback and"
+            " pgml.training_requests and the functions pgml.train, pgml.deploy, pgml.writeback and"
             " pgml.predict; schema pgml_scores), idempotently; create the publication for the"
             " tables and the control table. All in one transaction: a refused init leaves"
             " nothing behind. Run as the tables' owner (it needs CREATE on the database and"
@@ -348,7 +348,7 @@ def _read_source(settings: dict[str, Any], own: str | None) -> dict[str, Any]:
             rows = conn.execute(  # notice: not in early installs of schema version 3
                 "select distinct on (project_name) project_name, kind, status, error, model_id,"
                 " requested_at, to_jsonb(r)->>'notice' from pgml.training_requests r"
-                " order by project_name, id desc"
+                " where project_name is not null order by project_name, id desc"
             ).fetchall()
             found["projects"] = [
                 {"project": r[0], "last_request": r[1], "status": r[2], "error": r[3],

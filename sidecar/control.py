@@ -1,4 +1,4 @@
-"""Requests from the source: ``pgml.train()`` and ``pgml.writeback()`` rows, carried out here.
+"""Requests from the source: ``pgml.train()``, ``pgml.deploy()``, ``pgml.writeback()`` rows.
 
 The source's control table ``pgml.training_requests`` is replicated like any other table. When
 a commit touches it, the pending rows the mirror now holds are claimed in the source
@@ -13,8 +13,10 @@ Each request is carried out for the role that asked (``requested_by``, stamped b
 ``pgml.*`` functions), whatever the source checked already: a training needs that role to
 SELECT every mirrored column of the relation in the source now; a project belongs to the role
 whose training created it, and only that role, its members or members of ``pgml_admin`` may
-retrain, write back, schedule or stop it (:mod:`predictor.ownership`). A refused request fails
-with the reason in its row. Every minute the owners are copied to the source's
+retrain, write back, schedule or stop it (:mod:`predictor.ownership`). A training on a view of
+the source needs SELECT on the view, as in PostgreSQL; its tables are then mirrored and the view
+made in the mirror (:mod:`sidecar.view_requests`). A refused request fails with the reason in
+its row. Every minute the owners are copied to the source's
 ``pgml.projects`` and the score tables' grants follow the relations' again
 (:mod:`predictor.score_grants`).
 
@@ -45,6 +47,9 @@ from mirror.registry import project_slug
 from predictor import ownership, privileges, score_grants
 from predictor.ownership import ProjectOwners
 from predictor.time_settings import TRAINING_TIME_LIMIT
+from replicator import views
+from sidecar import view_requests
+from sidecar.view_requests import AddTables
 from trainer import algorithms
 from trainer.snapshots import find_relation
 from trainer.train import Trainer
@@ -72,6 +77,7 @@ class ControlRequests:
         *,
         writeback: Callable[[str, bool], None],
         on_finished: Callable[[str, str, dict[str, float]], None] | None = None,
+        add_tables: AddTables | None = None,
     ) -> None:
         self.source_dsn = source_dsn
         self.con = con
@@ -79,6 +85,9 @@ class ControlRequests:
         self.writeback = writeback
         self.on_finished = on_finished
         """Called with (project, status, metrics) after each training request."""
+        self.add_tables = add_tables
+        """Publishes and copies the base tables of a view a training names (None: the
+        replicator cannot, as with the Debezium source)."""
         self.wake = threading.Event()
         self._claimed: set[int] = set()
         self.finished = threading.Condition()
@@ -106,13 +115,21 @@ class ControlRequests:
             for request in self._pending():
                 if stop.is_set():
                     break
-                project = str(request["project_name"])
+                project = self._project_of(request)
                 if project in self._busy:
                     continue  # after the one running: its end wakes this loop again
                 self._busy.add(project)
                 self._claimed.add(int(request["id"]))
                 self._lanes.submit(self._lane, project, request)
         self._lanes.shutdown(wait=False, cancel_futures=True)  # the trainer's close ends the rest
+
+    def _project_of(self, request: dict[str, Any]) -> str:
+        """The project a request is for: a deploy of a model by id names none, its model's."""
+        if request.get("project_name") is not None:
+            return str(request["project_name"])
+        model = self.trainer.registry.model(int(request.get("model_id") or 0))
+        found = self.trainer.registry.project_by_id(model.project_id) if model else None
+        return found.name if found is not None else ""
 
     def _lane(self, project: str, request: dict[str, Any]) -> None:
         try:
@@ -189,7 +206,10 @@ class ControlRequests:
 
     def _finish(self, conn: psycopg.Connection, request: dict[str, Any], outcome: Outcome) -> None:
         """Write the request's outcome, with its notice where the source has the column."""
-        values = (outcome.status, outcome.error, outcome.model_id)
+        model_id = outcome.model_id
+        if model_id is None and request.get("project_name") is None:
+            model_id = request.get("model_id")  # pgml.deploy(model_id) failed: keep the id
+        values = (outcome.status, outcome.error, model_id)
         finish = "finished_at = now() where id = %s"
         if "notice" in request:  # schema version 3 as released; not in its early installs
             try:
@@ -212,7 +232,7 @@ class ControlRequests:
 
     def _authorized_run(self, conn: psycopg.Connection, request: dict[str, Any]) -> Outcome:
         """Run the request if the role that asked may; otherwise fail it with the reason."""
-        project = str(request["project_name"])
+        project = self._project_of(request)
         try:
             claimed = self._authorize(conn, request)
         except SidecarError as exc:
@@ -239,14 +259,21 @@ class ControlRequests:
         row = conn.execute("select 1 from pg_catalog.pg_roles where rolname = %s", [role])
         if not role or row.fetchone() is None:
             raise SidecarError(f'role "{role}" does not exist', sqlstate="42704")
-        project = str(request["project_name"])
+        project = self._project_of(request)
+        if not project:  # pgml.deploy(model_id) of a model the registry does not have
+            raise SidecarError(f"model {request.get('model_id')} does not exist", sqlstate="42704")
         owner = self.owners.owner(project)
         exists = self.trainer.registry.project(project) is not None
         if owner is not None or exists:
             ownership.check_may_change(conn, role, project, owner)
         if request.get("kind", "train") != "train":
             return None
-        self._check_relation(conn, role, project, request.get("relation_name"))
+        relation_name = request.get("relation_name")
+        view = views.find_view(conn, relation_name) if relation_name else None
+        if view is not None:
+            self._prepare_view(conn, role, view)
+        else:
+            self._check_relation(conn, role, project, relation_name)
         if owner is not None or exists:
             return None
         now = self.owners.claim(project, role)
@@ -254,6 +281,32 @@ class ControlRequests:
             ownership.check_may_change(conn, role, project, now)
             return None
         return role
+
+    def _prepare_view(
+        self, conn: psycopg.Connection, role: str, view: tuple[str, str, str]
+    ) -> None:
+        """A training on a source view: refused unless ``role`` may read it as PostgreSQL
+        would let it; then its base tables are mirrored and the view made in the mirror."""
+        schema, name, _ = view
+        plan = self._view_plan(conn, role, view)
+        mirrored = {(r.schema, r.name) for r in privileges.mirrored_relations(self.con)}
+        view_requests.mirror_view(
+            conn, self.con, plan, self.add_tables, lambda table: table in mirrored
+        )
+        log.info("view %s.%s mirrored over %s", schema, name,
+                 ", ".join(".".join(t) for t in plan.tables) or "no tables")  # fmt: skip
+
+    def _view_plan(
+        self, conn: psycopg.Connection, role: str, view: tuple[str, str, str]
+    ) -> views.ViewPlan:
+        schema, name, kind = view
+        if kind != "v":
+            raise views.UntranslatableView(
+                f"{schema}.{name} is {views.KINDS.get(kind, 'not a view')}", sqlstate="42809"
+            )
+        plan = views.plan_view(conn, schema, name)
+        view_requests.check_view(conn, role, plan)
+        return plan
 
     def _check_relation(
         self,
@@ -268,6 +321,10 @@ class ControlRequests:
             relation_name = self._last_relation(project)
             if relation_name is None:
                 return  # nothing to read: the trainer says what is missing
+        view = views.find_view(conn, relation_name)
+        if view is not None:  # a view of the source, mirrored by an earlier training
+            self._view_plan(conn, role, view)
+            return
         try:
             relation = find_relation(self.con, relation_name)
         except SidecarError:
@@ -337,7 +394,7 @@ class ControlRequests:
             log.warning("cannot record the owner of %s in the source: %s", project, exc)
 
     def _run(self, request: dict[str, Any]) -> Outcome:
-        project = str(request["project_name"])
+        project = self._project_of(request)
         try:
             kind = request.get("kind", "train")
             enabled = request.get("enabled")
@@ -353,6 +410,8 @@ class ControlRequests:
             if kind == "retrain_on_drift":
                 self.trainer.set_retrain_on_drift(project, enabled is not False)
                 return Outcome("done")
+            if kind == "deploy":
+                return self._deploy(project, request)
             limit = request.get("time_limit")  # the session's pgml.training_time_limit
             test_size = request.get("test_size")  # real: 0.2 arrives as 0.20000000298...
             result = self.trainer.train(
@@ -384,6 +443,22 @@ class ControlRequests:
         notices = algorithms.runtime_notices(request.get("runtime")) + list(result.notices)
         notice = "\n".join(notices) or None
         return Outcome("done", None, result.model_id, result.metrics, notice)
+
+    def _deploy(self, project: str, request: dict[str, Any]) -> Outcome:
+        """``pgml.deploy``: by strategy (and algorithm), or the model asked for by id."""
+        by_id = request.get("project_name") is None
+        result = self.trainer.deploy(
+            None if by_id else project,
+            strategy=None if by_id else request.get("strategy"),
+            algorithm=None if by_id else request.get("algorithm"),
+            model_id=int(request["model_id"]) if by_id else None,
+        )
+        log.info(
+            "deployed %s: model %d (%s, %s)%s", result.project, result.model_id, result.algorithm,
+            result.strategy, "" if result.changed else ", deployed already",
+        )  # fmt: skip
+        notice = None if result.changed else f"model {result.model_id} was deployed already"
+        return Outcome("done", None, result.model_id, notice=notice)
 
 
 @dataclass(frozen=True, slots=True)

@@ -153,6 +153,8 @@ class Daemon:
         self.retrainer.recent_rows = self.trainer.recent_rows = self.monitor.recent_rows
         self.mirror.on_commit = self._committed
         self.replicator: Replicator | KafkaReplicator = self._replicator()
+        if isinstance(self.replicator, Replicator):  # views' base tables, published as asked
+            self.control.add_tables = self.replicator.add_tables
         self.endpoint = SqlEndpoint(
             settings.endpoint(),
             self.mirror.con,
@@ -230,6 +232,7 @@ class Daemon:
         try:
             rows = cursor.execute(
                 "select distinct project_name from pgml.training_requests"
+                " where project_name is not null"  # pgml.deploy(model_id) names none
             ).fetchall()
         except duckdb.CatalogException:  # not mirrored (yet)
             return set()

@@ -171,8 +171,10 @@ class Trainer:
 
         The first training of a project needs ``task``, ``relation`` and (except for
         clustering and decomposition) ``y``; later ones without ``relation`` reuse the
-        project's last snapshot and its split. ``time_limit`` (seconds; None or 0: the
-        trainer's) may lower the trainer's limit, never raise it. ``found``: what
+        project's last snapshot and its split, and, unless given, its last model's
+        ``preprocess``, as PostgresML keeps it with the snapshot (the algorithm,
+        hyperparameters and search are the call's, as there). ``time_limit`` (seconds; None
+        or 0: the trainer's) may lower the trainer's limit, never raise it. ``found``: what
         ``relation`` names when it is not the mirror's (an endpoint user's workspace).
         """
         if not project:
@@ -309,6 +311,8 @@ class Trainer:
             y = list(snapshot.y_column_name)
             if len(y) > 1:
                 _check_joint(task, algorithm)
+            if not preprocess:  # PostgresML keeps preprocess with the snapshot it reuses
+                preprocess = self._last_preprocess(project.id)
             columns = [c["name"] for c in snapshot.columns]
             parse_preprocess(preprocess, [c for c in columns if c not in y])
         new_snapshot = snapshot.id == 0
@@ -362,6 +366,12 @@ class Trainer:
             if new_snapshot:
                 (self.home / snapshot.path).unlink(missing_ok=True)
             raise
+
+    def _last_preprocess(self, project_id: int) -> dict[str, Any]:
+        """The preprocessing of the project's most recent model (the one whose snapshot a
+        training without a relation reuses)."""
+        models = self.registry.models(project_id)
+        return dict(models[-1].preprocess or {}) if models else {}
 
     def _key_columns(self, snapshot: Snapshot) -> list[str]:
         """The primary key of the snapshot's relation: recorded with the snapshot, or for a

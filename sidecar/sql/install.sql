@@ -57,12 +57,12 @@ comment on table pgml.settings is
 insert into pgml.settings (name, value) values ('schema_version', '3')
 on conflict (name) do nothing;
 
--- Older databases get cron (version 2), requested_by, time_limit, pgml.train's other arguments
--- and notice (version 3) and the named checks from sidecar/sql/upgrade/; keep them in step.
+-- Older databases get cron (version 2), requested_by, time_limit, pgml.train's other arguments,
+-- notice and strategy (version 3) and the named checks from sidecar/sql/upgrade/; keep them in step.
 create table if not exists pgml.training_requests (
     id bigint generated always as identity primary key,
     kind text not null default 'train',
-    project_name text not null check (btrim(project_name) <> ''),
+    project_name text check (btrim(project_name) <> ''),
     task text,
     relation_name text,
     y_column_name text,
@@ -92,11 +92,15 @@ create table if not exists pgml.training_requests (
         constraint training_requests_preprocess_check
         check (jsonb_typeof(preprocess) = 'object'),
     notice text,
+    strategy text,
     constraint training_requests_kind_check
-        check (kind in ('train', 'writeback', 'schedule', 'retrain_on_drift')),
+        check (kind in ('train', 'writeback', 'schedule', 'retrain_on_drift', 'deploy')),
     constraint training_requests_enabled_check
         check ((kind in ('writeback', 'retrain_on_drift')) = (enabled is not null)),
-    constraint training_requests_cron_check check (kind = 'schedule' or cron is null)
+    constraint training_requests_cron_check check (kind = 'schedule' or cron is null),
+    constraint training_requests_strategy_check check ((kind = 'deploy') = (strategy is not null)),
+    constraint training_requests_project_check
+        check (project_name is not null or (kind = 'deploy' and model_id is not null))
 );
 alter table pgml.training_requests replica identity default;
 comment on table pgml.training_requests is
@@ -112,6 +116,9 @@ comment on column pgml.training_requests.time_limit is
 comment on column pgml.training_requests.preprocess is
     'train requests: PostgresML''s preprocess, per column {"encode", "impute", "scale"}; {}: the'
     ' sidecar''s defaults';
+comment on column pgml.training_requests.strategy is
+    'deploy requests: how the model is chosen (best_score, most_recent, rollback,'
+    ' best_recent_score), or specific for the model_id asked for (project_name NULL)';
 comment on column pgml.training_requests.notice is
     'set by the sidecar: what a finished training wants known (columns it left out of the'
     ' features and why, a model no better than predicting the most frequent class or the mean)';
@@ -128,8 +135,8 @@ begin
                        (select c.relowner from pg_class c where c.oid = tg_relid), 'usage') then
         raise exception 'permission denied for table %', tg_table_name
             using errcode = 'insufficient_privilege',
-                  hint = 'request with pgml.train(), pgml.writeback(), pgml.schedule() or'
-                         ' pgml.retrain_on_drift(), which record who asks';
+                  hint = 'request with pgml.train(), pgml.deploy(), pgml.writeback(),'
+                         ' pgml.schedule() or pgml.retrain_on_drift(), which record who asks';
     end if;
     return new;
 end
@@ -556,6 +563,68 @@ $$;
 comment on function pgml.retrain_on_drift(text, boolean) is
     'Ask the sidecar to retrain (or stop retraining) a project when its model drifts;'
     ' returns the request id in pgml.training_requests';
+
+-- PostgresML's pgml.deploy, as a request: a project's model chosen by a strategy (and an
+-- algorithm), or one model by its id. Like pgml.train it returns the request id; the sidecar
+-- sets model_id to the deployed model when it is done.
+create or replace function pgml.deploy(
+    project_name text, strategy text, algorithm text default null
+) returns bigint
+language plpgsql
+security definer
+set search_path = pg_catalog, pg_temp
+as $$
+declare
+    requester name := pgml.requesting_role();
+    request_id bigint;
+begin
+    if project_name is null or btrim(project_name) = '' then
+        raise exception 'pgml.deploy needs a project name, or a model id'
+            using errcode = 'invalid_parameter_value';
+    end if;
+    if strategy is null or strategy not in ('best_score', 'best_fit', 'most_recent', 'rollback',
+                                            'best_recent_score') then
+        raise exception 'pgml.deploy: unknown strategy %', coalesce(quote_literal(strategy), 'NULL')
+            using errcode = 'invalid_parameter_value',
+                  hint = 'strategy is best_score, most_recent, rollback or best_recent_score';
+    end if;
+    if algorithm is not null and btrim(algorithm) = '' then
+        raise exception 'pgml.deploy: algorithm is a name, or NULL for any'
+            using errcode = 'invalid_parameter_value';
+    end if;
+    perform pgml.check_project(requester, deploy.project_name);
+    insert into pgml.training_requests (kind, project_name, strategy, algorithm, requested_by)
+    values ('deploy', deploy.project_name, deploy.strategy, deploy.algorithm, requester)
+    returning id into request_id;
+    return request_id;
+end
+$$;
+comment on function pgml.deploy(text, text, text) is
+    'Ask the sidecar to deploy the model of a project a strategy picks (best_score,'
+    ' most_recent, rollback, best_recent_score); returns the request id';
+
+create or replace function pgml.deploy(model_id bigint)
+returns bigint
+language plpgsql
+security definer
+set search_path = pg_catalog, pg_temp
+as $$
+declare
+    request_id bigint;
+begin
+    if model_id is null then
+        raise exception 'pgml.deploy needs a model id' using errcode = 'invalid_parameter_value';
+    end if;
+    -- The source does not know which project a model belongs to: the sidecar checks that the
+    -- role may change it when it carries the request out.
+    insert into pgml.training_requests (kind, model_id, strategy, requested_by)
+    values ('deploy', deploy.model_id, 'specific', pgml.requesting_role())
+    returning id into request_id;
+    return request_id;
+end
+$$;
+comment on function pgml.deploy(bigint) is
+    'Ask the sidecar to deploy one model by its id; returns the request id';
 
 create or replace function pgml.predict(project text, features float8[])
 returns float8

@@ -185,7 +185,7 @@ def test_train_takes_postgresmls_arguments_and_says_what_it_left_out(
     searched, _ = daemon.trainer.model(model_id)
     assert (searched.search, searched.search_args) == ("grid", {"cv": 2})
     assert [r["params"] for r in searched.search_results] == [{"alpha": 0.1}, {"alpha": 10}]
-    assert searched.preprocess == {}  # a request's preprocess is its own
+    assert searched.preprocess == record.preprocess  # kept with the snapshot, as PostgresML
     shown = subprocess.run(
         [sys.executable, "-m", "sidecar.cli", "status", "--source", source_dsn,
          "--metrics-port", str(daemon.metrics_server.port)],

@@ -133,6 +133,8 @@ def test_database_owner_installs_without_superuser_or_extensions(owner_dsn: str)
         assert functions == [
             ("check_project", "plpgsql"),
             ("check_relation", "plpgsql"),
+            ("deploy", "plpgsql"),
+            ("deploy", "plpgsql"),
             ("predict", "plpgsql"),
             ("refuse_direct_requests", "plpgsql"),
             ("requesting_role", "sql"),
@@ -151,7 +153,7 @@ def test_database_owner_installs_without_superuser_or_extensions(owner_dsn: str)
         functions_now = conn.execute(
             "select count(*) from pg_proc where pronamespace = 'pgml'::regnamespace"
         ).fetchone()
-        assert functions_now == (9,)
+        assert functions_now == (11,)
 
         source_schema.uninstall(conn)
         assert schemas(conn) == set()
@@ -282,7 +284,7 @@ def test_install_upgrades_version_1_keeping_its_requests(source_dsn: str) -> Non
         assert cur.description is not None
         added = [
             "cron", "requested_by", "time_limit", "search", "search_params", "search_args",
-            "test_size", "test_sampling", "automatic_deploy", "preprocess", "notice",
+            "test_size", "test_sampling", "automatic_deploy", "preprocess", "notice", "strategy",
         ]  # fmt: skip
         assert [c.name for c in cur.description[-len(added) :]] == added
         after = [dict(zip([c.name for c in cur.description], r, strict=True)) for r in cur]
@@ -404,10 +406,12 @@ def test_the_upgrade_by_hand_gives_what_a_fresh_install_gives(
         "training_requests_hyperparams_check",
         "training_requests_kind_check",
         "training_requests_preprocess_check",
+        "training_requests_project_check",
         "training_requests_project_name_check",
         "training_requests_search_args_check",
         "training_requests_search_params_check",
         "training_requests_status_check",
+        "training_requests_strategy_check",
     }
     trains = [f for f, *_ in upgraded["functions"] if str(f).startswith("pgml.train(")]
     assert trains == [

@@ -12,8 +12,9 @@
 -- the new column time_limit, takes the rest of PostgresML's arguments (search, search_params,
 -- search_args, test_size, test_sampling, runtime, automatic_deploy, materialize_snapshot,
 -- preprocess) and records them in columns of those names; the sidecar writes what a finished
--- training wants known in the new column notice; drift events record where they were
--- detected (lsn, rows_since_deployment). Requests still pending were made by a role
+-- training wants known in the new column notice; pgml.deploy makes requests of the new kind
+-- deploy (the new column strategy, and a model id without its project); drift events record
+-- where they were detected (lsn, rows_since_deployment). Requests still pending were made by a role
 -- nobody recorded: they are failed, to be asked again. Running it again, or on version 3,
 -- changes nothing.
 -- What it creates must stay the same as what install.sql creates for version 3.
@@ -90,6 +91,23 @@ comment on column pgml.training_requests.notice is
     'set by the sidecar: what a finished training wants known (columns it left out of the'
     ' features and why, a model no better than predicting the most frequent class or the mean)';
 
+-- pgml.deploy's requests: a strategy, or a model by its id without its project.
+alter table pgml.training_requests add column if not exists strategy text;
+comment on column pgml.training_requests.strategy is
+    'deploy requests: how the model is chosen (best_score, most_recent, rollback,'
+    ' best_recent_score), or specific for the model_id asked for (project_name NULL)';
+alter table pgml.training_requests alter column project_name drop not null;
+alter table pgml.training_requests
+    drop constraint if exists training_requests_kind_check,
+    add constraint training_requests_kind_check
+        check (kind in ('train', 'writeback', 'schedule', 'retrain_on_drift', 'deploy')),
+    drop constraint if exists training_requests_strategy_check,
+    add constraint training_requests_strategy_check
+        check ((kind = 'deploy') = (strategy is not null)),
+    drop constraint if exists training_requests_project_check,
+    add constraint training_requests_project_check
+        check (project_name is not null or (kind = 'deploy' and model_id is not null));
+
 -- Where a drift was detected: the source commit that brought the row, and the rows since
 -- deployment.
 alter table pgml.drift_events
@@ -130,8 +148,8 @@ begin
                        (select c.relowner from pg_class c where c.oid = tg_relid), 'usage') then
         raise exception 'permission denied for table %', tg_table_name
             using errcode = 'insufficient_privilege',
-                  hint = 'request with pgml.train(), pgml.writeback(), pgml.schedule() or'
-                         ' pgml.retrain_on_drift(), which record who asks';
+                  hint = 'request with pgml.train(), pgml.deploy(), pgml.writeback(),'
+                         ' pgml.schedule() or pgml.retrain_on_drift(), which record who asks';
     end if;
     return new;
 end
@@ -537,6 +555,68 @@ $$;
 comment on function pgml.retrain_on_drift(text, boolean) is
     'Ask the sidecar to retrain (or stop retraining) a project when its model drifts;'
     ' returns the request id in pgml.training_requests';
+
+-- PostgresML's pgml.deploy, as a request: a project's model chosen by a strategy (and an
+-- algorithm), or one model by its id. Like pgml.train it returns the request id; the sidecar
+-- sets model_id to the deployed model when it is done.
+create or replace function pgml.deploy(
+    project_name text, strategy text, algorithm text default null
+) returns bigint
+language plpgsql
+security definer
+set search_path = pg_catalog, pg_temp
+as $$
+declare
+    requester name := pgml.requesting_role();
+    request_id bigint;
+begin
+    if project_name is null or btrim(project_name) = '' then
+        raise exception 'pgml.deploy needs a project name, or a model id'
+            using errcode = 'invalid_parameter_value';
+    end if;
+    if strategy is null or strategy not in ('best_score', 'best_fit', 'most_recent', 'rollback',
+                                            'best_recent_score') then
+        raise exception 'pgml.deploy: unknown strategy %', coalesce(quote_literal(strategy), 'NULL')
+            using errcode = 'invalid_parameter_value',
+                  hint = 'strategy is best_score, most_recent, rollback or best_recent_score';
+    end if;
+    if algorithm is not null and btrim(algorithm) = '' then
+        raise exception 'pgml.deploy: algorithm is a name, or NULL for any'
+            using errcode = 'invalid_parameter_value';
+    end if;
+    perform pgml.check_project(requester, deploy.project_name);
+    insert into pgml.training_requests (kind, project_name, strategy, algorithm, requested_by)
+    values ('deploy', deploy.project_name, deploy.strategy, deploy.algorithm, requester)
+    returning id into request_id;
+    return request_id;
+end
+$$;
+comment on function pgml.deploy(text, text, text) is
+    'Ask the sidecar to deploy the model of a project a strategy picks (best_score,'
+    ' most_recent, rollback, best_recent_score); returns the request id';
+
+create or replace function pgml.deploy(model_id bigint)
+returns bigint
+language plpgsql
+security definer
+set search_path = pg_catalog, pg_temp
+as $$
+declare
+    request_id bigint;
+begin
+    if model_id is null then
+        raise exception 'pgml.deploy needs a model id' using errcode = 'invalid_parameter_value';
+    end if;
+    -- The source does not know which project a model belongs to: the sidecar checks that the
+    -- role may change it when it carries the request out.
+    insert into pgml.training_requests (kind, model_id, strategy, requested_by)
+    values ('deploy', deploy.model_id, 'specific', pgml.requesting_role())
+    returning id into request_id;
+    return request_id;
+end
+$$;
+comment on function pgml.deploy(bigint) is
+    'Ask the sidecar to deploy one model by its id; returns the request id';
 
 create or replace function pgml.predict(project text, features float8[])
 returns float8
