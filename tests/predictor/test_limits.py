@@ -599,9 +599,8 @@ def test_an_error_while_rows_stream_is_an_error_not_a_dropped_connection(
     while not replies or replies[-1][0] != b"Z":
         replies.append(client.read())
     [error] = [body for kind, body in replies if kind == b"E"]
-    assert error_code(error) == "22P02" and "Could not convert string 'x'" in error_field(
-        error, "M"
-    )
+    assert error_code(error) == "22P02"
+    assert error_field(error, "M") == 'invalid input syntax for type integer: "x"'  # PostgreSQL's
     client.send(query("select 1"))
     assert kinds(client.until_ready()) == "TDCZ"
 

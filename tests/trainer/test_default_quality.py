@@ -150,10 +150,10 @@ def _customers_by_hand(table: pa.Table) -> np.ndarray:
 CLASSIFICATION = [
     DataSet("iris", "classification", "target", _sklearn("iris")),
     DataSet("wine", "classification", "target", _sklearn("wine")),
-    DataSet("breast_cancer", "classification", "malignant", _sklearn("breast_cancer", 400)),
+    DataSet("breast_cancer", "classification", "malignant", _sklearn("breast_cancer", 300)),
     DataSet("digits", "classification", "target", _sklearn("digits", 300)),
     DataSet("Phishing", "classification", "phishing", _river("Phishing", "phishing", 600)),
-    DataSet("ImageSegments", "classification", "shape", _river("ImageSegments", "shape", 400)),
+    DataSet("ImageSegments", "classification", "shape", _river("ImageSegments", "shape", 250)),
     DataSet("customers", "classification", "churned", _customers, _customers_by_hand),
 ]
 REGRESSION = [
