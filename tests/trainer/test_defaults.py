@@ -172,12 +172,6 @@ def test_scaling_is_chosen_by_validation_on_the_training_rows(
     assert trainer.model(forest.model_id)[0].notes["scale"] == {
         "chosen": "preserve", "scores": {}, "by": "the only choice"
     }  # fmt: skip
-    every = {c: {"scale": "robust"} for c in ("age", "sex", "bmi", "bp", "s1", "s2", "s3", "s4",
-                                              "s5", "s6")}  # fmt: skip
-    told = trainer.train("diabetes", algorithm="ridge", preprocess=every)
-    assert trainer.model(told.model_id)[0].notes["scale"]["by"] == (
-        "preprocess says how every column is scaled"
-    )
 
     # An online regression tree fits linear models in its leaves: River's scaler in front
     # helps here, and progressive validation over the first rows says so.
@@ -187,3 +181,11 @@ def test_scaling_is_chosen_by_validation_on_the_training_rows(
     assert scale["chosen"] == "standard" and scale["by"].startswith("progressive validation")
     assert scale["scores"]["standard"] > scale["scores"]["preserve"]
     assert model.estimator.scaled is True and tree.metrics["r2"] > 0.3  # progressive; -0.01 raw
+
+    # A later training keeps the project's last preprocess (as PostgresML), so it goes last.
+    every = {c: {"scale": "robust"} for c in ("age", "sex", "bmi", "bp", "s1", "s2", "s3", "s4",
+                                              "s5", "s6")}  # fmt: skip
+    told = trainer.train("diabetes", algorithm="ridge", preprocess=every)
+    assert trainer.model(told.model_id)[0].notes["scale"]["by"] == (
+        "preprocess says how every column is scaled"
+    )
