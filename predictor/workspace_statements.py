@@ -349,30 +349,28 @@ def _column_type(column: ast.ColumnDef) -> None:
 
 
 def _insert(node: ast.InsertStmt, context: _Context) -> Written:
-    assert node.relation is not None
-    target = _existing(node.relation, context, TABLE, "insert into")
-    _no_returning(node)
-    checked = context.check_fields(node, ("relation",))
-    sql = context.translate(node, checked, relation=target)
-    return Written(WorkspaceWrite("INSERT 0 {}", sql=sql, counted=True), checked)
+    return _rows_changed(node, context, "insert into", "INSERT 0 {}")
 
 
 def _update(node: ast.UpdateStmt, context: _Context) -> Written:
-    assert node.relation is not None
-    target = _existing(node.relation, context, TABLE, "update")
-    _no_returning(node)
-    checked = context.check_fields(node, ("relation",))
-    sql = context.translate(node, checked, relation=target)
-    return Written(WorkspaceWrite("UPDATE {}", sql=sql, counted=True), checked)
+    return _rows_changed(node, context, "update", "UPDATE {}")
 
 
 def _delete(node: ast.DeleteStmt, context: _Context) -> Written:
+    return _rows_changed(node, context, "delete from", "DELETE {}")
+
+
+def _rows_changed(
+    node: ast.InsertStmt | ast.UpdateStmt | ast.DeleteStmt, context: _Context, verb: str, tag: str
+) -> Written:
+    """An INSERT, UPDATE or DELETE of a workspace table: its target checked, its reads checked
+    as a query's, the statement translated; ``tag`` takes the rows changed."""
     assert node.relation is not None
-    target = _existing(node.relation, context, TABLE, "delete from")
+    target = _existing(node.relation, context, TABLE, verb)
     _no_returning(node)
     checked = context.check_fields(node, ("relation",))
     sql = context.translate(node, checked, relation=target)
-    return Written(WorkspaceWrite("DELETE {}", sql=sql, counted=True), checked)
+    return Written(WorkspaceWrite(tag, sql=sql, counted=True), checked)
 
 
 def _truncate(node: ast.TruncateStmt, context: _Context) -> Written:

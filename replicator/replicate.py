@@ -111,6 +111,20 @@ class ReplicationStats:
     and the mirror set up. An error that retrying cannot fix ends ``run`` only before."""
 
 
+def identity_checked(
+    conn: psycopg.Connection,
+    publication: str | Sequence[str],
+    tables: Sequence[tuple[str, str]],
+    *,
+    set_full: bool,
+) -> source.ReplicaIdentityCheck:
+    """:func:`source.check_replica_identity`, saying which tables were given FULL."""
+    checked = source.check_replica_identity(conn, publication, tables, set_full=set_full)
+    if checked.set_full:
+        log.info("set REPLICA IDENTITY FULL on %s", ", ".join(m.name for m in checked.set_full))
+    return checked
+
+
 def check_source(conn: psycopg.Connection, settings: ReplicationSettings) -> list[tuple[str, str]]:
     """Check wal_level, the tables and their replica identity; return the tables to mirror.
 
@@ -127,11 +141,9 @@ def check_source(conn: psycopg.Connection, settings: ReplicationSettings) -> lis
                 f"publication {settings.publication} has no tables; name the tables to mirror"
                 " with --tables schema.table,..."
             )
-    checked = source.check_replica_identity(
+    checked = identity_checked(
         conn, settings.publication, tables, set_full=settings.replica_identity_full
     )
-    if checked.set_full:
-        log.info("set REPLICA IDENTITY FULL on %s", ", ".join(m.name for m in checked.set_full))
     if checked.published:
         log.warning("%s", source.replica_identity_advice(checked.published, published=True))
     return tables
@@ -389,12 +401,7 @@ class Replicator:
         s = self.settings
         with source.connect(s.source_dsn) as conn:
             source.resolve_tables(conn, [f"{schema}.{name}" for schema, name in missing])
-            checked = source.check_replica_identity(
-                conn, s.publication, missing, set_full=s.replica_identity_full
-            )
-            if checked.set_full:
-                names = ", ".join(m.name for m in checked.set_full)
-                log.info("set REPLICA IDENTITY FULL on %s", names)
+            identity_checked(conn, s.publication, missing, set_full=s.replica_identity_full)
             try:
                 source.ensure_publication(conn, s.publication, missing)
             except SourceSetupError:

@@ -36,7 +36,7 @@ from predictor.server import EndpointSettings, SqlEndpoint, check_settings
 from predictor.writeback import Writeback
 from replicator import source
 from replicator.kafka import KafkaReplicator, KafkaSettings
-from replicator.replicate import ReplicationSettings, Replicator
+from replicator.replicate import ReplicationSettings, Replicator, identity_checked
 from sidecar import config, control
 from sidecar.control import ControlRequests
 from sidecar.metrics import Metrics, MetricsServer
@@ -339,14 +339,12 @@ class Daemon:
         UPDATE and DELETE on it fail), or give it FULL with ``replica_identity_full``; one
         already published is reported, as with a slot of the sidecar's own."""
         tables = source.existing_tables(conn, self._mirrored_tables())
-        checked = source.check_replica_identity(
+        checked = identity_checked(
             conn,
             source.publications_of(conn, tables),
             tables,
             set_full=self.settings.replica_identity_full,
         )
-        if checked.set_full:
-            log.info("set REPLICA IDENTITY FULL on %s", ", ".join(m.name for m in checked.set_full))
         if checked.published:
             log.warning("%s", source.replica_identity_advice(checked.published, published=True))
 

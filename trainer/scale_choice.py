@@ -80,10 +80,9 @@ def by_cross_validation(
 ) -> ScaleChoice:
     """The scaling that cross-validates best on ``table``; ``model(scale)`` makes a fresh
     preprocessor and estimator for one."""
-    if len(choices) == 1 or y is None or task not in ("classification", "regression"):
-        return ScaleChoice(choices[0])
-    if len(y) < _MINIMUM_ROWS:
-        return ScaleChoice(choices[0], how=f"too few training rows to compare ({len(y)})")
+    if (settled := _settled(choices, task, y)) is not None:
+        return settled
+    assert y is not None  # without a label there is nothing to compare: settled above
     rows = np.arange(len(y))
     if len(rows) > VALIDATION_ROWS:
         rows = np.sort(np.random.default_rng(seed).permutation(len(y))[:VALIDATION_ROWS])
@@ -109,10 +108,9 @@ def by_progressive_validation(
 ) -> ScaleChoice:
     """The scaling whose online model scores best by progressive validation over the first
     rows of ``table``; ``model(scale)`` makes a fresh preprocessor and online estimator."""
-    if len(choices) == 1 or y is None or task not in ("classification", "regression"):
-        return ScaleChoice(choices[0])
-    if len(y) < _MINIMUM_ROWS:
-        return ScaleChoice(choices[0], how=f"too few training rows to compare ({len(y)})")
+    if (settled := _settled(choices, task, y)) is not None:
+        return settled
+    assert y is not None  # without a label there is nothing to compare: settled above
     rows = np.arange(min(len(y), VALIDATION_ROWS))
     first = table.take(rows)
     scores, fitted = {}, {}
@@ -133,6 +131,15 @@ def by_progressive_validation(
     if len(rows) < len(y) or not np.isfinite(scores[choice.scale]):
         return choice
     return ScaleChoice(choice.scale, choice.scores, how, fitted=fitted[choice.scale])
+
+
+def _settled(choices: Sequence[str], task: str, y: np.ndarray | None) -> ScaleChoice | None:
+    """The choice when there is nothing to compare: one scaling, no label, too few rows."""
+    if len(choices) == 1 or y is None or task not in ("classification", "regression"):
+        return ScaleChoice(choices[0])
+    if len(y) < _MINIMUM_ROWS:
+        return ScaleChoice(choices[0], how=f"too few training rows to compare ({len(y)})")
+    return None
 
 
 def _folds(task: str, y: np.ndarray, seed: int) -> list[tuple[np.ndarray, np.ndarray]]:
