@@ -22,13 +22,6 @@ def _windows(buf: np.ndarray, width: int, starts: np.ndarray) -> np.ndarray:
     return view[np.minimum(starts, len(buf) - width)]
 
 
-def byte_rows(buf: np.ndarray, starts: np.ndarray, width: int) -> np.ndarray:
-    """``width`` bytes from each start, one row each (a start past the end reads garbage)."""
-    if len(buf) < width:
-        return np.zeros((len(starts), width), dtype=np.uint8)
-    return _windows(buf, width, starts)
-
-
 def fixed_width(buf: np.ndarray, starts: np.ndarray, dtype: str) -> np.ndarray:
     """The big-endian values of ``dtype`` starting at each position, in native byte order."""
     kind = np.dtype(dtype)

@@ -14,7 +14,7 @@ from collections.abc import Callable
 import numpy as np
 import pyarrow as pa
 
-from replicator.columnar import be_int32, byte_rows, fixed_width, ragged_index
+from replicator.columnar import be_int32, fixed_width
 
 
 class VectorFormatError(ValueError):
@@ -37,15 +37,16 @@ def dense_reader(kind: str, dims: int) -> Reader:
         if np.any(np.where(valid, lengths, 0) != np.where(valid, 4 + sizes, 0)):
             raise VectorFormatError(f"a {kind} value whose length disagrees with its dimensions")
         _check_dims(kind, dims, found, valid)
+        values = np.frombuffer(_gather(buf, starts + 4, sizes), dtype=dtype).astype(np.float32)
         if dims > 0:
-            rows = byte_rows(buf, starts + 4, dims * width).view(dtype)
-            values = np.where(valid[:, None], rows, 0).astype(np.float32)
-            return _fixed_list(values.ravel(), dims, valid)
+            if not valid.all():  # a NULL holds dims zeros
+                dense = np.zeros((len(starts), dims), dtype=np.float32)
+                dense[valid] = values.reshape(-1, dims)
+                values = dense.ravel()
+            return _fixed_list(values, dims, valid)
         offsets = np.zeros(len(starts) + 1, dtype=np.int64)
-        np.cumsum(sizes, out=offsets[1:])
-        raw = buf[ragged_index(starts + 4, sizes, offsets)] if offsets[-1] else buf[:0]
-        values = raw.view(dtype).astype(np.float32)
-        return _list(values, offsets // width, valid)
+        np.cumsum(found, out=offsets[1:])
+        return _list(values, offsets, valid)
 
     return read
 
@@ -65,20 +66,24 @@ def sparse_reader(dims: int) -> Reader:
             raise VectorFormatError("a sparsevec value whose length disagrees with its entries")
         _check_dims("sparsevec", dims, found, valid)
         sizes = stored * 4
-        offsets = np.zeros(count + 1, dtype=np.int64)
-        np.cumsum(sizes, out=offsets[1:])
+        indices = np.frombuffer(_gather(buf, starts + 12, sizes), dtype=">i4").astype(np.int64)
+        values = np.frombuffer(_gather(buf, starts + 12 + sizes, sizes), dtype=">f4")
+        if np.any((indices < 0) | (indices >= dims)):
+            raise VectorFormatError(f"a sparsevec index outside its {dims} dimensions")
         dense = np.zeros((count, dims), dtype=np.float32)
-        if offsets[-1]:
-            index_bytes = buf[ragged_index(starts + 12, sizes, offsets)]
-            value_bytes = buf[ragged_index(starts + 12 + sizes, sizes, offsets)]
-            indices = index_bytes.view(">i4").astype(np.int64)
-            if np.any((indices < 0) | (indices >= dims)):
-                raise VectorFormatError(f"a sparsevec index outside its {dims} dimensions")
-            rows = np.repeat(np.arange(count), stored)
-            dense[rows, indices] = value_bytes.view(">f4")
+        dense[np.repeat(np.arange(count), stored), indices] = values
         return _fixed_list(dense.ravel(), dims, valid)
 
     return read
+
+
+def _gather(buf: np.ndarray, starts: np.ndarray, sizes: np.ndarray) -> bytes:
+    """The bytes ``sizes[i]`` long at each ``starts[i]``, end to end (one copy, row by row:
+    far faster than numpy's byte-wise gathers for values of kilobytes)."""
+    memory = memoryview(buf.data)
+    return b"".join(
+        [memory[s : s + n] for s, n in zip(starts.tolist(), sizes.tolist(), strict=True) if n]
+    )
 
 
 def _check_dims(kind: str, dims: int, found: np.ndarray, valid: np.ndarray) -> None:
