@@ -2,7 +2,7 @@
 
 import pytest
 
-pytest_plugins = ["tests.fix_pg", "tests.fix_sidecar", "tests.fix_kafka"]
+pytest_plugins = ["tests.fix_pg", "tests.fix_pgvector", "tests.fix_sidecar", "tests.fix_kafka"]
 
 _ONE_WORKER_FIXTURES = frozenset({"kafka_stack"})
 """Fixtures of a server too heavy to start twice (Kafka with Kafka Connect, two JVMs)."""

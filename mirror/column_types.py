@@ -19,6 +19,9 @@ class SourceType:
     element_oid: int = 0
     base_oid: int = 0
     base_modifier: int = -1
+    input_function: str = ""
+    """The name of the type's input function (pg_type.typinput): ``vector_in``, ``halfvec_in``
+    and ``sparsevec_in`` tell pgvector's types whatever schema the extension lives in."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -147,13 +150,90 @@ def mirror_type(
         return MirrorType("BLOB", f"unhex(substr({VALUE}, 3))")
     element = _ARRAYS.get(type_oid)
     source = (catalog or {}).get(type_oid)
+    vector = pgvector_type(type_oid, modifier, catalog)
+    if vector is not None:
+        return _vector_type(*vector)
     if element is None and source is not None:
         if source.kind == "d" and source.base_oid:
             return mirror_type(source.base_oid, source.base_modifier, catalog)
         element = source.element_oid or None
     if element is not None:
+        if pgvector_type(element, -1, catalog) is not None:
+            return TEXT  # an array of vectors: no DuckDB type reads its literal
         return _array_type(element, catalog)
     return TEXT
+
+
+_PGVECTOR_INPUTS = {"vector_in": "vector", "halfvec_in": "halfvec", "sparsevec_in": "sparsevec"}
+MAX_DENSE_SPARSEVEC = 16_000
+"""The most dimensions a sparsevec may declare to be mirrored dense (a vector's own limit)."""
+
+
+def pgvector_type(
+    type_oid: int, modifier: int, catalog: Mapping[int, SourceType] | None
+) -> tuple[str, int] | None:
+    """pgvector's type of a column (``vector``, ``halfvec`` or ``sparsevec``) and its declared
+    dimensions (-1 when undeclared), through domains; None for any other type."""
+    source = (catalog or {}).get(type_oid)
+    if source is None:
+        return None
+    if source.kind == "d" and source.base_oid:
+        return pgvector_type(source.base_oid, source.base_modifier, catalog)
+    kind = _PGVECTOR_INPUTS.get(source.input_function)
+    if kind is None or source.kind != "b":
+        return None
+    return kind, modifier if modifier > 0 else -1
+
+
+def _vector_type(kind: str, dims: int) -> MirrorType:
+    """pgvector's values as DuckDB floats: FLOAT[n] for a declared dimension, FLOAT[] if not.
+
+    A halfvec's values are exact as float32. A sparsevec is mirrored dense (FLOAT[n], zeros
+    where no value is stored) when it declares at most ``MAX_DENSE_SPARSEVEC`` dimensions, so
+    that it reads like a vector; otherwise it stays in its text form (``{1:0.5,7:2}/100000``).
+    """
+    sql = f"FLOAT[{dims}]" if dims > 0 else "FLOAT[]"
+    cast = f"CAST({VALUE} AS {sql})"
+    if kind != "sparsevec":
+        return MirrorType(sql, cast)
+    if not 0 < dims <= MAX_DENSE_SPARSEVEC:
+        return TEXT
+    return MirrorType(sql, cast, prepare=sparse_to_dense, rewrite=SPARSEVEC)
+
+
+SPARSEVEC = "sparsevec"
+
+
+def sparse_to_dense(column: pa.Array) -> pa.Array:
+    """Rewrite sparsevec literals (``{1:0.5,3:2}/4``, indices from 1) as dense lists
+    (``[0.5,0,2,0]``), keeping each value's digits and the NULLs."""
+    out: list[str | None] = []
+    for literal in column.to_pylist():
+        out.append(None if literal is None else _dense_literal(literal))
+    return pa.array(out, type=pa.string())
+
+
+def _dense_literal(literal: str) -> str:
+    entries, slash, dims = literal.strip().rpartition("/")
+    if not slash or not entries.startswith("{") or not entries.endswith("}"):
+        return literal  # not a sparsevec: the cast says so
+    try:
+        values = ["0"] * int(dims)
+        for entry in filter(None, entries[1:-1].split(",")):
+            index, _, value = entry.partition(":")
+            values[int(index) - 1] = value.strip()
+    except (ValueError, IndexError):
+        return literal
+    return "[" + ",".join(values) + "]"
+
+
+def prepare_step(json_array: bool, rewrite: str) -> Callable[[pa.Array], pa.Array] | None:
+    """The ``prepare`` step a stored column names: its flag and its rewrite."""
+    if not json_array:
+        return None
+    if rewrite == SPARSEVEC:
+        return sparse_to_dense
+    return json_arrays(rewrite)
 
 
 def _array_type(element_oid: int, catalog: Mapping[int, SourceType] | None) -> MirrorType:

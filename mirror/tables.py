@@ -18,7 +18,7 @@ from dataclasses import dataclass
 import pyarrow as pa
 
 from mirror.changes import Lsn, Relation
-from mirror.column_types import MirrorType, SourceType, json_arrays, mirror_type
+from mirror.column_types import MirrorType, SourceType, mirror_type, prepare_step
 from mirror.duckdb_sql import quote, sql_literal
 
 
@@ -33,12 +33,14 @@ class MirrorColumn:
     sql: str
     cast: str
     json_array: bool
+    """Whether text values go through a ``prepare`` step (named by ``rewrite``) first."""
     rewrite: str = ""
 
     @property
     def mirror_type(self) -> MirrorType:
-        prepare = json_arrays(self.rewrite) if self.json_array else None
-        return MirrorType(self.sql, self.cast, prepare, self.rewrite)
+        return MirrorType(
+            self.sql, self.cast, prepare_step(self.json_array, self.rewrite), self.rewrite
+        )
 
 
 @dataclass(slots=True)

@@ -1,20 +1,22 @@
 """Decode PostgreSQL's binary COPY format into Arrow columns: bytes in, table out.
 
-Types with a simple binary form (integers, floats, bool, date, time, timestamps, text, bytea)
-are decoded straight into typed Arrow arrays; the SELECT casts every other column to text, which
-the mirror then casts as it does streamed values.
+Types with a simple binary form (integers, floats, bool, date, time, timestamps, text, bytea,
+and pgvector's vector, halfvec and sparsevec) are decoded straight into typed Arrow arrays; the
+SELECT casts every other column to text, which the mirror then casts as it does streamed values.
 """
 
 from __future__ import annotations
 
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 
 import numpy as np
 import pyarrow as pa
 
 from mirror.changes import Relation
+from mirror.column_types import SourceType, mirror_type, pgvector_type
 from replicator.columnar import be_int32, fixed_width, validity, views
+from replicator.vector_format import VectorFormatError, dense_reader, sparse_reader
 
 SIGNATURE = b"PGCOPY\n\xff\r\n\x00"
 _POSTGRES_EPOCH_DAYS = 10_957  # 2000-01-01 - 1970-01-01
@@ -106,14 +108,28 @@ class CopyColumns:
     as_text: list[bool]
 
 
-def copy_columns(relation: Relation) -> CopyColumns:
+def copy_columns(relation: Relation, types: Mapping[int, SourceType] | None = None) -> CopyColumns:
+    """How to copy ``relation``, whose non-built-in types ``types`` describes."""
     readers: list[Reader] = []
     as_text: list[bool] = []
     for column in relation.columns:
-        reader = READERS.get(column.type_oid)
+        reader = READERS.get(column.type_oid) or _vector_reader(
+            column.type_oid, column.type_modifier, types
+        )
         as_text.append(reader is None)
         readers.append(reader or _text)
     return CopyColumns(relation.column_names, readers, as_text)
+
+
+def _vector_reader(
+    type_oid: int, modifier: int, types: Mapping[int, SourceType] | None
+) -> Reader | None:
+    """A reader of pgvector's binary form, when the mirror keeps the column as floats."""
+    vector = pgvector_type(type_oid, modifier, types)
+    if vector is None or not mirror_type(type_oid, modifier, types).sql.startswith("FLOAT["):
+        return None
+    kind, dims = vector
+    return sparse_reader(dims) if kind == "sparsevec" else dense_reader(kind, dims)
 
 
 def header_length(first: bytes | bytearray | memoryview) -> int:
@@ -135,11 +151,14 @@ def decode_rows(buf: np.ndarray, starts: np.ndarray, columns: CopyColumns) -> pa
         raise CopyFormatError(f"rows with other than {width} fields in binary COPY data")
     pos = starts + 2
     arrays = []
-    for reader in columns.readers:
+    for name, reader in zip(columns.names, columns.readers, strict=True):
         lengths = be_int32(buf, pos)
         valid = lengths >= 0
         value_starts = pos + 4
-        arrays.append(reader(buf, value_starts, lengths, valid))
+        try:
+            arrays.append(reader(buf, value_starts, lengths, valid))
+        except VectorFormatError as exc:
+            raise CopyFormatError(f"column {name}: {exc}") from None
         pos = value_starts + np.where(valid, lengths, 0)
     return pa.Table.from_arrays(arrays, names=columns.names)
 

@@ -3,9 +3,14 @@
 With embedded schemas (``schemas.enable=true``) each column's type comes from its Connect
 schema: Debezium's encodings of decimal (base64 unscaled bytes plus scale), date (days),
 time and timestamp (milli-, micro- or nanoseconds), zoned timestamps, uuid, json, bytea and
-arrays are turned back into Postgres' text. Without schemas the types are guessed from the
-JSON values (numbers, booleans, strings, arrays, objects): a date then mirrors as its day
-number, and a decimal should be sent as a string (``decimal.handling.mode=string``).
+arrays are turned back into Postgres' text. pgvector's vector and halfvec (Debezium's
+DoubleVector and FloatVector: JSON arrays of numbers) become real[] (FLOAT[] in the mirror),
+each number rounded to float32, which gives back the source's float4 exactly; their declared
+dimension is not in the schema. A sparsevec (a struct) stays JSON.
+
+Without schemas the types are guessed from the JSON values (numbers, booleans, strings,
+arrays, objects): a date then mirrors as its day number, a vector as DOUBLE[], and a decimal
+should be sent as a string (``decimal.handling.mode=string``).
 """
 
 from __future__ import annotations
@@ -17,6 +22,7 @@ from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from typing import Any
 
+import numpy as np
 import pyarrow as pa
 
 # Postgres type OIDs the mirror knows (mirror/column_types.py).
@@ -154,6 +160,13 @@ def _array(element: Callable[[Any], str]) -> Convert:
     return per_value(lambda value: _array_literal(value, element))
 
 
+def _float4(value: Any) -> str:
+    """A vector element as float32's shortest digits (Debezium sends it as a double)."""
+    return str(np.float32(value))
+
+
+_VECTORS = ("io.debezium.data.DoubleVector", "io.debezium.data.FloatVector")
+
 _TIME_UNITS = {
     "io.debezium.time.Time": 1_000,
     "io.debezium.time.MicroTime": 1_000_000,
@@ -220,6 +233,8 @@ def connect_type(schema: Mapping[str, Any]) -> _Type:
         return _Type(INTERVAL, -1, per_value(_duration), _duration, False)
     if name in _TEXT_NAMES:
         return _Type(_TEXT_NAMES[name], -1, _as_text, str, name == "io.debezium.data.Json")
+    if name in _VECTORS:
+        return _Type(_ARRAY_OF[FLOAT4], -1, _array(_float4), guess, True)
     if kind in _PLAIN:
         oid, arrow = _PLAIN[kind]
         convert = _via_arrow(arrow)

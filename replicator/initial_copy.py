@@ -11,7 +11,7 @@ import select
 import sys
 import time
 from collections import deque
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Mapping
 from concurrent.futures import Future, ThreadPoolExecutor
 
 import numpy as np
@@ -20,6 +20,7 @@ import pyarrow as pa
 from psycopg import pq, sql
 
 from mirror.changes import Relation
+from mirror.column_types import SourceType
 from mirror.errors import SourceError
 from replicator.columnar import PADDING
 from replicator.copy_format import CopyColumns, copy_columns, decode_rows, header_length, row_starts
@@ -103,9 +104,12 @@ def copy_table(
     sink: Callable[[pa.Table], None],
     *,
     progress: Progress | None = None,
+    types: Mapping[int, SourceType] | None = None,
 ) -> int:
-    """Copy the table into ``sink`` chunk by chunk; return the number of rows."""
-    columns = copy_columns(relation)
+    """Copy the table into ``sink`` chunk by chunk; return the number of rows.
+
+    ``types`` describes the relation's non-built-in types (pgvector's are copied binary)."""
+    columns = copy_columns(relation, types)
     statement = copy_statement(relation, columns)
     waiting: deque[Future[int]] = deque()
     rows = 0

@@ -304,7 +304,9 @@ class Replicator:
                     mirror.commit_step()
 
                 load = self._loader(table, commit_each=in_steps)
-                rows = copy_table(conn, relation, load, progress=progress)
+                rows = copy_table(
+                    conn, relation, load, progress=progress, types=mirror.source_types
+                )
                 mirror.add_primary_key(table)
                 mirror.set_state(table, state, until)
                 if in_steps:

@@ -619,13 +619,15 @@ def source_types(conn: psycopg.Connection, oids: Iterable[int]) -> dict[int, Sou
     found: dict[int, SourceType] = {}
     while wanted:
         rows = conn.execute(
-            "select oid, typtype, typelem, typbasetype, typtypmod from pg_type where oid = any(%s)",
+            "select t.oid, t.typtype, t.typelem, t.typbasetype, t.typtypmod, p.proname"
+            " from pg_catalog.pg_type t join pg_catalog.pg_proc p on p.oid = t.typinput"
+            " where t.oid = any(%s)",
             [wanted],
         ).fetchall()
         wanted = []
-        for oid, kind, element, base, modifier in rows:
+        for oid, kind, element, base, modifier, input_function in rows:
             found[int(oid)] = SourceType(
-                int(oid), str(kind), int(element), int(base), int(modifier)
+                int(oid), str(kind), int(element), int(base), int(modifier), str(input_function)
             )
             for nested in (int(element), int(base)):
                 if nested >= _BUILTIN_OID_LIMIT and nested not in found:

@@ -82,11 +82,18 @@ class LocalPostgres:
     role is ``postgres`` either way.
     """
 
-    def __init__(self, workdir: Path, *, port: int | None = None, fast: bool = True) -> None:
+    def __init__(
+        self,
+        workdir: Path,
+        *,
+        port: int | None = None,
+        fast: bool = True,
+        bin_dir: Path | None = None,
+    ) -> None:
         self.workdir = Path(workdir).absolute()
         self.data_dir = self.workdir / "data"
         self.log_path = self.workdir / "postgres.log"
-        self.bin_dir = find_bin_dir()
+        self.bin_dir = bin_dir if bin_dir is not None else find_bin_dir()
         self.superuser = SUPERUSER
         self.fast = fast
         self._port_given = port is not None
