@@ -132,10 +132,11 @@ class ServedRelations:
             found = self._by_name.get(key)
         return found
 
-    def all(self) -> list[ServedRelation]:
+    def all(self, *, fresh: bool = False) -> list[ServedRelation]:
         """Every served relation (read again if the cache is older than
-        :data:`REFRESH_SECONDS`)."""
-        if time.monotonic() - self._loaded_at > REFRESH_SECONDS:
+        :data:`REFRESH_SECONDS`, or now if ``fresh``: a catalog lists what a deployment made a
+        moment ago)."""
+        if fresh or time.monotonic() - self._loaded_at > REFRESH_SECONDS:
             self.refresh()
         return list(self._by_name.values())
 

@@ -83,7 +83,7 @@ def scope_of(
     whole: list[tuple[str, str]] = []
     partial: list[tuple[str, str]] = []
     columns: list[tuple[str, str, str]] = []
-    for relation in relations.all() if relations is not None else ():
+    for relation in relations.all(fresh=True) if relations is not None else ():
         allowed = True if relation.kind == REGISTRY else may_read(readable, relation)
         if allowed is False:
             continue

@@ -197,7 +197,7 @@ def _pg_tables(pg_oid: str, typmod: str) -> list[str]:
         f" from {S}.visible(scope)"
         f" union all select oid, schema_name, {SIDECAR_OID} from duckdb_schemas() where"
         " (database_name ="
-        " current_database() and schema_name in ('public', 'pgml'))"
+        " current_database() and schema_name in ('public', 'pgml', 'pgml_scores'))"
         " or (database_name = 'system' and schema_name in ('pg_catalog', 'information_schema'))"
         f" union all select coalesce({_mirror_schema('w.schema_name')}, w.oid), w.schema_name,"
         f" case when {_mirror_schema('w.schema_name')} is null then {USER_OID}"

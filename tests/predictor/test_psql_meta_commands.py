@@ -163,7 +163,7 @@ def test_hidden_relations_are_not_found(served: Served) -> None:
 
 def test_dn_df_l_du(served: Served) -> None:
     schemas = [r[0] for r in rows(meta(served, served.analyst, "\\dn"))[1:]]
-    assert schemas == ["pgml", "public"]
+    assert schemas == ["pgml", "pgml_scores", "public"]
     functions = rows(meta(served, served.analyst, "\\df pgml.*"))
     assert ["pgml", "predict", "real", "project_name text, features real[]", "func"] in functions
     train = [r for r in functions if r[1] == "train"]
