@@ -344,7 +344,7 @@ def check_relation_name(
             raise Refused(f"permission denied for schema {candidate}")
         found = relations.find(candidate, name) if relations is not None else None
         if found is not None:
-            allowed = True if found.kind == catalog.REGISTRY else _may_read(readable, found)
+            allowed = True if found.kind == catalog.REGISTRY else may_read(readable, found)
             if allowed is False:
                 raise Refused(f"permission denied for table {found.qualified}")
             if allowed is not True:
@@ -370,7 +370,8 @@ def check_setting(name: str | None) -> None:
         raise Refused(f'parameter "{name}" cannot be changed', sqlstate="55P02")
 
 
-def _may_read(readable: Readable | None, relation: ServedRelation) -> Columns:
+def may_read(readable: Readable | None, relation: ServedRelation) -> Columns:
+    """What ``readable`` lets a caller read of ``relation`` (see :data:`Columns`)."""
     if readable is None:
         return True
     if callable(readable):
@@ -528,7 +529,7 @@ class _QueryCheck:
             )
         if schema is None:
             self.schemas[id(node)] = found.schema
-        allowed = True if found.kind == catalog.REGISTRY else _may_read(self.readable, found)
+        allowed = True if found.kind == catalog.REGISTRY else may_read(self.readable, found)
         if allowed is False:
             raise Refused(f"permission denied for table {found.qualified}")
         if isinstance(allowed, tuple):

@@ -1,12 +1,10 @@
-"""PostgreSQL's system catalogs as clients query them, answered from DuckDB's own.
+"""The endpoint's catalog: which relations it serves, and which catalog names it answers.
 
-postgres_fdw's ``IMPORT FOREIGN SCHEMA`` and ``ANALYZE``, and tools that describe tables, read
-``pg_class``, ``pg_attribute``, ``pg_namespace``, ``pg_attrdef``, ``pg_collation`` and call
-``format_type``, ``pg_get_expr`` and ``pg_relation_size``. DuckDB has most of these, but with
-its own type ids; the views here give PostgreSQL's type oids and names, so an imported foreign
-table gets the column types a PostgreSQL user expects (``smallint[]``, ``numeric(10,2)``).
-They live in schema ``_pgml_catalog`` of the mirror; the statement translator sends catalog
-references there.
+Clients read ``pg_class``, ``pg_attribute``, ``information_schema.tables`` ... and call
+``format_type``, ``pg_get_indexdef`` ...; those named here are answered by
+:mod:`predictor.catalog_views` from schema ``_pgml_catalog`` (the statement translator sends
+catalog references there). The **scoped** ones show each user only its own catalog
+(:mod:`predictor.catalog_scope`): the translator hands them the statement's scope.
 
 :class:`ServedRelations` is the other half of the endpoint's catalog: the relations a client may
 name at all (mirrored tables, the registry and data sets in schema ``pgml``, the ``pgml_scores``
@@ -25,111 +23,41 @@ from dataclasses import dataclass
 
 import duckdb
 
-from mirror.duckdb_sql import META, transaction
+from mirror.duckdb_sql import META
 
 SCHEMA = "_pgml_catalog"
-TABLES = ("pg_class", "pg_namespace", "pg_attribute", "pg_attrdef", "pg_collation", "pg_type")
-FUNCTIONS = ("format_type", "pg_get_expr", "pg_relation_size", "pg_table_is_visible")
+
+
+def _names(text: str) -> frozenset[str]:
+    return frozenset(text.split())
+
+
+SCOPED_TABLES = _names(
+    "pg_class pg_namespace pg_attribute pg_attrdef pg_index pg_constraint pg_roles"
+)
+"""Catalog tables that show each user its own catalog (table macros of the scope)."""
+TABLES = SCOPED_TABLES | _names(
+    "pg_type pg_proc pg_am pg_database pg_collation pg_policy pg_inherits pg_statistic_ext"
+    " pg_publication pg_publication_namespace pg_publication_rel pg_rewrite pg_trigger"
+    " pg_auth_members pg_description"
+)
+"""The catalog tables answered (``pg_catalog.x`` or bare ``x``)."""
+SCOPED_FUNCTIONS = _names(
+    "pg_get_userbyid pg_table_is_visible pg_get_indexdef pg_get_constraintdef pg_get_viewdef"
+    " pg_relation_size pg_table_size pg_total_relation_size"
+)
+"""Catalog functions of a relation or role that take the statement's scope as last argument."""
+FUNCTIONS = SCOPED_FUNCTIONS | _names(
+    "format_type pg_get_expr pg_encoding_to_char pg_get_function_arguments"
+    " pg_get_function_identity_arguments pg_get_function_result obj_description"
+    " col_description shobj_description pg_get_ruledef pg_get_statisticsobjdef_columns"
+    " pg_relation_is_publishable array_upper array_lower"
+)
+"""The catalog functions answered from ``_pgml_catalog`` (``pg_catalog.f`` or bare ``f``)."""
 INFORMATION_SCHEMA = {
     name: f"information_schema_{name}" for name in ("tables", "columns", "schemata")
 }
-"""``information_schema`` views answered here (DuckDB's, without the sidecar's own schemas)."""
-_HIDDEN_SCHEMAS = f"('{META}', '{SCHEMA}')"
-_MIRROR_SCHEMAS = (
-    "select oid from duckdb_schemas() where database_name in (current_database(), 'system')"
-)
-"""The schemas of the mirror and DuckDB's own: the catalog shows no endpoint user's workspace
-(predictor.workspace)."""
-
-# (DuckDB type, PostgreSQL oid, PostgreSQL name); arrays get the array oid and "name[]".
-_TYPES = [
-    ("BOOLEAN", 16, 1000, "boolean"),
-    ("TINYINT", 21, 1005, "smallint"),
-    ("SMALLINT", 21, 1005, "smallint"),
-    ("INTEGER", 23, 1007, "integer"),
-    ("BIGINT", 20, 1016, "bigint"),
-    ("HUGEINT", 1700, 1231, "numeric"),
-    ("UTINYINT", 21, 1005, "smallint"),
-    ("USMALLINT", 23, 1007, "integer"),
-    ("UINTEGER", 20, 1016, "bigint"),
-    ("UBIGINT", 1700, 1231, "numeric"),
-    ("FLOAT", 700, 1021, "real"),
-    ("DOUBLE", 701, 1022, "double precision"),
-    ("VARCHAR", 25, 1009, "text"),
-    ("BLOB", 17, 1001, "bytea"),
-    ("DATE", 1082, 1182, "date"),
-    ("TIME", 1083, 1183, "time without time zone"),
-    ("TIMESTAMP", 1114, 1115, "timestamp without time zone"),
-    ("TIMESTAMP WITH TIME ZONE", 1184, 1185, "timestamp with time zone"),
-    ("INTERVAL", 1186, 1187, "interval"),
-    ("UUID", 2950, 2951, "uuid"),
-    ("JSON", 114, 199, "json"),
-]
-
-
-def _type_cases() -> tuple[str, str]:
-    """SQL CASE arms: DuckDB data_type → PostgreSQL oid, and oid → PostgreSQL type name."""
-    to_oid = []
-    names: dict[int, str] = {}
-    for duck, oid, array_oid, name in _TYPES:
-        to_oid.append(f"when '{duck}' then {oid} when '{duck}[]' then {array_oid}")
-        names.setdefault(oid, name)
-        names.setdefault(array_oid, name + "[]")
-    to_name = " ".join(f"when {oid} then '{name}'" for oid, name in names.items())
-    return " ".join(to_oid), to_name
-
-
-def install(con: duckdb.DuckDBPyConnection) -> None:
-    """Create (or refresh) the catalog views and functions in schema ``_pgml_catalog``."""
-    to_oid, to_name = _type_cases()
-    pg_oid = (
-        f"case when data_type like 'DECIMAL%[]' then 1231 when data_type like 'DECIMAL%' then 1700"
-        f" else case data_type {to_oid} else 25 end end"
-    )
-    with transaction(con) as cursor:
-        cursor.execute(f"create schema if not exists {SCHEMA}")
-        statements = [
-            f"create or replace view {SCHEMA}.pg_namespace as"
-            " select oid, nspname, nspowner, nspacl from pg_catalog.pg_namespace",
-            f"create or replace view {SCHEMA}.pg_class as select * from pg_catalog.pg_class"
-            f" where relnamespace in ({_MIRROR_SCHEMAS})",
-            f"create or replace view {SCHEMA}.pg_type as select * from pg_catalog.pg_type",
-            f"create or replace view {SCHEMA}.pg_attribute as select"
-            " table_oid as attrelid, column_name as attname,"
-            f" ({pg_oid})::bigint as atttypid,"
-            " case when data_type like 'DECIMAL%' and numeric_precision is not null"
-            "  then ((numeric_precision << 16) | numeric_scale) + 4 else -1 end::integer"
-            "  as atttypmod,"
-            " column_index::smallint as attnum, not is_nullable as attnotnull,"
-            " false as attisdropped, 0::bigint as attcollation, '' as attgenerated,"
-            " -1::integer as attstattarget, (data_type like '%[]')::integer as attndims,"
-            " column_default is not null as atthasdef, null::varchar[] as attfdwoptions"
-            " from duckdb_columns() where database_name = current_database()",
-            f"create or replace view {SCHEMA}.pg_attrdef as select 0::bigint as oid,"
-            " 0::bigint as adrelid, 0::smallint as adnum, null::varchar as adbin where false",
-            f"create or replace view {SCHEMA}.pg_collation as select 0::bigint as oid,"
-            " null::varchar as collname, 0::bigint as collnamespace where false",
-            f"create or replace macro {SCHEMA}.format_type(type_oid, type_modifier) as"
-            f" case when type_oid = 1700 and type_modifier > 4 then 'numeric('"
-            " || ((type_modifier - 4) >> 16) || ',' || ((type_modifier - 4) & 65535) || ')'"
-            f" else case type_oid {to_name} else 'text' end end",
-            f"create or replace macro {SCHEMA}.pg_get_expr(expression, relation) as null::varchar",
-            f"create or replace macro {SCHEMA}.pg_table_is_visible(relation) as true",
-            f"create or replace macro {SCHEMA}.pg_relation_size(relation) as ("
-            " select coalesce(max(estimated_size), 0) * 64 from duckdb_tables()"
-            " where database_name = current_database()"
-            " and (schema_name || '.' || table_name = relation or table_name = relation))",
-        ]
-        for name, view in INFORMATION_SCHEMA.items():
-            schema, database = ("schema_name", "catalog_name") if name == "schemata" else (
-                "table_schema", "table_catalog"
-            )  # fmt: skip
-            statements.append(
-                f"create or replace view {SCHEMA}.{view} as select * from information_schema.{name}"
-                f" where {schema} not in {_HIDDEN_SCHEMAS} and {database} = current_database()"
-            )
-        for statement in statements:
-            cursor.execute(statement)
+"""``information_schema`` views answered here (scoped, as the tables above)."""
 
 
 log = logging.getLogger("pgml_sidecar")
@@ -204,8 +132,12 @@ class ServedRelations:
             found = self._by_name.get(key)
         return found
 
-    def all(self) -> list[ServedRelation]:
-        """Every served relation, as of the last refresh."""
+    def all(self, *, fresh: bool = False) -> list[ServedRelation]:
+        """Every served relation (read again if the cache is older than
+        :data:`REFRESH_SECONDS`, or now if ``fresh``: a catalog lists what a deployment made a
+        moment ago)."""
+        if fresh or time.monotonic() - self._loaded_at > REFRESH_SECONDS:
+            self.refresh()
         return list(self._by_name.values())
 
     def refresh(self) -> None:

@@ -22,9 +22,11 @@ import duckdb
 import numpy as np
 import pyarrow as pa
 
+from mirror.duckdb_sql import quote
 from mirror.errors import SidecarError
 from predictor import catalog, error_words, procedures, results, scoring, vectors, wire
 from predictor.catalog import ServedRelations
+from predictor.catalog_scope import CatalogScope, scope_of
 from predictor.pg_types import FLOAT8
 from predictor.procedures import ProcedureResult
 from predictor.results import FETCH_BATCH, Outcome, Portal, Prepared, Rows
@@ -35,7 +37,7 @@ from predictor.statements import Parameter, ProcedureCall, Statement
 from predictor.time_settings import STATEMENT_TIMEOUT, TRAINING_TIME_LIMIT
 from predictor.translation import ARRAY_RESULTS
 from predictor.value_text import text_value
-from predictor.workspace import WorkspaceNames
+from predictor.workspace import WorkspaceNames, WorkspaceRelation
 from predictor.workspace_statements import relation_to_read
 from trainer.snapshots import RelationColumns
 from trainer.train import Trainer
@@ -106,6 +108,7 @@ class StatementRunner:
     """Runs statements in a session's transaction state; :class:`Session` adds the protocol."""
 
     endpoint: Endpoint
+    user: str
     role: str
     status: str
     settings: dict[str, str]
@@ -392,6 +395,39 @@ class StatementRunner:
                 sqlstate="0A000",
             )
         return relation
+
+    def catalog_scope(self) -> CatalogScope:
+        """The catalog this session's user sees now: what its role may read, its workspace."""
+        names = self.workspace_names()
+        access = self.endpoint.access
+        readable = None if access is None else access.readable(self.role)
+        cursor = self.endpoint.con.cursor()
+
+        def view_columns(view: WorkspaceRelation) -> list[tuple[str, str]]:
+            assert names is not None
+            try:
+                found = relation_to_read(
+                    f"{quote(view.schema)}.{quote(view.name)}",
+                    names=names,
+                    relations=self.endpoint.relations,
+                    readable=readable,
+                    viewer=None if access is None else self.role,
+                    cursor=cursor,
+                )
+            except (SidecarError, duckdb.Error):
+                return []  # a view its role may no longer read: listed, without columns
+            return list(found[0].columns) if found is not None else []
+
+        try:
+            return scope_of(
+                self.user,
+                relations=self.endpoint.relations,
+                readable=readable,
+                workspace=names,
+                view_columns=view_columns,
+            )
+        finally:
+            cursor.close()
 
     def _open_rows(self) -> Iterator[Rows]:
         for portal in self.portals.values():

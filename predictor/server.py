@@ -30,6 +30,7 @@ import duckdb
 from mirror.errors import ConfigError, SidecarError
 from predictor import (
     catalog,
+    catalog_views,
     chunking,
     metric_functions,
     python_environment,
@@ -135,7 +136,7 @@ class SqlEndpoint:
         )
         self.scorer = Scorer(trainer)
         self.scorer.register(con)
-        catalog.install(con)
+        catalog_views.install(con)
         vectors.install(con)
         metric_functions.register(con)
         python_environment.register(con)

@@ -237,6 +237,7 @@ class Session(StatementRunner):
                 readable=self._readable(),
                 viewer=viewer,
                 workspace=self.workspace_names(),
+                scope=self.catalog_scope,
             )
         except RecursionError:
             raise _too_deep() from None

@@ -32,6 +32,7 @@ from predictor.allow_list import (
     check_setting,
 )
 from predictor.catalog import ServedRelation, ServedRelations
+from predictor.catalog_scope import CatalogScope
 from predictor.translation import SCALAR_FUNCTIONS, pgml_name, translate
 from predictor.workspace import WorkspaceNames, WorkspaceWrite
 from predictor.workspace_statements import classify_write, read_only
@@ -187,9 +188,12 @@ def classify(
     readable: Readable | None = None,
     viewer: str | None = None,
     workspace: WorkspaceNames | None = None,
+    scope: Callable[[], CatalogScope] | None = None,
 ) -> Statement:
-    """What kind of statement ``node`` is, checked, and for queries its DuckDB translation."""
-    access = _Access(relations, readable, viewer, workspace)
+    """What kind of statement ``node`` is, checked, and for queries its DuckDB translation.
+
+    ``scope``: the catalog the caller sees, asked for if the statement reads the catalog."""
+    access = _Access(relations, readable, viewer, workspace, scope)
     try:
         return _classify(node, text, access)
     except RecursionError:  # expressions nested deeper than a check or print can follow
@@ -257,6 +261,7 @@ def _classify(node: ast.Node, text: str, access: _Access) -> Statement:
             readable=access.readable,
             viewer=access.viewer,
             names=access.workspace,
+            scope=access.scope,
         )
         if written is not None:
             checked = written.checked
@@ -279,6 +284,7 @@ class _Access:
     readable: Readable | None
     viewer: str | None
     workspace: WorkspaceNames | None = None
+    scope: Callable[[], CatalogScope] | None = None
 
 
 # Statements that change nothing and reach nothing, but that the endpoint does not implement.
@@ -404,6 +410,7 @@ def _select(node: ast.SelectStmt, text: str, access: _Access) -> Statement:
         workspace=checked.workspace,
         views=checked.views,
         schemas=checked.schemas,
+        scope=access.scope,
     )
     return Statement(
         "select",

@@ -11,7 +11,7 @@ CAST(features AS DOUBLE[]))``, evaluated a vector of rows at a time, and the vec
 
 from __future__ import annotations
 
-from collections.abc import Collection, Mapping
+from collections.abc import Callable, Collection, Mapping
 from typing import Any
 
 from pglast import ast, enums, parse_sql
@@ -20,6 +20,7 @@ from pglast.visitors import Visitor
 
 from predictor import catalog, python_environment, registry_rows, vectors
 from predictor.allow_list import READ_ONLY_SETTINGS, SQL_SYNTAX_FUNCTIONS, Refused
+from predictor.catalog_scope import NOTHING, CatalogScope
 from predictor.column_names import name_columns
 from predictor.workspace import WorkspaceRelation
 
@@ -49,6 +50,7 @@ def translate(
     workspace: Mapping[int, WorkspaceRelation] | None = None,
     views: Mapping[int, ast.SelectStmt] | None = None,
     schemas: Mapping[int, str] | None = None,
+    scope: Callable[[], CatalogScope] | None = None,
 ) -> str:
     """The DuckDB SQL of ``node`` (which is rewritten in place).
 
@@ -61,6 +63,8 @@ def translate(
     tables the query names (each named by its DuckDB catalog) and views it reads (each replaced
     by its query, translated here as part of this one), the same way. ``schemas``: the schema
     each unqualified name was found in along the search path, by ``id()`` of its ``RangeVar``.
+    ``scope``: the catalog the caller sees (:mod:`predictor.catalog_scope`), asked for only if
+    the query reads the catalog or names the current user; without it, an empty one.
     """
     narrowed = narrowed or {}
     workspace, views = workspace or {}, views or {}
@@ -74,7 +78,7 @@ def translate(
     _ChunkRows()(node)
     name_columns(node)  # before the translator renames functions
     registry = (registry or {}) if viewer is not None else {}
-    _Translator(narrowed, registry, viewer or "", schemas or {}, rows)(node)
+    _Translator(narrowed, registry, viewer or "", schemas or {}, rows, scope)(node)
     return RawStream(special_functions=True)(node)
 
 
@@ -195,14 +199,26 @@ class _Translator(Visitor):
         viewer: str,
         schemas: Mapping[int, str],
         rows: Collection[str] = (),
+        scope: Callable[[], CatalogScope] | None = None,
     ) -> None:
         super().__init__()
+        self._scope_source = scope
+        self._scope: CatalogScope | None = None
         self.schemas = schemas
         self.narrowed = narrowed
         self.registry = registry
         self.viewer = viewer
         self.rows = rows
         """The names a bare ``t`` in pgml.predict's features may mean a whole row of."""
+
+    def scope(self) -> CatalogScope:
+        """The caller's catalog, asked for once."""
+        if self._scope is None:
+            self._scope = self._scope_source() if self._scope_source is not None else NOTHING
+        return self._scope
+
+    def scope_text(self) -> ast.A_Const:
+        return ast.A_Const(val=ast.String(self.scope().text()))
 
     def visit_FuncCall(self, ancestors: Any, node: ast.FuncCall) -> Any:
         names = [n.sval or "" for n in node.funcname or ()]
@@ -214,6 +230,8 @@ class _Translator(Visitor):
             return None
         if name in catalog.FUNCTIONS:
             node.funcname = (ast.String(catalog.SCHEMA), ast.String(name))
+            if name in catalog.SCOPED_FUNCTIONS:
+                node.args = (*(node.args or ()), self.scope_text())
         elif name.lower() == "current_setting":
             return ast.A_Const(val=ast.String(_setting_value(node)))
         elif qualifier and not (
@@ -235,13 +253,41 @@ class _Translator(Visitor):
         relation = self.registry.get(id(node))
         if relation is not None:
             return registry_rows.filtered(node, relation, self.viewer)
+        if node.relname in catalog.SCOPED_TABLES and node.schemaname in (None, "pg_catalog"):
+            return self._scoped(node, node.relname)
         if node.relname in catalog.TABLES and node.schemaname in (None, "pg_catalog"):
             node.schemaname = catalog.SCHEMA
         elif node.schemaname == "information_schema" and node.relname:
             view = catalog.INFORMATION_SCHEMA.get(node.relname)
             if view is not None:
-                node.alias = node.alias or ast.Alias(aliasname=node.relname)  # tables.table_name
-                node.schemaname, node.relname = catalog.SCHEMA, view
+                return self._scoped(node, view)
+        return None
+
+    def _scoped(self, node: ast.RangeVar, macro: str) -> ast.RangeFunction:
+        """A catalog relation as the caller sees it: ``_pgml_catalog.<macro>('<scope>') AS
+        <alias or its name>``."""
+        call = ast.FuncCall(
+            funcname=(ast.String(catalog.SCHEMA), ast.String(macro)),
+            args=(self.scope_text(),),
+            funcformat=_PLAIN_CALL,
+        )
+        alias = node.alias or ast.Alias(aliasname=node.relname)  # pg_class.relname, tables.x
+        return ast.RangeFunction(
+            lateral=False, ordinality=False, is_rowsfrom=False, functions=((call, None),),
+            alias=alias,
+        )  # fmt: skip
+
+    def visit_A_Expr(self, ancestors: Any, node: ast.A_Expr) -> Any:
+        names = [n.sval for n in node.name or ()]
+        if len(names) == 2 and names[0] == "pg_catalog":  # OPERATOR(pg_catalog.~): DuckDB's ~
+            node.name = (ast.String(names[1]),)
+        return None
+
+    def visit_CollateClause(self, ancestors: Any, node: ast.CollateClause) -> Any:
+        names = [(n.sval or "").lower() for n in node.collname or ()]
+        if names[-1:] in (["default"], ["c"], ["posix"]):  # DuckDB compares bytes already
+            return node.arg
+        return None
 
     def visit_SQLValueFunction(self, ancestors: Any, node: ast.SQLValueFunction) -> Any:
         # as a call: DuckDB reads a bare CURRENT_DATE as a column first, and so as the result
@@ -251,6 +297,8 @@ class _Translator(Visitor):
         if found is None:
             return None
         function, cast_to = found
+        if name in _USER_FUNCTIONS:  # the endpoint user, never DuckDB's
+            return ast.A_Const(val=ast.String(self.scope().user))
         call = ast.FuncCall(funcname=(ast.String(function),), funcformat=_PLAIN_CALL)
         return ast.TypeCast(arg=call, typeName=_type(cast_to)) if cast_to else call
 
@@ -258,7 +306,10 @@ class _Translator(Visitor):
         cast_to = node.typeName
         if cast_to is not None and [n.sval for n in cast_to.names or ()][-1:] in _OID_TYPES:
             return node.arg  # a name stands for the relation or type it names
-        if cast_to is not None and [n.sval for n in cast_to.names or ()][-1:] == ["jsonb"]:
+        names = [n.sval for n in cast_to.names or ()] if cast_to is not None else []
+        if cast_to is not None and names[:1] == ["pg_catalog"] and names[1:] in _BARE_TYPES:
+            cast_to.names = (ast.String(names[1]),)  # DuckDB knows text, not pg_catalog.text
+        if cast_to is not None and names[-1:] == ["jsonb"]:
             type_name = ast.TypeName(names=(ast.String("json"),), arrayBounds=cast_to.arrayBounds)
             return ast.TypeCast(arg=node.arg, typeName=type_name)
         return None
@@ -373,6 +424,8 @@ _VALUE_FUNCTIONS = {
     "current_schema": ("current_schema", ""),
 }  # fmt: skip
 _PLAIN_CALL = enums.CoercionForm.COERCE_EXPLICIT_CALL
+_USER_FUNCTIONS = frozenset({"current_user", "session_user", "user", "current_role"})
+_BARE_TYPES = (["text"], ["oid"], ["name"], ["char"])
 """SQL's value functions (``CURRENT_DATE``, ``CURRENT_USER``) as DuckDB's calls."""
 
 _UDF_ARGUMENTS = {

@@ -32,6 +32,7 @@ from predictor.allow_list import (
     parse_view,
 )
 from predictor.catalog import ServedRelation, ServedRelations
+from predictor.catalog_scope import CatalogScope
 from predictor.translation import translate
 from predictor.workspace import (
     DEFAULT_SCHEMA,
@@ -61,6 +62,7 @@ class _Context:
     readable: Readable | None
     viewer: str | None
     names: WorkspaceNames
+    scope: Callable[[], CatalogScope] | None = None
 
     def check(self, node: ast.SelectStmt, names: WorkspaceNames | None = None) -> CheckedQuery:
         checked = check_query(
@@ -88,6 +90,7 @@ class _Context:
             workspace=workspace,
             views=checked.views,
             schemas=checked.schemas,
+            scope=self.scope,
         )
 
     def served(self, schema: str | None, name: str) -> ServedRelation | None:
@@ -113,10 +116,11 @@ def classify_write(
     readable: Readable | None,
     viewer: str | None,
     names: WorkspaceNames,
+    scope: Callable[[], CatalogScope] | None = None,
 ) -> Written | None:
     """``node`` checked as a statement writing to the workspace ``names`` (None: it is no such
-    statement)."""
-    context = _Context(relations, readable, viewer, names)
+    statement); ``scope``: the catalog the caller sees."""
+    context = _Context(relations, readable, viewer, names, scope)
     handler: Callable[[Any, _Context], Written | None] | None = _HANDLERS.get(type(node))
     return None if handler is None else handler(node, context)
 

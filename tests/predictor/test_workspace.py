@@ -219,11 +219,13 @@ def test_two_users_never_see_each_others_workspace(served: SqlEndpoint) -> None:
         error = _error(served, sql, user="bob")
         assert error.sqlstate in ("42501", "42P01"), (sql, error)
     assert _rows(served, "select who from mine", user="alice") == [("alice",)]
-    # and the catalog lists no workspace
+    # and the catalog lists bob's own workspace, never alice's
     tables = _rows(served, "select relname from pg_catalog.pg_class", user="bob")
-    assert ("mine",) not in tables and ("customers",) in tables
+    assert tables.count(("mine",)) == 1 and ("customers",) in tables and ("v",) not in tables
     columns = _rows(served, "select table_name from information_schema.columns", user="bob")
-    assert ("mine",) not in columns
+    assert columns.count(("mine",)) == 1 and ("v",) not in columns
+    views = _rows(served, "select relname from pg_class where relkind = 'v'", user="alice")
+    assert ("v",) in views
 
 
 def test_the_mirror_stays_read_only(served: SqlEndpoint, mirror: Mirror) -> None:
