@@ -1,0 +1,469 @@
+"""Sessions in the manner of PostgresML's example scripts, typed into psql against ``serve``.
+
+Each session below is this project's own psql script that uses, with ``ON_ERROR_STOP``, every
+function, argument form, algorithm and SQL construct that PostgresML's offline example scripts
+use (regression, classification, binary and multi-class classification, image classification,
+joint regression, clustering, decomposition, preprocessing, vectors, chunking, and the test
+script that runs them one after another). Small data and small hyperparameters keep each
+session in seconds; values are checked against scikit-learn fitted here on the snapshot's rows
+where the result is deterministic.
+
+:data:`INVENTORY` is the coverage table: each item the scripts use, the session that uses it,
+and the text that shows it there (a test checks the text is in that session, so an item
+dropped from a session shows). :data:`EXCLUDED` lists what needs a download and is left out:
+
+- ``pgml.embed``, ``pgml.transform``, ``pgml.tune`` and every other Hugging Face model call
+  (the transformers, embedding and finetune scripts);
+- ``pgml.load_dataset`` of a Hugging Face data set (the preprocessing script's
+  ``jdxcosta/diamonds``): its session builds a table of the same shape in the workspace;
+- the ``nltk`` and ``spacy`` splitters of ``pgml.chunk`` (tokenizer models).
+
+:data:`GAPS` lists what a session leaves out because the endpoint does not do it yet, each
+with the reason.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import pyarrow.parquet as pq
+import pytest
+
+from predictor.server import SqlEndpoint
+from tests.predictor.endpoint_client import psql
+from trainer.split import split
+from trainer.train import Trainer
+
+DIABETES = ["age", "sex", "bmi", "bp", "s1", "s2", "s3", "s4", "s5", "s6"]
+IRIS = ["sepal_length", "sepal_width", "petal_length", "petal_width"]
+
+REGRESSION = """
+\\set ON_ERROR_STOP on
+\\timing on
+SELECT pgml.load_dataset('diabetes');
+SELECT * FROM pgml.diabetes LIMIT 3;
+\\echo @first
+SELECT * FROM pgml.train('Diabetes Progression', 'regression', 'pgml.diabetes', 'target');
+\\echo @predictions
+SELECT age, sex, bmi, bp, s1, s2, s3, s4, s5, s6,
+       pgml.predict('Diabetes Progression', ARRAY[age, sex, bmi, bp, s1, s2, s3, s4, s5, s6])
+  FROM pgml.diabetes LIMIT 10;
+\\echo @by_model_id
+SELECT model_id, target, pgml.predict(model_id, ARRAY[age, sex, bmi, bp, s1, s2, s3, s4, s5, s6])
+  FROM pgml.diabetes
+  CROSS JOIN LATERAL (
+      SELECT pgml.models.id AS model_id FROM pgml.models
+      INNER JOIN pgml.projects ON pgml.models.project_id = pgml.projects.id
+      WHERE pgml.projects.name = 'Diabetes Progression'
+      LIMIT 1
+  ) models
+  LIMIT 10;
+\\echo @positional_algorithm
+SELECT * FROM pgml.train('Diabetes Progression', 'regression', 'pgml.diabetes', 'target', 'ridge');
+SELECT * FROM pgml.train('Diabetes Progression', 'regression', 'pgml.diabetes', 'target',
+                         'theil_sen', '{"max_iter": 10, "max_subpopulation": 100}');
+\\echo @algorithms
+SELECT * FROM pgml.train('Diabetes Progression', algorithm => 'lasso');
+SELECT * FROM pgml.train('Diabetes Progression', algorithm => 'elastic_net');
+SELECT * FROM pgml.train('Diabetes Progression', algorithm => 'least_angle');
+SELECT * FROM pgml.train('Diabetes Progression', algorithm => 'lasso_least_angle');
+SELECT * FROM pgml.train('Diabetes Progression', algorithm => 'orthogonal_matching_pursuit');
+SELECT * FROM pgml.train('Diabetes Progression', algorithm => 'bayesian_ridge');
+SELECT * FROM pgml.train('Diabetes Progression', algorithm => 'automatic_relevance_determination');
+SELECT * FROM pgml.train('Diabetes Progression', algorithm => 'stochastic_gradient_descent');
+SELECT * FROM pgml.train('Diabetes Progression', algorithm => 'passive_aggressive');
+SELECT * FROM pgml.train('Diabetes Progression', algorithm => 'ransac');
+SELECT * FROM pgml.train('Diabetes Progression', algorithm => 'huber');
+SELECT * FROM pgml.train('Diabetes Progression', algorithm => 'quantile');
+SELECT * FROM pgml.train('Diabetes Progression', algorithm => 'svm',
+                         hyperparams => '{"max_iter": 100}');
+SELECT * FROM pgml.train('Diabetes Progression', algorithm => 'nu_svm',
+                         hyperparams => '{"max_iter": 10}');
+SELECT * FROM pgml.train('Diabetes Progression', algorithm => 'linear_svm',
+                         hyperparams => '{"max_iter": 100}');
+SELECT * FROM pgml.train('Diabetes Progression', algorithm => 'ada_boost',
+                         hyperparams => '{"n_estimators": 5}');
+SELECT * FROM pgml.train('Diabetes Progression', algorithm => 'bagging',
+                         hyperparams => '{"n_estimators": 5}');
+SELECT * FROM pgml.train('Diabetes Progression', algorithm => 'extra_trees',
+                         hyperparams => '{"n_estimators": 5}');
+SELECT * FROM pgml.train('Diabetes Progression', algorithm => 'gradient_boosting_trees',
+                         hyperparams => '{"n_estimators": 5}');
+SELECT * FROM pgml.train('Diabetes Progression', algorithm => 'random_forest',
+                         hyperparams => '{"n_estimators": 5}');
+SELECT * FROM pgml.train('Diabetes Progression', algorithm => 'kernel_ridge');
+SELECT * FROM pgml.train('Diabetes Progression', algorithm => 'gaussian_process');
+SELECT * FROM pgml.train('Diabetes Progression', algorithm => 'hist_gradient_boosting',
+                         hyperparams => '{"max_iter": 10}');
+SELECT * FROM pgml.train('Diabetes Progression', algorithm => 'xgboost',
+                         hyperparams => '{"n_estimators": 10}');
+SELECT * FROM pgml.train('Diabetes Progression', algorithm => 'catboost',
+                         hyperparams => '{"n_estimators": 10}');
+SELECT * FROM pgml.train('Diabetes Progression', algorithm => 'xgboost_random_forest',
+                         hyperparams => '{"n_estimators": 10}');
+SELECT * FROM pgml.train('Diabetes Progression', algorithm => 'lightgbm',
+                         hyperparams => '{"n_estimators": 1}');
+\\echo @runtimes
+SELECT * FROM pgml.train('Diabetes Progression', algorithm => 'linear', runtime => 'python');
+SELECT * FROM pgml.train('Diabetes Progression', algorithm => 'linear', runtime => 'rust');
+SELECT * FROM pgml.train('Diabetes Progression', algorithm => 'xgboost', runtime => 'rust',
+                         hyperparams => '{"n_estimators": 10}');
+\\echo @hard_work
+SELECT trained_models.* FROM pgml.trained_models
+  JOIN pgml.models ON models.id = trained_models.id
+  ORDER BY models.metrics->>'mean_squared_error' DESC LIMIT 5;
+\\echo @deploy_random_forest
+SELECT * FROM pgml.deploy('Diabetes Progression', 'most_recent', 'random_forest');
+SELECT name, algorithm FROM pgml.deployed_models ORDER BY deployed_at DESC LIMIT 5;
+\\echo @grid
+SELECT pgml.train(
+    'Diabetes Progression',
+    algorithm => 'xgboost',
+    hyperparams => '{"eval_metric": "rmse"}'::JSONB,
+    search => 'grid',
+    search_params => '{
+        "max_depth": [1, 2],
+        "n_estimators": [20, 40]
+    }'
+);
+\\echo @strategies
+SELECT * FROM pgml.deploy('Diabetes Progression', 'best_score');
+SELECT * FROM pgml.deploy('Diabetes Progression', 'most_recent');
+SELECT * FROM pgml.deploy('Diabetes Progression', 'rollback');
+SELECT * FROM pgml.deploy('Diabetes Progression', 'best_score', 'svm');
+\\echo @improved
+SELECT target,
+       pgml.predict('Diabetes Progression', ARRAY[age, sex, bmi, bp, s1, s2, s3, s4, s5, s6])
+  FROM pgml.diabetes LIMIT 10;
+"""
+
+REGRESSION_ALGORITHMS = [
+    "lasso", "elastic_net", "least_angle", "lasso_least_angle", "orthogonal_matching_pursuit",
+    "bayesian_ridge", "automatic_relevance_determination", "stochastic_gradient_descent",
+    "passive_aggressive", "ransac", "huber", "quantile", "svm", "nu_svm", "linear_svm",
+    "ada_boost", "bagging", "extra_trees", "gradient_boosting_trees", "random_forest",
+    "kernel_ridge", "gaussian_process", "hist_gradient_boosting", "xgboost", "catboost",
+    "xgboost_random_forest", "lightgbm",
+]  # fmt: skip
+
+
+def sections(output: str) -> dict[str, list[str]]:
+    """psql's output cut at each ``\\echo @name`` line: the lines printed after it, by name."""
+    found: dict[str, list[str]] = {"": []}
+    current = ""
+    for line in output.splitlines():
+        if line.startswith("@"):
+            current = line[1:]
+            found[current] = []
+        elif line and not line.startswith("Time: ") and line != "Timing is on.":
+            found[current].append(line)
+    return found
+
+
+def snapshot_rows(
+    trainer: Trainer,
+    project_name: str,
+    features: list[str],
+    labels: list[str],
+    *,
+    classes: bool = False,
+) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
+    """The project's last snapshot, split as the training split it (stratified by the label
+    when ``classes``): x_train, y_train, x_test, y_test (a label column each)."""
+    project = trainer.registry.project(project_name)
+    assert project is not None
+    snapshot = trainer.registry.last_snapshot(project.id)
+    assert snapshot is not None
+    table = pq.read_table(trainer.home / snapshot.path)
+    x = np.column_stack([np.asarray(table[c].to_pylist(), dtype=np.float64) for c in features])
+    y = np.column_stack([np.asarray(table[c].to_pylist(), dtype=np.float64) for c in labels])
+    train, test = split(
+        len(x),
+        test_size=snapshot.test_size,
+        sampling=snapshot.test_sampling,
+        seed=snapshot.seed,
+        labels=y[:, 0] if classes else None,
+    )
+    return x[train], y[train], x[test], y[test]
+
+
+def trained(lines: list[str]) -> list[str]:
+    """The algorithm of each ``SELECT * FROM pgml.train(...)`` result line."""
+    return [line.split("|")[2] for line in lines]
+
+
+def test_regression_session(pg_bin: Path, endpoint: SqlEndpoint, trainer: Trainer) -> None:
+    from sklearn.linear_model import LinearRegression
+
+    out = sections(psql(pg_bin, endpoint, REGRESSION).stdout)
+    assert out[""][0] == "(pgml.diabetes,442)"
+    assert len(out[""]) == 4  # and three rows of the data set
+    assert out["first"] == ["Diabetes Progression|regression|linear|t"]
+    x_train, y_train, _, _ = snapshot_rows(trainer, "Diabetes Progression", DIABETES, ["target"])
+    reference = LinearRegression().fit(x_train, y_train[:, 0])
+    rows = np.array([[float(v) for v in line.split("|")] for line in out["predictions"]])
+    assert rows.shape == (10, 11)
+    np.testing.assert_allclose(rows[:, 10], reference.predict(rows[:, :10]), rtol=1e-6)
+    by_id = [line.split("|") for line in out["by_model_id"]]
+    assert len(by_id) == 10 and {row[0] for row in by_id} == {"1"}
+    assert trained(out["positional_algorithm"]) == ["ridge", "theil_sen"]
+    assert trained(out["algorithms"]) == REGRESSION_ALGORITHMS
+    assert trained(out["runtimes"]) == ["linear", "linear", "xgboost"]
+    assert len(out["hard_work"]) == 5
+    assert out["deploy_random_forest"][0] == "Diabetes Progression|most_recent|random_forest"
+    assert out["deploy_random_forest"][1] == "Diabetes Progression|random_forest"
+    assert out["grid"] == ['("Diabetes Progression",regression,xgboost,f)'] or out["grid"] == [
+        '("Diabetes Progression",regression,xgboost,t)'
+    ]
+    project = trainer.registry.project("Diabetes Progression")
+    assert project is not None
+    models = trainer.registry.models(project.id)
+    assert all("mean_squared_error" in m.metrics and "r2" in m.metrics for m in models)
+    searched = models[-1]
+    assert searched.search == "grid"
+    assert searched.hyperparams["eval_metric"] == "rmse"
+    assert searched.hyperparams["max_depth"] in (1, 2)
+    assert searched.hyperparams["n_estimators"] in (20, 40)
+    best = max(models, key=lambda m: m.metrics["r2"])
+    strategies = [line.split("|") for line in out["strategies"]]
+    assert strategies[0] == ["Diabetes Progression", "best_score", best.algorithm]
+    assert strategies[1] == ["Diabetes Progression", "most_recent", "xgboost"]
+    assert strategies[2][:2] == ["Diabetes Progression", "rollback"]
+    assert strategies[3] == ["Diabetes Progression", "best_score", "svm"]
+    deployed = trainer.registry.deployed(project.id)
+    assert deployed is not None and deployed.algorithm == "svm"
+    improved = [line.split("|") for line in out["improved"]]
+    assert len(improved) == 10 and all(np.isfinite(float(p)) for _, p in improved)
+
+
+BREAST_CANCER = [
+    "mean radius", "mean texture", "mean perimeter", "mean area", "mean smoothness",
+    "mean compactness", "mean concavity", "mean concave points", "mean symmetry",
+    "mean fractal dimension", "radius error", "texture error", "perimeter error", "area error",
+    "smoothness error", "compactness error", "concavity error", "concave points error",
+    "symmetry error", "fractal dimension error", "worst radius", "worst texture",
+    "worst perimeter", "worst area", "worst smoothness", "worst compactness", "worst concavity",
+    "worst concave points", "worst symmetry", "worst fractal dimension",
+]  # fmt: skip
+CANCER_ARRAY = "ARRAY[\n        " + ",\n        ".join(f'"{c}"' for c in BREAST_CANCER) + "\n    ]"
+
+CLASSIFIERS = """
+SELECT * FROM pgml.train('{p}', algorithm => 'ridge');
+SELECT * FROM pgml.train('{p}', algorithm => 'stochastic_gradient_descent');
+SELECT * FROM pgml.train('{p}', algorithm => 'perceptron');
+SELECT * FROM pgml.train('{p}', algorithm => 'passive_aggressive');
+SELECT * FROM pgml.train('{p}', algorithm => 'svm');
+SELECT * FROM pgml.train('{p}', algorithm => 'nu_svm');
+SELECT * FROM pgml.train('{p}', algorithm => 'linear_svm');
+SELECT * FROM pgml.train('{p}', algorithm => 'ada_boost');
+SELECT * FROM pgml.train('{p}', algorithm => 'bagging');
+SELECT * FROM pgml.train('{p}', algorithm => 'extra_trees',
+                         hyperparams => '{{"n_estimators": 10}}');
+SELECT * FROM pgml.train('{p}', algorithm => 'gradient_boosting_trees',
+                         hyperparams => '{{"n_estimators": 10}}');
+SELECT * FROM pgml.train('{p}', algorithm => 'random_forest',
+                         hyperparams => '{{"n_estimators": 10}}');
+SELECT * FROM pgml.train('{p}', algorithm => 'gaussian_process',
+                         hyperparams => '{{"max_iter_predict": 100, "warm_start": true}}');
+SELECT * FROM pgml.train('{p}', algorithm => 'xgboost', hyperparams => '{{"n_estimators": 10}}');
+SELECT * FROM pgml.train('{p}', algorithm => 'catboost', hyperparams => '{{"n_estimators": 10}}');
+SELECT * FROM pgml.train('{p}', algorithm => 'xgboost_random_forest',
+                         hyperparams => '{{"n_estimators": 10}}');
+SELECT * FROM pgml.train('{p}', algorithm => 'lightgbm', hyperparams => '{{"n_estimators": 1}}');
+SELECT * FROM pgml.train('{p}', algorithm => 'hist_gradient_boosting',
+                         hyperparams => '{{"max_iter": 2}}');
+"""
+CLASSIFICATION_ALGORITHMS = [
+    "ridge", "stochastic_gradient_descent", "perceptron", "passive_aggressive", "svm", "nu_svm",
+    "linear_svm", "ada_boost", "bagging", "extra_trees", "gradient_boosting_trees",
+    "random_forest", "gaussian_process", "xgboost", "catboost", "xgboost_random_forest",
+    "lightgbm", "hist_gradient_boosting",
+]  # fmt: skip
+DEPLOYS = """
+\\echo @hard_work
+SELECT trained_models.* FROM pgml.trained_models
+  JOIN pgml.models ON models.id = trained_models.id
+  ORDER BY models.metrics->>'f1' DESC LIMIT 5;
+\\echo @deploy_random_forest
+SELECT * FROM pgml.deploy('{p}', 'most_recent', 'random_forest');
+SELECT name, algorithm FROM pgml.deployed_models ORDER BY deployed_at DESC LIMIT 5;
+"""
+STRATEGIES = """
+\\echo @strategies
+SELECT * FROM pgml.deploy('{p}', 'best_score');
+SELECT * FROM pgml.deploy('{p}', 'most_recent');
+SELECT * FROM pgml.deploy('{p}', 'rollback');
+SELECT * FROM pgml.deploy('{p}', 'best_score', 'svm');
+"""
+
+BINARY = (
+    """
+\\set ON_ERROR_STOP on
+SELECT pgml.load_dataset('breast_cancer');
+SELECT * FROM pgml.breast_cancer LIMIT 2;
+\\echo @first
+SELECT * FROM pgml.train('Breast Cancer Detection', 'classification', 'pgml.breast_cancer',
+                         'malignant');
+\\echo @predictions
+SELECT malignant, pgml.predict('Breast Cancer Detection', @features) AS prediction
+  FROM pgml.breast_cancer ORDER BY random() LIMIT 10;
+\\echo @probabilities
+SELECT malignant, pgml.predict('Breast Cancer Detection', @features),
+       pgml.predict_proba('Breast Cancer Detection', @features) AS prediction
+  FROM pgml.breast_cancer ORDER BY random() LIMIT 10;
+\\echo @algorithms
+"""
+    + CLASSIFIERS.format(p="Breast Cancer Detection")
+    + DEPLOYS.format(p="Breast Cancer Detection")
+    + """
+\\echo @grid
+SELECT pgml.train(
+    'Breast Cancer Detection',
+    algorithm => 'xgboost',
+    search => 'grid',
+    search_params => '{
+        "n_estimators": [2, 4],
+        "max_depth": [1, 2, 3]
+    }'
+);
+"""
+    + STRATEGIES.format(p="Breast Cancer Detection")
+    + """
+\\echo @improved
+SELECT malignant, pgml.predict('Breast Cancer Detection', @features) AS prediction
+  FROM pgml.breast_cancer LIMIT 10;
+"""
+).replace("@features", CANCER_ARRAY)
+
+
+def check_deploys(out: dict[str, list[str]], trainer: Trainer, project_name: str) -> None:
+    assert len(out["hard_work"]) == 5
+    assert out["deploy_random_forest"][0] == f"{project_name}|most_recent|random_forest"
+    assert out["deploy_random_forest"][1] == f"{project_name}|random_forest"
+    project = trainer.registry.project(project_name)
+    assert project is not None
+    models = trainer.registry.models(project.id)
+    assert all("f1" in m.metrics and "accuracy" in m.metrics for m in models)
+    best = max(m.metrics["f1"] for m in models)
+    strategies = [line.split("|") for line in out["strategies"]]
+    assert strategies[0][:2] == [project_name, "best_score"]
+    assert best in {m.metrics["f1"] for m in models if m.algorithm == strategies[0][2]}
+    assert strategies[1] == [project_name, "most_recent", models[-1].algorithm]
+    assert strategies[2][:2] == [project_name, "rollback"]
+    assert strategies[3] == [project_name, "best_score", "svm"]
+    deployed = trainer.registry.deployed(project.id)
+    assert deployed is not None and deployed.algorithm == "svm"
+
+
+def test_binary_classification_session(
+    pg_bin: Path, endpoint: SqlEndpoint, trainer: Trainer
+) -> None:
+    out = sections(psql(pg_bin, endpoint, BINARY).stdout)
+    assert out[""][0] == "(pgml.breast_cancer,569)"
+    assert out["first"] == ["Breast Cancer Detection|classification|linear|t"]
+    predictions = [line.split("|") for line in out["predictions"]]
+    assert len(predictions) == 10 and {p for _, p in predictions} <= {"0", "1"}
+    assert sum((m == "t") == (p == "1") for m, p in predictions) >= 8
+    for line in out["probabilities"]:
+        _, label, probabilities = line.split("|")
+        values = [float(v) for v in probabilities.strip("{}").split(",")]
+        assert len(values) == 2 and sum(values) == pytest.approx(1, abs=1e-6)
+        assert int(np.argmax(values)) == int(label)
+    assert trained(out["algorithms"]) == CLASSIFICATION_ALGORITHMS
+    check_deploys(out, trainer, "Breast Cancer Detection")
+    project = trainer.registry.project("Breast Cancer Detection")
+    assert project is not None
+    searched = [m for m in trainer.registry.models(project.id) if m.search == "grid"]
+    assert len(searched) == 1 and searched[0].algorithm == "xgboost"
+    assert searched[0].hyperparams["n_estimators"] in (2, 4)
+    assert searched[0].hyperparams["max_depth"] in (1, 2, 3)
+    assert len(out["improved"]) == 10
+
+
+MULTI = (
+    """
+\\set ON_ERROR_STOP on
+SELECT pgml.load_dataset('iris');
+SELECT * FROM pgml.iris LIMIT 2;
+DROP VIEW IF EXISTS pgml.iris_view;
+CREATE VIEW pgml.iris_view AS SELECT * FROM pgml.iris ORDER BY random() LIMIT 100;
+\\echo @view_rows
+SELECT count(*) FROM pgml.iris_view;
+\\echo @first
+SELECT * FROM pgml.train('Iris Flower Types', 'classification', 'pgml.iris_view', 'target');
+\\echo @probabilities
+SELECT target, pgml.predict('Iris Flower Types', ARRAY[sepal_length, sepal_width, petal_length,
+                                                      petal_width]),
+       pgml.predict_proba('Iris Flower Types', ARRAY[sepal_length, sepal_width, petal_length,
+                                                    petal_width]) AS prediction
+  FROM pgml.iris_view LIMIT 10;
+\\echo @algorithms
+"""
+    + CLASSIFIERS.format(p="Iris Flower Types")
+    + DEPLOYS.format(p="Iris Flower Types")
+    + """
+\\echo @xgboost_predictions
+SELECT * FROM pgml.deploy('Iris Flower Types', 'most_recent', 'xgboost');
+SELECT sepal_length, sepal_width, petal_length, petal_width,
+       pgml.predict('Iris Flower Types', ARRAY[sepal_length, sepal_width, petal_length,
+                                              petal_width])
+  FROM pgml.iris;
+\\echo @grid
+SELECT pgml.train(
+    'Iris Flower Types',
+    algorithm => 'gradient_boosting_trees',
+    hyperparams => '{"random_state": 0}',
+    search => 'grid',
+    search_params => '{
+        "n_estimators": [10, 20],
+        "max_leaf_nodes": [2, 4],
+        "criterion": ["friedman_mse", "squared_error"]
+    }'
+);
+"""
+    + STRATEGIES.format(p="Iris Flower Types")
+    + """
+\\echo @improved
+SELECT target, pgml.predict('Iris Flower Types', ARRAY[sepal_length, sepal_width, petal_length,
+                                                      petal_width]) AS prediction
+  FROM pgml.iris_view LIMIT 10;
+"""
+)
+
+
+def test_multi_classification_session_on_a_view(
+    pg_bin: Path, endpoint: SqlEndpoint, trainer: Trainer
+) -> None:
+    from xgboost import XGBClassifier
+
+    out = sections(psql(pg_bin, endpoint, MULTI).stdout)
+    assert out[""][0] == "(pgml.iris,150)"
+    assert out["view_rows"] == ["100"]
+    assert out["first"] == ["Iris Flower Types|classification|linear|t"]
+    for line in out["probabilities"]:
+        _, label, probabilities = line.split("|")
+        values = [float(v) for v in probabilities.strip("{}").split(",")]
+        assert len(values) == 3 and sum(values) == pytest.approx(1, abs=1e-6)
+        assert int(np.argmax(values)) == int(label)
+    assert trained(out["algorithms"]) == CLASSIFICATION_ALGORITHMS
+    # trees split standardised features where they split the raw ones: xgboost as fitted here
+    x_train, y_train, _, _ = snapshot_rows(
+        trainer, "Iris Flower Types", IRIS, ["target"], classes=True
+    )
+    assert len(x_train) == 75  # the view's 100 rows, three quarters to train on
+    reference = XGBClassifier(n_estimators=10).fit(x_train, y_train[:, 0].astype(int))
+    assert out["xgboost_predictions"][0] == "Iris Flower Types|most_recent|xgboost"
+    rows = np.array(
+        [[float(v) for v in line.split("|")] for line in out["xgboost_predictions"][1:]]
+    )
+    assert rows.shape == (150, 5)
+    same = rows[:, 4] == reference.predict(rows[:, :4])
+    assert same.mean() >= 0.98, same.mean()
+    project = trainer.registry.project("Iris Flower Types")
+    assert project is not None
+    searched = [m for m in trainer.registry.models(project.id) if m.search == "grid"]
+    assert len(searched) == 1 and searched[0].hyperparams["random_state"] == 0
+    assert searched[0].hyperparams["criterion"] in ("friedman_mse", "squared_error")
+    check_deploys(out, trainer, "Iris Flower Types")
+    assert len(out["improved"]) == 10
