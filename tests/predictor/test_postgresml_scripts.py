@@ -479,7 +479,8 @@ SELECT left(image::text, 40) || ',...}', target FROM pgml.digits LIMIT 10;
 \\echo @first
 SELECT * FROM pgml.train('Handwritten Digits', 'classification', 'pgml.some_digits', 'target');
 \\echo @predictions
-SELECT target, pgml.predict('Handwritten Digits', image) AS prediction FROM pgml.some_digits LIMIT 10;
+SELECT target, pgml.predict('Handwritten Digits', image) AS prediction
+  FROM pgml.some_digits LIMIT 10;
 \\echo @probabilities
 SELECT target, pgml.predict('Handwritten Digits', image),
        pgml.predict_proba('Handwritten Digits', image) AS prediction
@@ -546,7 +547,8 @@ SELECT * FROM pgml.linnerud LIMIT 2;
 SELECT * FROM pgml.train_joint('Exercise vs Physiology', 'regression', 'pgml.linnerud',
                                ARRAY['weight', 'waist', 'pulse']);
 \\echo @predictions
-SELECT chins, situps, jumps, pgml.predict_joint('Exercise vs Physiology', ARRAY[chins, situps, jumps])
+SELECT chins, situps, jumps,
+       pgml.predict_joint('Exercise vs Physiology', ARRAY[chins, situps, jumps])
   FROM pgml.linnerud LIMIT 10;
 \\echo @algorithms
 SELECT * FROM pgml.train_joint('Exercise vs Physiology', algorithm => 'ridge');
@@ -554,11 +556,13 @@ SELECT * FROM pgml.train_joint('Exercise vs Physiology', algorithm => 'lasso');
 SELECT * FROM pgml.train_joint('Exercise vs Physiology', algorithm => 'elastic_net');
 SELECT * FROM pgml.train_joint('Exercise vs Physiology', algorithm => 'least_angle');
 SELECT * FROM pgml.train_joint('Exercise vs Physiology', algorithm => 'lasso_least_angle');
-SELECT * FROM pgml.train_joint('Exercise vs Physiology', algorithm => 'orthogonal_matching_pursuit');
+SELECT * FROM pgml.train_joint('Exercise vs Physiology',
+                               algorithm => 'orthogonal_matching_pursuit');
 SELECT * FROM pgml.train_joint('Exercise vs Physiology', algorithm => 'bayesian_ridge');
 SELECT * FROM pgml.train_joint('Exercise vs Physiology',
                                algorithm => 'automatic_relevance_determination');
-SELECT * FROM pgml.train_joint('Exercise vs Physiology', algorithm => 'stochastic_gradient_descent');
+SELECT * FROM pgml.train_joint('Exercise vs Physiology',
+                               algorithm => 'stochastic_gradient_descent');
 SELECT * FROM pgml.train_joint('Exercise vs Physiology', algorithm => 'passive_aggressive');
 SELECT * FROM pgml.train_joint('Exercise vs Physiology', algorithm => 'ransac');
 SELECT * FROM pgml.train_joint('Exercise vs Physiology', algorithm => 'theil_sen',
