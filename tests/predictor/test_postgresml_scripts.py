@@ -756,3 +756,361 @@ def test_clustering_and_decomposition_session(
     statement = "SELECT pgml.predict('Handwritten Digits Reduction', image) FROM pgml.digits;"
     refused = psql(pg_bin, endpoint, statement, check=False)
     assert "a decomposition model gives components" in refused.stderr
+
+
+VECTORS = """
+\\set ON_ERROR_STOP on
+\\echo @scalar
+SELECT pgml.add(ARRAY[1.0, 2.0, 3.0], 3);
+SELECT pgml.subtract(ARRAY[1.0, 2.0, 3.0], 3);
+SELECT pgml.multiply(ARRAY[1.0, 2.0, 3.0], 3);
+SELECT pgml.divide(ARRAY[1.0, 2.0, 3.0], 100);
+\\echo @pairwise
+SELECT pgml.add(ARRAY[1.0, 2.0, 3.0]::FLOAT4[], ARRAY[4.0, 5.0, 6.0]::FLOAT4[]);
+SELECT pgml.subtract(ARRAY[1.0, 2.0, 3.0]::FLOAT4[], ARRAY[4.0, 5.0, 6.0]::FLOAT4[]);
+SELECT pgml.multiply(ARRAY[1.0, 2.0, 3.0]::FLOAT4[], ARRAY[4.0, 5.0, 6.0]::FLOAT4[]);
+SELECT pgml.divide(ARRAY[1.0, 2.0, 3.0]::FLOAT4[], ARRAY[4.0, 5.0, 6.0]::FLOAT4[]);
+\\echo @norms
+SELECT pgml.norm_l0(ARRAY[1.0, 0.0, 3.0]::FLOAT4[]);
+SELECT pgml.norm_l1(ARRAY[1.0, -2.0, 3.0]::FLOAT4[]);
+SELECT pgml.norm_l2(ARRAY[1.0, 2.0, 3.0]::FLOAT4[]);
+SELECT pgml.norm_max(ARRAY[1.0, -4.0, 3.0]::FLOAT4[]);
+\\echo @normalized
+SELECT pgml.normalize_l1(ARRAY[1.0, 2.0, 3.0]::FLOAT4[]);
+SELECT pgml.normalize_l2(ARRAY[1.0, 2.0, 3.0]::FLOAT4[]);
+SELECT pgml.normalize_max(ARRAY[1.0, 2.0, 4.0]::FLOAT4[]);
+\\echo @comparisons
+SELECT pgml.distance_l1(ARRAY[1.0, 2.0, 3.0]::FLOAT4[], ARRAY[4.0, 5.0, 6.0]::FLOAT4[]);
+SELECT pgml.distance_l2(ARRAY[1.0, 2.0, 3.0]::FLOAT4[], ARRAY[4.0, 5.0, 6.0]::FLOAT4[]);
+SELECT pgml.dot_product(ARRAY[1.0, 2.0, 3.0]::FLOAT4[], ARRAY[4.0, 5.0, 6.0]::FLOAT4[]);
+SELECT pgml.cosine_similarity(ARRAY[1.0, 2.0, 3.0]::FLOAT4[], ARRAY[2.0, 4.0, 6.0]::FLOAT4[]);
+\\echo @aggregates
+WITH vectors AS (
+  SELECT * FROM (
+    VALUES
+      (ARRAY[-2, -4, -6, -8]::FLOAT4[]),
+      (ARRAY[-1, -2, -3, -4]::FLOAT4[]),
+      (ARRAY[0, 0, 0, 0]::FLOAT4[]),
+      (ARRAY[1, 2, 3, 5]::FLOAT4[]),
+      (ARRAY[1, 2, 3, 4]::FLOAT4[]),
+      (NULL)
+  ) AS vectors (embedding)
+) SELECT pgml.sum(embedding), pgml.min(embedding), pgml.max(embedding),
+         pgml.min_abs(embedding), pgml.max_abs(embedding)
+  FROM vectors;
+-- GAPS["aggregate arguments"]: pgml.divide(pgml.sum(embedding), count(embedding)) in one
+-- SELECT; the average from the totals of a derived table instead
+\\echo @average
+SELECT pgml.divide(total, n) AS avg
+  FROM (SELECT pgml.sum(embedding) AS total, count(embedding) AS n
+          FROM (VALUES (ARRAY[-2, -4, -6, -8]::FLOAT4[]), (ARRAY[-1, -2, -3, -4]::FLOAT4[]),
+                       (ARRAY[0, 0, 0, 0]::FLOAT4[]), (ARRAY[1, 2, 3, 5]::FLOAT4[]),
+                       (ARRAY[1, 2, 3, 4]::FLOAT4[]), (NULL)) AS vectors (embedding)) totals;
+"""
+
+
+def vector(text: str) -> list[float]:
+    return [float(v) for v in text.strip("{}").split(",")]
+
+
+def test_vectors_session(pg_bin: Path, endpoint: SqlEndpoint) -> None:
+    out = sections(psql(pg_bin, endpoint, VECTORS).stdout)
+    got = {n: [vector(line) for line in lines] for n, lines in out.items() if n != "aggregates"}
+    assert got["scalar"] == [[4, 5, 6], [-2, -1, 0], [3, 6, 9], [0.01, 0.02, 0.03]]
+    np.testing.assert_allclose(got["pairwise"], [[5, 7, 9], [-3, -3, -3], [4, 10, 18],
+                                                 [0.25, 0.4, 0.5]], rtol=1e-6)  # fmt: skip
+    np.testing.assert_allclose([v[0] for v in got["norms"]], [2, 6, np.sqrt(14), 4], rtol=1e-6)
+    np.testing.assert_allclose(got["normalized"], [
+        np.array([1, 2, 3]) / 6, np.array([1, 2, 3]) / np.sqrt(14), [0.25, 0.5, 1]
+    ], rtol=1e-6)  # fmt: skip
+    np.testing.assert_allclose(
+        [v[0] for v in got["comparisons"]], [9, np.sqrt(27), 32, 1], rtol=1e-6
+    )
+    rows = np.array([[-2, -4, -6, -8], [-1, -2, -3, -4], [0, 0, 0, 0], [1, 2, 3, 5], [1, 2, 3, 4]])
+    columns = out["aggregates"][0].split("|") + out["average"]
+    expected = [rows.sum(0), rows.min(0), rows.max(0), np.abs(rows).min(0), np.abs(rows).max(0),
+                rows.sum(0) / 5]  # fmt: skip
+    for text, want in zip(columns, expected, strict=True):
+        np.testing.assert_allclose(vector(text), want, rtol=1e-6)
+
+
+CHUNKING = """
+\\set ON_ERROR_STOP on
+DROP TABLE IF EXISTS documents CASCADE;
+-- GAPS["serial"]: the ids are BIGINT given by hand, not BIGSERIAL with nextval('..._seq')
+CREATE TABLE documents (
+    id BIGINT PRIMARY KEY,
+    document TEXT NOT NULL,
+    created_at TIMESTAMPTZ NOT NULL DEFAULT NOW()
+);
+DROP TABLE IF EXISTS splitters CASCADE;
+CREATE TABLE splitters (
+    id BIGINT PRIMARY KEY,
+    splitter VARCHAR NOT NULL DEFAULT 'recursive_character'
+);
+DROP TABLE IF EXISTS document_chunks CASCADE;
+CREATE TABLE document_chunks (
+    id BIGINT PRIMARY KEY,
+    -- GAPS["foreign keys"]: REFERENCES documents (id), REFERENCES splitters (id)
+    document_id BIGINT NOT NULL,
+    splitter_id BIGINT NOT NULL,
+    chunk_index BIGINT NOT NULL,
+    chunk VARCHAR
+);
+INSERT INTO documents VALUES (1, '@text', NOW());
+INSERT INTO splitters VALUES (1, 'recursive_character');
+WITH document AS (
+    SELECT id, document FROM documents WHERE id = 1
+),
+splitter AS (
+    SELECT id, splitter FROM splitters WHERE id = 1
+)
+INSERT INTO document_chunks SELECT
+    chunk_index,
+    (SELECT id FROM document),
+    (SELECT id FROM splitter),
+    chunk_index,
+    chunk
+FROM pgml.chunk(
+    (SELECT splitter FROM splitter),
+    (SELECT document FROM document),
+    '{"chunk_size": 40, "chunk_overlap": 10}'
+);
+\\echo @chunks
+SELECT id, document_id, splitter_id, chunk_index, chunk FROM document_chunks ORDER BY id;
+"""
+TEXT = (
+    "Rivers carry what the mountains lose, and the sea keeps what the rivers bring."
+    " Every stone on the shore was once a cliff, and every cliff will one day be sand."
+)
+
+
+def test_chunking_session(pg_bin: Path, endpoint: SqlEndpoint) -> None:
+    from langchain_text_splitters import RecursiveCharacterTextSplitter
+
+    out = sections(psql(pg_bin, endpoint, CHUNKING.replace("@text", TEXT)).stdout)
+    expected = RecursiveCharacterTextSplitter(chunk_size=40, chunk_overlap=10).split_text(TEXT)
+    rows = [line.split("|") for line in out["chunks"]]
+    assert rows == [[str(i), "1", "1", str(i), chunk] for i, chunk in enumerate(expected, 1)]
+
+
+PREPROCESSING = """
+\\set ON_ERROR_STOP on
+CREATE TABLE pgml."jdxcosta/diamonds" AS
+SELECT i AS "Unnamed: 0", 0.2 + (i % 40) * 0.05 AS carat,
+       (ARRAY['Fair', 'Good', 'Very Good', 'Premium', 'Ideal'])[1 + i % 5] AS cut,
+       (ARRAY['D', 'E', 'F', 'G', 'H', 'I', 'J'])[1 + i % 7] AS color,
+       (ARRAY['I1', 'SI2', 'SI1', 'VS2', 'VS1'])[1 + (i * 3 + i % 4) % 5] AS clarity,
+       58.0 + (i % 9) AS depth, 55.0 + (i % 6) AS "table",
+       3.0 + (i % 40) * 0.1 AS x, 3.0 + (i % 37) * 0.1 AS y, 2.0 + (i % 31) * 0.1 AS z,
+       (300 + (i % 40) * 120 + (i % 5) * 80 + (i % 7) * 30)::int AS price
+  FROM generate_series(1, 300) AS i;
+SELECT * FROM pgml."jdxcosta/diamonds" LIMIT 2;
+-- GAPS["alter table"]: ALTER TABLE pgml."jdxcosta/diamonds" DROP COLUMN "Unnamed: 0"; a view
+-- without it instead
+CREATE VIEW pgml.diamonds AS
+SELECT carat, cut, color, clarity, depth, "table", x, y, z, price FROM pgml."jdxcosta/diamonds";
+\\echo @trained
+SELECT pgml.train(
+    project_name => 'Diamond prices',
+    task => 'regression',
+    relation_name => 'pgml.diamonds',
+    y_column_name => 'price',
+    algorithm => 'lightgbm',
+    preprocess => '{
+        "carat": {"scale": "standard"},
+        "depth": {"scale": "standard"},
+        "table": {"scale": "standard"},
+        "cut": {"encode": "target", "scale": "standard"},
+        "color": {"encode": "target", "scale": "standard"},
+        "clarity": {"encode": "target", "scale": "standard"}
+    }'
+);
+\\echo @predictions
+SELECT price, pgml.predict('Diamond prices', (carat, cut, color, clarity, depth, "table", x, y, z))
+  FROM pgml.diamonds LIMIT 10;
+"""
+
+
+def test_preprocessing_session(pg_bin: Path, endpoint: SqlEndpoint, trainer: Trainer) -> None:
+    out = sections(psql(pg_bin, endpoint, PREPROCESSING).stdout)
+    assert out[""][0] == "SELECT 300"
+    assert out["trained"] == ['("Diamond prices",regression,lightgbm,t)']
+    project = trainer.registry.project("Diamond prices")
+    assert project is not None
+    model = trainer.registry.deployed(project.id)
+    assert model is not None and model.algorithm == "lightgbm"
+    assert model.preprocess["cut"] == {"encode": "target", "scale": "standard"}
+    assert model.notes["columns"]["color"]["encode"] == "target"
+    assert "r2" in model.metrics
+    predictions = [line.split("|") for line in out["predictions"]]
+    assert len(predictions) == 10
+    assert all(300 <= float(p) <= 6000 for _, p in predictions)
+
+
+SESSIONS = {
+    "regression": REGRESSION, "binary": BINARY, "multi": MULTI, "images": IMAGES, "joint": JOINT,
+    "clustering": CLUSTERING_AND_DECOMPOSITION, "vectors": VECTORS, "chunking": CHUNKING,
+    "preprocessing": PREPROCESSING,
+}  # fmt: skip
+
+INVENTORY: list[tuple[str, str, str]] = [
+    # functions and their argument forms
+    ("pgml.load_dataset(name)", "regression", "pgml.load_dataset('diabetes')"),
+    ("train: 4 positional arguments", "regression", "'pgml.diabetes', 'target');"),
+    ("train: algorithm positional", "regression", "'target', 'ridge');"),
+    ("train: hyperparams positional", "regression", "'theil_sen', '{\"max_iter\": 10"),
+    (
+        "train: project only, algorithm =>",
+        "regression",
+        "pgml.train('Diabetes Progression', algorithm =>",
+    ),
+    ("train: hyperparams =>", "regression", "hyperparams => '{\"max_iter\": 100}'"),
+    ("train: hyperparams => '...'::JSONB", "regression", '\'{"eval_metric": "rmse"}\'::JSONB'),
+    ("train: search => 'grid', search_params =>", "binary", "search => 'grid'"),
+    ("train: search_params with strings", "multi", '"criterion": ["friedman_mse"'),
+    ("train: search_params with booleans", "images", '"shrinking": [true, false]'),
+    ("train: runtime => 'python'", "regression", "runtime => 'python'"),
+    ("train: runtime => 'rust'", "regression", "runtime => 'rust'"),
+    ("train: every argument named", "preprocessing", "project_name => 'Diamond prices'"),
+    ("train: preprocess scale and target encoding", "preprocessing", '"encode": "target"'),
+    (
+        "train: task 'clustering' without a label",
+        "clustering",
+        "'clustering', 'pgml.digit_vectors',",
+    ),
+    ("train: task 'cluster'", "clustering", "'cluster', 'pgml.iris_vectors'"),
+    ("train: task 'decomposition'", "clustering", "'decomposition', 'digit_vectors');"),
+    ("SELECT pgml.train(...) (a record)", "binary", "SELECT pgml.train(\n"),
+    ("SELECT * FROM pgml.train(...)", "regression", "SELECT * FROM pgml.train("),
+    ("train_joint with ARRAY of labels", "joint", "ARRAY['weight', 'waist', 'pulse']"),
+    (
+        "train_joint: algorithm =>, hyperparams =>",
+        "joint",
+        "pgml.train_joint('Exercise vs Physiology', algorithm => 'svm',",
+    ),
+    (
+        "predict(project, ARRAY[columns])",
+        "regression",
+        "pgml.predict('Diabetes Progression', ARRAY[age",
+    ),
+    ("predict(model_id, ...) with CROSS JOIN LATERAL", "regression", "CROSS JOIN LATERAL"),
+    ("predict(project, array column)", "images", "pgml.predict('Handwritten Digits', image)"),
+    ("predict(project, ARRAY of quoted columns)", "binary", '"mean radius"'),
+    ("predict(project, (row of mixed types))", "preprocessing", "(carat, cut, color, clarity"),
+    (
+        "predict on a clustering model",
+        "clustering",
+        "pgml.predict('Handwritten Digit Clusters', image)",
+    ),
+    ("predict_proba(project, ARRAY)", "multi", "pgml.predict_proba('Iris Flower Types', ARRAY"),
+    (
+        "predict_proba(project, array column)",
+        "images",
+        "pgml.predict_proba('Handwritten Digits', image)",
+    ),
+    ("predict_joint", "joint", "pgml.predict_joint('Exercise vs Physiology', ARRAY[chins"),
+    ("decompose", "clustering", "pgml.decompose('Handwritten Digits Reduction', image)"),
+    ("deploy(project, strategy, algorithm)", "regression", "'most_recent', 'random_forest')"),
+    ("deploy best_score", "regression", "'Diabetes Progression', 'best_score');"),
+    ("deploy most_recent", "regression", "'Diabetes Progression', 'most_recent');"),
+    ("deploy rollback", "regression", "'Diabetes Progression', 'rollback');"),
+    ("deploy best_score with an algorithm", "regression", "'best_score', 'svm');"),
+    ("pgml.trained_models JOIN pgml.models", "regression", "JOIN pgml.models ON models.id"),
+    ("ORDER BY metrics->>'mean_squared_error'", "regression", "metrics->>'mean_squared_error'"),
+    ("ORDER BY metrics->>'f1'", "binary", "metrics->>'f1'"),
+    (
+        "ORDER BY metrics->>'cumulative_explained_variance'",
+        "clustering",
+        "'cumulative_explained_variance'",
+    ),
+    ("pgml.deployed_models ORDER BY deployed_at", "regression", "ORDER BY deployed_at DESC"),
+    ("pgml.models JOIN pgml.projects", "regression", "INNER JOIN pgml.projects"),
+    (
+        "vector add/subtract/multiply/divide with a scalar",
+        "vectors",
+        "pgml.divide(ARRAY[1.0, 2.0, 3.0], 100)",
+    ),
+    (
+        "vector arithmetic pairwise on FLOAT4[]",
+        "vectors",
+        "pgml.subtract(ARRAY[1.0, 2.0, 3.0]::FLOAT4[], ARRAY",
+    ),
+    ("norm_l0, norm_l1, norm_l2, norm_max", "vectors", "pgml.norm_max("),
+    ("normalize_l1, normalize_l2, normalize_max", "vectors", "pgml.normalize_max("),
+    (
+        "distance_l1, distance_l2, dot_product, cosine_similarity",
+        "vectors",
+        "pgml.cosine_similarity(",
+    ),
+    (
+        "aggregates sum, min, max, min_abs, max_abs over VALUES with NULL",
+        "vectors",
+        "pgml.min_abs(embedding)",
+    ),
+    ("pgml.chunk(splitter, text, kwargs) in FROM", "chunking", "FROM pgml.chunk("),
+    # SQL around them
+    ("\\set ON_ERROR_STOP", "regression", "\\set ON_ERROR_STOP on"),
+    ("\\timing on", "regression", "\\timing on"),
+    ("DROP VIEW IF EXISTS pgml.x", "multi", "DROP VIEW IF EXISTS pgml.iris_view"),
+    ("CREATE VIEW pgml.x AS ... ORDER BY random() LIMIT", "multi", "ORDER BY random() LIMIT 100"),
+    ("CREATE VIEW without a schema", "clustering", "CREATE VIEW digit_vectors AS"),
+    ("ORDER BY random() LIMIT", "binary", "ORDER BY random() LIMIT 10"),
+    ("left(image::text, 40) || ',...}'", "images", "left(image::text, 40) || ',...}'"),
+    (
+        "CREATE TABLE with NOT NULL DEFAULT NOW(), TIMESTAMPTZ, VARCHAR DEFAULT",
+        "chunking",
+        "DEFAULT NOW()",
+    ),
+    ("DROP TABLE IF EXISTS ... CASCADE", "chunking", "DROP TABLE IF EXISTS documents CASCADE"),
+    ("INSERT ... VALUES with NOW()", "chunking", "INSERT INTO documents VALUES (1,"),
+    (
+        "WITH ... INSERT INTO ... SELECT with scalar subqueries",
+        "chunking",
+        "INSERT INTO document_chunks SELECT",
+    ),
+    ("a relation name with a slash", "preprocessing", 'pgml."jdxcosta/diamonds"'),
+    ("multi-line JSON literal", "binary", "search_params => '{\n"),
+]
+
+ALGORITHMS = {
+    "regression": ["linear", *REGRESSION_ALGORITHMS, "ridge", "theil_sen"],
+    "classification": ["linear", *CLASSIFICATION_ALGORITHMS],
+    "joint regression": ["linear", *JOINT_ALGORITHMS],
+    "clustering": [
+        "kmeans", "affinity_propagation", "birch", "mini_batch_kmeans", "dbscan",
+        "feature_agglomeration", "optics", "spectral", "spectral_bi", "spectral_co", "mean_shift",
+    ],
+    "decomposition": ["pca"],
+}  # fmt: skip
+"""Every algorithm the scripts name, by task (those they leave commented out included)."""
+
+EXCLUDED = {
+    "pgml.embed, pgml.transform, pgml.tune": "Hugging Face models, downloaded",
+    "pgml.load_dataset('jdxcosta/diamonds')": "a Hugging Face data set, downloaded",
+    "pgml.chunk with nltk or spacy": "tokenizer models, downloaded",
+}
+
+GAPS = {
+    "serial": "workspace tables take no serial/bigserial columns nor nextval('..._seq'::regclass)",
+    "foreign keys": "workspace tables take no REFERENCES constraints",
+    "alter table": "ALTER TABLE is not served in the workspace",
+    "aggregate arguments": "a vector function cannot take an aggregate as an argument: DuckDB"
+    " cannot choose between the real[] and float8[] overloads of the macro before the aggregate"
+    " is bound",
+    "array::text": "an array cast to text is DuckDB's '[0, 0, 5, ...]', not '{0,0,5,...}' (the"
+    " statement runs, the text differs)",
+    "predict a decomposition": "pgml.predict on a decomposition model is refused, naming"
+    " pgml.decompose",
+}
+
+
+def test_every_inventory_item_is_in_its_session() -> None:
+    for item, session, text in INVENTORY:
+        assert text in SESSIONS[session], (item, session, text)
+    everything = "\n".join(SESSIONS.values())
+    for task, names in ALGORITHMS.items():
+        for name in names:
+            assert f"'{name}'" in everything, (task, name)
+    for gap in GAPS:
+        assert f'GAPS["{gap}"]' in everything or gap in ("array::text", "predict a decomposition")
