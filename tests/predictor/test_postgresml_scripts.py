@@ -817,8 +817,8 @@ def test_vectors_session(pg_bin: Path, endpoint: SqlEndpoint) -> None:
     out = sections(psql(pg_bin, endpoint, VECTORS).stdout)
     got = {n: [vector(line) for line in lines] for n, lines in out.items() if n != "aggregates"}
     assert got["scalar"] == [[4, 5, 6], [-2, -1, 0], [3, 6, 9], [0.01, 0.02, 0.03]]
-    np.testing.assert_allclose(got["pairwise"], [[5, 7, 9], [-3, -3, -3], [4, 10, 18],
-                                                 [0.25, 0.4, 0.5]], rtol=1e-6)  # fmt: skip
+    pairwise = np.array([[5, 7, 9], [-3, -3, -3], [4, 10, 18], [0.25, 0.4, 0.5]])
+    np.testing.assert_allclose(np.array(got["pairwise"]), pairwise, rtol=1e-6)
     np.testing.assert_allclose([v[0] for v in got["norms"]], [2, 6, np.sqrt(14), 4], rtol=1e-6)
     np.testing.assert_allclose(got["normalized"], [
         np.array([1, 2, 3]) / 6, np.array([1, 2, 3]) / np.sqrt(14), [0.25, 0.5, 1]
