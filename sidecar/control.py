@@ -18,7 +18,9 @@ the source needs SELECT on the view, as in PostgreSQL; its tables are then mirro
 made in the mirror (:mod:`sidecar.view_requests`). A refused request fails with the reason in
 its row. Every minute the owners are copied to the source's
 ``pgml.projects`` and the score tables' grants follow the relations' again
-(:mod:`predictor.score_grants`).
+(:mod:`predictor.score_grants`); within a second of any change, the registry is copied to the
+source's ``pgml.models``, ``snapshots``, ``deployments`` and ``projects``
+(:mod:`predictor.registry_copy`).
 
 A project's requests run one at a time, in id order; two projects' run side by side
 (:data:`LANES`). A training runs at most the time its request asked for (``time_limit``: the
@@ -46,6 +48,7 @@ from mirror.errors import SidecarError
 from mirror.registry import project_slug
 from predictor import ownership, privileges, score_grants
 from predictor.ownership import ProjectOwners
+from predictor.registry_copy import RegistryCopy
 from predictor.time_settings import TRAINING_TIME_LIMIT
 from replicator import views
 from sidecar import view_requests
@@ -93,6 +96,7 @@ class ControlRequests:
         self.finished = threading.Condition()
         self.handled = 0
         self.owners = ProjectOwners(con)
+        self.registry_copy = RegistryCopy(con, source_dsn)
         self._maintained_at = float("-inf")
         self._busy: set[str] = set()
         """Projects with a request being carried out (their next ones wait for it)."""
@@ -109,6 +113,7 @@ class ControlRequests:
         while not stop.is_set():
             if time.monotonic() - self._maintained_at >= MAINTENANCE_S:
                 self.maintain()
+            self.registry_copy.copy_if_changed()
             if not self.wake.wait(timeout=1.0):
                 continue
             self.wake.clear()

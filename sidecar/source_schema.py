@@ -37,7 +37,14 @@ DEFAULT_ROLE = "pgml_sidecar"
 SQL_DIR: Traversable = resources.files("sidecar") / "sql"
 """Package data: install.sql, upgrade/, uninstall.sql, role.sql and their README.md."""
 CONTROL_TABLE = ("pgml", "training_requests")
-SIDECAR_WRITES = (("pgml", "settings"), ("pgml", "drift_events"), ("pgml", "projects"))
+SIDECAR_WRITES = (
+    ("pgml", "settings"),
+    ("pgml", "drift_events"),
+    ("pgml", "projects"),
+    ("pgml", "snapshots"),
+    ("pgml", "models"),
+    ("pgml", "deployments"),
+)
 """Tables in schema pgml the sidecar writes: never published (nor any pgml_scores table)."""
 
 _LOCK = "select pg_advisory_xact_lock(hashtext('pgml-sidecar schema'))"
@@ -250,6 +257,8 @@ def _grants_sql(
         f"grant select, insert, update, delete on table pgml.projects to {grantee};",
         f"grant select, insert, update on table pgml.settings to {grantee};",
         f"grant select, insert on table pgml.drift_events to {grantee};",
+        "grant select, insert, update, delete on table pgml.snapshots, pgml.models,"
+        f" pgml.deployments to {grantee};",
         f"grant usage, create on schema pgml_scores to {grantee};",
     ]
     return "\n".join(lines) + "\n"

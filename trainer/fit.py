@@ -171,9 +171,13 @@ def fit(job: FitJob) -> FitResult:
     model = Model(
         job.task, job.algorithm, preprocessor, estimator, label, classes, labels=tuple(job.labels)
     )
+    inference_time = _one_row_time(model, features.take(test) if len(test) else features)
+    measured = time.perf_counter()
     sha = save_model(model, Path(job.model_path))
     saved = time.perf_counter()
     metrics |= {"fit_time": fitted - loaded, "score_time": scored - fitted}
+    if inference_time is not None:
+        metrics["inference_time"] = inference_time
     return FitResult(
         metrics=metrics,
         hyperparams=hyperparams,
@@ -187,13 +191,42 @@ def fit(job: FitJob) -> FitResult:
             "choose_scale": chosen - choosing,
             "fit": fitted - loaded,
             "score": scored - fitted,
-            "save": saved - scored,
+            "inference_time": measured - scored,
+            "save": saved - measured,
             "worker_pid": os.getpid(),
         },
         warnings=sorted({str(w.message).splitlines()[0] for w in caught}),
         notes=notes,
         notices=notices,
     )
+
+
+INFERENCE_ROWS = 25
+INFERENCE_BUDGET_S = 0.5
+
+
+def _one_row_time(model: Model, rows: pa.Table) -> float | None:
+    """The median seconds of a one-row prediction (as ``pgml.predict`` makes one: raw values
+    through the preprocessing and the model), over up to INFERENCE_ROWS rows and at most about
+    INFERENCE_BUDGET_S; None for a model that cannot predict a new row (or has no rows)."""
+    if not can_predict(model.algorithm) or rows.num_rows == 0:
+        return None
+    one = model.decompose if model.task == "decomposition" else model.predict
+    times: list[float] = []
+    spent = time.perf_counter()
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        for i in range(min(INFERENCE_ROWS, rows.num_rows)):
+            row = rows.slice(i, 1)
+            started = time.perf_counter()
+            try:
+                one(row)
+            except Exception:  # a measurement: the model's own errors surface at predict
+                return None
+            times.append(time.perf_counter() - started)
+            if time.perf_counter() - spent > INFERENCE_BUDGET_S:
+                break
+    return float(np.median(times))
 
 
 def _baseline(

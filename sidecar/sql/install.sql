@@ -703,3 +703,166 @@ $$;
 comment on function pgml.predict(text, float8[]) is
     'Predict with a project''s deployed model, answered by the sidecar''s SQL endpoint'
     ' through dblink';
+
+-- The registry, copied from the sidecar's (the mirror's) for SQL in production Postgres as in
+-- PostgresML: `select ... from pgml.models join pgml.deployments ...`. Written by the sidecar
+-- whenever its registry changes; never published; read-only to everyone else. A row shows only
+-- to a role that may read it: a project's to its owner (or a member of it), to members of
+-- pgml_admin, and to roles that may SELECT the relation it trains on; a model, deployment,
+-- snapshot or drift event with its project. Row-level security filters them; the role that
+-- writes them is the one with INSERT on the table (the sidecar's, see role.sql).
+alter table pgml.projects add column if not exists id bigint unique;
+alter table pgml.projects add column if not exists name text
+    generated always as (project_name) stored;
+alter table pgml.projects add column if not exists task text;
+alter table pgml.projects add column if not exists relation_name text;
+alter table pgml.projects add column if not exists created_at timestamptz;
+comment on column pgml.projects.relation_name is
+    'pgml-sidecar: the relation the project''s last training read (who may SELECT it may see'
+    ' the project)';
+
+create table if not exists pgml.snapshots (
+    id bigint primary key,
+    relation_name text not null,
+    y_column_name text[],
+    test_size real,
+    test_sampling text,
+    status text,
+    num_rows bigint,
+    columns jsonb,
+    analysis jsonb,
+    materialized boolean,
+    created_at timestamptz,
+    updated_at timestamptz
+);
+comment on table pgml.snapshots is
+    'pgml-sidecar: the snapshots models were trained on, copied from the sidecar''s registry';
+
+create table if not exists pgml.models (
+    id bigint primary key,
+    project_id bigint not null,
+    snapshot_id bigint,
+    num_features integer,
+    algorithm text not null,
+    runtime text,
+    hyperparams jsonb,
+    status text,
+    metrics jsonb,
+    search text,
+    search_params jsonb,
+    search_args jsonb,
+    search_results jsonb,
+    preprocess jsonb,
+    created_at timestamptz,
+    updated_at timestamptz
+);
+comment on table pgml.models is
+    'pgml-sidecar: every model trained, with its metrics (fit_time and score_time in seconds,'
+    ' inference_time: the median seconds of a one-row prediction), copied from the sidecar''s'
+    ' registry';
+
+create table if not exists pgml.deployments (
+    id bigint primary key,
+    project_id bigint not null,
+    model_id bigint not null,
+    strategy text,
+    created_at timestamptz
+);
+comment on table pgml.deployments is
+    'pgml-sidecar: each deployment of a model, copied from the sidecar''s registry';
+
+-- Who may see a project: its owner (or a member), pgml_admin's members, and the roles that
+-- may SELECT the relation it trains on. A relation name that does not resolve shows nothing.
+create or replace function pgml.may_see_project(owner name, relation_name text) returns boolean
+language plpgsql
+stable
+set search_path = pg_catalog, pg_temp
+as $$
+declare
+    relation regclass;
+begin
+    if owner is not null and to_regrole(owner) is not null
+            and pg_has_role(current_user, owner, 'member') then
+        return true;
+    end if;
+    if to_regrole('pgml_admin') is not null
+            and pg_has_role(current_user, 'pgml_admin', 'member') then
+        return true;
+    end if;
+    if relation_name is null then
+        return false;
+    end if;
+    begin
+        relation := to_regclass(relation_name);
+    exception when others then
+        return false;  -- not a name PostgreSQL can parse
+    end;
+    return relation is not null and has_table_privilege(current_user, relation, 'select');
+end
+$$;
+comment on function pgml.may_see_project(name, text) is
+    'Whether the current role may see a project''s rows in the registry copy';
+
+do $registry$
+declare
+    registry text;
+    shown text;
+begin
+    foreach registry in array array['projects', 'snapshots', 'models', 'deployments',
+                                    'drift_events'] loop
+        shown := case registry
+            when 'projects' then 'pgml.may_see_project(owner, relation_name)'
+            when 'snapshots' then
+                'exists (select from pgml.models m where m.snapshot_id = snapshots.id)'
+            when 'drift_events' then
+                'exists (select from pgml.projects p'
+                ' where p.project_name = drift_events.project_name)'
+            else format('exists (select from pgml.projects p where p.id = %I.project_id)',
+                        registry)
+        end;
+        execute format('alter table pgml.%I enable row level security', registry);
+        if exists (select from pg_policies where schemaname = 'pgml' and tablename = registry
+                   and policyname = 'readers') then
+            execute format('drop policy readers on pgml.%I', registry);
+        end if;
+        execute format('create policy readers on pgml.%I for select using (%s)', registry, shown);
+        if exists (select from pg_policies where schemaname = 'pgml' and tablename = registry
+                   and policyname = 'writer') then
+            execute format('drop policy writer on pgml.%I', registry);
+        end if;
+        execute format('create policy writer on pgml.%I using'
+                       ' (has_table_privilege(''pgml.%I'', ''insert''))'
+                       ' with check (has_table_privilege(''pgml.%I'', ''insert''))',
+                       registry, registry, registry);
+        execute format('revoke insert, update, delete, truncate on pgml.%I from public', registry);
+        execute format('grant select on pgml.%I to public', registry);
+    end loop;
+    -- PostgresML's views of them, on a server whose views can run as their caller (15 and
+    -- later; earlier, a view would read as its owner, past the rows' security).
+    if current_setting('server_version_num')::int >= 150000 then
+        execute $view$
+            create or replace view pgml.deployed_models with (security_invoker = true) as
+            select p.id, p.name, p.task, m.algorithm, m.runtime, d.created_at as deployed_at,
+                   m.id as model_id
+            from pgml.projects p
+            join (select distinct on (project_id) project_id, model_id, created_at
+                  from pgml.deployments order by project_id, id desc) d
+              on d.project_id = p.id
+            join pgml.models m on m.id = d.model_id
+        $view$;
+        execute $view$
+            create or replace view pgml.trained_models with (security_invoker = true) as
+            select m.id, p.name, p.task, m.algorithm, m.runtime, s.relation_name,
+                   s.y_column_name, s.test_sampling, s.test_size, m.metrics, m.created_at,
+                   d.model_id is not null as deployed
+            from pgml.projects p
+            join pgml.models m on m.project_id = p.id
+            left join pgml.snapshots s on s.id = m.snapshot_id
+            left join (select distinct on (project_id) project_id, model_id
+                       from pgml.deployments order by project_id, id desc) d
+              on d.model_id = m.id
+        $view$;
+        grant select on pgml.deployed_models, pgml.trained_models to public;
+    end if;
+end
+$registry$;

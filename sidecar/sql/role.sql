@@ -68,5 +68,9 @@ where to_regclass('pgml.settings') is not null \gexec
 select format('grant select, insert on table pgml.drift_events to %I', :'role')
 where to_regclass('pgml.drift_events') is not null \gexec
 
+select format('grant select, insert, update, delete on table pgml.%I to %I', t, :'role')
+from unnest(array['snapshots', 'models', 'deployments']) t
+where to_regclass('pgml.' || t) is not null \gexec
+
 select format('grant usage, create on schema pgml_scores to %I', :'role')
 where to_regnamespace('pgml_scores') is not null \gexec

@@ -124,3 +124,31 @@ def test_refused_statements(
     assert "ERROR:" in done.stderr and sqlstate_message in done.stderr, done.stderr
     after = psql(pg_bin, endpoint, "SELECT count(*) FROM pgml.iris;")
     assert after.stdout.strip() == "150"
+
+
+ANALYTICS = """
+SELECT * FROM pgml.load_dataset('diabetes');
+SELECT * FROM pgml.train('Diabetes', 'regression', 'pgml.diabetes', 'target', 'linear');
+SELECT * FROM pgml.train('Diabetes', algorithm => 'ridge');
+SELECT * FROM pgml.train('Diabetes', algorithm => 'ridge', hyperparams => '{"alpha": 10}');
+SELECT m.algorithm, p.name, date_trunc('day', m.created_at) = date_trunc('day', now()),
+       count(*), avg((m.metrics->>'r2')::float8) BETWEEN -1 AND 1,
+       avg((m.metrics->>'fit_time')::float8) > 0,
+       percentile_cont(0.5) WITHIN GROUP (ORDER BY (m.metrics->>'inference_time')::float8)
+  FROM pgml.models m JOIN pgml.projects p ON p.id = m.project_id
+ GROUP BY 1, 2, 3 ORDER BY 1;
+"""
+
+
+def test_the_registry_answers_analytics_per_algorithm_and_day(
+    pg_bin: Path, endpoint: SqlEndpoint
+) -> None:
+    """Key metric, training time and inference time (the median one-row prediction, stored
+    with each model) per algorithm, project and day, from the registry's tables."""
+    lines = psql(pg_bin, endpoint, ANALYTICS).stdout.splitlines()[-2:]
+    rows = [line.split("|") for line in lines]
+    assert [r[:6] for r in rows] == [
+        ["linear", "Diabetes", "t", "1", "t", "t"],
+        ["ridge", "Diabetes", "t", "2", "t", "t"],
+    ]
+    assert all(0 < float(r[6]) < 1 for r in rows)

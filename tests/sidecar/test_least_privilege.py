@@ -148,6 +148,14 @@ def test_the_least_privilege_setup_works_end_to_end(shop: Shop, mirror_path: Pat
             == ROWS,
             timeout=60, what="the scores in the source",
         )  # fmt: skip
+        # The registry copy, written by the sidecar's role (not the tables' owner) past the
+        # rows' security, read by the application's role, which may read the relation.
+        wait_for(
+            lambda: one(as_role(shop.dsn, shop.app), "select string_agg(p.name || ':' ||"
+                        " m.algorithm, ',') from pgml.models m join pgml.projects p"
+                        " on p.id = m.project_id") == "Spend:linear",
+            timeout=30, what="the registry in the source",
+        )  # fmt: skip
         assert daemon.health()["status"] == "ok"
     finally:
         daemon.stop()

@@ -135,6 +135,7 @@ def test_database_owner_installs_without_superuser_or_extensions(owner_dsn: str)
             ("check_relation", "plpgsql"),
             ("deploy", "plpgsql"),
             ("deploy", "plpgsql"),
+            ("may_see_project", "plpgsql"),
             ("predict", "plpgsql"),
             ("refuse_direct_requests", "plpgsql"),
             ("requesting_role", "sql"),
@@ -153,7 +154,7 @@ def test_database_owner_installs_without_superuser_or_extensions(owner_dsn: str)
         functions_now = conn.execute(
             "select count(*) from pg_proc where pronamespace = 'pgml'::regnamespace"
         ).fetchone()
-        assert functions_now == (11,)
+        assert functions_now == (12,)
 
         source_schema.uninstall(conn)
         assert schemas(conn) == set()
@@ -929,6 +930,13 @@ def test_documented_user_grants_suffice_to_request_training(
     source.execute(
         "insert into pgml.drift_events (project_name, detector, statistic, threshold)"
         " values ('fraud', 'adwin', 1, 0.5)"
+    )
+    # As the sidecar records the project: the analyst owns it, so sees its drift.
+    source.execute(
+        sql.SQL(
+            "insert into pgml.projects (project_name, id, owner, relation_name) values"
+            " ('fraud', 1, {}, 'public.tx')"
+        ).format(sql.Literal(role_name))
     )
     with psycopg.connect(as_user(source_dsn, role_name), autocommit=True) as conn:
         for call in (
