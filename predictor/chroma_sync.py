@@ -94,6 +94,8 @@ def client(target: ChromaTarget) -> Any:
     import chromadb
     from chromadb.config import Settings
 
+    logging.getLogger("httpx").setLevel(logging.WARNING)  # a line per request otherwise
+
     if target.path is not None:
         return chromadb.PersistentClient(
             path=str(target.path), settings=Settings(anonymized_telemetry=False)
@@ -157,8 +159,8 @@ class CollectionState:
     failures: int = 0
     retry_at: float = 0.0
     behind_since: float | None = None
-    reload: bool = False
-    """A truncate or a new copy of the table: load it whole."""
+    reload_lsn: Lsn = 0
+    """A truncate or a new copy of the table committed here: load it whole if not applied."""
     rows: int | None = None
     """Records in the collection, as last counted."""
     count_mismatch: bool = False
@@ -281,7 +283,7 @@ class ChromaSync:
             if entry is None:
                 continue
             if entry.everything:
-                state.reload = True
+                state.reload_lsn = max(state.reload_lsn, lsn)
             if state.behind_since is None:
                 state.behind_since = now
         self.wake.set()
@@ -370,8 +372,7 @@ class ChromaSync:
     def _step(self, state: CollectionState) -> None:
         if state.collection is None:
             self._open(state)
-        if state.reload:
-            state.reload = False
+        if state.applied is not None and state.reload_lsn > state.applied:
             self._load(state)
         caught_up = self._follow(state)
         if caught_up and state.behind_since is not None:
@@ -561,7 +562,7 @@ class ChromaSync:
             match = " and ".join(
                 f"r.{quote(k)} = try_cast(t.{quote(k)} as {types.get(k, 'varchar')})" for k in names
             )
-            rows = cursor.execute(
+            rows = cursor.sql(
                 f"select {shape.select_sql()} from {shape.table.qualified} r"
                 f" semi join _pgml_touched t on {match} where {shape.has_record_sql()}"
             ).to_arrow_table()
@@ -694,7 +695,7 @@ class ChromaSync:
         if not checked:
             return
         cursor.register("_pgml_page", pa.table({"id": checked}))
-        rows = cursor.execute(
+        rows = cursor.sql(
             f"select {shape.select_sql()} from {shape.table.qualified} r"
             f" semi join _pgml_page p on p.id = {shape.id_sql('r')}"
         ).to_arrow_table()
@@ -743,7 +744,7 @@ class ChromaSync:
         try:
             for chunk in _chunks(fixed, PAGE):
                 cursor.register("_pgml_page", pa.table({"id": chunk}))
-                rows = cursor.execute(
+                rows = cursor.sql(
                     f"select {shape.select_sql()} from {shape.table.qualified} r"
                     f" semi join _pgml_page p on p.id = {shape.id_sql('r')}"
                     f" where {shape.has_record_sql()}"
