@@ -167,8 +167,14 @@ def _column_types(cursor: duckdb.DuckDBPyConnection, schema: str, table: str) ->
 
 
 def create_change_log(con: duckdb.DuckDBPyConnection) -> None:
-    """The key log, each batch's keys as one Arrow IPC stream. A log of an earlier version
-    (keys as JSON) is converted in place, in one transaction."""
+    """The key log, each batch's keys as one Arrow IPC stream, and its coverage (see
+    :func:`cover`). A log of an earlier version (keys as JSON) is converted in place, in one
+    transaction."""
+    con.execute(
+        f"create table if not exists {META}.change_log_coverage (schema_name varchar,"
+        " table_name varchar, logged_from ubigint not null, logged_upto ubigint not null,"
+        " primary key (schema_name, table_name))"
+    )
     kind = con.execute(
         "select data_type from information_schema.columns where table_schema = ?"
         " and table_catalog = current_database() and table_name = 'changes'"
@@ -209,6 +215,47 @@ def log_changes(
                 # as touched: readers match rows by a semi join, a repeat costs nothing
                 [lsn, schema, name, _ipc(touched_keys(keys, distinct=False))],
             )
+
+
+def cover(con: duckdb.DuckDBPyConnection, lsn: Lsn, tables: set[tuple[str, str]]) -> None:
+    """Record, with the batch committing at ``lsn``, that the log of ``tables`` covers it: a
+    table's log is whole from ``logged_from`` to ``logged_upto`` (a commit made without
+    logging it, by ``replicate`` or a ``run`` configured otherwise, leaves a gap that
+    :func:`coverage` then shows)."""
+    values = ", ".join("(?, ?, ?, ?)" for _ in tables)
+    con.execute(
+        f"insert into {META}.change_log_coverage values {values} on conflict do update"
+        " set logged_upto = greatest(change_log_coverage.logged_upto, excluded.logged_upto)",
+        [v for schema, name in sorted(tables) for v in (schema, name, lsn, lsn)],
+    )
+
+
+def coverage(con: duckdb.DuckDBPyConnection, schema: str, name: str) -> tuple[Lsn, Lsn] | None:
+    """The positions between which the log of ``schema.name`` is whole (None: never logged)."""
+    cursor = con.cursor()
+    try:
+        row = cursor.execute(
+            f"select logged_from, logged_upto from {META}.change_log_coverage"
+            " where schema_name = ? and table_name = ?",
+            [schema, name],
+        ).fetchone()
+    except duckdb.CatalogException:
+        return None
+    finally:
+        cursor.close()
+    return None if row is None else (int(row[0]), int(row[1]))
+
+
+def restart_coverage(con: duckdb.DuckDBPyConnection, schema: str, name: str, lsn: Lsn) -> None:
+    """Start the log of ``schema.name`` afresh at ``lsn`` (its coverage had a gap)."""
+    cursor = con.cursor()
+    try:
+        cursor.execute(
+            f"insert or replace into {META}.change_log_coverage values (?, ?, ?, ?)",
+            [schema, name, lsn, lsn],
+        )
+    finally:
+        cursor.close()
 
 
 def logged_changes(

@@ -26,7 +26,7 @@ from __future__ import annotations
 import contextlib
 import json
 import re
-from collections.abc import Iterable, Mapping
+from collections.abc import Callable, Iterable, Mapping
 from dataclasses import asdict
 from pathlib import Path
 from typing import Any
@@ -106,6 +106,12 @@ class Mirror:
         """Sets of tables (one per consumer) whose changed keys go to ``on_commit``."""
         self.logged: set[tuple[str, str]] = set()
         """Watched tables whose changed keys are also stored with each batch (``changes``)."""
+        self.logs: list[set[tuple[str, str]]] = []
+        """More sets of logged tables, one per consumer that replays the log (Chroma
+        collections): their coverage is recorded with each commit (``change_log_coverage``)."""
+        self.holds: list[Callable[[str, str], Lsn | None]] = []
+        """Each consumer's oldest position still to replay of a table (None: it needs none):
+        :meth:`forget_changes` keeps the changes after the oldest."""
         self.on_commit: CommitListener | None = None
         self._touched: dict[tuple[str, str], Touched] = {}
         self.changes_applied = {"insert": 0, "update": 0, "delete": 0, "truncate": 0}
@@ -232,7 +238,10 @@ class Mirror:
                 self._save_table(table)
         # stored with the batch, for consumers that must see each change exactly once across
         # restarts (online learning)
-        change_log.log_changes(self.con, lsn, self._touched, self.logged)
+        kept = set().union(*self.logs) if self.logs else set()
+        change_log.log_changes(self.con, lsn, self._touched, self.logged | kept)
+        if kept:
+            change_log.cover(self.con, lsn, kept)
         self.con.execute("commit")
         self._in_transaction = False
 
@@ -264,8 +273,10 @@ class Mirror:
         return change_log.logged_changes(self.con, schema, name, after)
 
     def forget_changes(self, schema: str, name: str, upto: Lsn) -> None:
-        """Drop logged keys every consumer has taken (up to and including ``upto``)."""
-        change_log.forget_changes(self.con, schema, name, upto)
+        """Drop logged keys every consumer has taken (up to and including ``upto``, and no
+        further than the oldest position a consumer in ``holds`` still replays from)."""
+        held = [h for h in (hold(schema, name) for hold in self.holds) if h is not None]
+        change_log.forget_changes(self.con, schema, name, min([upto, *held]))
 
     def commit_step(self) -> None:
         """Commit a step of an initial copy: no source position moves."""

@@ -15,7 +15,16 @@ import duckdb
 import psycopg
 
 from mirror.errors import ConfigError, MirrorOutOfMemory, SidecarError
-from sidecar import cli_daemon, cli_serve, cli_train, cli_uninstall, cli_users, config, masking
+from sidecar import (
+    cli_chroma,
+    cli_daemon,
+    cli_serve,
+    cli_train,
+    cli_uninstall,
+    cli_users,
+    config,
+    masking,
+)
 
 log = logging.getLogger("pgml_sidecar")
 
@@ -242,6 +251,7 @@ def build_parser() -> argparse.ArgumentParser:
     cli_daemon.add_parsers(commands)
     cli_users.add_parsers(commands)
     cli_uninstall.add_parsers(commands)
+    cli_chroma.add_parsers(commands)
     _demo_parser(commands)
     return parser
 

@@ -10,6 +10,7 @@ import sys
 import threading
 import urllib.error
 import urllib.request
+from collections.abc import Sequence
 from contextlib import nullcontext
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -19,6 +20,7 @@ from sidecar import config, masking
 from sidecar.metrics import REPLICATION_LAG_ALERT_SECONDS, RETAINED_WAL_ALERT_BYTES
 
 if TYPE_CHECKING:
+    from predictor.chroma_sync import ChromaTarget
     from sidecar.daemon import DaemonSettings
 
 log = logging.getLogger("pgml_sidecar")
@@ -193,10 +195,11 @@ def _run(args: argparse.Namespace) -> int:
     settings = _settings(args)  # a bad setting is said at once, before the long imports
     _required(settings, "source", "mirror")
     if args.check:
-        return _check(settings)
+        return _check(settings, args)
+    from sidecar import chroma_config
     from sidecar.daemon import Daemon
 
-    daemon = Daemon(_daemon_settings(settings))
+    daemon = Daemon(_daemon_settings(settings, chroma_config.targets(args.config)))
     stopping.relay(daemon.stop_event)
     log.info(
         "running: source %s, mirror %s, SQL on %s:%d",
@@ -211,7 +214,9 @@ def _run(args: argparse.Namespace) -> int:
     return 0
 
 
-def _daemon_settings(settings: dict[str, Any]) -> DaemonSettings:
+def _daemon_settings(
+    settings: dict[str, Any], chroma: Sequence[ChromaTarget] = ()
+) -> DaemonSettings:
     """What the daemon needs from resolved settings: the files they name are read here."""
     from predictor.server import read_password
     from replicator.kafka import read_client_properties
@@ -244,15 +249,18 @@ def _daemon_settings(settings: dict[str, Any]) -> DaemonSettings:
         kafka_config=read_client_properties(Path(settings["kafka_config"]))
         if settings["kafka_config"]
         else {},
+        chroma=tuple(chroma),
     )
 
 
-def _check(settings: dict[str, Any]) -> int:
+def _check(settings: dict[str, Any], args: argparse.Namespace) -> int:
     """``run --check``: refuse what ``run`` would refuse before it connects, print the rest."""
     from predictor.server import check_settings, tls_context
     from predictor.users import read_users
+    from sidecar import chroma_config
 
-    daemon = _daemon_settings(settings)  # reads the password and Kafka properties files
+    chroma = chroma_config.targets(args.config)
+    daemon = _daemon_settings(settings, chroma)  # reads the password and Kafka properties files
     config.training_time_limit(daemon.training_time_limit)
     if daemon.kafka and not daemon.topic_prefix:
         raise ConfigError("kafka needs topic_prefix: the Debezium connector's topic.prefix")
@@ -264,6 +272,11 @@ def _check(settings: dict[str, Any]) -> int:
     for name, value in settings.items():
         if name != "endpoint_dsn":  # init's, not run's
             print(f"{name} = {json.dumps(masking.mask_values(value))}")
+    for target in chroma:
+        print(
+            f"[[chroma]] {target.table} -> collection {target.collection} ({target.space})"
+            f" on {target.where}"
+        )
     print("the settings are valid (nothing was connected to)")
     return 0
 

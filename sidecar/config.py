@@ -127,7 +127,7 @@ def _read(path: Path) -> dict[str, Any]:
                 f"{path}: {key} does not belong in the config file; set"
                 " PGML_SIDECAR_ENDPOINT_PASSWORD or password_file (and PGPASSWORD for the source)"
             )
-        if key not in _BY_NAME:
+        if key not in _BY_NAME and key != "chroma":  # [[chroma]]: sidecar.chroma_config
             raise ConfigError(
                 f"{path}: unknown setting {key!r}; the settings are: {', '.join(_BY_NAME)}"
             )

@@ -32,6 +32,7 @@ from mirror.errors import (
 )
 from mirror.registry import ModelRecord
 from mirror.store import Mirror
+from predictor.chroma_sync import ChromaSync, ChromaTarget
 from predictor.server import EndpointSettings, SqlEndpoint, check_settings
 from predictor.writeback import Writeback
 from replicator import source
@@ -83,6 +84,8 @@ class DaemonSettings:
     topic_prefix: str | None = None
     group_id: str = "pgml-sidecar"
     kafka_config: Mapping[str, str] = field(default_factory=dict)
+    chroma: Sequence[ChromaTarget] = ()
+    """Chroma collections kept equal to mirrored tables (``[[chroma]]`` sections)."""
 
     def endpoint(self) -> EndpointSettings:
         """The SQL endpoint's share of these settings."""
@@ -148,6 +151,12 @@ class Daemon:
             checkpoint_rows=settings.checkpoint_rows,
         )
         self.mirror.watched = [control_tables, self.writeback.watched, self.monitor.watched]
+        self.chroma = ChromaSync(self.mirror, list(settings.chroma)) if settings.chroma else None
+        self.mirror.holds.append(self.monitor.held)
+        if self.chroma is not None:  # a derived copy that replays the change log
+            self.mirror.watched.append(self.chroma.watched)
+            self.mirror.logs.append(self.chroma.watched)
+            self.mirror.holds.append(self.chroma.held)
         self.trainer.before_snapshot = self.monitor.expect
         # retraining on drift and pgml.deploy's best_recent_score judge on the rows it sees
         self.retrainer.recent_rows = self.trainer.recent_rows = self.monitor.recent_rows
@@ -177,6 +186,17 @@ class Daemon:
             Part("retrainer", self.retrainer.run),
             Part("sampler", self._sample),
         ]
+        if self.chroma is not None:
+            self.parts.append(Part("chroma", self.chroma.run))
+            self.metrics_server.actions["/chroma/rebuild"] = self._chroma_request("rebuild")
+            self.metrics_server.actions["/chroma/verify"] = self._chroma_request("verify")
+
+    def _chroma_request(self, kind: str) -> Callable[[dict[str, str]], dict[str, Any]]:
+        def carry_out(query: dict[str, str]) -> dict[str, Any]:
+            assert self.chroma is not None
+            return self.chroma.ask(kind, query.get("collection") or None)
+
+        return carry_out
 
     def _wire_metrics(self) -> None:
         m = self.metrics
@@ -271,6 +291,8 @@ class Daemon:
                 seen = applied
                 connected = getattr(replicator.stats, "connected", True)
                 m.replicator_up.set(1 if self.parts[0].running and connected else 0)
+                if self.chroma is not None:
+                    m.show_chroma(self.chroma.report())
                 for watch in list(self.monitor.watches.values()):
                     scores = watch.features.scores if watch.features is not None else {}
                     for feature, score in scores.items():
@@ -412,6 +434,8 @@ class Daemon:
         self.control.on_commit(lsn, touched)
         self.writeback.on_commit(lsn, touched)
         self.monitor.on_commit(lsn, touched)
+        if self.chroma is not None:
+            self.chroma.on_commit(lsn, touched)
 
     def _drifted(self, project: str, model_id: int, event: DriftEvent) -> None:
         """Count a drift, copy it to the source's pgml.drift_events, maybe retrain."""
@@ -461,6 +485,8 @@ class Daemon:
         """Start every part; return at once."""
         self.trainer.worker.warm()
         self.monitor.prepare()
+        if self.chroma is not None:
+            self.chroma.prepare()  # before the replicator commits anything
         # set up: lock DuckDB before the first client connects (only the artifacts are files)
         self.mirror.lock_down(allowed_directories=[self.trainer.home])
         self.endpoint.start()
@@ -562,6 +588,8 @@ class Daemon:
                 "dead_letters": sum(self.replicator.stats.dead_letters.values()),
             }
         health["replication_lag_seconds"] = round(self.lag_seconds, 3)
+        if self.chroma is not None:
+            health["chroma"] = self.chroma.report()
         health["deployed"] = {
             name: {"model_id": model.id, "algorithm": model.algorithm}
             for name, model in self.deployed_models().items()

@@ -7,6 +7,7 @@ import logging
 import re
 import socket
 import threading
+import urllib.parse
 from collections.abc import Callable, Mapping
 from http import HTTPStatus
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
@@ -26,7 +27,7 @@ from prometheus_client.gc_collector import GCCollector
 from prometheus_client.platform_collector import PlatformCollector
 from prometheus_client.process_collector import ProcessCollector
 
-from mirror.errors import ConfigError
+from mirror.errors import ConfigError, SidecarError
 from sidecar import masking
 
 __all__ = [
@@ -240,6 +241,43 @@ class Metrics:
             registry=reg,
         )
 
+        self.chroma_up = Gauge(
+            "chroma_up",
+            "1 while a Chroma collection's server (or directory) answers, by collection.",
+            ["collection"],
+            namespace=ns,
+            registry=reg,
+        )
+        self.chroma_lag_seconds = Gauge(
+            "chroma_lag_seconds",
+            "Seconds a Chroma collection has been behind its mirrored table (0: equal).",
+            ["collection"],
+            namespace=ns,
+            registry=reg,
+        )
+        self.chroma_lag_bytes = Gauge(
+            "chroma_lag_bytes",
+            "WAL bytes between the mirror's position and the one a Chroma collection applied.",
+            ["collection"],
+            namespace=ns,
+            registry=reg,
+        )
+        self.chroma_records = Gauge(
+            "chroma_records",
+            "Records in a Chroma collection, as last counted.",
+            ["collection"],
+            namespace=ns,
+            registry=reg,
+        )
+        self.chroma_drift_rows = Gauge(
+            "chroma_drift_rows",
+            "Records of a Chroma collection unlike its table at the last check (missing, extra"
+            " or changed; -1: the counts differ, not yet verified).",
+            ["collection"],
+            namespace=ns,
+            registry=reg,
+        )
+
         self._scored: dict[str, set[str]] = {}
         """The ``metric`` labels of ``model_score`` shown for each project."""
 
@@ -264,12 +302,25 @@ class Metrics:
             self.model_score.labels(project=project, metric=metric).set(score)
         self._scored[project] = set(scores)
 
+    def show_chroma(self, collections: Mapping[str, Mapping[str, Any]]) -> None:
+        """Each Chroma collection's state, as ``ChromaSync.report`` gives it."""
+        for name, c in collections.items():
+            self.chroma_up.labels(collection=name).set(1 if c["connected"] else 0)
+            self.chroma_lag_seconds.labels(collection=name).set(c["lag_seconds"])
+            self.chroma_lag_bytes.labels(collection=name).set(c["lag_bytes"])
+            if c["rows"] is not None:
+                self.chroma_records.labels(collection=name).set(c["rows"])
+            drift = c["drift"]["rows"] if c["drift"] else 0
+            self.chroma_drift_rows.labels(collection=name).set(-1 if c["count_mismatch"] else drift)
+
     def exposition(self) -> bytes:
         """Return every metric in Prometheus' text format."""
         return generate_latest(self.registry)
 
 
 HealthCheck = Callable[[], dict[str, Any]]
+Action = Callable[[dict[str, str]], dict[str, Any]]
+"""A POST route: called with the query's parameters, answers JSON (SidecarError: 400)."""
 
 
 class MetricsServer:
@@ -287,6 +338,8 @@ class MetricsServer:
         self.host = host
         self.port = port
         self.health = health
+        self.actions: dict[str, Action] = {}
+        """POST routes by path (``/chroma/rebuild``)."""
         self._server: ThreadingHTTPServer | None = None
         self._thread: threading.Thread | None = None
 
@@ -299,6 +352,7 @@ class MetricsServer:
             raise RuntimeError("metrics server already started")
         try:
             server = _Server((self.host, self.port), self.metrics, self.health)
+            server.actions = self.actions
         except OSError as exc:
             raise ConfigError(
                 f"cannot serve metrics on {self.host}:{self.port}: {exc.strerror or exc};"
@@ -347,6 +401,7 @@ class _Server(ThreadingHTTPServer):
             self.address_family = socket.AF_INET6
         self.metrics = metrics
         self.health = health
+        self.actions: dict[str, Action] = {}
         super().__init__(address, _Handler)
 
 
@@ -366,6 +421,20 @@ class _Handler(BaseHTTPRequestHandler):
             self._reply(status, "application/json", body)
         else:
             self._reply(HTTPStatus.NOT_FOUND, "text/plain; charset=utf-8", b"not found\n")
+
+    def do_POST(self) -> None:
+        path, _, query = self.path.partition("?")
+        action = self.server.actions.get(path)
+        if action is None:
+            self._reply(HTTPStatus.NOT_FOUND, "text/plain; charset=utf-8", b"not found\n")
+            return
+        params = {k: v[-1] for k, v in urllib.parse.parse_qs(query).items()}
+        try:
+            status, answer = HTTPStatus.OK, action(params)
+        except SidecarError as exc:
+            status, answer = HTTPStatus.BAD_REQUEST, {"error": str(exc)}
+        body = json.dumps(masking.mask_values(json.loads(json.dumps(answer, default=str))))
+        self._reply(status, "application/json", body.encode() + b"\n")
 
     def _health(self) -> tuple[HTTPStatus, bytes]:
         try:

@@ -55,6 +55,11 @@ def judge(report: dict[str, Any]) -> int:
         problems.append(
             f"replication lag {lag:.0f} s is over the alert's {REPLICATION_LAG_ALERT_SECONDS} s"
         )
+    for name, chroma in daemon.get("chroma", {}).items():
+        if (chroma["drift"] and chroma["drift"]["rows"]) or chroma["count_mismatch"]:
+            problems.append(f"Chroma collection {name} drifted from {chroma['table']}")
+        if not chroma["connected"]:
+            problems.append(f"Chroma collection {name} is out of reach: {chroma['last_error']}")
     code = DOWN if daemon.get("status") == "unreachable" else DEGRADED if problems else OK
     report["status"] = ("ok", "degraded", "down")[code]
     report["problems"] = problems
@@ -84,6 +89,7 @@ def lines(report: dict[str, Any]) -> list[str]:
             " UPDATE and DELETE on them fail; add a primary key, or ALTER TABLE ... REPLICA"
             " IDENTITY FULL"
         )
+    shown += [_chroma_line(n, c) for n, c in daemon.get("chroma", {}).items()]
     for project in report.get("projects", []):
         shown.append(_project_line(project))
         shown += [f"         notice: {n}" for n in (project.get("notice") or "").splitlines()]
@@ -128,6 +134,25 @@ def _daemon_line(daemon: dict[str, Any]) -> str:
             line += f"; {name} not running (restarts: {part['restarts']}): {part['last_error']}"
         elif part.get("connected") is False:
             line += f"; {name} reconnecting to the source: {part['last_error']}"
+    return line
+
+
+def _chroma_line(name: str, chroma: dict[str, Any]) -> str:
+    line = (
+        f"chroma:  {name} = {chroma['table']} on {chroma['where']}:"
+        f" {'connected' if chroma['connected'] else 'OUT OF REACH'}, applied"
+        f" {chroma['applied_lsn']}, lag {chroma['lag_seconds']:.1f} s, {chroma['rows']} records"
+    )
+    drift = chroma.get("drift")
+    if drift and drift["rows"]:
+        line += (
+            f"; drifted: {drift['missing']} missing, {drift['extra']} extra,"
+            f" {drift['changed']} changed (pgml-sidecar chroma rebuild)"
+        )
+    elif chroma.get("count_mismatch"):
+        line += "; drifted: its count differs from the table's (pgml-sidecar chroma rebuild)"
+    if chroma.get("last_error"):
+        line += f"; {chroma['last_error']}"
     return line
 
 

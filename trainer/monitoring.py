@@ -354,6 +354,18 @@ class Monitor:
         self.watched.add((schema, table))
         self.mirror.logged.add((schema, table))
 
+    def held(self, schema: str, table: str) -> Lsn | None:
+        """The oldest position an online model of ``schema.table`` still replays the change
+        log from (None: none needs it); a model in training needs all of it."""
+        if (schema, table) in self._expected:
+            return 0
+        watches = [*self.watches.values(), *self._loading.values()]
+        found = [
+            w.checkpoint_lsn for w in watches
+            if w.online and not w.failed and (w.schema, w.table) == (schema, table)
+        ]  # fmt: skip
+        return min(found) if found else None
+
     def prepare(self) -> None:
         """Watch the deployed models now (before the replicator starts, so none of their
         changes goes unseen), learning what online models missed while the sidecar was down."""
