@@ -213,22 +213,33 @@ class SourcePrivileges:
         """The mirrored tables ``role`` may SELECT in the source, each with its columns.
 
         With ``table`` (schema, name), an answer given before that table was mirrored is asked
-        again (at most every :data:`UNCOVERED_RETRY_S`): a table copied a moment ago is readable
-        at once by those the source lets read it.
+        again at once: a table copied a moment ago is readable at once by those the source lets
+        read it (a table the mirror does not hold, at most every :data:`UNCOVERED_RETRY_S`).
         """
         answer = self._answers.get(role)
         now = self._clock()
         if answer is not None and now - answer.at <= self.max_age:
-            if table is None or table in answer.covered or now - answer.at < UNCOVERED_RETRY_S:
+            if table is None or table in answer.covered:
+                return answer.readable
+            # Mirrored since the answer: asked again at once (the next answer covers it); a
+            # table the mirror does not hold, at most every UNCOVERED_RETRY_S.
+            mirrored = self._mirrored(table)
+            if now - answer.at < UNCOVERED_RETRY_S and not mirrored:
                 return answer.readable
             if now >= self._retry_at:
-                self.refresh([role], stale_before=now - UNCOVERED_RETRY_S)
+                self.refresh([role], stale_before=None if mirrored else now - UNCOVERED_RETRY_S)
                 answer = self._answers.get(role)
             return answer.readable if answer is not None else NOTHING
         if now >= self._retry_at:
             self.refresh(None if answer is not None else [role], stale_before=now - self.max_age)
             answer = self._answers.get(role)
         return answer.readable if answer is not None else NOTHING
+
+    def _mirrored(self, table: tuple[str, str]) -> bool:
+        try:
+            return any((r.schema, r.name) == table for r in self._relations())
+        except duckdb.Error:
+            return False
 
     def may_select(self, role: str, schema: str, table: str, columns: Iterable[str] = ()) -> bool:
         """Whether ``role`` may SELECT these columns (or some column) of a mirrored table."""
