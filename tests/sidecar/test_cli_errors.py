@@ -51,6 +51,8 @@ BASELINE: dict[str, dict[str, list[str]]] = {
     "serve": {"port": ["0"]},
     "adduser": {"users_file": ["{tmp}/users"]},
     "status": {"metrics_port": ["{closed}"]},  # no daemon: 2 (down), never 3
+    "chroma verify": {"metrics_port": ["{closed}"]},
+    "chroma rebuild": {"metrics_port": ["{closed}"]},
 }
 """What each command needs besides a source, a mirror and its positional arguments to work:
 with nothing broken it would succeed, or run until stopped ([]: a flag without a value)."""
@@ -61,9 +63,21 @@ WITHIN = 90.0
 
 
 def subcommands() -> dict[str, argparse.ArgumentParser]:
-    parser = build_parser()
-    action = next(a for a in parser._actions if isinstance(a, argparse._SubParsersAction))
-    return dict(action.choices)
+    """Every command by its words (``chroma verify``: a command's own subcommands too)."""
+    found: dict[str, argparse.ArgumentParser] = {}
+
+    def walk(words: str, parser: argparse.ArgumentParser) -> None:
+        action = next(
+            (a for a in parser._actions if isinstance(a, argparse._SubParsersAction)), None
+        )
+        if action is None:
+            found[words] = parser
+            return
+        for name, sub in action.choices.items():
+            walk(f"{words} {name}".strip(), sub)
+
+    walk("", build_parser())
+    return found
 
 
 @dataclass
@@ -136,7 +150,7 @@ def source(source_dsn: str) -> str:
 
 def argv(case: Case, parser: argparse.ArgumentParser, source: str, tmp: Path) -> list[str]:
     """The command with everything it needs, then the broken part in place of the good."""
-    args = [case.command]
+    args = case.command.split()
     for action in parser._actions:
         if not action.option_strings and action.required:
             args.append("p")  # a project, a user name
