@@ -33,6 +33,7 @@ from mirror.errors import (
 from mirror.registry import ModelRecord
 from mirror.store import Mirror
 from predictor.server import EndpointSettings, SqlEndpoint, check_settings
+from predictor.vector_index import VectorIndexes
 from predictor.writeback import Writeback
 from replicator import source
 from replicator.kafka import KafkaReplicator, KafkaSettings
@@ -147,7 +148,13 @@ class Daemon:
             on_drift=self._drifted,
             checkpoint_rows=settings.checkpoint_rows,
         )
-        self.mirror.watched = [control_tables, self.writeback.watched, self.monitor.watched]
+        self.vector_indexes = VectorIndexes(self.mirror, artifact_home(settings.mirror_path))
+        self.mirror.watched = [
+            control_tables,
+            self.writeback.watched,
+            self.monitor.watched,
+            self.vector_indexes.watched,
+        ]
         self.trainer.before_snapshot = self.monitor.expect
         # retraining on drift and pgml.deploy's best_recent_score judge on the rows it sees
         self.retrainer.recent_rows = self.trainer.recent_rows = self.monitor.recent_rows
@@ -160,6 +167,7 @@ class Daemon:
             self.mirror.con,
             self.trainer,
             source_dsn=settings.source_dsn,  # each session reads what its source role may
+            vector_indexes=self.vector_indexes,
         )
         self.metrics = Metrics()
         self.metrics_server = MetricsServer(
@@ -174,6 +182,7 @@ class Daemon:
             Part("control", self.control.run),
             Part("writeback", self.writeback.run),
             Part("monitor", self.monitor.run),
+            Part("vector indexes", self.vector_indexes.run),
             Part("retrainer", self.retrainer.run),
             Part("sampler", self._sample),
         ]
@@ -412,6 +421,7 @@ class Daemon:
         self.control.on_commit(lsn, touched)
         self.writeback.on_commit(lsn, touched)
         self.monitor.on_commit(lsn, touched)
+        self.vector_indexes.on_commit(lsn, touched)
 
     def _drifted(self, project: str, model_id: int, event: DriftEvent) -> None:
         """Count a drift, copy it to the source's pgml.drift_events, maybe retrain."""
@@ -461,6 +471,7 @@ class Daemon:
         """Start every part; return at once."""
         self.trainer.worker.warm()
         self.monitor.prepare()
+        self.vector_indexes.prepare()  # graphs loaded and caught up before the stream starts
         # set up: lock DuckDB before the first client connects (only the artifacts are files)
         self.mirror.lock_down(allowed_directories=[self.trainer.home])
         self.endpoint.start()
