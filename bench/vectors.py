@@ -17,6 +17,7 @@ from __future__ import annotations
 import argparse
 import multiprocessing
 import platform
+import shutil
 import statistics
 import tempfile
 import threading
@@ -117,6 +118,7 @@ def main() -> None:
         bench_pgvector(dsn, texts, truth, spare, report["pgvector"])
     finally:
         server.stop()
+        shutil.rmtree(work, ignore_errors=True)
     bench_chroma(data, queries, truth, spare, report["chroma"])
     print_report(report, options)
 
