@@ -113,6 +113,10 @@ class Mirror:
         """Each consumer's oldest position still to replay of a table (None: it needs none):
         :meth:`forget_changes` keeps the changes after the oldest."""
         self.on_commit: CommitListener | None = None
+        self.log_consumers: dict[tuple[str, str], set[str]] = {}
+        """Who replays each logged table's keys (:meth:`consume_changes`)."""
+        self.log_positions: dict[tuple[str, str, str], Lsn] = {}
+        """How far each consumer has taken each table's logged keys."""
         self._touched: dict[tuple[str, str], Touched] = {}
         self.changes_applied = {"insert": 0, "update": 0, "delete": 0, "truncate": 0}
         """Rows applied by kind of change since the mirror was opened (for metrics)."""
@@ -272,11 +276,36 @@ class Mirror:
         """The logged keys of ``schema.name`` committed after ``after``, oldest first."""
         return change_log.logged_changes(self.con, schema, name, after)
 
-    def forget_changes(self, schema: str, name: str, upto: Lsn) -> None:
-        """Drop logged keys every consumer has taken (up to and including ``upto``, and no
-        further than the oldest position a consumer in ``holds`` still replays from)."""
+    def forget_changes(
+        self, schema: str, name: str, upto: Lsn, *, consumer: str = "online models"
+    ) -> None:
+        """Drop logged keys of ``schema.name`` every consumer has taken: ``consumer`` has
+        taken them up to and including ``upto``, each other consumer of the table up to where
+        it last said (one that has said nothing yet keeps them all), and none past the oldest
+        position a consumer in ``holds`` still replays from."""
+        self.log_positions[(consumer, schema, name)] = upto
+        consumers = self.log_consumers.get((schema, name), set()) | {consumer}
+        taken = [self.log_positions.get((c, schema, name)) for c in consumers]
+        known = [lsn for lsn in taken if lsn is not None]
+        if len(known) != len(taken):
+            return
         held = [h for h in (hold(schema, name) for hold in self.holds) if h is not None]
-        change_log.forget_changes(self.con, schema, name, min([upto, *held]))
+        change_log.forget_changes(self.con, schema, name, min([*known, *held]))
+
+    def consume_changes(self, consumer: str, schema: str, name: str) -> None:
+        """Log the keys of ``schema.name`` for ``consumer``, kept until it has taken them."""
+        self.logged.add((schema, name))
+        self.log_consumers.setdefault((schema, name), set()).add(consumer)
+
+    def consume_only(self, consumer: str, tables: set[tuple[str, str]]) -> None:
+        """``consumer`` replays the logged keys of ``tables`` and no others from now on."""
+        for table, consumers in self.log_consumers.items():
+            if table not in tables:
+                consumers.discard(consumer)
+        for table in tables:
+            self.log_consumers.setdefault(table, set()).add(consumer)
+        self.logged.intersection_update(t for t, c in self.log_consumers.items() if c)
+        self.logged.update(tables)
 
     def commit_step(self) -> None:
         """Commit a step of an initial copy: no source position moves."""

@@ -23,7 +23,7 @@ from typing import Any
 from pglast import ast, enums, parse_sql
 
 from mirror.errors import SidecarError
-from predictor import catalog, metric_functions, python_environment, vectors
+from predictor import catalog, metric_functions, pgvector, python_environment, vectors
 from predictor.catalog import ServedRelation, ServedRelations
 from predictor.error_words import FUNCTION_HINT
 from predictor.workspace import TABLE, WorkspaceNames, WorkspaceRelation
@@ -612,7 +612,12 @@ class _QueryCheck:
             if name in FUNCTIONS:
                 raise Refused(f"function {name} cannot be used in FROM here", sqlstate="0A000")
             raise self.unknown_function(node, name)
-        elif not in_from and name not in FUNCTIONS and name not in catalog.FUNCTIONS:
+        elif (
+            not in_from
+            and name not in FUNCTIONS
+            and name not in catalog.FUNCTIONS
+            and not (name in pgvector.FUNCTIONS and not qualifier)
+        ):
             if is_refused_function(name):
                 raise Refused(f"permission denied for function {name}")
             raise self.unknown_function(node, name)

@@ -271,7 +271,7 @@ class ChromaSync:
         schema, name = target.schema_table
         oldest = self.held(schema, name)
         if oldest:
-            self.mirror.forget_changes(schema, name, oldest)
+            self.mirror.forget_changes(schema, name, oldest, consumer="chroma")
 
     # -- what the daemon calls -----------------------------------------------------------------
 

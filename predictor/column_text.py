@@ -10,7 +10,7 @@ import pyarrow as pa
 import pyarrow.compute as pc
 
 from predictor import value_text
-from predictor.pg_types import is_list
+from predictor.pg_types import is_list, is_vector
 from predictor.value_text import (
     FAST_DIGITS_BELOW,
     float_text,
@@ -276,6 +276,17 @@ def _time_text(array: pa.Array) -> pa.Array:
     return pc.replace_substring_regex(pc.cast(micros, _TEXT), pattern=r"\.?0+$", replacement="")
 
 
+def _vector_text(array: pa.Array) -> pa.Array:
+    """pgvector's text form, ``[1,2.5,-3]``: float4's shortest digits, no spaces."""
+    size = array.type.list_size
+    values = array.values.slice(array.offset * size, len(array) * size)
+    offsets = pa.array(np.arange(0, size * len(array) + 1, size, dtype=np.int64))
+    mask = pc.is_null(array) if array.null_count else None
+    lists = pa.LargeListArray.from_arrays(offsets, text_column(values), mask=mask)
+    joined = pc.binary_join(lists, pa.scalar(",", _TEXT))
+    return pc.binary_join_element_wise(pa.scalar("[", _TEXT), joined, pa.scalar("]", _TEXT), _EMPTY)
+
+
 def _list_text(array: pa.Array) -> pa.Array:
     t = array.type
     if pa.types.is_list_view(t) or pa.types.is_large_list_view(t):
@@ -324,5 +335,6 @@ _COLUMN_TEXT: tuple[tuple[Callable[[pa.DataType], bool], Callable[[pa.Array], pa
     (pa.types.is_date, _date_text),
     (pa.types.is_timestamp, _timestamp_text),
     (pa.types.is_time, _time_text),
+    (is_vector, _vector_text),
     (is_list, _list_text),
 )

@@ -24,7 +24,17 @@ import pyarrow as pa
 
 from mirror.duckdb_sql import quote
 from mirror.errors import SidecarError
-from predictor import catalog, error_words, procedures, results, scoring, vectors, wire
+from predictor import (
+    catalog,
+    error_words,
+    pgvector,
+    procedures,
+    results,
+    scoring,
+    vector_search,
+    vectors,
+    wire,
+)
 from predictor.catalog import ServedRelations
 from predictor.catalog_scope import CatalogScope, scope_of
 from predictor.pg_types import FLOAT8
@@ -37,6 +47,8 @@ from predictor.statements import Parameter, ProcedureCall, Statement
 from predictor.time_settings import STATEMENT_TIMEOUT, TRAINING_TIME_LIMIT
 from predictor.translation import ARRAY_RESULTS
 from predictor.value_text import text_value
+from predictor.vector_index import IndexName, VectorIndexes
+from predictor.vector_search import VectorSearch
 from predictor.workspace import WorkspaceNames, WorkspaceRelation
 from predictor.workspace_statements import relation_to_read
 from trainer.snapshots import RelationColumns
@@ -50,6 +62,8 @@ if TYPE_CHECKING:
 
 SERVER_VERSION = "16.0"
 _FLOAT8_ARRAY = 1022
+MAX_SEARCH_ROWS = 1000
+"""The largest LIMIT the vector index path answers; larger ones scan."""
 DEFAULT_SETTINGS = {
     "server_version": SERVER_VERSION,
     "server_version_num": "160000",
@@ -69,6 +83,7 @@ DEFAULT_SETTINGS = {
     "is_superuser": "off",
     "max_identifier_length": "63",
     "statement_timeout": "0",
+    "pgml.exact_search": "off",
 }
 _CHECKED_SETTINGS = {
     "statement_timeout": STATEMENT_TIMEOUT,
@@ -100,6 +115,8 @@ class Endpoint(Protocol):
     """What each source role may read and change; None without a source."""
     workspaces: Workspaces | None
     """Each source role's workspace; None: nobody writes anywhere."""
+    vector_indexes: VectorIndexes | None
+    """The HNSW indexes of the mirror's vector columns; None: every search scans."""
 
     def refresh_score_views(self) -> None: ...
 
@@ -234,6 +251,10 @@ class StatementRunner:
         if kind in ("select", "declare", "write"):
             self.endpoint.refresh_score_views()
         if kind == "select":
+            if statement.vector_search is not None:
+                found = self._search(statement.vector_search, params, statement)
+                if found is not None:
+                    return found
             return self._query(statement.sql, params, statement.tag)
         if kind == "write":
             return self._write(statement, params)
@@ -321,6 +342,44 @@ class StatementRunner:
                 owned.close()
             raise
         return Outcome(tag, results.arrow_fields(reader.schema), Rows(reader, cursor=owned))
+
+    def _search(
+        self, search: VectorSearch, params: Sequence[Any], statement: Statement
+    ) -> Outcome | None:
+        """The query's rows, reading only the nearest rows an HNSW index gives; None when the
+        exact scan must answer (no index yet, ``pgml.exact_search`` on, a filter that passes
+        too few of the candidates, a vector or limit the index cannot take)."""
+        indexes = self.endpoint.vector_indexes
+        if indexes is None or _is_on(self.settings.get("pgml.exact_search", "off")):
+            return None
+        vector = vector_search.query_vector(vector_search.resolved(search.vector, params))
+        limit = vector_search.resolved(search.limit, params)
+        if vector is None or not isinstance(limit, int) or not 0 < limit <= MAX_SEARCH_ROWS:
+            return None
+        wanted = limit + search.offset
+        count = max(vector_search.CANDIDATES, 10 * wanted)
+        name = IndexName(search.schema, search.table, search.column, search.distance)
+        while count <= vector_search.MAX_CANDIDATES:
+            found = indexes.search(name, vector, count)
+            if found is None:
+                return None
+            key, keys = found
+            readable = statement.columns.get((search.schema, search.table))
+            if readable is not None and key not in readable:
+                return None
+            sql = vector_search.with_candidates(search.sql, search.alias, key, keys)
+            outcome = self._query(sql, params, statement.tag)
+            assert outcome.rows is not None
+            table, _ = self.take(outcome.rows, None)
+            outcome.rows.close()
+            rows = 0 if table is None else table.num_rows
+            if rows >= limit:
+                assert table is not None
+                return Outcome(statement.tag, outcome.fields, results.given(table))
+            if len(keys) < count:
+                return None  # every row of the index was a candidate
+            count *= 4
+        return None
 
     def _write(self, statement: Statement, params: Sequence[Any]) -> Outcome:
         """Run a statement that writes to this session's workspace: in its own transaction,
@@ -604,6 +663,10 @@ def checked_setting(name: str, value: str) -> str:
     return setting.normalized(value) if setting is not None else value
 
 
+def _is_on(value: str) -> bool:
+    return value.strip().lower() in ("on", "true", "yes", "1")
+
+
 def _resolve(value: Any, params: Sequence[Any]) -> Any:
     """A constant argument with its ``$n`` parameters filled in."""
     if isinstance(value, Parameter):
@@ -649,7 +712,9 @@ def duckdb_error(exc: duckdb.Error) -> SidecarError:
     """A DuckDB error as the endpoint reports it: PostgreSQL's words and SQLSTATE where
     :mod:`predictor.error_words` knows them, else its first line and the SQLSTATE closest to
     its kind; never DuckDB's catalog names, file paths or excerpts of the translated SQL."""
-    found = scoring_error(exc) or vectors.argument_error(str(exc))
+    found = (
+        scoring_error(exc) or vectors.argument_error(str(exc)) or pgvector.argument_error(str(exc))
+    )
     if found is not None:
         return found
     if isinstance(exc, duckdb.InterruptException):

@@ -42,6 +42,9 @@ TIMETZ = PgType(1266, 12, "timetz")
 NUMERIC = PgType(1700, -1, "numeric")
 UUID = PgType(2950, 16, "uuid")
 JSONB = PgType(3802, -1, "jsonb")
+VECTOR = PgType(16388, -1, "vector")
+"""pgvector's type: its OID is the one CREATE EXTENSION gave it in each database (this is a
+common one); clients read it as text."""
 
 _ARRAY_OIDS = {
     BOOL: 1000, BYTEA: 1001, NAME: 1003, INT2: 1005, INT4: 1007, TEXT: 1009, OID: 1028,
@@ -93,6 +96,8 @@ def pg_type_for_arrow(t: pa.DataType, *, jsonb: bool = False) -> PgType:
         return pg_type_for_arrow(t.storage_type, jsonb=jsonb)
     if pa.types.is_dictionary(t):
         return pg_type_for_arrow(t.value_type, jsonb=jsonb)
+    if is_vector(t):
+        return VECTOR
     if is_list(t):
         return array_of(pg_type_for_arrow(_innermost(t), jsonb=jsonb))
     if pa.types.is_struct(t) or pa.types.is_map(t):
@@ -125,6 +130,12 @@ _ARROW_TESTS: tuple[tuple[Callable[[pa.DataType], bool], PgType], ...] = (
     (pa.types.is_duration, INTERVAL),
     (pa.types.is_interval, INTERVAL),
 )
+
+
+def is_vector(t: pa.DataType) -> bool:
+    """Whether ``t`` is a fixed-size list of float32: a DuckDB ``FLOAT[n]`` array, which only a
+    mirrored pgvector column or a ``::vector`` cast makes (PostgreSQL's arrays are lists)."""
+    return pa.types.is_fixed_size_list(t) and t.value_type == pa.float32()
 
 
 def is_list(t: pa.DataType) -> bool:

@@ -33,6 +33,7 @@ from predictor import (
     catalog_views,
     chunking,
     metric_functions,
+    pgvector,
     python_environment,
     score_views,
     vectors,
@@ -48,6 +49,7 @@ from predictor.session import Session
 from predictor.statement_watch import StatementWatch
 from predictor.time_settings import AUTHENTICATION_TIMEOUT, STATEMENT_TIMEOUT, TimeSetting
 from predictor.users import UsersFile, read_users
+from predictor.vector_index import VectorIndexes
 from predictor.workspace import Workspaces
 from trainer.train import Trainer
 
@@ -115,8 +117,11 @@ class SqlEndpoint:
         trainer: Trainer,
         *,
         source_dsn: str | None = None,
+        vector_indexes: VectorIndexes | None = None,
     ) -> None:
         check_settings(settings)
+        self.vector_indexes = vector_indexes
+        """The HNSW indexes nearest-neighbour queries read (None: they scan)."""
         self.users = UsersFile(settings.users_file) if settings.users_file else None
         self.settings = settings
         self.limits = AdmissionLimits(
@@ -138,6 +143,7 @@ class SqlEndpoint:
         self.scorer.register(con)
         catalog_views.install(con)
         vectors.install(con)
+        pgvector.install(con)
         metric_functions.register(con)
         python_environment.register(con)
         chunking.register(con)

@@ -22,6 +22,7 @@ from pglast import ast, enums, parse_sql
 from pglast.parser import ParseError, scan
 
 from mirror.errors import SidecarError
+from predictor import vector_search
 from predictor.allow_list import (
     DUCKDB_ONLY_STATEMENTS,
     PROCEDURES,
@@ -34,6 +35,7 @@ from predictor.allow_list import (
 from predictor.catalog import ServedRelation, ServedRelations
 from predictor.catalog_scope import CatalogScope
 from predictor.translation import SCALAR_FUNCTIONS, pgml_name, translate
+from predictor.vector_search import VectorSearch
 from predictor.workspace import WorkspaceNames, WorkspaceWrite
 from predictor.workspace_statements import classify_write, read_only
 
@@ -82,6 +84,8 @@ class Statement:
     those columns; every other table in ``reads`` it reads whole."""
     write: WorkspaceWrite | None = None
     """What a statement writing to the caller's workspace does (kind ``write``)."""
+    vector_search: VectorSearch | None = None
+    """How the index path may answer this query (kind ``select``), if it can."""
 
 
 def split(
@@ -402,6 +406,7 @@ def _select(node: ast.SelectStmt, text: str, access: _Access) -> Statement:
         return Statement(
             "procedure", text, tag="SELECT", procedure=procedure, params=checked.params
         )
+    search = vector_search.find(node, checked, text)
     sql = translate(
         node,
         checked.narrowed,
@@ -412,10 +417,13 @@ def _select(node: ast.SelectStmt, text: str, access: _Access) -> Statement:
         schemas=checked.schemas,
         scope=access.scope,
     )
+    if search is not None:
+        search = replace(search, sql=sql)
     return Statement(
         "select",
         text,
-        sql=sql,
+        sql=vector_search.exact(sql),
+        vector_search=search,
         tag="SELECT",
         params=checked.params,
         reads=checked.reads,

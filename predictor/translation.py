@@ -18,7 +18,7 @@ from pglast import ast, enums, parse_sql
 from pglast.stream import RawStream
 from pglast.visitors import Visitor
 
-from predictor import catalog, python_environment, registry_rows, vectors
+from predictor import catalog, pgvector, python_environment, registry_rows, vectors
 from predictor.allow_list import READ_ONLY_SETTINGS, SQL_SYNTAX_FUNCTIONS, Refused
 from predictor.catalog_scope import NOTHING, CatalogScope
 from predictor.column_names import name_columns
@@ -228,6 +228,8 @@ class _Translator(Visitor):
         name, qualifier = names[-1], names[:-1]
         if qualifier not in ([], ["pg_catalog"]):
             return None
+        if name in pgvector.FUNCTIONS and not qualifier:
+            return self._again(pgvector.macro_call(name, tuple(node.args or ())))
         if name in catalog.FUNCTIONS:
             node.funcname = (ast.String(catalog.SCHEMA), ast.String(name))
             if name in catalog.SCOPED_FUNCTIONS:
@@ -277,12 +279,6 @@ class _Translator(Visitor):
             alias=alias,
         )  # fmt: skip
 
-    def visit_A_Expr(self, ancestors: Any, node: ast.A_Expr) -> Any:
-        names = [n.sval for n in node.name or ()]
-        if len(names) == 2 and names[0] == "pg_catalog":  # OPERATOR(pg_catalog.~): DuckDB's ~
-            node.name = (ast.String(names[1]),)
-        return None
-
     def visit_CollateClause(self, ancestors: Any, node: ast.CollateClause) -> Any:
         names = [(n.sval or "").lower() for n in node.collname or ()]
         if names[-1:] in (["default"], ["c"], ["posix"]):  # DuckDB compares bytes already
@@ -302,8 +298,29 @@ class _Translator(Visitor):
         call = ast.FuncCall(funcname=(ast.String(function),), funcformat=_PLAIN_CALL)
         return ast.TypeCast(arg=call, typeName=_type(cast_to)) if cast_to else call
 
+    def visit_A_Expr(self, ancestors: Any, node: ast.A_Expr) -> Any:
+        names = [n.sval for n in node.name or ()]
+        if len(names) == 2 and names[0] == "pg_catalog":  # OPERATOR(pg_catalog.~): DuckDB's ~
+            node.name = (ast.String(names[1]),)
+        if node.kind != enums.A_Expr_Kind.AEXPR_OP:
+            return None
+        name = pgvector.operator_name(node)
+        if name is None:
+            return None
+        assert isinstance(node.lexpr, ast.Node) and isinstance(node.rexpr, ast.Node)
+        return self._again(pgvector.macro_call(name, (node.lexpr, node.rexpr)))
+
+    def _again(self, node: ast.Node) -> ast.Node:
+        """``node``, made here in place of another, with its own parts translated (a visitor
+        does not visit what a visit put in place)."""
+        _Translator(self.narrowed, self.registry, self.viewer, self.schemas, self.rows,
+                    self._scope_source)(node)  # fmt: skip
+        return node
+
     def visit_TypeCast(self, ancestors: Any, node: ast.TypeCast) -> Any:
         cast_to = node.typeName
+        if pgvector.is_vector_type(cast_to):
+            return self._again(pgvector.cast(node))
         if cast_to is not None and [n.sval for n in cast_to.names or ()][-1:] in _OID_TYPES:
             return node.arg  # a name stands for the relation or type it names
         names = [n.sval for n in cast_to.names or ()] if cast_to is not None else []

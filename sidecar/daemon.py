@@ -34,6 +34,7 @@ from mirror.registry import ModelRecord
 from mirror.store import Mirror
 from predictor.chroma_sync import ChromaSync, ChromaTarget
 from predictor.server import EndpointSettings, SqlEndpoint, check_settings
+from predictor.vector_index import VectorIndexes
 from predictor.writeback import Writeback
 from replicator import source
 from replicator.kafka import KafkaReplicator, KafkaSettings
@@ -150,7 +151,13 @@ class Daemon:
             on_drift=self._drifted,
             checkpoint_rows=settings.checkpoint_rows,
         )
-        self.mirror.watched = [control_tables, self.writeback.watched, self.monitor.watched]
+        self.vector_indexes = VectorIndexes(self.mirror, artifact_home(settings.mirror_path))
+        self.mirror.watched = [
+            control_tables,
+            self.writeback.watched,
+            self.monitor.watched,
+            self.vector_indexes.watched,
+        ]
         self.chroma = ChromaSync(self.mirror, list(settings.chroma)) if settings.chroma else None
         self.mirror.holds.append(self.monitor.held)
         if self.chroma is not None:  # a derived copy that replays the change log
@@ -169,6 +176,7 @@ class Daemon:
             self.mirror.con,
             self.trainer,
             source_dsn=settings.source_dsn,  # each session reads what its source role may
+            vector_indexes=self.vector_indexes,
         )
         self.metrics = Metrics()
         self.metrics_server = MetricsServer(
@@ -183,6 +191,7 @@ class Daemon:
             Part("control", self.control.run),
             Part("writeback", self.writeback.run),
             Part("monitor", self.monitor.run),
+            Part("vector indexes", self.vector_indexes.run),
             Part("retrainer", self.retrainer.run),
             Part("sampler", self._sample),
         ]
@@ -434,6 +443,7 @@ class Daemon:
         self.control.on_commit(lsn, touched)
         self.writeback.on_commit(lsn, touched)
         self.monitor.on_commit(lsn, touched)
+        self.vector_indexes.on_commit(lsn, touched)
         if self.chroma is not None:
             self.chroma.on_commit(lsn, touched)
 
@@ -485,6 +495,7 @@ class Daemon:
         """Start every part; return at once."""
         self.trainer.worker.warm()
         self.monitor.prepare()
+        self.vector_indexes.prepare()  # graphs loaded and caught up before the stream starts
         if self.chroma is not None:
             self.chroma.prepare()  # before the replicator commits anything
         # set up: lock DuckDB before the first client connects (only the artifacts are files)

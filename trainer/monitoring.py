@@ -85,6 +85,8 @@ DEATHS = 2
 """A model the learner process died busy with this many times is quarantined."""
 READ_KEYS = 20_000
 """Keys of queued commits read in one join at most (each join scans the table)."""
+LOG_CONSUMER = "online models"
+"""Who the mirror keeps the logged keys of online models' tables for."""
 Commit = tuple[Lsn, dict[tuple[str, str], Touched]]
 
 
@@ -325,7 +327,9 @@ class Monitor:
         # Watch and log the new tables first: a change committed from now on is both queued and
         # logged; the replay learns it and the queue then skips it (by position).
         self.watched.update((w.schema, w.table) for w in watches.values())
-        self.mirror.logged.update((w.schema, w.table) for w in watches.values() if w.online)
+        for w in watches.values():
+            if w.online:
+                self.mirror.consume_changes(LOG_CONSUMER, w.schema, w.table)
         self._loading = {w.model_id: w for w in fresh}  # their replays' replies count
         for watch in fresh:
             if watch.online:
@@ -342,8 +346,9 @@ class Monitor:
         self.watched.intersection_update(
             {(w.schema, w.table) for w in watches.values()} | self._expected
         )
-        self.mirror.logged.intersection_update(
-            {(w.schema, w.table) for w in watches.values() if w.online} | self._expected
+        self.mirror.consume_only(
+            LOG_CONSUMER,
+            {(w.schema, w.table) for w in watches.values() if w.online} | self._expected,
         )
         self._generation = generation
 
@@ -352,7 +357,7 @@ class Monitor:
         from now on, so those made between its snapshot and its deployment are learned too."""
         self._expected.add((schema, table))
         self.watched.add((schema, table))
-        self.mirror.logged.add((schema, table))
+        self.mirror.consume_changes(LOG_CONSUMER, schema, table)
 
     def held(self, schema: str, table: str) -> Lsn | None:
         """The oldest position an online model of ``schema.table`` still replays the change
@@ -692,7 +697,10 @@ class Monitor:
                 if w.online and not w.failed and (w.schema, w.table) == table
             ]  # fmt: skip
             self.mirror.forget_changes(
-                watch.schema, watch.table, min(w.checkpoint_lsn for w in others)
+                watch.schema,
+                watch.table,
+                min(w.checkpoint_lsn for w in others),
+                consumer=LOG_CONSUMER,
             )
         if old is not None and old.path != relative:
             (self.trainer.home / old.path).unlink(missing_ok=True)
