@@ -29,6 +29,7 @@ import duckdb
 
 from mirror.errors import ConfigError, SidecarError
 from predictor import (
+    array_text,
     catalog,
     catalog_views,
     chunking,
@@ -138,6 +139,7 @@ class SqlEndpoint:
         self.scorer.register(con)
         catalog_views.install(con)
         vectors.install(con)
+        array_text.install(con)
         metric_functions.register(con)
         python_environment.register(con)
         chunking.register(con)
