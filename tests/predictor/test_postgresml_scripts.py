@@ -849,36 +849,34 @@ def test_vectors_session(pg_bin: Path, endpoint: SqlEndpoint) -> None:
 CHUNKING = """
 \\set ON_ERROR_STOP on
 DROP TABLE IF EXISTS documents CASCADE;
--- GAPS["serial"]: the ids are BIGINT given by hand, not BIGSERIAL with nextval('..._seq')
 CREATE TABLE documents (
-    id BIGINT PRIMARY KEY,
+    id BIGSERIAL PRIMARY KEY,
     document TEXT NOT NULL,
     created_at TIMESTAMPTZ NOT NULL DEFAULT NOW()
 );
 DROP TABLE IF EXISTS splitters CASCADE;
 CREATE TABLE splitters (
-    id BIGINT PRIMARY KEY,
+    id BIGSERIAL PRIMARY KEY,
     splitter VARCHAR NOT NULL DEFAULT 'recursive_character'
 );
 DROP TABLE IF EXISTS document_chunks CASCADE;
 CREATE TABLE document_chunks (
-    id BIGINT PRIMARY KEY,
-    -- GAPS["foreign keys"]: REFERENCES documents (id), REFERENCES splitters (id)
-    document_id BIGINT NOT NULL,
-    splitter_id BIGINT NOT NULL,
+    id BIGSERIAL PRIMARY KEY,
+    document_id BIGINT NOT NULL REFERENCES documents (id),
+    splitter_id BIGINT NOT NULL REFERENCES splitters (id),
     chunk_index BIGINT NOT NULL,
     chunk VARCHAR
 );
-INSERT INTO documents VALUES (1, '@text', NOW());
-INSERT INTO splitters VALUES (1, 'recursive_character');
+\\echo @ids
+INSERT INTO documents (document) VALUES ('@text') RETURNING id;
+INSERT INTO splitters (splitter) VALUES ('recursive_character') RETURNING id;
 WITH document AS (
     SELECT id, document FROM documents WHERE id = 1
 ),
 splitter AS (
     SELECT id, splitter FROM splitters WHERE id = 1
 )
-INSERT INTO document_chunks SELECT
-    chunk_index,
+INSERT INTO document_chunks (document_id, splitter_id, chunk_index, chunk) SELECT
     (SELECT id FROM document),
     (SELECT id FROM splitter),
     chunk_index,
@@ -902,6 +900,7 @@ def test_chunking_session(pg_bin: Path, endpoint: SqlEndpoint) -> None:
 
     out = sections(psql(pg_bin, endpoint, CHUNKING.replace("@text", TEXT)).stdout)
     expected = RecursiveCharacterTextSplitter(chunk_size=40, chunk_overlap=10).split_text(TEXT)
+    assert out["ids"] == ["1", "INSERT 0 1", "1", "INSERT 0 1", f"INSERT 0 {len(expected)}"]
     rows = [line.split("|") for line in out["chunks"]]
     assert rows == [[str(i), "1", "1", str(i), chunk] for i, chunk in enumerate(expected, 1)]
 
@@ -1080,11 +1079,13 @@ INVENTORY: list[tuple[str, str, str]] = [
         "DEFAULT NOW()",
     ),
     ("DROP TABLE IF EXISTS ... CASCADE", "chunking", "DROP TABLE IF EXISTS documents CASCADE"),
-    ("INSERT ... VALUES with NOW()", "chunking", "INSERT INTO documents VALUES (1,"),
+    ("BIGSERIAL PRIMARY KEY", "chunking", "id BIGSERIAL PRIMARY KEY"),
+    ("REFERENCES another table", "chunking", "REFERENCES documents (id)"),
+    ("INSERT ... RETURNING id", "chunking", "RETURNING id;"),
     (
         "WITH ... INSERT INTO ... SELECT with scalar subqueries",
         "chunking",
-        "INSERT INTO document_chunks SELECT",
+        "INSERT INTO document_chunks (document_id",
     ),
     ("a relation name with a slash", "preprocessing", 'pgml."jdxcosta/diamonds"'),
     ("multi-line JSON literal", "binary", "search_params => '{\n"),
@@ -1109,8 +1110,6 @@ EXCLUDED = {
 }
 
 GAPS = {
-    "serial": "workspace tables take no serial/bigserial columns nor nextval('..._seq'::regclass)",
-    "foreign keys": "workspace tables take no REFERENCES constraints",
     "alter table": "ALTER TABLE is not served in the workspace",
     "predict a decomposition": "pgml.predict on a decomposition model is refused, naming"
     " pgml.decompose",
