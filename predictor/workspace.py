@@ -94,8 +94,8 @@ class WorkspaceNames:
     relations: dict[tuple[str, str], WorkspaceRelation] = field(default_factory=dict)
     schemas: frozenset[str] = frozenset()
     """The workspace's schemas (folded)."""
-    sequences: dict[tuple[str, str], tuple[str, str, str]] = field(default_factory=dict)
-    """The sequences of serial and identity columns: (schema, name, table) by folded
+    sequences: dict[tuple[str, str], tuple[str, str, str, str]] = field(default_factory=dict)
+    """The sequences of serial and identity columns: (schema, name, table, column) by folded
     (schema, name)."""
 
     references: dict[tuple[str, str], tuple[tuple[str, str], ...]] = field(default_factory=dict)
@@ -107,18 +107,18 @@ class WorkspaceNames:
         key = (_fold(relation.schema), _fold(relation.name))
         return tuple(t for t in self.references.get(key, ()) if (_fold(t[0]), _fold(t[1])) != key)
 
-    def find_sequence(self, schema: str | None, name: str) -> tuple[str, str, str] | None:
+    def find_sequence(self, schema: str | None, name: str) -> tuple[str, str, str, str] | None:
         """The sequence ``schema.name`` names (an unqualified name: in ``public``), or None."""
         return self.sequences.get((_fold(schema or DEFAULT_SCHEMA), _fold(name)))
 
+    def owned_sequences(self, relation: WorkspaceRelation) -> list[tuple[str, str, str, str]]:
+        """(schema, sequence, table, column) of ``relation``'s serial and identity columns."""
+        key = (_fold(relation.schema), _fold(relation.name))
+        return [s for s in self.sequences.values() if (_fold(s[0]), _fold(s[2])) == key]
+
     def sequences_of(self, relation: WorkspaceRelation) -> list[str]:
         """The sequences of ``relation``'s serial and identity columns."""
-        key = (_fold(relation.schema), _fold(relation.name))
-        return [
-            name
-            for schema, name, table in self.sequences.values()
-            if (_fold(schema), _fold(table)) == key
-        ]
+        return [sequence for _, sequence, _, _ in self.owned_sequences(relation)]
 
     def find(self, schema: str | None, name: str) -> WorkspaceRelation | None:
         """The relation ``schema.name`` names (an unqualified name: in ``public``), or None."""
@@ -261,7 +261,7 @@ class Workspace:
                 [self.catalog],
             ).fetchall()
             sequences = cursor.execute(
-                "select schema_name, sequence_name, table_name"
+                "select schema_name, sequence_name, table_name, column_name"
                 f" from {quote(self.catalog)}.{META}.sequences"
             ).fetchall()
         finally:
@@ -277,7 +277,7 @@ class Workspace:
                 self.catalog, schema, name, VIEW, definition
             )
         folded = frozenset(_fold(s) for (s,) in schemas if s != META)
-        owned = {(_fold(s), _fold(n)): (s, n, t) for s, n, t in sequences}
+        owned = {(_fold(s), _fold(n)): (s, n, t, c) for s, n, t, c in sequences}
         references: dict[tuple[str, str], tuple[tuple[str, str], ...]] = {}
         for schema, name, referenced in foreign:  # DuckDB: within one schema only
             key = (_fold(schema), _fold(referenced))

@@ -327,9 +327,12 @@ class _Sequences:
     """(schema, sequence, table, column) of each sequence made."""
     calls: dict[str, str] = field(default_factory=dict)
 
-    def column(self, schema: str, table: str, column: ast.ColumnDef) -> None:
+    def column(
+        self, schema: str, table: str, column: ast.ColumnDef, *, not_null: bool = True
+    ) -> None:
         """Give ``column`` (serial, or with an identity constraint) a sequence of its own and
-        ``nextval`` of it as its default."""
+        ``nextval`` of it as its default (and NOT NULL, unless ``not_null`` is false: DuckDB
+        cannot add a column NOT NULL with a sequence's default in a transaction)."""
         names = [n.sval or "" for n in column.typeName.names or ()] if column.typeName else []
         serial = _SERIAL.get(names[-1].lower()) if len(names) == 1 else None
         constraints = list(column.constraints or ())
@@ -349,7 +352,8 @@ class _Sequences:
             sequence = f"{base}{n}"
         self.made.append((schema, sequence, table, column.colname or ""))
         kept = [c for c in constraints if c.contype != enums.ConstrType.CONSTR_IDENTITY]
-        kept.append(ast.Constraint(contype=enums.ConstrType.CONSTR_NOTNULL))
+        if not_null:
+            kept.append(ast.Constraint(contype=enums.ConstrType.CONSTR_NOTNULL))
         kept.append(
             ast.Constraint(
                 contype=enums.ConstrType.CONSTR_DEFAULT,
@@ -657,6 +661,145 @@ def _dropped(tables: list[WorkspaceRelation], node: ast.DropStmt, context: _Cont
     return statements
 
 
+_ALTERED = {
+    enums.AlterTableType.AT_AddColumn: "ADD COLUMN",
+    enums.AlterTableType.AT_DropColumn: "DROP COLUMN",
+    enums.AlterTableType.AT_ColumnDefault: "SET/DROP DEFAULT",
+    enums.AlterTableType.AT_AlterColumnType: "ALTER COLUMN TYPE",
+    enums.AlterTableType.AT_SetNotNull: "SET NOT NULL",
+    enums.AlterTableType.AT_DropNotNull: "DROP NOT NULL",
+}
+
+
+def _alter_table(node: ast.AlterTableStmt, context: _Context) -> Written | None:
+    """ALTER TABLE of a workspace table: one DuckDB ALTER TABLE per action."""
+    if node.objtype != enums.ObjectType.OBJECT_TABLE or node.relation is None:
+        return None
+    table = _altered(node.relation, context, missing_ok=bool(node.missing_ok))
+    if table is None:
+        return Written(WorkspaceWrite("ALTER TABLE"))
+    sequences = _Sequences(context)
+    dropped: list[str] = []
+    for command in node.cmds or ():
+        if command.subtype not in _ALTERED:
+            raise Refused(
+                "ALTER TABLE in the workspace takes ADD COLUMN, DROP COLUMN, ALTER COLUMN TYPE,"
+                " SET DEFAULT, DROP DEFAULT, SET NOT NULL, DROP NOT NULL and RENAME",
+                sqlstate="0A000",
+            )
+        column = command.def_
+        if command.subtype == enums.AlterTableType.AT_AddColumn:
+            assert isinstance(column, ast.ColumnDef)
+            _column_type(column)
+            for constraint in column.constraints or ():
+                if constraint.contype not in _CONSTRAINTS_KEPT or constraint.contype in (
+                    enums.ConstrType.CONSTR_FOREIGN, enums.ConstrType.CONSTR_PRIMARY,
+                    enums.ConstrType.CONSTR_UNIQUE,
+                ):  # fmt: skip
+                    raise Refused(
+                        "a column added in the workspace takes NOT NULL, DEFAULT and CHECK"
+                        " constraints only",
+                        sqlstate="0A000",
+                    )
+            sequences.column(table.schema, table.name, column, not_null=False)
+        elif isinstance(column, ast.ColumnDef) and column.typeName is not None:
+            _column_type(column)
+        if command.subtype == enums.AlterTableType.AT_DropColumn:
+            dropped.append(command.name or "")
+    sequences.calls_in(node)
+    checked = context.check_fields(node, ("relation",))
+    statements = [*sequences.creates(), *_each_action(node, table, checked, context)]
+    statements += [*sequences.owned(), *_dropped_sequences(table, dropped, context)]
+    return Written(
+        WorkspaceWrite("ALTER TABLE", sql=sequences.spelled("; ".join(statements))), checked
+    )
+
+
+def _each_action(
+    node: ast.AlterTableStmt, table: WorkspaceRelation, checked: CheckedQuery, context: _Context
+) -> list[str]:
+    """The ALTER TABLE as one DuckDB statement per action (DuckDB takes one at a time), each
+    naming ``table`` by its catalog (pglast prints ALTER TABLE's name without one)."""
+    marker = f"pgml_altered_{uuid.uuid4().hex}"
+    each = []
+    for command in node.cmds or ():
+        single = ast.AlterTableStmt(
+            relation=ast.RangeVar(relname=marker, inh=True, relpersistence="p"),
+            cmds=(command,), objtype=node.objtype, missing_ok=False,
+        )  # fmt: skip
+        sql = context.translate(single, checked)
+        each.append(sql.replace(marker, table.duckdb_name, 1))
+    return each
+
+
+def _dropped_sequences(
+    table: WorkspaceRelation, columns: list[str], context: _Context
+) -> list[str]:
+    """The statements dropping the sequences of the serial columns ``columns`` of ``table``."""
+    meta = f"{quote(context.names.catalog)}.{META}.sequences"
+    statements = []
+    folded = {catalog.fold(c) for c in columns}
+    for schema, sequence, _, column in context.names.owned_sequences(table):
+        if catalog.fold(column) in folded:
+            statements.append(
+                f"drop sequence {quote(context.names.catalog)}.{quote(schema)}.{quote(sequence)}"
+            )
+            statements.append(
+                f"delete from {meta} where schema_name = {_literal(schema)}"
+                f" and sequence_name = {_literal(sequence)}"
+            )
+    return statements
+
+
+def _altered(
+    node: ast.RangeVar, context: _Context, *, missing_ok: bool
+) -> WorkspaceRelation | None:
+    """The workspace table an ALTER TABLE changes (None: IF EXISTS, and there is none)."""
+    _no_catalog(node)
+    _schema_checked(node.schemaname, creating=False)
+    name = node.relname or ""
+    missing = context.names.find(node.schemaname, name) is None
+    if missing_ok and missing and context.served(node.schemaname, name) is None:
+        return None
+    return _existing(node, context, TABLE, "alter")
+
+
+def _rename(node: ast.RenameStmt, context: _Context) -> Written | None:
+    """ALTER TABLE ... RENAME TO and RENAME COLUMN of a workspace table."""
+    kinds = (enums.ObjectType.OBJECT_TABLE, enums.ObjectType.OBJECT_COLUMN)
+    if node.renameType not in kinds or node.relation is None:
+        return None
+    if node.renameType == enums.ObjectType.OBJECT_COLUMN and (
+        node.relationType != enums.ObjectType.OBJECT_TABLE
+    ):
+        return None  # a view's column
+    table = _altered(node.relation, context, missing_ok=bool(node.missing_ok))
+    if table is None:
+        return Written(WorkspaceWrite("ALTER TABLE"))
+    meta = f"{quote(context.names.catalog)}.{META}.sequences"
+    where = f"schema_name = {_literal(table.schema)} and table_name = {_literal(table.name)}"
+    new = node.newname or ""
+    if node.renameType == enums.ObjectType.OBJECT_COLUMN:
+        sql = (
+            f"alter table {table.duckdb_name} rename column {quote(node.subname or '')}"
+            f" to {quote(new)}"
+        )
+        update = (
+            f"update {meta} set column_name = {_literal(new)} where {where}"
+            f" and column_name = {_literal(node.subname or '')}"
+        )
+        return Written(WorkspaceWrite("ALTER TABLE", sql=f"{sql}; {update}"))
+    own = context.names.find(table.schema, new)
+    if own is not None:
+        raise _already(own)
+    served = context.served(table.schema, new)
+    if served is not None:
+        raise Refused(f'relation "{served.qualified}" already exists', sqlstate="42P07")
+    sql = f"alter table {table.duckdb_name} rename to {quote(new)}"
+    update = f"update {meta} set table_name = {_literal(new)} where {where}"
+    return Written(WorkspaceWrite("ALTER TABLE", sql=f"{sql}; {update}"))
+
+
 def _create_schema(node: ast.CreateSchemaStmt, context: _Context) -> Written:
     name = node.schemaname or ""
     if node.schemaElts:
@@ -730,4 +873,6 @@ _HANDLERS: dict[type, Callable[[Any, _Context], Written | None]] = {
     ast.TruncateStmt: _truncate,
     ast.DropStmt: _drop,
     ast.CreateSchemaStmt: _create_schema,
+    ast.AlterTableStmt: _alter_table,
+    ast.RenameStmt: _rename,
 }

@@ -153,3 +153,92 @@ def test_foreign_keys_refused(served: SqlEndpoint, sql: str, sqlstate: str, word
     _rows(served, "CREATE TABLE p (id int PRIMARY KEY); CREATE VIEW v AS SELECT 1 AS id")
     error = _error(served, sql)
     assert error.sqlstate == sqlstate and words in str(error), str(error)
+
+
+ALTER = """
+CREATE TABLE pgml."jdxcosta/diamonds" AS
+SELECT i AS "Unnamed: 0", i * 0.5 AS carat, 'Ideal' AS cut FROM generate_series(1, 3) AS i;
+ALTER TABLE pgml."jdxcosta/diamonds" DROP COLUMN "Unnamed: 0";
+SELECT * FROM pgml."jdxcosta/diamonds" ORDER BY carat LIMIT 1;
+ALTER TABLE pgml."jdxcosta/diamonds" ADD COLUMN price int DEFAULT 7, ADD COLUMN id serial;
+SELECT carat, cut, price, id FROM pgml."jdxcosta/diamonds" ORDER BY id;
+ALTER TABLE pgml."jdxcosta/diamonds" RENAME COLUMN cut TO quality;
+ALTER TABLE pgml."jdxcosta/diamonds" ALTER COLUMN price TYPE bigint;
+ALTER TABLE pgml."jdxcosta/diamonds" ALTER COLUMN price SET DEFAULT 9;
+INSERT INTO pgml."jdxcosta/diamonds" (carat, quality) VALUES (9, 'Good') RETURNING price, id;
+ALTER TABLE pgml."jdxcosta/diamonds" ALTER COLUMN price DROP DEFAULT;
+ALTER TABLE pgml."jdxcosta/diamonds" ALTER COLUMN quality SET NOT NULL;
+INSERT INTO pgml."jdxcosta/diamonds" (carat, quality) VALUES (10, 'Fair') RETURNING price;
+ALTER TABLE pgml."jdxcosta/diamonds" RENAME TO diamonds;
+SELECT quality, price, id FROM pgml.diamonds ORDER BY id DESC LIMIT 1;
+ALTER TABLE IF EXISTS pgml.nothing ADD COLUMN x int;
+ALTER TABLE pgml.diamonds DROP COLUMN id;
+SELECT count(*) FROM pgml.diamonds;
+"""
+
+
+def test_alter_table_in_the_workspace(pg_bin: Path, served: SqlEndpoint) -> None:
+    lines = psql(pg_bin, served, ALTER, user="alice").stdout.splitlines()
+    assert lines == [
+        "SELECT 3", "ALTER TABLE", "0.5|Ideal", "ALTER TABLE",
+        "0.5|Ideal|7|1", "1.0|Ideal|7|2", "1.5|Ideal|7|3",
+        "ALTER TABLE", "ALTER TABLE", "ALTER TABLE", "9|4", "INSERT 0 1",
+        "ALTER TABLE", "ALTER TABLE", "", "INSERT 0 1", "ALTER TABLE", "Fair||5",
+        "ALTER TABLE", "ALTER TABLE", "5",
+    ]  # fmt: skip
+    assert _error(served, "INSERT INTO pgml.diamonds (carat) VALUES (1)").sqlstate == "23502"
+
+
+@pytest.mark.parametrize(
+    ("sql", "sqlstate", "words"),
+    [
+        ("ALTER TABLE public.customers ADD COLUMN x int", "42501", "read-only here"),
+        ("ALTER TABLE customers DROP COLUMN age", "42501", "read-only here"),
+        ("ALTER TABLE public.customers RENAME TO c2", "42501", "read-only here"),
+        ("ALTER TABLE customers RENAME COLUMN age TO a", "42501", "read-only here"),
+        ("ALTER TABLE pgml.models ADD COLUMN x int", "42501", "the sidecar's registry"),
+        ("ALTER TABLE mirror.public.customers ADD COLUMN x int", "42501",
+         "name relations as schema.name"),
+        ("ALTER TABLE _pgml_sidecar.views ADD COLUMN x int", "42501",
+         "permission denied for schema"),
+        ("ALTER TABLE IF EXISTS public.customers ADD COLUMN x int", "42501", "read-only here"),
+        ("ALTER TABLE t ADD COLUMN x int REFERENCES customers (id)", "0A000",
+         "NOT NULL, DEFAULT and CHECK"),
+        ("ALTER TABLE t ADD CONSTRAINT c CHECK (a > 0)", "0A000", "ALTER TABLE in the workspace"),
+        ("ALTER TABLE t ALTER COLUMN a SET DEFAULT getenv('HOME')", "42501", "getenv"),
+        ("ALTER TABLE t ALTER COLUMN a TYPE text USING (SELECT max(age)::text FROM customers)",
+         "", ""),
+        ("ALTER TABLE t RENAME TO customers", "42P07", "already exists"),
+        ("ALTER TABLE v ADD COLUMN x int", "55000", 'cannot alter view "public.v"'),
+        ("ALTER TABLE nowhere ADD COLUMN x int", "42P01", 'relation "nowhere" does not exist'),
+    ],
+)  # fmt: skip
+def test_alter_table_refused(served: SqlEndpoint, sql: str, sqlstate: str, words: str) -> None:
+    _rows(served, "CREATE TABLE t (a text); CREATE VIEW v AS SELECT 1 AS id")
+    if not sqlstate:  # a subquery in USING: DuckDB refuses it; nothing changes either way
+        with pytest.raises(psycopg.Error):
+            _rows(served, sql)
+        return
+    error = _error(served, sql)
+    assert error.sqlstate == sqlstate and words in str(error), str(error)
+    assert _rows(served, "SELECT count(*) FROM public.customers") == [(100,)]
+
+
+def test_a_search_path_reaches_no_mirrored_table(served: SqlEndpoint) -> None:
+    with connect(served, user="alice") as conn:
+        for path in ("public", "pgml, public", "main", "mirror"):
+            try:
+                conn.execute(f"SET search_path = {path}")
+            except psycopg.Error:
+                continue  # refused: nothing to try under it
+            for sql in (
+                "ALTER TABLE customers ADD COLUMN x int",
+                "ALTER TABLE customers RENAME TO c",
+                "ALTER TABLE models ADD COLUMN x int",
+            ):
+                with pytest.raises(psycopg.Error) as caught:
+                    conn.execute(sql)
+                assert caught.value.sqlstate in ("42501", "42P01"), (path, sql)
+    assert _rows(served, "SELECT count(*) FROM public.customers") == [(100,)]
+    assert [c for c, in _rows(served, "SELECT column_name FROM information_schema.columns"
+            " WHERE table_name = 'customers' ORDER BY 1")] == ["age", "id"]  # fmt: skip
