@@ -5,6 +5,7 @@ role may not read)."""
 
 from __future__ import annotations
 
+import subprocess
 from pathlib import Path
 
 import psycopg
@@ -242,3 +243,37 @@ def test_a_search_path_reaches_no_mirrored_table(served: SqlEndpoint) -> None:
     assert _rows(served, "SELECT count(*) FROM public.customers") == [(100,)]
     assert [c for c, in _rows(served, "SELECT column_name FROM information_schema.columns"
             " WHERE table_name = 'customers' ORDER BY 1")] == ["age", "id"]  # fmt: skip
+
+
+def _psql_c(pg_bin: Path, endpoint: SqlEndpoint, command: str) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        [str(pg_bin / "psql"), "-X", "-A", "-t", "-h", "127.0.0.1", "-p", str(endpoint.port),
+         "-U", "alice", "-d", "pgml", "-c", command],
+        capture_output=True, text=True, timeout=60, check=False,
+    )  # fmt: skip
+
+
+def test_several_statements_in_one_string_are_one_transaction(
+    pg_bin: Path, served: SqlEndpoint
+) -> None:
+    done = _psql_c(pg_bin, served, "CREATE TABLE a (x int); INSERT INTO a VALUES (1), (2);"
+                   " SELECT count(*) FROM a")  # fmt: skip
+    assert done.returncode == 0 and done.stdout.splitlines()[-1] == "2", done.stderr
+    failed = _psql_c(pg_bin, served, "CREATE TABLE b (x int); INSERT INTO a VALUES (3);"
+                     " SELECT * FROM nowhere")  # fmt: skip
+    assert failed.returncode == 1 and "does not exist" in failed.stderr
+    assert _error(served, "SELECT * FROM b").sqlstate == "42P01"  # all undone
+    assert _rows(served, "SELECT count(*) FROM a") == [(2,)]
+    refused = _psql_c(pg_bin, served, "INSERT INTO a VALUES (4); INSERT INTO public.customers"
+                      " VALUES (1000, 1)")  # fmt: skip
+    assert refused.returncode == 1 and "read-only" in refused.stderr
+    assert _rows(served, "SELECT count(*) FROM a") == [(2,)]
+    with connect(served, user="alice") as conn:  # the session goes on, outside a transaction
+        with pytest.raises(psycopg.Error):
+            conn.execute("INSERT INTO a VALUES (5); SELECT * FROM nowhere")
+        assert conn.execute("SELECT count(*) FROM a").fetchall() == [(2,)]
+        assert conn.info.transaction_status == psycopg.pq.TransactionStatus.IDLE
+    # a string that ends its own transaction runs as it says
+    done = _psql_c(pg_bin, served, "BEGIN; INSERT INTO a VALUES (6); COMMIT; SELECT count(*)"
+                   " FROM a")  # fmt: skip
+    assert done.returncode == 0 and done.stdout.splitlines()[-1] == "3", done.stderr
