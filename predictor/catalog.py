@@ -15,6 +15,7 @@ cached, for the allow-list check of every statement. The sidecar's bookkeeping
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import threading
 import time
@@ -71,7 +72,8 @@ REFRESH_SECONDS = 1.0
 class ServedRelation:
     """A relation endpoint clients may name, with its kind.
 
-    ``mirrored``: a source table the replicator keeps; ``local``: a table or view made in the
+    ``mirrored``: a source table the replicator keeps, or a source view made over them;
+    ``local``: a table or view made in the
     mirror file by other hands before it was served (``serve`` on a DuckDB file built by hand,
     the benchmarks); ``scores``: a ``pgml_scores`` view. These three are read only by callers
     whose ``readable`` (see :mod:`predictor.allow_list`) names them. ``registry``: the
@@ -184,4 +186,10 @@ def _served_rows(cursor: duckdb.DuckDBPyConnection) -> list[tuple[str, str, str]
         ).fetchall()
     except duckdb.CatalogException:
         mirrored = []  # a mirror the replicator never wrote to
+    # a source view made in the mirror (replicator.views), read as the source lets; none: no
+    # view was ever trained on
+    with contextlib.suppress(duckdb.CatalogException):
+        mirrored += cursor.execute(
+            f"select schema_name, view_name, '{MIRRORED}' from {META}.source_views"
+        ).fetchall()
     return mirrored + cursor.execute(own).fetchall()

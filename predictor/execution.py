@@ -396,7 +396,7 @@ class StatementRunner:
             if alone:
                 cursor.execute("begin")
             try:
-                tag = workspace.apply(statement.write, cursor, params)
+                tag, returned = workspace.apply(statement.write, cursor, params)
                 if alone:
                     cursor.execute("commit")
             except BaseException:
@@ -406,7 +406,10 @@ class StatementRunner:
                 raise
         if not alone:
             self.wrote = True
-        return Outcome(tag)
+        if returned is None:
+            return Outcome(tag)
+        reader = pa.RecordBatchReader.from_batches(returned.schema, returned.to_batches())
+        return Outcome(tag, results.arrow_fields(returned.schema), Rows(reader))
 
     def workspace_names(self) -> WorkspaceNames | None:
         """This session's workspace as its next statement sees it (None: no workspaces)."""
@@ -729,7 +732,8 @@ def duckdb_error(exc: duckdb.Error) -> SidecarError:
     if isinstance(exc, duckdb.ConstraintException):  # a write to the workspace
         lowered = message.lower()
         sqlstate = (
-            "23505" if "primary key" in lowered or "unique" in lowered
+            "23503" if "foreign key" in lowered
+            else "23505" if "primary key" in lowered or "unique" in lowered
             else "23502" if "not null" in lowered
             else "23514" if "check" in lowered
             else "23000"

@@ -77,12 +77,19 @@ class MirroredRelation:
 
 
 def mirrored_relations(con: duckdb.DuckDBPyConnection) -> list[MirroredRelation]:
-    """The tables the mirror holds (``_pgml_sidecar.tables``), with their source OIDs."""
+    """The tables the mirror holds (``_pgml_sidecar.tables``), with their source OIDs, and the
+    source views made over them (``_pgml_sidecar.source_views``), looked up by name."""
     cursor = con.cursor()
     try:
         rows = cursor.execute(
             f"select schema_name, table_name, relid, columns from {META}.tables order by 1, 2"
         ).fetchall()
+        try:
+            views = cursor.execute(
+                f"select schema_name, view_name from {META}.source_views order by 1, 2"
+            ).fetchall()
+        except duckdb.CatalogException:
+            views = []
     except duckdb.CatalogException:
         return []
     finally:
@@ -90,7 +97,7 @@ def mirrored_relations(con: duckdb.DuckDBPyConnection) -> list[MirroredRelation]
     return [
         MirroredRelation(schema, name, int(relid or 0), _column_names(columns))
         for schema, name, relid, columns in rows
-    ]
+    ] + [MirroredRelation(schema, name) for schema, name in views]
 
 
 def _column_names(columns: str | None) -> tuple[str, ...]:
@@ -116,10 +123,21 @@ mirrored as (
 ),
 found as (
     select m.schema_name, m.table_name, c.oid, c.relnamespace, c.relowner, c.relrowsecurity,
-           c.relforcerowsecurity
+           c.relforcerowsecurity,
+           c.relkind = 'v' and coalesce(c.reloptions && array['security_invoker=true',
+               'security_invoker=on', 'security_invoker=1', 'security_invoker=yes'], false)
+               as invoker
     from mirrored m
     join pg_catalog.pg_class c on c.oid = m.wanted and c.relname = m.table_name
     join pg_catalog.pg_namespace n on n.oid = c.relnamespace and n.nspname = m.schema_name
+    -- a view reads its relations with its owner's privileges, as the mirror's copy does; not a
+    -- view over a table with row security (the mirror holds every row): served to nobody
+    where c.relkind <> 'v' or not exists (
+        select from pg_catalog.pg_rewrite rw
+        join pg_catalog.pg_depend d on d.classid = 'pg_catalog.pg_rewrite'::regclass
+                                   and d.objid = rw.oid
+        join pg_catalog.pg_class t on t.oid = d.refobjid and t.relrowsecurity
+        where rw.ev_class = c.oid)
 )
 select a.rolname, f.schema_name, f.table_name, w.whole,
        case when w.whole then null else array(
@@ -133,6 +151,14 @@ cross join lateral (
     select pg_catalog.has_table_privilege(a.roleid, f.oid, 'SELECT') as whole
 ) w
 where pg_catalog.has_schema_privilege(a.roleid, f.relnamespace, 'USAGE')
+  -- a security_invoker view reads its relations with the reader's privileges: all of them
+  and not (f.invoker and exists (
+      select from pg_catalog.pg_rewrite rw
+      join pg_catalog.pg_depend d on d.classid = 'pg_catalog.pg_rewrite'::regclass
+                                 and d.objid = rw.oid and d.refobjid <> f.oid
+      join pg_catalog.pg_class t on t.oid = d.refobjid
+      where rw.ev_class = f.oid
+        and not pg_catalog.has_table_privilege(a.roleid, t.oid, 'SELECT')))
   and not (f.relrowsecurity and not (
       a.rolsuper or a.rolbypassrls
       or (pg_catalog.pg_has_role(a.roleid, f.relowner, 'USAGE') and not f.relforcerowsecurity)))

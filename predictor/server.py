@@ -29,6 +29,7 @@ import duckdb
 
 from mirror.errors import ConfigError, SidecarError
 from predictor import (
+    array_text,
     catalog,
     catalog_views,
     chunking,
@@ -144,6 +145,7 @@ class SqlEndpoint:
         catalog_views.install(con)
         vectors.install(con)
         pgvector.install(con)
+        array_text.install(con)
         metric_functions.register(con)
         python_environment.register(con)
         chunking.register(con)

@@ -190,6 +190,7 @@ class Session(StatementRunner):
         else:
             if not parsed:
                 yield wire.empty_query_response()
+        implicit = self._implicit_transaction(parsed)
         for node, text in parsed:
             self.deadline = self.statement_deadline()  # each statement of a query has its own
             try:
@@ -208,7 +209,28 @@ class Session(StatementRunner):
                 break
             finally:
                 self.deadline = None
+        if implicit:
+            try:
+                self._end_implicit_transaction()
+            except SidecarError as exc:
+                yield self._error(placed(exc, sql))
         yield wire.ready_for_query(self.status)
+
+    def _implicit_transaction(self, parsed: list[tuple[Any, str]]) -> bool:
+        """Open the implicit transaction of a query string of several statements outside a
+        transaction block, as PostgreSQL runs them (all or nothing); whether it was opened. A
+        string that begins or ends a transaction itself is run one statement at a time."""
+        if self.status != "I" or len(parsed) < 2:
+            return False
+        if any(isinstance(node, pglast.ast.TransactionStmt) for node, _ in parsed):
+            return False
+        self._run(Statement("begin", "", tag="BEGIN"), [])
+        return True
+
+    def _end_implicit_transaction(self) -> None:
+        """Commit the implicit transaction, or roll it back after an error."""
+        ending = "rollback" if self.status == "E" else "commit"
+        self._run(Statement(ending, "", tag=ending.upper()), [])
 
     def _split(self, sql: str) -> list[Statement]:
         """The statements of ``sql``, checked against the allow-list."""

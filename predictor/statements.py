@@ -316,7 +316,7 @@ def _refused(node: ast.Node, access: _Access) -> StatementError:
     else:
         reason = (
             "the endpoint reads the mirror, and in your workspace runs CREATE VIEW, CREATE"
-            " TABLE [AS], INSERT, UPDATE, DELETE, TRUNCATE and DROP TABLE or VIEW"
+            " TABLE [AS], ALTER TABLE, INSERT, UPDATE, DELETE, TRUNCATE and DROP TABLE or VIEW"
         )
     return StatementError(f"{command} is not allowed: {reason}", sqlstate="42501")
 

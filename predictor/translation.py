@@ -18,7 +18,7 @@ from pglast import ast, enums, parse_sql
 from pglast.stream import RawStream
 from pglast.visitors import Visitor
 
-from predictor import catalog, pgvector, python_environment, registry_rows, vectors
+from predictor import array_text, catalog, pgvector, python_environment, registry_rows, vectors
 from predictor.allow_list import READ_ONLY_SETTINGS, SQL_SYNTAX_FUNCTIONS, Refused
 from predictor.catalog_scope import NOTHING, CatalogScope
 from predictor.column_names import name_columns
@@ -234,6 +234,8 @@ class _Translator(Visitor):
             node.funcname = (ast.String(catalog.SCHEMA), ast.String(name))
             if name in catalog.SCOPED_FUNCTIONS:
                 node.args = (*(node.args or ()), self.scope_text())
+        elif name == "array_to_string":
+            node.funcname = (ast.String(array_text.SCHEMA), ast.String(array_text.TO_STRING))
         elif name.lower() == "current_setting":
             return ast.A_Const(val=ast.String(_setting_value(node)))
         elif qualifier and not (
@@ -329,6 +331,14 @@ class _Translator(Visitor):
         if cast_to is not None and names[-1:] == ["jsonb"]:
             type_name = ast.TypeName(names=(ast.String("json"),), arrayBounds=cast_to.arrayBounds)
             return ast.TypeCast(arg=node.arg, typeName=type_name)
+        if (
+            cast_to is not None
+            and names[-1:] in (["text"], ["varchar"])
+            and not cast_to.arrayBounds
+            and not isinstance(node.arg, ast.A_Const)
+            and ancestors.find_nearest((ast.ColumnDef, ast.Constraint)) is None
+        ):  # an array's text in PostgreSQL's spelling ({1,2}); any other value's as it was
+            node.arg = _catalog_call(array_text.TEXT, node.arg)
         return None
 
     def visit_SelectStmt(self, ancestors: Any, node: ast.SelectStmt) -> None:
@@ -510,6 +520,13 @@ def _udf_call(name: str, node: ast.FuncCall, *, duckdb_name: str = "") -> Any:
     )
     call = ast.FuncCall(funcname=(ast.String(duckdb_name or f"pgml_{name}"),), args=cast)
     return ast.TypeCast(arg=call, typeName=_type("json")) if name in _JSON_RESULTS else call
+
+
+def _catalog_call(name: str, *args: Any) -> ast.FuncCall:
+    return ast.FuncCall(
+        funcname=(ast.String(array_text.SCHEMA), ast.String(name)), args=args,
+        funcformat=_PLAIN_CALL,
+    )  # fmt: skip
 
 
 def _type(name: str, *, array: bool = False) -> ast.TypeName:

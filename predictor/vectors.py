@@ -13,6 +13,11 @@ rows and give NULL for none. Arrays holding a NULL, and two vectors (or two rows
 aggregate) of different lengths, are errors, with pgvector's messages and SQLSTATEs (PostgresML
 itself would truncate to the shorter vector or fail without a message). Sums are accumulated in
 double precision and rounded to the argument's type once.
+
+DuckDB picks a typed macro's overload before it binds an aggregate in its arguments, so each
+one-row ``pgml_<name>`` is untyped: it binds its arguments once as a lambda's parameters (whose
+types are known by then) and calls the typed overloads, ``pgml_<name>_typed``, with them. So
+``pgml.divide(pgml.sum(v), count(v))`` answers ``real[]`` for ``real[]`` rows, as in PostgreSQL.
 """
 
 from __future__ import annotations
@@ -166,13 +171,35 @@ AGGREGATES = frozenset(_AGGREGATES)
 FUNCTIONS = SCALAR_FUNCTIONS | AGGREGATES
 
 
+TYPED = "_typed"
+"""The suffix of the typed overloads' macro, which ``pgml_<name>`` calls."""
+
+
+def _dispatch(name: str, arity: int) -> str:
+    """``pgml_<name>``'s body for ``arity`` arguments: each argument bound as a lambda's
+    parameter, whose type DuckDB knows when it picks the typed overload (an aggregate in an
+    argument included)."""
+    typed = f"{SCHEMA}.{PREFIX}{name}{TYPED}"
+    if arity == 1:
+        return f"list_transform([a], lambda q: {typed}(q))[1]"
+    return f"list_transform(list_zip([a], [b]), lambda q: {typed}(q[1], q[2]))[1]"
+
+
 def install(con: duckdb.DuckDBPyConnection) -> None:
     """Create (or refresh) the vector macros in schema ``_pgml_catalog``."""
     with transaction(con) as cursor:
         cursor.execute(f"create schema if not exists {SCHEMA}")
         for name, overloads in _definitions().items():
             bodies = ", ".join(f"({parameters}) as {body}" for parameters, body in overloads)
-            cursor.execute(f"create or replace macro {SCHEMA}.{PREFIX}{name}{bodies}")
+            if name in AGGREGATES:  # its argument is a row's value, of a known type
+                cursor.execute(f"create or replace macro {SCHEMA}.{PREFIX}{name}{bodies}")
+                continue
+            cursor.execute(f"create or replace macro {SCHEMA}.{PREFIX}{name}{TYPED}{bodies}")
+            arities = sorted({parameters.count(",") + 1 for parameters, _ in overloads})
+            untyped = ", ".join(
+                f"({'a' if n == 1 else 'a, b'}) as {_dispatch(name, n)}" for n in arities
+            )
+            cursor.execute(f"create or replace macro {SCHEMA}.{PREFIX}{name}{untyped}")
 
 
 def duckdb_name(name: str) -> tuple[str, str]:
@@ -180,7 +207,10 @@ def duckdb_name(name: str) -> tuple[str, str]:
     return SCHEMA, PREFIX + name
 
 
-_NO_OVERLOAD = re.compile(r"Macro pgml_(\w+)\(\) does not support the supplied arguments")
+_NO_OVERLOAD = re.compile(
+    r"Macro pgml_(\w+?)(?:_typed)?\(\) (?:does not support the supplied arguments|has multiple"
+    r" overloads)"
+)
 
 
 def argument_error(message: str) -> SidecarError | None:

@@ -17,6 +17,9 @@ it writes).
 - **Names** resolve as PostgreSQL's search_path would with the workspace first: ``pgml.x`` is
   the workspace's ``pgml.x`` if it has one, else the mirror's; an unqualified name is the
   workspace's ``public`` one first.
+- **Sequences** of ``serial`` and identity columns are DuckDB sequences beside their table,
+  named as PostgreSQL names them (``<table>_<column>_seq``) and listed with their table in
+  ``_pgml_sidecar.sequences``: ``DROP TABLE`` drops them.
 - **Size**: a workspace holds at most its limit (``DEFAULT_SIZE_LIMIT``); a write that would
   pass it is stopped while it runs and undone (SQLSTATE 53100).
 """
@@ -27,12 +30,14 @@ import contextlib
 import hashlib
 import re
 import threading
+import warnings
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
 import duckdb
+import pyarrow as pa
 
 from mirror.duckdb_sql import META, quote
 from mirror.errors import SidecarError
@@ -89,6 +94,31 @@ class WorkspaceNames:
     relations: dict[tuple[str, str], WorkspaceRelation] = field(default_factory=dict)
     schemas: frozenset[str] = frozenset()
     """The workspace's schemas (folded)."""
+    sequences: dict[tuple[str, str], tuple[str, str, str, str]] = field(default_factory=dict)
+    """The sequences of serial and identity columns: (schema, name, table, column) by folded
+    (schema, name)."""
+
+    references: dict[tuple[str, str], tuple[tuple[str, str], ...]] = field(default_factory=dict)
+    """The tables whose foreign keys reference a table, by the folded (schema, name) of the
+    table referenced."""
+
+    def referencing(self, relation: WorkspaceRelation) -> tuple[tuple[str, str], ...]:
+        """The (schema, name) of each other table with a foreign key to ``relation``."""
+        key = (_fold(relation.schema), _fold(relation.name))
+        return tuple(t for t in self.references.get(key, ()) if (_fold(t[0]), _fold(t[1])) != key)
+
+    def find_sequence(self, schema: str | None, name: str) -> tuple[str, str, str, str] | None:
+        """The sequence ``schema.name`` names (an unqualified name: in ``public``), or None."""
+        return self.sequences.get((_fold(schema or DEFAULT_SCHEMA), _fold(name)))
+
+    def owned_sequences(self, relation: WorkspaceRelation) -> list[tuple[str, str, str, str]]:
+        """(schema, sequence, table, column) of ``relation``'s serial and identity columns."""
+        key = (_fold(relation.schema), _fold(relation.name))
+        return [s for s in self.sequences.values() if (_fold(s[0]), _fold(s[2])) == key]
+
+    def sequences_of(self, relation: WorkspaceRelation) -> list[str]:
+        """The sequences of ``relation``'s serial and identity columns."""
+        return [sequence for _, sequence, _, _ in self.owned_sequences(relation)]
 
     def find(self, schema: str | None, name: str) -> WorkspaceRelation | None:
         """The relation ``schema.name`` names (an unqualified name: in ``public``), or None."""
@@ -119,6 +149,8 @@ class WorkspaceWrite:
     drop_views: tuple[tuple[str, str], ...] = ()
     counted: bool = False
     """Whether ``sql`` answers the rows it wrote (INSERT, UPDATE, DELETE, CREATE TABLE AS)."""
+    returning: bool = False
+    """Whether ``sql`` answers the rows of its RETURNING list (the tag counts them)."""
 
 
 def file_name(role: str) -> str:
@@ -188,6 +220,11 @@ class Workspace:
                     " schema_name varchar, view_name varchar, definition varchar not null,"
                     " primary key (schema_name, view_name))"
                 )
+                cursor.execute(
+                    f"create table if not exists {quote(self.catalog)}.{META}.sequences ("
+                    " schema_name varchar, sequence_name varchar, table_name varchar not null,"
+                    " column_name varchar not null, primary key (schema_name, sequence_name))"
+                )
             except duckdb.Error as exc:
                 raise SidecarError(
                     f"cannot open the workspace of role {self.role} ({self.path}):"
@@ -218,6 +255,15 @@ class Workspace:
             schemas = cursor.execute(
                 "select schema_name from duckdb_schemas() where database_name = ?", [self.catalog]
             ).fetchall()
+            foreign = cursor.execute(
+                "select schema_name, table_name, referenced_table from duckdb_constraints()"
+                " where database_name = ? and constraint_type = 'FOREIGN KEY'",
+                [self.catalog],
+            ).fetchall()
+            sequences = cursor.execute(
+                "select schema_name, sequence_name, table_name, column_name"
+                f" from {quote(self.catalog)}.{META}.sequences"
+            ).fetchall()
         finally:
             if own:
                 cursor.close()
@@ -231,22 +277,33 @@ class Workspace:
                 self.catalog, schema, name, VIEW, definition
             )
         folded = frozenset(_fold(s) for (s,) in schemas if s != META)
-        return WorkspaceNames(self.catalog, relations, folded)
+        owned = {(_fold(s), _fold(n)): (s, n, t, c) for s, n, t, c in sequences}
+        references: dict[tuple[str, str], tuple[tuple[str, str], ...]] = {}
+        for schema, name, referenced in foreign:  # DuckDB: within one schema only
+            key = (_fold(schema), _fold(referenced))
+            references[key] = (*references.get(key, ()), (schema, name))
+        return WorkspaceNames(self.catalog, relations, folded, owned, references)
 
     def apply(
         self, write: WorkspaceWrite, cursor: duckdb.DuckDBPyConnection, params: Sequence[Any]
-    ) -> str:
-        """Run ``write`` on ``cursor`` (in its transaction, which the caller ends); its tag."""
+    ) -> tuple[str, pa.Table | None]:
+        """Run ``write`` on ``cursor`` (in its transaction, which the caller ends); its tag,
+        and the rows of its RETURNING list."""
         self.attach()
         catalog = quote(self.catalog)
         if write.schema is not None:
             cursor.execute(f"create schema if not exists {catalog}.{quote(write.schema)}")
         count = 0
+        returned = None
         if write.sql:
             with self.watched(cursor):
                 result = cursor.execute(write.sql, list(params) or None)
-                row = result.fetchone() if write.counted else None
-            count = int(row[0]) if row else 0
+                if write.returning:  # the rows of a statement that ran: read once, here
+                    with warnings.catch_warnings():
+                        warnings.simplefilter("ignore", UserWarning)  # "an extra copy": small
+                        returned = result.to_arrow_table()
+                row = result.fetchone() if write.counted and not write.returning else None
+            count = int(row[0]) if row else 0 if returned is None else returned.num_rows
         if write.view is not None:
             cursor.execute(
                 f"insert or replace into {catalog}.{META}.views values (?, ?, ?)", list(write.view)
@@ -257,7 +314,7 @@ class Workspace:
                 [schema, name],
             )
         self.check_size(cursor)
-        return write.tag.replace("{}", str(count))
+        return write.tag.replace("{}", str(count)), returned
 
     def size(self, cursor: duckdb.DuckDBPyConnection) -> int:
         """The bytes the workspace's file holds, rows written but not yet committed included."""

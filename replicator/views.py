@@ -5,7 +5,8 @@ gets a view of the same name whose query is the source's definition in DuckDB's 
 (:mod:`replicator.view_sql`). The definition is read with ``pg_get_viewdef`` under an empty
 ``search_path``, so every relation in it is schema-qualified; views it reads are followed down
 to their tables. A materialized view (its rows are stored, but never in the WAL), a foreign
-table or a catalog cannot be mirrored, and say so.
+table or a catalog cannot be mirrored, and say so. Each view made is listed in
+``_pgml_sidecar.source_views``: the endpoint serves it to the roles the source lets SELECT it.
 """
 
 from __future__ import annotations
@@ -19,6 +20,8 @@ from mirror.duckdb_sql import META, quote
 from replicator import view_sql
 from replicator.view_sql import UntranslatableView
 
+SOURCE_VIEWS = "source_views"
+"""The mirror's table of the views made from the source's (schema_name, view_name)."""
 MAX_DEPTH = 32
 """Views over views over ...: deeper than this is refused (a definition refers to itself
 only through a catalog trick)."""
@@ -177,6 +180,10 @@ def create_views(con: duckdb.DuckDBPyConnection, plan: ViewPlan) -> None:
         cursor.execute("begin")
         cursor.execute(f"create schema if not exists {META}")
         cursor.execute(view_sql.DIVIDE_MACRO_SQL)
+        cursor.execute(
+            f"create table if not exists {META}.{SOURCE_VIEWS} (schema_name varchar,"
+            " view_name varchar, primary key (schema_name, view_name))"
+        )
         for view, query in translated:
             target = f"{quote(view.schema)}.{quote(view.name)}"
             cursor.execute(f"create schema if not exists {quote(view.schema)}")
@@ -188,6 +195,10 @@ def create_views(con: duckdb.DuckDBPyConnection, plan: ViewPlan) -> None:
                     f"{_first_line(exc)}; rewrite the view with what DuckDB has, or train on"
                     " a table"
                 ) from None
+            cursor.execute(
+                f"insert or ignore into {META}.{SOURCE_VIEWS} values (?, ?)",
+                [view.schema, view.name],
+            )
         cursor.execute("commit")
     except BaseException:
         cursor.execute("rollback")

@@ -31,6 +31,7 @@ another for longer than that one's limit.
 
 from __future__ import annotations
 
+import json
 import logging
 import threading
 import time
@@ -60,6 +61,8 @@ from trainer.train import Trainer
 log = logging.getLogger("pgml_sidecar")
 
 TABLE = ("pgml", "training_requests")
+TRAININGS = ("train", "train_joint")
+"""The kinds of request that train a model (pgml.train, pgml.train_joint)."""
 MAINTENANCE_S = 60.0
 """How often owners are copied to the source and score tables granted again."""
 LANES = 2
@@ -203,7 +206,7 @@ class ControlRequests:
             log.warning("request %d: the source refused its status update: %s", request_id, exc)
             self._claimed.discard(request_id)  # try again at the next wake-up
             return
-        if request.get("kind", "train") == "train" and self.on_finished is not None:
+        if request.get("kind", "train") in TRAININGS and self.on_finished is not None:
             self.on_finished(str(request["project_name"]), outcome.status, outcome.metrics)
         with self.finished:
             self.handled += 1
@@ -271,7 +274,7 @@ class ControlRequests:
         exists = self.trainer.registry.project(project) is not None
         if owner is not None or exists:
             ownership.check_may_change(conn, role, project, owner)
-        if request.get("kind", "train") != "train":
+        if request.get("kind", "train") not in TRAININGS:
             return None
         relation_name = request.get("relation_name")
         view = views.find_view(conn, relation_name) if relation_name else None
@@ -423,7 +426,7 @@ class ControlRequests:
                 project,
                 task=request.get("task"),
                 relation=request.get("relation_name"),
-                y=request.get("y_column_name"),
+                y=_labels(request),
                 algorithm=request.get("algorithm"),
                 hyperparams=request.get("hyperparams") or {},
                 search=request.get("search"),
@@ -475,3 +478,21 @@ class Outcome:
     model_id: int | None = None
     metrics: dict[str, float] = field(default_factory=dict)
     notice: str | None = None
+
+
+def _labels(request: dict[str, Any]) -> str | list[str] | None:
+    """The label column of a train request, or the labels of a train_joint request (a JSON
+    array of their names, as pgml.train_joint stores them)."""
+    labels = request.get("y_column_name")
+    if request.get("kind") != "train_joint" or labels is None:
+        return labels
+    try:
+        names = json.loads(labels)
+    except ValueError:
+        names = None
+    if not isinstance(names, list) or not all(isinstance(n, str) for n in names):
+        raise SidecarError(
+            f"train_joint request: y_column_name {labels!r} is not a JSON array of column names",
+            sqlstate="22023",
+        )
+    return names

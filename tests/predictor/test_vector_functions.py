@@ -187,6 +187,33 @@ def test_aggregates_are_element_wise_per_group(
             )
 
 
+@pytest.mark.parametrize("pg_type", TYPES)
+def test_vector_functions_take_aggregates_and_answer_in_their_type(
+    pg_bin: Path, endpoint: SqlEndpoint, pg_type: str
+) -> None:
+    a, _, _ = _data(pg_type, seed=5)
+    rows = ", ".join(f"({_literal(v, pg_type)})" for v in a)
+    script = (
+        "SELECT pgml.divide(pgml.sum(v), count(v)), pgml.norm_l2(pgml.sum(v)),"
+        " pgml.add(pgml.max(v), pgml.min(v)), pgml.normalize_max(pgml.max_abs(v))"
+        f" FROM (VALUES {rows}, (NULL)) AS t(v)"
+    )
+    (line,) = psql(pg_bin, endpoint, script + ";\n").stdout.splitlines()
+    average, norm, spread, scaled = line.split("|")
+    total = a.astype(np.float64).sum(0).astype(TYPES[pg_type]).astype(np.float64)
+    rtol = RTOL[pg_type] * 4
+    np.testing.assert_allclose(_numbers(average), total / ROWS, rtol=rtol)
+    np.testing.assert_allclose(_numbers(norm), [np.linalg.norm(total)], rtol=rtol)
+    np.testing.assert_allclose(_numbers(spread), a.max(0) + a.min(0), rtol=rtol, atol=1e-6)
+    peak = abs(a).max(0)
+    np.testing.assert_allclose(_numbers(scaled), peak / peak.max(), rtol=rtol)
+    with connect(endpoint) as conn:
+        described = conn.execute(script).description
+    assert described is not None
+    oids = {"real": (1021, 700), "float8": (1022, 701)}[pg_type]  # real[], real; float8[], float8
+    assert [c.type_code for c in described] == [oids[0], oids[1], oids[0], oids[0]]
+
+
 def test_nulls_and_empty_arrays(pg_bin: Path, endpoint: SqlEndpoint) -> None:
     script = """
 SELECT pgml.add(NULL::real[], 1) IS NULL, pgml.add(ARRAY[1, 2]::real[], NULL) IS NULL,

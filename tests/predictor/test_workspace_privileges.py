@@ -174,3 +174,33 @@ def _error(roles: Roles, user: str, sql: str) -> psycopg.Error:
     with pytest.raises(psycopg.Error) as caught:
         _rows(roles, user, sql)
     return caught.value
+
+
+def test_workspace_tables_reach_no_further_than_the_role(roles: Roles) -> None:
+    """RETURNING, defaults, ALTER TABLE and foreign keys read what the role may read, and
+    write only to its workspace."""
+    _rows(roles, roles.analyst, "CREATE TABLE mine (id serial PRIMARY KEY, x int)")
+    for sql in (
+        "INSERT INTO mine (x) VALUES (1) RETURNING (SELECT max(salary) FROM hr.salaries)",
+        "UPDATE mine SET x = 2 RETURNING (SELECT count(*) FROM hr.salaries)",
+        "DELETE FROM mine RETURNING (SELECT salary FROM hr.salaries LIMIT 1)",
+        "INSERT INTO mine (x) SELECT salary FROM hr.salaries RETURNING id",
+        "ALTER TABLE mine ADD COLUMN s int DEFAULT (SELECT max(salary) FROM hr.salaries)",
+        "ALTER TABLE mine ALTER COLUMN x TYPE bigint USING (SELECT max(salary) FROM hr.salaries)",
+        "CREATE TABLE t (id int, CHECK (id < (SELECT max(salary) FROM hr.salaries)))",
+        "INSERT INTO hr.salaries VALUES (1000, 1, 1, 1) RETURNING *",
+        "ALTER TABLE hr.salaries ADD COLUMN x int",
+        "ALTER TABLE hr.salaries RENAME TO s2",
+    ):
+        with pytest.raises(psycopg.Error) as caught:
+            _rows(roles, roles.analyst, sql)
+        assert caught.value.sqlstate in ("42501", "0A000"), (sql, caught.value)
+    error = _denied(roles, roles.app, "ALTER TABLE hr.salaries DROP COLUMN salary")
+    assert "hr.salaries is a mirrored table: change it in the source database" in error
+    with pytest.raises(psycopg.errors.FeatureNotSupported, match="served from the mirror"):
+        _rows(roles, roles.app, "CREATE TABLE c (id int REFERENCES hr.salaries (id))")
+    assert _rows(roles, roles.analyst, "INSERT INTO mine (x) VALUES (7) RETURNING id, x") == [
+        (1, 7)
+    ]
+    with pytest.raises(psycopg.errors.UndefinedTable):  # the analyst's sequence, not app's
+        _rows(roles, roles.app, "CREATE TABLE c (id bigint DEFAULT nextval('mine_id_seq'))")

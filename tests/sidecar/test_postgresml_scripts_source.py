@@ -4,14 +4,15 @@ The session of :mod:`tests.predictor.test_postgresml_scripts` that the source's 
 schema serves: a view made in the source and trained on, ``pgml.train`` with its arguments
 positional and named (algorithm, hyperparams, search, search_params, runtime), several
 algorithms, ``pgml.deploy`` by each strategy, and ``pgml.predict`` through dblink to the
-endpoint, with ``ON_ERROR_STOP``.
+endpoint, with ``ON_ERROR_STOP``; then ``pgml.train_joint`` and ``pgml.predict_joint``, a
+classifier's ``pgml.predict_proba``, and ``pgml.decompose`` of a decomposition trained on a
+view, each answered by the endpoint through dblink as ``pgml.predict`` is.
 
 In the source ``pgml.train`` and ``pgml.deploy`` are requests answered by the sidecar: each
 returns a request id at once. Where a script of PostgresML's goes on to use a model it just
 trained, the session here is cut in two and the test awaits the requests in between.
 
 Left out, as the source does not have them (the endpoint does, see the other module):
-``pgml.train_joint``, ``pgml.predict_joint``, ``pgml.predict_proba``, ``pgml.decompose``,
 ``pgml.load_dataset``, the vector functions and ``pgml.chunk``.
 """
 
@@ -21,6 +22,7 @@ import subprocess
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import psycopg
@@ -29,7 +31,7 @@ from psycopg.conninfo import conninfo_to_dict
 
 from sidecar import source_schema
 from sidecar.daemon import Daemon, DaemonSettings
-from tests.predictor.test_postgresml_scripts import DIABETES, sections, snapshot_rows
+from tests.predictor.test_postgresml_scripts import DIABETES, IRIS, sections, snapshot_rows
 from tests.sidecar.test_daemon import finished
 from tests.source_roles import run
 
@@ -62,29 +64,34 @@ class Source:
         return models
 
 
+LINNERUD = ["chins", "situps", "jumps", "weight", "waist", "pulse"]
+
+
+def _table(conn: psycopg.Connection, name: str, columns: list[str], rows: Any) -> None:
+    """``public.<name>`` with an id and ``columns`` of float8, holding ``rows``."""
+    typed = ", ".join(f"{c} double precision" for c in columns)
+    conn.execute(f"create table public.{name} (id bigint primary key, {typed})")
+    with conn.cursor().copy(f"copy public.{name} from stdin") as copy:
+        for i, row in enumerate(rows):
+            copy.write_row((i, *map(float, row)))
+
+
 @pytest.fixture
 def source(source_dsn: str, mirror_path: Path, pg_bin: Path) -> Iterator[Source]:
-    from sklearn.datasets import load_diabetes
+    from sklearn.datasets import load_diabetes, load_iris, load_linnerud
 
-    data = load_diabetes()
-    columns = ", ".join(f"{c} double precision" for c in DIABETES)
-    rows = [
-        (i, *map(float, x), float(y))
-        for i, (x, y) in enumerate(zip(data.data, data.target, strict=True))
-    ]
+    diabetes, iris, linnerud = load_diabetes(), load_iris(), load_linnerud()
     with psycopg.connect(source_dsn, autocommit=True) as conn:
-        conn.execute(
-            f"create table public.diabetes (id bigint primary key, {columns}, target float8)"
-        )
-        with conn.cursor().copy("copy public.diabetes from stdin") as copy:
-            for row in rows:
-                copy.write_row(row)
+        _table(conn, "diabetes", [*DIABETES, "target"],
+               np.column_stack([diabetes.data, diabetes.target]))  # fmt: skip
+        _table(conn, "iris", [*IRIS, "target"], np.column_stack([iris.data, iris.target]))
+        _table(conn, "linnerud", LINNERUD, np.column_stack([linnerud.data, linnerud.target]))
         source_schema.install(conn)
     run(source_dsn, "create extension if not exists dblink")
     daemon = Daemon(
         DaemonSettings(
-            source_dsn=source_dsn, mirror_path=mirror_path, tables=["public.diabetes"], port=0,
-            metrics_port=0,
+            source_dsn=source_dsn, mirror_path=mirror_path,
+            tables=["public.diabetes", "public.iris", "public.linnerud"], port=0, metrics_port=0,
         )
     )  # fmt: skip
     daemon.start()
@@ -192,3 +199,86 @@ def test_a_postgresml_session_in_the_source(source: Source) -> None:
     assert svm is not None and svm.algorithm == "svm"
     assert len(out["improved"]) == 10
     assert all(np.isfinite(float(line.split("|")[1])) for line in out["improved"])
+
+
+JOINT_TRAIN = """
+\\set ON_ERROR_STOP on
+DROP VIEW IF EXISTS public.iris_vectors;
+CREATE VIEW public.iris_vectors AS
+SELECT sepal_length, sepal_width, petal_length, petal_width FROM public.iris;
+\\echo @joint
+SELECT * FROM pgml.train_joint('Exercise vs Physiology', 'regression', 'public.linnerud',
+                               ARRAY['weight', 'waist', 'pulse']);
+\\echo @classes
+SELECT * FROM pgml.train('Iris Flower Types', 'classification', 'public.iris', 'target');
+\\echo @reduction
+SELECT * FROM pgml.train('Iris Reduction', 'decomposition', 'public.iris_vectors');
+"""
+JOINT_PREDICT = """
+\\set ON_ERROR_STOP on
+\\echo @joint
+SELECT chins, situps, jumps,
+       pgml.predict_joint('Exercise vs Physiology', ARRAY[chins, situps, jumps])
+  FROM public.linnerud ORDER BY id LIMIT 10;
+\\echo @algorithms
+SELECT * FROM pgml.train_joint('Exercise vs Physiology', algorithm => 'ridge');
+\\echo @probabilities
+SELECT target, pgml.predict('Iris Flower Types',
+                            ARRAY[sepal_length, sepal_width, petal_length, petal_width]),
+       pgml.predict_proba('Iris Flower Types',
+                          ARRAY[sepal_length, sepal_width, petal_length, petal_width])
+  FROM public.iris ORDER BY id LIMIT 10;
+\\echo @decomposed
+SELECT sepal_length, sepal_width, petal_length, petal_width,
+       pgml.decompose('Iris Reduction', ARRAY[sepal_length, sepal_width, petal_length,
+                                              petal_width]) AS pca
+  FROM public.iris_vectors LIMIT 10;
+"""
+
+
+def _numbers(text: str) -> list[float]:
+    return [float(v) for v in text.strip("{}").split(",")]
+
+
+def test_joint_probabilities_and_decompositions_in_the_source(source: Source) -> None:
+    from sklearn.decomposition import PCA
+    from sklearn.linear_model import LinearRegression
+
+    out = source.psql(JOINT_TRAIN)
+    (joint,) = source.done(out["joint"])
+    source.done(out["classes"])
+    source.done(out["reduction"])
+    trainer = source.daemon.trainer
+    registry = trainer.registry
+    labels = ["weight", "waist", "pulse"]
+    model = registry.model(joint)
+    assert model is not None and model.algorithm == "linear"
+    snapshot = registry.snapshot(model.snapshot_id)
+    assert snapshot is not None and snapshot.relation_name == "public.linnerud"
+    assert snapshot.y_column_name == labels
+
+    out = source.psql(JOINT_PREDICT)
+    x_train, y_train, _, _ = snapshot_rows(
+        trainer, "Exercise vs Physiology", ["chins", "situps", "jumps"], labels
+    )
+    reference = LinearRegression().fit(x_train, y_train)
+    rows = [line.split("|") for line in out["joint"]]
+    assert len(rows) == 10
+    features = np.array([[float(v) for v in row[:3]] for row in rows])
+    predicted = np.array([_numbers(row[3]) for row in rows])
+    np.testing.assert_allclose(predicted, reference.predict(features), rtol=1e-6)
+    (ridge,) = source.done(out["algorithms"])
+    assert registry.model(ridge).algorithm == "ridge"  # type: ignore[union-attr]
+
+    for line in out["probabilities"]:
+        _, label, probabilities = line.split("|")
+        values = _numbers(probabilities)
+        assert len(values) == 3 and sum(values) == pytest.approx(1, abs=1e-6)
+        assert int(np.argmax(values)) == int(float(label))
+
+    x_train, _, _, _ = snapshot_rows(trainer, "Iris Reduction", IRIS, [IRIS[0]])
+    pca = PCA().fit(x_train)
+    for line in out["decomposed"]:
+        *pixels, components = line.split("|")
+        expected = pca.transform([[float(v) for v in pixels]])[0]
+        np.testing.assert_allclose(_numbers(components), expected, rtol=1e-5, atol=1e-8)

@@ -183,10 +183,23 @@ def test_training_on_a_source_view_mirrors_it_and_its_tables(shop: Shop) -> None
     ours, sklearn = sklearn_r2(shop, model_id)
     assert math.isclose(ours, sklearn, rel_tol=1e-6), (ours, sklearn)
 
-    # on the SQL endpoint, the mirrored tables stay the source's to grant: the analyst, who may
-    # read the view only, reads neither of them, nor the mirror's view
+    # on the SQL endpoint, as in the source: the analyst, who may read the view only, reads the
+    # mirror's view (through its owner's privileges) and neither of its tables; the outsider
+    # reads none of them
     endpoint = f"host=127.0.0.1 port={shop.daemon.endpoint.port} dbname=pgml user={shop.analyst}"
     with psycopg.connect(endpoint, autocommit=True) as conn:
+        counted = conn.execute("select count(*) from public.customer_features").fetchone()
+        assert counted == (CUSTOMERS,)
+        for relation in ("public.orders", "public.customers"):
+            with pytest.raises(psycopg.errors.InsufficientPrivilege):
+                conn.execute(f"select count(*) from {relation}")
+        for sql in ("insert into public.customer_features (id) values (1)",
+                    "alter table public.customer_features add column x int",
+                    "drop view public.customer_features"):  # fmt: skip
+            with pytest.raises(psycopg.errors.InsufficientPrivilege):
+                conn.execute(sql)
+    outsider = endpoint.replace(f"user={shop.analyst}", f"user={shop.outsider}")
+    with psycopg.connect(outsider, autocommit=True) as conn:
         for relation in ("public.orders", "public.customers", "public.customer_features"):
             with pytest.raises(psycopg.errors.InsufficientPrivilege):
                 conn.execute(f"select count(*) from {relation}")
@@ -347,6 +360,15 @@ def test_a_security_invoker_view_needs_the_requesters_rights_on_its_tables(shop:
         shop.analyst, "pgml.train('Invoked', 'regression', 'public.invoked', 'ltv')"
     )
     assert finished(shop.dsn, request)[:2] == ("done", None)
+    # on the endpoint too: the analyst reads it (SELECT on it and on its table); the outsider,
+    # given SELECT on the view alone, does not
+    run(shop.dsn, f"grant select on public.invoked to {shop.outsider}")
+    endpoint = f"host=127.0.0.1 port={shop.daemon.endpoint.port} dbname=pgml user="
+    with psycopg.connect(endpoint + shop.analyst, autocommit=True) as conn:
+        assert conn.execute("select count(*) from public.invoked").fetchone() == (CUSTOMERS,)
+    outsider = psycopg.connect(endpoint + shop.outsider, autocommit=True)
+    with outsider as conn, pytest.raises(psycopg.errors.InsufficientPrivilege):
+        conn.execute("select count(*) from public.invoked")
 
 
 def test_a_view_over_a_table_with_row_level_security_is_refused(
@@ -368,6 +390,26 @@ def test_a_view_over_a_table_with_row_level_security_is_refused(
     status, error, _ = finished(shop.dsn, request)
     assert status == "failed"
     assert error is not None and "row-level security" in error and keeper in error
+
+
+def test_the_endpoint_serves_no_view_over_a_table_with_row_level_security(shop: Shop) -> None:
+    """Mirrored before the policy came: the mirror's copy would show every row."""
+    trained = shop.train(
+        shop.analyst, "pgml.train('LTV', 'regression', 'public.customer_features', 'ltv')"
+    )
+    assert finished(shop.dsn, trained)[:2] == ("done", None)
+    run(
+        shop.dsn,
+        "alter table public.customers enable row level security",
+        "create policy even_only on public.customers using (id % 2 = 0)",
+    )
+    endpoint = f"host=127.0.0.1 port={shop.daemon.endpoint.port} dbname=pgml user={shop.analyst}"
+    access = shop.daemon.endpoint.access
+    assert access is not None
+    access.privileges.refresh()  # the source's answer of now
+    analyst = psycopg.connect(endpoint, autocommit=True)
+    with analyst as conn, pytest.raises(psycopg.errors.InsufficientPrivilege):
+        conn.execute("select count(*) from public.customer_features")
 
 
 def test_a_view_over_a_view_is_followed_to_its_tables(shop: Shop) -> None:

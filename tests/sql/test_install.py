@@ -20,7 +20,7 @@ from predictor.server import EndpointSettings, SqlEndpoint
 from sidecar import source_schema
 from sidecar.local_postgres import LocalPostgres
 from tests.fix_pg import database_name_for, drop_database, fresh_database
-from tests.source_roles import MakeRole, make_role
+from tests.source_roles import MakeRole, as_role, make_role
 from trainer.train import Trainer
 
 SQL_DIR = Path(__file__).resolve().parents[2] / "sidecar" / "sql"
@@ -131,17 +131,24 @@ def test_database_owner_installs_without_superuser_or_extensions(owner_dsn: str)
             " where p.pronamespace = 'pgml'::regnamespace order by 1"
         ).fetchall()
         assert functions == [
+            ("call_endpoint", "plpgsql"),
             ("check_project", "plpgsql"),
             ("check_relation", "plpgsql"),
+            ("decompose", "sql"),
             ("deploy", "plpgsql"),
             ("deploy", "plpgsql"),
+            ("endpoint_call", "sql"),
             ("may_see_project", "plpgsql"),
-            ("predict", "plpgsql"),
+            ("predict", "sql"),
+            ("predict_joint", "sql"),
+            ("predict_proba", "sql"),
             ("refuse_direct_requests", "plpgsql"),
+            ("request_training", "plpgsql"),
             ("requesting_role", "sql"),
             ("retrain_on_drift", "plpgsql"),
             ("schedule", "plpgsql"),
-            ("train", "plpgsql"),
+            ("train", "sql"),
+            ("train_joint", "plpgsql"),
             ("writeback", "plpgsql"),
         ]
         conn.execute("select pgml.train('fraud', 'classification', 'public.tx', 'is_fraud')")
@@ -154,7 +161,7 @@ def test_database_owner_installs_without_superuser_or_extensions(owner_dsn: str)
         functions_now = conn.execute(
             "select count(*) from pg_proc where pronamespace = 'pgml'::regnamespace"
         ).fetchone()
-        assert functions_now == (12,)
+        assert functions_now == (len(functions),)
 
         source_schema.uninstall(conn)
         assert schemas(conn) == set()
@@ -658,6 +665,45 @@ def test_predict_without_dblink_says_what_to_enable(source: psycopg.Connection) 
     assert caught.value.sqlstate == "0A000"
     assert "needs the dblink extension" in str(caught.value)
     assert "CREATE EXTENSION dblink" in (caught.value.diag.message_hint or "")
+
+
+def test_train_joint_leaves_a_request_with_its_labels(source: psycopg.Connection) -> None:
+    row = source.execute(
+        "select pgml.train_joint('Exercise', 'regression', 'public.linnerud',"
+        " ARRAY['weight', 'waist', 'pulse'])"
+    ).fetchone()
+    assert row is not None
+    made = request(source, row[0])
+    assert (made["kind"], made["task"], made["relation_name"]) == (
+        "train_joint", "regression", "public.linnerud"
+    )  # fmt: skip
+    assert made["y_column_name"] == '["weight", "waist", "pulse"]'
+    named = source.execute("select pgml.train_joint('Exercise', algorithm => 'ridge')").fetchone()
+    assert named is not None
+    again = request(source, named[0])
+    assert (again["kind"], again["y_column_name"], again["algorithm"]) == (
+        "train_joint", None, "ridge"
+    )  # fmt: skip
+    for bad in ("ARRAY[]::text[]", "ARRAY['a', NULL]"):
+        with pytest.raises(psycopg.errors.InvalidParameterValue, match="label columns"):
+            source.execute(f"select pgml.train_joint('E', 'regression', 'public.x', {bad})")
+    with pytest.raises(psycopg.errors.InvalidParameterValue, match="unknown task"):
+        source.execute("select pgml.train_joint('E', 'nonsense', 'public.x', ARRAY['a'])")
+
+
+def test_request_training_is_only_for_the_pgml_functions(
+    source: psycopg.Connection, source_dsn: str, make_role: MakeRole
+) -> None:
+    analyst = make_role("analyst")
+    dsn = as_role(source_dsn, analyst)
+    with (
+        psycopg.connect(dsn, autocommit=True) as conn,
+        pytest.raises(psycopg.errors.InsufficientPrivilege),
+    ):
+        conn.execute(
+            "select pgml.request_training('train', 'y', 'p', 'regression', 'public.x', 'linear',"
+            " '{}', null, '{}', '{}', 0.25, 'random', null, true, '{}')"
+        )
 
 
 def test_predict_without_endpoint_dsn_says_how_to_set_it(source: psycopg.Connection) -> None:

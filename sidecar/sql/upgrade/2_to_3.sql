@@ -102,7 +102,8 @@ alter table pgml.training_requests alter column project_name drop not null;
 alter table pgml.training_requests
     drop constraint if exists training_requests_kind_check,
     add constraint training_requests_kind_check
-        check (kind in ('train', 'writeback', 'schedule', 'retrain_on_drift', 'deploy')),
+        check (kind in ('train', 'train_joint', 'writeback', 'schedule', 'retrain_on_drift',
+                        'deploy')),
     drop constraint if exists training_requests_strategy_check,
     add constraint training_requests_strategy_check
         check ((kind = 'deploy') = (strategy is not null)),
@@ -325,22 +326,22 @@ begin
     end if;
 end
 $six_arguments$;
-create or replace function pgml.train(
+create or replace function pgml.request_training(
+    kind text,
+    labels text,
     project_name text,
-    task text default null,
-    relation_name text default null,
-    y_column_name text default null,
-    algorithm text default 'linear',
-    hyperparams jsonb default '{}',
-    search text default null,
-    search_params jsonb default '{}',
-    search_args jsonb default '{}',
-    test_size real default 0.25,
-    test_sampling text default 'stratified',
-    runtime text default null,
-    automatic_deploy boolean default true,
-    materialize_snapshot boolean default false,
-    preprocess jsonb default '{}'
+    task text,
+    relation_name text,
+    algorithm text,
+    hyperparams jsonb,
+    search text,
+    search_params jsonb,
+    search_args jsonb,
+    test_size real,
+    test_sampling text,
+    runtime text,
+    automatic_deploy boolean,
+    preprocess jsonb
 ) returns bigint
 language plpgsql
 security definer
@@ -444,25 +445,101 @@ begin
                 using errcode = 'invalid_parameter_value';
         end if;
     end if;
-    perform pgml.check_project(requester, train.project_name);
-    if train.relation_name is not null then
-        perform pgml.check_relation(requester, train.relation_name);
+    perform pgml.check_project(requester, request_training.project_name);
+    if request_training.relation_name is not null then
+        perform pgml.check_relation(requester, request_training.relation_name);
     end if;
     insert into pgml.training_requests
         (kind, project_name, task, relation_name, y_column_name, algorithm, hyperparams,
          requested_by, time_limit, search, search_params, search_args, test_size,
          test_sampling, automatic_deploy, preprocess)
-    values ('train', train.project_name, train.task, train.relation_name, train.y_column_name,
-            train.algorithm, train.hyperparams, requester, session_limit, train.search,
-            train.search_params, train.search_args, train.test_size, train.test_sampling,
-            train.automatic_deploy, train.preprocess)
+    values (request_training.kind, request_training.project_name, request_training.task,
+            request_training.relation_name, request_training.labels, request_training.algorithm,
+            request_training.hyperparams, requester, session_limit, request_training.search,
+            request_training.search_params, request_training.search_args,
+            request_training.test_size, request_training.test_sampling,
+            request_training.automatic_deploy, request_training.preprocess)
     returning id into request_id;
     return request_id;
 end
 $$;
+comment on function pgml.request_training(text, text, text, text, text, text, jsonb, text,
+                                          jsonb, jsonb, real, text, text, boolean, jsonb) is
+    'Make the request of pgml.train and pgml.train_joint (labels: y_column_name as stored)';
+revoke execute on function pgml.request_training(text, text, text, text, text, text, jsonb, text,
+                                                 jsonb, jsonb, real, text, text, boolean, jsonb)
+    from public;
+
+create or replace function pgml.train(
+    project_name text,
+    task text default null,
+    relation_name text default null,
+    y_column_name text default null,
+    algorithm text default 'linear',
+    hyperparams jsonb default '{}',
+    search text default null,
+    search_params jsonb default '{}',
+    search_args jsonb default '{}',
+    test_size real default 0.25,
+    test_sampling text default 'stratified',
+    runtime text default null,
+    automatic_deploy boolean default true,
+    materialize_snapshot boolean default false,
+    preprocess jsonb default '{}'
+) returns bigint
+language sql
+security definer
+set search_path = pg_catalog, pg_temp
+as $$
+    -- materialize_snapshot is accepted and changes nothing: every snapshot is a Parquet file.
+    select pgml.request_training('train', y_column_name,
+        project_name, task, relation_name, algorithm, hyperparams, search,
+        search_params, search_args, test_size, test_sampling, runtime, automatic_deploy,
+        preprocess)
+$$;
 comment on function pgml.train(text, text, text, text, text, jsonb, text, jsonb, jsonb, real, text,
                                text, boolean, boolean, jsonb) is
     'Ask the sidecar to train a model; returns the request id in pgml.training_requests';
+
+create or replace function pgml.train_joint(
+    project_name text,
+    task text default null,
+    relation_name text default null,
+    y_column_name text[] default null,
+    algorithm text default 'linear',
+    hyperparams jsonb default '{}',
+    search text default null,
+    search_params jsonb default '{}',
+    search_args jsonb default '{}',
+    test_size real default 0.25,
+    test_sampling text default 'stratified',
+    runtime text default null,
+    automatic_deploy boolean default true,
+    materialize_snapshot boolean default false,
+    preprocess jsonb default '{}'
+) returns bigint
+language plpgsql
+security definer
+set search_path = pg_catalog, pg_temp
+as $$
+begin
+    if y_column_name is not null and (cardinality(y_column_name) = 0
+            or array_position(y_column_name, null) is not null) then
+        raise exception 'pgml.train_joint needs the label columns, as'
+                        ' ARRAY[''weight'', ''waist'', ''pulse'']'
+            using errcode = 'invalid_parameter_value';
+    end if;
+    -- the labels travel as a JSON array of their names in y_column_name
+    return pgml.request_training('train_joint', to_jsonb(y_column_name)::text,
+        project_name, task, relation_name, algorithm, hyperparams, search,
+        search_params, search_args, test_size, test_sampling, runtime, automatic_deploy,
+        preprocess);
+end
+$$;
+comment on function pgml.train_joint(text, text, text, text[], text, jsonb, text, jsonb, jsonb,
+                                     real, text, text, boolean, boolean, jsonb) is
+    'Ask the sidecar to train one model predicting several labels at once; returns the request'
+    ' id in pgml.training_requests (kind train_joint, the labels a JSON array in y_column_name)';
 
 create or replace function pgml.writeback(project_name text, enabled boolean default true)
 returns bigint
@@ -620,10 +697,13 @@ $$;
 comment on function pgml.deploy(bigint) is
     'Ask the sidecar to deploy one model by its id; returns the request id';
 
-create or replace function pgml.predict(project text, features float8[])
-returns float8
+-- The endpoint's answer to one statement, through dblink: one connection per session, opened
+-- on first use and reopened when endpoint_dsn changes, the connection broke (the sidecar
+-- restarted) or the role changed (SET ROLE): a foreign server's user mapping is the current
+-- role's, and a link opened with one role's endpoint user never answers another role.
+create or replace function pgml.call_endpoint(caller text, remote text)
+returns text
 language plpgsql
-strict
 set search_path = pg_catalog, pg_temp
 as $$
 -- SECURITY INVOKER on purpose: dblink connects with the calling role's user mapping.
@@ -633,42 +713,26 @@ declare
     open_links text[];
     link constant text := 'pgml_sidecar';
     statement text;
-    remote text;
-    prediction float8;
+    answer text;
 begin
     select n.nspname into link_schema
     from pg_extension e join pg_namespace n on n.oid = e.extnamespace
     where e.extname = 'dblink';
     if link_schema is null then
-        raise exception 'pgml.predict needs the dblink extension in this database'
+        raise exception '% needs the dblink extension in this database', caller
             using errcode = 'feature_not_supported',
                   hint = 'CREATE EXTENSION dblink; (available on RDS, Aurora, Cloud SQL and'
                          ' Azure) then point pgml.settings endpoint_dsn at the sidecar';
     end if;
     select value into dsn from pgml.settings where name = 'endpoint_dsn';
     if dsn is null or btrim(dsn) = '' then
-        raise exception 'pgml.predict needs the sidecar''s SQL endpoint, and pgml.settings'
-                        ' has no endpoint_dsn'
+        raise exception '% needs the sidecar''s SQL endpoint, and pgml.settings'
+                        ' has no endpoint_dsn', caller
             using errcode = 'object_not_in_prerequisite_state',
                   hint = 'run pgml-sidecar init, or: INSERT INTO pgml.settings VALUES'
                          ' (''endpoint_dsn'', ''host=... port=6433 dbname=pgml user=pgml'')'
                          ' ON CONFLICT (name) DO UPDATE SET value = excluded.value';
     end if;
-
-    -- The endpoint reads the features as an ARRAY[...] of numbers: float8 output is digits,
-    -- signs and exponents only; the three special values and NULL are spelled out.
-    select format('select pgml.predict(%L, array[%s]::float8[])', project,
-                  coalesce(string_agg(case
-                      when f is null then 'null'
-                      when f in ('NaN', 'Infinity', '-Infinity') then format('%L::float8', f)
-                      else f::text end, ', ' order by i), ''))
-    into remote
-    from unnest(features) with ordinality as u(f, i);
-
-    -- One connection per session, opened on first use and reopened when endpoint_dsn changes,
-    -- the connection broke (the sidecar restarted) or the role changed (SET ROLE): a foreign
-    -- server's user mapping is the current role's, and a link opened with one role's endpoint
-    -- user never answers another role.
     execute format('select %I.dblink_get_connections()', link_schema) into open_links;
     if link = any(coalesce(open_links, '{}'))
             and (current_setting('pgml_sidecar.predict_dsn', true) is distinct from dsn
@@ -682,21 +746,92 @@ begin
         perform set_config('pgml_sidecar.predict_dsn', dsn, false);
         perform set_config('pgml_sidecar.predict_role', current_user::text, false);
     end if;
-    statement := format('select * from %I.dblink(%L, %L) as t(prediction float8)',
+    statement := format('select * from %I.dblink(%L, %L) as t(answer text)',
                         link_schema, link, remote);
     begin
-        execute statement into prediction;
+        execute statement into answer;
     exception when connection_exception then
         execute format('select %I.dblink_disconnect(%L)', link_schema, link);
         execute format('select %I.dblink_connect(%L, %L)', link_schema, link, dsn);
-        execute statement into prediction;
+        execute statement into answer;
     end;
-    return prediction;
+    return answer;
 end
+$$;
+comment on function pgml.call_endpoint(text, text) is
+    'The sidecar''s SQL endpoint''s answer to one statement, through dblink (for pgml.predict'
+    ' and the other functions the endpoint answers)';
+
+-- The endpoint reads the features as an ARRAY[...] of numbers: float8 output is digits, signs
+-- and exponents only; the three special values and NULL are spelled out.
+create or replace function pgml.endpoint_call(function_name text, project text,
+                                              features float8[])
+returns text
+language sql
+stable
+set search_path = pg_catalog, pg_temp
+as $$
+    select format('select pgml.%s(%L, array[%s]::float8[])', function_name, project,
+                  coalesce(string_agg(case
+                      when f is null then 'null'
+                      when f in ('NaN', 'Infinity', '-Infinity') then format('%L::float8', f)
+                      else f::text end, ', ' order by i), ''))
+    from unnest(features) with ordinality as u(f, i)
+$$;
+comment on function pgml.endpoint_call(text, text, float8[]) is
+    'The statement that asks the endpoint for pgml.<function_name>(project, features)';
+
+create or replace function pgml.predict(project text, features float8[])
+returns float8
+language sql
+strict
+set search_path = pg_catalog, pg_temp
+as $$
+    select pgml.call_endpoint('pgml.predict',
+                              pgml.endpoint_call('predict', project, features))::float8
 $$;
 comment on function pgml.predict(text, float8[]) is
     'Predict with a project''s deployed model, answered by the sidecar''s SQL endpoint'
     ' through dblink';
+
+create or replace function pgml.predict_proba(project text, features float8[])
+returns float8[]
+language sql
+strict
+set search_path = pg_catalog, pg_temp
+as $$
+    select pgml.call_endpoint('pgml.predict_proba',
+                              pgml.endpoint_call('predict_proba', project, features))::float8[]
+$$;
+comment on function pgml.predict_proba(text, float8[]) is
+    'The probability of each class by a project''s deployed classifier, answered by the'
+    ' sidecar''s SQL endpoint through dblink';
+
+create or replace function pgml.predict_joint(project text, features float8[])
+returns float8[]
+language sql
+strict
+set search_path = pg_catalog, pg_temp
+as $$
+    select pgml.call_endpoint('pgml.predict_joint',
+                              pgml.endpoint_call('predict_joint', project, features))::float8[]
+$$;
+comment on function pgml.predict_joint(text, float8[]) is
+    'Predict each label of a project''s deployed joint model, answered by the sidecar''s SQL'
+    ' endpoint through dblink';
+
+create or replace function pgml.decompose(project text, vector float8[])
+returns float8[]
+language sql
+strict
+set search_path = pg_catalog, pg_temp
+as $$
+    select pgml.call_endpoint('pgml.decompose',
+                              pgml.endpoint_call('decompose', project, vector))::float8[]
+$$;
+comment on function pgml.decompose(text, float8[]) is
+    'The components of a vector by a project''s deployed decomposition model, answered by the'
+    ' sidecar''s SQL endpoint through dblink';
 
 -- The registry, copied from the sidecar's (the mirror's) for SQL in production Postgres as in
 -- PostgresML: `select ... from pgml.models join pgml.deployments ...`. Written by the sidecar
