@@ -259,11 +259,8 @@ def _matrix(features: pa.Array) -> np.ndarray:
 
 
 def as_numbers(model: Model, predicted: np.ndarray) -> np.ndarray:
-    if model.task == "decomposition":
-        raise TrainingError(
-            "pgml.predict gives one number per row; a decomposition model gives components",
-            sqlstate="0A000",
-        )
+    if model.task == "decomposition":  # PostgresML's answer: the first component
+        return np.asarray(predicted, dtype=np.float64).reshape(len(predicted), -1)[:, 0]
     if model.joint:
         raise TrainingError(
             "pgml.predict gives one number per row; a joint model gives one per label ("
