@@ -31,7 +31,13 @@ from psycopg.conninfo import conninfo_to_dict
 
 from sidecar import source_schema
 from sidecar.daemon import Daemon, DaemonSettings
-from tests.predictor.test_postgresml_scripts import DIABETES, IRIS, sections, snapshot_rows
+from tests.predictor.test_postgresml_scripts import (
+    DIABETES,
+    IRIS,
+    SESSIONS,
+    sections,
+    snapshot_rows,
+)
 from tests.sidecar.test_daemon import finished
 from tests.source_roles import run
 
@@ -282,3 +288,47 @@ def test_joint_probabilities_and_decompositions_in_the_source(source: Source) ->
         *pixels, components = line.split("|")
         expected = pca.transform([[float(v) for v in pixels]])[0]
         np.testing.assert_allclose(_numbers(components), expected, rtol=1e-5, atol=1e-8)
+
+
+@pytest.mark.parametrize("session", sorted(SESSIONS))
+def test_every_endpoint_session_runs_on_the_endpoint_of_run(source: Source, session: str) -> None:
+    """The endpoint sessions, unchanged, against the endpoint ``run`` serves beside the source
+    (its users are source roles, its workspace and privileges theirs): each runs with
+    ``ON_ERROR_STOP`` and prints every section the same way as against ``serve``, where
+    :mod:`tests.predictor.test_postgresml_scripts` checks the values."""
+    script = SESSIONS[session]
+    if session == "regression":  # a model id computed per row: refused here, see below
+        start = script.index("\\echo @by_model_id")
+        script = script[:start] + script[script.index("\\echo @", start + 1) :]
+    done = endpoint_psql(source, script)
+    assert done.returncode == 0, done.stderr[-2000:]
+    printed = sections(done.stdout)
+    named = [line[len("\\echo @") :] for line in script.splitlines()
+             if line.startswith("\\echo @")]  # fmt: skip
+    assert [name for name in printed if name] == named
+    assert all(printed[name] for name in named), [n for n in named if not printed[n]]
+
+
+def endpoint_psql(source: Source, script: str) -> subprocess.CompletedProcess[str]:
+    user = conninfo_to_dict(source.dsn)["user"]
+    return subprocess.run(
+        [str(source.pg_bin / "psql"), "-X", "-A", "-t", "-F", "|", "-v", "ON_ERROR_STOP=1",
+         "-h", "127.0.0.1", "-p", str(source.daemon.endpoint.port), "-U", str(user),
+         "-d", "pgml"],
+        input=script, capture_output=True, text=True, timeout=300, check=False,
+    )  # fmt: skip
+
+
+def test_a_model_id_computed_per_row_is_refused_where_users_are_source_roles(
+    source: Source,
+) -> None:
+    """Beside a source the endpoint checks, before a query runs, that the role may score with
+    each model it names; a model id taken from a column (PostgresML's ``CROSS JOIN LATERAL``
+    over pgml.models) cannot be checked so, and is refused in words (``serve`` without a
+    source has no roles to check, and runs it)."""
+    prepared = endpoint_psql(source, SESSIONS["regression"].split("\\echo @by_model_id")[0])
+    assert prepared.returncode == 0, prepared.stderr[-2000:]
+    lateral = SESSIONS["regression"].split("\\echo @by_model_id")[1].split("\\echo @")[0]
+    refused = endpoint_psql(source, lateral)
+    assert refused.returncode == 3
+    assert "name its project (or model id) with a constant or a parameter" in refused.stderr
