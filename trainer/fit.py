@@ -36,6 +36,7 @@ from trainer.algorithms import (
     joint_estimator,
     make_estimator,
     scale_choices,
+    scale_validation,
 )
 from trainer.column_kinds import feature_columns
 from trainer.metrics import evaluate
@@ -126,6 +127,8 @@ def fit(job: FitJob) -> FitResult:
     train_rows = features.take(train)
     choosing = time.perf_counter()
     choices = scale_choices(job.algorithm, job.task)
+    if not any(column.kind == "text" for column in columns):  # no dummies to scale
+        choices = tuple(scale for scale in choices if scale != "standard_all")
     if scale_choice.explicit(columns, job.preprocess):
         choice = ScaleChoice(choices[0], how="preprocess says how every column is scaled")
     else:
@@ -138,11 +141,14 @@ def fit(job: FitJob) -> FitResult:
                 choices, task=job.task, table=train_rows, y=y_train, model=candidate
             )
         else:
+            folds, repeats = scale_validation(job.algorithm)
             choice = scale_choice.by_cross_validation(
-                choices, task=job.task, seed=job.seed, table=train_rows, y=y_train, model=candidate
-            )
+                choices, task=job.task, seed=job.seed, table=train_rows, y=y_train,
+                model=candidate, folds=folds, repeats=repeats,
+            )  # fmt: skip
     chosen = time.perf_counter()
-    preprocessor = Preprocessor(**options, scale="preserve" if online else choice.scale)
+    scaling = scale_choice.preprocessor_scale("preserve" if online else choice.scale)
+    preprocessor = Preprocessor(**options, **scaling)
     x_train = preprocessor.fit_transform(train_rows, y_train)
     x_test = preprocessor.transform(features.take(test)) if len(test) else x_train[:0]
     loaded = time.perf_counter()
@@ -331,7 +337,7 @@ def _model(job: FitJob, options: dict[str, Any], scale: str) -> tuple[Preprocess
     if is_online(job.algorithm):
         estimator.set_params(scaled=scale == "standard")
         return Preprocessor(**options, scale="preserve"), estimator
-    return Preprocessor(**options, scale=scale), estimator
+    return Preprocessor(**options, **scale_choice.preprocessor_scale(scale)), estimator
 
 
 def _estimator(job: FitJob) -> Any:

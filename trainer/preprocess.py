@@ -25,7 +25,7 @@ Columns that name rows rather than describe them are left out unless ``preproces
 Then, per resulting feature, NULL (and NaN or infinity) is imputed with a statistic learned in
 training (the mean unless ``preprocess`` says otherwise; 0 for a feature that was all NULL), and
 the feature is scaled: as ``preprocess`` says, or else with the preprocessor's default scale
-(standard for the algorithms that need it), one-hot features excepted. The fitted
+(standard for the algorithms that need it), one-hot features excepted (but for kNN). The fitted
 :class:`Preprocessor` is pickled with the model, so prediction takes raw column values.
 """
 
@@ -96,14 +96,17 @@ class Preprocessor:
 
     ``key`` names the relation's primary-key columns, left out unless ``spec`` names them;
     ``scale`` is the scaling of features ``spec`` says nothing about (one-hot features stay 0
-    or 1); ``classes`` are the class labels when ``y`` holds class indices (classification),
-    which target encoding then encodes per class.
+    or 1 unless ``scale_one_hot``: then they are scaled as ``scale`` says too, as a
+    distance-based model wants them, see :func:`trainer.algorithms.scale_choices`);
+    ``classes`` are the class labels when ``y`` holds class indices (classification), which
+    target encoding then encodes per class.
     """
 
     # Models saved before these existed unpickle with these values.
     _key: tuple[str, ...] = ()
     _scale: str = "preserve"
     _classes: tuple[str, ...] | None = None
+    _scale_one_hot: bool = False
     _left_out: dict[str, str] | None = None
 
     def __init__(
@@ -113,6 +116,7 @@ class Preprocessor:
         *,
         key: Sequence[str] = (),
         scale: str = "preserve",
+        scale_one_hot: bool = False,
         classes: Sequence[Any] | None = None,
     ) -> None:
         self._columns = list(columns)
@@ -122,6 +126,7 @@ class Preprocessor:
             raise ValueError(f"unknown scale {scale!r}; use one of {SCALES}")
         self._key = tuple(key)
         self._scale = scale
+        self._scale_one_hot = scale_one_hot
         self._classes = None if classes is None else tuple(str(c) for c in classes)
         for column in self._columns:
             if column.kind not in KINDS:
@@ -233,7 +238,8 @@ class Preprocessor:
             options["encode"] = "parts"
         else:
             options["encode"] = "native"
-        if options["encode"] == "one_hot" and "scale" not in (given or {}):
+        one_hot = options["encode"] == "one_hot" and "scale" not in (given or {})
+        if one_hot and not self._scale_one_hot:
             options["scale"] = "preserve"  # 0 or 1, as one-hot features are
         return options, None
 

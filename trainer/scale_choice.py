@@ -7,14 +7,16 @@ that share one unit, an online model whose running scaler moves under the linear
 leaves. So the trainer does what a careful user does by hand: it tries each scaling and keeps
 the better: the preferred one unless another beats it by more than 2%.
 
-A batch algorithm's scalings are scored by 3-fold cross-validation on the training rows (at
-most :data:`VALIDATION_ROWS` of them), an online algorithm's as it is scored itself: by
+A batch algorithm's scalings are scored by cross-validation on the training rows (at most
+:data:`VALIDATION_ROWS` of them; 3 folds, and for kNN 10 folds twice over, see
+:func:`trainer.algorithms.scale_validation`), an online algorithm's as it is scored itself: by
 progressive validation (each row predicted, then learned) over its first
 :data:`VALIDATION_ROWS` rows in order, where a linear model in a regression tree's leaves can
 diverge on raw features before it has seen enough rows. Both use the training's
 hyperparameters; the key metric (f1 macro, r2) decides; the test rows are never used. For
-batch algorithms the scaling is the preprocessor's; for online ones it is River's
-StandardScaler in front of the model. Clustering and decomposition, which have no label to
+batch algorithms the scaling is the preprocessor's ("standard_all": standard, one-hot
+features too; see :func:`preprocessor_scale`); for online ones it is River's StandardScaler in
+front of the model. Clustering and decomposition, which have no label to
 validate with, take the preferred one.
 """
 
@@ -57,6 +59,13 @@ class ScaleChoice:
         return {"chosen": self.scale, "scores": self.scores, "by": self.how}
 
 
+def preprocessor_scale(scale: str) -> dict[str, Any]:
+    """The Preprocessor's arguments for a scaling choice."""
+    if scale == "standard_all":
+        return {"scale": "standard", "scale_one_hot": True}
+    return {"scale": scale}
+
+
 def choose(choices: Sequence[str], scores: Mapping[str, float], how: str) -> ScaleChoice:
     """The preferred (first) choice unless another scores better by more than MARGIN."""
     best = choices[0]
@@ -77,24 +86,31 @@ def by_cross_validation(
     table: pa.Table,
     y: np.ndarray | None,
     model: Callable[[str], tuple[Preprocessor, Any]],
+    folds: int = FOLDS,
+    repeats: int = 1,
 ) -> ScaleChoice:
     """The scaling that cross-validates best on ``table``; ``model(scale)`` makes a fresh
-    preprocessor and estimator for one."""
+    preprocessor and estimator for one. With ``repeats`` the cross-validation is repeated
+    with other folds and the scores averaged over all of them."""
     if (settled := _settled(choices, task, y)) is not None:
         return settled
     assert y is not None  # without a label there is nothing to compare: settled above
     rows = np.arange(len(y))
     if len(rows) > VALIDATION_ROWS:
         rows = np.sort(np.random.default_rng(seed).permutation(len(y))[:VALIDATION_ROWS])
-    folds = _folds(task, y[rows], seed)
+    splits = [
+        split for repeat in range(repeats) for split in _folds(task, y[rows], seed, folds, repeat)
+    ]
     scores = {}
     for scale in choices:
         values = [
             _fold_score(task, model(scale), table, y, np.sort(rows[fit]), np.sort(rows[held]))
-            for fit, held in folds
+            for fit, held in splits
         ]
         scores[scale] = float(np.mean(values))
-    how = f"{len(folds)}-fold cross-validation on {len(rows):,} training rows"
+    count = len(splits) // repeats
+    how = f"{count}-fold cross-validation on {len(rows):,} training rows"
+    how += f", {repeats} times with other folds" if repeats > 1 else ""
     return choose(choices, scores, how)
 
 
@@ -142,14 +158,20 @@ def _settled(choices: Sequence[str], task: str, y: np.ndarray | None) -> ScaleCh
     return None
 
 
-def _folds(task: str, y: np.ndarray, seed: int) -> list[tuple[np.ndarray, np.ndarray]]:
+def _folds(
+    task: str, y: np.ndarray, seed: int, folds: int, repeat: int
+) -> list[tuple[np.ndarray, np.ndarray]]:
+    """Round ``repeat`` of ``folds`` shuffled folds (stratified when every class has a row
+    for each fold); fewer folds when there are fewer rows."""
     from sklearn.model_selection import KFold, StratifiedKFold
 
+    folds = min(folds, len(y))
+    state = (seed + 1000 * repeat) % 2**32
     zeros = np.zeros(len(y))
-    if task == "classification" and np.unique(y, return_counts=True)[1].min() >= FOLDS:
-        stratified = StratifiedKFold(FOLDS, shuffle=True, random_state=seed)
+    if task == "classification" and np.unique(y, return_counts=True)[1].min() >= folds:
+        stratified = StratifiedKFold(folds, shuffle=True, random_state=state)
         return list(stratified.split(zeros, y))
-    return list(KFold(FOLDS, shuffle=True, random_state=seed).split(zeros))
+    return list(KFold(folds, shuffle=True, random_state=state).split(zeros))
 
 
 def _fold_score(

@@ -51,18 +51,6 @@ KNOWN_GAPS: dict[tuple[str, str], tuple[float, str]] = {
         "standardised features validate within 2% of the raw ones, so they are kept; on the"
         " test rows raw ones are 3% better (mean of five seeds)",
     ),
-    ("customers", "knn"): (
-        0.04,
-        "one-hot features are not standardised (for the linear models a standardised dummy of"
-        " a rare category would escape the penalty); by hand, standardised dummies weigh a"
-        " rare country more in kNN's distances and score 3.4% better",
-    ),
-    ("ChickWeights", "knn"): (
-        0.05,
-        "standardised features validate within 2% of the raw ones on the training rows, so"
-        " they are kept; on the test rows the raw ones are 4.6% better (time, in days, is the"
-        " feature that matters, and raw it outweighs the chick's number)",
-    ),
 }
 """Pairs measured behind by more than 2%, each allowed its measured gap (relative) and why."""
 STOCHASTIC = frozenset(
