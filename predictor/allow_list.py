@@ -186,6 +186,8 @@ SESSION_SETTINGS = _words(
     " enable_seqscan enable_indexscan enable_bitmapscan enable_hashjoin enable_mergejoin"
     " enable_nestloop enable_sort enable_hashagg enable_material"
     " enable_partitionwise_join enable_partitionwise_aggregate"
+    # the endpoint's own
+    " pgml.exact_search"
 )
 """Settings a client may SET, RESET and SHOW (and custom ``prefix.name`` ones); any other name,
 DuckDB's settings among them, is refused with 42501."""
