@@ -155,10 +155,17 @@ def test_drift_retrains_a_batch_model_and_the_better_one_is_deployed(
             f"insert into readings select i, 2 + (i % 1000) / 1000.0, false"
             f" from generate_series({start}, {start + 249}) i",
         )
-    wait_for(
-        lambda: any(r[0] == "Batch" and r[2] is not None for r in daemon.retrainer.results),
-        timeout=120, what="a retrain on drift",
-    )  # fmt: skip
+    try:
+        wait_for(
+            lambda: any(r[0] == "Batch" and r[2] is not None for r in daemon.retrainer.results),
+            timeout=120, what="a retrain on drift",
+        )  # fmt: skip
+    except AssertionError:  # say what the monitor saw
+        watch = daemon.monitor.watches.get("Batch")
+        seen = None if watch is None else (vars(watch.errors), vars(watch.features))
+        raise AssertionError(
+            f"no retrain on drift in 120 s: retrains {daemon.retrainer.results}, detectors {seen}"
+        ) from None
     _, reason, result = next(r for r in daemon.retrainer.results if r[2] is not None)
     assert reason.startswith("drift (")
     assert result is not None and result.model_id > first.model_id
