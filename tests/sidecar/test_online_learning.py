@@ -155,11 +155,25 @@ def test_drift_retrains_a_batch_model_and_the_better_one_is_deployed(
             f"insert into readings select i, 2 + (i % 1000) / 1000.0, false"
             f" from generate_series({start}, {start + 249}) i",
         )
+    # The retrained model challenges the deployed one on rows that come after its snapshot:
+    # more rows of the new regime until it is judged (however the retrain and the inserts
+    # above interleaved).
+    more = iter(range(6001, 20001, 250))
+
+    def judged() -> bool:
+        if any(r[0] == "Batch" and r[2] is not None for r in daemon.retrainer.results):
+            return True
+        if "Batch" in daemon.retrainer.challengers:
+            start = next(more)
+            execute(
+                source_dsn,
+                f"insert into readings select i, 2 + (i % 1000) / 1000.0, false"
+                f" from generate_series({start}, {start + 249}) i",
+            )
+        return False
+
     try:
-        wait_for(
-            lambda: any(r[0] == "Batch" and r[2] is not None for r in daemon.retrainer.results),
-            timeout=120, what="a retrain on drift",
-        )  # fmt: skip
+        wait_for(judged, timeout=120, what="a retrain on drift")
     except AssertionError:  # say what the monitor saw
         watch = daemon.monitor.watches.get("Batch")
         seen = None if watch is None else (vars(watch.errors), vars(watch.features))
